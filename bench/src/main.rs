@@ -1,0 +1,1 @@
+fn main() { eprintln!("tether-bench: not built yet"); std::process::exit(2); }

@@ -1,0 +1,8 @@
+//! Configuration: the TOML schema, loading with errors that name file, line and key, and validation.
+
+mod load;
+pub mod schema;
+mod validate;
+
+pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use schema::*;

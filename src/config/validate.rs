@@ -1,0 +1,1 @@
+//! Semantic checks on a parsed config: addresses, names, references, ranges.

@@ -1,0 +1,7 @@
+//! tether: a userspace HTTP load balancer that keeps each client tethered to the server holding its state.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; tests, benchmarks and fuzz targets use the
+//! same modules. See `docs/ARCHITECTURE.md` for the threads and the life of a request.
+
+pub mod config;
+pub mod http;
