@@ -3,5 +3,13 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests, benchmarks and fuzz targets use the
 //! same modules. See `docs/ARCHITECTURE.md` for the threads and the life of a request.
 
+pub mod access_log;
+pub mod balance;
 pub mod config;
+pub mod demo;
+pub mod error;
 pub mod http;
+pub mod logging;
+pub mod proxy;
+pub mod route;
+pub mod runtime;

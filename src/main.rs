@@ -1,1 +1,135 @@
-fn main() {}
+//! The `tether` command: run, check, demo.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tether::config;
+use tether::runtime::{RunOptions, Server};
+
+const EXAMPLES: &str = "\
+Examples:
+  tether demo                          three built-in backends behind a balancer on 127.0.0.1:8080
+  tether run -c configs/basic.toml     run with a config file
+  tether run -c tether.toml --workers 1
+  tether check -c tether.toml          validate a config (exit 1 and every error on a bad one)
+
+Signals: SIGHUP reloads the config file, SIGTERM/SIGINT stop gracefully (twice: at once),
+SIGUSR1 logs per-backend counters. TETHER_LOG=debug for more logging.";
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "A userspace HTTP load balancer that keeps each client tethered to the server holding its state",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer with a config file.
+    #[command(after_help = "Example:\n  tether run -c configs/basic.toml --workers 2")]
+    Run {
+        /// Config file (TOML; see docs/CONFIG.md).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Worker threads (overrides `[workers] count`).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
+    },
+    /// Validate a config file: exit 0 if it is good, else print every error (file:line: key: message) and
+    /// exit 1.
+    #[command(after_help = "Example:\n  tether check -c configs/full.toml")]
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start three built-in backends on loopback and a balancer in front of them. Ctrl-C stops all.
+    #[command(after_help = "Example:\n  tether demo\n  curl -i http://127.0.0.1:8080/")]
+    Demo {
+        /// Worker threads (default: one per core).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
+        /// Address the balancer listens on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tether::logging::init(log::LevelFilter::Info);
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, workers } => {
+            let cfg = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = RunOptions {
+                config_path: Some(config),
+                workers: workers.map(usize::from),
+            };
+            serve(cfg, options)
+        }
+        Command::Demo { workers, listen } => {
+            let cfg = match tether::demo::start(&listen) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tether demo: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = RunOptions {
+                config_path: None,
+                workers: workers.map(usize::from),
+            };
+            serve(cfg, options)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(c) => {
+            let backends: usize = c.clusters.values().map(|c| c.backends.len()).sum();
+            println!(
+                "{}: ok ({} listener(s), {} cluster(s), {} backend(s), {} route(s))",
+                path.display(),
+                c.listeners.len(),
+                c.clusters.len(),
+                backends,
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: config::Config, options: RunOptions) -> ExitCode {
+    let server = match Server::start(cfg, options) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.serve() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Why a request ended, whose fault it was, and what the client is told.
+//!
+//! Every request ends with exactly one `Termination`. It drives the answer (status and one-line body when
+//! nothing was sent yet), the access-log `termination` field and the health bookkeeping of the backend, so a
+//! failure is classified once, where it happens, and every consumer agrees on it.
+
+use crate::http::HttpError;
+
+/// Whose fault a failure is (after Pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong, stalled or went away.
+    Client,
+    /// The backend failed, stalled or answered something wrong.
+    Upstream,
+    /// tether itself (shutdown, resource exhaustion, a bug).
+    Internal,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Internal => "internal",
+        }
+    }
+}
+
+/// How a request (or a connection that carried none) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// The response was delivered in full.
+    Completed,
+    /// The request head was refused (400, 417, 431, 501).
+    BadRequest(HttpError),
+    /// The client did not send a complete head in time (408).
+    HeadTimeout,
+    /// No route matches the host and path (404).
+    NoRoute,
+    /// The route's cluster has no backend that can take the request (503).
+    NoBackend,
+    /// The client went away before the exchange ended.
+    ClientClosed,
+    /// The client stopped reading or sending mid-exchange.
+    ClientTimeout,
+    /// Every connection attempt to a backend failed (502).
+    ConnectFailed,
+    /// Connecting to a backend took too long on every attempt (502).
+    ConnectTimeout,
+    /// The backend closed or reset the connection before a complete response (502 if nothing was sent).
+    UpstreamClosed,
+    /// The backend's response head or body framing was invalid (502 if nothing was sent).
+    BadResponse(&'static str),
+    /// The backend did not answer in time (504 if nothing was sent).
+    UpstreamTimeout,
+    /// The balancer is shutting down and the grace period ended.
+    Shutdown,
+    /// No buffer or connection slot could be had.
+    Internal(&'static str),
+}
+
+impl Termination {
+    /// Short label for logs: `"completed"`, `"bad_request"`, …
+    pub fn label(self) -> &'static str {
+        match self {
+            Termination::Completed => "completed",
+            Termination::BadRequest(_) => "bad_request",
+            Termination::HeadTimeout => "head_timeout",
+            Termination::NoRoute => "no_route",
+            Termination::NoBackend => "no_backend",
+            Termination::ClientClosed => "client_closed",
+            Termination::ClientTimeout => "client_timeout",
+            Termination::ConnectFailed => "connect_failed",
+            Termination::ConnectTimeout => "connect_timeout",
+            Termination::UpstreamClosed => "upstream_closed",
+            Termination::BadResponse(_) => "bad_response",
+            Termination::UpstreamTimeout => "upstream_timeout",
+            Termination::Shutdown => "shutdown",
+            Termination::Internal(_) => "internal",
+        }
+    }
+
+    /// The detail behind the label, when there is one (`"obs-fold in header"`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Termination::BadRequest(e) => e.reason,
+            Termination::BadResponse(r) | Termination::Internal(r) => r,
+            Termination::Completed => "",
+            Termination::HeadTimeout => "request head not received in time",
+            Termination::NoRoute => "no route for this host and path",
+            Termination::NoBackend => "no backend available",
+            Termination::ClientClosed => "client closed the connection",
+            Termination::ClientTimeout => "client inactive too long",
+            Termination::ConnectFailed => "could not connect to a backend",
+            Termination::ConnectTimeout => "backend connect timed out",
+            Termination::UpstreamClosed => "backend closed the connection early",
+            Termination::UpstreamTimeout => "backend did not answer in time",
+            Termination::Shutdown => "balancer shutting down",
+        }
+    }
+
+    pub fn fault(self) -> Option<Fault> {
+        match self {
+            Termination::Completed => None,
+            Termination::BadRequest(_)
+            | Termination::HeadTimeout
+            | Termination::NoRoute
+            | Termination::ClientClosed
+            | Termination::ClientTimeout => Some(Fault::Client),
+            Termination::NoBackend
+            | Termination::ConnectFailed
+            | Termination::ConnectTimeout
+            | Termination::UpstreamClosed
+            | Termination::BadResponse(_)
+            | Termination::UpstreamTimeout => Some(Fault::Upstream),
+            Termination::Shutdown | Termination::Internal(_) => Some(Fault::Internal),
+        }
+    }
+
+    /// The status the client is answered when no response byte was sent yet; `None` means close silently.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Termination::Completed | Termination::ClientClosed | Termination::ClientTimeout => None,
+            Termination::BadRequest(e) => Some(e.status),
+            Termination::HeadTimeout => Some(408),
+            Termination::NoRoute => Some(404),
+            Termination::NoBackend | Termination::Shutdown => Some(503),
+            Termination::ConnectFailed
+            | Termination::ConnectTimeout
+            | Termination::UpstreamClosed
+            | Termination::BadResponse(_) => Some(502),
+            Termination::UpstreamTimeout => Some(504),
+            Termination::Internal(_) => Some(500),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upstream_failure_maps_to_a_5xx_and_upstream_fault() {
+        for t in [
+            Termination::NoBackend,
+            Termination::ConnectFailed,
+            Termination::ConnectTimeout,
+            Termination::UpstreamClosed,
+            Termination::BadResponse("x"),
+            Termination::UpstreamTimeout,
+        ] {
+            assert_eq!(t.fault(), Some(Fault::Upstream), "{t:?}");
+            let s = t.status().unwrap();
+            assert!((500..600).contains(&s), "{t:?} -> {s}");
+        }
+    }
+
+    #[test]
+    fn bad_request_keeps_the_parser_status_and_reason() {
+        let t = Termination::BadRequest(HttpError::too_large("too many headers"));
+        assert_eq!(t.status(), Some(431));
+        assert_eq!(t.reason(), "too many headers");
+        assert_eq!(t.fault(), Some(Fault::Client));
+    }
+}

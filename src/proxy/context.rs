@@ -1,0 +1,142 @@
+//! What a session sees of its worker: clock, buffers, timers, config snapshot, balancer, upstreams.
+
+use super::pool::UpstreamPool;
+use super::upstream::Upstream;
+use crate::access_log::AccessLog;
+use crate::balance::Balancer;
+use crate::http::{RequestHead, ResponseHead};
+use crate::runtime::buffer::BufferPool;
+use crate::runtime::snapshot::ConfigSnapshot;
+use crate::runtime::timer::TimerWheel;
+use mio::{Registry, Token};
+use slab::Slab;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Token of a session's client socket.
+pub fn session_token(key: usize) -> Token {
+    Token(key << 1)
+}
+
+/// Token of an upstream socket.
+pub fn upstream_token(key: usize) -> Token {
+    Token((key << 1) | 1)
+}
+
+/// A listener's settings that sessions need.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub trust_forwarded: bool,
+    /// `"http"` or `"https"`.
+    pub proto: &'static str,
+}
+
+/// Per-worker counters (plain integers: only this worker writes them).
+#[derive(Debug, Default, Clone)]
+pub struct WorkerStats {
+    pub accepted: u64,
+    pub requests: u64,
+    pub upstream_connects: u64,
+    pub upstream_reuses: u64,
+}
+
+/// Per-worker state shared by all of the worker's sessions. Owned by one thread: no locks.
+pub struct Ctx {
+    pub worker: usize,
+    /// Time of the current event-loop turn (one clock read per turn).
+    pub now: Instant,
+    pub registry: Registry,
+    pub buffers: BufferPool,
+    /// Reusable head vectors (rewritten heads, canned answers), so writing a head allocates nothing.
+    vecs: Vec<Vec<u8>>,
+    /// A vector always at hand while a scratch head is borrowed (swapped out, then replaced).
+    pub scratch_vec: Vec<u8>,
+    pub timers: TimerWheel,
+    pub snapshot: Arc<ConfigSnapshot>,
+    /// Scratch heads: a head is parsed, acted on and rewritten in one go, so one per worker suffices.
+    pub req_head: RequestHead,
+    pub resp_head: ResponseHead,
+    pub balancer: Balancer,
+    pub upstreams: Slab<Upstream>,
+    pub pool: UpstreamPool,
+    pub access_log: Option<AccessLog>,
+    pub listeners: Vec<ListenerInfo>,
+    /// Shutting down: finish in-flight requests, keep no connection alive.
+    pub draining: bool,
+    next_id: u64,
+    pub stats: WorkerStats,
+}
+
+const MAX_POOLED_VEC: usize = 64 * 1024;
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        worker: usize,
+        registry: Registry,
+        snapshot: Arc<ConfigSnapshot>,
+        buffer_size: usize,
+        max_connections: usize,
+        upstream_idle_pool: usize,
+        access_log: Option<AccessLog>,
+        listeners: Vec<ListenerInfo>,
+    ) -> Self {
+        let now = Instant::now();
+        let max_headers = snapshot.limits.max_headers;
+        let mut balancer = Balancer::default();
+        balancer.reset(&snapshot.clusters);
+        let mut pool = UpstreamPool::new(upstream_idle_pool);
+        pool.ensure(snapshot.backend_id_bound);
+        Ctx {
+            worker,
+            now,
+            registry,
+            // Keep enough free buffers for a burst on every connection slot, but not unbounded.
+            buffers: BufferPool::new(buffer_size, max_connections.min(4096)),
+            vecs: Vec::new(),
+            scratch_vec: Vec::with_capacity(1024),
+            timers: TimerWheel::new(now),
+            snapshot,
+            req_head: RequestHead::with_capacity(max_headers),
+            resp_head: ResponseHead::with_capacity(max_headers),
+            balancer,
+            upstreams: Slab::new(),
+            pool,
+            access_log,
+            listeners,
+            draining: false,
+            next_id: 1,
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// A fresh id for a connection (guards timer entries against slab slot reuse).
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// An empty head vector.
+    pub fn take_vec(&mut self) -> Vec<u8> {
+        self.vecs.pop().unwrap_or_else(|| Vec::with_capacity(1024))
+    }
+
+    /// Returns a head vector for reuse.
+    pub fn put_vec(&mut self, mut v: Vec<u8>) {
+        if v.capacity() <= MAX_POOLED_VEC && self.vecs.len() < 4096 {
+            v.clear();
+            self.vecs.push(v);
+        }
+    }
+
+    /// Closes an upstream connection for good.
+    pub fn close_upstream(&mut self, key: usize) {
+        if let Some(u) = self.upstreams.try_remove(key) {
+            if u.session.is_none() {
+                self.pool.remove(u.backend.id, key);
+            }
+            drop(u);
+        }
+    }
+}

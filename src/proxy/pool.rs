@@ -1,0 +1,82 @@
+//! Each worker's idle backend connections, per backend, reused most-recent first.
+
+use crate::balance::BackendId;
+
+/// Slab keys of idle upstream connections, indexed by backend id. Per worker, so no lock; vectors keep
+/// their capacity, so pushing and popping allocates nothing in steady state.
+#[derive(Debug, Default)]
+pub struct UpstreamPool {
+    idle: Vec<Vec<usize>>,
+    max_per_backend: usize,
+}
+
+impl UpstreamPool {
+    pub fn new(max_per_backend: usize) -> Self {
+        UpstreamPool {
+            idle: Vec::new(),
+            max_per_backend,
+        }
+    }
+
+    /// Makes room for backend ids below `bound`.
+    pub fn ensure(&mut self, bound: usize) {
+        if self.idle.len() < bound {
+            self.idle.resize_with(bound, Vec::new);
+        }
+    }
+
+    /// Parks a connection; `false` when the backend's pool is full (the caller closes it).
+    pub fn put(&mut self, backend: BackendId, key: usize) -> bool {
+        self.ensure(backend + 1);
+        let list = &mut self.idle[backend];
+        if list.len() >= self.max_per_backend {
+            return false;
+        }
+        list.push(key);
+        true
+    }
+
+    /// The most recently parked connection to `backend` (warmest, least likely to have been closed).
+    pub fn take(&mut self, backend: BackendId) -> Option<usize> {
+        self.idle.get_mut(backend)?.pop()
+    }
+
+    /// Forgets a connection that closed while parked.
+    pub fn remove(&mut self, backend: BackendId, key: usize) {
+        if let Some(list) = self.idle.get_mut(backend) {
+            if let Some(i) = list.iter().position(|&k| k == key) {
+                list.swap_remove(i);
+            }
+        }
+    }
+
+    /// Every parked connection, for shutdown.
+    pub fn drain_all(&mut self) -> Vec<usize> {
+        self.idle.iter_mut().flat_map(|l| l.drain(..)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.idle.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_in_first_out_and_bounded() {
+        let mut p = UpstreamPool::new(2);
+        assert!(p.put(3, 10));
+        assert!(p.put(3, 11));
+        assert!(!p.put(3, 12), "full");
+        assert_eq!(p.take(3), Some(11));
+        p.remove(3, 10);
+        assert_eq!(p.take(3), None);
+        assert_eq!(p.take(99), None);
+    }
+}

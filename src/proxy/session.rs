@@ -1,0 +1,1330 @@
+//! A client connection's state machine: read a request head, run the pipeline, exchange with a backend,
+//! answer, and start over (keep-alive) or close. See `LIFECYCLE.md` beside this file.
+//!
+//! Data is never copied between buffers: request bytes are read into `in_buf` and written to the backend
+//! straight from it (the rewritten head goes first from `req_out`, in the same `writev`); response bytes
+//! are read into `up_buf` and written to the client the same way. Body framing is validated as bytes pass
+//! (`*_pending` counts the validated bytes at the front of a buffer that may be sent), so a backend or a
+//! client only ever receives bytes whose framing tether has checked.
+
+use super::context::{Ctx, upstream_token};
+use super::io::{ReadOutcome, Readiness, WriteOutcome, read_discard, read_into, write_two};
+use super::pipeline;
+use super::upstream::{self, Upstream};
+use crate::access_log::{AccessRecord, Field};
+use crate::balance::BackendId;
+use crate::error::Termination;
+use crate::http::canned::write_canned;
+use crate::http::{
+    BodyFraming, ChunkedDecoder, ForwardContext, HeadScanner, Method, ResponseFraming,
+    ResponseOptions, Version, end_head, parse_request, parse_response, write_request_head,
+    write_response_head,
+};
+use crate::runtime::buffer::Buffer;
+use crate::runtime::timer::Deadline;
+use mio::Interest;
+use mio::net::TcpStream;
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a request head: idle between requests, or part of a head received.
+    ReadHead,
+    /// Routed and balanced; the backend connection is being established.
+    Connect,
+    /// Request and response flowing between client and backend.
+    Exchange,
+    /// Protocol switched (101): raw bytes both ways until both sides close.
+    Tunnel,
+    /// A final answer is being flushed; then the write side is shut and input drained until EOF.
+    Closing,
+    /// Done: the worker frees the session.
+    Closed,
+}
+
+/// How much of a message body is still to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Fully received (or none).
+    Done,
+    /// This many bytes are still to be received.
+    Length(u64),
+    /// Chunked; the decoder knows where it ends.
+    Chunked,
+    /// Ends when the backend closes.
+    UntilClose,
+}
+
+/// The response side of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseState {
+    /// Waiting for the (final) response head; 1xx heads are forwarded on the way.
+    Head,
+    /// Receiving the body.
+    Body,
+    /// All body bytes received and validated (some may still be waiting to be written).
+    Done,
+}
+
+/// Per-request state, reset for each request on the connection.
+#[derive(Debug)]
+struct Exchange {
+    /// The first byte of this request arrived.
+    started: bool,
+    started_at: Instant,
+    method: Method,
+    version: Version,
+    keep_alive: bool,
+    upgrade: bool,
+    cluster: usize,
+    /// Snapshot generation `cluster` indexes into.
+    generation: u64,
+    /// Backend of the last attempt (to avoid it on retry) and attempts made.
+    backend: Option<(BackendId, SocketAddr)>,
+    attempts: u32,
+    /// Bytes of `req_out` already written to the backend.
+    head_sent: usize,
+    /// Any request byte reached the backend on the current attempt.
+    request_written: bool,
+    req_body: Body,
+    req_chunks: ChunkedDecoder,
+    /// Validated request body bytes at the front of `in_buf`, not yet written.
+    req_pending: usize,
+    resp: ResponseState,
+    resp_body: Body,
+    resp_chunks: ChunkedDecoder,
+    /// Validated response bytes at the front of `up_buf`, not yet written.
+    resp_pending: usize,
+    /// Any byte came back from the backend on the current attempt.
+    response_received: bool,
+    /// A final response head was queued to the client: a canned error can no longer be sent.
+    response_started: bool,
+    upstream_eof: bool,
+    upstream_reusable: bool,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    connect_started: Instant,
+    connect_us: Option<u64>,
+    response_us: Option<u64>,
+    termination: Termination,
+}
+
+impl Exchange {
+    fn new(now: Instant) -> Self {
+        Exchange {
+            started: false,
+            started_at: now,
+            method: Method::Get,
+            version: Version::Http11,
+            keep_alive: true,
+            upgrade: false,
+            cluster: 0,
+            generation: 0,
+            backend: None,
+            attempts: 0,
+            head_sent: 0,
+            request_written: false,
+            req_body: Body::Done,
+            req_chunks: ChunkedDecoder::new(),
+            req_pending: 0,
+            resp: ResponseState::Head,
+            resp_body: Body::Done,
+            resp_chunks: ChunkedDecoder::new(),
+            resp_pending: 0,
+            response_received: false,
+            response_started: false,
+            upstream_eof: false,
+            upstream_reusable: false,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            connect_started: now,
+            connect_us: None,
+            response_us: None,
+            termination: Termination::Completed,
+        }
+    }
+
+    /// Ready for the next request; the decoders keep their (allocation-free) state objects.
+    fn reset(&mut self, now: Instant) {
+        let mut req_chunks = std::mem::take(&mut self.req_chunks);
+        let mut resp_chunks = std::mem::take(&mut self.resp_chunks);
+        req_chunks.reset();
+        resp_chunks.reset();
+        *self = Exchange {
+            req_chunks,
+            resp_chunks,
+            ..Exchange::new(now)
+        };
+    }
+
+    fn micros_since_start(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started_at).as_micros() as u64
+    }
+}
+
+/// One client connection.
+pub struct Session {
+    /// This session's slab key (upstreams point back to it).
+    pub key: usize,
+    pub id: u64,
+    client: TcpStream,
+    pub io: Readiness,
+    peer: SocketAddr,
+    listener: u16,
+    pub phase: Phase,
+    pub deadline: Deadline,
+    /// Already in the worker's run queue.
+    pub queued: bool,
+    in_buf: Option<Buffer>,
+    up_buf: Option<Buffer>,
+    /// Rewritten request head for the backend (kept until the response starts, for retries).
+    req_out: Option<Vec<u8>>,
+    /// Bytes for the client that tether wrote itself (response heads, canned answers).
+    resp_out: Option<Vec<u8>>,
+    resp_out_sent: usize,
+    scanner: HeadScanner,
+    resp_scanner: HeadScanner,
+    upstream: Option<usize>,
+    x: Exchange,
+    requests: u32,
+    last_client_io: Instant,
+    last_upstream_io: Instant,
+    closing_since: Instant,
+    /// Close the client connection once the current response is written.
+    close_after: bool,
+    shutdown_sent: bool,
+    client_eof: bool,
+    log: Option<Box<AccessRecord>>,
+}
+
+/// Longest a closing connection lingers to drain client input after the answer (avoids an RST that
+/// would destroy the answer in flight).
+const LINGER: Duration = Duration::from_secs(2);
+
+impl Session {
+    pub fn new(
+        key: usize,
+        id: u64,
+        client: TcpStream,
+        peer: SocketAddr,
+        listener: u16,
+        now: Instant,
+    ) -> Self {
+        Session {
+            key,
+            id,
+            client,
+            // Clients usually send their request right behind the handshake: try reading at once.
+            io: Readiness {
+                readable: true,
+                writable: true,
+                ..Readiness::default()
+            },
+            peer,
+            listener,
+            phase: Phase::ReadHead,
+            deadline: Deadline::default(),
+            queued: false,
+            in_buf: None,
+            up_buf: None,
+            req_out: None,
+            resp_out: None,
+            resp_out_sent: 0,
+            scanner: HeadScanner::default(),
+            resp_scanner: HeadScanner::default(),
+            upstream: None,
+            x: Exchange::new(now),
+            requests: 0,
+            last_client_io: now,
+            last_upstream_io: now,
+            closing_since: now,
+            close_after: false,
+            shutdown_sent: false,
+            client_eof: false,
+            log: None,
+        }
+    }
+
+    pub fn client_mut(&mut self) -> &mut TcpStream {
+        &mut self.client
+    }
+
+    /// Runs the state machine until nothing more can happen without new readiness or time.
+    pub fn drive(&mut self, cx: &mut Ctx) {
+        loop {
+            let progress = match self.phase {
+                Phase::ReadHead => self.step_read_head(cx),
+                Phase::Connect => self.step_connect(cx),
+                Phase::Exchange => self.step_exchange(cx),
+                Phase::Tunnel => self.step_tunnel(cx),
+                Phase::Closing => self.step_closing(cx),
+                Phase::Closed => false,
+            };
+            if !progress {
+                break;
+            }
+        }
+        if self.phase != Phase::Closed {
+            self.release_idle_buffers(cx);
+            self.arm_deadline(cx);
+        }
+    }
+
+    // ----- reading a request head -------------------------------------------------------------------
+
+    fn step_read_head(&mut self, cx: &mut Ctx) -> bool {
+        if self.in_buf.as_ref().is_some_and(|b| !b.is_empty()) && !self.x.started {
+            self.begin_request(cx);
+        }
+        if let Some(buf) = &mut self.in_buf {
+            if !buf.is_empty() {
+                let limits = cx.snapshot.limits;
+                match self.scanner.scan(buf.data(), &limits) {
+                    Err(e) => {
+                        self.fail(cx, Termination::BadRequest(e));
+                        return true;
+                    }
+                    Ok(Some(len)) => {
+                        self.on_request_head(cx, len);
+                        return true;
+                    }
+                    Ok(None) => {
+                        // A head bigger than a buffer but within the limit: grow once (rare path).
+                        if buf.free() == 0 && buf.capacity() < limits.max_head_size + 1 {
+                            buf.grow(limits.max_head_size + 1);
+                        }
+                    }
+                }
+            }
+        }
+        if cx.draining && !self.x.started {
+            self.phase = Phase::Closed;
+            return true;
+        }
+        if !self.io.readable {
+            return false;
+        }
+        let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+        match read_into(&mut self.client, &mut self.io, buf) {
+            ReadOutcome::Data(_) => {
+                self.last_client_io = cx.now;
+                true
+            }
+            ReadOutcome::Blocked => false,
+            ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                if self.x.started {
+                    // Gone mid-head: nothing to answer, but the attempt is logged.
+                    self.x.termination = Termination::ClientClosed;
+                }
+                self.phase = Phase::Closed;
+                true
+            }
+        }
+    }
+
+    /// The first byte of a request arrived: start its clock and its log record.
+    fn begin_request(&mut self, cx: &mut Ctx) {
+        self.x.started = true;
+        self.x.started_at = cx.now;
+        if let Some(log) = &cx.access_log {
+            let mut record = self.log.take().unwrap_or_else(|| log.record());
+            record.reset(SystemTime::now(), self.peer, self.listener);
+            self.log = Some(record);
+        }
+    }
+
+    fn on_request_head(&mut self, cx: &mut Ctx, head_len: usize) {
+        let limits = cx.snapshot.limits;
+        let Some(buf) = self.in_buf.as_ref() else {
+            return;
+        };
+        let bytes = &buf.data()[..head_len];
+        let head = &mut cx.req_head;
+        if let Err(e) = parse_request(bytes, &limits, head) {
+            if let Some(log) = &mut self.log {
+                // The raw first line tells an operator what was refused.
+                let line = bytes.split(|&b| b == b'\n').find(|l| l.len() > 1);
+                log.set(Field::Target, line.unwrap_or(b"").trim_ascii_end());
+            }
+            self.fail(cx, Termination::BadRequest(e));
+            return;
+        }
+        self.x.method = head.method;
+        self.x.version = head.version;
+        self.x.keep_alive = head.keep_alive();
+        self.x.upgrade = head.upgrade;
+        self.x.bytes_in = head_len as u64;
+        if let Some(log) = &mut self.log {
+            log.version = head.version;
+            log.set(Field::Method, head.method_span.of(bytes));
+            log.set(Field::Target, head.target.of(bytes));
+            if let Some(a) = head.authority {
+                log.set(Field::Host, a.of(bytes));
+            }
+            if let Some(ua) = head.header(bytes, "user-agent") {
+                log.set(Field::UserAgent, ua);
+            }
+        }
+
+        // The pipeline's request phases: route, then (later stages) auth, limits, stickiness.
+        let route = match pipeline::route(&cx.snapshot, head, bytes) {
+            Ok(r) => r,
+            Err(t) => {
+                self.fail(cx, t);
+                return;
+            }
+        };
+        self.x.cluster = route.cluster;
+        self.x.generation = cx.snapshot.generation;
+        if let Some(log) = &mut self.log {
+            log.set(Field::Cluster, cx.snapshot.clusters[route.cluster].name.as_bytes());
+        }
+
+        let mut out = std::mem::take(&mut cx.scratch_vec);
+        let info = &cx.listeners[self.listener as usize];
+        let fwd = ForwardContext {
+            client_ip: self.peer.ip(),
+            proto: info.proto,
+            trust_forwarded: info.trust_forwarded,
+        };
+        write_request_head(&mut out, bytes, head, &fwd);
+        end_head(&mut out);
+        self.req_out = Some(out);
+        self.x.req_body = match head.framing {
+            BodyFraming::None | BodyFraming::Length(0) => Body::Done,
+            BodyFraming::Length(n) => Body::Length(n),
+            BodyFraming::Chunked => Body::Chunked,
+        };
+        cx.scratch_vec = cx.take_vec();
+        if let Some(buf) = &mut self.in_buf {
+            buf.consume(head_len);
+        }
+        self.scanner.reset();
+        cx.stats.requests += 1;
+        self.attach_upstream(cx, None);
+    }
+
+    // ----- choosing and connecting to a backend ------------------------------------------------------
+
+    /// Picks a backend (avoiding `avoid`, which just failed) and attaches an idle pooled connection to it,
+    /// or starts a new one.
+    fn attach_upstream(&mut self, cx: &mut Ctx, avoid: Option<BackendId>) {
+        let Some(cluster) = cx.snapshot.clusters.get(self.x.cluster).cloned() else {
+            self.fail(cx, Termination::NoBackend);
+            return;
+        };
+        if cx.snapshot.generation != self.x.generation {
+            // Reloaded mid-request: the cluster index may point elsewhere now.
+            self.fail(cx, Termination::NoBackend);
+            return;
+        }
+        let Some(backend) = cx.balancer.pick(self.x.cluster, &cluster, avoid) else {
+            self.fail(cx, Termination::NoBackend);
+            return;
+        };
+        let id = backend.state.id;
+        let address = backend.state.address;
+        self.x.backend = Some((id, address));
+        self.x.attempts += 1;
+        self.x.head_sent = 0;
+        self.x.request_written = false;
+        self.x.response_received = false;
+        self.x.upstream_eof = false;
+        self.x.connect_started = cx.now;
+        self.last_upstream_io = cx.now;
+
+        while let Some(key) = cx.pool.take(id) {
+            let u = &mut cx.upstreams[key];
+            if u.io.readable || u.io.read_closed || u.io.error {
+                // The backend closed it (or sent something unasked) while it was parked.
+                cx.close_upstream(key);
+                continue;
+            }
+            u.session = Some(self.key);
+            u.deadline.clear();
+            u.requests += 1;
+            cx.stats.upstream_reuses += 1;
+            self.upstream = Some(key);
+            self.x.connect_us = Some(self.x.micros_since_start(cx.now));
+            self.phase = Phase::Exchange;
+            return;
+        }
+
+        let backend_state = backend.state.clone();
+        let stream = match upstream::connect(address) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("connect to {address} failed at once: {e}");
+                self.upstream_failed(cx, Termination::ConnectFailed);
+                return;
+            }
+        };
+        let entry = cx.upstreams.vacant_entry();
+        let key = entry.key();
+        let mut stream = stream;
+        if let Err(e) = cx.registry.register(
+            &mut stream,
+            upstream_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register upstream socket: {e}");
+            self.fail(cx, Termination::Internal("cannot register upstream socket"));
+            return;
+        }
+        let id = cx.next_id();
+        cx.upstreams.insert(Upstream {
+            stream,
+            io: Readiness::default(),
+            backend: backend_state,
+            session: Some(self.key),
+            connected: false,
+            requests: 1,
+            id,
+            deadline: Deadline::default(),
+        });
+        cx.stats.upstream_connects += 1;
+        self.upstream = Some(key);
+        self.phase = Phase::Connect;
+    }
+
+    fn step_connect(&mut self, cx: &mut Ctx) -> bool {
+        let Some(key) = self.upstream else {
+            self.upstream_failed(cx, Termination::ConnectFailed);
+            return true;
+        };
+        let u = &mut cx.upstreams[key];
+        if !u.io.writable && !u.io.error && !u.io.read_closed {
+            return false;
+        }
+        let failed = match u.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match u.stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                    // Spurious wake-up: still connecting.
+                    u.io.writable = false;
+                    return false;
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failed {
+            log::debug!("connect to {} failed: {e}", u.backend.address);
+            self.upstream_failed(cx, Termination::ConnectFailed);
+            return true;
+        }
+        u.connected = true;
+        self.x.connect_us = Some(self.x.micros_since_start(cx.now));
+        self.last_upstream_io = cx.now;
+        self.phase = Phase::Exchange;
+        true
+    }
+
+    /// The backend connection failed before the exchange could finish: retry on another backend when
+    /// that is safe, else answer (502/504) if nothing was sent yet, else cut the client connection.
+    fn upstream_failed(&mut self, cx: &mut Ctx, term: Termination) {
+        if let Some(key) = self.upstream.take() {
+            cx.close_upstream(key);
+        }
+        if let Some(buf) = self.up_buf.take() {
+            cx.buffers.put(buf);
+        }
+        self.x.resp_pending = 0;
+        let retries = cx
+            .snapshot
+            .clusters
+            .get(self.x.cluster)
+            .map_or(0, |c| c.retries);
+        // Safe to replay: the backend received nothing, or the request is idempotent, had no body and
+        // nothing came back.
+        let replayable = !self.x.request_written
+            || (self.x.method.is_idempotent()
+                && self.x.req_body == Body::Done
+                && !self.x.response_received
+                && self.x.req_pending == 0);
+        let body_untouched = !self.x.request_written || self.x.req_body == Body::Done;
+        if self.x.attempts <= retries
+            && replayable
+            && body_untouched
+            && !self.x.response_started
+            && self.x.generation == cx.snapshot.generation
+        {
+            let avoid = self.x.backend.map(|(id, _)| id);
+            self.attach_upstream(cx, avoid);
+            return;
+        }
+        if self.x.response_started {
+            self.abort(cx, term);
+        } else {
+            self.fail(cx, term);
+        }
+    }
+
+    // ----- the exchange -----------------------------------------------------------------------------
+
+    fn step_exchange(&mut self, cx: &mut Ctx) -> bool {
+        let mut progress = self.pump_request(cx);
+        if self.phase != Phase::Exchange {
+            return true;
+        }
+        progress |= self.pump_response(cx);
+        if self.phase != Phase::Exchange {
+            return true;
+        }
+        let flushed = self.resp_out_pending() == 0 && self.x.resp_pending == 0;
+        if self.x.resp == ResponseState::Done && flushed {
+            self.complete(cx);
+            return true;
+        }
+        progress
+    }
+
+    fn request_done(&self) -> bool {
+        self.x.req_body == Body::Done
+            && self.x.req_pending == 0
+            && self
+                .req_out
+                .as_ref()
+                .is_none_or(|o| self.x.head_sent == o.len())
+    }
+
+    /// Request side: frame newly arrived body bytes, write head and body to the backend, read more body.
+    fn pump_request(&mut self, cx: &mut Ctx) -> bool {
+        let Some(key) = self.upstream else {
+            return false;
+        };
+        let mut progress = false;
+
+        // Frame body bytes that arrived since the last turn.
+        if let Some(buf) = &self.in_buf {
+            let fresh = &buf.data()[self.x.req_pending..];
+            if !fresh.is_empty() {
+                match &mut self.x.req_body {
+                    Body::Length(rest) => {
+                        let n = (*rest).min(fresh.len() as u64);
+                        self.x.req_pending += n as usize;
+                        *rest -= n;
+                        if *rest == 0 {
+                            self.x.req_body = Body::Done;
+                        }
+                        self.x.bytes_in += n;
+                    }
+                    Body::Chunked => match self.x.req_chunks.advance(fresh) {
+                        Ok((n, done)) => {
+                            self.x.req_pending += n;
+                            self.x.bytes_in += n as u64;
+                            if done {
+                                self.x.req_body = Body::Done;
+                            }
+                        }
+                        Err(e) => {
+                            // Nothing invalid was forwarded, but the backend holds half a request.
+                            if let Some(k) = self.upstream.take() {
+                                cx.close_upstream(k);
+                            }
+                            self.respond_or_abort(cx, Termination::BadRequest(e));
+                            return true;
+                        }
+                    },
+                    Body::Done | Body::UntilClose => {}
+                }
+            }
+        }
+
+        // Write what is ready: the rest of the head, then validated body bytes, in one call.
+        let u = &mut cx.upstreams[key];
+        let head: &[u8] = match &self.req_out {
+            Some(o) => &o[self.x.head_sent..],
+            None => &[],
+        };
+        let body: &[u8] = match &self.in_buf {
+            Some(b) => &b.data()[..self.x.req_pending],
+            None => &[],
+        };
+        if (!head.is_empty() || !body.is_empty()) && u.io.writable {
+            let head_len = head.len();
+            match write_two(&mut u.stream, &mut u.io, head, body) {
+                WriteOutcome::Wrote(n) => {
+                    let h = n.min(head_len);
+                    self.x.head_sent += h;
+                    let b = n - h;
+                    if b > 0 {
+                        if let Some(buf) = &mut self.in_buf {
+                            buf.consume(b);
+                        }
+                        self.x.req_pending -= b;
+                    }
+                    self.x.request_written = true;
+                    self.last_upstream_io = cx.now;
+                    progress = true;
+                }
+                WriteOutcome::Blocked => {}
+                WriteOutcome::Error(e) => {
+                    log::debug!("write to backend failed: {e}");
+                    self.upstream_failed(cx, Termination::UpstreamClosed);
+                    return true;
+                }
+            }
+        }
+
+        // Read more of the body from the client.
+        if self.x.req_body != Body::Done && self.io.readable {
+            let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+            if buf.free() > 0 {
+                match read_into(&mut self.client, &mut self.io, buf) {
+                    ReadOutcome::Data(_) => {
+                        self.last_client_io = cx.now;
+                        progress = true;
+                    }
+                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                        self.abort(cx, Termination::ClientClosed);
+                        return true;
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    /// Response side: read from the backend, parse heads, frame the body, write to the client.
+    fn pump_response(&mut self, cx: &mut Ctx) -> bool {
+        let Some(key) = self.upstream else {
+            return false;
+        };
+        let mut progress = false;
+
+        // Read.
+        let u = &mut cx.upstreams[key];
+        if u.io.readable && !self.x.upstream_eof {
+            let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
+            if buf.free() > 0 {
+                match read_into(&mut u.stream, &mut u.io, buf) {
+                    ReadOutcome::Data(_) => {
+                        self.x.response_received = true;
+                        self.last_upstream_io = cx.now;
+                        progress = true;
+                    }
+                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Eof => {
+                        self.x.upstream_eof = true;
+                        progress = true;
+                    }
+                    ReadOutcome::Error(e) => {
+                        log::debug!("read from backend failed: {e}");
+                        self.x.upstream_eof = true;
+                        progress = true;
+                    }
+                }
+            }
+        }
+
+        // Heads: 1xx are forwarded and skipped; the final head is rewritten for the client.
+        let request_done = self.request_done();
+        if self.x.resp == ResponseState::Head && self.resp_out.is_none() {
+            self.resp_out = Some(cx.take_vec());
+        }
+        while self.x.resp == ResponseState::Head {
+            let Some(buf) = &mut self.up_buf else { break };
+            if buf.is_empty() {
+                break;
+            }
+            let limits = cx.snapshot.limits;
+            let len = match self.resp_scanner.scan(buf.data(), &limits) {
+                Err(e) => {
+                    let reason = if e.status == 431 {
+                        "response head too large"
+                    } else {
+                        e.reason
+                    };
+                    self.upstream_failed(cx, Termination::BadResponse(reason));
+                    return true;
+                }
+                Ok(None) => {
+                    if buf.free() == 0 && buf.capacity() < limits.max_head_size + 1 {
+                        buf.grow(limits.max_head_size + 1);
+                    }
+                    break;
+                }
+                Ok(Some(len)) => len,
+            };
+            let bytes = &buf.data()[..len];
+            let head = &mut cx.resp_head;
+            if let Err(e) = parse_response(bytes, &limits, self.x.method, head) {
+                self.upstream_failed(cx, Termination::BadResponse(e.reason));
+                return true;
+            }
+            self.resp_scanner.reset();
+            progress = true;
+            let out = self.resp_out.get_or_insert_with(Vec::new);
+            debug_assert!(self.resp_out_sent <= out.len());
+            if head.status < 200 {
+                if head.status == 101 {
+                    if !self.x.upgrade {
+                        self.upstream_failed(cx, Termination::BadResponse("101 without upgrade"));
+                        return true;
+                    }
+                    let opts = ResponseOptions {
+                        upgrade: true,
+                        ..ResponseOptions::default()
+                    };
+                    write_response_head(out, bytes, head, &opts);
+                    end_head(out);
+                    self.x.status = 101;
+                    self.x.response_started = true;
+                    self.x.response_us = Some(self.x.micros_since_start(cx.now));
+                    buf.consume(len);
+                    self.enter_tunnel(cx);
+                    return true;
+                }
+                // Other interim responses reach HTTP/1.1 clients only (RFC 9110 §15.2).
+                if self.x.version == Version::Http11 {
+                    write_response_head(out, bytes, head, &ResponseOptions::default());
+                    end_head(out);
+                }
+                buf.consume(len);
+                continue;
+            }
+
+            let close = !self.x.keep_alive
+                || cx.draining
+                || !request_done
+                || head.framing == ResponseFraming::UntilClose;
+            let opts = ResponseOptions {
+                close,
+                keep_alive_http10: !close && self.x.version == Version::Http10,
+                upgrade: false,
+            };
+            write_response_head(out, bytes, head, &opts);
+            end_head(out);
+            self.close_after = close;
+            self.x.status = head.status;
+            self.x.response_started = true;
+            self.x.response_us = Some(self.x.micros_since_start(cx.now));
+            // Backends are spoken to in the client's version; only 1.1 connections are kept.
+            self.x.upstream_reusable = head.reusable() && self.x.version == Version::Http11;
+            self.x.resp_body = match head.framing {
+                ResponseFraming::None | ResponseFraming::Length(0) => Body::Done,
+                ResponseFraming::Length(n) => Body::Length(n),
+                ResponseFraming::Chunked => Body::Chunked,
+                ResponseFraming::UntilClose => Body::UntilClose,
+            };
+            self.x.resp = if self.x.resp_body == Body::Done {
+                ResponseState::Done
+            } else {
+                ResponseState::Body
+            };
+            buf.consume(len);
+            // The response has started: the request can no longer be replayed.
+            if let Some(o) = self.req_out.take() {
+                if self.x.head_sent < o.len() {
+                    self.x.upstream_reusable = false;
+                    self.close_after = true;
+                }
+                cx.put_vec(o);
+                self.x.head_sent = 0;
+            }
+        }
+
+        if self.x.resp == ResponseState::Head && self.x.upstream_eof {
+            // Closed (or reset) before a complete head.
+            self.upstream_failed(cx, Termination::UpstreamClosed);
+            return true;
+        }
+
+        // Frame body bytes.
+        if self.x.resp == ResponseState::Body {
+            if let Some(buf) = &self.up_buf {
+                let fresh = &buf.data()[self.x.resp_pending..];
+                match &mut self.x.resp_body {
+                    Body::Length(rest) => {
+                        let n = (*rest).min(fresh.len() as u64);
+                        self.x.resp_pending += n as usize;
+                        *rest -= n;
+                        if *rest == 0 {
+                            self.x.resp_body = Body::Done;
+                        }
+                    }
+                    Body::Chunked if !fresh.is_empty() => {
+                        match self.x.resp_chunks.advance(fresh) {
+                            Ok((n, done)) => {
+                                self.x.resp_pending += n;
+                                if done {
+                                    self.x.resp_body = Body::Done;
+                                }
+                            }
+                            Err(_) => {
+                                self.abort(cx, Termination::BadResponse("invalid chunked body"));
+                                return true;
+                            }
+                        }
+                    }
+                    Body::UntilClose => {
+                        self.x.resp_pending += fresh.len();
+                        if self.x.upstream_eof {
+                            self.x.resp_body = Body::Done;
+                        }
+                    }
+                    Body::Chunked | Body::Done => {}
+                }
+            }
+            if self.x.resp_body == Body::Done {
+                self.x.resp = ResponseState::Done;
+            } else if self.x.upstream_eof && self.x.resp_pending == 0 {
+                // The backend closed mid-body; what it sent was forwarded, the client sees the cut.
+                self.abort(cx, Termination::UpstreamClosed);
+                return true;
+            }
+        }
+
+        // Write to the client: our head bytes first, then body bytes, in one call.
+        let head: &[u8] = match &self.resp_out {
+            Some(o) => &o[self.resp_out_sent..],
+            None => &[],
+        };
+        let body: &[u8] = match &self.up_buf {
+            Some(b) => &b.data()[..self.x.resp_pending],
+            None => &[],
+        };
+        if (!head.is_empty() || !body.is_empty()) && self.io.writable {
+            let head_len = head.len();
+            match write_two(&mut self.client, &mut self.io, head, body) {
+                WriteOutcome::Wrote(n) => {
+                    let h = n.min(head_len);
+                    self.resp_out_sent += h;
+                    let b = n - h;
+                    if b > 0 {
+                        if let Some(buf) = &mut self.up_buf {
+                            buf.consume(b);
+                        }
+                        self.x.resp_pending -= b;
+                    }
+                    self.x.bytes_out += n as u64;
+                    self.last_client_io = cx.now;
+                    if self.resp_out_pending() == 0 {
+                        self.recycle_resp_out(cx);
+                    }
+                    progress = true;
+                }
+                WriteOutcome::Blocked => {}
+                WriteOutcome::Error(_) => {
+                    self.abort(cx, Termination::ClientClosed);
+                    return true;
+                }
+            }
+        }
+        progress
+    }
+
+    fn resp_out_pending(&self) -> usize {
+        self.resp_out
+            .as_ref()
+            .map_or(0, |o| o.len() - self.resp_out_sent)
+    }
+
+    fn recycle_resp_out(&mut self, cx: &mut Ctx) {
+        if let Some(o) = self.resp_out.take() {
+            cx.put_vec(o);
+        }
+        self.resp_out_sent = 0;
+    }
+
+    /// The response was delivered: log, park or close the backend connection, and go on to the next
+    /// request (or close).
+    fn complete(&mut self, cx: &mut Ctx) {
+        let request_done = self.request_done();
+        let leftover = self.up_buf.as_ref().is_some_and(|b| !b.is_empty());
+        if let Some(key) = self.upstream.take() {
+            let reusable = self.x.upstream_reusable
+                && request_done
+                && !self.x.upstream_eof
+                && !leftover
+                && !cx.draining;
+            self.release_upstream(cx, key, reusable);
+        }
+        if let Some(buf) = self.up_buf.take() {
+            cx.buffers.put(buf);
+        }
+        if let Some(o) = self.req_out.take() {
+            cx.put_vec(o);
+        }
+        self.finish_request(cx);
+        if self.close_after || !request_done || cx.draining {
+            self.begin_closing(cx);
+        } else {
+            self.x.reset(cx.now);
+            self.phase = Phase::ReadHead;
+        }
+    }
+
+    fn release_upstream(&mut self, cx: &mut Ctx, key: usize, reusable: bool) {
+        let backend = {
+            let u = &mut cx.upstreams[key];
+            u.backend.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            u.backend.id
+        };
+        if reusable && cx.pool.put(backend, key) {
+            let idle = cx.snapshot.timeouts.upstream_idle;
+            let u = &mut cx.upstreams[key];
+            u.session = None;
+            let token = upstream_token(key).0;
+            u.deadline.set(&mut cx.timers, token, u.id, cx.now + idle);
+        } else {
+            cx.close_upstream(key);
+        }
+    }
+
+    // ----- tunnel (after 101) ----------------------------------------------------------------------
+
+    fn enter_tunnel(&mut self, cx: &mut Ctx) {
+        if let Some(o) = self.req_out.take() {
+            cx.put_vec(o);
+        }
+        self.x.head_sent = 0;
+        self.x.req_pending = self.in_buf.as_ref().map_or(0, Buffer::len);
+        self.x.resp_pending = self.up_buf.as_ref().map_or(0, Buffer::len);
+        self.phase = Phase::Tunnel;
+    }
+
+    fn step_tunnel(&mut self, cx: &mut Ctx) -> bool {
+        let Some(key) = self.upstream else {
+            self.phase = Phase::Closed;
+            return true;
+        };
+        let mut progress = false;
+        let u = &mut cx.upstreams[key];
+
+        // Client → backend.
+        if let Some(buf) = &mut self.in_buf {
+            if !buf.is_empty() && u.io.writable {
+                match write_two(&mut u.stream, &mut u.io, buf.data(), &[]) {
+                    WriteOutcome::Wrote(n) => {
+                        buf.consume(n);
+                        self.x.bytes_in += n as u64;
+                        self.last_upstream_io = cx.now;
+                        progress = true;
+                    }
+                    WriteOutcome::Blocked => {}
+                    WriteOutcome::Error(_) => {
+                        self.abort(cx, Termination::UpstreamClosed);
+                        return true;
+                    }
+                }
+            }
+        }
+        if !self.client_eof && self.io.readable {
+            let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+            if buf.free() > 0 {
+                match read_into(&mut self.client, &mut self.io, buf) {
+                    ReadOutcome::Data(_) => {
+                        self.last_client_io = cx.now;
+                        progress = true;
+                    }
+                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                        self.client_eof = true;
+                        progress = true;
+                    }
+                }
+            }
+        }
+        if self.client_eof && self.in_buf.as_ref().is_none_or(Buffer::is_empty) && !self.x.request_written {
+            // Pass the half-close on once everything before it was delivered.
+            let _ = u.stream.shutdown(Shutdown::Write);
+            self.x.request_written = true;
+        }
+
+        // Backend → client: the 101 head first, then raw bytes.
+        let head: &[u8] = match &self.resp_out {
+            Some(o) => &o[self.resp_out_sent..],
+            None => &[],
+        };
+        let body: &[u8] = match &self.up_buf {
+            Some(b) => b.data(),
+            None => &[],
+        };
+        if (!head.is_empty() || !body.is_empty()) && self.io.writable {
+            let head_len = head.len();
+            match write_two(&mut self.client, &mut self.io, head, body) {
+                WriteOutcome::Wrote(n) => {
+                    let h = n.min(head_len);
+                    self.resp_out_sent += h;
+                    if n > h {
+                        if let Some(buf) = &mut self.up_buf {
+                            buf.consume(n - h);
+                        }
+                    }
+                    self.x.bytes_out += n as u64;
+                    self.last_client_io = cx.now;
+                    if self.resp_out_pending() == 0 {
+                        self.recycle_resp_out(cx);
+                    }
+                    progress = true;
+                }
+                WriteOutcome::Blocked => {}
+                WriteOutcome::Error(_) => {
+                    self.abort(cx, Termination::ClientClosed);
+                    return true;
+                }
+            }
+        }
+        let u = &mut cx.upstreams[key];
+        if !self.x.upstream_eof && u.io.readable {
+            let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
+            if buf.free() > 0 {
+                match read_into(&mut u.stream, &mut u.io, buf) {
+                    ReadOutcome::Data(_) => {
+                        self.last_upstream_io = cx.now;
+                        progress = true;
+                    }
+                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                        self.x.upstream_eof = true;
+                        progress = true;
+                    }
+                }
+            }
+        }
+        let up_flushed =
+            self.resp_out_pending() == 0 && self.up_buf.as_ref().is_none_or(Buffer::is_empty);
+        if self.x.upstream_eof && up_flushed && !self.shutdown_sent {
+            let _ = self.client.shutdown(Shutdown::Write);
+            self.shutdown_sent = true;
+        }
+        if self.client_eof && self.x.request_written && self.x.upstream_eof && self.shutdown_sent {
+            self.x.termination = Termination::Completed;
+            self.phase = Phase::Closed;
+            return true;
+        }
+        progress
+    }
+
+    // ----- endings ---------------------------------------------------------------------------------
+
+    /// Answers the client with a canned response for `term` (when nothing of a response was sent yet)
+    /// and closes; the connection is never reused after an error.
+    pub fn fail(&mut self, cx: &mut Ctx, term: Termination) {
+        self.x.termination = term;
+        if let Some(key) = self.upstream.take() {
+            cx.close_upstream(key);
+        }
+        if !self.x.response_started {
+            if let Some(status) = term.status() {
+                let out = self.resp_out.get_or_insert_with(|| cx.take_vec());
+                let extra: &[(&str, &str)] = if status == 503 {
+                    &[("Retry-After", "1")]
+                } else {
+                    &[]
+                };
+                write_canned(out, status, term.reason(), true, extra);
+                self.x.status = status;
+                self.x.response_started = true;
+            }
+        }
+        self.begin_closing(cx);
+    }
+
+    fn respond_or_abort(&mut self, cx: &mut Ctx, term: Termination) {
+        if self.x.response_started {
+            self.abort(cx, term);
+        } else {
+            self.fail(cx, term);
+        }
+    }
+
+    /// Cuts the client connection without an answer (one was already under way, or the client left).
+    pub fn abort(&mut self, cx: &mut Ctx, term: Termination) {
+        self.x.termination = term;
+        if let Some(key) = self.upstream.take() {
+            cx.close_upstream(key);
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn begin_closing(&mut self, cx: &mut Ctx) {
+        self.phase = Phase::Closing;
+        self.closing_since = cx.now;
+        // Pipelined requests behind a closing response are dropped with the connection.
+        self.x.req_pending = 0;
+    }
+
+    fn step_closing(&mut self, cx: &mut Ctx) -> bool {
+        let pending = self.resp_out_pending();
+        if pending > 0 {
+            if !self.io.writable {
+                return false;
+            }
+            let out = &self.resp_out.as_ref().expect("pending implies present")[self.resp_out_sent..];
+            match write_two(&mut self.client, &mut self.io, out, &[]) {
+                WriteOutcome::Wrote(n) => {
+                    self.resp_out_sent += n;
+                    self.x.bytes_out += n as u64;
+                    self.last_client_io = cx.now;
+                    return true;
+                }
+                WriteOutcome::Blocked => return false,
+                WriteOutcome::Error(_) => {
+                    self.phase = Phase::Closed;
+                    return true;
+                }
+            }
+        }
+        if !self.shutdown_sent {
+            self.recycle_resp_out(cx);
+            self.finish_request(cx);
+            let _ = self.client.shutdown(Shutdown::Write);
+            self.shutdown_sent = true;
+            self.closing_since = cx.now;
+        }
+        // Drain what the client still sends until it closes, so our answer is not lost to a reset.
+        if !self.io.readable {
+            return false;
+        }
+        match read_discard(&mut self.client, &mut self.io) {
+            ReadOutcome::Data(_) => true,
+            ReadOutcome::Blocked => false,
+            ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                self.phase = Phase::Closed;
+                true
+            }
+        }
+    }
+
+    /// Writes the access-log record of the current request, once.
+    fn finish_request(&mut self, cx: &mut Ctx) {
+        if !self.x.started {
+            return;
+        }
+        self.x.started = false;
+        self.requests += 1;
+        let Some(log) = &cx.access_log else {
+            return;
+        };
+        let Some(mut record) = self.log.take() else {
+            return;
+        };
+        record.status = self.x.status;
+        record.bytes_in = self.x.bytes_in;
+        record.bytes_out = self.x.bytes_out;
+        record.backend = self.x.backend.map(|(_, a)| a);
+        record.queue_us = self.x.backend.map(|_| 0);
+        record.connect_us = self.x.connect_us;
+        record.response_us = self.x.response_us;
+        record.total_us = self.x.micros_since_start(cx.now);
+        record.termination = self.x.termination;
+        record.retries = self.x.attempts.saturating_sub(1);
+        log.submit(record);
+    }
+
+    // ----- timers and teardown ----------------------------------------------------------------------
+
+    /// The deadline that applies to the current phase.
+    fn next_deadline(&self, cx: &Ctx) -> Option<Instant> {
+        let t = &cx.snapshot.timeouts;
+        match self.phase {
+            Phase::ReadHead => Some(if self.x.started {
+                self.x.started_at + t.client_head
+            } else if self.requests == 0 {
+                self.last_client_io + t.client_head
+            } else {
+                self.last_client_io + t.client_idle
+            }),
+            Phase::Connect => Some(self.x.connect_started + t.connect),
+            Phase::Exchange => {
+                let upstream = (self.x.resp != ResponseState::Done)
+                    .then(|| self.last_upstream_io + t.server);
+                let client_owes = self.x.req_body != Body::Done
+                    || self.resp_out_pending() > 0
+                    || self.x.resp_pending > 0;
+                let client = client_owes.then(|| self.last_client_io + t.client);
+                match (upstream, client) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::Tunnel => Some(self.last_client_io.max(self.last_upstream_io) + t.tunnel),
+            Phase::Closing => Some(self.closing_since + t.client.min(LINGER)),
+            Phase::Closed => None,
+        }
+    }
+
+    fn arm_deadline(&mut self, cx: &mut Ctx) {
+        match self.next_deadline(cx) {
+            Some(at) => {
+                let token = super::context::session_token(self.key).0;
+                self.deadline.set(&mut cx.timers, token, self.id, at);
+            }
+            None => self.deadline.clear(),
+        }
+    }
+
+    /// The session's deadline passed.
+    pub fn on_timeout(&mut self, cx: &mut Ctx) {
+        let t = cx.snapshot.timeouts.clone();
+        match self.phase {
+            Phase::ReadHead => {
+                if self.x.started {
+                    self.fail(cx, Termination::HeadTimeout);
+                } else {
+                    self.phase = Phase::Closed;
+                }
+            }
+            Phase::Connect => self.upstream_failed(cx, Termination::ConnectTimeout),
+            Phase::Exchange => {
+                let upstream_late = self.x.resp != ResponseState::Done
+                    && cx.now >= self.last_upstream_io + t.server;
+                if upstream_late {
+                    // Never replayed: the backend may be working on it.
+                    self.x.attempts = u32::MAX;
+                    self.upstream_failed(cx, Termination::UpstreamTimeout);
+                } else {
+                    self.abort(cx, Termination::ClientTimeout);
+                }
+            }
+            Phase::Tunnel => self.abort(cx, Termination::Completed),
+            Phase::Closing | Phase::Closed => self.phase = Phase::Closed,
+        }
+        if self.phase != Phase::Closed {
+            self.drive(cx);
+        }
+    }
+
+    /// Frees everything the session holds; called once, when it leaves the worker.
+    pub fn close(&mut self, cx: &mut Ctx) {
+        if let Some(key) = self.upstream.take() {
+            cx.close_upstream(key);
+        }
+        self.finish_request(cx);
+        for buf in [self.in_buf.take(), self.up_buf.take()].into_iter().flatten() {
+            cx.buffers.put(buf);
+        }
+        for v in [self.req_out.take(), self.resp_out.take()].into_iter().flatten() {
+            cx.put_vec(v);
+        }
+        // A record begun for a request that never came is simply dropped.
+        self.log = None;
+        self.phase = Phase::Closed;
+    }
+
+    /// Idle connections hold no buffers: that is what keeps memory per idle connection small.
+    fn release_idle_buffers(&mut self, cx: &mut Ctx) {
+        if self.in_buf.as_ref().is_some_and(Buffer::is_empty) && self.x.req_pending == 0 {
+            if let Some(b) = self.in_buf.take() {
+                cx.buffers.put(b);
+            }
+        }
+        if self.phase == Phase::ReadHead {
+            if let Some(b) = self.up_buf.take() {
+                cx.buffers.put(b);
+            }
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::ReadHead && !self.x.started
+    }
+}

@@ -1,0 +1,378 @@
+//! One worker: a thread with its own mio event loop, listening sockets, sessions, upstream pool and
+//! timer wheel. Workers share nothing mutable but the config snapshot (arc-swap) and backend counters.
+
+use super::snapshot::{ConfigSnapshot, SharedSnapshot};
+use super::timer::TimerEntry;
+use crate::error::Termination;
+use crate::proxy::context::{Ctx, session_token};
+use crate::proxy::session::{Phase, Session};
+use arc_swap::cache::Cache;
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Token of the cross-thread waker.
+pub const WAKER: Token = Token(usize::MAX);
+/// Tokens of listeners count down from here.
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// Listener tokens occupy `LISTENER_BASE - MAX_LISTENERS + 1 ..= LISTENER_BASE`.
+pub const MAX_LISTENERS: usize = 1024;
+
+/// Messages from the main thread.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Stop accepting, finish in-flight requests within `grace`, then exit.
+    Shutdown { grace: Duration },
+}
+
+/// Tuning that does not change on reload.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub max_connections: usize,
+    pub accept_batch: usize,
+}
+
+/// A listening socket of this worker.
+struct WorkerListener {
+    socket: Option<TcpListener>,
+    /// Accepting may have more to give (edge-triggered: we must come back without a new event).
+    pending: bool,
+}
+
+/// The worker's event loop state.
+pub struct Worker {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<WorkerListener>,
+    sessions: Slab<Session>,
+    /// Sessions to drive this turn.
+    ready: Vec<usize>,
+    cx: Ctx,
+    settings: WorkerSettings,
+    commands: Receiver<Command>,
+    shared: Cache<SharedSnapshot, Arc<ConfigSnapshot>>,
+    /// At the connection limit: stop accepting until a session ends.
+    accept_paused: bool,
+    /// Accept failed for lack of resources (EMFILE…): try again at this time.
+    accept_retry_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    due: Vec<TimerEntry>,
+}
+
+impl Worker {
+    pub fn new(
+        poll: Poll,
+        listeners: Vec<std::net::TcpListener>,
+        cx: Ctx,
+        settings: WorkerSettings,
+        commands: Receiver<Command>,
+        shared: SharedSnapshot,
+    ) -> io::Result<Self> {
+        let mut out = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
+            out.push(WorkerListener {
+                socket: Some(socket),
+                pending: true,
+            });
+        }
+        let max = settings.max_connections;
+        Ok(Worker {
+            poll,
+            events: Events::with_capacity(1024),
+            listeners: out,
+            sessions: Slab::with_capacity(max.min(65_536)),
+            ready: Vec::with_capacity(1024),
+            cx,
+            settings,
+            commands,
+            shared: Cache::new(shared),
+            accept_paused: false,
+            accept_retry_at: None,
+            drain_deadline: None,
+            due: Vec::with_capacity(256),
+        })
+    }
+
+    /// Runs until shut down and drained.
+    pub fn run(mut self) {
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("worker {}: poll failed: {e}", self.cx.worker);
+                    return;
+                }
+            }
+            self.cx.now = Instant::now();
+            self.refresh_snapshot();
+            self.dispatch_events();
+            if self.accept_retry_at.is_some_and(|t| t <= self.cx.now) {
+                self.accept_retry_at = None;
+                for l in &mut self.listeners {
+                    l.pending = true;
+                }
+            }
+            self.accept();
+            self.run_ready();
+            self.fire_timers();
+            self.run_ready();
+            if self.cx.draining && self.finish_drain() {
+                break;
+            }
+        }
+        log::debug!("worker {} stopped", self.cx.worker);
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let accept_now = !self.accept_paused
+            && self.accept_retry_at.is_none()
+            && self.listeners.iter().any(|l| l.pending && l.socket.is_some());
+        if accept_now || !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut t = self.cx.timers.next_timeout(self.cx.now);
+        for at in [self.accept_retry_at, self.drain_deadline].into_iter().flatten() {
+            let d = at.saturating_duration_since(self.cx.now);
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
+        t
+    }
+
+    /// Picks up a reloaded config (one pointer comparison when nothing changed).
+    fn refresh_snapshot(&mut self) {
+        let current = self.shared.load();
+        if current.generation != self.cx.snapshot.generation {
+            let snapshot = Arc::clone(current);
+            self.cx.balancer.reset(&snapshot.clusters);
+            self.cx.pool.ensure(snapshot.backend_id_bound);
+            self.cx.snapshot = snapshot;
+        }
+    }
+
+    fn dispatch_events(&mut self) {
+        for event in self.events.iter() {
+            let token = event.token().0;
+            if token == WAKER.0 {
+                continue; // commands are read below
+            }
+            if token > LISTENER_BASE - MAX_LISTENERS {
+                let i = LISTENER_BASE - token;
+                if let Some(l) = self.listeners.get_mut(i) {
+                    l.pending = true;
+                }
+                continue;
+            }
+            let key = token >> 1;
+            if token & 1 == 0 {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.io.update(event);
+                    if !s.queued {
+                        s.queued = true;
+                        self.ready.push(key);
+                    }
+                }
+            } else if let Some(u) = self.cx.upstreams.get_mut(key) {
+                u.io.update(event);
+                match u.session {
+                    Some(s) => {
+                        if let Some(sess) = self.sessions.get_mut(s) {
+                            if !sess.queued {
+                                sess.queued = true;
+                                self.ready.push(s);
+                            }
+                        }
+                    }
+                    // A parked connection woke up: the backend closed it or sent something unasked.
+                    // Either way it cannot carry a request any more.
+                    None => self.cx.close_upstream(key),
+                }
+            }
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Shutdown { grace } => self.start_drain(grace),
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        if self.cx.draining || self.accept_paused || self.accept_retry_at.is_some() {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].pending {
+                continue;
+            }
+            let mut accepted = 0;
+            let mut drained = false;
+            while accepted < self.settings.accept_batch {
+                if self.sessions.len() >= self.settings.max_connections {
+                    // Leave further connections in the kernel backlog rather than accept and drop them.
+                    self.accept_paused = true;
+                    return;
+                }
+                let Some(socket) = &self.listeners[i].socket else {
+                    drained = true;
+                    break;
+                };
+                match socket.accept() {
+                    Ok((stream, peer)) => {
+                        accepted += 1;
+                        self.add_session(stream, peer, i as u16);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                    Err(e) => {
+                        // Out of descriptors or memory: back off briefly instead of spinning.
+                        log::warn!("worker {}: accept failed: {e}", self.cx.worker);
+                        self.accept_retry_at = Some(self.cx.now + Duration::from_millis(100));
+                        return;
+                    }
+                }
+            }
+            self.listeners[i].pending = !drained;
+        }
+    }
+
+    fn add_session(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr, listener: u16) {
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.cx.registry.register(
+            &mut stream,
+            session_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("worker {}: cannot register client socket: {e}", self.cx.worker);
+            return;
+        }
+        let id = self.cx.next_id();
+        let mut session = Session::new(key, id, stream, peer, listener, self.cx.now);
+        session.queued = true;
+        entry.insert(session);
+        self.ready.push(key);
+        self.cx.stats.accepted += 1;
+    }
+
+    fn run_ready(&mut self) {
+        while let Some(key) = self.ready.pop() {
+            let Some(session) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            session.queued = false;
+            session.drive(&mut self.cx);
+            if session.phase == Phase::Closed {
+                self.remove_session(key);
+            }
+        }
+    }
+
+    fn remove_session(&mut self, key: usize) {
+        let mut session = self.sessions.remove(key);
+        session.close(&mut self.cx);
+        drop(session);
+        if self.accept_paused {
+            self.accept_paused = false;
+            for l in &mut self.listeners {
+                l.pending = true;
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        self.due.clear();
+        self.cx.timers.expire(self.cx.now, &mut self.due);
+        for i in 0..self.due.len() {
+            let entry = self.due[i];
+            let key = entry.token >> 1;
+            if entry.token & 1 == 0 {
+                let Some(session) = self.sessions.get_mut(key) else {
+                    continue;
+                };
+                if session.id != entry.id {
+                    continue;
+                }
+                if session
+                    .deadline
+                    .fire(&mut self.cx.timers, &entry, self.cx.now)
+                {
+                    session.on_timeout(&mut self.cx);
+                    if session.phase == Phase::Closed {
+                        self.remove_session(key);
+                    }
+                }
+            } else if let Some(u) = self.cx.upstreams.get_mut(key) {
+                if u.id == entry.id
+                    && u.session.is_none()
+                    && u.deadline.fire(&mut self.cx.timers, &entry, self.cx.now)
+                {
+                    self.cx.close_upstream(key);
+                }
+            }
+        }
+    }
+
+    /// Stop accepting, close what is idle, and let in-flight requests finish within `grace`.
+    fn start_drain(&mut self, grace: Duration) {
+        if self.cx.draining {
+            // A second request to stop shortens the grace period.
+            self.drain_deadline = Some(self.cx.now.min(self.drain_deadline.unwrap_or(self.cx.now)));
+            return;
+        }
+        self.cx.draining = true;
+        self.drain_deadline = Some(self.cx.now + grace);
+        for l in &mut self.listeners {
+            if let Some(mut socket) = l.socket.take() {
+                let _ = self.cx.registry.deregister(&mut socket);
+            }
+        }
+        for key in self.cx.pool.drain_all() {
+            self.cx.close_upstream(key);
+        }
+        // Every session looks at the new situation once: idle ones close now.
+        for (key, s) in self.sessions.iter_mut() {
+            if !s.queued {
+                s.queued = true;
+                self.ready.push(key);
+            }
+        }
+    }
+
+    /// `true` when the worker may exit.
+    fn finish_drain(&mut self) -> bool {
+        if self.sessions.is_empty() {
+            return true;
+        }
+        if self.drain_deadline.is_some_and(|d| d <= self.cx.now) {
+            let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+            log::warn!(
+                "worker {}: grace period over, cutting {} connection(s)",
+                self.cx.worker,
+                keys.len()
+            );
+            for key in keys {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.abort(&mut self.cx, Termination::Shutdown);
+                }
+                self.remove_session(key);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The registry handle the main thread uses to wake this worker.
+    pub fn waker(&self) -> io::Result<Waker> {
+        Waker::new(self.poll.registry(), WAKER)
+    }
+}
