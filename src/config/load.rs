@@ -1,8 +1,20 @@
 //! Reads a config file and turns every problem into a `file:line: key: message` error.
+//!
+//! Loading is two passes over the same text:
+//!
+//! 1. `toml` deserializes it into [`Config`]. A syntax or type error (including an unknown key, which serde
+//!    refuses through `deny_unknown_fields`) stops here with a single error, located by the span `toml`
+//!    reports; the dotted key path is recovered by finding that span in a `toml_edit` parse of the text.
+//! 2. `validate` checks the meaning of every value and reports *all* problems, each by its dotted key path;
+//!    [`locate`] finds the line of that key in the `toml_edit` parse. Errors are sorted into file order.
 
 use super::schema::Config;
+use super::validate::{self, Issue, Machine};
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
+use toml_edit::{Array, ArrayOfTables, Document, InlineTable, Item, Table, Value};
 
 /// One problem in a configuration file, located by file, line and key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +30,15 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        todo!()
+        write!(f, "{}", self.file)?;
+        if self.line != 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -28,7 +48,13 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        todo!()
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
     }
 }
 
@@ -36,10 +62,431 @@ impl std::error::Error for ConfigErrors {}
 
 /// Loads and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    todo!()
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, &file),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file,
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        }])),
+    }
 }
 
 /// Loads and validates configuration text; `file` labels errors.
 pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
-    todo!()
+    load_str_on(text, file, &Machine::detect())
+}
+
+/// [`load_str`] with the machine facts validation depends on given explicitly (tests use a fixed CPU count).
+pub(crate) fn load_str_on(
+    text: &str,
+    file: &str,
+    machine: &Machine,
+) -> Result<Config, ConfigErrors> {
+    let config: Config = match toml::from_str(text) {
+        Ok(config) => config,
+        Err(e) => return Err(ConfigErrors(vec![syntax_error(&e, text, file)])),
+    };
+    validate::validate(config, machine).map_err(|issues| located(issues, text, file))
+}
+
+/// Turns validation issues into errors with lines, in file order (issues with no line first, as they are about
+/// the file as a whole).
+fn located(issues: Vec<Issue>, text: &str, file: &str) -> ConfigErrors {
+    let doc = Document::parse(text).ok();
+    let line_of = |key: &str| doc.as_ref().map_or(0, |doc| locate_in(doc, text, key));
+    let mut errors: Vec<ConfigError> = issues
+        .into_iter()
+        .map(|issue| {
+            let mut message = issue.message;
+            if let Some(related) = issue.related {
+                match line_of(&related) {
+                    0 => message.push_str(&format!(" (see {related})")),
+                    line => message.push_str(&format!(" (see {related}, line {line})")),
+                }
+            }
+            ConfigError {
+                file: file.to_string(),
+                line: line_of(&issue.key),
+                key: issue.key,
+                message,
+            }
+        })
+        .collect();
+    errors.sort_by_key(|e| e.line);
+    ConfigErrors(errors)
+}
+
+/// A deserialization error from `toml`: syntax, type, unknown or missing key.
+fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
+    let span = e.span();
+    let line = span.as_ref().map_or(0, |s| line_at(text, s.start));
+    let path = span.and_then(|s| {
+        let doc = Document::parse(text).ok()?;
+        path_at(&doc, s.start)
+    });
+    let mut key = path.as_deref().map(render_path).unwrap_or_default();
+    let raw = e.message().trim_end();
+    let message = if let Some(field) = raw
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        // The span is the table that lacks the field: name the field itself.
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(&quote_key(field));
+        "this required key is missing".to_string()
+    } else if let Some(rest) = raw.strip_prefix("unknown field `") {
+        unknown_key_message(rest)
+    } else if raw.contains("untagged enum") && key.ends_with("count") {
+        // `WorkerCount` deserializes through an untagged helper enum whose own error names nothing useful.
+        "expected \"auto\" or a whole number of worker threads (at least 1)".to_string()
+    } else {
+        friendlier(raw)
+    };
+    ConfigError {
+        file: file.to_string(),
+        line,
+        key,
+        message,
+    }
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into an "unknown key" message with a
+/// suggestion when one expected key is a likely typo of the given one.
+fn unknown_key_message(rest: &str) -> String {
+    let Some((name, tail)) = rest.split_once('`') else {
+        return format!("unknown key `{rest}");
+    };
+    let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let mut message = format!("unknown key `{name}`");
+    if let Some(best) = closest(name, expected.iter().copied()) {
+        message.push_str(&format!(" (did you mean `{best}`?)"));
+    }
+    if expected.is_empty() {
+        message.push_str("; this table takes no keys");
+    } else {
+        let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+        message.push_str(&format!("; expected one of {}", list.join(", ")));
+    }
+    message
+}
+
+/// Replaces Rust type names in serde's messages with TOML words.
+fn friendlier(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, toml) in [
+        ("expected usize", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+    ] {
+        out = out.replace(rust, toml);
+    }
+    if let Some(at) = out.find("expected struct ") {
+        out.replace_range(at.., "expected a table");
+    }
+    out
+}
+
+/// The candidate closest to `word` by edit distance, if close enough to be a likely typo.
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Key paths: `clusters.app.backends[0].address`, `clusters."my app"`, `workers.pin_cpus[2]`.
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key as written in a path: bare when it is a TOML bare key, else a quoted basic string.
+pub(crate) fn quote_key(key: &str) -> Cow<'_, str> {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        return Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 2);
+    out.push('"');
+    for c in key.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Cow::Owned(out)
+}
+
+fn render_path(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&quote_key(k));
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Parses a path written by [`render_path`]; `None` if it is malformed.
+fn parse_path(path: &str) -> Option<Vec<Seg>> {
+    let mut segs = Vec::new();
+    let mut chars = path.chars().peekable();
+    let mut expect_key = true;
+    while let Some(&c) = chars.peek() {
+        match c {
+            '[' => {
+                chars.next();
+                let mut digits = String::new();
+                for d in chars.by_ref() {
+                    if d == ']' {
+                        break;
+                    }
+                    digits.push(d);
+                }
+                segs.push(Seg::Index(digits.parse().ok()?));
+                expect_key = false;
+            }
+            '.' if !expect_key => {
+                chars.next();
+                expect_key = true;
+            }
+            '"' if expect_key => {
+                chars.next();
+                let mut key = String::new();
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            'u' => {
+                                let hex: String = chars.by_ref().take(4).collect();
+                                key.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                            }
+                            other => key.push(other),
+                        },
+                        other => key.push(other),
+                    }
+                }
+                segs.push(Seg::Key(key));
+                expect_key = false;
+            }
+            _ if expect_key => {
+                let mut key = String::new();
+                while let Some(&k) = chars.peek() {
+                    if k == '.' || k == '[' {
+                        break;
+                    }
+                    key.push(k);
+                    chars.next();
+                }
+                segs.push(Seg::Key(key));
+                expect_key = false;
+            }
+            _ => return None,
+        }
+    }
+    Some(segs)
+}
+
+/// A place in a `toml_edit` document while walking a key path.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Table(&'a Table),
+    Inline(&'a InlineTable),
+    Array(&'a Array),
+    Tables(&'a ArrayOfTables),
+    Leaf,
+}
+
+impl<'a> Node<'a> {
+    fn of_item(item: &'a Item) -> Self {
+        match item {
+            Item::Table(t) => Node::Table(t),
+            Item::ArrayOfTables(a) => Node::Tables(a),
+            Item::Value(v) => Node::of_value(v),
+            Item::None => Node::Leaf,
+        }
+    }
+
+    fn of_value(value: &'a Value) -> Self {
+        match value {
+            Value::InlineTable(t) => Node::Inline(t),
+            Value::Array(a) => Node::Array(a),
+            _ => Node::Leaf,
+        }
+    }
+}
+
+/// The 1-based line where the key `path` (e.g. `clusters.app.backends[1].weight`) is written in `text`: the line
+/// of the key itself for `key = value` and `[table]` headers, of the `[[header]]` for an element of an array of
+/// tables, of the value for an element of an inline array. When the path is only partly present (a key left to
+/// its default), the line of the deepest part found; 0 when not even the first key is written, or the text
+/// does not parse. (Loading parses the text once and calls `locate_in` for every error.)
+#[cfg(test)]
+pub(crate) fn locate(text: &str, path: &str) -> usize {
+    match Document::parse(text) {
+        Ok(doc) => locate_in(&doc, text, path),
+        Err(_) => 0,
+    }
+}
+
+fn locate_in(doc: &Document<&str>, text: &str, path: &str) -> usize {
+    let Some(segs) = parse_path(path) else {
+        return 0;
+    };
+    let mut node = Node::of_item(doc.as_item());
+    let mut found: Option<Range<usize>> = None;
+    for seg in &segs {
+        let (span, next) = match (seg, node) {
+            (Seg::Key(k), Node::Table(t)) => match t.get_key_value(k) {
+                Some((key, item)) => (key.span().or_else(|| item.span()), Node::of_item(item)),
+                None => break,
+            },
+            (Seg::Key(k), Node::Inline(t)) => match t.get_key_value(k) {
+                Some((key, item)) => (key.span().or_else(|| item.span()), Node::of_item(item)),
+                None => break,
+            },
+            (Seg::Index(i), Node::Tables(a)) => match a.get(*i) {
+                Some(t) => (t.span(), Node::Table(t)),
+                None => break,
+            },
+            (Seg::Index(i), Node::Array(a)) => match a.get(*i) {
+                Some(v) => (v.span(), Node::of_value(v)),
+                None => break,
+            },
+            _ => break,
+        };
+        if span.is_some() {
+            found = span;
+        }
+        node = next;
+    }
+    found.map_or(0, |s| line_at(text, s.start))
+}
+
+/// The key path of the most specific key, value or table header whose span holds byte `offset`.
+fn path_at(doc: &Document<&str>, offset: usize) -> Option<Vec<Seg>> {
+    let mut best: Option<(usize, Vec<Seg>)> = None;
+    let mut path = Vec::new();
+    collect_at(Node::of_item(doc.as_item()), offset, &mut path, &mut best);
+    best.map(|(_, p)| p)
+}
+
+fn consider(
+    span: Option<Range<usize>>,
+    offset: usize,
+    path: &[Seg],
+    best: &mut Option<(usize, Vec<Seg>)>,
+) {
+    let Some(span) = span else { return };
+    if span.is_empty() || !span.contains(&offset) {
+        return;
+    }
+    let len = span.len();
+    // Smaller spans are more specific; on a tie (a dotted key and its implicit table) the deeper path wins.
+    let better = match best {
+        None => true,
+        Some((best_len, best_path)) => {
+            len < *best_len || (len == *best_len && path.len() > best_path.len())
+        }
+    };
+    if better {
+        *best = Some((len, path.to_vec()));
+    }
+}
+
+fn collect_at(
+    node: Node<'_>,
+    offset: usize,
+    path: &mut Vec<Seg>,
+    best: &mut Option<(usize, Vec<Seg>)>,
+) {
+    match node {
+        Node::Table(t) => {
+            for (k, item) in t.iter() {
+                path.push(Seg::Key(k.to_string()));
+                consider(t.key(k).and_then(|key| key.span()), offset, path, best);
+                consider(item.span(), offset, path, best);
+                collect_at(Node::of_item(item), offset, path, best);
+                path.pop();
+            }
+        }
+        Node::Inline(t) => {
+            for (k, value) in t.iter() {
+                path.push(Seg::Key(k.to_string()));
+                consider(t.key(k).and_then(|key| key.span()), offset, path, best);
+                consider(value.span(), offset, path, best);
+                collect_at(Node::of_value(value), offset, path, best);
+                path.pop();
+            }
+        }
+        Node::Tables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                path.push(Seg::Index(i));
+                consider(t.span(), offset, path, best);
+                collect_at(Node::Table(t), offset, path, best);
+                path.pop();
+            }
+        }
+        Node::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                path.push(Seg::Index(i));
+                consider(v.span(), offset, path, best);
+                collect_at(Node::of_value(v), offset, path, best);
+                path.pop();
+            }
+        }
+        Node::Leaf => {}
+    }
 }
