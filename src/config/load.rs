@@ -144,6 +144,8 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
     } else if raw.contains("untagged enum") && key.ends_with("count") {
         // `WorkerCount` deserializes through an untagged helper enum whose own error names nothing useful.
         "expected \"auto\" or a whole number of worker threads (at least 1)".to_string()
+    } else if key.starts_with("timeouts.") && raw.ends_with("expected a string") {
+        format!("{raw} holding a duration, e.g. \"10s\", \"500ms\" or \"1h\"")
     } else {
         friendlier(raw)
     };
@@ -488,5 +490,469 @@ fn collect_at(
             }
         }
         Node::Leaf => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::*;
+    use std::path::PathBuf;
+
+    fn err(text: &str) -> ConfigError {
+        let errors = load_str_on(text, "t.toml", &Machine { cpus: 2 })
+            .unwrap_err()
+            .0;
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.into_iter().next().unwrap()
+    }
+
+    fn manifest_path(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    const MINIMAL: &str = r#"[[listeners]]
+address = "127.0.0.1:8080"
+
+[clusters.app]
+backends = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "app"
+"#;
+
+    // --- Display ------------------------------------------------------------------------------------------
+
+    #[test]
+    fn display_has_file_line_key_message() {
+        let e = ConfigError {
+            file: "tether.toml".into(),
+            line: 12,
+            key: "clusters.app.backends[0].weight".into(),
+            message: "must be between 1 and 256, got 0".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "tether.toml:12: clusters.app.backends[0].weight: must be between 1 and 256, got 0"
+        );
+    }
+
+    #[test]
+    fn display_omits_line_zero_and_empty_key() {
+        let no_line = ConfigError {
+            file: "f".into(),
+            line: 0,
+            key: "listeners".into(),
+            message: "m".into(),
+        };
+        assert_eq!(no_line.to_string(), "f: listeners: m");
+        let no_key = ConfigError {
+            file: "f".into(),
+            line: 3,
+            key: String::new(),
+            message: "m".into(),
+        };
+        assert_eq!(no_key.to_string(), "f:3: m");
+        let neither = ConfigError {
+            line: 0,
+            ..no_key.clone()
+        };
+        assert_eq!(neither.to_string(), "f: m");
+        assert_eq!(
+            ConfigErrors(vec![no_line, no_key]).to_string(),
+            "f: listeners: m\nf:3: m"
+        );
+    }
+
+    // --- locate -------------------------------------------------------------------------------------------
+
+    const LOCATE: &str = r#"# comment
+[workers]
+max_connections = 10
+pin_cpus = [
+    0,
+    1,
+]
+
+[[listeners]]
+address = "127.0.0.1:80"
+
+[[listeners]]
+name = "b"
+address = "127.0.0.1:81"
+
+[clusters.app]
+retries = 1
+backends = [{ address = "127.0.0.1:1" },
+            { address = "127.0.0.1:2", weight = 3 }]
+
+[clusters."my app"]
+backends = [{ address = "127.0.0.1:3" }]
+
+[[clusters.web.backends]]
+address = "127.0.0.1:4"
+
+[[clusters.web.backends]]
+weight = 2
+address = "127.0.0.1:5"
+
+[routes_like]
+limits.max_headers = 5
+"#;
+
+    #[test]
+    fn locate_keys_in_tables() {
+        assert_eq!(locate(LOCATE, "workers"), 2);
+        assert_eq!(locate(LOCATE, "workers.max_connections"), 3);
+        assert_eq!(locate(LOCATE, "workers.pin_cpus"), 4);
+        assert_eq!(locate(LOCATE, "workers.pin_cpus[1]"), 6);
+    }
+
+    #[test]
+    fn locate_arrays_of_tables() {
+        assert_eq!(locate(LOCATE, "listeners"), 9);
+        assert_eq!(locate(LOCATE, "listeners[0]"), 9);
+        assert_eq!(locate(LOCATE, "listeners[0].address"), 10);
+        assert_eq!(locate(LOCATE, "listeners[1]"), 12);
+        assert_eq!(locate(LOCATE, "listeners[1].address"), 14);
+        assert_eq!(locate(LOCATE, "clusters.web.backends[0].address"), 25);
+        assert_eq!(locate(LOCATE, "clusters.web.backends[1]"), 27);
+        assert_eq!(locate(LOCATE, "clusters.web.backends[1].weight"), 28);
+    }
+
+    #[test]
+    fn locate_inline_tables_in_arrays() {
+        assert_eq!(locate(LOCATE, "clusters.app"), 16);
+        assert_eq!(locate(LOCATE, "clusters.app.retries"), 17);
+        assert_eq!(locate(LOCATE, "clusters.app.backends"), 18);
+        assert_eq!(locate(LOCATE, "clusters.app.backends[0].address"), 18);
+        assert_eq!(locate(LOCATE, "clusters.app.backends[1]"), 19);
+        assert_eq!(locate(LOCATE, "clusters.app.backends[1].weight"), 19);
+    }
+
+    #[test]
+    fn locate_quoted_and_dotted_keys() {
+        assert_eq!(locate(LOCATE, "clusters.\"my app\""), 21);
+        assert_eq!(
+            locate(LOCATE, "clusters.\"my app\".backends[0].address"),
+            22
+        );
+        assert_eq!(locate(LOCATE, "routes_like.limits.max_headers"), 32);
+        let dotted = "a = 1\nclusters.app.backends = [\n  { address = \"x\" },\n]\nclusters.app.retries = 3\n";
+        assert_eq!(locate(dotted, "clusters.app"), 2);
+        assert_eq!(locate(dotted, "clusters.app.backends[0].address"), 3);
+        assert_eq!(locate(dotted, "clusters.app.retries"), 5);
+    }
+
+    #[test]
+    fn locate_missing_keys() {
+        // A key left to its default: the line of the deepest part that is written.
+        assert_eq!(locate(LOCATE, "listeners[1].backlog"), 12);
+        assert_eq!(locate(LOCATE, "clusters.app.backends[1].drain"), 19);
+        assert_eq!(locate(LOCATE, "listeners[7].address"), 9);
+        // Not written at all, or not parseable.
+        assert_eq!(locate(LOCATE, "routes"), 0);
+        assert_eq!(locate(LOCATE, "timeouts.client"), 0);
+        assert_eq!(locate("x = [", "x"), 0);
+    }
+
+    #[test]
+    fn paths_round_trip() {
+        for path in [
+            "clusters.app.backends[0].address",
+            "clusters.\"my app\".backends[1]",
+            "clusters.\"a\\\"b\".retries",
+            "clusters.\"\"",
+            "workers.pin_cpus[3]",
+        ] {
+            assert_eq!(render_path(&parse_path(path).unwrap()), path);
+        }
+        assert_eq!(quote_key("a.b"), "\"a.b\"");
+        assert_eq!(parse_path("a[x]"), None);
+    }
+
+    // --- Syntax and type errors ---------------------------------------------------------------------------
+
+    #[test]
+    fn syntax_error_reports_its_line() {
+        let e = err("[[listeners]]\naddress = \"127.0.0.1:80\n\n[clusters.app]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, ""));
+        let e = err("[workers]\nmax_connections = 10\n= 5\n");
+        assert_eq!((e.line, e.key.as_str()), (3, ""));
+        let e = err("[workers]\nmax_connections = 1\nmax_connections = 2\n");
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn unknown_key_reports_line_and_full_path() {
+        let text = MINIMAL.replace(
+            "backends = [{ address = \"127.0.0.1:9001\" }]",
+            "backends = [\n  { address = \"127.0.0.1:9001\" },\n  { adress = \"127.0.0.1:9002\" },\n]",
+        );
+        let e = err(&text);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (7, "clusters.app.backends[1].adress")
+        );
+        assert!(e.message.contains("did you mean `address`?"), "{e}");
+        assert!(e.message.contains("`weight`"), "{e}");
+
+        let e = err(&format!(
+            "{MINIMAL}\n[[listeners]]\naddres = \"127.0.0.1:81\"\n"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (11, "listeners[1].addres"));
+
+        let e = err(&format!("[worker]\ncount = 2\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (1, "worker"));
+        assert!(e.message.contains("did you mean `workers`?"), "{e}");
+
+        let e = err(&format!("timeouts.conect = \"1s\"\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (1, "timeouts.conect"));
+        assert!(e.message.contains("did you mean `connect`?"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_report_key_and_line() {
+        let e = err(&format!("[workers]\nbuffer_size = \"16k\"\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "workers.buffer_size"));
+        assert!(e.message.contains("non-negative integer"), "{e}");
+
+        let e = err(&format!("[timeouts]\n\nclient = \"10 parsecs\"\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (3, "timeouts.client"));
+        assert!(e.message.contains("invalid duration"), "{e}");
+
+        let e = err(&format!("[timeouts]\nconnect = 5\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "timeouts.connect"));
+        assert!(e.message.contains("\"10s\""), "{e}");
+
+        let e = err(&format!("[workers]\ncount = 1.5\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "workers.count"));
+        assert!(e.message.contains("\"auto\""), "{e}");
+
+        let e = err(&format!("[workers]\ncount = 0\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "workers.count"));
+
+        let e = err(&format!("[access_log]\nformat = \"xml\"\n{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_str()), (2, "access_log.format"));
+
+        let e = err(&MINIMAL.replace("{ address", "{ weight = -1, address"));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (5, "clusters.app.backends[0].weight")
+        );
+    }
+
+    #[test]
+    fn missing_required_key_names_it() {
+        let e = err(&MINIMAL.replace(
+            "backends = [{ address = \"127.0.0.1:9001\" }]",
+            "retries = 1",
+        ));
+        assert_eq!((e.line, e.key.as_str()), (4, "clusters.app.backends"));
+        assert!(e.message.contains("missing"), "{e}");
+
+        let e = err(&MINIMAL.replace("cluster = \"app\"", "host = \"*\""));
+        assert_eq!((e.line, e.key.as_str()), (7, "routes[0].cluster"));
+
+        let e = err(&MINIMAL.replace("{ address = \"127.0.0.1:9001\" }", "{ weight = 1 }"));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (5, "clusters.app.backends[0].address")
+        );
+    }
+
+    // --- Files and defaults -------------------------------------------------------------------------------
+
+    #[test]
+    fn basic_config_loads() {
+        let c = load_file(&manifest_path("configs/basic.toml")).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8080");
+        let app = &c.clusters["app"];
+        assert_eq!(app.balance, BalanceAlgorithm::RoundRobin);
+        let addrs: Vec<&str> = app.backends.iter().map(|b| b.address.as_str()).collect();
+        assert_eq!(addrs, ["127.0.0.1:9001", "127.0.0.1:9002"]);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(
+            (c.routes[0].host.as_str(), c.routes[0].path_prefix.as_str()),
+            ("*", "/")
+        );
+        assert_eq!(c.routes[0].cluster, "app");
+    }
+
+    #[test]
+    fn full_config_loads() {
+        let c = load_file(&manifest_path("configs/full.toml")).unwrap();
+        assert_eq!(c.clusters.len(), 2);
+        assert!(c.routes.len() >= 3);
+        assert!(c.routes.iter().any(|r| r.host.starts_with("*.")));
+        assert!(c.routes.iter().any(|r| r.host == "*"));
+        assert!(
+            c.routes
+                .iter()
+                .any(|r| !r.host.contains('*') && r.path_prefix != "/")
+        );
+    }
+
+    /// Every key of the schema, as a path with `[]` for "any element" and `*` for "any cluster name".
+    const ALL_KEYS: &[&str] = &[
+        "workers.count",
+        "workers.pin_cpus",
+        "workers.max_connections",
+        "workers.buffer_size",
+        "workers.accept_batch",
+        "workers.upstream_idle_pool",
+        "timeouts.client_head",
+        "timeouts.client_idle",
+        "timeouts.client",
+        "timeouts.connect",
+        "timeouts.server",
+        "timeouts.tunnel",
+        "timeouts.upstream_idle",
+        "timeouts.shutdown_grace",
+        "limits.max_head_size",
+        "limits.max_headers",
+        "access_log.enabled",
+        "access_log.target",
+        "access_log.format",
+        "listeners[].name",
+        "listeners[].address",
+        "listeners[].backlog",
+        "listeners[].trust_forwarded",
+        "clusters.*.balance",
+        "clusters.*.retries",
+        "clusters.*.backends[].address",
+        "clusters.*.backends[].weight",
+        "clusters.*.backends[].drain",
+        "routes[].host",
+        "routes[].path_prefix",
+        "routes[].cluster",
+    ];
+
+    /// The leaf keys written in a document, as in [`ALL_KEYS`].
+    fn written_keys(node: Node<'_>, path: &str, out: &mut Vec<String>) {
+        let join = |k: &str| match path {
+            "" => k.to_string(),
+            "clusters" => "clusters.*".to_string(),
+            _ => format!("{path}.{k}"),
+        };
+        match node {
+            Node::Table(t) => {
+                for (k, item) in t.iter() {
+                    written_keys(Node::of_item(item), &join(k), out);
+                }
+            }
+            Node::Inline(t) => {
+                for (k, v) in t.iter() {
+                    written_keys(Node::of_value(v), &join(k), out);
+                }
+            }
+            Node::Tables(a) => {
+                for t in a.iter() {
+                    written_keys(Node::Table(t), &format!("{path}[]"), out);
+                }
+            }
+            Node::Array(a) if a.iter().any(|v| v.is_inline_table()) => {
+                for v in a.iter() {
+                    written_keys(Node::of_value(v), &format!("{path}[]"), out);
+                }
+            }
+            Node::Array(_) | Node::Leaf => out.push(path.to_string()),
+        }
+    }
+
+    #[test]
+    fn full_config_sets_every_key() {
+        let text = std::fs::read_to_string(manifest_path("configs/full.toml")).unwrap();
+        let doc = Document::parse(text.as_str()).unwrap();
+        let mut keys = Vec::new();
+        written_keys(Node::of_item(doc.as_item()), "", &mut keys);
+        keys.sort();
+        keys.dedup();
+        let mut expected: Vec<String> = ALL_KEYS.iter().map(|k| k.to_string()).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn config_doc_mentions_every_key() {
+        let doc = std::fs::read_to_string(manifest_path("docs/CONFIG.md")).unwrap();
+        for key in ALL_KEYS {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                doc.contains(&format!("`{leaf}`")),
+                "docs/CONFIG.md lacks `{leaf}`"
+            );
+        }
+    }
+
+    #[test]
+    fn almost_empty_config_takes_the_defaults() {
+        let c = load_str_on(MINIMAL, "t.toml", &Machine { cpus: 1 }).unwrap();
+        assert_eq!(c.workers, WorkersConfig::default());
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.access_log, AccessLogConfig::default());
+        assert_eq!(
+            c.listeners,
+            [ListenerConfig {
+                name: None,
+                address: "127.0.0.1:8080".into(),
+                backlog: 1024,
+                trust_forwarded: false,
+            }]
+        );
+        let app = &c.clusters["app"];
+        assert_eq!(app.balance, BalanceAlgorithm::default());
+        assert_eq!(app.retries, 2);
+        assert_eq!(
+            app.backends,
+            [BackendConfig {
+                address: "127.0.0.1:9001".into(),
+                weight: 1,
+                drain: false,
+            }]
+        );
+        assert_eq!(
+            c.routes,
+            [RouteConfig {
+                host: "*".into(),
+                path_prefix: "/".into(),
+                cluster: "app".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn load_file_labels_errors_with_the_path() {
+        let path = manifest_path("tests/fixtures/config/errors.toml");
+        let errors = load_file(&path).unwrap_err();
+        let text = errors.to_string();
+        let label = path.display().to_string();
+        assert!(errors.0.len() > 1, "{text}");
+        assert!(errors.0.iter().all(|e| e.file == label), "{text}");
+        let lines: Vec<usize> = errors.0.iter().map(|e| e.line).collect();
+        assert!(lines.is_sorted(), "{text}");
+    }
+
+    #[test]
+    fn unreadable_file_is_one_error() {
+        let errors = load_file(Path::new("/nonexistent/tether.toml")).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].line, 0);
+        assert!(
+            errors
+                .to_string()
+                .starts_with("/nonexistent/tether.toml: cannot read"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn closest_suggests_only_near_misses() {
+        let keys = ["address", "weight", "drain"];
+        assert_eq!(closest("adress", keys.into_iter()), Some("address"));
+        assert_eq!(closest("wieght", keys.into_iter()), Some("weight"));
+        assert_eq!(closest("port", keys.into_iter()), None);
     }
 }

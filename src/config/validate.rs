@@ -506,3 +506,530 @@ fn check_path_prefix(prefix: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_str_on;
+
+    const MACHINE: Machine = Machine { cpus: 2 };
+
+    /// A valid config; tests put extra sections before it or edit it.
+    const BASE: &str = r#"[[listeners]]
+address = "127.0.0.1:8080"
+
+[clusters.app]
+backends = [{ address = "127.0.0.1:9001" }]
+
+[[routes]]
+cluster = "app"
+"#;
+
+    /// `(line, key, message)` of every error, in the order reported.
+    fn errors(text: &str) -> Vec<(usize, String, String)> {
+        match load_str_on(text, "t.toml", &MACHINE) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| (e.line, e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    /// Asserts there is exactly one error, at `line` and `key`; returns its message.
+    #[track_caller]
+    fn only(text: &str, line: usize, key: &str) -> String {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].0, errs[0].1.as_str()), (line, key), "{errs:#?}");
+        errs.into_iter().next().unwrap().2
+    }
+
+    /// `section` (two lines: header and one key) before `BASE`, so its key is on line 2.
+    fn before(section: &str) -> String {
+        format!("{section}\n{BASE}")
+    }
+
+    fn base_with(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from));
+        BASE.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn base_is_valid() {
+        assert_eq!(errors(BASE), []);
+    }
+
+    // --- Listeners ----------------------------------------------------------------------------------------
+
+    #[test]
+    fn listener_required() {
+        let text = "[clusters.app]\nbackends = [{ address = \"127.0.0.1:9001\" }]\n[[routes]]\ncluster = \"app\"\n";
+        let m = only(text, 0, "listeners");
+        assert!(m.contains("at least one listener"), "{m}");
+        let m = only(&format!("listeners = []\n{text}"), 1, "listeners");
+        assert!(m.contains("at least one listener"), "{m}");
+    }
+
+    #[test]
+    fn listener_address_must_be_ip_and_port() {
+        for (address, hint) in [
+            ("127.0.0.1", "no port"),
+            ("127.0.0.1:http", "not a number"),
+            ("127.0.0.1:70000", "not a number"),
+            ("localhost:8080", "\"127.0.0.1:8080\""),
+            ("lb.example.com:80", "host name"),
+            ("::1", "\"[::1]:8080\""),
+            ("fe80::1:80", "brackets"),
+            ("300.1.2.3:80", "not an IP address"),
+            ("", "empty"),
+            (" 127.0.0.1:80", "spaces"),
+        ] {
+            let m = only(
+                &base_with("127.0.0.1:8080", address),
+                2,
+                "listeners[0].address",
+            );
+            assert!(m.contains(hint), "{address}: {m}");
+        }
+        for ok in ["0.0.0.0:80", "[::]:443", "[::1]:8080", "127.0.0.1:0"] {
+            assert_eq!(errors(&base_with("127.0.0.1:8080", ok)), [], "{ok}");
+        }
+    }
+
+    #[test]
+    fn listener_addresses_are_unique() {
+        let text =
+            format!("{BASE}\n[[listeners]]\nname = \"again\"\naddress = \"127.0.0.1:8080\"\n");
+        let m = only(&text, 12, "listeners[1].address");
+        assert!(
+            m.contains("duplicate listener address 127.0.0.1:8080"),
+            "{m}"
+        );
+        assert!(m.contains("(see listeners[0].address, line 2)"), "{m}");
+        // Port 0 means "any free port": two of them do not collide.
+        let text = format!(
+            "{BASE}\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n"
+        );
+        assert_eq!(errors(&text), []);
+    }
+
+    #[test]
+    fn listener_backlog_range() {
+        for backlog in ["0", "65536"] {
+            let text = base_with("\n\n", &format!("\nbacklog = {backlog}\n\n"));
+            let m = only(&text, 3, "listeners[0].backlog");
+            assert!(m.contains("between 1 and 65535"), "{m}");
+        }
+        assert_eq!(errors(&base_with("\n\n", "\nbacklog = 65535\n\n")), []);
+    }
+
+    #[test]
+    fn listener_name_not_empty() {
+        only(
+            &base_with("\n\n", "\nname = \" \"\n\n"),
+            3,
+            "listeners[0].name",
+        );
+    }
+
+    // --- Clusters -----------------------------------------------------------------------------------------
+
+    #[test]
+    fn cluster_required() {
+        let text = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[[routes]]\ncluster = \"app\"\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!((errs[0].0, errs[0].1.as_str()), (0, "clusters"));
+        assert!(errs[0].2.contains("at least one cluster"));
+        assert_eq!((errs[1].0, errs[1].1.as_str()), (4, "routes[0].cluster"));
+        assert!(
+            errs[1].2.contains("no clusters are defined"),
+            "{}",
+            errs[1].2
+        );
+    }
+
+    #[test]
+    fn cluster_needs_a_backend() {
+        let m = only(
+            &base_with("[{ address = \"127.0.0.1:9001\" }]", "[]"),
+            5,
+            "clusters.app.backends",
+        );
+        assert!(m.contains("at least one backend"), "{m}");
+    }
+
+    #[test]
+    fn cluster_names_are_restricted() {
+        let text = base_with("[clusters.app]", "[clusters.\"my app\"]")
+            .replace("cluster = \"app\"", "cluster = \"my app\"");
+        let m = only(&text, 4, "clusters.\"my app\"");
+        assert!(m.contains("' '"), "{m}");
+        let text = base_with("[clusters.app]", "[clusters.\"\"]")
+            .replace("cluster = \"app\"", "cluster = \"\"");
+        let m = only(&text, 4, "clusters.\"\"");
+        assert!(m.contains("empty"), "{m}");
+        let text =
+            base_with("[clusters.app]", "[clusters.Web_2-x]").replace("\"app\"", "\"Web_2-x\"");
+        assert_eq!(errors(&text), []);
+    }
+
+    #[test]
+    fn cluster_retries_at_most_10() {
+        let text = base_with("backends", "retries = 11\nbackends");
+        let m = only(&text, 5, "clusters.app.retries");
+        assert!(m.contains("at most 10"), "{m}");
+        assert_eq!(errors(&base_with("backends", "retries = 10\nbackends")), []);
+    }
+
+    #[test]
+    fn backend_address_must_be_ip_and_port() {
+        let m = only(
+            &base_with("127.0.0.1:9001", "localhost:9001"),
+            5,
+            "clusters.app.backends[0].address",
+        );
+        assert!(m.contains("\"127.0.0.1:9001\""), "{m}");
+        let m = only(
+            &base_with("127.0.0.1:9001", "127.0.0.1:0"),
+            5,
+            "clusters.app.backends[0].address",
+        );
+        assert!(m.contains("port 0"), "{m}");
+        let m = only(
+            &base_with("127.0.0.1:9001", "0.0.0.0:9001"),
+            5,
+            "clusters.app.backends[0].address",
+        );
+        assert!(m.contains("any address"), "{m}");
+        assert_eq!(errors(&base_with("127.0.0.1:9001", "[fd00::5]:9001")), []);
+    }
+
+    #[test]
+    fn backend_weight_range() {
+        let m = only(
+            &base_with("9001\" }", "9001\", weight = 0 }"),
+            5,
+            "clusters.app.backends[0].weight",
+        );
+        assert!(m.contains("drain = true"), "{m}");
+        let m = only(
+            &base_with("9001\" }", "9001\", weight = 257 }"),
+            5,
+            "clusters.app.backends[0].weight",
+        );
+        assert!(m.contains("between 1 and 256"), "{m}");
+        assert_eq!(errors(&base_with("9001\" }", "9001\", weight = 256 }")), []);
+    }
+
+    #[test]
+    fn backend_addresses_unique_within_a_cluster() {
+        let text = base_with(
+            "backends = [{ address = \"127.0.0.1:9001\" }]",
+            "backends = [\n  { address = \"127.0.0.1:9001\" },\n  { address = \"127.0.0.1:9001\", weight = 2 },\n]",
+        );
+        let m = only(&text, 7, "clusters.app.backends[1].address");
+        assert!(
+            m.contains("duplicate backend address 127.0.0.1:9001"),
+            "{m}"
+        );
+        assert!(
+            m.contains("(see clusters.app.backends[0].address, line 6)"),
+            "{m}"
+        );
+        // The same backend in two clusters is fine.
+        let text =
+            format!("{BASE}\n[clusters.other]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n");
+        assert_eq!(errors(&text), []);
+    }
+
+    // --- Routes -------------------------------------------------------------------------------------------
+
+    #[test]
+    fn route_required() {
+        let text = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[clusters.app]\nbackends = [{ address = \"127.0.0.1:9001\" }]\n";
+        let m = only(text, 0, "routes");
+        assert!(m.contains("at least one route"), "{m}");
+    }
+
+    #[test]
+    fn route_cluster_must_exist() {
+        let text =
+            format!("{BASE}[clusters.api]\nbackends = [{{ address = \"127.0.0.1:9002\" }}]\n")
+                .replace("cluster = \"app\"", "cluster = \"appp\"");
+        let m = only(&text, 8, "routes[0].cluster");
+        assert!(m.contains("unknown cluster `appp`"), "{m}");
+        assert!(m.contains("did you mean `app`?"), "{m}");
+        assert!(m.contains("defined clusters: `api`, `app`"), "{m}");
+    }
+
+    #[test]
+    fn route_host_forms() {
+        for ok in [
+            "*",
+            "example.com",
+            "*.example.com",
+            "a-b_c.example",
+            "localhost",
+            "10.0.0.1",
+            "[::1]",
+        ] {
+            let text = base_with("[[routes]]\n", &format!("[[routes]]\nhost = \"{ok}\"\n"));
+            assert_eq!(errors(&text), [], "{ok}");
+        }
+        for (bad, hint) in [
+            ("", "use \"*\""),
+            ("*example.com", "`*` is allowed only"),
+            ("www.*.com", "`*` is allowed only"),
+            ("*.*.com", "`*` is allowed only"),
+            ("example.*", "`*` is allowed only"),
+            ("**", "`*` is allowed only"),
+            ("example.com:8080", "remove the port (\"example.com\")"),
+            ("*.example.com:443", "remove the port"),
+            ("[::1]:80", "remove the port"),
+            ("Example.COM", "lowercase: \"example.com\""),
+            ("example..com", "empty label"),
+            ("example.com.", "empty label"),
+            ("exa mple.com", "' '"),
+            ("http://example.com", "':'"),
+        ] {
+            let text = base_with("[[routes]]\n", &format!("[[routes]]\nhost = \"{bad}\"\n"));
+            let m = only(&text, 8, "routes[0].host");
+            assert!(m.contains(hint), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn route_path_prefix_starts_with_slash() {
+        for (bad, hint) in [
+            ("api", "must start with \"/\", e.g. \"/api\""),
+            ("", "must start with \"/\""),
+            ("/api?x=1", "'?'"),
+            ("/a b", "' '"),
+        ] {
+            let text = base_with(
+                "[[routes]]\n",
+                &format!("[[routes]]\npath_prefix = \"{bad}\"\n"),
+            );
+            let m = only(&text, 8, "routes[0].path_prefix");
+            assert!(m.contains(hint), "{bad:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn routes_unique_by_host_and_prefix() {
+        let text = format!(
+            "{BASE}\n[[routes]]\nhost = \"a.example\"\ncluster = \"app\"\n\n[[routes]]\nhost = \"*\"\npath_prefix = \"/\"\ncluster = \"app\"\n"
+        );
+        let m = only(&text, 14, "routes[2]");
+        assert!(
+            m.contains("duplicate route for host \"*\" and path_prefix \"/\""),
+            "{m}"
+        );
+        assert!(m.contains("(see routes[0], line 7)"), "{m}");
+        // Same host with another prefix, or another host with the same prefix: fine.
+        let text = format!(
+            "{BASE}[[routes]]\npath_prefix = \"/api\"\ncluster = \"app\"\n[[routes]]\nhost = \"x.example\"\ncluster = \"app\"\n"
+        );
+        assert_eq!(errors(&text), []);
+    }
+
+    // --- Workers, limits, timeouts, access log ------------------------------------------------------------
+
+    #[test]
+    fn workers_max_connections_at_least_1() {
+        only(
+            &before("[workers]\nmax_connections = 0"),
+            2,
+            "workers.max_connections",
+        );
+    }
+
+    #[test]
+    fn workers_buffer_size_range() {
+        for bad in [1023, 1024 * 1024 + 1] {
+            let m = only(
+                &before(&format!("[workers]\nbuffer_size = {bad}")),
+                2,
+                "workers.buffer_size",
+            );
+            assert!(m.contains("between 1024"), "{m}");
+        }
+        for ok in [1024, 1024 * 1024] {
+            assert_eq!(
+                errors(&before(&format!("[workers]\nbuffer_size = {ok}"))),
+                []
+            );
+        }
+    }
+
+    #[test]
+    fn workers_accept_batch_range() {
+        for bad in [0, 4097] {
+            only(
+                &before(&format!("[workers]\naccept_batch = {bad}")),
+                2,
+                "workers.accept_batch",
+            );
+        }
+        assert_eq!(errors(&before("[workers]\naccept_batch = 4096")), []);
+    }
+
+    #[test]
+    fn workers_upstream_idle_pool_at_most_65536() {
+        only(
+            &before("[workers]\nupstream_idle_pool = 65537"),
+            2,
+            "workers.upstream_idle_pool",
+        );
+        assert_eq!(errors(&before("[workers]\nupstream_idle_pool = 0")), []);
+    }
+
+    #[test]
+    fn workers_pin_cpus_exist() {
+        let m = only(
+            &before("[workers]\npin_cpus = [\n  1,\n  2,\n]"),
+            4,
+            "workers.pin_cpus[1]",
+        );
+        assert_eq!(
+            m,
+            "CPU 2 does not exist: this machine has 2 CPUs, numbered 0 to 1"
+        );
+        assert_eq!(errors(&before("[workers]\npin_cpus = [0, 1, 0]")), []);
+    }
+
+    #[test]
+    fn detected_machine_has_a_cpu() {
+        assert!(Machine::detect().cpus >= 1);
+    }
+
+    #[test]
+    fn limits_ranges() {
+        for bad in [1023, 1024 * 1024 + 1] {
+            only(
+                &before(&format!("[limits]\nmax_head_size = {bad}")),
+                2,
+                "limits.max_head_size",
+            );
+        }
+        for bad in [0, MAX_HEADERS_CAP + 1] {
+            let m = only(
+                &before(&format!("[limits]\nmax_headers = {bad}")),
+                2,
+                "limits.max_headers",
+            );
+            assert!(m.contains("between 1 and 512"), "{m}");
+        }
+        assert_eq!(
+            errors(&before(
+                "[limits]\nmax_head_size = 1048576\nmax_headers = 512"
+            )),
+            []
+        );
+    }
+
+    #[test]
+    fn timeouts_non_zero() {
+        let names = [
+            "client_head",
+            "client_idle",
+            "client",
+            "connect",
+            "server",
+            "tunnel",
+            "upstream_idle",
+            "shutdown_grace",
+        ];
+        // Written in reverse order: errors still come in file order.
+        let mut text = String::from("[timeouts]\n");
+        for name in names.iter().rev() {
+            text.push_str(&format!("{name} = \"0s\"\n"));
+        }
+        let errs = errors(&format!("{text}{BASE}"));
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.0, e.1.as_str())).collect();
+        let want: Vec<(usize, String)> = names
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, n)| (i + 2, format!("timeouts.{n}")))
+            .collect();
+        let want: Vec<(usize, &str)> = want.iter().map(|(l, k)| (*l, k.as_str())).collect();
+        assert_eq!(got, want);
+        assert!(errs.iter().all(|e| e.2.contains("greater than zero")));
+        assert_eq!(errors(&before("[timeouts]\nconnect = \"1ms\"")), []);
+    }
+
+    #[test]
+    fn access_log_target_not_empty() {
+        let m = only(
+            &before("[access_log]\ntarget = \"\""),
+            2,
+            "access_log.target",
+        );
+        assert!(m.contains("\"stdout\""), "{m}");
+    }
+
+    // --- All at once --------------------------------------------------------------------------------------
+
+    #[test]
+    fn all_errors_reported_in_file_order() {
+        let text = r#"[[routes]]
+host = "a.*"
+cluster = "nope"
+
+[[listeners]]
+address = "localhost:80"
+backlog = 0
+
+[clusters.app]
+retries = 99
+backends = [{ address = "127.0.0.1:1", weight = 0 }]
+
+[workers]
+buffer_size = 1
+
+[timeouts]
+connect = "0s"
+"#;
+        let errs = errors(text);
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.0, e.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (2, "routes[0].host"),
+                (3, "routes[0].cluster"),
+                (6, "listeners[0].address"),
+                (7, "listeners[0].backlog"),
+                (10, "clusters.app.retries"),
+                (11, "clusters.app.backends[0].weight"),
+                (14, "workers.buffer_size"),
+                (17, "timeouts.connect"),
+            ]
+        );
+        let shown = load_str_on(text, "lb.toml", &MACHINE)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(shown.lines().count(), 8);
+        assert!(shown.starts_with("lb.toml:2: routes[0].host: "), "{shown}");
+    }
+
+    #[test]
+    fn fixture_errors() {
+        let text = include_str!("../../tests/fixtures/config/errors.toml");
+        let got: Vec<(usize, String)> = errors(text).into_iter().map(|e| (e.0, e.1)).collect();
+        let got: Vec<(usize, &str)> = got.iter().map(|(l, k)| (*l, k.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "workers.buffer_size"),
+                (6, "listeners[0].address"),
+                (9, "clusters.app.backends[0].weight"),
+                (12, "routes[0].host"),
+                (13, "routes[0].cluster"),
+            ]
+        );
+    }
+}
