@@ -125,7 +125,7 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
     let line = span.as_ref().map_or(0, |s| line_at(text, s.start));
     let path = span.and_then(|s| {
         let doc = Document::parse(text).ok()?;
-        path_at(&doc, s.start)
+        path_at(&doc, s)
     });
     let mut key = path.as_deref().map(render_path).unwrap_or_default();
     let raw = e.message().trim_end();
@@ -141,9 +141,15 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
         "this required key is missing".to_string()
     } else if let Some(rest) = raw.strip_prefix("unknown field `") {
         unknown_key_message(rest)
-    } else if raw.contains("untagged enum") && key.ends_with("count") {
-        // `WorkerCount` deserializes through an untagged helper enum whose own error names nothing useful.
-        "expected \"auto\" or a whole number of worker threads (at least 1)".to_string()
+    } else if raw.contains("untagged enum") {
+        // `WorkerCount` deserializes through an untagged helper enum whose own error names nothing useful. It
+        // also fails this way when `workers` is an array (`[[workers]]`): serde then reads the struct's fields
+        // from the array's elements, and the first element, a table, is not a worker count.
+        if key.ends_with("count") {
+            "expected \"auto\" or a whole number of worker threads (at least 1)".to_string()
+        } else {
+            "invalid type: array, expected a table".to_string()
+        }
     } else if key.starts_with("timeouts.") && raw.ends_with("expected a string") {
         format!("{raw} holding a duration, e.g. \"10s\", \"500ms\" or \"1h\"")
     } else {
@@ -186,6 +192,8 @@ fn friendlier(message: &str) -> String {
         ("expected u32", "expected a non-negative integer"),
         ("expected a sequence", "expected an array"),
         ("expected a map", "expected a table"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: table"),
     ] {
         out = out.replace(rust, toml);
     }
@@ -417,75 +425,89 @@ fn locate_in(doc: &Document<&str>, text: &str, path: &str) -> usize {
     found.map_or(0, |s| line_at(text, s.start))
 }
 
-/// The key path of the most specific key, value or table header whose span holds byte `offset`.
-fn path_at(doc: &Document<&str>, offset: usize) -> Option<Vec<Seg>> {
-    let mut best: Option<(usize, Vec<Seg>)> = None;
+/// The key path of the key, value or table header whose span is exactly `target`, or else of the most specific
+/// one holding its start.
+fn path_at(doc: &Document<&str>, target: Range<usize>) -> Option<Vec<Seg>> {
+    let mut best = None;
     let mut path = Vec::new();
-    collect_at(Node::of_item(doc.as_item()), offset, &mut path, &mut best);
-    best.map(|(_, p)| p)
+    collect_at(Node::of_item(doc.as_item()), &target, &mut path, &mut best);
+    best.map(|b: Candidate| b.path)
+}
+
+struct Candidate {
+    exact: bool,
+    len: usize,
+    path: Vec<Seg>,
 }
 
 fn consider(
     span: Option<Range<usize>>,
-    offset: usize,
+    target: &Range<usize>,
     path: &[Seg],
-    best: &mut Option<(usize, Vec<Seg>)>,
+    best: &mut Option<Candidate>,
 ) {
     let Some(span) = span else { return };
-    if span.is_empty() || !span.contains(&offset) {
+    if span.is_empty() || !span.contains(&target.start) {
         return;
     }
+    let exact = span == *target;
     let len = span.len();
-    // Smaller spans are more specific; on a tie (a dotted key and its implicit table) the deeper path wins.
+    // An exact match beats containment; smaller spans are more specific; on a tie (a dotted key and its implicit
+    // table) the deeper path wins.
     let better = match best {
         None => true,
-        Some((best_len, best_path)) => {
-            len < *best_len || (len == *best_len && path.len() > best_path.len())
+        Some(b) => {
+            (exact, std::cmp::Reverse(len), path.len())
+                > (b.exact, std::cmp::Reverse(b.len), b.path.len())
         }
     };
     if better {
-        *best = Some((len, path.to_vec()));
+        *best = Some(Candidate {
+            exact,
+            len,
+            path: path.to_vec(),
+        });
     }
 }
 
 fn collect_at(
     node: Node<'_>,
-    offset: usize,
+    target: &Range<usize>,
     path: &mut Vec<Seg>,
-    best: &mut Option<(usize, Vec<Seg>)>,
+    best: &mut Option<Candidate>,
 ) {
     match node {
         Node::Table(t) => {
             for (k, item) in t.iter() {
                 path.push(Seg::Key(k.to_string()));
-                consider(t.key(k).and_then(|key| key.span()), offset, path, best);
-                consider(item.span(), offset, path, best);
-                collect_at(Node::of_item(item), offset, path, best);
+                consider(t.key(k).and_then(|key| key.span()), target, path, best);
+                consider(item.span(), target, path, best);
+                collect_at(Node::of_item(item), target, path, best);
                 path.pop();
             }
         }
         Node::Inline(t) => {
             for (k, value) in t.iter() {
                 path.push(Seg::Key(k.to_string()));
-                consider(t.key(k).and_then(|key| key.span()), offset, path, best);
-                consider(value.span(), offset, path, best);
-                collect_at(Node::of_value(value), offset, path, best);
+                consider(t.key(k).and_then(|key| key.span()), target, path, best);
+                consider(value.span(), target, path, best);
+                collect_at(Node::of_value(value), target, path, best);
                 path.pop();
             }
         }
         Node::Tables(a) => {
             for (i, t) in a.iter().enumerate() {
                 path.push(Seg::Index(i));
-                consider(t.span(), offset, path, best);
-                collect_at(Node::Table(t), offset, path, best);
+                consider(t.span(), target, path, best);
+                collect_at(Node::Table(t), target, path, best);
                 path.pop();
             }
         }
         Node::Array(a) => {
             for (i, v) in a.iter().enumerate() {
                 path.push(Seg::Index(i));
-                consider(v.span(), offset, path, best);
-                collect_at(Node::of_value(v), offset, path, best);
+                consider(v.span(), target, path, best);
+                collect_at(Node::of_value(v), target, path, best);
                 path.pop();
             }
         }
@@ -734,6 +756,11 @@ limits.max_headers = 5
 
         let e = err(&format!("[access_log]\nformat = \"xml\"\n{MINIMAL}"));
         assert_eq!((e.line, e.key.as_str()), (2, "access_log.format"));
+
+        let e = err(&format!("[[workers]]\ncount = 2\n{MINIMAL}"));
+        // toml points at the first `[[workers]]` header.
+        assert_eq!((e.line, e.key.as_str()), (1, "workers[0]"));
+        assert_eq!(e.message, "invalid type: array, expected a table");
 
         let e = err(&MINIMAL.replace("{ address", "{ weight = -1, address"));
         assert_eq!(

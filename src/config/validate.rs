@@ -477,6 +477,11 @@ fn check_route_host(host: &str) -> Result<(), String> {
                 "\"{host}\" has an empty label (a leading, trailing or doubled dot)"
             ));
         }
+        if !label.is_ascii() {
+            return Err(format!(
+                "\"{host}\" is not ASCII: write an internationalized name in its punycode (xn--) form, as it appears in the Host header"
+            ));
+        }
         if let Some(c) = label
             .chars()
             .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
@@ -794,6 +799,7 @@ cluster = "app"
             ("example.com.", "empty label"),
             ("exa mple.com", "' '"),
             ("http://example.com", "':'"),
+            ("bücher.example", "punycode"),
         ] {
             let text = base_with("[[routes]]\n", &format!("[[routes]]\nhost = \"{bad}\"\n"));
             let m = only(&text, 8, "routes[0].host");
