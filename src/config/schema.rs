@@ -170,9 +170,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
+    /// Write one line per request.
     pub enabled: bool,
     /// `"stdout"`, `"stderr"` or a file path (appended to).
     pub target: String,
+    /// Line format.
     pub format: AccessLogFormat,
 }
 
@@ -203,8 +205,10 @@ pub struct ListenerConfig {
     /// Used in logs; defaults to the address.
     #[serde(default)]
     pub name: Option<String>,
-    /// `host:port`; port 0 picks a free port (logged at start-up).
+    /// `ip:port` or `[ipv6]:port` (validation refuses host names, even `localhost`); port 0 picks a free port
+    /// (logged at start-up).
     pub address: String,
+    /// Kernel accept queue length, 1..=65535.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
     /// Keep and extend the client's own `X-Forwarded-*` headers (only behind another trusted proxy).
@@ -220,12 +224,15 @@ fn default_backlog() -> u32 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// How a backend is picked.
     #[serde(default)]
     pub balance: BalanceAlgorithm,
     /// Extra attempts on another backend for an idempotent request whose connection failed before any
     /// response byte.
+    /// 0..=10.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// At least one; addresses unique within the cluster.
     pub backends: Vec<BackendConfig>,
 }
 
@@ -237,6 +244,7 @@ fn default_retries() -> u32 {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceAlgorithm {
+    /// Backends in turn, each as often as its weight.
     #[default]
     RoundRobin,
 }
@@ -245,8 +253,10 @@ pub enum BalanceAlgorithm {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `ip:port` (host names are resolved once, at load).
+    /// `ip:port` or `[ipv6]:port`: validation refuses host names (even `localhost`, which may mean 127.0.0.1 or
+    /// ::1), so the runtime can `parse::<SocketAddr>()` it without resolving anything.
     pub address: String,
+    /// Share of requests relative to the cluster's other backends, 1..=256 (0 is refused: use `drain`).
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Drained backends get no new requests; in-flight ones finish.
@@ -262,11 +272,14 @@ fn default_weight() -> u32 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Exact name (`example.com`), wildcard (`*.example.com`) or `*` for any host.
+    /// Exact name (`example.com`), wildcard (`*.example.com`, any depth of subdomain, not the bare suffix) or
+    /// `*` for any host. Validation requires lowercase and no port.
     #[serde(default = "default_host")]
     pub host: String,
+    /// Starts with `/`; matched as a plain byte prefix of the request path (no segment boundaries).
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
+    /// Name of an existing cluster.
     pub cluster: String,
 }
 
