@@ -12,8 +12,9 @@ use std::time::Duration;
 /// The embedded demo configuration (also `configs/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 
-/// Starts the demo backends and returns the config to run the balancer with, listening on `listen`.
-pub fn start(listen: &str) -> Result<Config, String> {
+/// Starts the demo backends; returns the config to run the balancer with (listening on `listen`) and the
+/// backends' addresses.
+pub fn start(listen: &str) -> Result<(Config, Vec<SocketAddr>), String> {
     let mut cfg = config::load_str(DEMO_CONFIG, "<embedded demo config>").map_err(|e| e.to_string())?;
     let listen_addr: SocketAddr = listen
         .parse()
@@ -42,8 +43,13 @@ pub fn start(listen: &str) -> Result<Config, String> {
         })
         .collect();
 
-    let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    let url = format!("http://{listen_addr}");
+    Ok((cfg, addresses))
+}
+
+/// Prints what to try, once the balancer listens on `balancer`.
+pub fn print_banner(balancer: SocketAddr, backends: &[SocketAddr]) {
+    let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let url = format!("http://{balancer}");
     println!(
         "tether demo: three backends on {}\n\
          balancer on {url} (Ctrl-C stops everything)\n\n\
@@ -57,8 +63,8 @@ pub fn start(listen: &str) -> Result<Config, String> {
          Access log below (one line per request):",
         list.join(", ")
     );
-    Ok(cfg)
 }
+
 
 fn spawn_backend(listener: TcpListener, number: usize) -> io::Result<()> {
     std::thread::Builder::new()

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             serve(cfg, options)
         }
         Command::Demo { workers, listen } => {
-            let cfg = match tether::demo::start(&listen) {
+            let (cfg, backends) = match tether::demo::start(&listen) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("tether demo: {e}");
@@ -90,7 +90,15 @@ fn main() -> ExitCode {
                 config_path: None,
                 workers: workers.map(usize::from),
             };
-            serve(cfg, options)
+            let server = match Server::start(cfg, options) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tether::demo::print_banner(server.addresses[0], &backends);
+            wait(server)
         }
     }
 }
@@ -124,6 +132,10 @@ fn serve(cfg: config::Config, options: RunOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    wait(server)
+}
+
+fn wait(server: Server) -> ExitCode {
     match server.serve() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
