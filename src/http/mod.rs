@@ -18,4 +18,6 @@ pub use head::{
 };
 pub use request::{BodyFraming, RequestHead, parse_request};
 pub use response::{ResponseFraming, ResponseHead, parse_response};
-pub use rewrite::{ForwardContext, ResponseOptions, end_head, write_request_head, write_response_head};
+pub use rewrite::{
+    ForwardContext, ResponseOptions, end_head, write_request_head, write_response_head,
+};
