@@ -234,8 +234,14 @@ impl HeadScanner {
             // Not the same buffer grown: start over rather than trust stale offsets.
             self.reset();
         }
+        // Bytes past the limit cannot belong to an acceptable head: never look at them, so the verdict
+        // does not depend on how much arrived at once.
+        let window = buf.get(..limits.max_head_size).unwrap_or(buf);
         let mut pos = self.scanned;
-        while let Some(rel) = buf.get(pos..).and_then(|rest| memchr::memchr(b'\n', rest)) {
+        while let Some(rel) = window
+            .get(pos..)
+            .and_then(|rest| memchr::memchr(b'\n', rest))
+        {
             let lf = pos + rel;
             if lf == 0 || buf.get(lf - 1) != Some(&b'\r') {
                 self.scanned = lf;
@@ -258,7 +264,7 @@ impl HeadScanner {
             self.line_start = lf + 1;
             pos = lf + 1;
         }
-        self.scanned = buf.len();
+        self.scanned = window.len();
         if buf.len() >= limits.max_head_size {
             return Err(HttpError::too_large("request head too large"));
         }
