@@ -199,9 +199,10 @@ fn parse_target(t: &[u8], base: usize, method: Method) -> Result<Target, HttpErr
         }
         _ => {}
     }
-    let scheme_len = if t.len() >= 7 && t[..7].eq_ignore_ascii_case(b"http://") {
+    let has_prefix = |p: &[u8]| t.get(..p.len()).is_some_and(|x| x.eq_ignore_ascii_case(p));
+    let scheme_len = if has_prefix(b"http://") {
         7
-    } else if t.len() >= 8 && t[..8].eq_ignore_ascii_case(b"https://") {
+    } else if has_prefix(b"https://") {
         8
     } else {
         // Another scheme (`ftp://...`) or authority-form / garbage.
@@ -209,23 +210,23 @@ fn parse_target(t: &[u8], base: usize, method: Method) -> Result<Target, HttpErr
             .iter()
             .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')));
         if let Some(i) = scheme_end {
-            if i > 0 && t[0].is_ascii_alphabetic() && t.get(i..i + 3) == Some(b"://") {
+            if t.first().is_some_and(u8::is_ascii_alphabetic) && t.get(i..i + 3) == Some(b"://") {
                 return Err(bad("unsupported target scheme"));
             }
         }
         return Err(bad("invalid request target"));
     };
-    let after = &t[scheme_len..];
+    let after = t.get(scheme_len..).unwrap_or_default();
     let auth_len = after
         .iter()
         .position(|&b| b == b'/' || b == b'?')
         .unwrap_or(after.len());
-    let auth = &after[..auth_len];
+    let auth = after.get(..auth_len).unwrap_or_default();
     if auth.is_empty() || auth.contains(&b'@') || !is_valid_authority(auth) {
         return Err(bad("invalid request target"));
     }
     let rest_start = scheme_len + auth_len;
-    let rest = &t[rest_start..];
+    let rest = t.get(rest_start..).unwrap_or_default();
     let authority = Some(Span::new(base + scheme_len, base + rest_start));
     let target = Span::new(base + rest_start, base + t.len());
     if rest.first() == Some(&b'/') {
