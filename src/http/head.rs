@@ -657,6 +657,77 @@ mod tests {
         assert_eq!(leading_empty_lines(b"\r\r\n"), 0);
     }
 
+    /// The httparse behaviours the checks in this module rely on; if an upgrade changes one, this says so.
+    #[test]
+    fn httparse_behaviour_relied_on() {
+        fn req(buf: &[u8]) -> Result<httparse::Status<usize>, httparse::Error> {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            httparse::Request::new(&mut headers).parse(buf)
+        }
+        fn target(buf: &[u8]) -> Option<String> {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut r = httparse::Request::new(&mut headers);
+            r.parse(buf).ok()?;
+            r.path.map(str::to_owned)
+        }
+        use httparse::{Error, Status};
+        // Bare LF line endings are accepted (hence `has_bare_lf`).
+        assert_eq!(
+            req(b"GET / HTTP/1.1\nHost: a\n\n"),
+            Ok(Status::Complete(24))
+        );
+        assert_eq!(req(b"\nGET / HTTP/1.1\r\n\r\n"), Ok(Status::Complete(19)));
+        // obs-fold and whitespace before the first field are a header *name* error (hence `has_obs_fold`).
+        assert_eq!(
+            req(b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n"),
+            Err(Error::HeaderName)
+        );
+        assert_eq!(
+            req(b"GET / HTTP/1.1\r\n A: b\r\n\r\n"),
+            Err(Error::HeaderName)
+        );
+        assert_eq!(
+            req(b"GET / HTTP/1.1\r\nA : b\r\n\r\n"),
+            Err(Error::HeaderName)
+        );
+        // The target may hold `#` and UTF-8 (refused by tether); controls, SP and DEL are token errors.
+        assert_eq!(
+            target(b"GET /a#b HTTP/1.1\r\n\r\n").as_deref(),
+            Some("/a#b")
+        );
+        assert_eq!(
+            target("GET /caf\u{e9} HTTP/1.1\r\n\r\n".as_bytes()).as_deref(),
+            Some("/caf\u{e9}")
+        );
+        assert_eq!(req(b"GET /\x7f HTTP/1.1\r\n\r\n"), Err(Error::Token));
+        assert_eq!(req(b"GET /\x01 HTTP/1.1\r\n\r\n"), Err(Error::Token));
+        assert_eq!(req(b"GET /\xff HTTP/1.1\r\n\r\n"), Err(Error::Token));
+        // Bare CR in a value, and NUL, are value errors.
+        assert_eq!(
+            req(b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n"),
+            Err(Error::HeaderValue)
+        );
+        assert_eq!(
+            req(b"GET / HTTP/1.1\r\nA: b\x00\r\n\r\n"),
+            Err(Error::HeaderValue)
+        );
+        // A response reason with obs-text comes back empty (hence tether computes the reason span).
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut headers);
+        assert!(r.parse(b"HTTP/1.1 200 \xfc\r\n\r\n").is_ok());
+        assert_eq!(r.reason, Some(""));
+        // Any three digits parse as a status, 000 to 999; tether refuses those outside 100..=599.
+        for (line, code) in [
+            (&b"HTTP/1.1 000 X\r\n\r\n"[..], 0),
+            (b"HTTP/1.1 999 X\r\n\r\n", 999),
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut r = httparse::Response::new(&mut headers);
+            assert!(r.parse(line).is_ok());
+            assert_eq!(r.code, Some(code));
+        }
+    }
+
     fn scan_all(msg: &[u8], limits: &HeadLimits) -> Result<Option<usize>, HttpError> {
         let mut s = HeadScanner::default();
         s.scan(msg, limits)

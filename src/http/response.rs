@@ -250,6 +250,7 @@ mod tests {
 
     #[test]
     fn status_line_errors() {
+        assert_err(b"HTTP/1.1 000 Zero\r\n\r\n", "invalid status");
         assert_err(b"HTTP/1.1 099 Low\r\n\r\n", "invalid status");
         assert_err(b"HTTP/1.1 600 High\r\n\r\n", "invalid status");
         assert_err(b"HTTP/1.1 999 High\r\n\r\n", "invalid status");
