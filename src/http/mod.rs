@@ -2,6 +2,18 @@
 //!
 //! Everything here works on byte buffers owned by the caller and records *offsets* (`Span`) into them, so a
 //! parsed head costs no allocation and headers are written out again straight from the original bytes.
+//!
+//! Strictness, in brief (each refusal is an `HttpError` with the status to answer and a short reason):
+//! - every line ends in CRLF (a bare LF is refused by the scanner *and* the parsers, as httparse accepts
+//!   it); obs-fold, whitespace before a colon, NUL / bare CR in values are refused;
+//! - request targets: origin-form, `*` (OPTIONS only) or `http(s)://` absolute-form; controls, spaces,
+//!   `#` and non-ASCII bytes are refused; CONNECT is 501;
+//! - one valid `Host`, required in HTTP/1.1, equal to an absolute-form authority;
+//! - `Content-Length` lists must agree; `Transfer-Encoding` must end in a single `chunked` (other codings
+//!   before it are 501), never with `Content-Length`, never in HTTP/1.0;
+//! - a `Connection` header cannot make `Host`, `Content-Length` or `Transfer-Encoding` hop-by-hop.
+//!
+//! Response heads follow the same rules with status 502, and framing per RFC 9112 §6.3.
 
 pub mod canned;
 pub mod chunked;
