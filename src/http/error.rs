@@ -12,12 +12,21 @@ pub struct HttpError {
 
 impl HttpError {
     pub const fn bad_request(reason: &'static str) -> Self {
-        HttpError { status: 400, reason }
+        HttpError {
+            status: 400,
+            reason,
+        }
     }
     pub const fn too_large(reason: &'static str) -> Self {
-        HttpError { status: 431, reason }
+        HttpError {
+            status: 431,
+            reason,
+        }
     }
     pub const fn not_implemented(reason: &'static str) -> Self {
-        HttpError { status: 501, reason }
+        HttpError {
+            status: 501,
+            reason,
+        }
     }
 }
