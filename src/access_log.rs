@@ -159,7 +159,8 @@ impl AccessLog {
 
     /// Queues a filled record; never blocks.
     pub fn submit(&self, record: Box<AccessRecord>) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record)
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -249,7 +250,11 @@ pub fn format_combined(r: &AccessRecord, out: &mut Vec<u8>) {
 /// One JSON object per line with the same fields as the combined format.
 pub fn format_json(r: &AccessRecord, out: &mut Vec<u8>) {
     let time = humantime::format_rfc3339_millis(r.time);
-    let _ = write!(out, "{{\"time\":\"{time}\",\"client\":\"{}\",\"method\":", r.client);
+    let _ = write!(
+        out,
+        "{{\"time\":\"{time}\",\"client\":\"{}\",\"method\":",
+        r.client
+    );
     json_string(r.get(Field::Method), out);
     out.extend_from_slice(b",\"target\":");
     json_string(r.get(Field::Target), out);

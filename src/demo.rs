@@ -15,7 +15,8 @@ pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 /// Starts the demo backends; returns the config to run the balancer with (listening on `listen`) and the
 /// backends' addresses.
 pub fn start(listen: &str) -> Result<(Config, Vec<SocketAddr>), String> {
-    let mut cfg = config::load_str(DEMO_CONFIG, "<embedded demo config>").map_err(|e| e.to_string())?;
+    let mut cfg =
+        config::load_str(DEMO_CONFIG, "<embedded demo config>").map_err(|e| e.to_string())?;
     let listen_addr: SocketAddr = listen
         .parse()
         .map_err(|_| format!("--listen {listen:?} is not an ip:port address"))?;
@@ -64,7 +65,6 @@ pub fn print_banner(balancer: SocketAddr, backends: &[SocketAddr]) {
         list.join(", ")
     );
 }
-
 
 fn spawn_backend(listener: TcpListener, number: usize) -> io::Result<()> {
     std::thread::Builder::new()
@@ -178,7 +178,13 @@ fn serve_connection(mut stream: TcpStream, number: usize) -> io::Result<()> {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: u16, body: &str, keep_alive: bool, number: usize) -> io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    body: &str,
+    keep_alive: bool,
+    number: usize,
+) -> io::Result<()> {
     let reason = crate::http::canned::reason_phrase(status);
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let head = format!(

@@ -65,7 +65,7 @@ impl RouteTable {
         for (_, list) in table.wildcard.iter_mut() {
             list.sort_by(by_prefix_len);
         }
-        table.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table.any.sort_by(by_prefix_len);
         table
     }

@@ -33,9 +33,10 @@ const CASES: &[(&str, &[u8], u16)] = &[
     ("signed Content-Length", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +5\r\n\r\nhello", 400),
     ("non-numeric Content-Length", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n", 400),
     (
-        "unknown transfer coding",
+        // RFC 9112 §6.3: without a final chunked the length cannot be determined: 400.
+        "transfer coding without chunked",
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
-        501,
+        400,
     ),
     (
         "chunked not last",
@@ -87,10 +88,8 @@ fn head_too_large() -> Vec<u8> {
 fn every_malformed_request_is_refused_and_never_reaches_the_backend() {
     let backend = Backend::named("should-not-see-anything");
     let t = Tether::start(&config_for(&[backend.addr], ""));
-    let mut cases: Vec<(&str, Vec<u8>, u16)> = CASES
-        .iter()
-        .map(|(n, r, s)| (*n, r.to_vec(), *s))
-        .collect();
+    let mut cases: Vec<(&str, Vec<u8>, u16)> =
+        CASES.iter().map(|(n, r, s)| (*n, r.to_vec(), *s)).collect();
     cases.push(("101 headers", too_many_headers(), 431));
     cases.push(("33 KiB head", head_too_large(), 431));
 
@@ -134,7 +133,9 @@ fn a_request_pipelined_after_a_refused_one_is_not_processed() {
     let backend = Backend::named("b");
     let t = Tether::start(&config_for(&[backend.addr], ""));
     let mut c = Client::connect(t.addr);
-    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-A : x\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A : x\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
     assert_eq!(c.read_response(false).status, 400);
     assert!(c.closed());
     assert_eq!(backend.request_count(), 0);

@@ -34,11 +34,19 @@ fn a_bad_config_on_sighup_is_refused_and_the_old_one_keeps_serving() {
     // The error names file, line and key.
     let logs = t.log_lines().join("\n");
     assert!(
-        logs.contains("tether.toml:4: clusters.app.backends[0].address"),
+        logs.contains("tether.toml:5: clusters.app.backends[0].address"),
         "{logs}"
     );
-    assert_eq!(keep_alive.get("/").text(), "a", "existing connection unaffected");
-    assert_eq!(get(t.addr, "/").text(), "a", "new connections served by the old config");
+    assert_eq!(
+        keep_alive.get("/").text(),
+        "a",
+        "existing connection unaffected"
+    );
+    assert_eq!(
+        get(t.addr, "/").text(),
+        "a",
+        "new connections served by the old config"
+    );
 }
 
 #[test]
@@ -72,8 +80,15 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
 #[test]
 fn check_accepts_good_configs_and_names_file_line_and_key_of_bad_ones() {
     let bin = env!("CARGO_BIN_EXE_tether");
-    for good in ["configs/basic.toml", "configs/full.toml", "configs/demo.toml"] {
-        let out = Command::new(bin).args(["check", "-c", good]).output().unwrap();
+    for good in [
+        "configs/basic.toml",
+        "configs/full.toml",
+        "configs/demo.toml",
+    ] {
+        let out = Command::new(bin)
+            .args(["check", "-c", good])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{good}: {}",
@@ -96,8 +111,14 @@ fn check_accepts_good_configs_and_names_file_line_and_key_of_bad_ones() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let name = bad.display().to_string();
-    assert!(err.contains(&format!("{name}:5: routes[0].cluster")), "{err}");
-    assert!(err.contains(&format!("{name}:8: clusters.app.backends[0].weight")), "{err}");
+    assert!(
+        err.contains(&format!("{name}:5: routes[0].cluster")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{name}:8: clusters.app.backends[0].weight")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +148,11 @@ fn demo_starts_three_backends_and_balances_them() {
     }
     assert_eq!(backends.len(), 3);
     let r = get(addr, "/headers");
-    assert!(r.text().contains("X-Forwarded-For: 127.0.0.1"), "{}", r.text());
+    assert!(
+        r.text().contains("X-Forwarded-For: 127.0.0.1"),
+        "{}",
+        r.text()
+    );
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();

@@ -94,7 +94,13 @@ fn content_length_body_streams_through_in_pieces() {
     let t = Tether::start(&config_for(&[b.addr], ""));
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let mut c = Client::connect(t.addr);
-    c.send(format!("PUT /big HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    c.send(
+        format!(
+            "PUT /big HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     for part in body.chunks(65536) {
         c.send(part);
     }
@@ -110,7 +116,9 @@ fn expect_100_continue_is_forwarded_with_the_request() {
     let t = Tether::start(&config_for(&[b.addr], ""));
     let mut c = Client::connect(t.addr);
     // A client that does not wait for 100 (allowed by RFC 9110) still gets its answer.
-    c.send(b"POST /e HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello");
+    c.send(
+        b"POST /e HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+    );
     let r = c.read_response(false);
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "got 5");
@@ -137,7 +145,10 @@ fn interim_100_continue_from_the_backend_reaches_the_client_first() {
             let n = s.read(&mut buf).unwrap();
             body.extend_from_slice(&buf[..n]);
         }
-        let reply = format!("HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n", body.len());
+        let reply = format!(
+            "HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
         s.write_all(reply.as_bytes()).unwrap();
         s.write_all(&body).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -146,7 +157,10 @@ fn interim_100_continue_from_the_backend_reaches_the_client_first() {
     let mut c = Client::connect(t.addr);
     c.send(b"POST /e HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     let interim = c.read_response(false);
-    assert_eq!(interim.status, 100, "the client waits for 100 before sending its body");
+    assert_eq!(
+        interim.status, 100,
+        "the client waits for 100 before sending its body"
+    );
     c.send(b"hello");
     let r = c.read_response(false);
     assert_eq!(r.status, 201);
@@ -174,14 +188,20 @@ fn pipelined_requests_are_answered_in_order() {
 fn websocket_upgrade_becomes_a_two_way_tunnel() {
     let b = Backend::start(|req, s| {
         assert_eq!(req.header("upgrade"), Some("websocket"));
-        assert!(req.header("connection").unwrap().to_ascii_lowercase().contains("upgrade"));
+        assert!(
+            req.header("connection")
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("upgrade")
+        );
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         )
         .unwrap();
         // Echo raw bytes until the client closes.
         let mut buf = [0u8; 1024];
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => return None,
@@ -231,7 +251,11 @@ fn forwarding_headers_are_set_and_client_copies_replaced() {
     assert_eq!(got.header("host"), Some("shop.example"));
     assert_eq!(got.header("forwarded"), None);
     assert_eq!(got.header("x-real-ip"), None);
-    assert_eq!(got.header("x-secret"), None, "named in Connection: hop-by-hop");
+    assert_eq!(
+        got.header("x-secret"),
+        None,
+        "named in Connection: hop-by-hop"
+    );
     assert_eq!(got.header("keep-alive"), None);
     assert_eq!(got.header("connection"), None);
     assert_eq!(got.header("x-app"), Some("kept"));
@@ -297,7 +321,12 @@ fn http10_clients_are_served_and_closed_unless_they_ask_for_keep_alive() {
 #[test]
 fn close_delimited_responses_are_forwarded_whole() {
     let b = Backend::start(|_, _| {
-        Some(Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end".to_vec()).closing())
+        Some(
+            Reply::raw(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end".to_vec(),
+            )
+            .closing(),
+        )
     });
     let t = Tether::start(&config_for(&[b.addr], ""));
     let mut c = Client::connect(t.addr);
@@ -312,7 +341,10 @@ fn access_log_lines_carry_backend_status_and_reason() {
     let b = Backend::named("a");
     let t = Tether::start(&config_for(&[b.addr], ""));
     get(t.addr, "/logged?q=1");
-    raw_exchange(t.addr, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n");
+    raw_exchange(
+        t.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+    );
     let lines = t.access_lines(2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let ok = json_fields(&lines[0]);

@@ -15,7 +15,10 @@ fn free_port_addr() -> std::net::SocketAddr {
 #[test]
 fn a_client_that_never_finishes_its_head_gets_408() {
     let b = Backend::named("b");
-    let t = Tether::start(&config_for(&[b.addr], "[timeouts]\nclient_head = \"300ms\""));
+    let t = Tether::start(&config_for(
+        &[b.addr],
+        "[timeouts]\nclient_head = \"300ms\"",
+    ));
     let mut c = Client::connect(t.addr);
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ");
     let r = c.read_response(false);
@@ -29,7 +32,10 @@ fn a_client_that_never_finishes_its_head_gets_408() {
 #[test]
 fn an_idle_keep_alive_connection_is_closed_quietly() {
     let b = Backend::named("b");
-    let t = Tether::start(&config_for(&[b.addr], "[timeouts]\nclient_idle = \"300ms\""));
+    let t = Tether::start(&config_for(
+        &[b.addr],
+        "[timeouts]\nclient_idle = \"300ms\"",
+    ));
     let mut c = Client::connect(t.addr);
     assert_eq!(c.get("/").status, 200);
     // No bytes, just the close.
@@ -60,7 +66,11 @@ fn a_backend_that_does_not_answer_in_time_gives_504() {
     assert_eq!(r.status, 504);
     let f = json_fields(&t.access_lines(1)[0]);
     assert_eq!(f["termination"], "upstream_timeout");
-    assert_eq!(b.request_count(), 1, "not retried: the backend may be working on it");
+    assert_eq!(
+        b.request_count(),
+        1,
+        "not retried: the backend may be working on it"
+    );
 }
 
 #[test]
@@ -94,7 +104,11 @@ fn at_the_connection_limit_new_connections_wait_in_the_backlog() {
         .write_all(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(b.request_count(), 2, "third request not served while at the limit");
+    assert_eq!(
+        b.request_count(),
+        2,
+        "third request not served while at the limit"
+    );
     // One slot frees up: the waiting connection is accepted and answered, not dropped.
     drop(c1);
     let r = c3.read_response(false);

@@ -115,10 +115,7 @@ pub struct Balancer {
 impl Balancer {
     /// Resets the state for a new snapshot's clusters.
     pub fn reset(&mut self, clusters: &[Arc<Cluster>]) {
-        self.current = clusters
-            .iter()
-            .map(|c| vec![0; c.backends.len()])
-            .collect();
+        self.current = clusters.iter().map(|c| vec![0; c.backends.len()]).collect();
     }
 
     /// Picks a backend of cluster `index` that can take a request, avoiding `avoid` (a backend that just

@@ -381,7 +381,10 @@ impl Session {
         self.x.cluster = route.cluster;
         self.x.generation = cx.snapshot.generation;
         if let Some(log) = &mut self.log {
-            log.set(Field::Cluster, cx.snapshot.clusters[route.cluster].name.as_bytes());
+            log.set(
+                Field::Cluster,
+                cx.snapshot.clusters[route.cluster].name.as_bytes(),
+            );
         }
 
         let mut out = std::mem::take(&mut cx.scratch_vec);
@@ -849,20 +852,18 @@ impl Session {
                             self.x.resp_body = Body::Done;
                         }
                     }
-                    Body::Chunked if !fresh.is_empty() => {
-                        match self.x.resp_chunks.advance(fresh) {
-                            Ok((n, done)) => {
-                                self.x.resp_pending += n;
-                                if done {
-                                    self.x.resp_body = Body::Done;
-                                }
-                            }
-                            Err(_) => {
-                                self.abort(cx, Termination::BadResponse("invalid chunked body"));
-                                return true;
+                    Body::Chunked if !fresh.is_empty() => match self.x.resp_chunks.advance(fresh) {
+                        Ok((n, done)) => {
+                            self.x.resp_pending += n;
+                            if done {
+                                self.x.resp_body = Body::Done;
                             }
                         }
-                    }
+                        Err(_) => {
+                            self.abort(cx, Termination::BadResponse("invalid chunked body"));
+                            return true;
+                        }
+                    },
                     Body::UntilClose => {
                         self.x.resp_pending += fresh.len();
                         if self.x.upstream_eof {
@@ -964,7 +965,9 @@ impl Session {
     fn release_upstream(&mut self, cx: &mut Ctx, key: usize, reusable: bool) {
         let backend = {
             let u = &mut cx.upstreams[key];
-            u.backend.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            u.backend
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             u.backend.id
         };
         if reusable && cx.pool.put(backend, key) {
@@ -1032,7 +1035,10 @@ impl Session {
                 }
             }
         }
-        if self.client_eof && self.in_buf.as_ref().is_none_or(Buffer::is_empty) && !self.x.request_written {
+        if self.client_eof
+            && self.in_buf.as_ref().is_none_or(Buffer::is_empty)
+            && !self.x.request_written
+        {
             // Pass the half-close on once everything before it was delivered.
             let _ = u.stream.shutdown(Shutdown::Write);
             self.x.request_written = true;
@@ -1158,7 +1164,8 @@ impl Session {
             if !self.io.writable {
                 return false;
             }
-            let out = &self.resp_out.as_ref().expect("pending implies present")[self.resp_out_sent..];
+            let out =
+                &self.resp_out.as_ref().expect("pending implies present")[self.resp_out_sent..];
             match write_two(&mut self.client, &mut self.io, out, &[]) {
                 WriteOutcome::Wrote(n) => {
                     self.resp_out_sent += n;
@@ -1235,8 +1242,8 @@ impl Session {
             }),
             Phase::Connect => Some(self.x.connect_started + t.connect),
             Phase::Exchange => {
-                let upstream = (self.x.resp != ResponseState::Done)
-                    .then(|| self.last_upstream_io + t.server);
+                let upstream =
+                    (self.x.resp != ResponseState::Done).then(|| self.last_upstream_io + t.server);
                 let client_owes = self.x.req_body != Body::Done
                     || self.resp_out_pending() > 0
                     || self.x.resp_pending > 0;
@@ -1299,10 +1306,16 @@ impl Session {
             cx.close_upstream(key);
         }
         self.finish_request(cx);
-        for buf in [self.in_buf.take(), self.up_buf.take()].into_iter().flatten() {
+        for buf in [self.in_buf.take(), self.up_buf.take()]
+            .into_iter()
+            .flatten()
+        {
             cx.buffers.put(buf);
         }
-        for v in [self.req_out.take(), self.resp_out.take()].into_iter().flatten() {
+        for v in [self.req_out.take(), self.resp_out.take()]
+            .into_iter()
+            .flatten()
+        {
             cx.put_vec(v);
         }
         // A record begun for a request that never came is simply dropped.

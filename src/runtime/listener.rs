@@ -8,7 +8,11 @@ use std::net::SocketAddr;
 /// Binds a non-blocking listening socket with SO_REUSEADDR, SO_REUSEPORT and TCP_NODELAY (inherited by
 /// accepted sockets on Linux).
 pub fn bind(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_tcp_nodelay(true)?;

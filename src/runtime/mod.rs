@@ -91,7 +91,8 @@ impl Server {
         let shared: SharedSnapshot = Arc::new(ArcSwap::new(Arc::clone(&snapshot)));
 
         // Bind everything before starting anything, so a busy port fails the start cleanly.
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..count).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+            (0..count).map(|_| Vec::new()).collect();
         let mut addresses = Vec::new();
         let mut infos = Vec::new();
         for l in &config.listeners {
@@ -101,13 +102,12 @@ impl Server {
                 address: l.address.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an ip:port"),
             })?;
-            let (bound, sockets) = listener::bind_all(address, l.backlog, count).map_err(|e| {
-                StartError::Listen {
+            let (bound, sockets) =
+                listener::bind_all(address, l.backlog, count).map_err(|e| StartError::Listen {
                     name: name.clone(),
                     address: l.address.clone(),
                     source: e,
-                }
-            })?;
+                })?;
             for (w, s) in sockets.into_iter().enumerate() {
                 per_worker[w].push(s);
             }
@@ -145,7 +145,14 @@ impl Server {
                 access_log.as_ref().map(|(log, _)| log.clone()),
                 infos.clone(),
             );
-            let w = Worker::new(poll, listeners, cx, settings.clone(), rx, Arc::clone(&shared))?;
+            let w = Worker::new(
+                poll,
+                listeners,
+                cx,
+                settings.clone(),
+                rx,
+                Arc::clone(&shared),
+            )?;
             let pin = (!config.workers.pin_cpus.is_empty())
                 .then(|| config.workers.pin_cpus[index % config.workers.pin_cpus.len()]);
             let notice_tx = exit_tx.clone();

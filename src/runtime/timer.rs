@@ -137,12 +137,7 @@ impl Deadline {
 
     /// Handles a fired entry: `true` when the deadline has really passed. Stale entries return `false`;
     /// an entry fired before a later deadline re-arms at it.
-    pub fn fire(
-        &mut self,
-        wheel: &mut TimerWheel,
-        entry: &TimerEntry,
-        now: Instant,
-    ) -> bool {
+    pub fn fire(&mut self, wheel: &mut TimerWheel, entry: &TimerEntry, now: Instant) -> bool {
         if self.armed != Some(entry.tick) {
             return false;
         }
@@ -229,7 +224,10 @@ mod tests {
         assert!(d.fire(&mut w, &due[0], t0 + Duration::from_millis(100)));
         due.clear();
         w.expire(t0 + Duration::from_millis(600), &mut due);
-        assert!(!d.fire(&mut w, &due[0], t0 + Duration::from_millis(600)), "stale");
+        assert!(
+            !d.fire(&mut w, &due[0], t0 + Duration::from_millis(600)),
+            "stale"
+        );
     }
 
     #[test]
@@ -239,6 +237,9 @@ mod tests {
         assert_eq!(w.next_timeout(t0), None);
         w.schedule(1, 1, t0 + Duration::from_millis(50));
         let d = w.next_timeout(t0).unwrap();
-        assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(60), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(50) && d <= Duration::from_millis(60),
+            "{d:?}"
+        );
     }
 }

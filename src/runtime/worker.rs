@@ -133,12 +133,18 @@ impl Worker {
     fn poll_timeout(&self) -> Option<Duration> {
         let accept_now = !self.accept_paused
             && self.accept_retry_at.is_none()
-            && self.listeners.iter().any(|l| l.pending && l.socket.is_some());
+            && self
+                .listeners
+                .iter()
+                .any(|l| l.pending && l.socket.is_some());
         if accept_now || !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut t = self.cx.timers.next_timeout(self.cx.now);
-        for at in [self.accept_retry_at, self.drain_deadline].into_iter().flatten() {
+        for at in [self.accept_retry_at, self.drain_deadline]
+            .into_iter()
+            .flatten()
+        {
             let d = at.saturating_duration_since(self.cx.now);
             t = Some(t.map_or(d, |t| t.min(d)));
         }
@@ -245,7 +251,12 @@ impl Worker {
         }
     }
 
-    fn add_session(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr, listener: u16) {
+    fn add_session(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        listener: u16,
+    ) {
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.cx.registry.register(
@@ -253,7 +264,10 @@ impl Worker {
             session_token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            log::warn!("worker {}: cannot register client socket: {e}", self.cx.worker);
+            log::warn!(
+                "worker {}: cannot register client socket: {e}",
+                self.cx.worker
+            );
             return;
         }
         let id = self.cx.next_id();

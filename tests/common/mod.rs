@@ -319,8 +319,12 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         {
-            let (connections, requests, raw, stop) =
-                (connections.clone(), requests.clone(), raw.clone(), stop.clone());
+            let (connections, requests, raw, stop) = (
+                connections.clone(),
+                requests.clone(),
+                raw.clone(),
+                stop.clone(),
+            );
             listener.set_nonblocking(true).unwrap();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
