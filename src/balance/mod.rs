@@ -26,6 +26,48 @@ impl BackendState {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+
+    /// A request was assigned to this backend (one attempt; a retry is a new attempt).
+    pub fn attempt_started(&self) {}
+
+    /// The attempt ended; feeds load and health bookkeeping.
+    pub fn attempt_finished(&self, outcome: AttemptOutcome) {
+        if let AttemptOutcome::Response { .. } = outcome {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How one attempt on a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A complete response head arrived (any status); `latency_us` from assignment to that head.
+    Response { status: u16, latency_us: u64 },
+    /// The connection could not be established (refused, unreachable, timed out).
+    ConnectFailed,
+    /// The backend reset or closed the connection, timed out, or sent an invalid response.
+    Failed,
+    /// Ended for reasons that are not the backend's (the client left, a bad request, shutdown).
+    Abandoned,
+}
+
+/// What the balancer may know about a request when it picks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickContext {
+    /// Key for hash-based algorithms (from the client address, a header or a cookie).
+    pub hash_key: Option<u64>,
+    /// A backend that just failed this request: avoided unless it is the only choice.
+    pub avoid: Option<BackendId>,
+}
+
+/// The hash key of a request for `cluster`'s algorithm; `None` when the algorithm does not hash.
+pub fn hash_key(
+    _cluster: &Cluster,
+    _head: &crate::http::RequestHead,
+    _bytes: &[u8],
+    _client: std::net::IpAddr,
+) -> Option<u64> {
+    None
 }
 
 /// Hands out one `BackendState` per address, so a reload that keeps an address keeps its state.
@@ -118,14 +160,15 @@ impl Balancer {
         self.current = clusters.iter().map(|c| vec![0; c.backends.len()]).collect();
     }
 
-    /// Picks a backend of cluster `index` that can take a request, avoiding `avoid` (a backend that just
-    /// failed) unless it is the only choice. `None` when no backend is eligible.
+    /// Picks a backend of cluster `index` that can take a request, avoiding `ctx.avoid` (a backend that
+    /// just failed) unless it is the only choice. `None` when no backend is eligible.
     pub fn pick<'c>(
         &mut self,
         index: usize,
         cluster: &'c Cluster,
-        avoid: Option<BackendId>,
+        ctx: &PickContext,
     ) -> Option<&'c ClusterBackend> {
+        let avoid = ctx.avoid;
         let current = self.current.get_mut(index)?;
         match cluster.algorithm {
             BalanceAlgorithm::RoundRobin => smooth_weighted(current, &cluster.backends, avoid)
@@ -186,7 +229,7 @@ mod tests {
     fn counts(b: &mut Balancer, c: &Cluster, n: usize) -> Vec<usize> {
         let mut counts = vec![0; c.backends.len()];
         for _ in 0..n {
-            let picked = b.pick(0, c, None).unwrap();
+            let picked = b.pick(0, c, &PickContext::default()).unwrap();
             counts[picked.state.id] += 1;
         }
         counts
@@ -199,7 +242,7 @@ mod tests {
         let mut b = Balancer::default();
         b.reset(std::slice::from_ref(&c));
         let order: Vec<_> = (0..6)
-            .map(|_| b.pick(0, &c, None).unwrap().state.id)
+            .map(|_| b.pick(0, &c, &PickContext::default()).unwrap().state.id)
             .collect();
         assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -211,7 +254,7 @@ mod tests {
         let mut b = Balancer::default();
         b.reset(std::slice::from_ref(&c));
         let order: Vec<_> = (0..7)
-            .map(|_| b.pick(0, &c, None).unwrap().state.id)
+            .map(|_| b.pick(0, &c, &PickContext::default()).unwrap().state.id)
             .collect();
         // nginx's documented sequence for weights 5,1,1.
         assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
@@ -228,7 +271,7 @@ mod tests {
         b.reset(std::slice::from_ref(&c));
         assert_eq!(counts(&mut b, &c, 30), vec![0, 0, 30]);
         c.backends[2].state.up.store(false, Ordering::Relaxed);
-        assert!(b.pick(0, &c, None).is_none());
+        assert!(b.pick(0, &c, &PickContext::default()).is_none());
     }
 
     #[test]
@@ -237,13 +280,17 @@ mod tests {
         let c = Arc::new(c);
         let mut b = Balancer::default();
         b.reset(std::slice::from_ref(&c));
+        let avoid0 = PickContext {
+            avoid: Some(0),
+            ..PickContext::default()
+        };
         for _ in 0..10 {
-            assert_eq!(b.pick(0, &c, Some(0)).unwrap().state.id, 1);
+            assert_eq!(b.pick(0, &c, &avoid0).unwrap().state.id, 1);
         }
         let (single, _) = cluster(&[1]);
         let single = Arc::new(single);
         b.reset(std::slice::from_ref(&single));
-        assert_eq!(b.pick(0, &single, Some(0)).unwrap().state.id, 0);
+        assert_eq!(b.pick(0, &single, &avoid0).unwrap().state.id, 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::io::{ReadOutcome, Readiness, WriteOutcome, read_discard, read_into, w
 use super::pipeline;
 use super::upstream::{self, Upstream};
 use crate::access_log::{AccessRecord, Field};
-use crate::balance::BackendId;
+use crate::balance::{self, AttemptOutcome, BackendId, PickContext};
 use crate::error::Termination;
 use crate::http::canned::write_canned;
 use crate::http::{
@@ -84,6 +84,12 @@ struct Exchange {
     /// Backend of the last attempt (to avoid it on retry) and attempts made.
     backend: Option<(BackendId, SocketAddr)>,
     attempts: u32,
+    /// The backend's state was told an attempt started and not yet that it ended.
+    attempt_open: bool,
+    /// Hash key for hash-based balancing, computed once per request.
+    hash_key: Option<u64>,
+    /// Backend latency of the current attempt: assignment to response head.
+    attempt_latency_us: Option<u64>,
     /// Bytes of `req_out` already written to the backend.
     head_sent: usize,
     /// Any request byte reached the backend on the current attempt.
@@ -125,6 +131,9 @@ impl Exchange {
             generation: 0,
             backend: None,
             attempts: 0,
+            attempt_open: false,
+            hash_key: None,
+            attempt_latency_us: None,
             head_sent: 0,
             request_written: false,
             req_body: Body::Done,
@@ -380,6 +389,12 @@ impl Session {
         };
         self.x.cluster = route.cluster;
         self.x.generation = cx.snapshot.generation;
+        self.x.hash_key = balance::hash_key(
+            &cx.snapshot.clusters[route.cluster],
+            head,
+            bytes,
+            self.peer.ip(),
+        );
         if let Some(log) = &mut self.log {
             log.set(
                 Field::Cluster,
@@ -416,21 +431,29 @@ impl Session {
     /// Picks a backend (avoiding `avoid`, which just failed) and attaches an idle pooled connection to it,
     /// or starts a new one.
     fn attach_upstream(&mut self, cx: &mut Ctx, avoid: Option<BackendId>) {
-        let Some(cluster) = cx.snapshot.clusters.get(self.x.cluster).cloned() else {
-            self.fail(cx, Termination::NoBackend);
-            return;
-        };
         if cx.snapshot.generation != self.x.generation {
             // Reloaded mid-request: the cluster index may point elsewhere now.
             self.fail(cx, Termination::NoBackend);
             return;
         }
-        let Some(backend) = cx.balancer.pick(self.x.cluster, &cluster, avoid) else {
+        let pick = PickContext {
+            hash_key: self.x.hash_key,
+            avoid,
+        };
+        // Borrow the snapshot and the balancer side by side: no reference count is touched per request.
+        let picked = cx
+            .snapshot
+            .clusters
+            .get(self.x.cluster)
+            .and_then(|cluster| {
+                cx.balancer
+                    .pick(self.x.cluster, cluster, &pick)
+                    .map(|b| (b.state.id, b.state.address))
+            });
+        let Some((id, address)) = picked else {
             self.fail(cx, Termination::NoBackend);
             return;
         };
-        let id = backend.state.id;
-        let address = backend.state.address;
         self.x.backend = Some((id, address));
         self.x.attempts += 1;
         self.x.head_sent = 0;
@@ -439,7 +462,6 @@ impl Session {
         self.x.upstream_eof = false;
         self.x.connect_started = cx.now;
         self.last_upstream_io = cx.now;
-
         while let Some(key) = cx.pool.take(id) {
             let u = &mut cx.upstreams[key];
             if u.io.readable || u.io.read_closed || u.io.error {
@@ -450,6 +472,8 @@ impl Session {
             u.session = Some(self.key);
             u.deadline.clear();
             u.requests += 1;
+            u.backend.attempt_started();
+            self.x.attempt_open = true;
             cx.stats.upstream_reuses += 1;
             self.upstream = Some(key);
             self.x.connect_us = Some(self.x.micros_since_start(cx.now));
@@ -457,7 +481,6 @@ impl Session {
             return;
         }
 
-        let backend_state = backend.state.clone();
         let stream = match upstream::connect(address) {
             Ok(s) => s,
             Err(e) => {
@@ -478,6 +501,17 @@ impl Session {
             self.fail(cx, Termination::Internal("cannot register upstream socket"));
             return;
         }
+        let Some(backend_state) = cx.snapshot.clusters[self.x.cluster]
+            .backends
+            .iter()
+            .find(|b| b.state.id == id)
+            .map(|b| b.state.clone())
+        else {
+            self.fail(cx, Termination::NoBackend);
+            return;
+        };
+        backend_state.attempt_started();
+        self.x.attempt_open = true;
         let id = cx.next_id();
         cx.upstreams.insert(Upstream {
             stream,
@@ -527,10 +561,23 @@ impl Session {
         true
     }
 
+    /// Detaches the backend connection from this request and tells its backend how the attempt ended.
+    /// Every detach goes through here, so in-flight counts and health see each attempt exactly once.
+    fn end_attempt(&mut self, cx: &mut Ctx, outcome: AttemptOutcome) -> Option<usize> {
+        let key = self.upstream.take()?;
+        if self.x.attempt_open {
+            self.x.attempt_open = false;
+            if let Some(u) = cx.upstreams.get(key) {
+                u.backend.attempt_finished(outcome);
+            }
+        }
+        Some(key)
+    }
+
     /// The backend connection failed before the exchange could finish: retry on another backend when
     /// that is safe, else answer (502/504) if nothing was sent yet, else cut the client connection.
     fn upstream_failed(&mut self, cx: &mut Ctx, term: Termination) {
-        if let Some(key) = self.upstream.take() {
+        if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.close_upstream(key);
         }
         if let Some(buf) = self.up_buf.take() {
@@ -626,7 +673,7 @@ impl Session {
                         }
                         Err(e) => {
                             // Nothing invalid was forwarded, but the backend holds half a request.
-                            if let Some(k) = self.upstream.take() {
+                            if let Some(k) = self.end_attempt(cx, AttemptOutcome::Abandoned) {
                                 cx.close_upstream(k);
                             }
                             self.respond_or_abort(cx, Termination::BadRequest(e));
@@ -808,6 +855,11 @@ impl Session {
             self.x.status = head.status;
             self.x.response_started = true;
             self.x.response_us = Some(self.x.micros_since_start(cx.now));
+            self.x.attempt_latency_us = Some(
+                cx.now
+                    .saturating_duration_since(self.x.connect_started)
+                    .as_micros() as u64,
+            );
             // Backends are spoken to in the client's version; only 1.1 connections are kept.
             self.x.upstream_reusable = head.reusable() && self.x.version == Version::Http11;
             self.x.resp_body = match head.framing {
@@ -939,7 +991,11 @@ impl Session {
     fn complete(&mut self, cx: &mut Ctx) {
         let request_done = self.request_done();
         let leftover = self.up_buf.as_ref().is_some_and(|b| !b.is_empty());
-        if let Some(key) = self.upstream.take() {
+        let outcome = AttemptOutcome::Response {
+            status: self.x.status,
+            latency_us: self.x.attempt_latency_us.unwrap_or(0),
+        };
+        if let Some(key) = self.end_attempt(cx, outcome) {
             let reusable = self.x.upstream_reusable
                 && request_done
                 && !self.x.upstream_eof
@@ -963,13 +1019,7 @@ impl Session {
     }
 
     fn release_upstream(&mut self, cx: &mut Ctx, key: usize, reusable: bool) {
-        let backend = {
-            let u = &mut cx.upstreams[key];
-            u.backend
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            u.backend.id
-        };
+        let backend = cx.upstreams[key].backend.id;
         if reusable && cx.pool.put(backend, key) {
             let idle = cx.snapshot.timeouts.upstream_idle;
             let u = &mut cx.upstreams[key];
@@ -1115,7 +1165,7 @@ impl Session {
     /// and closes; the connection is never reused after an error.
     pub fn fail(&mut self, cx: &mut Ctx, term: Termination) {
         self.x.termination = term;
-        if let Some(key) = self.upstream.take() {
+        if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.close_upstream(key);
         }
         if !self.x.response_started {
@@ -1145,7 +1195,7 @@ impl Session {
     /// Cuts the client connection without an answer (one was already under way, or the client left).
     pub fn abort(&mut self, cx: &mut Ctx, term: Termination) {
         self.x.termination = term;
-        if let Some(key) = self.upstream.take() {
+        if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.close_upstream(key);
         }
         self.phase = Phase::Closed;
@@ -1302,7 +1352,7 @@ impl Session {
 
     /// Frees everything the session holds; called once, when it leaves the worker.
     pub fn close(&mut self, cx: &mut Ctx) {
-        if let Some(key) = self.upstream.take() {
+        if let Some(key) = self.end_attempt(cx, AttemptOutcome::Abandoned) {
             cx.close_upstream(key);
         }
         self.finish_request(cx);
@@ -1339,5 +1389,16 @@ impl Session {
 
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::ReadHead && !self.x.started
+    }
+}
+
+/// How a termination counts against the backend that was serving the attempt.
+fn outcome_of(term: Termination) -> AttemptOutcome {
+    match term {
+        Termination::ConnectFailed | Termination::ConnectTimeout => AttemptOutcome::ConnectFailed,
+        Termination::UpstreamClosed
+        | Termination::BadResponse(_)
+        | Termination::UpstreamTimeout => AttemptOutcome::Failed,
+        _ => AttemptOutcome::Abandoned,
     }
 }
