@@ -14,13 +14,35 @@ pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 
 /// Starts the demo backends; returns the config to run the balancer with (listening on `listen`) and the
 /// backends' addresses.
-pub fn start(listen: &str) -> Result<(Config, Vec<SocketAddr>), String> {
+pub fn start(listen: &str, tls_listen: Option<&str>) -> Result<(Config, Vec<SocketAddr>), String> {
     let mut cfg =
         config::load_str(DEMO_CONFIG, "<embedded demo config>").map_err(|e| e.to_string())?;
     let listen_addr: SocketAddr = listen
         .parse()
         .map_err(|_| format!("--listen {listen:?} is not an ip:port address"))?;
     cfg.listeners[0].address = listen_addr.to_string();
+    if let Some(tls_listen) = tls_listen {
+        let addr: SocketAddr = tls_listen
+            .parse()
+            .map_err(|_| format!("--tls-listen {tls_listen:?} is not an ip:port address"))?;
+        let dir = demo_cert_dir();
+        crate::tls::generate::write_dev_certs(&dir)?;
+        let mut tls_listener = cfg.listeners[0].clone();
+        tls_listener.name = Some("demo-tls".into());
+        tls_listener.address = addr.to_string();
+        tls_listener.tls = Some(config::ListenerTls {
+            certificates: vec![config::CertificateConfig {
+                cert: dir.join("localhost.crt").display().to_string(),
+                key: dir.join("localhost.key").display().to_string(),
+                names: None,
+            }],
+            strict_sni: false,
+            min_version: config::TlsVersion::default(),
+            alpn: vec!["http/1.1".into()],
+            plain_http: config::PlainHttpPolicy::Redirect,
+        });
+        cfg.listeners.push(tls_listener);
+    }
 
     let mut addresses = Vec::new();
     for (i, port) in [9101u16, 9102, 9103].into_iter().enumerate() {
@@ -47,10 +69,14 @@ pub fn start(listen: &str) -> Result<(Config, Vec<SocketAddr>), String> {
     Ok((cfg, addresses))
 }
 
-/// Prints what to try, once the balancer listens on `balancer`.
-pub fn print_banner(balancer: SocketAddr, backends: &[SocketAddr]) {
+/// Prints what to try, once the balancer listens on `listeners` (the plain one first, then TLS if any).
+pub fn print_banner(
+    listeners: &[SocketAddr],
+    backends: &[SocketAddr],
+    snapshot: &crate::runtime::snapshot::ConfigSnapshot,
+) {
     let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
-    let url = format!("http://{balancer}");
+    let url = format!("http://{}", listeners[0]);
     println!(
         "tether demo: three backends on {}\n\
          balancer on {url} (Ctrl-C stops everything)\n\n\
@@ -60,10 +86,20 @@ pub fn print_banner(balancer: SocketAddr, backends: &[SocketAddr]) {
          curl -s {url}/headers                 # what a backend receives (X-Forwarded-*)\n  \
          curl -s -d 'hello tether' {url}/echo  # request bodies stream through\n  \
          curl -s '{url}/slow?ms=1500'          # a slow backend answer\n  \
-         curl -i {url}/ -H 'Host: bad host'    # bad input gets a clear 400\n\n\
-         Access log below (one line per request):",
+         curl -i {url}/ -H 'Host: bad host'    # bad input gets a clear 400\n",
         list.join(", ")
     );
+    if let (Some(tls_addr), Some(Some(_))) = (listeners.get(1), snapshot.listener_tls.get(1)) {
+        let ca = demo_cert_dir().join("ca.crt");
+        println!(
+            "HTTPS on https://localhost:{port} (development CA: {ca}):\n  \
+             curl --cacert {ca} https://localhost:{port}/\n  \
+             curl -i http://{tls_addr}/   # plain HTTP on the TLS port is redirected\n",
+            port = tls_addr.port(),
+            ca = ca.display(),
+        );
+    }
+    println!("Access log below (one line per request):");
 }
 
 fn spawn_backend(listener: TcpListener, number: usize) -> io::Result<()> {
@@ -194,4 +230,9 @@ fn respond(
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())
+}
+
+/// Where `tether demo --tls` writes its development certificates (one directory per run).
+fn demo_cert_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tether-demo-certs-{}", std::process::id()))
 }

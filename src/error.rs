@@ -56,6 +56,14 @@ pub enum Termination {
     UpstreamTimeout,
     /// The balancer is shutting down and the grace period ended.
     Shutdown,
+    /// The client's TLS handshake failed or timed out (no request; logged with the reason).
+    TlsHandshake(&'static str),
+    /// Plain HTTP arrived on a TLS port and the listener refuses it (400).
+    PlainHttpOnTls,
+    /// The request was answered with a redirect to https (308).
+    RedirectHttps,
+    /// TLS to the backend failed (handshake, certificate verification) (502).
+    UpstreamTls(&'static str),
     /// No buffer or connection slot could be had.
     Internal(&'static str),
 }
@@ -78,6 +86,10 @@ impl Termination {
             Termination::UpstreamTimeout => "upstream_timeout",
             Termination::Shutdown => "shutdown",
             Termination::Internal(_) => "internal",
+            Termination::TlsHandshake(_) => "tls_handshake",
+            Termination::PlainHttpOnTls => "plain_http_on_tls",
+            Termination::RedirectHttps => "redirect_https",
+            Termination::UpstreamTls(_) => "upstream_tls",
         }
     }
 
@@ -85,7 +97,12 @@ impl Termination {
     pub fn reason(self) -> &'static str {
         match self {
             Termination::BadRequest(e) => e.reason,
-            Termination::BadResponse(r) | Termination::Internal(r) => r,
+            Termination::BadResponse(r)
+            | Termination::Internal(r)
+            | Termination::TlsHandshake(r)
+            | Termination::UpstreamTls(r) => r,
+            Termination::PlainHttpOnTls => "plain HTTP request sent to an HTTPS port",
+            Termination::RedirectHttps => "redirected to https",
             Termination::Completed => "",
             Termination::HeadTimeout => "request head not received in time",
             Termination::NoRoute => "no route for this host and path",
@@ -102,8 +119,10 @@ impl Termination {
 
     pub fn fault(self) -> Option<Fault> {
         match self {
-            Termination::Completed => None,
+            Termination::Completed | Termination::RedirectHttps => None,
             Termination::BadRequest(_)
+            | Termination::TlsHandshake(_)
+            | Termination::PlainHttpOnTls
             | Termination::HeadTimeout
             | Termination::NoRoute
             | Termination::ClientClosed
@@ -113,7 +132,8 @@ impl Termination {
             | Termination::ConnectTimeout
             | Termination::UpstreamClosed
             | Termination::BadResponse(_)
-            | Termination::UpstreamTimeout => Some(Fault::Upstream),
+            | Termination::UpstreamTimeout
+            | Termination::UpstreamTls(_) => Some(Fault::Upstream),
             Termination::Shutdown | Termination::Internal(_) => Some(Fault::Internal),
         }
     }
@@ -121,7 +141,12 @@ impl Termination {
     /// The status the client is answered when no response byte was sent yet; `None` means close silently.
     pub fn status(self) -> Option<u16> {
         match self {
-            Termination::Completed | Termination::ClientClosed | Termination::ClientTimeout => None,
+            Termination::Completed
+            | Termination::ClientClosed
+            | Termination::ClientTimeout
+            | Termination::TlsHandshake(_) => None,
+            Termination::PlainHttpOnTls => Some(400),
+            Termination::RedirectHttps => Some(308),
             Termination::BadRequest(e) => Some(e.status),
             Termination::HeadTimeout => Some(408),
             Termination::NoRoute => Some(404),
@@ -129,7 +154,8 @@ impl Termination {
             Termination::ConnectFailed
             | Termination::ConnectTimeout
             | Termination::UpstreamClosed
-            | Termination::BadResponse(_) => Some(502),
+            | Termination::BadResponse(_)
+            | Termination::UpstreamTls(_) => Some(502),
             Termination::UpstreamTimeout => Some(504),
             Termination::Internal(_) => Some(500),
         }

@@ -13,3 +13,4 @@ pub mod logging;
 pub mod proxy;
 pub mod route;
 pub mod runtime;
+pub mod tls;

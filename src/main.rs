@@ -48,7 +48,10 @@ enum Command {
         config: PathBuf,
     },
     /// Start three built-in backends on loopback and a balancer in front of them. Ctrl-C stops all.
-    #[command(after_help = "Example:\n  tether demo\n  curl -i http://127.0.0.1:8080/")]
+    #[command(
+        after_help = "Example:\n  tether demo\n  curl -i http://127.0.0.1:8080/\n  \
+                            tether demo --tls   # also HTTPS on 127.0.0.1:8443 with a development CA"
+    )]
     Demo {
         /// Worker threads (default: one per core).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -56,6 +59,20 @@ enum Command {
         /// Address the balancer listens on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also terminate TLS, with development certificates generated for the run.
+        #[arg(long)]
+        tls: bool,
+        /// Address of the TLS listener (with --tls).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        tls_listen: String,
+    },
+    /// Generate development certificates: a CA, a `localhost` server certificate, a backend certificate
+    /// and a client certificate (never for production).
+    #[command(after_help = "Example:\n  tether certs --out configs/certs")]
+    Certs {
+        /// Directory to write the PEM files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -78,8 +95,26 @@ fn main() -> ExitCode {
             };
             serve(cfg, options)
         }
-        Command::Demo { workers, listen } => {
-            let (cfg, backends) = match tether::demo::start(&listen) {
+        Command::Certs { out } => match tether::tls::generate::write_dev_certs(&out) {
+            Ok(written) => {
+                for f in written.files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tether certs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo {
+            workers,
+            listen,
+            tls,
+            tls_listen,
+        } => {
+            let tls_listen = tls.then_some(tls_listen.as_str());
+            let (cfg, backends) = match tether::demo::start(&listen, tls_listen) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("tether demo: {e}");
@@ -97,7 +132,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            tether::demo::print_banner(server.addresses[0], &backends);
+            tether::demo::print_banner(&server.addresses, &backends, &server.snapshot());
             wait(server)
         }
     }

@@ -213,6 +213,7 @@ mod tests {
         let config = ClusterConfig {
             balance: BalanceAlgorithm::RoundRobin,
             retries: 2,
+            tls: None,
             backends: weights
                 .iter()
                 .enumerate()

@@ -85,10 +85,15 @@ pub(crate) fn load_str_on(
     file: &str,
     machine: &Machine,
 ) -> Result<Config, ConfigErrors> {
-    let config: Config = match toml::from_str(text) {
+    let mut config: Config = match toml::from_str(text) {
         Ok(config) => config,
         Err(e) => return Err(ConfigErrors(vec![syntax_error(&e, text, file)])),
     };
+    // Relative paths in the file (certificates, keys) are relative to the file itself.
+    config.base_dir = Path::new(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     validate::validate(config, machine).map_err(|issues| located(issues, text, file))
 }
 
@@ -927,6 +932,8 @@ limits.max_headers = 5
                 address: "127.0.0.1:8080".into(),
                 backlog: 1024,
                 trust_forwarded: false,
+                tls: None,
+                redirect_https: false,
             }]
         );
         let app = &c.clusters["app"];

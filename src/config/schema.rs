@@ -28,6 +28,133 @@ pub struct Config {
     /// Evaluated most specific first (exact host before wildcard, longer path prefix before shorter).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[tls]`: settings shared by every TLS listener (session tickets, session cache).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
+    /// file's directory. Not a key of the file.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
+}
+
+impl Config {
+    /// A path from the config, resolved against the config file's directory when relative.
+    pub fn resolve_path(&self, path: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// `[tls]`: process-wide TLS settings. Ticket keys are one key set for every worker and listener, so a
+/// client resumes whichever worker it lands on (and, with replication, whichever node).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Issue session tickets (stateless resumption; TLS 1.2 tickets and TLS 1.3 PSKs).
+    pub session_tickets: bool,
+    /// How often a new ticket key is made; tickets stay valid for two rotations.
+    #[serde(with = "duration")]
+    pub ticket_rotation: Duration,
+    /// Sessions kept by the stateful session cache (TLS 1.2 session ids), shared by all workers; 0 = off.
+    pub session_cache_size: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            session_tickets: true,
+            ticket_rotation: Duration::from_secs(3600),
+            session_cache_size: 20_480,
+        }
+    }
+}
+
+/// `[listeners.tls]`: TLS termination on a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains with their keys; each serves the names in its certificate (SANs) unless `names`
+    /// says otherwise. The first is the default for clients that send no (or an unknown) SNI name.
+    pub certificates: Vec<CertificateConfig>,
+    /// Refuse handshakes whose SNI name matches no certificate (instead of serving the default).
+    #[serde(default)]
+    pub strict_sni: bool,
+    /// Oldest protocol version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// What a plain-HTTP request on this TLS port gets: `"reject"` (400) or `"redirect"` (308 to https).
+    #[serde(default)]
+    pub plain_http: PlainHttpPolicy,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["http/1.1".to_string()]
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file: the leaf certificate first, then intermediates.
+    pub cert: String,
+    /// PEM file: the private key (PKCS#8, RSA or SEC1 EC).
+    pub key: String,
+    /// Server names (exact or `*.suffix`) this certificate serves; default: its DNS SANs.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// What to do with plain HTTP on a TLS port.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PlainHttpPolicy {
+    #[default]
+    Reject,
+    Redirect,
+}
+
+/// `[clusters.NAME.tls]`: TLS from tether to the cluster's backends.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM bundle of CAs that backend certificates must chain to. Required when `verify` is on.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Server name sent in SNI and verified against the certificate; default: the backend's IP address.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify backend certificates (default on). Off is for tests only and logged as a warning.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Client certificate (PEM chain) for mutual TLS; needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Pre-established TLS connections kept ready per backend per worker (the warm SSL contexts).
+    #[serde(default)]
+    pub min_idle: usize,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[workers]`: per-core tuning.
@@ -130,6 +257,9 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before they are cut.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Time for a client to complete the TLS handshake.
+    #[serde(with = "duration")]
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -143,6 +273,7 @@ impl Default for Timeouts {
             tunnel: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -214,6 +345,12 @@ pub struct ListenerConfig {
     /// Keep and extend the client's own `X-Forwarded-*` headers (only behind another trusted proxy).
     #[serde(default)]
     pub trust_forwarded: bool,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Plain listener only: answer every request with `308 Permanent Redirect` to the same URL on https.
+    #[serde(default)]
+    pub redirect_https: bool,
 }
 
 fn default_backlog() -> u32 {
@@ -234,6 +371,9 @@ pub struct ClusterConfig {
     pub retries: u32,
     /// At least one; addresses unique within the cluster.
     pub backends: Vec<BackendConfig>,
+    /// Speak TLS to the backends.
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
 }
 
 fn default_retries() -> u32 {

@@ -4,10 +4,12 @@ use super::pool::UpstreamPool;
 use super::upstream::Upstream;
 use crate::access_log::AccessLog;
 use crate::balance::Balancer;
+use crate::config::PlainHttpPolicy;
 use crate::http::{RequestHead, ResponseHead};
 use crate::runtime::buffer::BufferPool;
 use crate::runtime::snapshot::ConfigSnapshot;
 use crate::runtime::timer::TimerWheel;
+use crate::tls::TlsStats;
 use mio::{Registry, Token};
 use slab::Slab;
 use std::sync::Arc;
@@ -30,6 +32,10 @@ pub struct ListenerInfo {
     pub trust_forwarded: bool,
     /// `"http"` or `"https"`.
     pub proto: &'static str,
+    /// Plain listener answering every request with a redirect to https.
+    pub redirect_https: bool,
+    /// TLS listener: what plain HTTP gets.
+    pub plain_http: PlainHttpPolicy,
 }
 
 /// Per-worker counters (plain integers: only this worker writes them).
@@ -62,6 +68,7 @@ pub struct Ctx {
     pub pool: UpstreamPool,
     pub access_log: Option<AccessLog>,
     pub listeners: Vec<ListenerInfo>,
+    pub tls_stats: Arc<TlsStats>,
     /// Shutting down: finish in-flight requests, keep no connection alive.
     pub draining: bool,
     next_id: u64,
@@ -81,6 +88,7 @@ impl Ctx {
         upstream_idle_pool: usize,
         access_log: Option<AccessLog>,
         listeners: Vec<ListenerInfo>,
+        tls_stats: Arc<TlsStats>,
     ) -> Self {
         let now = Instant::now();
         let max_headers = snapshot.limits.max_headers;
@@ -105,6 +113,7 @@ impl Ctx {
             pool,
             access_log,
             listeners,
+            tls_stats,
             draining: false,
             next_id: 1,
             stats: WorkerStats::default(),

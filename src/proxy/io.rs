@@ -6,9 +6,11 @@
 //! next change will raise a new edge). That saves the extra call that would only return `WouldBlock`.
 
 use crate::runtime::buffer::Buffer;
+use crate::tls::TlsStream;
 use mio::event::Event;
 use mio::net::TcpStream;
 use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
 
 /// What epoll has told us about one socket and we have not yet used up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -129,5 +131,73 @@ pub fn write_two(stream: &mut TcpStream, io: &mut Readiness, a: &[u8], b: &[u8])
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => WriteOutcome::Blocked,
         Err(e) => WriteOutcome::Error(e),
+    }
+}
+
+/// A connection's byte stream: the socket, with TLS on top when the listener or cluster asks for it.
+/// Sessions and upstreams read and write through this and never see the difference.
+#[derive(Debug)]
+pub struct Transport {
+    pub sock: TcpStream,
+    pub tls: Option<Box<TlsStream>>,
+}
+
+impl Transport {
+    pub fn plain(sock: TcpStream) -> Self {
+        Transport { sock, tls: None }
+    }
+
+    pub fn with_tls(sock: TcpStream, tls: TlsStream) -> Self {
+        Transport {
+            sock,
+            tls: Some(Box::new(tls)),
+        }
+    }
+
+    /// Reads (decrypting when TLS) into the free space of `buf`.
+    pub fn read_into(&mut self, io: &mut Readiness, buf: &mut Buffer) -> ReadOutcome {
+        match &mut self.tls {
+            None => read_into(&mut self.sock, io, buf),
+            Some(tls) => tls.read_into(&mut self.sock, io, buf),
+        }
+    }
+
+    /// Writes `a` then `b` (sealing them when TLS).
+    pub fn write_two(&mut self, io: &mut Readiness, a: &[u8], b: &[u8]) -> WriteOutcome {
+        match &mut self.tls {
+            None => write_two(&mut self.sock, io, a, b),
+            Some(tls) => tls.write_two(&mut self.sock, io, a, b),
+        }
+    }
+
+    /// Pushes sealed TLS records still waiting for the socket (nothing to do for plain sockets).
+    pub fn flush(&mut self, io: &mut Readiness) -> io::Result<()> {
+        match &mut self.tls {
+            None => Ok(()),
+            Some(tls) => tls.flush(&mut self.sock, io),
+        }
+    }
+
+    /// Bytes accepted by `write_two` are not all on the wire yet.
+    pub fn has_pending_output(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.has_pending_output())
+    }
+
+    /// A TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Ends our sending side: close_notify first when TLS, then a TCP half-close.
+    pub fn shutdown_write(&mut self, io: &mut Readiness) {
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut self.sock, io);
+        }
+        let _ = self.sock.shutdown(Shutdown::Write);
+    }
+
+    /// Reads and discards (lingering after a final answer).
+    pub fn read_discard(&mut self, io: &mut Readiness) -> ReadOutcome {
+        read_discard(&mut self.sock, io)
     }
 }

@@ -8,7 +8,7 @@
 //! client only ever receives bytes whose framing tether has checked.
 
 use super::context::{Ctx, upstream_token};
-use super::io::{ReadOutcome, Readiness, WriteOutcome, read_discard, read_into, write_two};
+use super::io::{ReadOutcome, Readiness, Transport, WriteOutcome};
 use super::pipeline;
 use super::upstream::{self, Upstream};
 use crate::access_log::{AccessRecord, Field};
@@ -24,7 +24,7 @@ use crate::runtime::buffer::Buffer;
 use crate::runtime::timer::Deadline;
 use mio::Interest;
 use mio::net::TcpStream;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Where a client connection is in its life.
@@ -180,7 +180,7 @@ pub struct Session {
     /// This session's slab key (upstreams point back to it).
     pub key: usize,
     pub id: u64,
-    client: TcpStream,
+    client: Transport,
     pub io: Readiness,
     peer: SocketAddr,
     listener: u16,
@@ -208,6 +208,11 @@ pub struct Session {
     shutdown_sent: bool,
     client_eof: bool,
     log: Option<Box<AccessRecord>>,
+    accepted_at: Instant,
+    /// TLS listener: the first bytes were checked for plain HTTP.
+    tls_checked: bool,
+    /// Plain HTTP arrived on a TLS listener: the request is parsed only to answer it (400 or redirect).
+    plain_on_tls: bool,
 }
 
 /// Longest a closing connection lingers to drain client input after the answer (avoids an RST that
@@ -218,7 +223,7 @@ impl Session {
     pub fn new(
         key: usize,
         id: u64,
-        client: TcpStream,
+        client: Transport,
         peer: SocketAddr,
         listener: u16,
         now: Instant,
@@ -255,16 +260,26 @@ impl Session {
             shutdown_sent: false,
             client_eof: false,
             log: None,
+            accepted_at: now,
+            tls_checked: false,
+            plain_on_tls: false,
         }
     }
 
     pub fn client_mut(&mut self) -> &mut TcpStream {
-        &mut self.client
+        &mut self.client.sock
     }
 
     /// Runs the state machine until nothing more can happen without new readiness or time.
     pub fn drive(&mut self, cx: &mut Ctx) {
         loop {
+            // TLS records sealed earlier go out as soon as the socket takes them.
+            if self.client.has_pending_output() && self.io.writable {
+                if let Err(e) = self.client.flush(&mut self.io) {
+                    log::debug!("client {}: TLS write failed: {e}", self.peer);
+                    self.abort(cx, Termination::ClientClosed);
+                }
+            }
             let progress = match self.phase {
                 Phase::ReadHead => self.step_read_head(cx),
                 Phase::Connect => self.step_connect(cx),
@@ -317,22 +332,71 @@ impl Session {
         if !self.io.readable {
             return false;
         }
+        if self.client.tls.is_some() && !self.tls_checked && !self.check_plain_http(cx) {
+            return false;
+        }
         let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
-        match read_into(&mut self.client, &mut self.io, buf) {
+        match self.client.read_into(&mut self.io, buf) {
             ReadOutcome::Data(_) => {
                 self.last_client_io = cx.now;
                 true
             }
             ReadOutcome::Blocked => false,
-            ReadOutcome::Eof | ReadOutcome::Error(_) => {
+            ReadOutcome::Eof => {
                 if self.x.started {
                     // Gone mid-head: nothing to answer, but the attempt is logged.
                     self.x.termination = Termination::ClientClosed;
+                } else if self.client.is_handshaking() {
+                    self.tls_handshake_failed(cx, "client closed during the TLS handshake");
+                }
+                self.phase = Phase::Closed;
+                true
+            }
+            ReadOutcome::Error(e) => {
+                if self.x.started {
+                    self.x.termination = Termination::ClientClosed;
+                } else if self.client.tls.is_some() {
+                    self.tls_handshake_failed(cx, crate::tls::stream::describe(&e));
                 }
                 self.phase = Phase::Closed;
                 true
             }
         }
+    }
+
+    /// Before the first TLS byte reaches rustls, peeks whether the client speaks plain HTTP instead (a
+    /// request line starts with an uppercase method; a TLS record with 0x16). Returns `false` when nothing
+    /// has arrived yet.
+    fn check_plain_http(&mut self, cx: &mut Ctx) -> bool {
+        let mut first = [0u8; 1];
+        match self.client.sock.peek(&mut first) {
+            Ok(0) => true, // EOF: the read below reports it
+            Ok(_) => {
+                self.tls_checked = true;
+                if first[0].is_ascii_uppercase() {
+                    crate::tls::TlsStats::count(&cx.tls_stats.plain_http);
+                    // Answer in plain text: parse the request (for Host and path), then refuse or redirect.
+                    self.client.tls = None;
+                    self.plain_on_tls = true;
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.io.readable = false;
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Logs a failed client handshake (an access-log line with the reason; no request was made).
+    fn tls_handshake_failed(&mut self, cx: &mut Ctx, reason: &'static str) {
+        if let Some(tls) = &mut self.client.tls {
+            tls.abandon();
+        }
+        log::debug!("client {}: TLS handshake failed: {reason}", self.peer);
+        self.begin_request(cx);
+        self.x.termination = Termination::TlsHandshake(reason);
     }
 
     /// The first byte of a request arrived: start its clock and its log record.
@@ -377,6 +441,19 @@ impl Session {
             if let Some(ua) = head.header(bytes, "user-agent") {
                 log.set(Field::UserAgent, ua);
             }
+        }
+
+        // Plain HTTP on a TLS port, or a plain listener that only redirects: answer without a backend.
+        let info = &cx.listeners[self.listener as usize];
+        let redirect = info.redirect_https
+            || (self.plain_on_tls && info.plain_http == crate::config::PlainHttpPolicy::Redirect);
+        if redirect {
+            self.redirect_to_https(cx, head_len);
+            return;
+        }
+        if self.plain_on_tls {
+            self.fail(cx, Termination::PlainHttpOnTls);
+            return;
         }
 
         // The pipeline's request phases: route, then (later stages) auth, limits, stickiness.
@@ -424,6 +501,62 @@ impl Session {
         self.scanner.reset();
         cx.stats.requests += 1;
         self.attach_upstream(cx, None);
+    }
+
+    /// Answers `308 Permanent Redirect` to the same host and target on https (400 without a host).
+    fn redirect_to_https(&mut self, cx: &mut Ctx, head_len: usize) {
+        let Some(buf) = self.in_buf.as_ref() else {
+            return;
+        };
+        let bytes = &buf.data()[..head_len];
+        let head = &cx.req_head;
+        let Some(authority) = head
+            .authority
+            .map(|a| a.of(bytes))
+            .filter(|a| !a.is_empty())
+        else {
+            self.fail(
+                cx,
+                Termination::BadRequest(crate::http::HttpError::bad_request(
+                    "no host to redirect to",
+                )),
+            );
+            return;
+        };
+        // Rare path: the Location value is built with one allocation. The port is dropped: https is
+        // assumed on its default port.
+        let host = if authority.first() == Some(&b'[') {
+            // IPv6 literal: through the closing bracket.
+            let end = authority
+                .iter()
+                .position(|&b| b == b']')
+                .map_or(authority.len(), |i| i + 1);
+            &authority[..end]
+        } else {
+            let end = authority
+                .iter()
+                .position(|&b| b == b':')
+                .unwrap_or(authority.len());
+            &authority[..end]
+        };
+        let mut location = String::from("https://");
+        location.push_str(&String::from_utf8_lossy(host));
+        if head.target_empty_path {
+            location.push('/');
+        }
+        location.push_str(&String::from_utf8_lossy(head.target.of(bytes)));
+        self.x.termination = Termination::RedirectHttps;
+        let out = self.resp_out.get_or_insert_with(|| cx.take_vec());
+        write_canned(
+            out,
+            308,
+            &format!("moved to {location}"),
+            true,
+            &[("Location", location.as_str())],
+        );
+        self.x.status = 308;
+        self.x.response_started = true;
+        self.begin_closing(cx);
     }
 
     // ----- choosing and connecting to a backend ------------------------------------------------------
@@ -481,7 +614,12 @@ impl Session {
             return;
         }
 
-        let stream = match upstream::connect(address) {
+        let tls = cx
+            .snapshot
+            .cluster_tls
+            .get(self.x.cluster)
+            .and_then(Option::as_ref);
+        let stream = match upstream::connect(address, tls, &cx.tls_stats) {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("connect to {address} failed at once: {e}");
@@ -493,7 +631,7 @@ impl Session {
         let key = entry.key();
         let mut stream = stream;
         if let Err(e) = cx.registry.register(
-            &mut stream,
+            &mut stream.sock,
             upstream_token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -537,9 +675,9 @@ impl Session {
         if !u.io.writable && !u.io.error && !u.io.read_closed {
             return false;
         }
-        let failed = match u.stream.take_error() {
+        let failed = match u.stream.sock.take_error() {
             Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match u.stream.peer_addr() {
+            Ok(None) => match u.stream.sock.peer_addr() {
                 Ok(_) => None,
                 Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
                     // Spurious wake-up: still connecting.
@@ -577,6 +715,12 @@ impl Session {
     /// The backend connection failed before the exchange could finish: retry on another backend when
     /// that is safe, else answer (502/504) if nothing was sent yet, else cut the client connection.
     fn upstream_failed(&mut self, cx: &mut Ctx, term: Termination) {
+        if let Some(u) = self.upstream.and_then(|k| cx.upstreams.get(k)) {
+            if u.stream.tls.as_ref().is_some_and(|t| !t.is_established()) {
+                // Everything written sat in rustls waiting for a handshake that never completed.
+                self.x.request_written = false;
+            }
+        }
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.close_upstream(key);
         }
@@ -648,6 +792,16 @@ impl Session {
             return false;
         };
         let mut progress = false;
+        {
+            let u = &mut cx.upstreams[key];
+            if u.stream.has_pending_output() && u.io.writable {
+                if let Err(e) = u.stream.flush(&mut u.io) {
+                    log::debug!("TLS write to backend failed: {e}");
+                    self.upstream_failed(cx, Termination::UpstreamClosed);
+                    return true;
+                }
+            }
+        }
 
         // Frame body bytes that arrived since the last turn.
         if let Some(buf) = &self.in_buf {
@@ -697,7 +851,7 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && u.io.writable {
             let head_len = head.len();
-            match write_two(&mut u.stream, &mut u.io, head, body) {
+            match u.stream.write_two(&mut u.io, head, body) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.x.head_sent += h;
@@ -715,7 +869,12 @@ impl Session {
                 WriteOutcome::Blocked => {}
                 WriteOutcome::Error(e) => {
                     log::debug!("write to backend failed: {e}");
-                    self.upstream_failed(cx, Termination::UpstreamClosed);
+                    let term = if u.stream.is_handshaking() {
+                        Termination::UpstreamTls(crate::tls::stream::describe(&e))
+                    } else {
+                        Termination::UpstreamClosed
+                    };
+                    self.upstream_failed(cx, term);
                     return true;
                 }
             }
@@ -725,7 +884,7 @@ impl Session {
         if self.x.req_body != Body::Done && self.io.readable {
             let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
             if buf.free() > 0 {
-                match read_into(&mut self.client, &mut self.io, buf) {
+                match self.client.read_into(&mut self.io, buf) {
                     ReadOutcome::Data(_) => {
                         self.last_client_io = cx.now;
                         progress = true;
@@ -753,7 +912,7 @@ impl Session {
         if u.io.readable && !self.x.upstream_eof {
             let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
             if buf.free() > 0 {
-                match read_into(&mut u.stream, &mut u.io, buf) {
+                match u.stream.read_into(&mut u.io, buf) {
                     ReadOutcome::Data(_) => {
                         self.x.response_received = true;
                         self.last_upstream_io = cx.now;
@@ -766,6 +925,11 @@ impl Session {
                     }
                     ReadOutcome::Error(e) => {
                         log::debug!("read from backend failed: {e}");
+                        if u.stream.tls.is_some() && !self.x.response_received {
+                            let reason = crate::tls::stream::describe(&e);
+                            self.upstream_failed(cx, Termination::UpstreamTls(reason));
+                            return true;
+                        }
                         self.x.upstream_eof = true;
                         progress = true;
                     }
@@ -945,7 +1109,7 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && self.io.writable {
             let head_len = head.len();
-            match write_two(&mut self.client, &mut self.io, head, body) {
+            match self.client.write_two(&mut self.io, head, body) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.resp_out_sent += h;
@@ -1054,7 +1218,7 @@ impl Session {
         // Client → backend.
         if let Some(buf) = &mut self.in_buf {
             if !buf.is_empty() && u.io.writable {
-                match write_two(&mut u.stream, &mut u.io, buf.data(), &[]) {
+                match u.stream.write_two(&mut u.io, buf.data(), &[]) {
                     WriteOutcome::Wrote(n) => {
                         buf.consume(n);
                         self.x.bytes_in += n as u64;
@@ -1072,7 +1236,7 @@ impl Session {
         if !self.client_eof && self.io.readable {
             let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
             if buf.free() > 0 {
-                match read_into(&mut self.client, &mut self.io, buf) {
+                match self.client.read_into(&mut self.io, buf) {
                     ReadOutcome::Data(_) => {
                         self.last_client_io = cx.now;
                         progress = true;
@@ -1090,7 +1254,7 @@ impl Session {
             && !self.x.request_written
         {
             // Pass the half-close on once everything before it was delivered.
-            let _ = u.stream.shutdown(Shutdown::Write);
+            u.stream.shutdown_write(&mut u.io);
             self.x.request_written = true;
         }
 
@@ -1105,7 +1269,7 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && self.io.writable {
             let head_len = head.len();
-            match write_two(&mut self.client, &mut self.io, head, body) {
+            match self.client.write_two(&mut self.io, head, body) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.resp_out_sent += h;
@@ -1132,7 +1296,7 @@ impl Session {
         if !self.x.upstream_eof && u.io.readable {
             let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
             if buf.free() > 0 {
-                match read_into(&mut u.stream, &mut u.io, buf) {
+                match u.stream.read_into(&mut u.io, buf) {
                     ReadOutcome::Data(_) => {
                         self.last_upstream_io = cx.now;
                         progress = true;
@@ -1148,7 +1312,7 @@ impl Session {
         let up_flushed =
             self.resp_out_pending() == 0 && self.up_buf.as_ref().is_none_or(Buffer::is_empty);
         if self.x.upstream_eof && up_flushed && !self.shutdown_sent {
-            let _ = self.client.shutdown(Shutdown::Write);
+            self.client.shutdown_write(&mut self.io);
             self.shutdown_sent = true;
         }
         if self.client_eof && self.x.request_written && self.x.upstream_eof && self.shutdown_sent {
@@ -1216,7 +1380,7 @@ impl Session {
             }
             let out =
                 &self.resp_out.as_ref().expect("pending implies present")[self.resp_out_sent..];
-            match write_two(&mut self.client, &mut self.io, out, &[]) {
+            match self.client.write_two(&mut self.io, out, &[]) {
                 WriteOutcome::Wrote(n) => {
                     self.resp_out_sent += n;
                     self.x.bytes_out += n as u64;
@@ -1230,10 +1394,14 @@ impl Session {
                 }
             }
         }
+        if self.client.has_pending_output() {
+            // Sealed TLS records are still waiting for the socket (flushed at the top of `drive`).
+            return false;
+        }
         if !self.shutdown_sent {
             self.recycle_resp_out(cx);
             self.finish_request(cx);
-            let _ = self.client.shutdown(Shutdown::Write);
+            self.client.shutdown_write(&mut self.io);
             self.shutdown_sent = true;
             self.closing_since = cx.now;
         }
@@ -1241,7 +1409,7 @@ impl Session {
         if !self.io.readable {
             return false;
         }
-        match read_discard(&mut self.client, &mut self.io) {
+        match self.client.read_discard(&mut self.io) {
             ReadOutcome::Data(_) => true,
             ReadOutcome::Blocked => false,
             ReadOutcome::Eof | ReadOutcome::Error(_) => {
@@ -1283,7 +1451,9 @@ impl Session {
     fn next_deadline(&self, cx: &Ctx) -> Option<Instant> {
         let t = &cx.snapshot.timeouts;
         match self.phase {
-            Phase::ReadHead => Some(if self.x.started {
+            Phase::ReadHead => Some(if self.client.is_handshaking() {
+                self.accepted_at + t.tls_handshake
+            } else if self.x.started {
                 self.x.started_at + t.client_head
             } else if self.requests == 0 {
                 self.last_client_io + t.client_head
@@ -1324,7 +1494,10 @@ impl Session {
         let t = cx.snapshot.timeouts.clone();
         match self.phase {
             Phase::ReadHead => {
-                if self.x.started {
+                if self.client.is_handshaking() {
+                    self.tls_handshake_failed(cx, "TLS handshake timed out");
+                    self.phase = Phase::Closed;
+                } else if self.x.started {
                     self.fail(cx, Termination::HeadTimeout);
                 } else {
                     self.phase = Phase::Closed;

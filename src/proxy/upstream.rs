@@ -1,8 +1,10 @@
 //! A connection to a backend: connecting, and its life between sessions in the idle pool.
 
-use super::io::Readiness;
+use super::io::{Readiness, Transport};
 use crate::balance::BackendState;
 use crate::runtime::timer::Deadline;
+use crate::tls::client::UpstreamTls;
+use crate::tls::{TlsStats, TlsStream};
 use mio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 /// between requests; its token never changes, so moving between the two costs no epoll call.
 #[derive(Debug)]
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub io: Readiness,
     pub backend: Arc<BackendState>,
     /// The session using it; `None` while idle in the pool.
@@ -27,9 +29,24 @@ pub struct Upstream {
     pub deadline: Deadline,
 }
 
-/// Starts a non-blocking connect; completion shows up as writability.
-pub fn connect(address: SocketAddr) -> io::Result<TcpStream> {
+/// Starts a non-blocking connect (completion shows up as writability), with TLS on top when the cluster
+/// asks for it: the handshake then runs as the first bytes flow.
+pub fn connect(
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    stats: &Arc<TlsStats>,
+) -> io::Result<Transport> {
     let stream = TcpStream::connect(address)?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok(match tls {
+        None => Transport::plain(stream),
+        Some(t) => {
+            let conn = rustls::ClientConnection::new(t.config.clone(), t.name_for(address.ip()))
+                .map_err(io::Error::other)?;
+            Transport::with_tls(
+                stream,
+                TlsStream::new(rustls::Connection::Client(conn), stats.clone()),
+            )
+        }
+    })
 }

@@ -25,6 +25,31 @@ pub fn bind(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListen
     Ok(socket.into())
 }
 
+/// Fails with `AddrInUse` when any other socket listens on `address`. SO_REUSEPORT would otherwise let
+/// tether quietly share a port with another program that also set it, each getting part of the traffic.
+fn ensure_unused(address: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // SO_REUSEADDR only: sockets in TIME_WAIT do not count, listening ones do.
+    probe.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&address.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "address already in use by another program",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Binds `count` sockets on `address`. Port 0 is resolved by the first bind and reused by the others, so
 /// every worker listens on the same port.
 pub fn bind_all(
@@ -32,6 +57,9 @@ pub fn bind_all(
     backlog: u32,
     count: usize,
 ) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    if address.port() != 0 {
+        ensure_unused(address)?;
+    }
     let first = bind(address, backlog)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
@@ -44,6 +72,14 @@ pub fn bind_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_another_program_listens_on_is_refused_even_with_reuseport() {
+        // The other program also sets SO_REUSEPORT, as nginx with `reuseport` does.
+        let (bound, _other) = bind_all("127.0.0.1:0".parse().unwrap(), 16, 1).unwrap();
+        let err = bind_all(bound, 16, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
 
     #[test]
     fn port_zero_resolves_once_for_every_worker() {

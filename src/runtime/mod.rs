@@ -11,6 +11,7 @@ use crate::access_log::AccessLog;
 use crate::balance::BackendRegistry;
 use crate::config::{self, Config};
 use crate::proxy::context::{Ctx, ListenerInfo};
+use crate::tls::server::TlsShared;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use mio::{Poll, Waker};
@@ -33,6 +34,8 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +67,7 @@ pub struct Server {
     pub addresses: Vec<SocketAddr>,
     exits: Receiver<usize>,
     access_log: Option<(AccessLog, JoinHandle<()>)>,
+    tls: TlsShared,
 }
 
 /// Sends the worker's index when its thread ends, however it ends (a panic included).
@@ -87,7 +91,10 @@ impl Server {
             .unwrap_or_else(|| config.workers.count.resolve())
             .max(1);
         let mut registry = BackendRegistry::default();
-        let snapshot = Arc::new(ConfigSnapshot::build(&config, 1, &mut registry));
+        let tls = TlsShared::new(&config);
+        let snapshot = Arc::new(
+            ConfigSnapshot::build(&config, 1, &mut registry, &tls).map_err(StartError::Tls)?,
+        );
         let shared: SharedSnapshot = Arc::new(ArcSwap::new(Arc::clone(&snapshot)));
 
         // Bind everything before starting anything, so a busy port fails the start cleanly.
@@ -115,7 +122,9 @@ impl Server {
             infos.push(ListenerInfo {
                 name,
                 trust_forwarded: l.trust_forwarded,
-                proto: "http",
+                proto: if l.tls.is_some() { "https" } else { "http" },
+                redirect_https: l.redirect_https,
+                plain_http: l.tls.as_ref().map(|t| t.plain_http).unwrap_or_default(),
             });
         }
 
@@ -144,6 +153,7 @@ impl Server {
                 config.workers.upstream_idle_pool,
                 access_log.as_ref().map(|(log, _)| log.clone()),
                 infos.clone(),
+                tls.stats.clone(),
             );
             let w = Worker::new(
                 poll,
@@ -175,7 +185,8 @@ impl Server {
         }
         for (addr, info) in addresses.iter().zip(&infos) {
             log::info!(
-                "listening on http://{addr} (listener {}, {count} worker{})",
+                "listening on {}://{addr} (listener {}, {count} worker{})",
+                info.proto,
                 info.name,
                 if count == 1 { "" } else { "s" }
             );
@@ -190,6 +201,7 @@ impl Server {
             addresses,
             exits,
             access_log,
+            tls,
         })
     }
 
@@ -214,33 +226,66 @@ impl Server {
                 return;
             }
         };
+        // Listener TLS settings (certificates, SNI) reload; addresses and the rest need a restart.
+        let without_tls = |ls: &[config::ListenerConfig]| -> Vec<config::ListenerConfig> {
+            ls.iter()
+                .map(|l| config::ListenerConfig {
+                    tls: None,
+                    ..l.clone()
+                })
+                .collect()
+        };
+        let listeners_changed = without_tls(&new.listeners) != without_tls(&self.config.listeners);
+        let tls_presence_changed = new
+            .listeners
+            .iter()
+            .zip(&self.config.listeners)
+            .any(|(a, b)| a.tls.is_some() != b.tls.is_some());
         for (section, changed) in [
             ("[workers]", new.workers != self.config.workers),
-            ("[[listeners]]", new.listeners != self.config.listeners),
+            ("[[listeners]]", listeners_changed || tls_presence_changed),
             ("[access_log]", new.access_log != self.config.access_log),
+            ("[tls]", new.tls != self.config.tls),
         ] {
             if changed {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
             }
         }
+        let keep_listeners = listeners_changed || tls_presence_changed;
+        let new = Config {
+            workers: self.config.workers.clone(),
+            listeners: if keep_listeners {
+                self.config.listeners.clone()
+            } else {
+                new.listeners
+            },
+            access_log: self.config.access_log.clone(),
+            tls: self.config.tls.clone(),
+            ..new
+        };
+        let snapshot =
+            match ConfigSnapshot::build(&new, self.generation + 1, &mut self.registry, &self.tls) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("reload: {e}");
+                    log::error!("reload refused (1 error); the running configuration stays");
+                    return;
+                }
+            };
         self.generation += 1;
-        let snapshot = ConfigSnapshot::build(&new, self.generation, &mut self.registry);
         let backends: usize = snapshot.clusters.iter().map(|c| c.backends.len()).sum();
+        let clusters = snapshot.clusters.len();
+        // Publish first, then announce: once the line is out, every new connection sees the new config.
+        self.shared.store(Arc::new(snapshot));
         log::info!(
             "reloaded {} (generation {}): {} cluster(s), {} backend(s), {} route(s)",
             path.display(),
             self.generation,
-            snapshot.clusters.len(),
+            clusters,
             backends,
             new.routes.len()
         );
-        self.shared.store(Arc::new(snapshot));
-        self.config = Config {
-            workers: self.config.workers.clone(),
-            listeners: self.config.listeners.clone(),
-            access_log: self.config.access_log.clone(),
-            ..new
-        };
+        self.config = new;
     }
 
     /// Asks every worker to stop accepting and finish within `grace`.
@@ -268,6 +313,7 @@ impl Server {
         if let Some((log, _)) = &self.access_log {
             log::info!("stats: access log lines dropped={}", log.dropped());
         }
+        log::info!("stats: tls handshakes {}", self.tls.stats.summary());
     }
 
     /// Handles signals until every worker has stopped. Returns `false` if a worker died unexpectedly.
@@ -285,6 +331,7 @@ impl Server {
                 }
             })?;
         let grace = self.config.timeouts.shutdown_grace;
+        let rotation = crossbeam_channel::tick(self.config.tls.ticket_rotation);
         let mut stopping = false;
         let mut healthy = true;
         let mut running = self.workers.len();
@@ -308,6 +355,10 @@ impl Server {
                     }
                     _ => {}
                 },
+                recv(rotation) -> _ => {
+                    self.tls.tickets.rotate();
+                    log::info!("rotated TLS session ticket keys");
+                }
                 recv(self.exits) -> index => {
                     running -= 1;
                     if !stopping {

@@ -4,6 +4,8 @@ use crate::balance::{BackendRegistry, Cluster};
 use crate::config::{Config, Timeouts};
 use crate::http::HeadLimits;
 use crate::route::RouteTable;
+use crate::tls::client::{UpstreamTls, upstream_tls};
+use crate::tls::server::{TlsShared, server_config};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -19,11 +21,41 @@ pub struct ConfigSnapshot {
     pub limits: HeadLimits,
     /// One more than the highest backend id in use (sizes per-worker tables).
     pub backend_id_bound: usize,
+    /// Per listener (config order): its TLS server config, when it terminates TLS.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per cluster (same order as `clusters`): how to speak TLS to its backends.
+    pub cluster_tls: Vec<Option<UpstreamTls>>,
 }
 
 impl ConfigSnapshot {
     /// Builds a snapshot from a validated config; backend state comes from (and stays in) `registry`.
-    pub fn build(config: &Config, generation: u64, registry: &mut BackendRegistry) -> Self {
+    /// Certificates and keys are read here, so a reload picks up replaced files; an unreadable one fails
+    /// the build (and a reload keeps the running snapshot).
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        registry: &mut BackendRegistry,
+        tls: &TlsShared,
+    ) -> Result<Self, String> {
+        let mut listener_tls = Vec::with_capacity(config.listeners.len());
+        for (i, l) in config.listeners.iter().enumerate() {
+            listener_tls.push(match &l.tls {
+                Some(t) => Some(
+                    server_config(t, config, tls)
+                        .map_err(|e| format!("listeners[{i}].tls: {e}"))?,
+                ),
+                None => None,
+            });
+        }
+        let mut cluster_tls = Vec::with_capacity(config.clusters.len());
+        for (name, c) in &config.clusters {
+            cluster_tls.push(match &c.tls {
+                Some(t) => {
+                    Some(upstream_tls(t, config).map_err(|e| format!("clusters.{name}.tls: {e}"))?)
+                }
+                None => None,
+            });
+        }
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
@@ -32,7 +64,7 @@ impl ConfigSnapshot {
         let routes = RouteTable::build(&config.routes, |name| {
             clusters.iter().position(|c| c.name == name)
         });
-        ConfigSnapshot {
+        Ok(ConfigSnapshot {
             generation,
             routes,
             clusters,
@@ -42,7 +74,9 @@ impl ConfigSnapshot {
                 max_headers: config.limits.max_headers,
             },
             backend_id_bound: registry.id_bound(),
-        }
+            listener_tls,
+            cluster_tls,
+        })
     }
 }
 

@@ -5,7 +5,9 @@ use super::snapshot::{ConfigSnapshot, SharedSnapshot};
 use super::timer::TimerEntry;
 use crate::error::Termination;
 use crate::proxy::context::{Ctx, session_token};
+use crate::proxy::io::Transport;
 use crate::proxy::session::{Phase, Session};
+use crate::tls::TlsStream;
 use arc_swap::cache::Cache;
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
@@ -270,8 +272,27 @@ impl Worker {
             );
             return;
         }
+        let tls = self
+            .cx
+            .snapshot
+            .listener_tls
+            .get(listener as usize)
+            .and_then(Option::as_ref);
+        let transport = match tls {
+            None => Transport::plain(stream),
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(conn) => Transport::with_tls(
+                    stream,
+                    TlsStream::new(rustls::Connection::Server(conn), self.cx.tls_stats.clone()),
+                ),
+                Err(e) => {
+                    log::warn!("worker {}: cannot start TLS: {e}", self.cx.worker);
+                    return;
+                }
+            },
+        };
         let id = self.cx.next_id();
-        let mut session = Session::new(key, id, stream, peer, listener, self.cx.now);
+        let mut session = Session::new(key, id, transport, peer, listener, self.cx.now);
         session.queued = true;
         entry.insert(session);
         self.ready.push(key);

@@ -104,7 +104,7 @@ impl Tether {
                 }
             });
         }
-        let listening = stderr.wait_for(&|l| l.contains("listening on http://"), PATIENCE);
+        let listening = stderr.wait_for(&|l| l.contains("listening on http"), PATIENCE);
         let Some(line) = listening else {
             let _ = child.kill();
             panic!(
@@ -113,7 +113,7 @@ impl Tether {
             );
         };
         let addr = line
-            .split("listening on http://")
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())

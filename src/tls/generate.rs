@@ -1,0 +1,141 @@
+//! Development certificates (`tether certs`): a throw-away CA and certificates it signs for the demo, the
+//! tests and `configs/tls.toml`. ECDSA P-256 keys. Never for production.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use std::path::{Path, PathBuf};
+
+/// A development CA that can issue certificates.
+pub struct DevCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
+}
+
+/// A certificate and its key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl DevCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Result<DevCa, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        Ok(DevCa {
+            issuer: CertifiedIssuer::self_signed(params, key)?,
+            key_pem,
+        })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A server certificate for `names` (DNS names, `*.wildcards` or IP addresses).
+    pub fn server(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate (mutual TLS) for `name`.
+    pub fn client(&self, name: &str) -> Result<Issued, rcgen::Error> {
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued, rcgen::Error> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone())?;
+        if let Some(first) = names.first() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
+        }
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// What `tether certs` wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes `ca.crt`/`ca.key`, `localhost.crt`/`.key` (localhost, *.localhost, 127.0.0.1, ::1),
+/// `backend.crt`/`.key` (backend.local, 127.0.0.1) and `client.crt`/`.key` (mutual TLS) into `dir`.
+pub fn write_dev_certs(dir: &Path) -> Result<Written, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let err = |e: rcgen::Error| e.to_string();
+    let ca = DevCa::new("tether development CA").map_err(err)?;
+    let localhost = ca
+        .server(&["localhost", "*.localhost", "127.0.0.1", "::1"])
+        .map_err(err)?;
+    let backend = ca.server(&["backend.local", "127.0.0.1"]).map_err(err)?;
+    let client = ca.client("tether-client").map_err(err)?;
+    let files = [
+        ("ca.crt", ca.cert_pem()),
+        ("ca.key", ca.key_pem().to_string()),
+        ("localhost.crt", localhost.cert_pem),
+        ("localhost.key", localhost.key_pem),
+        ("backend.crt", backend.cert_pem),
+        ("backend.key", backend.key_pem),
+        ("client.crt", client.cert_pem),
+        ("client.key", client.key_pem),
+    ];
+    let mut written = Vec::new();
+    for (name, pem) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(Written { files: written })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_load_and_name_their_sans() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dev_certs(dir.path()).unwrap();
+        let key = crate::tls::certs::load_certified_key(
+            &dir.path().join("localhost.crt"),
+            &dir.path().join("localhost.key"),
+        )
+        .unwrap();
+        let names = crate::tls::certs::dns_names(&key.cert[0]).unwrap();
+        assert_eq!(names, vec!["localhost", "*.localhost"]);
+        // A key from another certificate does not match.
+        let mismatch = crate::tls::certs::load_certified_key(
+            &dir.path().join("localhost.crt"),
+            &dir.path().join("backend.key"),
+        );
+        assert!(mismatch.is_err());
+    }
+}

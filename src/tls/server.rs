@@ -1,0 +1,76 @@
+//! The rustls server configuration of a TLS listener: certificates by SNI, versions, ALPN, and the
+//! process-wide ticket keys and session cache.
+
+use super::certs::{dns_names, load_certified_key};
+use super::session_cache::SessionCache;
+use super::sni::SniResolver;
+use super::tickets::TicketKeyring;
+use crate::config::{Config, ListenerTls, TlsVersion};
+use rustls::ServerConfig;
+use std::sync::Arc;
+
+/// TLS state that lives as long as the process and outlives reloads: ticket keys, the session cache and
+/// the counters.
+#[derive(Debug, Clone)]
+pub struct TlsShared {
+    pub tickets: Arc<TicketKeyring>,
+    pub cache: Arc<SessionCache>,
+    pub stats: Arc<super::TlsStats>,
+}
+
+impl TlsShared {
+    pub fn new(config: &Config) -> Self {
+        TlsShared {
+            tickets: Arc::new(TicketKeyring::new(
+                config.tls.ticket_rotation,
+                config.tls.session_tickets,
+            )),
+            cache: Arc::new(SessionCache::new(config.tls.session_cache_size)),
+            stats: Arc::new(super::TlsStats::default()),
+        }
+    }
+}
+
+/// The provider every config uses: aws-lc-rs.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds a listener's server config; certificates are read now (a reload reads them again).
+pub fn server_config(
+    tls: &ListenerTls,
+    config: &Config,
+    shared: &TlsShared,
+) -> Result<Arc<ServerConfig>, String> {
+    let mut resolver = SniResolver::new(tls.strict_sni);
+    for c in &tls.certificates {
+        let key = load_certified_key(&config.resolve_path(&c.cert), &config.resolve_path(&c.key))
+            .map_err(|e| e.to_string())?;
+        let names = match &c.names {
+            Some(n) => n.clone(),
+            None => key
+                .cert
+                .first()
+                .map(dns_names)
+                .transpose()
+                .map_err(|e| format!("{}: {e}", c.cert))?
+                .unwrap_or_default(),
+        };
+        resolver.add(key, &names);
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    server.ticketer = shared.tickets.clone();
+    server.session_storage = shared.cache.clone();
+    // No 0-RTT: early data can be replayed, and a balancer cannot know which requests tolerate that.
+    server.max_early_data_size = 0;
+    Ok(Arc::new(server))
+}
