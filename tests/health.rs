@@ -177,20 +177,26 @@ fn passive_health_takes_out_a_failing_backend_then_half_opens_it() {
 }
 
 #[test]
-fn a_reload_keeps_backend_health() {
+fn a_reload_keeps_backend_health_and_drops_verdicts_of_removed_checks() {
     let a = Backend::named("a");
     let dead = dead_addr();
     let t = Tether::start(&config_with(&[a.addr, dead], "", CHECK));
     t.wait_log(&format!("backend {dead} of cluster app is DOWN"));
-    // Reload with the same backends and no checks: the dead one stays down (nothing checks it back up).
-    t.write_config(&config_with(&[a.addr, dead], "retries = 0", ""));
+    // Reload with the same checks (and no retries): the dead backend stays down, so nothing fails.
+    t.write_config(&config_with(&[a.addr, dead], "retries = 0", CHECK));
     t.signal("HUP");
-    t.wait_log("reloaded");
+    t.wait_log("(generation 2)");
     for _ in 0..10 {
         assert_eq!(
             get(t.addr, "/").status,
             200,
-            "no request went to the dead backend"
+            "a request went to the dead backend"
         );
     }
+    // Reload without checks: their verdict goes with them, and requests find out for themselves.
+    t.write_config(&config_with(&[a.addr, dead], "retries = 0", ""));
+    t.signal("HUP");
+    t.wait_log(&format!("backend {dead} is UP: no longer health-checked"));
+    let statuses: Vec<u16> = (0..10).map(|_| get(t.addr, "/").status).collect();
+    assert!(statuses.contains(&502), "{statuses:?}");
 }

@@ -219,6 +219,17 @@ impl BackendState {
         self.health.fetch_or(ACTIVE_DOWN, Relaxed) == 0
     }
 
+    /// Active checks no longer cover this backend (a reload removed them): their verdict is dropped. `true`
+    /// if that brings it up.
+    pub fn clear_active_down(&self) -> bool {
+        let before = self.health.fetch_and(!ACTIVE_DOWN, Relaxed);
+        let up = before == ACTIVE_DOWN;
+        if up {
+            self.up_since_ms.store(clock_ms(), Relaxed);
+        }
+        up
+    }
+
     /// Checks passed `rise` times (and any cool-down is over): up. `true` if it was down until now.
     pub fn mark_up(&self) -> bool {
         let was_down = self.health.swap(0, Relaxed) != 0;
@@ -393,6 +404,15 @@ mod tests {
         assert!(s.mark_up());
         assert!(s.is_up() && !s.passive_down() && !s.active_down());
         assert!(!s.mark_up());
+        // Checks removed by a reload: their verdict goes, a passive one stays.
+        s.mark_active_down();
+        assert!(s.clear_active_down() && s.is_up());
+        s.mark_active_down();
+        for _ in 0..3 {
+            attempt(&s, AttemptOutcome::ConnectFailed);
+        }
+        assert!(!s.clear_active_down());
+        assert!(s.passive_down() && !s.active_down());
     }
 
     #[test]

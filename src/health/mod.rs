@@ -174,6 +174,14 @@ impl Rounds {
         }
         let targets = &self.targets;
         self.probes.retain(|id, _| targets.contains_key(id));
+        for b in &self.backends {
+            if !self.targets.contains_key(&b.id) && b.active_down() && b.clear_active_down() {
+                log::info!(
+                    "backend {} is UP: no longer health-checked after the reload",
+                    b.address
+                );
+            }
+        }
         let now = Instant::now();
         for id in self.targets.keys() {
             self.probes.entry(*id).or_insert(Probe {
