@@ -231,15 +231,17 @@ impl Server {
         self.generation += 1;
         let snapshot = ConfigSnapshot::build(&new, self.generation, &mut self.registry);
         let backends: usize = snapshot.clusters.iter().map(|c| c.backends.len()).sum();
+        let clusters = snapshot.clusters.len();
+        // Publish first: once "reloaded" is logged, the next request a worker takes uses the new config.
+        self.shared.store(Arc::new(snapshot));
         log::info!(
             "reloaded {} (generation {}): {} cluster(s), {} backend(s), {} route(s)",
             path.display(),
             self.generation,
-            snapshot.clusters.len(),
+            clusters,
             backends,
             new.routes.len()
         );
-        self.shared.store(Arc::new(snapshot));
         self.config = Config {
             workers: self.config.workers.clone(),
             listeners: self.config.listeners.clone(),
