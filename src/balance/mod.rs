@@ -730,7 +730,10 @@ mod tests {
     }
 
     fn hash_cluster(addresses: &[String]) -> Arc<Cluster> {
-        let mut reg = BackendRegistry::default();
+        hash_cluster_in(addresses, &mut BackendRegistry::default())
+    }
+
+    fn hash_cluster_in(addresses: &[String], reg: &mut BackendRegistry) -> Arc<Cluster> {
         let mut cfg = config(BalanceAlgorithm::ConsistentHash, &[]);
         cfg.backends = addresses
             .iter()
@@ -740,7 +743,7 @@ mod tests {
                 drain: false,
             })
             .collect();
-        Arc::new(Cluster::build("c", &cfg, &mut reg))
+        Arc::new(Cluster::build("c", &cfg, reg))
     }
 
     fn owners(c: &Arc<Cluster>, n: usize) -> Vec<SocketAddr> {
@@ -822,16 +825,7 @@ mod tests {
         reversed.reverse();
         let mut reg = BackendRegistry::default();
         reg.get_or_create("192.0.2.1:1".parse().unwrap()); // shifts the ids
-        let mut cfg = config(BalanceAlgorithm::ConsistentHash, &[]);
-        cfg.backends = reversed
-            .iter()
-            .map(|a| BackendConfig {
-                address: a.clone(),
-                weight: 1,
-                drain: false,
-            })
-            .collect();
-        let c2 = Arc::new(Cluster::build("c", &cfg, &mut reg));
+        let c2 = hash_cluster_in(&reversed, &mut reg);
         let c1 = hash_cluster(&all);
         let (o1, o2) = (owners(&c1, 20_000), owners(&c2, 20_000));
         assert_eq!(o1, o2);
