@@ -155,7 +155,7 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
         } else {
             "invalid type: array, expected a table".to_string()
         }
-    } else if key.starts_with("timeouts.") && raw.ends_with("expected a string") {
+    } else if is_duration_key(&key) && raw.ends_with("expected a string") {
         format!("{raw} holding a duration, e.g. \"10s\", \"500ms\" or \"1h\"")
     } else {
         friendlier(raw)
@@ -166,6 +166,14 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
         key,
         message,
     }
+}
+
+/// Whether a key holds a duration string (for a friendlier type error).
+fn is_duration_key(key: &str) -> bool {
+    key.starts_with("timeouts.")
+        || [".slow_start", ".interval", ".timeout", ".cool_down"]
+            .iter()
+            .any(|suffix| key.ends_with(suffix))
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into an "unknown key" message with a
@@ -816,6 +824,15 @@ limits.max_headers = 5
     fn full_config_loads() {
         let c = load_file(&manifest_path("configs/full.toml")).unwrap();
         assert_eq!(c.clusters.len(), 2);
+        let check = c.clusters["app"].health_check.as_ref().unwrap();
+        assert_eq!(
+            (check.path.as_str(), check.rise, check.fall),
+            ("/health", 2, 3)
+        );
+        assert_eq!(
+            c.clusters["static"].hash_on,
+            Some(HashOn::Cookie("session".into()))
+        );
         assert!(c.routes.len() >= 3);
         assert!(c.routes.iter().any(|r| r.host.starts_with("*.")));
         assert!(c.routes.iter().any(|r| r.host == "*"));
@@ -842,6 +859,7 @@ limits.max_headers = 5
         "timeouts.tunnel",
         "timeouts.upstream_idle",
         "timeouts.shutdown_grace",
+        "timeouts.tls_handshake",
         "limits.max_head_size",
         "limits.max_headers",
         "access_log.enabled",
@@ -851,8 +869,38 @@ limits.max_headers = 5
         "listeners[].address",
         "listeners[].backlog",
         "listeners[].trust_forwarded",
+        "listeners[].redirect_https",
+        "listeners[].tls.certificates[].cert",
+        "listeners[].tls.certificates[].key",
+        "listeners[].tls.certificates[].names",
+        "listeners[].tls.strict_sni",
+        "listeners[].tls.min_version",
+        "listeners[].tls.alpn",
+        "listeners[].tls.plain_http",
+        "tls.session_tickets",
+        "tls.ticket_rotation",
+        "tls.session_cache_size",
+        "clusters.*.tls.ca",
+        "clusters.*.tls.sni",
+        "clusters.*.tls.verify",
+        "clusters.*.tls.client_cert",
+        "clusters.*.tls.client_key",
+        "clusters.*.tls.min_idle",
         "clusters.*.balance",
+        "clusters.*.hash_on",
         "clusters.*.retries",
+        "clusters.*.slow_start",
+        "clusters.*.health_check.method",
+        "clusters.*.health_check.path",
+        "clusters.*.health_check.host",
+        "clusters.*.health_check.expect_status",
+        "clusters.*.health_check.interval",
+        "clusters.*.health_check.timeout",
+        "clusters.*.health_check.rise",
+        "clusters.*.health_check.fall",
+        "clusters.*.passive_health.consecutive_failures",
+        "clusters.*.passive_health.cool_down",
+        "clusters.*.passive_health.count_5xx",
         "clusters.*.backends[].address",
         "clusters.*.backends[].weight",
         "clusters.*.backends[].drain",
@@ -937,8 +985,20 @@ limits.max_headers = 5
             }]
         );
         let app = &c.clusters["app"];
+        assert_eq!(app.balance, BalanceAlgorithm::WeightedRoundRobin);
         assert_eq!(app.balance, BalanceAlgorithm::default());
+        assert_eq!(app.hash_on, None);
         assert_eq!(app.retries, 2);
+        assert_eq!(app.slow_start, std::time::Duration::ZERO);
+        assert_eq!(app.health_check, None);
+        assert_eq!(
+            app.passive_health,
+            PassiveHealthConfig {
+                consecutive_failures: 5,
+                cool_down: std::time::Duration::from_secs(10),
+                count_5xx: true,
+            }
+        );
         assert_eq!(
             app.backends,
             [BackendConfig {

@@ -364,11 +364,25 @@ pub struct ClusterConfig {
     /// How a backend is picked.
     #[serde(default)]
     pub balance: BalanceAlgorithm,
+    /// What `consistent_hash` hashes: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`. Required with
+    /// `consistent_hash`, refused with the other algorithms.
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
     /// Extra attempts on another backend for an idempotent request whose connection failed before any
     /// response byte.
     /// 0..=10.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// A backend that comes back up gets a tenth of its weight, rising linearly to all of it over this
+    /// time. `"0s"` (the default) turns slow start off.
+    #[serde(default, with = "duration")]
+    pub slow_start: Duration,
+    /// `[clusters.NAME.health_check]`: active HTTP checks; absent means no active checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// `[clusters.NAME.passive_health]`: taking a backend out after consecutive failed requests.
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
     /// At least one; addresses unique within the cluster.
     pub backends: Vec<BackendConfig>,
     /// Speak TLS to the backends.
@@ -384,9 +398,172 @@ fn default_retries() -> u32 {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceAlgorithm {
-    /// Backends in turn, each as often as its weight.
-    #[default]
+    /// Backends in turn, one request each; weights are not used (validation refuses unequal weights).
     RoundRobin,
+    /// Backends in turn, each as often as its weight, interleaved (nginx's smooth weighted round robin).
+    #[default]
+    WeightedRoundRobin,
+    /// The backend with the fewest requests in flight (counted over all workers) relative to its weight.
+    LeastOutstanding,
+    /// Power of two choices: two random backends, the one with the lower latency EWMA × (in flight + 1).
+    P2cEwma,
+    /// Maglev consistent hashing of `hash_on`: a key always goes to the same backend while it is up.
+    ConsistentHash,
+}
+
+impl BalanceAlgorithm {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceAlgorithm::RoundRobin => "round_robin",
+            BalanceAlgorithm::WeightedRoundRobin => "weighted_round_robin",
+            BalanceAlgorithm::LeastOutstanding => "least_outstanding",
+            BalanceAlgorithm::P2cEwma => "p2c_ewma",
+            BalanceAlgorithm::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+/// The request key that `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address (without the port).
+    ClientIp,
+    /// The value of the first header with this name (stored lowercase; matched case-insensitively).
+    Header(String),
+    /// The value of the cookie with this name (case-sensitive, as cookie names are).
+    Cookie(String),
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HashOn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl HashOn {
+    /// Parses `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
+    pub fn parse(s: &str) -> Result<HashOn, String> {
+        const FORMS: &str = "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"";
+        if s == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        let (kind, name) = s
+            .split_once(':')
+            .ok_or_else(|| format!("invalid hash_on \"{s}\": {FORMS}"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!(
+                "invalid hash_on \"{s}\": the {kind} name is missing; {FORMS}"
+            ));
+        }
+        // Header and cookie names are both RFC 9110 tokens.
+        if let Some(c) = name.chars().find(|&c| !is_token_char(c)) {
+            return Err(format!(
+                "invalid hash_on \"{s}\": {c:?} cannot appear in a {kind} name"
+            ));
+        }
+        match kind {
+            "header" => Ok(HashOn::Header(name.to_ascii_lowercase())),
+            "cookie" => Ok(HashOn::Cookie(name.to_string())),
+            _ => Err(format!("invalid hash_on \"{s}\": {FORMS}")),
+        }
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// `[clusters.NAME.health_check]`: an HTTP request sent to every backend of the cluster at each interval,
+/// by one prober thread for the whole process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `"GET"`, `"HEAD"` or `"OPTIONS"`.
+    pub method: String,
+    /// Request target of the check, starting with `/`.
+    pub path: String,
+    /// `Host` header of the check; empty means the backend's address.
+    pub host: String,
+    /// Statuses that pass: `"200-399"`, or one status such as `"204"`.
+    pub expect_status: String,
+    /// Time between two checks of a backend.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Time a check may take (connect, send, status line); at most `interval`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down backend up. 1..=100.
+    pub rise: u32,
+    /// Consecutive failed checks that take an up backend down. 1..=100.
+    pub fall: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            method: "GET".to_string(),
+            path: "/".to_string(),
+            host: String::new(),
+            expect_status: "200-399".to_string(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Parses a status range, `"200-399"` or `"204"`, into its inclusive bounds.
+pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let status = |t: &str| -> Result<u16, String> {
+        match t.trim().parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "\"{s}\": {t:?} is not an HTTP status from 100 to 599; write a range such as \"200-399\" or one status such as \"200\""
+            )),
+        }
+    };
+    let (low, high) = match s.split_once('-') {
+        Some((a, b)) => (status(a)?, status(b)?),
+        None => {
+            let n = status(s)?;
+            (n, n)
+        }
+    };
+    if low > high {
+        return Err(format!(
+            "\"{s}\": the range is empty (write the lower status first, e.g. \"{high}-{low}\")"
+        ));
+    }
+    Ok((low, high))
+}
+
+/// `[clusters.NAME.passive_health]`: what requests tell about a backend's health.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failed requests (connect errors, resets, timeouts, invalid responses, and 5xx answers
+    /// when `count_5xx`) that take a backend down; 0 turns passive health off. 0..=1000.
+    pub consecutive_failures: u32,
+    /// How long a backend taken down by failed requests stays down before it is tried again (after a passed
+    /// active check when the cluster has `health_check`).
+    #[serde(with = "duration")]
+    pub cool_down: Duration,
+    /// Count 5xx responses as failures.
+    pub count_5xx: bool,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            consecutive_failures: 5,
+            cool_down: Duration::from_secs(10),
+            count_5xx: true,
+        }
+    }
 }
 
 /// One backend server.

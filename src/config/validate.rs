@@ -4,7 +4,10 @@
 //! the path into a line. Every problem is collected, so one run reports them all.
 
 use super::load::{closest, quote_key};
-use super::schema::{Config, ListenerConfig, RouteConfig};
+use super::schema::{
+    BalanceAlgorithm, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, RouteConfig,
+    parse_status_range,
+};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -63,6 +66,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.access_log(&config);
     v.listeners(&config.listeners);
     v.clusters(&config);
+    v.shared_backend_health(&config);
     v.routes(&config);
     v.tls(&config);
     if v.issues.is_empty() {
@@ -390,6 +394,26 @@ impl Validator {
                     format!("must be at most 10, got {}", cluster.retries),
                 );
             }
+            self.balancing(&key, cluster);
+            if let Some(check) = &cluster.health_check {
+                self.health_check(&key, check);
+            }
+            let passive = &cluster.passive_health;
+            if passive.consecutive_failures > 1000 {
+                self.error(
+                    format!("{key}.passive_health.consecutive_failures"),
+                    format!(
+                        "must be at most 1000, got {} (0 turns passive health off)",
+                        passive.consecutive_failures
+                    ),
+                );
+            }
+            if passive.cool_down.is_zero() {
+                self.error(
+                    format!("{key}.passive_health.cool_down"),
+                    "must be greater than zero (e.g. \"10s\"); to turn passive health off set consecutive_failures = 0",
+                );
+            }
             if cluster.backends.is_empty() {
                 self.error(
                     format!("{key}.backends"),
@@ -434,6 +458,147 @@ impl Validator {
                         format!("must be between 1 and 256, got {}", b.weight),
                     );
                 }
+            }
+        }
+    }
+
+    /// The algorithm and the keys that go with it: `hash_on`, weights.
+    fn balancing(&mut self, key: &str, cluster: &ClusterConfig) {
+        match (cluster.balance, &cluster.hash_on) {
+            (BalanceAlgorithm::ConsistentHash, None) => self.error(
+                format!("{key}.balance"),
+                "consistent_hash needs `hash_on`: \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+            ),
+            (algorithm, Some(_)) if algorithm != BalanceAlgorithm::ConsistentHash => self.error(
+                format!("{key}.hash_on"),
+                format!(
+                    "is used only by balance = \"consistent_hash\", and this cluster uses \"{}\"; remove it or change `balance`",
+                    algorithm.as_str()
+                ),
+            ),
+            _ => {}
+        }
+        if cluster.balance == BalanceAlgorithm::RoundRobin {
+            let mut weights = cluster.backends.iter().map(|b| b.weight);
+            if let Some(first) = weights.next() {
+                if weights.any(|w| w != first) {
+                    self.error(
+                        format!("{key}.balance"),
+                        "round_robin gives every backend the same share and ignores weights, but this cluster's weights differ; use balance = \"weighted_round_robin\" (or make the weights equal)",
+                    );
+                }
+            }
+        }
+    }
+
+    fn health_check(&mut self, key: &str, check: &HealthCheckConfig) {
+        let key = format!("{key}.health_check");
+        if !matches!(check.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+            self.error(
+                format!("{key}.method"),
+                format!(
+                    "must be \"GET\", \"HEAD\" or \"OPTIONS\" (uppercase), got \"{}\"",
+                    check.method
+                ),
+            );
+        }
+        if !check.path.starts_with('/') {
+            self.error(
+                format!("{key}.path"),
+                format!(
+                    "must start with \"/\", e.g. \"/{}\"",
+                    check.path.trim_start_matches('/')
+                ),
+            );
+        } else if let Some(c) = check
+            .path
+            .chars()
+            .find(|&c| !c.is_ascii() || c.is_ascii_whitespace() || c.is_ascii_control() || c == '#')
+        {
+            self.error(
+                format!("{key}.path"),
+                format!(
+                    "contains {c:?}, which cannot appear in a request target (percent-encode it)"
+                ),
+            );
+        }
+        if let Some(c) = check
+            .host
+            .chars()
+            .find(|&c| !c.is_ascii() || c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            self.error(
+                format!("{key}.host"),
+                format!("contains {c:?}, which cannot appear in a Host header"),
+            );
+        }
+        if let Err(e) = parse_status_range(&check.expect_status) {
+            self.error(format!("{key}.expect_status"), e);
+        }
+        for (name, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+            if value.is_zero() {
+                self.error(
+                    format!("{key}.{name}"),
+                    "must be greater than zero (e.g. \"2s\" or \"500ms\")",
+                );
+            }
+        }
+        if !check.interval.is_zero() && check.timeout > check.interval {
+            self.error(
+                format!("{key}.timeout"),
+                format!(
+                    "must not be longer than interval ({}), so a backend has at most one check in flight",
+                    humantime::format_duration(check.interval)
+                ),
+            );
+        }
+        self.range(&format!("{key}.rise"), check.rise as usize, 1, 100, "");
+        self.range(&format!("{key}.fall"), check.fall as usize, 1, 100, "");
+    }
+
+    /// A backend's health is kept per address, so clusters that share an address must agree on how it is
+    /// judged.
+    fn shared_backend_health(&mut self, config: &Config) {
+        let mut first: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        for (name, cluster) in &config.clusters {
+            for b in &cluster.backends {
+                let Ok(addr) = parse_socket_addr(&b.address) else {
+                    continue;
+                };
+                let Some(&other) = first.get(&addr) else {
+                    first.insert(addr, name);
+                    continue;
+                };
+                if other == name {
+                    continue;
+                }
+                let theirs = &config.clusters[other];
+                let (key, other_key) = (
+                    format!("clusters.{}", quote_key(name)),
+                    format!("clusters.{}", quote_key(other)),
+                );
+                if let (Some(a), Some(b)) = (&theirs.health_check, &cluster.health_check) {
+                    if a != b {
+                        self.conflict(
+                            format!("{key}.health_check"),
+                            format!(
+                                "backend {addr} is also in cluster `{other}`, whose health_check differs; a backend's health is shared by every cluster that lists it, so their checks must be the same"
+                            ),
+                            format!("{other_key}.health_check"),
+                        );
+                    }
+                }
+                if theirs.passive_health != cluster.passive_health {
+                    self.conflict(
+                        format!("{key}.passive_health"),
+                        format!(
+                            "backend {addr} is also in cluster `{other}`, whose passive_health differs; a backend's health is shared by every cluster that lists it, so their settings must be the same"
+                        ),
+                        format!("{other_key}.passive_health"),
+                    );
+                }
+                // One report per pair of clusters is enough.
+                first.insert(addr, name);
             }
         }
     }
@@ -893,6 +1058,196 @@ cluster = "app"
         let text =
             format!("{BASE}\n[clusters.other]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n");
         assert_eq!(errors(&text), []);
+    }
+
+    #[test]
+    fn consistent_hash_needs_hash_on_and_only_it_takes_it() {
+        let m = only(
+            &base_with("backends", "balance = \"consistent_hash\"\nbackends"),
+            5,
+            "clusters.app.balance",
+        );
+        assert!(m.contains("needs `hash_on`"), "{m}");
+        let m = only(
+            &base_with("backends", "hash_on = \"client_ip\"\nbackends"),
+            5,
+            "clusters.app.hash_on",
+        );
+        assert!(m.contains("\"weighted_round_robin\""), "{m}");
+        for ok in ["client_ip", "header:X-User", "cookie:session"] {
+            let text = base_with(
+                "backends",
+                &format!("balance = \"consistent_hash\"\nhash_on = \"{ok}\"\nbackends"),
+            );
+            assert_eq!(errors(&text), [], "{ok}");
+        }
+    }
+
+    #[test]
+    fn hash_on_forms() {
+        for (bad, hint) in [
+            (
+                "ip",
+                "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+            ),
+            ("header:", "name is missing"),
+            ("header:X User", "' '"),
+            ("cookie:a;b", "';'"),
+            ("query:x", "expected \"client_ip\""),
+        ] {
+            let text = base_with(
+                "backends",
+                &format!("balance = \"consistent_hash\"\nhash_on = \"{bad}\"\nbackends"),
+            );
+            let m = only(&text, 6, "clusters.app.hash_on");
+            assert!(m.contains(hint), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn round_robin_refuses_unequal_weights() {
+        let text = base_with(
+            "backends = [{ address = \"127.0.0.1:9001\" }]",
+            "balance = \"round_robin\"\nbackends = [{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9002\", weight = 2 }]",
+        );
+        let m = only(&text, 5, "clusters.app.balance");
+        assert!(m.contains("weighted_round_robin"), "{m}");
+        let text = base_with(
+            "backends = [{ address = \"127.0.0.1:9001\" }]",
+            "balance = \"round_robin\"\nbackends = [{ address = \"127.0.0.1:9001\", weight = 3 }, { address = \"127.0.0.1:9002\", weight = 3 }]",
+        );
+        assert_eq!(errors(&text), []);
+    }
+
+    #[test]
+    fn every_algorithm_name_loads() {
+        for name in [
+            "round_robin",
+            "weighted_round_robin",
+            "least_outstanding",
+            "p2c_ewma",
+        ] {
+            let text = base_with("backends", &format!("balance = \"{name}\"\nbackends"));
+            assert_eq!(errors(&text), [], "{name}");
+        }
+        let m = only(
+            &base_with("backends", "balance = \"leastconn\"\nbackends"),
+            5,
+            "clusters.app.balance",
+        );
+        assert!(m.contains("least_outstanding"), "{m}");
+    }
+
+    /// `BASE` plus a `[clusters.app.health_check]` with `body`: its first key is on line 11.
+    fn with_check(body: &str) -> String {
+        format!("{BASE}\n[clusters.app.health_check]\n{body}\n")
+    }
+
+    #[test]
+    fn health_check_defaults_are_valid() {
+        assert_eq!(errors(&with_check("")), []);
+        assert_eq!(
+            errors(&with_check(
+                "method = \"HEAD\"\npath = \"/healthz?full=1\"\nhost = \"app.internal\"\nexpect_status = \"204\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 100"
+            )),
+            []
+        );
+    }
+
+    #[test]
+    fn health_check_keys_are_checked() {
+        for (body, key, hint) in [
+            ("method = \"get\"", "method", "uppercase"),
+            (
+                "method = \"POST\"",
+                "method",
+                "\"GET\", \"HEAD\" or \"OPTIONS\"",
+            ),
+            ("path = \"health\"", "path", "\"/health\""),
+            ("path = \"/a b\"", "path", "' '"),
+            ("host = \"a b\"", "host", "' '"),
+            (
+                "expect_status = \"399-200\"",
+                "expect_status",
+                "\"200-399\"",
+            ),
+            ("expect_status = \"600\"", "expect_status", "100 to 599"),
+            ("expect_status = \"2xx\"", "expect_status", "100 to 599"),
+            ("interval = \"0s\"", "interval", "greater than zero"),
+            ("timeout = \"0s\"", "timeout", "greater than zero"),
+            ("timeout = \"3s\"", "timeout", "at most one check in flight"),
+            ("rise = 0", "rise", "between 1 and 100"),
+            ("fall = 101", "fall", "between 1 and 100"),
+        ] {
+            let m = only(
+                &with_check(body),
+                11,
+                &format!("clusters.app.health_check.{key}"),
+            );
+            assert!(m.contains(hint), "{body}: {m}");
+        }
+    }
+
+    #[test]
+    fn health_check_durations_are_strings() {
+        let m = only(
+            &with_check("interval = 2"),
+            11,
+            "clusters.app.health_check.interval",
+        );
+        assert!(m.contains("\"10s\""), "{m}");
+        let m = only(
+            &base_with("backends", "slow_start = 30\nbackends"),
+            5,
+            "clusters.app.slow_start",
+        );
+        assert!(m.contains("duration"), "{m}");
+    }
+
+    #[test]
+    fn passive_health_ranges() {
+        let text = format!("{BASE}\n[clusters.app.passive_health]\nconsecutive_failures = 1001\n");
+        let m = only(
+            &text,
+            11,
+            "clusters.app.passive_health.consecutive_failures",
+        );
+        assert!(m.contains("at most 1000"), "{m}");
+        let text = format!("{BASE}\n[clusters.app.passive_health]\ncool_down = \"0s\"\n");
+        let m = only(&text, 11, "clusters.app.passive_health.cool_down");
+        assert!(m.contains("consecutive_failures = 0"), "{m}");
+        let text = format!(
+            "{BASE}\n[clusters.app.passive_health]\nconsecutive_failures = 0\ncount_5xx = false\n"
+        );
+        assert_eq!(errors(&text), []);
+    }
+
+    #[test]
+    fn a_backend_in_two_clusters_is_judged_the_same_way_by_both() {
+        let two = format!(
+            "{BASE}\n[clusters.web]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n\n[clusters.web.health_check]\npath = \"/a\"\n\n[clusters.app.health_check]\npath = \"/b\"\n"
+        );
+        let m = only(&two, 13, "clusters.web.health_check");
+        assert!(
+            m.contains(
+                "backend 127.0.0.1:9001 is also in cluster `app`, whose health_check differs"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("(see clusters.app.health_check, line 16)"),
+            "{m}"
+        );
+        // Only one of them checks: fine, the check covers both.
+        let one = format!(
+            "{BASE}\n[clusters.web]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n\n[clusters.web.health_check]\npath = \"/a\"\n"
+        );
+        assert_eq!(errors(&one), []);
+        let passive = format!(
+            "{BASE}\n[clusters.web]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\npassive_health = {{ consecutive_failures = 2 }}\n"
+        );
+        let m = only(&passive, 12, "clusters.web.passive_health");
+        assert!(m.contains("whose passive_health differs"), "{m}");
     }
 
     // --- Routes -------------------------------------------------------------------------------------------

@@ -50,6 +50,18 @@ impl UpstreamPool {
         }
     }
 
+    /// Takes out every parked connection to a backend `keep` refuses (a reload removed or drained it), for
+    /// the caller to close.
+    pub fn drain_unless(&mut self, keep: impl Fn(BackendId) -> bool) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (id, list) in self.idle.iter_mut().enumerate() {
+            if !list.is_empty() && !keep(id) {
+                out.append(list);
+            }
+        }
+        out
+    }
+
     /// Every parked connection, for shutdown.
     pub fn drain_all(&mut self) -> Vec<usize> {
         self.idle.iter_mut().flat_map(|l| l.drain(..)).collect()
@@ -78,5 +90,18 @@ mod tests {
         p.remove(3, 10);
         assert_eq!(p.take(3), None);
         assert_eq!(p.take(99), None);
+    }
+
+    #[test]
+    fn drain_unless_takes_out_other_backends_connections() {
+        let mut p = UpstreamPool::new(4);
+        p.put(0, 1);
+        p.put(1, 2);
+        p.put(1, 3);
+        p.put(2, 4);
+        let mut gone = p.drain_unless(|id| id != 1);
+        gone.sort();
+        assert_eq!(gone, vec![2, 3]);
+        assert_eq!((p.take(0), p.take(1), p.take(2)), (Some(1), None, Some(4)));
     }
 }

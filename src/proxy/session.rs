@@ -95,6 +95,8 @@ struct Exchange {
     /// Any request byte reached the backend on the current attempt.
     request_written: bool,
     req_body: Body,
+    /// The request has a body (its bytes leave `in_buf` as they are sent, so it cannot be replayed).
+    req_has_body: bool,
     req_chunks: ChunkedDecoder,
     /// Validated request body bytes at the front of `in_buf`, not yet written.
     req_pending: usize,
@@ -137,6 +139,7 @@ impl Exchange {
             head_sent: 0,
             request_written: false,
             req_body: Body::Done,
+            req_has_body: false,
             req_chunks: ChunkedDecoder::new(),
             req_pending: 0,
             resp: ResponseState::Head,
@@ -494,6 +497,7 @@ impl Session {
             BodyFraming::Length(n) => Body::Length(n),
             BodyFraming::Chunked => Body::Chunked,
         };
+        self.x.req_has_body = self.x.req_body != Body::Done;
         cx.scratch_vec = cx.take_vec();
         if let Some(buf) = &mut self.in_buf {
             buf.consume(head_len);
@@ -733,11 +737,11 @@ impl Session {
             .clusters
             .get(self.x.cluster)
             .map_or(0, |c| c.retries);
-        // Safe to replay: the backend received nothing, or the request is idempotent, had no body and
-        // nothing came back.
+        // Safe to replay: the backend received nothing, or the request is idempotent, has no body (sent
+        // body bytes are gone from `in_buf`) and nothing came back.
         let replayable = !self.x.request_written
             || (self.x.method.is_idempotent()
-                && self.x.req_body == Body::Done
+                && !self.x.req_has_body
                 && !self.x.response_received
                 && self.x.req_pending == 0);
         let body_untouched = !self.x.request_written || self.x.req_body == Body::Done;

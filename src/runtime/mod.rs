@@ -68,6 +68,8 @@ pub struct Server {
     exits: Receiver<usize>,
     access_log: Option<(AccessLog, JoinHandle<()>)>,
     tls: TlsShared,
+    /// Active health checks and passive cool-downs, one thread for the process.
+    prober: Option<crate::health::Prober>,
 }
 
 /// Sends the worker's index when its thread ends, however it ends (a panic included).
@@ -133,6 +135,8 @@ impl Server {
         } else {
             None
         };
+
+        let prober = crate::health::Prober::start(Arc::clone(&shared))?;
 
         let (exit_tx, exits) = unbounded();
         let mut workers = Vec::with_capacity(count);
@@ -202,6 +206,7 @@ impl Server {
             exits,
             access_log,
             tls,
+            prober: Some(prober),
         })
     }
 
@@ -302,10 +307,12 @@ impl Server {
         for c in &snapshot.clusters {
             for b in &c.backends {
                 log::info!(
-                    "stats: cluster {} backend {} {} requests={}",
+                    "stats: cluster {} backend {} {}{} inflight={} requests={}",
                     c.name,
                     b.state.address,
                     if b.state.is_up() { "up" } else { "down" },
+                    if b.drain { " draining" } else { "" },
+                    b.state.inflight(),
                     b.state.requests.load(Ordering::Relaxed)
                 );
             }
@@ -386,6 +393,9 @@ impl Server {
         if let Some((log, thread)) = self.access_log.take() {
             drop(log);
             let _ = thread.join();
+        }
+        if let Some(prober) = self.prober.take() {
+            prober.stop();
         }
     }
 

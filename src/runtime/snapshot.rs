@@ -80,5 +80,21 @@ impl ConfigSnapshot {
     }
 }
 
+impl ConfigSnapshot {
+    /// Indexed by backend id: whether some cluster of this snapshot may send the backend new requests
+    /// (listed and not draining). Computed on reload, to close idle connections to the others.
+    pub fn serving_backends(&self) -> Vec<bool> {
+        let mut serving = vec![false; self.backend_id_bound];
+        for b in self.clusters.iter().flat_map(|c| &c.backends) {
+            if !b.drain {
+                if let Some(s) = serving.get_mut(b.state.id) {
+                    *s = true;
+                }
+            }
+        }
+        serving
+    }
+}
+
 /// Where the current snapshot is published.
 pub type SharedSnapshot = Arc<ArcSwap<ConfigSnapshot>>;

@@ -160,6 +160,15 @@ impl Worker {
             let snapshot = Arc::clone(current);
             self.cx.balancer.reset(&snapshot.clusters);
             self.cx.pool.ensure(snapshot.backend_id_bound);
+            // Idle connections to backends removed or drained by the reload: close them now.
+            let serving = snapshot.serving_backends();
+            for key in self
+                .cx
+                .pool
+                .drain_unless(|id| serving.get(id) == Some(&true))
+            {
+                self.cx.close_upstream(key);
+            }
             self.cx.snapshot = snapshot;
         }
     }

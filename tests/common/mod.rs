@@ -781,3 +781,67 @@ pub fn json_fields(line: &str) -> HashMap<String, String> {
     }
     out
 }
+
+// ----- helpers for balancing and health tests ------------------------------------------------------------
+
+/// Like [`config_for`], with `cluster` keys written inside `[clusters.app]` (before `backends`) and `after`
+/// appended at the end of the file (e.g. a `[clusters.app.health_check]` table).
+pub fn config_with(backends: &[SocketAddr], cluster: &str, after: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{b}\" }}"))
+        .collect();
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[routes]]\ncluster = \"app\"\n\n[access_log]\nformat = \"json\"\n\n\
+         [clusters.app]\n{cluster}\nbackends = [{}]\n\n{after}\n",
+        list.join(", ")
+    )
+}
+
+/// Polls `pred` until it holds; panics after [`PATIENCE`] with `what`.
+pub fn wait_until(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A gate that backend handlers wait on until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Blocks until the gate is open (at most [`PATIENCE`]).
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let open = lock.lock().unwrap();
+        let _ = cv
+            .wait_timeout_while(open, PATIENCE, |open| !*open)
+            .unwrap();
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Tether {
+    /// Process-log lines containing `needle`, so far.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
