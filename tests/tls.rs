@@ -120,20 +120,23 @@ fn tls_backend(cert_pem: &str, key_pem: &str) -> TlsBackend {
         for sock in listener.incoming().flatten() {
             let (cfg, h, r) = (cfg.clone(), h.clone(), r.clone());
             std::thread::spawn(move || {
-                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut sock = sock;
+                // Count a handshake once it completes, whether or not a request follows.
+                while conn.is_handshaking() {
+                    if conn.complete_io(&mut sock).is_err() {
+                        return;
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
                 let mut tls = StreamOwned::new(conn, sock);
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                let mut counted = false;
                 loop {
                     let n = match tls.read(&mut chunk) {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    if !counted {
-                        counted = true;
-                        h.fetch_add(1, Ordering::SeqCst);
-                    }
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
@@ -322,6 +325,38 @@ fn backend_tls_is_verified_pooled_and_an_untrusted_backend_gets_502() {
         0,
         "nothing sent to an unverified backend"
     );
+}
+
+#[test]
+fn warm_ssl_contexts_are_established_before_any_request_and_then_used() {
+    let s = setup();
+    let backend_cert = s.ca.server(&["127.0.0.1"]).unwrap();
+    let b = tls_backend(&backend_cert.cert_pem, &backend_cert.key_pem);
+    let ca_path = write(s.dir.path(), "ca.crt", &s.ca.cert_pem());
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\ncluster = \"app\"\n\
+         [clusters.app]\nbackends = [{{ address = \"{}\" }}]\n[clusters.app.tls]\nca = \"{ca_path}\"\nmin_idle = 2\n",
+        b.addr
+    );
+    let t = Tether::start(&cfg);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while b.handshakes.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warm connections never made"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(b.requests.load(Ordering::SeqCst), 0);
+    let mut c = Client::connect(t.addr);
+    for _ in 0..5 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    assert_eq!(b.requests.load(Ordering::SeqCst), 5);
+    // The requests rode a warm connection; the pool is topped up again, never beyond min_idle + in use.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let handshakes = b.handshakes.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&handshakes), "{handshakes} handshakes");
 }
 
 #[test]

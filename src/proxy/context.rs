@@ -142,7 +142,9 @@ impl Ctx {
     /// Closes an upstream connection for good.
     pub fn close_upstream(&mut self, key: usize) {
         if let Some(u) = self.upstreams.try_remove(key) {
-            if u.session.is_none() {
+            if u.warming {
+                self.pool.warming_done(u.backend.id);
+            } else if u.session.is_none() {
                 self.pool.remove(u.backend.id, key);
             }
             drop(u);

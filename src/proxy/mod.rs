@@ -6,3 +6,4 @@ pub mod pipeline;
 pub mod pool;
 pub mod session;
 pub mod upstream;
+pub mod warm;

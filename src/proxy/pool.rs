@@ -7,6 +7,8 @@ use crate::balance::BackendId;
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
     idle: Vec<Vec<usize>>,
+    /// Connections being established ahead of need (warm TLS), per backend.
+    warming: Vec<usize>,
     max_per_backend: usize,
 }
 
@@ -14,6 +16,7 @@ impl UpstreamPool {
     pub fn new(max_per_backend: usize) -> Self {
         UpstreamPool {
             idle: Vec::new(),
+            warming: Vec::new(),
             max_per_backend,
         }
     }
@@ -22,6 +25,7 @@ impl UpstreamPool {
     pub fn ensure(&mut self, bound: usize) {
         if self.idle.len() < bound {
             self.idle.resize_with(bound, Vec::new);
+            self.warming.resize(bound, 0);
         }
     }
 
@@ -65,6 +69,27 @@ impl UpstreamPool {
     /// Every parked connection, for shutdown.
     pub fn drain_all(&mut self) -> Vec<usize> {
         self.idle.iter_mut().flat_map(|l| l.drain(..)).collect()
+    }
+
+    /// Idle connections to `backend`.
+    pub fn idle_count(&self, backend: BackendId) -> usize {
+        self.idle.get(backend).map_or(0, Vec::len)
+    }
+
+    /// Warm connections to `backend` still connecting or handshaking.
+    pub fn warming_count(&self, backend: BackendId) -> usize {
+        self.warming.get(backend).copied().unwrap_or(0)
+    }
+
+    pub fn warming_started(&mut self, backend: BackendId) {
+        self.ensure(backend + 1);
+        self.warming[backend] += 1;
+    }
+
+    pub fn warming_done(&mut self, backend: BackendId) {
+        if let Some(n) = self.warming.get_mut(backend) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -664,6 +664,7 @@ impl Session {
             requests: 1,
             id,
             deadline: Deadline::default(),
+            warming: false,
         });
         cx.stats.upstream_connects += 1;
         self.upstream = Some(key);

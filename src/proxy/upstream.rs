@@ -25,8 +25,10 @@ pub struct Upstream {
     pub requests: u32,
     /// Distinguishes this connection from a later one in the same slab slot (timer entries).
     pub id: u64,
-    /// Idle timeout while pooled.
+    /// Idle timeout while pooled (connect-and-handshake timeout while warming).
     pub deadline: Deadline,
+    /// A pre-established connection still connecting or handshaking, owned by no session.
+    pub warming: bool,
 }
 
 /// Starts a non-blocking connect (completion shows up as writability), with TLS on top when the cluster

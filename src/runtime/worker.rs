@@ -63,6 +63,8 @@ pub struct Worker {
     accept_retry_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     due: Vec<TimerEntry>,
+    /// When to top up warm TLS connections next.
+    next_warm_check: Instant,
 }
 
 impl Worker {
@@ -99,6 +101,7 @@ impl Worker {
             accept_retry_at: None,
             drain_deadline: None,
             due: Vec::with_capacity(256),
+            next_warm_check: Instant::now(),
         })
     }
 
@@ -124,6 +127,10 @@ impl Worker {
             self.accept();
             self.run_ready();
             self.fire_timers();
+            if self.cx.now >= self.next_warm_check {
+                self.next_warm_check = self.cx.now + Duration::from_secs(1);
+                crate::proxy::warm::top_up(&mut self.cx);
+            }
             self.run_ready();
             if self.cx.draining && self.finish_drain() {
                 break;
@@ -206,9 +213,9 @@ impl Worker {
                             }
                         }
                     }
-                    // A parked connection woke up: the backend closed it or sent something unasked.
-                    // Either way it cannot carry a request any more.
-                    None => self.cx.close_upstream(key),
+                    // A parked or warming connection: advance its handshake, read post-handshake TLS
+                    // messages, or close it if the backend closed it or sent something unasked.
+                    None => crate::proxy::warm::on_event(&mut self.cx, key),
                 }
             }
         }
@@ -356,6 +363,7 @@ impl Worker {
                     }
                 }
             } else if let Some(u) = self.cx.upstreams.get_mut(key) {
+                // Idle too long in the pool, or a warm connection that could not finish its handshake.
                 if u.id == entry.id
                     && u.session.is_none()
                     && u.deadline.fire(&mut self.cx.timers, &entry, self.cx.now)

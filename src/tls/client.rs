@@ -16,6 +16,8 @@ pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
     /// The configured SNI name; `None`: the backend's IP address is used (and verified).
     pub server_name: Option<ServerName<'static>>,
+    /// Established connections to keep ready per backend per worker.
+    pub min_idle: usize,
 }
 
 impl UpstreamTls {
@@ -69,6 +71,7 @@ pub fn upstream_tls(tls: &ClusterTls, config: &Config) -> Result<UpstreamTls, St
     Ok(UpstreamTls {
         config: Arc::new(client),
         server_name,
+        min_idle: tls.min_idle,
     })
 }
 
