@@ -102,16 +102,13 @@ pub fn on_event(cx: &mut Ctx, key: usize) {
                 // A plain idle connection never expects bytes.
                 keep = false;
             } else {
+                // Post-handshake messages are consumed inside the read; only plaintext, EOF or an
+                // error come back, and each means the connection cannot be reused.
                 let mut scratch = cx.buffers.get();
-                loop {
-                    match u.stream.read_into(&mut u.io, &mut scratch) {
-                        ReadOutcome::Blocked => break,
-                        ReadOutcome::Data(_) | ReadOutcome::Eof | ReadOutcome::Error(_) => {
-                            keep = false;
-                            break;
-                        }
-                    }
-                }
+                keep = matches!(
+                    u.stream.read_into(&mut u.io, &mut scratch),
+                    ReadOutcome::Blocked
+                );
                 cx.buffers.put(scratch);
             }
         }
