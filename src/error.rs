@@ -64,6 +64,12 @@ pub enum Termination {
     RedirectHttps,
     /// TLS to the backend failed (handshake, certificate verification) (502).
     UpstreamTls(&'static str),
+    /// The session's backend is down and the route says not to rebind (503).
+    SessionBackendDown,
+    /// The backend's QoS queue is full (503).
+    QueueFull,
+    /// The request waited in the backend's QoS queue past `queue_timeout` (503).
+    QueueTimeout,
     /// No buffer or connection slot could be had.
     Internal(&'static str),
 }
@@ -90,6 +96,9 @@ impl Termination {
             Termination::PlainHttpOnTls => "plain_http_on_tls",
             Termination::RedirectHttps => "redirect_https",
             Termination::UpstreamTls(_) => "upstream_tls",
+            Termination::SessionBackendDown => "session_backend_down",
+            Termination::QueueFull => "queue_full",
+            Termination::QueueTimeout => "queue_timeout",
         }
     }
 
@@ -103,6 +112,9 @@ impl Termination {
             | Termination::UpstreamTls(r) => r,
             Termination::PlainHttpOnTls => "plain HTTP request sent to an HTTPS port",
             Termination::RedirectHttps => "redirected to https",
+            Termination::SessionBackendDown => "the session's backend is down",
+            Termination::QueueFull => "backend queue full",
+            Termination::QueueTimeout => "waited too long for a backend slot",
             Termination::Completed => "",
             Termination::HeadTimeout => "request head not received in time",
             Termination::NoRoute => "no route for this host and path",
@@ -133,7 +145,10 @@ impl Termination {
             | Termination::UpstreamClosed
             | Termination::BadResponse(_)
             | Termination::UpstreamTimeout
-            | Termination::UpstreamTls(_) => Some(Fault::Upstream),
+            | Termination::UpstreamTls(_)
+            | Termination::SessionBackendDown
+            | Termination::QueueFull
+            | Termination::QueueTimeout => Some(Fault::Upstream),
             Termination::Shutdown | Termination::Internal(_) => Some(Fault::Internal),
         }
     }
@@ -150,7 +165,11 @@ impl Termination {
             Termination::BadRequest(e) => Some(e.status),
             Termination::HeadTimeout => Some(408),
             Termination::NoRoute => Some(404),
-            Termination::NoBackend | Termination::Shutdown => Some(503),
+            Termination::NoBackend
+            | Termination::Shutdown
+            | Termination::SessionBackendDown
+            | Termination::QueueFull
+            | Termination::QueueTimeout => Some(503),
             Termination::ConnectFailed
             | Termination::ConnectTimeout
             | Termination::UpstreamClosed

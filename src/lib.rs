@@ -12,6 +12,8 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod proxy;
+pub mod qos;
 pub mod route;
 pub mod runtime;
+pub mod sticky;
 pub mod tls;

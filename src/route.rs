@@ -2,10 +2,11 @@
 //!
 //! Matching is most specific first: an exact host, then `*.suffix` wildcards (longest suffix first), then
 //! `*`; within a host, the longest path prefix that matches wins (plain byte prefix, like HAProxy's
-//! `path_beg`). If a host matches but none of its prefixes do, the less specific hosts are tried next.
+//! `path_beg`), and among routes with the same prefix the first in the file whose method and header
+//! conditions hold. If a host matches but none of its routes do, the less specific hosts are tried next.
 //! Lookups take no lock and allocate nothing: the host is lowercased into a stack buffer.
 
-use crate::config::RouteConfig;
+use crate::config::{FailoverPolicy, RouteClass, RouteConfig, SessionIdentity};
 use std::collections::HashMap;
 
 /// What a matched route says about a request.
@@ -15,15 +16,33 @@ pub struct Route {
     pub path_prefix: Box<[u8]>,
     /// Index of the cluster in the snapshot's cluster list.
     pub cluster: usize,
+    /// Only these methods (exact tokens); empty: any.
+    pub methods: Vec<Box<[u8]>>,
+    /// Only requests carrying this header (lowercase name).
+    pub header: Option<Box<str>>,
+    pub class: RouteClass,
+    pub session: Option<SessionIdentity>,
+    /// QoS priority 0–7.
+    pub priority: u8,
+    pub on_backend_down: FailoverPolicy,
 }
 
-/// Routes grouped by host for quick lookup.
+impl Route {
+    /// Whether the method and header conditions hold (`has_header` answers for a lowercase name).
+    pub fn accepts(&self, method: &[u8], has_header: impl Fn(&str) -> bool) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
+            && self.header.as_deref().is_none_or(has_header)
+    }
+}
+
+/// Routes grouped by host for quick lookup; the groups hold indexes into `routes`.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<Box<[u8]>, Vec<Route>>,
+    routes: Vec<Route>,
+    exact: HashMap<Box<[u8]>, Vec<usize>>,
     /// `(".example.com", routes)`, longest suffix first.
-    wildcard: Vec<(Box<[u8]>, Vec<Route>)>,
-    any: Vec<Route>,
+    wildcard: Vec<(Box<[u8]>, Vec<usize>)>,
+    any: Vec<usize>,
 }
 
 /// Longest host name considered for exact and wildcard matching (DNS limit).
@@ -40,59 +59,83 @@ impl RouteTable {
             let route = Route {
                 path_prefix: r.path_prefix.as_bytes().into(),
                 cluster,
+                methods: r.methods.iter().map(|m| m.as_bytes().into()).collect(),
+                header: r.header.as_ref().map(|h| h.to_ascii_lowercase().into()),
+                class: r.class,
+                session: r.session.clone(),
+                priority: r.priority.unwrap_or(r.class.default_priority()).min(7),
+                on_backend_down: r.on_backend_down,
             };
+            let index = table.routes.len();
+            table.routes.push(route);
             let host = r.host.to_ascii_lowercase();
             if host == "*" {
-                table.any.push(route);
+                table.any.push(index);
             } else if let Some(suffix) = host.strip_prefix('*') {
                 let suffix: Box<[u8]> = suffix.as_bytes().into();
                 match table.wildcard.iter_mut().find(|(s, _)| *s == suffix) {
-                    Some((_, list)) => list.push(route),
-                    None => table.wildcard.push((suffix, vec![route])),
+                    Some((_, list)) => list.push(index),
+                    None => table.wildcard.push((suffix, vec![index])),
                 }
             } else {
                 table
                     .exact
                     .entry(host.into_bytes().into_boxed_slice())
                     .or_default()
-                    .push(route);
+                    .push(index);
             }
         }
-        let by_prefix_len = |a: &Route, b: &Route| b.path_prefix.len().cmp(&a.path_prefix.len());
+        // Longest prefix first; a stable sort keeps file order among equal prefixes.
+        let routes = std::mem::take(&mut table.routes);
+        let by_prefix_len = |i: &usize| std::cmp::Reverse(routes[*i].path_prefix.len());
         for list in table.exact.values_mut() {
-            list.sort_by(by_prefix_len);
+            list.sort_by_key(by_prefix_len);
         }
         for (_, list) in table.wildcard.iter_mut() {
-            list.sort_by(by_prefix_len);
+            list.sort_by_key(by_prefix_len);
         }
         table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        table.any.sort_by(by_prefix_len);
+        table.any.sort_by_key(by_prefix_len);
+        table.routes = routes;
         table
     }
 
-    /// The route for a request's authority (`host[:port]`, any case) and path.
-    pub fn lookup(&self, authority: Option<&[u8]>, path: &[u8]) -> Option<&Route> {
+    /// The index of the route for a request's authority (`host[:port]`, any case) and path, among
+    /// those whose conditions `accept` holds.
+    pub fn lookup(
+        &self,
+        authority: Option<&[u8]>,
+        path: &[u8],
+        accept: impl Fn(&Route) -> bool,
+    ) -> Option<usize> {
         let mut lower = [0u8; MAX_HOST];
         let host = authority.and_then(|a| normalize_host(a, &mut lower));
+        let matching = |list: &'_ [usize]| -> Option<usize> {
+            list.iter().copied().find(|&i| {
+                let r = &self.routes[i];
+                path.starts_with(&r.path_prefix) && accept(r)
+            })
+        };
         if let Some(host) = host {
-            if let Some(r) = self.exact.get(host).and_then(|l| match_prefix(l, path)) {
-                return Some(r);
+            if let Some(i) = self.exact.get(host).and_then(|l| matching(l)) {
+                return Some(i);
             }
             for (suffix, list) in &self.wildcard {
                 // `*.example.com` matches `a.example.com`, not `example.com` itself.
                 if host.len() > suffix.len() && host.ends_with(suffix) {
-                    if let Some(r) = match_prefix(list, path) {
-                        return Some(r);
+                    if let Some(i) = matching(list) {
+                        return Some(i);
                     }
                 }
             }
         }
-        match_prefix(&self.any, path)
+        matching(&self.any)
     }
-}
 
-fn match_prefix<'a>(routes: &'a [Route], path: &[u8]) -> Option<&'a Route> {
-    routes.iter().find(|r| path.starts_with(&r.path_prefix))
+    /// The route at `index` (from `lookup`).
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
 }
 
 /// Strips the port and a trailing dot and lowercases into `out`. `None` for names too long to match.
@@ -129,6 +172,12 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             cluster: cluster.into(),
+            methods: Vec::new(),
+            header: None,
+            class: RouteClass::Stateless,
+            session: None,
+            priority: None,
+            on_backend_down: FailoverPolicy::Rebind,
         }
     }
 
@@ -146,8 +195,8 @@ mod tests {
     }
 
     fn cluster(t: &RouteTable, host: Option<&str>, path: &str) -> Option<usize> {
-        t.lookup(host.map(str::as_bytes), path.as_bytes())
-            .map(|r| r.cluster)
+        t.lookup(host.map(str::as_bytes), path.as_bytes(), |_| true)
+            .map(|i| t.get(i).unwrap().cluster)
     }
 
     #[test]
@@ -175,6 +224,27 @@ mod tests {
         let t = RouteTable::build(&routes, |n| if n == "a" { Some(0) } else { Some(1) });
         assert_eq!(cluster(&t, Some("a.test"), "/elsewhere"), Some(1));
         assert_eq!(cluster(&t, Some("a.test"), "/only/x"), Some(0));
+    }
+
+    #[test]
+    fn method_and_header_conditions_pick_among_routes_with_the_same_prefix() {
+        let mut write = route("*", "/cart", "secure");
+        write.methods = vec!["POST".into(), "PUT".into()];
+        let mut authed = route("*", "/cart", "authed");
+        authed.header = Some("Authorization".into());
+        let routes = vec![write, authed, route("*", "/cart", "plain")];
+        let names = ["secure", "authed", "plain"];
+        let t = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n));
+        let pick = |method: &[u8], headers: &[&str]| {
+            t.lookup(None, b"/cart/1", |r| {
+                r.accepts(method, |h| headers.contains(&h))
+            })
+            .map(|i| t.get(i).unwrap().cluster)
+        };
+        assert_eq!(pick(b"POST", &[]), Some(0));
+        assert_eq!(pick(b"GET", &["authorization"]), Some(1));
+        assert_eq!(pick(b"GET", &[]), Some(2));
+        assert_eq!(routes[0].class.default_priority(), 2);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct BackendState {
     failure_threshold: AtomicU32,
     cool_down_ms: AtomicU64,
     count_5xx: AtomicBool,
+    /// Requests waiting for a slot when the cluster limits requests in flight (QoS).
+    pub queue: crate::qos::BackendQueue,
+    /// QoS aging step in microseconds (from `[qos] aging`).
+    aging_us: AtomicU64,
 }
 
 /// How one attempt on a backend ended.
@@ -104,7 +108,45 @@ impl BackendState {
             failure_threshold: AtomicU32::new(passive.consecutive_failures),
             cool_down_ms: AtomicU64::new(passive.cool_down.as_millis() as u64),
             count_5xx: AtomicBool::new(passive.count_5xx),
+            queue: crate::qos::BackendQueue::default(),
+            aging_us: AtomicU64::new(1_000_000),
         }
+    }
+
+    /// Takes a request slot if fewer than `max` are in flight (0: unlimited). Replaces
+    /// `attempt_started` for clusters with `max_inflight`.
+    #[inline]
+    pub fn try_start(&self, max: u32) -> bool {
+        if max == 0 {
+            self.inflight.fetch_add(1, Relaxed);
+            return true;
+        }
+        self.inflight
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| (n < max).then_some(n + 1),
+            )
+            .is_ok()
+    }
+
+    /// Gives a slot back without an attempt having run on it (a QoS race left a request two slots).
+    pub fn release_slot(&self) {
+        let _ = self.inflight.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| Some(n.saturating_sub(1)),
+        );
+    }
+
+    /// How fast a waiting request gains priority.
+    pub fn aging(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.aging_us.load(Relaxed))
+    }
+
+    pub fn set_aging(&self, aging: std::time::Duration) {
+        self.aging_us
+            .store(aging.as_micros().max(1) as u64, Relaxed);
     }
 
     /// Whether the backend may receive new requests (one relaxed load: this is on every pick).
@@ -139,9 +181,13 @@ impl BackendState {
 
     /// The attempt ended; feeds load and health bookkeeping. Called exactly once per `attempt_started`.
     pub fn attempt_finished(&self, outcome: AttemptOutcome) {
-        let before = self
-            .inflight
-            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+        // SeqCst: the QoS handoff relies on this release being ordered before the releaser's look at
+        // the queue (free on x86, where every read-modify-write is a full barrier).
+        let before = self.inflight.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| Some(n.saturating_sub(1)),
+        );
         debug_assert!(before.is_ok_and(|n| n > 0), "attempt finished twice");
         match outcome {
             AttemptOutcome::Response { status, latency_us } => {

@@ -21,7 +21,6 @@ pub use backend::{AttemptOutcome, BackendId, BackendState, clock_ms, clock_us, r
 
 use crate::config::{BalanceAlgorithm, ClusterConfig, HashOn, HealthCheckConfig};
 use crate::http::RequestHead;
-use crate::http::head::HeaderKind;
 use maglev::Maglev;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,30 +54,11 @@ pub fn hash_key(
             .header(bytes, name)
             .filter(|v| !v.is_empty())
             .map(maglev::hash_key),
-        HashOn::Cookie(name) => cookie_value(head, bytes, name.as_bytes()).map(maglev::hash_key),
+        HashOn::Cookie(name) => {
+            crate::http::cookie::request_cookie(&head.headers, bytes, name.as_bytes())
+                .map(maglev::hash_key)
+        }
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` header(s) (`a=1; b=2`, RFC 6265 §4.2), without
-/// surrounding double quotes; `None` when absent or empty.
-fn cookie_value<'b>(head: &RequestHead, bytes: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
-    head.headers
-        .iter()
-        .filter(|h| h.kind == HeaderKind::Cookie)
-        .flat_map(|h| h.value.of(bytes).split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            if pair[..eq].trim_ascii() != name {
-                return None;
-            }
-            let value = pair[eq + 1..].trim_ascii();
-            let value = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value);
-            (!value.is_empty()).then_some(value)
-        })
 }
 
 /// Hands out one `BackendState` per address, so a reload that keeps an address keeps its state.
@@ -134,6 +114,22 @@ pub struct Cluster {
     pub health_check: Option<HealthCheckConfig>,
     /// The Maglev table (`consistent_hash` only), built once per snapshot and shared by every worker.
     maglev: Option<Maglev>,
+    /// QoS: requests in flight per backend (0: unlimited), waiting requests per backend, wait bound.
+    pub max_inflight: u32,
+    pub max_queue: u32,
+    pub queue_timeout: std::time::Duration,
+}
+
+impl Cluster {
+    /// The cluster's entry for backend `id`, if it lists it.
+    pub fn backend(&self, id: BackendId) -> Option<&ClusterBackend> {
+        self.backends.iter().find(|b| b.state.id == id)
+    }
+
+    /// The cluster's entry for the backend at `address`.
+    pub fn backend_at(&self, address: SocketAddr) -> Option<&ClusterBackend> {
+        self.backends.iter().find(|b| b.state.address == address)
+    }
 }
 
 impl Cluster {
@@ -176,6 +172,9 @@ impl Cluster {
             health_check: config.health_check.clone(),
             backends,
             maglev,
+            max_inflight: config.max_inflight,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
         }
     }
 
@@ -431,6 +430,9 @@ mod tests {
             hash_on: (algorithm == BalanceAlgorithm::ConsistentHash).then_some(HashOn::ClientIp),
             retries: 2,
             tls: None,
+            max_inflight: 0,
+            max_queue: 1024,
+            queue_timeout: Duration::from_secs(10),
             slow_start: Duration::ZERO,
             health_check: None,
             passive_health: PassiveHealthConfig::default(),
@@ -933,7 +935,8 @@ mod tests {
     fn cookie_parsing_tolerates_odd_spacing_and_empty_values() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=;b ; c = 3 ;;d=\"\"\r\n\r\n";
         let head = parsed(raw);
-        let v = |name: &str| cookie_value(&head, raw, name.as_bytes());
+        let v =
+            |name: &str| crate::http::cookie::request_cookie(&head.headers, raw, name.as_bytes());
         assert_eq!(v("a"), None);
         assert_eq!(v("b"), None);
         assert_eq!(v("c"), Some(&b"3"[..]));

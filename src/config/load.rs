@@ -1013,6 +1013,12 @@ limits.max_headers = 5
                 host: "*".into(),
                 path_prefix: "/".into(),
                 cluster: "app".into(),
+                methods: Vec::new(),
+                header: None,
+                class: RouteClass::Stateless,
+                session: None,
+                priority: None,
+                on_backend_down: FailoverPolicy::Rebind,
             }]
         );
     }

@@ -31,6 +31,12 @@ pub struct Config {
     /// `[tls]`: settings shared by every TLS listener (session tickets, session cache).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[sessions]`: the session table and issued cookies.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// `[qos]`: priority scheduling of waiting requests.
+    #[serde(default)]
+    pub qos: QosConfig,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -388,6 +394,24 @@ pub struct ClusterConfig {
     /// Speak TLS to the backends.
     #[serde(default)]
     pub tls: Option<ClusterTls>,
+    /// Requests in flight per backend across all workers; beyond it requests wait in the backend's
+    /// priority queue. 0: unlimited.
+    #[serde(default)]
+    pub max_inflight: u32,
+    /// Requests waiting per backend; beyond it a request is answered 503 at once.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// How long a request may wait for a slot before it is answered 503.
+    #[serde(default = "default_queue_timeout", with = "duration")]
+    pub queue_timeout: Duration,
+}
+
+fn default_max_queue() -> u32 {
+    1024
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_retries() -> u32 {
@@ -598,6 +622,167 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Name of an existing cluster.
     pub cluster: String,
+    /// Only requests with one of these methods (uppercase, e.g. `["POST", "PUT"]`); empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only requests that carry this header (any value).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `"secure"`: state-bearing requests that stick to their session's backend (bound on the first
+    /// request); `"stateless"`: the best backend for each request.
+    #[serde(default)]
+    pub class: RouteClass,
+    /// How a secure route recognises a session: `"insert:NAME"` (a sealed cookie tether issues),
+    /// `"learn:NAME"` (the backend's own cookie), `"header:NAME"` or `"client_ip"`.
+    #[serde(default)]
+    pub session: Option<SessionIdentity>,
+    /// QoS priority 0 (lowest) to 7; default 5 for secure routes, 2 for stateless ones.
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// When a session's backend is down: `"rebind"` to the best healthy backend, or `"fail"` (503).
+    #[serde(default)]
+    pub on_backend_down: FailoverPolicy,
+}
+
+/// Whether a route's requests carry session state.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteClass {
+    Secure,
+    #[default]
+    Stateless,
+}
+
+impl RouteClass {
+    /// The QoS priority a route of this class gets unless it says otherwise.
+    pub fn default_priority(self) -> u8 {
+        match self {
+            RouteClass::Secure => 5,
+            RouteClass::Stateless => 2,
+        }
+    }
+}
+
+/// What a session's backend failing means for the session.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverPolicy {
+    #[default]
+    Rebind,
+    Fail,
+}
+
+/// How a request names its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionIdentity {
+    /// A cookie tether issues: sealed, carrying the session id and its backend.
+    Insert(String),
+    /// A cookie the backend sets (e.g. `JSESSIONID`), bound to the backend that set it.
+    Learn(String),
+    /// A request header's value (e.g. a bearer token); stored lowercase.
+    Header(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+impl<'de> Deserialize<'de> for SessionIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionIdentity::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl SessionIdentity {
+    /// Parses `"insert:NAME"`, `"learn:NAME"`, `"header:NAME"` or `"client_ip"`.
+    pub fn parse(s: &str) -> Result<SessionIdentity, String> {
+        const FORMS: &str =
+            "expected \"insert:COOKIE\", \"learn:COOKIE\", \"header:NAME\" or \"client_ip\"";
+        if s == "client_ip" {
+            return Ok(SessionIdentity::ClientIp);
+        }
+        let (kind, name) = s
+            .split_once(':')
+            .ok_or_else(|| format!("invalid session \"{s}\": {FORMS}"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!(
+                "invalid session \"{s}\": the name is missing; {FORMS}"
+            ));
+        }
+        if let Some(c) = name.chars().find(|&c| !is_token_char(c)) {
+            return Err(format!(
+                "invalid session \"{s}\": {c:?} cannot appear in a {kind} name"
+            ));
+        }
+        match kind {
+            "insert" => Ok(SessionIdentity::Insert(name.to_string())),
+            "learn" => Ok(SessionIdentity::Learn(name.to_string())),
+            "header" => Ok(SessionIdentity::Header(name.to_ascii_lowercase())),
+            _ => Err(format!("invalid session \"{s}\": {FORMS}")),
+        }
+    }
+}
+
+/// `[sessions]`: the session table and the cookies tether issues.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Most sessions kept; past it the least recently seen are evicted.
+    pub max_entries: usize,
+    /// A session not seen for this long expires (and so does its cookie's binding).
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Keys (base64, 32 bytes each) that seal session cookies, newest first: the first seals, all open.
+    /// Empty: a random key per start (cookies then do not survive a restart or another node).
+    pub cookie_keys: Vec<String>,
+    /// `SameSite` attribute of issued cookies: `"lax"`, `"strict"` or `"none"`.
+    pub same_site: SameSite,
+    /// `Path` attribute of issued cookies.
+    pub cookie_path: String,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_entries: 1_000_000,
+            ttl: Duration::from_secs(30 * 60),
+            cookie_keys: Vec::new(),
+            same_site: SameSite::Lax,
+            cookie_path: "/".to_string(),
+        }
+    }
+}
+
+/// Cookie `SameSite` attribute.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+/// `[qos]`: how waiting requests are ordered.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QosConfig {
+    /// A waiting request gains one priority level per `aging` waited, so a low class is never starved
+    /// beyond about `7 × aging`.
+    #[serde(with = "duration")]
+    pub aging: Duration,
+    /// Header carrying a priority (0–7) set by a trusted upstream; honoured only on listeners with
+    /// `trust_forwarded = true`, and removed before the request reaches a backend.
+    pub priority_header: Option<String>,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        QosConfig {
+            aging: Duration::from_secs(1),
+            priority_header: None,
+        }
+    }
 }
 
 fn default_host() -> String {

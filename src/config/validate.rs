@@ -69,6 +69,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.shared_backend_health(&config);
     v.routes(&config);
     v.tls(&config);
+    v.sessions_and_qos(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {
@@ -610,9 +611,11 @@ impl Validator {
                 "at least one route is required, e.g. [[routes]] with cluster = \"app\" (host \"*\" and path_prefix \"/\" match everything)",
             );
         }
-        let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        // Two routes with the same host, prefix and conditions: the second could never match.
+        let mut seen: BTreeMap<RouteIdentity<'_>, usize> = BTreeMap::new();
         for (i, r) in config.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
+            self.route_conditions(&key, r);
             let host_ok = match check_route_host(&r.host) {
                 Ok(()) => true,
                 Err(e) => {
@@ -631,7 +634,10 @@ impl Validator {
                 self.error(format!("{key}.cluster"), unknown_cluster(r, config));
             }
             if host_ok && path_ok {
-                let pair = (r.host.as_str(), r.path_prefix.as_str());
+                let mut methods: Vec<&str> = r.methods.iter().map(String::as_str).collect();
+                methods.sort_unstable();
+                let header = r.header.as_ref().map(|h| h.to_ascii_lowercase());
+                let pair = (r.host.as_str(), r.path_prefix.as_str(), methods, header);
                 if let Some(&first) = seen.get(&pair) {
                     self.conflict(
                         key,
@@ -647,6 +653,104 @@ impl Validator {
             }
         }
     }
+}
+
+impl Validator {
+    /// A route's method and header conditions, class, session identity and priority.
+    fn route_conditions(&mut self, key: &str, r: &RouteConfig) {
+        for (j, m) in r.methods.iter().enumerate() {
+            if m.is_empty()
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                self.error(
+                    format!("{key}.methods[{j}]"),
+                    format!("{m:?} is not a method name; write it uppercase, e.g. \"POST\""),
+                );
+            }
+        }
+        if let Some(h) = &r.header {
+            if h.is_empty() || !h.chars().all(is_header_char) {
+                self.error(
+                    format!("{key}.header"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+        if let Some(p) = r.priority {
+            if p > 7 {
+                self.error(
+                    format!("{key}.priority"),
+                    format!("must be 0 (lowest) to 7, got {p}"),
+                );
+            }
+        }
+        match (r.class, &r.session) {
+            (super::schema::RouteClass::Secure, None) => self.error(
+                format!("{key}.session"),
+                "a secure route needs a session identity: \"insert:COOKIE\", \"learn:COOKIE\", \"header:NAME\" or \"client_ip\"",
+            ),
+            (super::schema::RouteClass::Stateless, Some(_)) => self.error(
+                format!("{key}.session"),
+                "only secure routes keep sessions; add class = \"secure\" or remove session",
+            ),
+            _ => {}
+        }
+    }
+
+    /// `[sessions]`, `[qos]` and the clusters' QoS limits.
+    fn sessions_and_qos(&mut self, config: &Config) {
+        let s = &config.sessions;
+        if s.max_entries == 0 {
+            self.error("sessions.max_entries", "must be at least 1");
+        }
+        if s.ttl < Duration::from_secs(1) {
+            self.error("sessions.ttl", "must be at least 1s (e.g. \"30m\")");
+        }
+        for (i, k) in s.cookie_keys.iter().enumerate() {
+            if let Err(e) = crate::sticky::cookie::CookieSealer::decode_key(k) {
+                self.error(
+                    format!("sessions.cookie_keys[{i}]"),
+                    format!("{e}; make one with: head -c 32 /dev/urandom | base64"),
+                );
+            }
+        }
+        if !s.cookie_path.starts_with('/')
+            || s.cookie_path
+                .bytes()
+                .any(|b| b == b';' || b.is_ascii_control())
+        {
+            self.error(
+                "sessions.cookie_path",
+                "must start with / and contain no ; or control characters",
+            );
+        }
+        if config.qos.aging.is_zero() {
+            self.error("qos.aging", "must be greater than zero (e.g. \"1s\")");
+        }
+        if let Some(h) = &config.qos.priority_header {
+            if h.is_empty() || !h.chars().all(is_header_char) {
+                self.error("qos.priority_header", format!("{h:?} is not a header name"));
+            }
+        }
+        for (name, c) in &config.clusters {
+            let key = format!("clusters.{}", quote_key(name));
+            if c.max_inflight > 0 && c.queue_timeout.is_zero() {
+                self.error(
+                    format!("{key}.queue_timeout"),
+                    "must be greater than zero (e.g. \"10s\")",
+                );
+            }
+        }
+    }
+}
+
+/// What makes two routes indistinguishable: host, path prefix, methods (sorted) and header condition.
+type RouteIdentity<'a> = (&'a str, &'a str, Vec<&'a str>, Option<String>);
+
+fn is_header_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
 fn unknown_cluster(route: &RouteConfig, config: &Config) -> String {

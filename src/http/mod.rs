@@ -17,6 +17,7 @@
 
 pub mod canned;
 pub mod chunked;
+pub mod cookie;
 pub mod error;
 pub mod head;
 pub mod request;

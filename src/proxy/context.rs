@@ -6,9 +6,12 @@ use crate::access_log::AccessLog;
 use crate::balance::Balancer;
 use crate::config::PlainHttpPolicy;
 use crate::http::{RequestHead, ResponseHead};
+use crate::qos::Waiter;
 use crate::runtime::buffer::BufferPool;
 use crate::runtime::snapshot::ConfigSnapshot;
 use crate::runtime::timer::TimerWheel;
+use crate::runtime::worker::Command;
+use crate::sticky::Stickiness;
 use crate::tls::TlsStats;
 use mio::{Registry, Token};
 use slab::Slab;
@@ -36,6 +39,13 @@ pub struct ListenerInfo {
     pub redirect_https: bool,
     /// TLS listener: what plain HTTP gets.
     pub plain_http: PlainHttpPolicy,
+}
+
+/// How to reach a worker from another thread.
+#[derive(Debug)]
+pub struct Peer {
+    pub commands: crossbeam_channel::Sender<Command>,
+    pub waker: Arc<mio::Waker>,
 }
 
 /// Per-worker counters (plain integers: only this worker writes them).
@@ -69,6 +79,14 @@ pub struct Ctx {
     pub access_log: Option<AccessLog>,
     pub listeners: Vec<ListenerInfo>,
     pub tls_stats: Arc<TlsStats>,
+    /// The session table and cookie keys, shared by all workers.
+    pub sticky: Arc<Stickiness>,
+    /// Wall-clock seconds of the current loop turn (session and cookie clocks).
+    pub unix_now: u32,
+    /// Every worker's command channel and waker, to deliver QoS grants across workers.
+    pub peers: Arc<Vec<Peer>>,
+    /// QoS grants for sessions of this worker, to drive this turn: (session key, session id).
+    pub granted: Vec<(usize, u64)>,
     /// Shutting down: finish in-flight requests, keep no connection alive.
     pub draining: bool,
     next_id: u64,
@@ -89,6 +107,8 @@ impl Ctx {
         access_log: Option<AccessLog>,
         listeners: Vec<ListenerInfo>,
         tls_stats: Arc<TlsStats>,
+        sticky: Arc<Stickiness>,
+        peers: Arc<Vec<Peer>>,
     ) -> Self {
         let now = Instant::now();
         let max_headers = snapshot.limits.max_headers;
@@ -114,6 +134,10 @@ impl Ctx {
             access_log,
             listeners,
             tls_stats,
+            sticky,
+            unix_now: crate::sticky::unix_now(),
+            peers,
+            granted: Vec::with_capacity(64),
             draining: false,
             next_id: 1,
             stats: WorkerStats::default(),
@@ -136,6 +160,20 @@ impl Ctx {
         if v.capacity() <= MAX_POOLED_VEC && self.vecs.len() < 4096 {
             v.clear();
             self.vecs.push(v);
+        }
+    }
+
+    /// Hands a QoS grant to the worker holding the waiting request: this one directly, another through its
+    /// command channel and waker.
+    pub fn deliver_grant(&mut self, waiter: &Waiter) {
+        if waiter.worker == self.worker {
+            self.granted.push((waiter.session, waiter.session_id));
+        } else if let Some(peer) = self.peers.get(waiter.worker) {
+            let _ = peer.commands.send(Command::Grant {
+                session: waiter.session,
+                id: waiter.session_id,
+            });
+            let _ = peer.waker.wake();
         }
     }
 

@@ -45,6 +45,22 @@ impl UpstreamPool {
         self.idle.get_mut(backend)?.pop()
     }
 
+    /// Moves the first parked connection to `backend` that satisfies `pred` to the top, so the next
+    /// `take` returns it (a session's own SSL context). Returns whether one was found.
+    pub fn promote(&mut self, backend: BackendId, pred: impl Fn(usize) -> bool) -> bool {
+        let Some(list) = self.idle.get_mut(backend) else {
+            return false;
+        };
+        match list.iter().position(|&k| pred(k)) {
+            Some(i) => {
+                let key = list.remove(i);
+                list.push(key);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets a connection that closed while parked.
     pub fn remove(&mut self, backend: BackendId, key: usize) {
         if let Some(list) = self.idle.get_mut(backend) {

@@ -12,7 +12,8 @@ use super::io::{ReadOutcome, Readiness, Transport, WriteOutcome};
 use super::pipeline;
 use super::upstream::{self, Upstream};
 use crate::access_log::{AccessRecord, Field};
-use crate::balance::{self, AttemptOutcome, BackendId, PickContext};
+use crate::balance::{self, AttemptOutcome, BackendId, Cluster, PickContext};
+use crate::config::{FailoverPolicy, SessionIdentity};
 use crate::error::Termination;
 use crate::http::canned::write_canned;
 use crate::http::{
@@ -20,11 +21,14 @@ use crate::http::{
     ResponseOptions, Version, end_head, parse_request, parse_response, write_request_head,
     write_response_head,
 };
+use crate::qos::{Admission, Waiter};
 use crate::runtime::buffer::Buffer;
 use crate::runtime::timer::Deadline;
+use crate::sticky::table::SessionKey;
 use mio::Interest;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Where a client connection is in its life.
@@ -32,6 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub enum Phase {
     /// Waiting for a request head: idle between requests, or part of a head received.
     ReadHead,
+    /// Routed and balanced, waiting in the backend's QoS queue for a slot (no CPU is spent waiting).
+    Queued,
     /// Routed and balanced; the backend connection is being established.
     Connect,
     /// Request and response flowing between client and backend.
@@ -68,6 +74,21 @@ enum ResponseState {
     Done,
 }
 
+/// What a secure request knows about its session.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StickyRequest {
+    /// The session key; `None` until learned (a backend's cookie not seen yet).
+    pub key: Option<SessionKey>,
+    /// The backend the session is bound to, from the table or a cookie.
+    pub preferred: Option<BackendId>,
+    /// The SSL context (backend connection id) the session last used.
+    pub ssl_context: u64,
+    /// The table holds a binding for `key`.
+    pub bound: bool,
+    /// Insert mode: send a fresh sealed cookie with the response.
+    pub issue_cookie: bool,
+}
+
 /// Per-request state, reset for each request on the connection.
 #[derive(Debug)]
 struct Exchange {
@@ -79,8 +100,20 @@ struct Exchange {
     keep_alive: bool,
     upgrade: bool,
     cluster: usize,
-    /// Snapshot generation `cluster` indexes into.
+    /// Index of the matched route in the snapshot's route table.
+    route: usize,
+    /// Snapshot generation `cluster` and `route` index into.
     generation: u64,
+    /// QoS priority of this request (0–7).
+    priority: u8,
+    /// Stickiness of a request on a secure route.
+    sticky: Option<StickyRequest>,
+    /// The QoS slot for the chosen backend is already held (admitted or granted).
+    slot_held: bool,
+    /// While queued: the ticket in the backend's queue.
+    waiter: Option<Arc<Waiter>>,
+    queued_at: Option<Instant>,
+    queue_us: Option<u64>,
     /// Backend of the last attempt (to avoid it on retry) and attempts made.
     backend: Option<(BackendId, SocketAddr)>,
     attempts: u32,
@@ -130,7 +163,14 @@ impl Exchange {
             keep_alive: true,
             upgrade: false,
             cluster: 0,
+            route: 0,
             generation: 0,
+            priority: 0,
+            sticky: None,
+            slot_held: false,
+            waiter: None,
+            queued_at: None,
+            queue_us: None,
             backend: None,
             attempts: 0,
             attempt_open: false,
@@ -285,6 +325,7 @@ impl Session {
             }
             let progress = match self.phase {
                 Phase::ReadHead => self.step_read_head(cx),
+                Phase::Queued => self.step_queued(cx),
                 Phase::Connect => self.step_connect(cx),
                 Phase::Exchange => self.step_exchange(cx),
                 Phase::Tunnel => self.step_tunnel(cx),
@@ -459,28 +500,52 @@ impl Session {
             return;
         }
 
-        // The pipeline's request phases: route, then (later stages) auth, limits, stickiness.
-        let route = match pipeline::route(&cx.snapshot, head, bytes) {
+        // The pipeline's request phases: route, then (later stages) auth and limits, then stickiness.
+        let route_index = match pipeline::route(&cx.snapshot, head, bytes) {
             Ok(r) => r,
             Err(t) => {
                 self.fail(cx, t);
                 return;
             }
         };
-        self.x.cluster = route.cluster;
-        self.x.generation = cx.snapshot.generation;
-        self.x.hash_key = balance::hash_key(
-            &cx.snapshot.clusters[route.cluster],
-            head,
-            bytes,
-            self.peer.ip(),
-        );
-        if let Some(log) = &mut self.log {
-            log.set(
-                Field::Cluster,
-                cx.snapshot.clusters[route.cluster].name.as_bytes(),
+        {
+            // Borrow the snapshot and the other context fields side by side: no reference count is
+            // touched per request.
+            let snapshot = &*cx.snapshot;
+            let Some(route) = snapshot.routes.get(route_index) else {
+                return self.fail(cx, Termination::NoRoute);
+            };
+            let cluster = &snapshot.clusters[route.cluster];
+            let head = &mut cx.req_head;
+            self.x.route = route_index;
+            self.x.cluster = route.cluster;
+            self.x.generation = snapshot.generation;
+            let trusted = cx.listeners[self.listener as usize].trust_forwarded;
+            self.x.priority = pipeline::priority(snapshot, route, head, bytes, trusted);
+            self.x.hash_key = balance::hash_key(cluster, head, bytes, self.peer.ip());
+            self.x.sticky = pipeline::identify_session(
+                &cx.sticky,
+                route,
+                head,
+                bytes,
+                self.peer.ip(),
+                cx.worker,
+                cx.unix_now,
+                cluster,
             );
+            if let Some(log) = &mut self.log {
+                log.set(Field::Cluster, cluster.name.as_bytes());
+            }
+            // A trusted upstream's priority header is for tether, not the backend.
+            if let Some(name) = &snapshot.qos_priority_header {
+                for h in head.headers.iter_mut() {
+                    if h.name.of(bytes).eq_ignore_ascii_case(name.as_bytes()) {
+                        h.hop_by_hop = true;
+                    }
+                }
+            }
         }
+        let head = &cx.req_head;
 
         let mut out = std::mem::take(&mut cx.scratch_vec);
         let info = &cx.listeners[self.listener as usize];
@@ -565,31 +630,43 @@ impl Session {
 
     // ----- choosing and connecting to a backend ------------------------------------------------------
 
-    /// Picks a backend (avoiding `avoid`, which just failed) and attaches an idle pooled connection to it,
-    /// or starts a new one.
+    /// Chooses the backend — the session's own for a secure request, else the balancer's pick, avoiding
+    /// `avoid` (which just failed) — takes a QoS slot on it (or queues), and attaches a connection.
     fn attach_upstream(&mut self, cx: &mut Ctx, avoid: Option<BackendId>) {
         if cx.snapshot.generation != self.x.generation {
             // Reloaded mid-request: the cluster index may point elsewhere now.
             self.fail(cx, Termination::NoBackend);
             return;
         }
-        let pick = PickContext {
-            hash_key: self.x.hash_key,
-            avoid,
+        // Choose, bind and admit while borrowing the snapshot beside the other context fields.
+        let decision = {
+            let snapshot = &*cx.snapshot;
+            let Some(cluster) = snapshot.clusters.get(self.x.cluster) else {
+                return self.fail(cx, Termination::NoBackend);
+            };
+            let failover = snapshot
+                .routes
+                .get(self.x.route)
+                .map_or(FailoverPolicy::Rebind, |r| r.on_backend_down);
+            choose_backend(
+                &mut self.x,
+                cluster,
+                &mut cx.balancer,
+                &cx.sticky,
+                failover,
+                avoid,
+                Admit {
+                    worker: cx.worker,
+                    session: self.key,
+                    session_id: self.id,
+                    now: cx.now,
+                    unix_now: cx.unix_now,
+                },
+            )
         };
-        // Borrow the snapshot and the balancer side by side: no reference count is touched per request.
-        let picked = cx
-            .snapshot
-            .clusters
-            .get(self.x.cluster)
-            .and_then(|cluster| {
-                cx.balancer
-                    .pick(self.x.cluster, cluster, &pick)
-                    .map(|b| (b.state.id, b.state.address))
-            });
-        let Some((id, address)) = picked else {
-            self.fail(cx, Termination::NoBackend);
-            return;
+        let (id, address, admission) = match decision {
+            Ok(d) => d,
+            Err(t) => return self.fail(cx, t),
         };
         self.x.backend = Some((id, address));
         self.x.attempts += 1;
@@ -599,6 +676,89 @@ impl Session {
         self.x.upstream_eof = false;
         self.x.connect_started = cx.now;
         self.last_upstream_io = cx.now;
+
+        // QoS: a slot on the backend, or a place in its queue.
+        self.x.slot_held = false;
+        match admission {
+            None => {}
+            Some(Admission::Go { wake }) => {
+                self.x.slot_held = true;
+                if let Some(w) = wake {
+                    cx.deliver_grant(&w);
+                }
+            }
+            Some(Admission::Wait(waiter)) => {
+                self.x.waiter = Some(waiter);
+                self.x.queued_at = Some(cx.now);
+                self.phase = Phase::Queued;
+                return;
+            }
+            Some(Admission::Full) => return self.fail(cx, Termination::QueueFull),
+        }
+        self.connect_backend(cx);
+    }
+
+    /// A QoS grant arrived (or the slot was free): continue with the chosen backend.
+    fn step_queued(&mut self, cx: &mut Ctx) -> bool {
+        let Some(waiter) = &self.x.waiter else {
+            return false;
+        };
+        if !waiter.is_granted() {
+            return false;
+        }
+        self.x.waiter = None;
+        self.x.slot_held = true;
+        if let Some(at) = self.x.queued_at {
+            self.x.queue_us = Some(cx.now.saturating_duration_since(at).as_micros() as u64);
+        }
+        self.x.connect_started = cx.now;
+        self.last_upstream_io = cx.now;
+        self.connect_backend(cx);
+        true
+    }
+
+    /// Leaves the QoS queue (timeout, client gone). If a grant raced the withdrawal, the slot it
+    /// brought is passed on.
+    fn leave_queue(&mut self, cx: &mut Ctx) {
+        let Some(waiter) = self.x.waiter.take() else {
+            return;
+        };
+        let Some((id, _)) = self.x.backend else {
+            return;
+        };
+        let Some(b) = cx
+            .snapshot
+            .clusters
+            .get(self.x.cluster)
+            .and_then(|c| c.backend(id))
+            .map(|b| b.state.clone())
+        else {
+            return;
+        };
+        if !b.queue.cancel(&waiter) {
+            b.release_slot();
+            if let Some(w) = b.queue.release(&b, cx.now) {
+                cx.deliver_grant(&w);
+            }
+        }
+    }
+
+    /// Attaches a connection to the chosen backend (`x.backend`): the session's own SSL context or any
+    /// idle pooled connection, else a new one.
+    fn connect_backend(&mut self, cx: &mut Ctx) {
+        let Some((id, address)) = self.x.backend else {
+            self.fail(cx, Termination::NoBackend);
+            return;
+        };
+        let slot_held = self.x.slot_held;
+        self.x.slot_held = false;
+        // The session's SSL context first, when it is idle in this worker's pool.
+        let ctx = self.x.sticky.map_or(0, |st| st.ssl_context);
+        if ctx != 0 {
+            let upstreams = &cx.upstreams;
+            cx.pool
+                .promote(id, |k| upstreams.get(k).is_some_and(|u| u.id == ctx));
+        }
         while let Some(key) = cx.pool.take(id) {
             let u = &mut cx.upstreams[key];
             if u.io.readable || u.io.read_closed || u.io.error {
@@ -609,10 +769,14 @@ impl Session {
             u.session = Some(self.key);
             u.deadline.clear();
             u.requests += 1;
-            u.backend.attempt_started();
+            if !slot_held {
+                u.backend.attempt_started();
+            }
+            let uid = u.id;
             self.x.attempt_open = true;
             cx.stats.upstream_reuses += 1;
             self.upstream = Some(key);
+            self.note_ssl_context(cx, uid);
             self.x.connect_us = Some(self.x.micros_since_start(cx.now));
             self.phase = Phase::Exchange;
             return;
@@ -627,6 +791,9 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("connect to {address} failed at once: {e}");
+                if slot_held {
+                    self.give_back_slot(cx, id);
+                }
                 self.upstream_failed(cx, Termination::ConnectFailed);
                 return;
             }
@@ -640,19 +807,22 @@ impl Session {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register upstream socket: {e}");
+            if slot_held {
+                self.give_back_slot(cx, id);
+            }
             self.fail(cx, Termination::Internal("cannot register upstream socket"));
             return;
         }
         let Some(backend_state) = cx.snapshot.clusters[self.x.cluster]
-            .backends
-            .iter()
-            .find(|b| b.state.id == id)
+            .backend(id)
             .map(|b| b.state.clone())
         else {
             self.fail(cx, Termination::NoBackend);
             return;
         };
-        backend_state.attempt_started();
+        if !slot_held {
+            backend_state.attempt_started();
+        }
         self.x.attempt_open = true;
         let id = cx.next_id();
         cx.upstreams.insert(Upstream {
@@ -668,7 +838,37 @@ impl Session {
         });
         cx.stats.upstream_connects += 1;
         self.upstream = Some(key);
+        self.note_ssl_context(cx, id);
         self.phase = Phase::Connect;
+    }
+
+    /// Remembers which backend connection (SSL context) a secure session's request rides.
+    fn note_ssl_context(&mut self, cx: &Ctx, connection: u64) {
+        if let Some(st) = &mut self.x.sticky {
+            if let Some(key) = st.key {
+                if st.ssl_context != connection {
+                    st.ssl_context = connection;
+                    cx.sticky.table.set_ssl_context(key, connection);
+                }
+            }
+        }
+    }
+
+    /// Returns a QoS slot taken for an attempt that never started, and hands it on.
+    fn give_back_slot(&mut self, cx: &mut Ctx, id: BackendId) {
+        let Some(b) = cx
+            .snapshot
+            .clusters
+            .get(self.x.cluster)
+            .and_then(|c| c.backend(id))
+            .map(|b| b.state.clone())
+        else {
+            return;
+        };
+        b.release_slot();
+        if let Some(w) = b.queue.release(&b, cx.now) {
+            cx.deliver_grant(&w);
+        }
     }
 
     fn step_connect(&mut self, cx: &mut Ctx) -> bool {
@@ -710,8 +910,13 @@ impl Session {
         let key = self.upstream.take()?;
         if self.x.attempt_open {
             self.x.attempt_open = false;
-            if let Some(u) = cx.upstreams.get(key) {
+            let grant = cx.upstreams.get(key).and_then(|u| {
                 u.backend.attempt_finished(outcome);
+                // The freed slot goes straight to the best waiting request (one load when none wait).
+                u.backend.queue.release(&u.backend, cx.now)
+            });
+            if let Some(w) = grant {
+                cx.deliver_grant(&w);
             }
         }
         Some(key)
@@ -1019,6 +1224,48 @@ impl Session {
                 upgrade: false,
             };
             write_response_head(out, bytes, head, &opts);
+            if let Some(st) = &mut self.x.sticky {
+                let route = cx.snapshot.routes.get(self.x.route);
+                let identity = route
+                    .filter(|_| cx.snapshot.generation == self.x.generation)
+                    .and_then(|r| r.session.as_ref());
+                let backend = self.x.backend;
+                match (identity, backend) {
+                    (Some(SessionIdentity::Insert(name)), Some((_, address)))
+                        if st.issue_cookie =>
+                    {
+                        if let Some(key) = st.key {
+                            let secure = cx.listeners[self.listener as usize].proto == "https";
+                            cx.sticky.write_set_cookie(
+                                out,
+                                name,
+                                key,
+                                address,
+                                cx.unix_now,
+                                secure,
+                            );
+                            st.issue_cookie = false;
+                        }
+                    }
+                    (Some(SessionIdentity::Learn(name)), Some((id, _))) => {
+                        // The backend set (or changed) its session cookie: bind that session here.
+                        if let Some(value) = crate::http::cookie::response_set_cookie(
+                            &head.headers,
+                            bytes,
+                            name.as_bytes(),
+                        ) {
+                            let key = cx.sticky.learned_key(value);
+                            if st.key != Some(key) || !st.bound {
+                                cx.sticky.table.bind(cx.worker, key, id, cx.unix_now);
+                                st.key = Some(key);
+                                st.bound = true;
+                                st.preferred = Some(id);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
             end_head(out);
             self.close_after = close;
             self.x.status = head.status;
@@ -1441,7 +1688,7 @@ impl Session {
         record.bytes_in = self.x.bytes_in;
         record.bytes_out = self.x.bytes_out;
         record.backend = self.x.backend.map(|(_, a)| a);
-        record.queue_us = self.x.backend.map(|_| 0);
+        record.queue_us = self.x.queue_us.or_else(|| self.x.backend.map(|_| 0));
         record.connect_us = self.x.connect_us;
         record.response_us = self.x.response_us;
         record.total_us = self.x.micros_since_start(cx.now);
@@ -1465,6 +1712,14 @@ impl Session {
             } else {
                 self.last_client_io + t.client_idle
             }),
+            Phase::Queued => {
+                let wait = cx
+                    .snapshot
+                    .clusters
+                    .get(self.x.cluster)
+                    .map_or(Duration::from_secs(10), |c| c.queue_timeout);
+                Some(self.x.queued_at.unwrap_or(cx.now) + wait)
+            }
             Phase::Connect => Some(self.x.connect_started + t.connect),
             Phase::Exchange => {
                 let upstream =
@@ -1508,6 +1763,15 @@ impl Session {
                     self.phase = Phase::Closed;
                 }
             }
+            Phase::Queued => {
+                if self.x.waiter.as_ref().is_some_and(|w| w.is_granted()) {
+                    // Granted just as time ran out: use the slot.
+                    self.step_queued(cx);
+                } else {
+                    self.leave_queue(cx);
+                    self.fail(cx, Termination::QueueTimeout);
+                }
+            }
             Phase::Connect => self.upstream_failed(cx, Termination::ConnectTimeout),
             Phase::Exchange => {
                 let upstream_late = self.x.resp != ResponseState::Done
@@ -1530,6 +1794,7 @@ impl Session {
 
     /// Frees everything the session holds; called once, when it leaves the worker.
     pub fn close(&mut self, cx: &mut Ctx) {
+        self.leave_queue(cx);
         if let Some(key) = self.end_attempt(cx, AttemptOutcome::Abandoned) {
             cx.close_upstream(key);
         }
@@ -1579,4 +1844,89 @@ fn outcome_of(term: Termination) -> AttemptOutcome {
         | Termination::UpstreamTimeout => AttemptOutcome::Failed,
         _ => AttemptOutcome::Abandoned,
     }
+}
+
+/// What `choose_backend` needs to admit a request to a backend's QoS queue.
+struct Admit {
+    worker: usize,
+    session: usize,
+    session_id: u64,
+    now: Instant,
+    unix_now: u32,
+}
+
+/// Chooses the backend for an attempt — the session's own for a secure request (unless it is down or
+/// just failed), else the balancer's pick — binds or rebinds the session, and, when the cluster limits
+/// requests in flight, takes a slot or a place in the queue (`None`: no limit).
+fn choose_backend(
+    x: &mut Exchange,
+    cluster: &Cluster,
+    balancer: &mut balance::Balancer,
+    sticky: &crate::sticky::Stickiness,
+    failover: FailoverPolicy,
+    avoid: Option<BackendId>,
+    admit: Admit,
+) -> Result<(BackendId, SocketAddr, Option<Admission>), Termination> {
+    let mut chosen = None;
+    if let Some(pref) = x.sticky.as_ref().and_then(|st| st.preferred) {
+        match cluster.backend(pref) {
+            Some(b) if b.eligible() && Some(pref) != avoid => chosen = Some(b),
+            _ if failover == FailoverPolicy::Fail => return Err(Termination::SessionBackendDown),
+            _ => {}
+        }
+    }
+    let backend = match chosen {
+        Some(b) => b,
+        None => {
+            let pick = PickContext {
+                hash_key: x.hash_key,
+                avoid,
+            };
+            balancer
+                .pick(x.cluster, cluster, &pick)
+                .ok_or(Termination::NoBackend)?
+        }
+    };
+    let (id, address) = (backend.state.id, backend.state.address);
+
+    // Bind a new session, rebind one whose backend was down or failed (logged), and decide whether
+    // the response carries a fresh cookie.
+    if let Some(st) = &mut x.sticky {
+        if let Some(key) = st.key {
+            if !st.bound {
+                sticky.table.bind(admit.worker, key, id, admit.unix_now);
+                st.bound = true;
+                if st.preferred.is_some_and(|p| p != id) {
+                    st.issue_cookie = true;
+                }
+            } else if st.preferred != Some(id) {
+                sticky.table.rebind(admit.worker, key, id, admit.unix_now);
+                let from = st.preferred.and_then(|p| cluster.backend(p)).map_or_else(
+                    || "a removed backend".to_string(),
+                    |b| b.state.address.to_string(),
+                );
+                log::info!(
+                    "session rebound from {from} to {address} (cluster {}): its backend is down or failed",
+                    cluster.name
+                );
+                st.issue_cookie = true;
+                st.ssl_context = 0;
+            }
+            st.preferred = Some(id);
+        }
+    }
+
+    let admission = (cluster.max_inflight > 0).then(|| {
+        backend.state.queue.admit(
+            &backend.state,
+            cluster.max_inflight,
+            cluster.max_queue,
+            x.priority,
+            admit.worker,
+            admit.session,
+            admit.session_id,
+            admit.now,
+        )
+    });
+    Ok((id, address, admission))
 }

@@ -10,7 +10,8 @@ pub mod worker;
 use crate::access_log::AccessLog;
 use crate::balance::BackendRegistry;
 use crate::config::{self, Config};
-use crate::proxy::context::{Ctx, ListenerInfo};
+use crate::proxy::context::{Ctx, ListenerInfo, Peer};
+use crate::sticky::Stickiness;
 use crate::tls::server::TlsShared;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
@@ -51,7 +52,7 @@ pub struct RunOptions {
 
 struct WorkerHandle {
     commands: Sender<Command>,
-    waker: Waker,
+    waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -68,6 +69,7 @@ pub struct Server {
     exits: Receiver<usize>,
     access_log: Option<(AccessLog, JoinHandle<()>)>,
     tls: TlsShared,
+    sticky: Arc<Stickiness>,
     /// Active health checks and passive cool-downs, one thread for the process.
     prober: Option<crate::health::Prober>,
 }
@@ -144,10 +146,37 @@ impl Server {
             max_connections: config.workers.max_connections,
             accept_batch: config.workers.accept_batch,
         };
-        for (index, listeners) in per_worker.into_iter().enumerate() {
+        // Every worker's channel and waker exist before any worker starts: QoS grants cross workers.
+        let mut polls = Vec::with_capacity(count);
+        let mut peers = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
+        for _ in 0..count {
             let poll = Poll::new()?;
-            let waker = Waker::new(poll.registry(), worker::WAKER)?;
+            let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
             let (tx, rx) = unbounded();
+            peers.push(Peer {
+                commands: tx,
+                waker,
+            });
+            receivers.push(rx);
+            polls.push(poll);
+        }
+        let peers = Arc::new(peers);
+        let sticky = Arc::new(Stickiness::new(&config.sessions, count).map_err(StartError::Tls)?);
+        if config.sessions.cookie_keys.is_empty()
+            && config
+                .routes
+                .iter()
+                .any(|r| matches!(r.session, Some(crate::config::SessionIdentity::Insert(_))))
+        {
+            log::warn!(
+                "sessions.cookie_keys is empty: session cookies are sealed with a key made at start-up and \
+                 will not be honoured after a restart or by another node"
+            );
+        }
+        for (index, ((listeners, poll), rx)) in
+            per_worker.into_iter().zip(polls).zip(receivers).enumerate()
+        {
             let cx = Ctx::new(
                 index,
                 poll.registry().try_clone()?,
@@ -158,6 +187,8 @@ impl Server {
                 access_log.as_ref().map(|(log, _)| log.clone()),
                 infos.clone(),
                 tls.stats.clone(),
+                sticky.clone(),
+                peers.clone(),
             );
             let w = Worker::new(
                 poll,
@@ -182,8 +213,8 @@ impl Server {
                     w.run();
                 })?;
             workers.push(WorkerHandle {
-                commands: tx,
-                waker,
+                commands: peers[index].commands.clone(),
+                waker: peers[index].waker.clone(),
                 thread: Some(thread),
             });
         }
@@ -206,6 +237,7 @@ impl Server {
             exits,
             access_log,
             tls,
+            sticky,
             prober: Some(prober),
         })
     }
@@ -321,6 +353,35 @@ impl Server {
             log::info!("stats: access log lines dropped={}", log.dropped());
         }
         log::info!("stats: tls handshakes {}", self.tls.stats.summary());
+        let t = self.sticky.table.totals();
+        log::info!(
+            "stats: sessions entries={} hits={} misses={} binds={} rebinds={} evictions={} expirations={}",
+            t.entries,
+            t.hits,
+            t.misses,
+            t.binds,
+            t.rebinds,
+            t.evictions,
+            t.expirations
+        );
+        for c in snapshot.clusters.iter().filter(|c| c.max_inflight > 0) {
+            for b in &c.backends {
+                let q = b.state.queue.report();
+                log::info!(
+                    "stats: qos cluster {} backend {} inflight={}/{} waiting_by_class={:?} granted={} \
+                     wait_p50_us={} wait_p99_us={} wait_max_us={}",
+                    c.name,
+                    b.state.address,
+                    b.state.inflight(),
+                    c.max_inflight,
+                    q.waiting,
+                    q.granted,
+                    q.wait_p50_us,
+                    q.wait_p99_us,
+                    q.wait_max_us
+                );
+            }
+        }
     }
 
     /// Handles signals until every worker has stopped. Returns `false` if a worker died unexpectedly.
@@ -339,6 +400,8 @@ impl Server {
             })?;
         let grace = self.config.timeouts.shutdown_grace;
         let rotation = crossbeam_channel::tick(self.config.tls.ticket_rotation);
+        // Session expiry and the table's size bound are enforced here, off the workers.
+        let sweep = crossbeam_channel::tick(Duration::from_secs(1));
         let mut stopping = false;
         let mut healthy = true;
         let mut running = self.workers.len();
@@ -362,6 +425,7 @@ impl Server {
                     }
                     _ => {}
                 },
+                recv(sweep) -> _ => self.sticky.table.sweep(crate::sticky::unix_now()),
                 recv(rotation) -> _ => {
                     self.tls.tickets.rotate();
                     log::info!("rotated TLS session ticket keys");

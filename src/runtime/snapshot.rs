@@ -25,6 +25,8 @@ pub struct ConfigSnapshot {
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Per cluster (same order as `clusters`): how to speak TLS to its backends.
     pub cluster_tls: Vec<Option<UpstreamTls>>,
+    /// Header a trusted upstream sets a request's QoS priority with (lowercase).
+    pub qos_priority_header: Option<String>,
 }
 
 impl ConfigSnapshot {
@@ -61,6 +63,11 @@ impl ConfigSnapshot {
             .iter()
             .map(|(name, c)| Arc::new(Cluster::build(name, c, registry)))
             .collect();
+        for c in &clusters {
+            for b in &c.backends {
+                b.state.set_aging(config.qos.aging);
+            }
+        }
         let routes = RouteTable::build(&config.routes, |name| {
             clusters.iter().position(|c| c.name == name)
         });
@@ -76,6 +83,11 @@ impl ConfigSnapshot {
             backend_id_bound: registry.id_bound(),
             listener_tls,
             cluster_tls,
+            qos_priority_header: config
+                .qos
+                .priority_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
         })
     }
 }

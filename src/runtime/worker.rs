@@ -29,6 +29,8 @@ pub const MAX_LISTENERS: usize = 1024;
 pub enum Command {
     /// Stop accepting, finish in-flight requests within `grace`, then exit.
     Shutdown { grace: Duration },
+    /// A QoS slot was handed to one of this worker's waiting sessions.
+    Grant { session: usize, id: u64 },
 }
 
 /// Tuning that does not change on reload.
@@ -116,6 +118,7 @@ impl Worker {
                 }
             }
             self.cx.now = Instant::now();
+            self.cx.unix_now = crate::sticky::unix_now();
             self.refresh_snapshot();
             self.dispatch_events();
             if self.accept_retry_at.is_some_and(|t| t <= self.cx.now) {
@@ -146,7 +149,7 @@ impl Worker {
                 .listeners
                 .iter()
                 .any(|l| l.pending && l.socket.is_some());
-        if accept_now || !self.ready.is_empty() {
+        if accept_now || !self.ready.is_empty() || !self.cx.granted.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut t = self.cx.timers.next_timeout(self.cx.now);
@@ -222,6 +225,7 @@ impl Worker {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Shutdown { grace } => self.start_drain(grace),
+                Command::Grant { session, id } => self.cx.granted.push((session, id)),
             }
         }
     }
@@ -316,6 +320,15 @@ impl Worker {
     }
 
     fn run_ready(&mut self) {
+        // Sessions granted a QoS slot (by this worker or another) move on.
+        while let Some((key, id)) = self.cx.granted.pop() {
+            if let Some(s) = self.sessions.get_mut(key) {
+                if s.id == id && !s.queued {
+                    s.queued = true;
+                    self.ready.push(key);
+                }
+            }
+        }
         while let Some(key) = self.ready.pop() {
             let Some(session) = self.sessions.get_mut(key) else {
                 continue;
