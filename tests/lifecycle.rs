@@ -84,6 +84,8 @@ fn check_accepts_good_configs_and_names_file_line_and_key_of_bad_ones() {
         "configs/basic.toml",
         "configs/full.toml",
         "configs/demo.toml",
+        "configs/tls.toml",
+        "configs/sticky.toml",
     ] {
         let out = Command::new(bin)
             .args(["check", "-c", good])

@@ -907,6 +907,22 @@ limits.max_headers = 5
         "routes[].host",
         "routes[].path_prefix",
         "routes[].cluster",
+        "routes[].methods",
+        "routes[].header",
+        "routes[].class",
+        "routes[].session",
+        "routes[].priority",
+        "routes[].on_backend_down",
+        "sessions.max_entries",
+        "sessions.ttl",
+        "sessions.cookie_keys",
+        "sessions.same_site",
+        "sessions.cookie_path",
+        "qos.aging",
+        "qos.priority_header",
+        "clusters.*.max_inflight",
+        "clusters.*.max_queue",
+        "clusters.*.queue_timeout",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

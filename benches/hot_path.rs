@@ -1,0 +1,134 @@
+//! Micro-benchmarks of the per-request CPU work, so a regression shows: head scanning and parsing,
+//! the pipeline's route lookup and head rewrite, and session-table lookups with a million sessions.
+//!
+//! Run: `cargo bench --bench hot_path` (add `-- session` to run one group).
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::net::IpAddr;
+use tether::config::{FailoverPolicy, RouteClass, RouteConfig};
+use tether::http::{
+    ForwardContext, HeadLimits, HeadScanner, RequestHead, end_head, parse_request,
+    write_request_head,
+};
+use tether::route::RouteTable;
+use tether::sticky::table::SessionTable;
+
+const REQUEST: &[u8] = b"GET /api/v1/products/12345?expand=reviews&lang=en HTTP/1.1\r\n\
+Host: shop.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Referer: https://shop.example.com/catalog\r\n\
+Cookie: TETHER_SID=abc; theme=dark; consent=1\r\n\
+Connection: keep-alive\r\n\
+X-Forwarded-For: 203.0.113.9\r\n\
+Upgrade-Insecure-Requests: 1\r\n\r\n";
+
+fn route(host: &str, prefix: &str, cluster: &str) -> RouteConfig {
+    RouteConfig {
+        host: host.into(),
+        path_prefix: prefix.into(),
+        cluster: cluster.into(),
+        methods: Vec::new(),
+        header: None,
+        class: RouteClass::Stateless,
+        session: None,
+        priority: None,
+        on_backend_down: FailoverPolicy::Rebind,
+    }
+}
+
+fn head_parsing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("head");
+    g.throughput(Throughput::Elements(1));
+    let limits = HeadLimits::default();
+    let mut head = RequestHead::with_capacity(limits.max_headers);
+    g.bench_function("scan_and_parse_request", |b| {
+        b.iter(|| {
+            let mut scanner = HeadScanner::default();
+            let len = scanner.scan(black_box(REQUEST), &limits).unwrap().unwrap();
+            parse_request(&REQUEST[..len], &limits, &mut head).unwrap();
+            black_box(head.framing);
+        })
+    });
+    g.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+    let routes = vec![
+        route("shop.example.com", "/static/", "static"),
+        route("shop.example.com", "/api/", "api"),
+        route("*.example.com", "/", "web"),
+        route("*", "/", "web"),
+    ];
+    let names = ["static", "api", "web"];
+    let table = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n));
+    let limits = HeadLimits::default();
+    let mut head = RequestHead::with_capacity(limits.max_headers);
+    let mut out = Vec::with_capacity(2048);
+    let ctx = ForwardContext {
+        client_ip: IpAddr::from([10, 1, 2, 3]),
+        proto: "http",
+        trust_forwarded: false,
+    };
+    // Parse, route and rewrite: the CPU work of one request head before it is written to a backend.
+    g.bench_function("parse_route_rewrite", |b| {
+        b.iter(|| {
+            let mut scanner = HeadScanner::default();
+            let len = scanner.scan(black_box(REQUEST), &limits).unwrap().unwrap();
+            parse_request(&REQUEST[..len], &limits, &mut head).unwrap();
+            let authority = head.authority.map(|a| a.of(REQUEST));
+            let r = table
+                .lookup(authority, head.path.of(REQUEST), |_| true)
+                .unwrap();
+            out.clear();
+            write_request_head(&mut out, REQUEST, &head, &ctx);
+            end_head(&mut out);
+            black_box((r, out.len()));
+        })
+    });
+    g.finish();
+}
+
+fn session_table(c: &mut Criterion) {
+    const SESSIONS: u128 = 1_000_000;
+    let table = SessionTable::new(1, 2_000_000, 3600);
+    // Keys as the table sees them: uniformly spread 128-bit values.
+    let key = |i: u128| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    for i in 0..SESSIONS {
+        table.bind(0, key(i), (i % 8) as usize, 1_000);
+    }
+    let mut g = c.benchmark_group("session_table");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u128;
+    // Worst case: every lookup a different session, uniformly over a million (DRAM-latency bound).
+    g.bench_function("lookup_hit_1m_entries_uniform", |b| {
+        b.iter(|| {
+            i = (i + 7_919) % SESSIONS;
+            black_box(table.lookup(0, key(i), 1_000))
+        })
+    });
+    // A million sessions of which 10,000 are active at a time (the rest idle until they expire).
+    let mut j = 0u128;
+    g.bench_function("lookup_hit_1m_entries_10k_active", |b| {
+        b.iter(|| {
+            j = (j + 7_919) % 10_000;
+            black_box(table.lookup(0, key(j * 100), 1_000))
+        })
+    });
+    g.bench_function("lookup_miss_1m_entries", |b| {
+        b.iter_batched(
+            || key(SESSIONS + i),
+            |k| black_box(table.lookup(0, k, 1_000)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, head_parsing, pipeline, session_table);
+criterion_main!(benches);
