@@ -32,6 +32,7 @@ latency and status codes only after the warm-up.";
 #[command(
     name = "tether-bench",
     version,
+    args_override_self = true,
     about = "HTTP/1.1 load generator: closed and open loop, keep-alive, pipelining, TLS, sessions",
     after_help = EXAMPLES
 )]
@@ -139,7 +140,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("unknown duration unit {u:?} in {s:?}")),
     };
     let secs = v * mult;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration out of range: {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))

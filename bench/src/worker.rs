@@ -505,7 +505,7 @@ impl Ctx {
         }
         if self.sched.is_some() {
             self.mark_idle(c, idx);
-        } else {
+        } else if now < self.cfg.end_ns {
             self.start_request(c, now, now);
         }
         None
@@ -648,11 +648,12 @@ pub fn run(
         if !ctx.restart.is_empty() {
             deadline = now;
         }
-        if let Some(s) = &ctx.sched {
-            if !ctx.idle.is_empty() && s.next_time() < deadline {
-                deadline = s.next_time();
-                precise = true;
-            }
+        if let Some(s) = &ctx.sched
+            && !ctx.idle.is_empty()
+            && s.next_time() < deadline
+        {
+            deadline = s.next_time();
+            precise = true;
         }
         let wait = deadline.saturating_sub(now);
         // epoll waits in whole milliseconds (mio rounds up). For an intended
@@ -665,10 +666,10 @@ pub fn run(
         } else {
             Duration::from_nanos(wait)
         };
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        if let Err(e) = poll.poll(&mut events, Some(timeout))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(e);
         }
         for ev in events.iter() {
             let i = ev.token().0;
