@@ -505,8 +505,12 @@ impl Ctx {
         }
         if self.sched.is_some() {
             self.mark_idle(c, idx);
-        } else if now < self.cfg.end_ns {
-            self.start_request(c, now, now);
+        } else if now < self.cfg.end_ns && c.inflight.len() <= self.depth() / 2 {
+            // Pipelining refills in batches once half the window is answered:
+            // one write per batch instead of one per response.
+            for _ in c.inflight.len()..self.depth() {
+                self.start_request(c, now, now);
+            }
         }
         None
     }
