@@ -669,6 +669,9 @@ pub fn run(
         let timeout = if wait >= 1_000_000 {
             Duration::from_millis(wait / 1_000_000)
         } else if precise {
+            // Busy-poll, but let anything else runnable on this CPU (the
+            // target, say) have it first.
+            std::thread::yield_now();
             Duration::ZERO
         } else {
             Duration::from_nanos(wait)
