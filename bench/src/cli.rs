@@ -65,7 +65,8 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Requests in flight per connection (HTTP/1.1 pipelining)
+    /// Requests in flight per connection (HTTP/1.1 pipelining; refilled in one
+    /// write once half of them are answered)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pipeline: u32,
 
