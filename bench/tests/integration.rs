@@ -136,3 +136,80 @@ fn timeouts_are_counted() {
     assert_eq!(n(&j["requests"]), 0);
     assert!(n(&j["errors"]["timeout"]) >= 2, "{j}");
 }
+
+/// A server whose responses rotate through a chunked body with a trailer, an
+/// interim 103 before a Content-Length body, and (for HEAD) a Content-Length
+/// header without body; driven by a scenario mixing GET and HEAD.
+#[test]
+fn chunked_interim_and_head_responses() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count2 = count.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            let count = count2.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                let mut i = 0u64;
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let head = line.starts_with("HEAD ");
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    let resp: &[u8] = if head {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n"
+                    } else if i.is_multiple_of(2) {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10;x=y\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabc"
+                    };
+                    if r.get_mut().write_all(resp).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let scenario = std::env::temp_dir().join(format!("tether-bench-mix-{}.txt", addr.port()));
+    std::fs::write(&scenario, "GET /a weight=2\nHEAD /b\n").unwrap();
+    let url = format!("http://{addr}/");
+    let j = bench(&[
+        "-t",
+        "1",
+        "-c",
+        "2",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        &url,
+    ]);
+    let _ = std::fs::remove_file(&scenario);
+    let client = n(&j["requests"]);
+    let seen = count.load(Ordering::Relaxed);
+    assert!(
+        client > 0 && seen - client <= 2,
+        "client {client}, server {seen}"
+    );
+    assert_eq!(n(&j["errors"]["total"]), 0, "{j}");
+    // Both 200 (chunked and HEAD) and 201 (after the 103) were seen; no 103.
+    assert!(
+        n(&j["status"]["200"]) > 0 && n(&j["status"]["201"]) > 0,
+        "{j}"
+    );
+    assert!(j["status"].get("103").is_none());
+}
