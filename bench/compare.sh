@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Side-by-side comparison: tether, HAProxy and nginx (as a reverse proxy) in front of the same two nginx
+# backends, and the backend directly, on this machine, in the same run, with the same load generator
+# (tether-bench). Prints one table per run and, with --write, replaces the "Proxy comparison" section of
+# bench/RESULTS.md.
+#
+# Placement (2-core machines): the proxy under test runs on CPU 1 with one worker/thread; the backends and
+# the load generator share CPU 0. Every proxy sees exactly the same setup. Rounds are interleaved
+# (tether, HAProxy, nginx, direct, tether, …) and the medians reported, because shared machines are noisy.
+#
+# Usage: bench/compare.sh [--rounds N] [--duration 10s] [--connections 50] [--workloads a,b,…] [--write]
+# Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed (default: all)
+set -euo pipefail
+
+ROUNDS=3
+DURATION=10s
+CONNECTIONS=50
+WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed"
+WRITE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --workloads) WORKLOADS=$2; shift 2 ;;
+    --write) WRITE=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+# --- tools ---------------------------------------------------------------------------------------------
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian's packages" >&2
+  if [ "$(id -u)" -ne 0 ]; then echo "need root to install ${need[*]}" >&2; exit 1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+CPUS=$(nproc)
+PROXY_CPU=$(( CPUS > 1 ? 1 : 0 ))
+LOAD_CPU=0
+
+echo "building release binaries" >&2
+cargo build --release -q -p tether -p tether-bench
+TETHER="$ROOT/target/release/tether"
+BENCH="$ROOT/target/release/tether-bench"
+
+WORK=$(mktemp -d /tmp/tether-compare.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Ports: backends 19001-19002; plain proxies 19080 (tether) 19180 (haproxy) 19280 (nginx);
+# TLS proxies 19443 19543 19643.
+"$TETHER" certs --out "$WORK/certs" >/dev/null
+cat "$WORK/certs/localhost.crt" "$WORK/certs/localhost.key" > "$WORK/certs/haproxy.pem"
+head -c 16384 /dev/zero | tr '\0' 'x' > "$WORK/16k.txt"
+
+# --- backends: nginx, one worker, tiny and 16 KiB bodies --------------------------------------------------
+mkdir -p "$WORK/backend" "$WORK/nginx-proxy"
+cat > "$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:19001 reuseport;
+    listen 127.0.0.1:19002 reuseport;
+    location = /16k { default_type text/plain; alias $WORK/16k.txt; }
+    location / { default_type text/plain; return 200 "ok"; }
+  }
+}
+EOF
+taskset -c $LOAD_CPU "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+
+# --- tether ----------------------------------------------------------------------------------------------
+cat > "$WORK/tether.toml" <<EOF
+[workers]
+count = 1
+[access_log]
+enabled = false
+[sessions]
+cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
+[[listeners]]
+address = "127.0.0.1:19080"
+[[listeners]]
+address = "127.0.0.1:19443"
+[listeners.tls]
+certificates = [{ cert = "$WORK/certs/localhost.crt", key = "$WORK/certs/localhost.key" }]
+[clusters.app]
+balance = "round_robin"
+backends = [{ address = "127.0.0.1:19001" }, { address = "127.0.0.1:19002" }]
+[[routes]]
+path_prefix = "/sticky"
+cluster = "app"
+class = "secure"
+session = "insert:TSID"
+[[routes]]
+cluster = "app"
+EOF
+TETHER_LOG=warn taskset -c $PROXY_CPU "$TETHER" run -c "$WORK/tether.toml" > "$WORK/tether.log" 2>&1 &
+PIDS+=($!)
+
+# --- HAProxy: one thread, keep-alive to backends (http-reuse safe, the default) ---------------------------
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:19180
+  bind 127.0.0.1:19543 ssl crt $WORK/certs/haproxy.pem alpn http/1.1
+  acl sticky path_beg /sticky
+  use_backend sticky if sticky
+  default_backend app
+backend app
+  balance roundrobin
+  server s1 127.0.0.1:19001
+  server s2 127.0.0.1:19002
+backend sticky
+  balance roundrobin
+  cookie SRV insert indirect nocache
+  server s1 127.0.0.1:19001 cookie s1
+  server s2 127.0.0.1:19002 cookie s2
+EOF
+taskset -c $PROXY_CPU haproxy -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+# --- nginx as a reverse proxy: one worker, keep-alive upstream --------------------------------------------
+cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx-proxy/nginx.pid;
+error_log $WORK/nginx-proxy/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  upstream app { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive 128; }
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  server {
+    listen 127.0.0.1:19280;
+    listen 127.0.0.1:19643 ssl;
+    ssl_certificate $WORK/certs/localhost.crt;
+    ssl_certificate_key $WORK/certs/localhost.key;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+}
+EOF
+taskset -c $PROXY_CPU "$NGINX" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" &
+PIDS+=($!)
+
+# Wait until everything answers.
+for url in http://127.0.0.1:19001/ http://127.0.0.1:19080/ http://127.0.0.1:19180/ http://127.0.0.1:19280/; do
+  for _ in $(seq 100); do
+    if "$BENCH" -q -c1 -t1 -d200ms --warmup 0 --json "$url" 2>/dev/null | grep -q '"requests": *[1-9]'; then break; fi
+    sleep 0.1
+  done
+done
+
+# --- one measurement -------------------------------------------------------------------------------------
+# run TARGET WORKLOAD → prints "rps p50_us p99_us errors" (or "- - - -" when not applicable)
+run() {
+  local target=$1 workload=$2 port path scheme=http extra=()
+  case "$target" in
+    tether) port=19080 ;; haproxy) port=19180 ;; nginx) port=19280 ;; direct) port=19001 ;;
+  esac
+  path=/
+  case "$workload" in
+    ka_tiny) ;;
+    ka_16k) path=/16k ;;
+    new_conn) extra+=(--new-conn) ;;
+    sticky)
+      [ "$target" = nginx ] && { echo "- - - -"; return; }  # open-source nginx has no cookie insertion
+      path=/sticky; extra+=(--sessions) ;;
+    tls_ka|tls_full|tls_resumed)
+      [ "$target" = direct ] && { echo "- - - -"; return; }
+      scheme=https
+      case "$target" in tether) port=19443 ;; haproxy) port=19543 ;; nginx) port=19643 ;; esac
+      extra+=(--cacert "$WORK/certs/ca.crt" --sni localhost)
+      [ "$workload" = tls_full ] && extra+=(--new-conn --no-resume)
+      [ "$workload" = tls_resumed ] && extra+=(--new-conn) ;;
+  esac
+  local json
+  json=$(taskset -c $LOAD_CPU "$BENCH" -q -t1 -c"$CONNECTIONS" -d"$DURATION" --warmup 1s --json \
+    "${extra[@]}" "$scheme://127.0.0.1:$port$path" 2>/dev/null) || { echo "- - - -"; return; }
+  local rps p50 p99 errs
+  # Pretty-printed JSON, one field per line: pick fields by name without a JSON tool.
+  field() { grep -o "\"$1\": *[0-9.]*" <<<"$json" | tail -1 | sed 's/.*: *//'; }
+  rps=$(field requests_per_sec); p50=$(field p50); p99=$(field p99); errs=$(field total)
+  printf '%.0f %s %s %s\n' "$rps" "$p50" "$p99" "$errs"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END { if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
+
+TARGETS=(tether haproxy nginx direct)
+declare -A RPS P50 P99 ERR
+IFS=',' read -r -a WL <<<"$WORKLOADS"
+for w in "${WL[@]}"; do
+  for r in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+      read -r rps p50 p99 errs < <(run "$t" "$w")
+      echo "round $r $w $t: ${rps} req/s p50=${p50}us p99=${p99}us errors=${errs}" >&2
+      if [ "$rps" != "-" ]; then
+        RPS[$w,$t]+="$rps "; P50[$w,$t]+="$p50 "; P99[$w,$t]+="$p99 "; ERR[$w,$t]+="$errs "
+      fi
+    done
+  done
+done
+
+med() { tr ' ' '\n' <<<"${1:-}" | grep -v '^$' | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="-"||b=="-"||b==0) print "-"; else printf "%.2f", a/b }'; }
+
+TABLE=$(
+  echo "| workload | tether req/s | HAProxy req/s | nginx req/s | direct req/s | tether/HAProxy | tether/nginx | tether/direct | HAProxy/direct | nginx/direct | p50 µs (t / h / n) | p99 µs (t / h / n) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+  for w in "${WL[@]}"; do
+    t=$(med "${RPS[$w,tether]:-}"); h=$(med "${RPS[$w,haproxy]:-}"); n=$(med "${RPS[$w,nginx]:-}"); d=$(med "${RPS[$w,direct]:-}")
+    tp50=$(med "${P50[$w,tether]:-}"); hp50=$(med "${P50[$w,haproxy]:-}"); np50=$(med "${P50[$w,nginx]:-}")
+    tp99=$(med "${P99[$w,tether]:-}"); hp99=$(med "${P99[$w,haproxy]:-}"); np99=$(med "${P99[$w,nginx]:-}")
+    echo "| $w | $t | $h | $n | $d | $(ratio "$t" "$h") | $(ratio "$t" "$n") | $(ratio "$t" "$d") | $(ratio "$h" "$d") | $(ratio "$n" "$d") | $tp50 / $hp50 / $np50 | $tp99 / $hp99 / $np99 |"
+  done
+)
+CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS"
+echo
+echo "$TABLE"
+
+if [ "$WRITE" = 1 ]; then
+  MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"
+  VERSIONS="tether $("$TETHER" --version | awk '{print $2}'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $("$NGINX" -v 2>&1 | sed 's/.*\///;s/^/nginx /')"
+  SECTION=$(cat <<EOF
+<!-- compare:start -->
+## Proxy comparison
+
+Latest run: $(date -u +%Y-%m-%dT%H:%MZ), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg).
+Machine: $MACHINE. Versions: $VERSIONS.
+Command: \`$CMD\`. Each proxy: one worker/thread on CPU $PROXY_CPU, keep-alive to two nginx backends (one worker)
+on CPU $LOAD_CPU, load from \`tether-bench -t1 -c$CONNECTIONS -d$DURATION\` on CPU $LOAD_CPU; rounds interleaved, medians of
+$ROUNDS. TLS: the same ECDSA P-256 certificate for all three; \`tls_full\` = new connection per request without
+resumption, \`tls_resumed\` = new connection per request with resumption. nginx has no cookie insertion, so no
+sticky figure.
+
+$TABLE
+<!-- compare:end -->
+EOF
+)
+  if grep -q '<!-- compare:start -->' bench/RESULTS.md; then
+    awk -v section="$SECTION" '
+      /<!-- compare:start -->/ { print section; skip=1; next }
+      /<!-- compare:end -->/ { skip=0; next }
+      !skip { print }' bench/RESULTS.md > "$WORK/results.md"
+    cp "$WORK/results.md" bench/RESULTS.md
+  else
+    printf '\n%s\n' "$SECTION" >> bench/RESULTS.md
+  fi
+  echo "wrote bench/RESULTS.md" >&2
+fi
