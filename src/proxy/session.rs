@@ -262,6 +262,11 @@ impl Session {
         &mut self.client
     }
 
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// Runs the state machine until nothing more can happen without new readiness or time.
     pub fn drive(&mut self, cx: &mut Ctx) {
         loop {

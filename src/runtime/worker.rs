@@ -11,7 +11,9 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,11 @@ pub struct Worker {
     accept_retry_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     due: Vec<TimerEntry>,
+    /// Open client connections of this worker by client address, for `limits.max_connections_per_client`.
+    /// Per worker and lock-free: with N workers a client may hold N times the cap (see docs/CONFIG.md).
+    per_client: HashMap<IpAddr, u32>,
+    /// Connections closed at accept for being over the per-client cap.
+    pub rejected_per_client: u64,
 }
 
 impl Worker {
@@ -97,6 +104,8 @@ impl Worker {
             accept_retry_at: None,
             drain_deadline: None,
             due: Vec::with_capacity(256),
+            per_client: HashMap::new(),
+            rejected_per_client: 0,
         })
     }
 
@@ -231,6 +240,11 @@ impl Worker {
                 match socket.accept() {
                     Ok((stream, peer)) => {
                         accepted += 1;
+                        if self.over_client_limit(peer) {
+                            // Closed at once, unanswered: the client already holds its share.
+                            drop(stream);
+                            continue;
+                        }
                         self.add_session(stream, peer, i as u16);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -249,6 +263,26 @@ impl Worker {
             }
             self.listeners[i].pending = !drained;
         }
+    }
+
+    /// Whether `peer`'s address already holds `limits.max_connections_per_client` connections here.
+    fn over_client_limit(&mut self, peer: SocketAddr) -> bool {
+        let cap = self.cx.snapshot.max_connections_per_client;
+        if cap == 0 {
+            return false;
+        }
+        let ip = peer.ip().to_canonical();
+        let open = self.per_client.get(&ip).copied().unwrap_or(0) as usize;
+        if open < cap {
+            return false;
+        }
+        self.rejected_per_client += 1;
+        log::debug!(
+            "worker {}: {ip} holds {open} connection(s), the per-client limit; new connection closed ({} so far)",
+            self.cx.worker,
+            self.rejected_per_client
+        );
+        true
     }
 
     fn add_session(
@@ -276,6 +310,7 @@ impl Worker {
         entry.insert(session);
         self.ready.push(key);
         self.cx.stats.accepted += 1;
+        *self.per_client.entry(peer.ip().to_canonical()).or_insert(0) += 1;
     }
 
     fn run_ready(&mut self) {
@@ -293,6 +328,13 @@ impl Worker {
 
     fn remove_session(&mut self, key: usize) {
         let mut session = self.sessions.remove(key);
+        let ip = session.peer().ip().to_canonical();
+        if let Some(n) = self.per_client.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&ip);
+            }
+        }
         session.close(&mut self.cx);
         drop(session);
         if self.accept_paused {
