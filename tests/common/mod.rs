@@ -781,3 +781,67 @@ pub fn json_fields(line: &str) -> HashMap<String, String> {
     }
     out
 }
+
+// ----- process accounting (appended for the hardening tests) -------------------------------------------
+
+impl Tether {
+    /// The tether process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tether running").id()
+    }
+
+    /// Resident memory of the tether process in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Open file descriptors of the tether process (entries of `/proc/PID/fd`).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard limit (tests that hold thousands of sockets).
+pub fn raise_fd_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise the open file limit")
+}
+
+/// Polls `cond` until it holds or `PATIENCE` runs out; returns whether it held.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Client {
+    /// A client over an already connected stream (bound to a chosen source address, say).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+}
