@@ -8,6 +8,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fault_injection;
 pub mod fuzzing;
 pub mod http;
 pub mod logging;

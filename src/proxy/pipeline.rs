@@ -16,6 +16,7 @@ pub fn route<'s>(
     head: &RequestHead,
     bytes: &[u8],
 ) -> Result<&'s Route, Termination> {
+    crate::fault_injection::on_request_path(head.path.of(bytes));
     let authority = head.authority.map(|a| a.of(bytes));
     snapshot
         .routes

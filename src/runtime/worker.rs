@@ -14,6 +14,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,11 @@ pub enum Command {
     /// Stop accepting, finish in-flight requests within `grace`, then exit.
     Shutdown { grace: Duration },
 }
+
+/// More panics than this within `PANIC_WINDOW` and the worker gives up: the process exits non-zero so its
+/// supervisor restarts it (a bug that fires on every request is not worth limping on with).
+const PANIC_BUDGET: u32 = 10;
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
 /// Tuning that does not change on reload.
 #[derive(Debug, Clone)]
@@ -68,6 +74,10 @@ pub struct Worker {
     per_client: HashMap<IpAddr, u32>,
     /// Connections closed at accept for being over the per-client cap.
     pub rejected_per_client: u64,
+    /// Panics caught while handling a session, in all and within the current window.
+    pub panics: u64,
+    panics_in_window: u32,
+    panic_window_start: Instant,
 }
 
 impl Worker {
@@ -106,6 +116,9 @@ impl Worker {
             due: Vec::with_capacity(256),
             per_client: HashMap::new(),
             rejected_per_client: 0,
+            panics: 0,
+            panics_in_window: 0,
+            panic_window_start: Instant::now(),
         })
     }
 
@@ -134,6 +147,16 @@ impl Worker {
             self.run_ready();
             if self.cx.draining && self.finish_drain() {
                 break;
+            }
+            if self.panics_in_window > PANIC_BUDGET {
+                log::error!(
+                    "worker {}: {} panics within {}; stopping so the supervisor restarts tether",
+                    self.cx.worker,
+                    self.panics_in_window,
+                    humantime::format_duration(PANIC_WINDOW)
+                );
+                // Returning ends the thread: `Server::serve` stops the other workers and exits non-zero.
+                return;
             }
         }
         log::debug!("worker {} stopped", self.cx.worker);
@@ -319,9 +342,82 @@ impl Worker {
                 continue;
             };
             session.queued = false;
-            session.drive(&mut self.cx);
-            if session.phase == Phase::Closed {
-                self.remove_session(key);
+            let cx = &mut self.cx;
+            match catch_unwind(AssertUnwindSafe(|| session.drive(cx))) {
+                Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
+                Ok(()) => {}
+                Err(payload) => self.session_panicked(key, payload.as_ref(), "driving"),
+            }
+        }
+    }
+
+    /// A bug panicked while this worker handled one session. The panic is logged with the connection's
+    /// context, that session and its backend connection are dropped (its state cannot be trusted), and the
+    /// worker goes on serving every other connection. See docs/HARDENING.md, "Panics".
+    fn session_panicked(&mut self, key: usize, payload: &(dyn std::any::Any + Send), during: &str) {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        self.panics += 1;
+        if self
+            .cx
+            .now
+            .saturating_duration_since(self.panic_window_start)
+            > PANIC_WINDOW
+        {
+            self.panic_window_start = self.cx.now;
+            self.panics_in_window = 0;
+        }
+        self.panics_in_window += 1;
+        if let Some(s) = self.sessions.get(key) {
+            log::error!(
+                "worker {}: panic while {during} connection {} from {} (phase {:?}): {message}; \
+                 connection dropped ({} panic(s) in this worker)",
+                self.cx.worker,
+                s.id,
+                s.peer(),
+                s.phase,
+                self.panics
+            );
+        }
+        let cx = &mut self.cx;
+        if let Some(mut session) = self.sessions.try_remove(key) {
+            let cleanup = catch_unwind(AssertUnwindSafe(|| {
+                session.abort(cx, Termination::Internal("panic"));
+                session.close(cx);
+            }));
+            if cleanup.is_err() {
+                log::error!(
+                    "worker {}: cleaning up after the panic panicked too",
+                    cx.worker
+                );
+            }
+            let ip = session.peer().ip().to_canonical();
+            if let Some(n) = self.per_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&ip);
+                }
+            }
+            // Dropping the session closes the client socket.
+        }
+        // A backend connection still pointing at the dropped slot belongs to no one now.
+        let orphans: Vec<usize> = self
+            .cx
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.session == Some(key))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            self.cx.close_upstream(k);
+        }
+        if self.accept_paused {
+            self.accept_paused = false;
+            for l in &mut self.listeners {
+                l.pending = true;
             }
         }
     }
@@ -362,9 +458,11 @@ impl Worker {
                     .deadline
                     .fire(&mut self.cx.timers, &entry, self.cx.now)
                 {
-                    session.on_timeout(&mut self.cx);
-                    if session.phase == Phase::Closed {
-                        self.remove_session(key);
+                    let cx = &mut self.cx;
+                    match catch_unwind(AssertUnwindSafe(|| session.on_timeout(cx))) {
+                        Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
+                        Ok(()) => {}
+                        Err(payload) => self.session_panicked(key, payload.as_ref(), "timing out"),
                     }
                 }
             } else if let Some(u) = self.cx.upstreams.get_mut(key) {
