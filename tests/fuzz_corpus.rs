@@ -30,7 +30,12 @@ fn replay(target: &str, entry: fn(&[u8])) {
         dir.display()
     );
     for file in &files {
-        let data = std::fs::read(file).unwrap();
+        let data = match std::fs::read(file) {
+            Ok(d) => d,
+            // A fuzzer running on the same corpus may have just replaced the file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", file.display()),
+        };
         let outcome = std::panic::catch_unwind(|| entry(&data));
         assert!(
             outcome.is_ok(),

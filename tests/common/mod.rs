@@ -67,6 +67,11 @@ impl Tether {
 
     /// Starts tether with extra command-line arguments after `run -c FILE`.
     pub fn start_with(config: &str, args: &[&str]) -> Tether {
+        Tether::start_with_env(config, args, &[])
+    }
+
+    /// Starts tether with extra arguments and environment variables.
+    pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Tether {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tether.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -76,6 +81,7 @@ impl Tether {
             .arg(&config_path)
             .args(args)
             .env("TETHER_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
