@@ -10,8 +10,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How long a stalling backend waits before it gives up (well past tether's `server` timeout below).
-const STALL: Duration = Duration::from_millis(600);
+/// How long a stalling backend waits before it gives up (well past tether's `server` timeout below, which
+/// in turn is far longer than any healthy answer takes, even on a loaded machine).
+const STALL: Duration = Duration::from_millis(1500);
 
 const PARTIAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
 
@@ -48,7 +49,7 @@ fn faulty_backend() -> Backend {
 
 fn config(backend: SocketAddr) -> String {
     format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[timeouts]\nserver = \"200ms\"\n\n\
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[timeouts]\nserver = \"500ms\"\n\n\
          [workers]\nupstream_idle_pool = 8\n\n[access_log]\nformat = \"json\"\n\n\
          [clusters.app]\nretries = 0\nbackends = [{{ address = \"{backend}\" }}]\n\n\
          [[routes]]\ncluster = \"app\"\n"
@@ -247,7 +248,7 @@ fn soak(addr: SocketAddr, count: usize, threads: usize) -> usize {
 #[test]
 fn ten_thousand_faulty_exchanges_leak_no_descriptor_and_no_memory() {
     const HALF: usize = 5_000;
-    const THREADS: usize = 32;
+    const THREADS: usize = 64;
     raise_fd_limit();
     let backend = faulty_backend();
     let mut t = Tether::start(&config(backend.addr));
