@@ -282,3 +282,50 @@ fn ten_thousand_faulty_exchanges_leak_no_descriptor_and_no_memory() {
     assert!(t.running());
     assert_eq!(get(t.addr, "/ok").status, 200);
 }
+
+/// A backend that floods interim (1xx) responses to a client that does not read must not make tether
+/// buffer them without bound: tether stops reading the backend until the client takes what is queued.
+#[test]
+fn a_flood_of_interim_responses_to_a_client_that_does_not_read_stays_bounded() {
+    const FLOOD: usize = 64 * 1024 * 1024;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    let done_tx = std::sync::Mutex::new(done_tx);
+    let backend = Backend::start(move |req, stream| {
+        if req.path != "/flood" {
+            return Some(Reply::text(200, "ok"));
+        }
+        let interim = b"HTTP/1.1 102 Processing\r\n\r\n";
+        let chunk: Vec<u8> = interim.repeat(4096);
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut written = 0;
+        while written < FLOOD {
+            match stream.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        done_tx.lock().unwrap().send(written).unwrap();
+        None
+    });
+    let t = Tether::start(&config_for(&[backend.addr], ""));
+    assert_eq!(get(t.addr, "/warm").status, 200);
+    let baseline = t.rss_kib();
+
+    // This client sends its request and reads nothing.
+    let mut c = Client::connect(t.addr);
+    c.send(b"GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+    let written = done_rx.recv().unwrap();
+    let grown = t.rss_kib().saturating_sub(baseline);
+    eprintln!("interim flood: backend wrote {written} bytes; tether RSS grew {grown} KiB");
+    assert!(
+        written < FLOOD,
+        "tether kept reading the backend although the client took nothing"
+    );
+    assert!(grown < 16 * 1024, "tether RSS grew {grown} KiB");
+    drop(c);
+    assert_eq!(get(t.addr, "/after").status, 200);
+    let mut t = t;
+    assert!(t.running());
+}
