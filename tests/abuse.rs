@@ -41,7 +41,7 @@ impl Slow {
 #[test]
 fn two_thousand_slow_clients_get_408_while_normal_clients_are_served() {
     const SLOW: usize = 2_000;
-    raise_fd_limit();
+    raise_fd_limit(12_500); // both tests of this file may run at once
     let backend = Backend::named("ok");
     let t = Tether::start(&config_for(
         &[backend.addr],
@@ -163,7 +163,7 @@ fn a_client_address_over_its_connection_limit_is_closed_at_accept() {
 fn ten_thousand_idle_keep_alive_connections_are_held_in_little_memory() {
     const CONNECTIONS: usize = 10_000;
     const THREADS: usize = 8;
-    raise_fd_limit();
+    raise_fd_limit(12_500); // both tests of this file may run at once
     let backend = Backend::named("ok");
     let t = Tether::start(&config_for(
         &[backend.addr],

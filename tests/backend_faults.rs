@@ -249,7 +249,7 @@ fn soak(addr: SocketAddr, count: usize, threads: usize) -> usize {
 fn ten_thousand_faulty_exchanges_leak_no_descriptor_and_no_memory() {
     const HALF: usize = 5_000;
     const THREADS: usize = 64;
-    raise_fd_limit();
+    raise_fd_limit(1_024);
     let backend = faulty_backend();
     let mut t = Tether::start(&config(backend.addr));
     for _ in 0..4 {

@@ -821,9 +821,15 @@ impl Tether {
     }
 }
 
-/// Raises this process's soft open-file limit to the hard limit (tests that hold thousands of sockets).
-pub fn raise_fd_limit() -> u64 {
-    rlimit::increase_nofile_limit(u64::MAX).expect("raise the open file limit")
+/// Raises this process's soft open-file limit to the hard limit (tests that hold thousands of sockets) and
+/// checks it allows `needed` descriptors.
+pub fn raise_fd_limit(needed: u64) -> u64 {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open file limit");
+    assert!(
+        limit >= needed,
+        "this test needs {needed} open files, the hard limit allows {limit} (raise it, e.g. ulimit -Hn)"
+    );
+    limit
 }
 
 /// Polls `cond` until it holds or `PATIENCE` runs out; returns whether it held.
