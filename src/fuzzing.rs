@@ -220,11 +220,11 @@ pub fn chunked(data: &[u8]) {
     }
 }
 
-type ChunkedVerdict = Result<(usize, bool, u64), crate::http::HttpError>;
+pub(crate) type ChunkedVerdict = Result<(usize, bool, u64), crate::http::HttpError>;
 
 /// Offers `data` in pieces of the given sizes (the rest at once), as the proxy does: bytes not consumed
-/// are offered again with the next piece.
-fn feed(data: &[u8], pieces: &[usize]) -> ChunkedVerdict {
+/// are offered again with the next piece. Returns (bytes consumed, body done, payload bytes) or the refusal.
+pub(crate) fn feed(data: &[u8], pieces: &[usize]) -> ChunkedVerdict {
     let mut d = ChunkedDecoder::new();
     let mut consumed = 0;
     let mut available = 0;

@@ -33,42 +33,39 @@ fn fwd(host: &str) -> String {
     s
 }
 
-/// Refused at the head: `status`, connection closed, the backend reads nothing.
-fn refused(name: &str, send: impl AsRef<[u8]>, status: u16) -> Case {
+fn case(
+    name: &str,
+    send: impl AsRef<[u8]>,
+    status: u16,
+    backend: impl AsRef<[u8]>,
+    closed: bool,
+    prefix_only: bool,
+) -> Case {
     Case {
         name: name.to_string(),
         send: send.as_ref().to_vec(),
         statuses: vec![status],
-        backend: Vec::new(),
-        closed: true,
-        prefix_only: false,
+        backend: backend.as_ref().to_vec(),
+        closed,
+        prefix_only,
     }
 }
 
+/// Refused at the head: `status`, connection closed, the backend reads nothing.
+fn refused(name: &str, send: impl AsRef<[u8]>, status: u16) -> Case {
+    case(name, send, status, b"", true, false)
+}
+
 /// A chunked body refused mid-stream: 400, connection closed, the backend reads at most a strict prefix
-/// of `head_forwarded` + `body` (in practice nothing: the whole request arrives in one read).
+/// of the normalized request `forwarded` (in practice nothing: the whole request arrives in one read).
 fn refused_body(name: &str, send: impl AsRef<[u8]>, forwarded: impl AsRef<[u8]>) -> Case {
-    Case {
-        name: name.to_string(),
-        send: send.as_ref().to_vec(),
-        statuses: vec![400],
-        backend: forwarded.as_ref().to_vec(),
-        closed: true,
-        prefix_only: true,
-    }
+    case(name, send, 400, forwarded, true, true)
 }
 
 /// Forwarded: the client gets the backend's 200 and the connection stays open; the backend reads exactly
 /// `backend`.
 fn forwarded(name: &str, send: impl AsRef<[u8]>, backend: impl AsRef<[u8]>) -> Case {
-    Case {
-        name: name.to_string(),
-        send: send.as_ref().to_vec(),
-        statuses: vec![200],
-        backend: backend.as_ref().to_vec(),
-        closed: false,
-        prefix_only: false,
-    }
+    case(name, send, 200, backend, false, false)
 }
 
 impl Case {

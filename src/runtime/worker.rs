@@ -394,13 +394,7 @@ impl Worker {
                     cx.worker
                 );
             }
-            let ip = session.peer().ip().to_canonical();
-            if let Some(n) = self.per_client.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_client.remove(&ip);
-                }
-            }
+            self.client_closed(session.peer());
             // Dropping the session closes the client socket.
         }
         // A backend connection still pointing at the dropped slot belongs to no one now.
@@ -414,6 +408,22 @@ impl Worker {
         for k in orphans {
             self.cx.close_upstream(k);
         }
+        self.slot_freed();
+    }
+
+    /// One connection of `peer`'s address less, for the per-client cap.
+    fn client_closed(&mut self, peer: SocketAddr) {
+        let ip = peer.ip().to_canonical();
+        if let Some(n) = self.per_client.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&ip);
+            }
+        }
+    }
+
+    /// A session slot became free: accepting resumes if the connection limit had paused it.
+    fn slot_freed(&mut self) {
         if self.accept_paused {
             self.accept_paused = false;
             for l in &mut self.listeners {
@@ -424,21 +434,10 @@ impl Worker {
 
     fn remove_session(&mut self, key: usize) {
         let mut session = self.sessions.remove(key);
-        let ip = session.peer().ip().to_canonical();
-        if let Some(n) = self.per_client.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&ip);
-            }
-        }
+        self.client_closed(session.peer());
         session.close(&mut self.cx);
         drop(session);
-        if self.accept_paused {
-            self.accept_paused = false;
-            for l in &mut self.listeners {
-                l.pending = true;
-            }
-        }
+        self.slot_freed();
     }
 
     fn fire_timers(&mut self) {
