@@ -301,6 +301,12 @@ pub fn response_head(data: &[u8]) {
                 again.framing, head.framing,
                 "framing changed by the rewrite"
             );
+            let lengths = again
+                .headers
+                .iter()
+                .filter(|h| h.kind == HeaderKind::ContentLength)
+                .count();
+            assert!(lengths <= 1, "Content-Length not collapsed");
         }
     }
 }

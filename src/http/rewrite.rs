@@ -1,7 +1,7 @@
 //! Writes heads out again for the other side: hop-by-hop fields removed, forwarding fields set.
 
 use super::canned::reason_phrase;
-use super::head::HeaderKind;
+use super::head::{HeaderKind, fold_content_length};
 use super::request::{BodyFraming, RequestHead};
 use super::response::ResponseHead;
 use std::io::Write;
@@ -142,8 +142,9 @@ fn write_framing(out: &mut Vec<u8>, framing: BodyFraming) {
 
 /// Appends the response head for the client to `out`, without the final empty line (call `end_head`):
 /// always `HTTP/1.1 <status> <reason>` (the standard phrase when the backend sent none), every header
-/// except hop-by-hop ones (`Upgrade` kept when `opts.upgrade`), `Content-Length` and `Transfer-Encoding`
-/// as received, then the `Connection` header `opts` asks for.
+/// except hop-by-hop ones (`Upgrade` kept when `opts.upgrade`), equal `Content-Length` values as one
+/// `Content-Length: N` where the first was, `Transfer-Encoding` as received, then the `Connection` header
+/// `opts` asks for.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -159,8 +160,22 @@ pub fn write_response_head(
         out.extend_from_slice(reason);
     }
     out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
     for h in &head.headers {
         if h.hop_by_hop && !(opts.upgrade && h.kind == HeaderKind::Upgrade) {
+            continue;
+        }
+        if h.kind == HeaderKind::ContentLength {
+            // Equal values (validated by the parser) collapse into one canonical field, as for requests.
+            if !length_written {
+                length_written = true;
+                let mut n = None;
+                if fold_content_length(h.value.of(buf), &mut n).is_ok() {
+                    if let Some(n) = n {
+                        let _ = write!(out, "Content-Length: {n}\r\n");
+                    }
+                }
+            }
             continue;
         }
         write_header(out, h.name.of(buf), h.value.of(buf));
@@ -366,6 +381,22 @@ Keep-Alive: timeout=5\r\nX-Backend: b1\r\nTransfer-Encoding: chunked\r\nSet-Cook
             respond(resp, Method::Get, &ResponseOptions::default()),
             "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\
 Set-Cookie: a=b\r\nSet-Cookie: c=d\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_content_length_collapsed() {
+        let resp =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 005, 5\r\nX-A: 1\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            respond(resp, Method::Get, &ResponseOptions::default()),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n"
+        );
+        // Kept as metadata where it does not frame anything (a HEAD answer, 304).
+        let resp = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(
+            respond(resp, Method::Get, &ResponseOptions::default()),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
         );
     }
 
