@@ -1,6 +1,6 @@
-//! Replays every committed fuzz corpus file (`fuzz/corpus/<target>/`) through the same entry points the
-//! cargo-fuzz targets call (`tether::fuzzing`), on stable Rust, so CI guards every input a fuzzer ever
-//! kept, crashes it found included.
+//! Replays every committed fuzz input (`fuzz/seeds/<target>/`, `fuzz/corpus/<target>/`) through the same
+//! entry points the cargo-fuzz targets call (`tether::fuzzing`), on stable Rust, so CI guards every input
+//! a fuzzer ever kept, crashes it found included.
 
 use std::path::{Path, PathBuf};
 
@@ -16,19 +16,22 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Replays the hand-written seeds (`fuzz/seeds/<target>/`) and the fuzzer's minimised corpus
+/// (`fuzz/corpus/<target>/`).
 fn replay(target: &str, entry: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut files = Vec::new();
-    files_under(&dir, &mut files);
+    for kind in ["seeds", "corpus"] {
+        let dir = fuzz.join(kind).join(target);
+        let before = files.len();
+        files_under(&dir, &mut files);
+        assert!(
+            files.len() >= before + 10,
+            "{target}: fewer than 10 files in {}",
+            dir.display()
+        );
+    }
     files.sort();
-    assert!(
-        files.len() >= 10,
-        "{target}: only {} corpus files in {}",
-        files.len(),
-        dir.display()
-    );
     for file in &files {
         let data = match std::fs::read(file) {
             Ok(d) => d,
