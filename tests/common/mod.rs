@@ -72,10 +72,30 @@ impl Tether {
 
     /// Starts tether with extra arguments and environment variables.
     pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Tether {
+        Tether::start_under(&[], config, args, env)
+    }
+
+    /// Starts tether as the last argument of a wrapper command (`["prlimit", "--nofile=64:64"]`), with
+    /// extra arguments and environment variables.
+    pub fn start_under(
+        wrapper: &[&str],
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tether {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tether.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        let tether = env!("CARGO_BIN_EXE_tether");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(tether);
+                c
+            }
+            None => Command::new(tether),
+        };
+        let mut child = command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
