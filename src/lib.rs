@@ -9,6 +9,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod fault_injection;
+pub mod fuzzing;
 pub mod http;
 pub mod logging;
 pub mod proxy;

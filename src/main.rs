@@ -78,6 +78,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tether::logging::init(log::LevelFilter::Info);
+    tether::fault_injection::init_from_env();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),

@@ -862,6 +862,7 @@ limits.max_headers = 5
         "timeouts.tls_handshake",
         "limits.max_head_size",
         "limits.max_headers",
+        "limits.max_connections_per_client",
         "access_log.enabled",
         "access_log.target",
         "access_log.format",

@@ -292,6 +292,9 @@ pub struct Limits {
     pub max_head_size: usize,
     /// Most header fields in one head (→ 431 / 502).
     pub max_headers: usize,
+    /// Most client connections one client address may hold open at once, per worker (0: no limit). A
+    /// connection over it is closed as soon as it is accepted, without an answer.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Limits {
@@ -299,6 +302,7 @@ impl Default for Limits {
         Limits {
             max_head_size: 32 * 1024,
             max_headers: 100,
+            max_connections_per_client: 0,
         }
     }
 }

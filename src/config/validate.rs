@@ -162,6 +162,16 @@ impl Validator {
             );
         }
         self.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CAP, "");
+        let per_client = l.max_connections_per_client;
+        if per_client > config.workers.max_connections {
+            self.error(
+                "limits.max_connections_per_client",
+                format!(
+                    "must be at most workers.max_connections ({}) or 0 for no limit, got {per_client}",
+                    config.workers.max_connections
+                ),
+            );
+        }
     }
 
     fn timeouts(&mut self, config: &Config) {
@@ -1537,6 +1547,16 @@ cluster = "app"
             errors(&before(
                 "[limits]\nmax_head_size = 1048576\nmax_headers = 512"
             )),
+            []
+        );
+        let m = only(
+            &before("[limits]\nmax_connections_per_client = 10001"),
+            2,
+            "limits.max_connections_per_client",
+        );
+        assert!(m.contains("at most workers.max_connections (10000)"), "{m}");
+        assert_eq!(
+            errors(&before("[limits]\nmax_connections_per_client = 10000")),
             []
         );
     }

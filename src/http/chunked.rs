@@ -340,30 +340,11 @@ mod tests {
     use super::*;
 
     /// Feeds `input` in pieces of the given sizes (the rest at once), as a caller appending to a buffer
-    /// would: unconsumed bytes are offered again with the next piece.
+    /// would (the fuzz targets' feeder); a body that does not end within `input` is an error here.
     fn feed_in(input: &[u8], pieces: &[usize]) -> Result<(usize, u64), HttpError> {
-        let mut d = ChunkedDecoder::new();
-        let mut consumed = 0;
-        let mut available = 0;
-        let mut pieces = pieces.iter();
-        loop {
-            available = match pieces.next() {
-                Some(&n) => (available + n).min(input.len()),
-                None => input.len(),
-            };
-            let (n, done) = d.advance(&input[consumed..available])?;
-            consumed += n;
-            if done {
-                assert!(d.is_done());
-                return Ok((consumed, d.payload_len()));
-            }
-            assert_eq!(
-                consumed, available,
-                "not done but did not consume everything offered"
-            );
-            if available == input.len() {
-                return Err(HttpError::bad_request("incomplete"));
-            }
+        match crate::fuzzing::feed(input, pieces)? {
+            (consumed, true, payload) => Ok((consumed, payload)),
+            (_, false, _) => Err(HttpError::bad_request("incomplete")),
         }
     }
 

@@ -420,6 +420,23 @@ pub(crate) struct HeaderFacts {
     pub upgrade_present: bool,
     pub expect_continue: bool,
     pub expect_other: bool,
+    /// A field named like a framing header with `_` for `-` (`Content_Length`, `transfer_encoding`).
+    pub framing_alias: bool,
+}
+
+/// Whether `name` is `Content-Length` or `Transfer-Encoding` spelled with underscores. Some backends
+/// (CGI-style gateways, a few frameworks) fold `_` into `-`, so such a field could frame the body for them
+/// while tether ignores it: refused rather than forwarded.
+pub(crate) fn is_framing_alias(name: &[u8]) -> bool {
+    let same = |canonical: &[u8]| {
+        name.len() == canonical.len()
+            && name.contains(&b'_')
+            && name
+                .iter()
+                .zip(canonical)
+                .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    };
+    same(b"content-length") || same(b"transfer-encoding")
 }
 
 /// Turns httparse's header list into `Header`s (pushed onto `out`, which the caller cleared) and gathers
@@ -467,6 +484,7 @@ pub(crate) fn collect_headers(
                     }
                 }
             }
+            HeaderKind::Other if is_framing_alias(name) => facts.framing_alias = true,
             HeaderKind::Upgrade => facts.upgrade_present = true,
             HeaderKind::Expect => {
                 if v.eq_ignore_ascii_case(b"100-continue") {
@@ -639,6 +657,36 @@ mod tests {
                 Err("invalid content-length"),
                 "{}",
                 String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn framing_aliases() {
+        for name in [
+            &b"Content_Length"[..],
+            b"content_length",
+            b"Transfer_Encoding",
+            b"TRANSFER_ENCODING",
+        ] {
+            assert!(
+                is_framing_alias(name),
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        for name in [
+            &b"Content-Length"[..],
+            b"Transfer-Encoding",
+            b"Content_Lengths",
+            b"X_Content_Length",
+            b"Content_Type",
+            b"",
+        ] {
+            assert!(
+                !is_framing_alias(name),
+                "{:?}",
+                String::from_utf8_lossy(name)
             );
         }
     }

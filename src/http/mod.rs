@@ -11,7 +11,11 @@
 //! - one valid `Host`, required in HTTP/1.1, equal to an absolute-form authority;
 //! - `Content-Length` lists must agree; `Transfer-Encoding` must end in a single `chunked` (other codings
 //!   before it are 501), never with `Content-Length`, never in HTTP/1.0;
-//! - a `Connection` header cannot make `Host`, `Content-Length` or `Transfer-Encoding` hop-by-hop.
+//! - a `Connection` header cannot make `Host`, `Content-Length` or `Transfer-Encoding` hop-by-hop;
+//! - `Content_Length` / `Transfer_Encoding` (underscore aliases some backends fold into the real names)
+//!   are refused;
+//! - a forwarded request carries its framing in one canonical field: `Content-Length: N` once, or
+//!   `Transfer-Encoding: chunked` (see `rewrite::write_request_head`).
 //!
 //! Response heads follow the same rules with status 502, and framing per RFC 9112 §6.3.
 

@@ -335,6 +335,9 @@ pub fn parse_request(
     head.authority = t.authority.or(facts.host);
 
     // Framing.
+    if facts.framing_alias {
+        return Err(bad("framing header name with underscore"));
+    }
     if let Some(e) = facts.content_length_error {
         return Err(bad(e));
     }
@@ -911,6 +914,12 @@ mod tests {
         ];
         for buf in conflicting {
             assert_err(buf, 400, "conflicting content-length");
+        }
+        for buf in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
+        ] {
+            assert_err(buf, 400, "framing header name with underscore");
         }
         for v in [
             &b"-1"[..],

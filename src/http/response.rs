@@ -151,6 +151,9 @@ pub fn parse_response(
     head.reason = reason_span(buf, leading_empty_lines(buf));
 
     let facts = collect_headers(buf, resp.headers, &mut head.headers);
+    if facts.framing_alias {
+        return Err(bad("framing header name with underscore"));
+    }
     if let Some(e) = facts.content_length_error {
         return Err(bad(e));
     }

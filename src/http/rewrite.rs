@@ -1,8 +1,8 @@
 //! Writes heads out again for the other side: hop-by-hop fields removed, forwarding fields set.
 
 use super::canned::reason_phrase;
-use super::head::HeaderKind;
-use super::request::RequestHead;
+use super::head::{HeaderKind, fold_content_length};
+use super::request::{BodyFraming, RequestHead};
 use super::response::ResponseHead;
 use std::io::Write;
 use std::net::IpAddr;
@@ -31,7 +31,9 @@ pub struct ResponseOptions {
 
 /// Appends the request head for the backend to `out`, without the final empty line (call `end_head`):
 /// request line (absolute-form reduced to origin-form, version as received), `Host` (only when the client
-/// sent none: an HTTP/1.0 absolute-form request), every header in order except hop-by-hop ones and,
+/// sent none: an HTTP/1.0 absolute-form request), the framing normalised (one `Content-Length: N` for any
+/// number of equal values, or `Transfer-Encoding: chunked` whatever its case and whitespace, at the place of
+/// the first framing field), every other header in order except hop-by-hop ones and,
 /// unless trusted, the client's own forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`);
 /// then `X-Forwarded-For` (trusted: the client's values joined, then the client address),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (trusted: only when the client sent none);
@@ -56,11 +58,22 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
 
     let trust = ctx.trust_forwarded;
     let (mut xff, mut xfp, mut xfh) = (false, false, false);
+    let mut framing_written = false;
     for h in &head.headers {
         if h.hop_by_hop {
             continue;
         }
         match h.kind {
+            // Framing is written in one canonical form, once, where the client first put it: a backend
+            // that reads `Content-Length: 5, 5`, two equal fields or `Transfer-Encoding: CHUNKED` its own
+            // way can never frame the body differently from tether.
+            HeaderKind::ContentLength | HeaderKind::TransferEncoding => {
+                if !framing_written {
+                    framing_written = true;
+                    write_framing(out, head.framing);
+                }
+                continue;
+            }
             HeaderKind::XForwardedFor => {
                 // Trusted values are joined into the one written below.
                 xff |= trust;
@@ -115,10 +128,23 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
     }
 }
 
+/// The one framing header a forwarded request carries (validation guarantees the client sent it).
+fn write_framing(out: &mut Vec<u8>, framing: BodyFraming) {
+    match framing {
+        BodyFraming::Length(n) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        BodyFraming::Chunked => write_header(out, b"Transfer-Encoding", b"chunked"),
+        BodyFraming::None => debug_assert!(false, "a framing header without framing"),
+    }
+}
+
 /// Appends the response head for the client to `out`, without the final empty line (call `end_head`):
 /// always `HTTP/1.1 <status> <reason>` (the standard phrase when the backend sent none), every header
-/// except hop-by-hop ones (`Upgrade` kept when `opts.upgrade`), `Content-Length` and `Transfer-Encoding`
-/// as received, then the `Connection` header `opts` asks for.
+/// except hop-by-hop ones (`Upgrade` kept when `opts.upgrade`), equal `Content-Length` values as one
+/// `Content-Length: N` where the first was, `Transfer-Encoding` as received, then the `Connection` header
+/// `opts` asks for.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -134,8 +160,22 @@ pub fn write_response_head(
         out.extend_from_slice(reason);
     }
     out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
     for h in &head.headers {
         if h.hop_by_hop && !(opts.upgrade && h.kind == HeaderKind::Upgrade) {
+            continue;
+        }
+        if h.kind == HeaderKind::ContentLength {
+            // Equal values (validated by the parser) collapse into one canonical field, as for requests.
+            if !length_written {
+                length_written = true;
+                let mut n = None;
+                if fold_content_length(h.value.of(buf), &mut n).is_ok() {
+                    if let Some(n) = n {
+                        let _ = write!(out, "Content-Length: {n}\r\n");
+                    }
+                }
+            }
             continue;
         }
         write_header(out, h.name.of(buf), h.value.of(buf));
@@ -247,6 +287,27 @@ X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\n\r\n"
     }
 
     #[test]
+    fn framing_normalised() {
+        // Equal Content-Length values, however many and however spelled, become one field where the first
+        // one was.
+        let req = b"POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 3, 3\r\nX-A: 1\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(
+            forward(req, &ctx(false)),
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-A: 1\r\n\
+X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\n\r\n"
+        );
+        let req = b"POST / HTTP/1.1\r\ntransfer-encoding:\tCHUNKED \r\nHost: h\r\n\r\n";
+        assert_eq!(
+            forward(req, &ctx(false)),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\
+X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\n\r\n"
+        );
+        // A Connection header cannot make them disappear.
+        let req = b"POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 0\r\n\r\n";
+        assert!(forward(req, &ctx(false)).contains("\r\nContent-Length: 0\r\n"));
+    }
+
+    #[test]
     fn ipv6_and_mapped_clients() {
         let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut c = ctx(false);
@@ -320,6 +381,22 @@ Keep-Alive: timeout=5\r\nX-Backend: b1\r\nTransfer-Encoding: chunked\r\nSet-Cook
             respond(resp, Method::Get, &ResponseOptions::default()),
             "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\
 Set-Cookie: a=b\r\nSet-Cookie: c=d\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_content_length_collapsed() {
+        let resp =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 005, 5\r\nX-A: 1\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            respond(resp, Method::Get, &ResponseOptions::default()),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n"
+        );
+        // Kept as metadata where it does not frame anything (a HEAD answer, 304).
+        let resp = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(
+            respond(resp, Method::Get, &ResponseOptions::default()),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
         );
     }
 

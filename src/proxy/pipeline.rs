@@ -21,6 +21,7 @@ pub fn route(
     head: &RequestHead,
     bytes: &[u8],
 ) -> Result<usize, Termination> {
+    crate::fault_injection::on_request_path(head.path.of(bytes));
     let authority = head.authority.map(|a| a.of(bytes));
     let method = head.method_span.of(bytes);
     snapshot

@@ -313,6 +313,11 @@ impl Session {
         &mut self.client.sock
     }
 
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// Runs the state machine until nothing more can happen without new readiness or time.
     pub fn drive(&mut self, cx: &mut Ctx) {
         loop {
@@ -1153,6 +1158,11 @@ impl Session {
             self.resp_out = Some(cx.take_vec());
         }
         while self.x.resp == ResponseState::Head {
+            // Interim heads the client has not taken yet bound what is queued for it: further ones wait
+            // in `up_buf` (and the backend in its socket), else a 1xx flood grows `resp_out` without end.
+            if self.resp_out_pending() > cx.snapshot.limits.max_head_size {
+                break;
+            }
             let Some(buf) = &mut self.up_buf else { break };
             if buf.is_empty() {
                 break;

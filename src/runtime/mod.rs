@@ -72,7 +72,13 @@ pub struct Server {
     sticky: Arc<Stickiness>,
     /// Active health checks and passive cool-downs, one thread for the process.
     prober: Option<crate::health::Prober>,
+    /// Signal handling, set up before the workers accept anything: it needs descriptors, and a flood of
+    /// clients must not be able to take the last ones first.
+    signals: Option<signal_hook::iterator::Signals>,
 }
+
+/// The signals the main thread handles: stop (twice: at once), reload, report.
+const STOP_RELOAD_REPORT: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1];
 
 /// Sends the worker's index when its thread ends, however it ends (a panic included).
 struct ExitNotice(usize, Sender<usize>);
@@ -90,6 +96,7 @@ impl Server {
     /// Binds every listener and starts the workers.
     pub fn start(config: Config, options: RunOptions) -> Result<Server, StartError> {
         raise_open_file_limit();
+        let signals = Some(signal_hook::iterator::Signals::new(STOP_RELOAD_REPORT)?);
         let count = options
             .workers
             .unwrap_or_else(|| config.workers.count.resolve())
@@ -239,6 +246,7 @@ impl Server {
             tls,
             sticky,
             prober: Some(prober),
+            signals,
         })
     }
 
@@ -387,7 +395,10 @@ impl Server {
     /// Handles signals until every worker has stopped. Returns `false` if a worker died unexpectedly.
     pub fn serve(mut self) -> Result<bool, StartError> {
         let (sig_tx, signals) = unbounded();
-        let mut source = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])?;
+        let mut source = match self.signals.take() {
+            Some(s) => s,
+            None => signal_hook::iterator::Signals::new(STOP_RELOAD_REPORT)?,
+        };
         let handle = source.handle();
         std::thread::Builder::new()
             .name("signals".into())

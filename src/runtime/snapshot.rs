@@ -19,6 +19,8 @@ pub struct ConfigSnapshot {
     pub clusters: Vec<Arc<Cluster>>,
     pub timeouts: Timeouts,
     pub limits: HeadLimits,
+    /// `limits.max_connections_per_client` (0: no limit), checked by each worker at accept.
+    pub max_connections_per_client: usize,
     /// One more than the highest backend id in use (sizes per-worker tables).
     pub backend_id_bound: usize,
     /// Per listener (config order): its TLS server config, when it terminates TLS.
@@ -80,6 +82,7 @@ impl ConfigSnapshot {
                 max_head_size: config.limits.max_head_size,
                 max_headers: config.limits.max_headers,
             },
+            max_connections_per_client: config.limits.max_connections_per_client,
             backend_id_bound: registry.id_bound(),
             listener_tls,
             cluster_tls,

@@ -13,7 +13,10 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,11 @@ pub enum Command {
     /// A QoS slot was handed to one of this worker's waiting sessions.
     Grant { session: usize, id: u64 },
 }
+
+/// More panics than this within `PANIC_WINDOW` and the worker gives up: the process exits non-zero so its
+/// supervisor restarts it (a bug that fires on every request is not worth limping on with).
+const PANIC_BUDGET: u32 = 10;
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
 /// Tuning that does not change on reload.
 #[derive(Debug, Clone)]
@@ -67,6 +75,15 @@ pub struct Worker {
     due: Vec<TimerEntry>,
     /// When to top up warm TLS connections next.
     next_warm_check: Instant,
+    /// Open client connections of this worker by client address, for `limits.max_connections_per_client`.
+    /// Per worker and lock-free: with N workers a client may hold N times the cap (see docs/CONFIG.md).
+    per_client: HashMap<IpAddr, u32>,
+    /// Connections closed at accept for being over the per-client cap.
+    pub rejected_per_client: u64,
+    /// Panics caught while handling a session, in all and within the current window.
+    pub panics: u64,
+    panics_in_window: u32,
+    panic_window_start: Instant,
 }
 
 impl Worker {
@@ -104,6 +121,11 @@ impl Worker {
             drain_deadline: None,
             due: Vec::with_capacity(256),
             next_warm_check: Instant::now(),
+            per_client: HashMap::new(),
+            rejected_per_client: 0,
+            panics: 0,
+            panics_in_window: 0,
+            panic_window_start: Instant::now(),
         })
     }
 
@@ -137,6 +159,16 @@ impl Worker {
             self.run_ready();
             if self.cx.draining && self.finish_drain() {
                 break;
+            }
+            if self.panics_in_window > PANIC_BUDGET {
+                log::error!(
+                    "worker {}: {} panics within {}; stopping so the supervisor restarts tether",
+                    self.cx.worker,
+                    self.panics_in_window,
+                    humantime::format_duration(PANIC_WINDOW)
+                );
+                // Returning ends the thread: `Server::serve` stops the other workers and exits non-zero.
+                return;
             }
         }
         log::debug!("worker {} stopped", self.cx.worker);
@@ -253,6 +285,11 @@ impl Worker {
                 match socket.accept() {
                     Ok((stream, peer)) => {
                         accepted += 1;
+                        if self.over_client_limit(peer) {
+                            // Closed at once, unanswered: the client already holds its share.
+                            drop(stream);
+                            continue;
+                        }
                         self.add_session(stream, peer, i as u16);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -271,6 +308,26 @@ impl Worker {
             }
             self.listeners[i].pending = !drained;
         }
+    }
+
+    /// Whether `peer`'s address already holds `limits.max_connections_per_client` connections here.
+    fn over_client_limit(&mut self, peer: SocketAddr) -> bool {
+        let cap = self.cx.snapshot.max_connections_per_client;
+        if cap == 0 {
+            return false;
+        }
+        let ip = peer.ip().to_canonical();
+        let open = self.per_client.get(&ip).copied().unwrap_or(0) as usize;
+        if open < cap {
+            return false;
+        }
+        self.rejected_per_client += 1;
+        log::debug!(
+            "worker {}: {ip} holds {open} connection(s), the per-client limit; new connection closed ({} so far)",
+            self.cx.worker,
+            self.rejected_per_client
+        );
+        true
     }
 
     fn add_session(
@@ -317,6 +374,7 @@ impl Worker {
         entry.insert(session);
         self.ready.push(key);
         self.cx.stats.accepted += 1;
+        *self.per_client.entry(peer.ip().to_canonical()).or_insert(0) += 1;
     }
 
     fn run_ready(&mut self) {
@@ -334,23 +392,102 @@ impl Worker {
                 continue;
             };
             session.queued = false;
-            session.drive(&mut self.cx);
-            if session.phase == Phase::Closed {
-                self.remove_session(key);
+            let cx = &mut self.cx;
+            match catch_unwind(AssertUnwindSafe(|| session.drive(cx))) {
+                Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
+                Ok(()) => {}
+                Err(payload) => self.session_panicked(key, payload.as_ref(), "driving"),
             }
         }
     }
 
-    fn remove_session(&mut self, key: usize) {
-        let mut session = self.sessions.remove(key);
-        session.close(&mut self.cx);
-        drop(session);
+    /// A bug panicked while this worker handled one session. The panic is logged with the connection's
+    /// context, that session and its backend connection are dropped (its state cannot be trusted), and the
+    /// worker goes on serving every other connection. See docs/HARDENING.md, "Panics".
+    fn session_panicked(&mut self, key: usize, payload: &(dyn std::any::Any + Send), during: &str) {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        self.panics += 1;
+        if self
+            .cx
+            .now
+            .saturating_duration_since(self.panic_window_start)
+            > PANIC_WINDOW
+        {
+            self.panic_window_start = self.cx.now;
+            self.panics_in_window = 0;
+        }
+        self.panics_in_window += 1;
+        if let Some(s) = self.sessions.get(key) {
+            log::error!(
+                "worker {}: panic while {during} connection {} from {} (phase {:?}): {message}; \
+                 connection dropped ({} panic(s) in this worker)",
+                self.cx.worker,
+                s.id,
+                s.peer(),
+                s.phase,
+                self.panics
+            );
+        }
+        let cx = &mut self.cx;
+        if let Some(mut session) = self.sessions.try_remove(key) {
+            let cleanup = catch_unwind(AssertUnwindSafe(|| {
+                session.abort(cx, Termination::Internal("panic"));
+                session.close(cx);
+            }));
+            if cleanup.is_err() {
+                log::error!(
+                    "worker {}: cleaning up after the panic panicked too",
+                    cx.worker
+                );
+            }
+            self.client_closed(session.peer());
+            // Dropping the session closes the client socket.
+        }
+        // A backend connection still pointing at the dropped slot belongs to no one now.
+        let orphans: Vec<usize> = self
+            .cx
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.session == Some(key))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            self.cx.close_upstream(k);
+        }
+        self.slot_freed();
+    }
+
+    /// One connection of `peer`'s address less, for the per-client cap.
+    fn client_closed(&mut self, peer: SocketAddr) {
+        let ip = peer.ip().to_canonical();
+        if let Some(n) = self.per_client.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&ip);
+            }
+        }
+    }
+
+    /// A session slot became free: accepting resumes if the connection limit had paused it.
+    fn slot_freed(&mut self) {
         if self.accept_paused {
             self.accept_paused = false;
             for l in &mut self.listeners {
                 l.pending = true;
             }
         }
+    }
+
+    fn remove_session(&mut self, key: usize) {
+        let mut session = self.sessions.remove(key);
+        self.client_closed(session.peer());
+        session.close(&mut self.cx);
+        drop(session);
+        self.slot_freed();
     }
 
     fn fire_timers(&mut self) {
@@ -370,9 +507,11 @@ impl Worker {
                     .deadline
                     .fire(&mut self.cx.timers, &entry, self.cx.now)
                 {
-                    session.on_timeout(&mut self.cx);
-                    if session.phase == Phase::Closed {
-                        self.remove_session(key);
+                    let cx = &mut self.cx;
+                    match catch_unwind(AssertUnwindSafe(|| session.on_timeout(cx))) {
+                        Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
+                        Ok(()) => {}
+                        Err(payload) => self.session_panicked(key, payload.as_ref(), "timing out"),
                     }
                 }
             } else if let Some(u) = self.cx.upstreams.get_mut(key) {

@@ -67,15 +67,41 @@ impl Tether {
 
     /// Starts tether with extra command-line arguments after `run -c FILE`.
     pub fn start_with(config: &str, args: &[&str]) -> Tether {
+        Tether::start_with_env(config, args, &[])
+    }
+
+    /// Starts tether with extra arguments and environment variables.
+    pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Tether {
+        Tether::start_under(&[], config, args, env)
+    }
+
+    /// Starts tether as the last argument of a wrapper command (`["prlimit", "--nofile=64:64"]`), with
+    /// extra arguments and environment variables.
+    pub fn start_under(
+        wrapper: &[&str],
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tether {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tether.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        let tether = env!("CARGO_BIN_EXE_tether");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(tether);
+                c
+            }
+            None => Command::new(tether),
+        };
+        let mut child = command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
             .args(args)
             .env("TETHER_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -843,5 +869,75 @@ impl Tether {
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+}
+
+// ----- process accounting (appended for the hardening tests) -------------------------------------------
+
+impl Tether {
+    /// The tether process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tether running").id()
+    }
+
+    /// Resident memory of the tether process in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Open file descriptors of the tether process (entries of `/proc/PID/fd`).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard limit (tests that hold thousands of sockets) and
+/// checks it allows `needed` descriptors.
+pub fn raise_fd_limit(needed: u64) -> u64 {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open file limit");
+    assert!(
+        limit >= needed,
+        "this test needs {needed} open files, the hard limit allows {limit} (raise it, e.g. ulimit -Hn)"
+    );
+    limit
+}
+
+/// Polls `cond` until it holds or `PATIENCE` runs out; returns whether it held.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Client {
+    /// A client over an already connected stream (bound to a chosen source address, say).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 }

@@ -1,0 +1,365 @@
+//! Entry points for the fuzz targets in `fuzz/` and for `tests/fuzz_corpus.rs`, which replays every corpus
+//! file through them on stable Rust: one place states the invariants, and both the fuzzer and CI check them.
+//!
+//! Each function takes arbitrary bytes, runs a decoder of untrusted input the way the proxy runs it, and
+//! panics only when an invariant is broken (a verdict that depends on how the bytes were segmented, a
+//! rewritten head that parses differently, an offset outside the buffer). Refusing the input is fine;
+//! panicking on it is the bug.
+//!
+//! No input carries a control prefix: the corpora are plain HTTP messages, chunked bodies and TOML files
+//! that a person can read and extend. Where a target needs a choice (a split point, a method) it derives it
+//! from the input, so the fuzzer still steers it.
+
+use crate::http::{
+    ChunkedDecoder, ForwardContext, HeadLimits, HeadScanner, HeaderKind, Method, RequestHead,
+    ResponseFraming, ResponseHead, ResponseOptions, Version, end_head, parse_request,
+    parse_response, write_request_head, write_response_head,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The limits the proxy runs with by default, and a tight pair that makes the limit paths reachable.
+const LIMITS: [HeadLimits; 2] = [
+    HeadLimits {
+        max_head_size: 32 * 1024,
+        max_headers: 100,
+    },
+    HeadLimits {
+        max_head_size: 1024,
+        max_headers: 8,
+    },
+];
+
+/// Limits for re-parsing a rewritten head: it may have grown by the forwarding headers tether adds.
+const ROOMY: HeadLimits = HeadLimits {
+    max_head_size: 1024 * 1024,
+    max_headers: 512,
+};
+
+/// A split point in `0..=len` chosen by the input itself (its last byte), so the fuzzer explores it.
+fn split_point(data: &[u8]) -> usize {
+    let len = data.len();
+    let sel = usize::from(data.last().copied().unwrap_or(0));
+    len * sel / 255
+}
+
+/// Runs the end-of-head scanner over `buf` at once, byte by byte, and in two pieces split at `split`;
+/// asserts the three verdicts agree and that a found head ends in CRLF CRLF within the limit.
+fn scan_all_ways(
+    buf: &[u8],
+    limits: &HeadLimits,
+    split: usize,
+) -> Result<Option<usize>, crate::http::HttpError> {
+    let one_shot = HeadScanner::default().scan(buf, limits);
+
+    let mut s = HeadScanner::default();
+    let mut byte_by_byte = s.scan(&[], limits);
+    for end in 1..=buf.len() {
+        byte_by_byte = s.scan(&buf[..end], limits);
+        if !matches!(byte_by_byte, Ok(None)) {
+            break;
+        }
+    }
+    assert_eq!(byte_by_byte, one_shot, "scanner: byte by byte vs one shot");
+
+    let mut s = HeadScanner::default();
+    let first = s.scan(&buf[..split.min(buf.len())], limits);
+    let two_pieces = match first {
+        Ok(None) => s.scan(buf, limits),
+        r => r,
+    };
+    assert_eq!(
+        two_pieces, one_shot,
+        "scanner: split at {split} vs one shot"
+    );
+
+    if let Ok(Some(n)) = one_shot {
+        assert!(n <= buf.len() && n <= limits.max_head_size);
+        assert!(buf[..n].ends_with(b"\r\n\r\n"));
+    }
+    one_shot
+}
+
+/// Request heads: scanner, parser and validator, then the rewrite for the backend.
+///
+/// Invariants: the scanner's verdict does not depend on segmentation; every span of an accepted head lies
+/// inside the head; the head tether writes for the backend (`write_request_head`) parses again, strictly,
+/// to the same method, target, version, framing, authority and upgrade decision, and carries no hop-by-hop
+/// header and exactly one `Host` when the original had an authority. That last property is what keeps a
+/// backend from framing a forwarded request differently from tether.
+pub fn request_head(data: &[u8]) {
+    let split = split_point(data);
+    let mut head = RequestHead::with_capacity(100);
+    let mut again = RequestHead::with_capacity(512);
+    for limits in &LIMITS {
+        // The parser must not panic on anything, scanned or not (it refuses incomplete heads itself).
+        let _ = parse_request(data, limits, &mut head);
+
+        let Ok(Some(n)) = scan_all_ways(data, limits, split) else {
+            continue;
+        };
+        let bytes = &data[..n];
+        if parse_request(bytes, limits, &mut head).is_err() {
+            continue;
+        }
+        check_request_spans(bytes, &head);
+        for (trust, ip) in [
+            (false, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            (true, IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ] {
+            let ctx = ForwardContext {
+                client_ip: ip,
+                proto: "http",
+                trust_forwarded: trust,
+            };
+            let mut out = Vec::new();
+            write_request_head(&mut out, bytes, &head, &ctx);
+            end_head(&mut out);
+            if let Err(e) = parse_request(&out, &ROOMY, &mut again) {
+                panic!(
+                    "rewritten request refused ({e}): {:?} -> {:?}",
+                    String::from_utf8_lossy(bytes),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            assert_eq!(
+                HeadScanner::default().scan(&out, &ROOMY),
+                Ok(Some(out.len()))
+            );
+            assert_eq!(again.head_len, out.len());
+            assert_eq!(again.method, head.method);
+            assert_eq!(again.method_span.of(&out), head.method_span.of(bytes));
+            assert_eq!(again.version, head.version);
+            assert_eq!(
+                again.framing, head.framing,
+                "framing changed by the rewrite"
+            );
+            assert_eq!(again.upgrade, head.upgrade);
+            let path: &[u8] = if head.target_empty_path {
+                b"/"
+            } else {
+                head.path.of(bytes)
+            };
+            assert_eq!(again.path.of(&out), path);
+            let target_tail = head.target.of(bytes);
+            let forwarded_target = again.target.of(&out);
+            if head.target_empty_path {
+                assert_eq!(forwarded_target.first(), Some(&b'/'));
+                assert_eq!(forwarded_target.get(1..), Some(target_tail));
+            } else {
+                assert_eq!(forwarded_target, target_tail);
+            }
+            // The authority is carried by `Host` now (ASCII case may differ from an absolute-form one).
+            let before = head.authority.map(|a| a.of(bytes));
+            let after = again.authority.map(|a| a.of(&out));
+            assert!(
+                match (before, after) {
+                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                    (None, None) => true,
+                    _ => false,
+                },
+                "authority changed by the rewrite"
+            );
+            let hosts = again
+                .headers
+                .iter()
+                .filter(|h| h.kind == HeaderKind::Host)
+                .count();
+            assert_eq!(hosts, usize::from(head.authority.is_some()));
+            for h in &again.headers {
+                // Only an upgrade carries Connection/Upgrade on to the backend, and it writes its own.
+                if h.kind.is_hop_by_hop() {
+                    assert!(
+                        head.upgrade
+                            && matches!(h.kind, HeaderKind::Connection | HeaderKind::Upgrade),
+                        "hop-by-hop header forwarded: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_request_spans(bytes: &[u8], head: &RequestHead) {
+    let n = head.head_len;
+    assert!(n <= bytes.len());
+    for span in [head.method_span, head.target, head.path] {
+        assert!(span.start <= span.end && span.end as usize <= n);
+    }
+    if let Some(a) = head.authority {
+        assert!(a.start <= a.end && a.end as usize <= n);
+    }
+    for h in &head.headers {
+        assert!(!h.name.is_empty());
+        assert!(h.name.end as usize <= n && h.value.end as usize <= n);
+        assert!(h.name.start <= h.name.end && h.value.start <= h.value.end);
+    }
+}
+
+/// Chunked bodies: the decoder's verdict (bytes consumed, done, payload length, or the refusal) is the same
+/// whether the body arrives at once, byte by byte, or in two pieces split where the input says.
+pub fn chunked(data: &[u8]) {
+    let whole = feed(data, &[]);
+    let split = split_point(data);
+    assert_eq!(feed(data, &[split]), whole, "split at {split}");
+    let ones = vec![1; data.len()];
+    assert_eq!(feed(data, &ones), whole, "byte by byte");
+    if let Ok((consumed, done, payload)) = whole {
+        assert!(consumed <= data.len());
+        assert!(payload <= consumed as u64);
+        if done {
+            // The body alone is a complete body, and nothing after it is looked at.
+            assert_eq!(feed(&data[..consumed], &[]), whole);
+        } else {
+            assert_eq!(
+                consumed,
+                data.len(),
+                "an unfinished body consumes all it is offered"
+            );
+        }
+    }
+}
+
+pub(crate) type ChunkedVerdict = Result<(usize, bool, u64), crate::http::HttpError>;
+
+/// Offers `data` in pieces of the given sizes (the rest at once), as the proxy does: bytes not consumed
+/// are offered again with the next piece. Returns (bytes consumed, body done, payload bytes) or the refusal.
+pub(crate) fn feed(data: &[u8], pieces: &[usize]) -> ChunkedVerdict {
+    let mut d = ChunkedDecoder::new();
+    let mut consumed = 0;
+    let mut available = 0;
+    let mut pieces = pieces.iter();
+    loop {
+        available = match pieces.next() {
+            Some(&n) => (available + n).min(data.len()),
+            None => data.len(),
+        };
+        let (n, done) = d.advance(&data[consumed..available])?;
+        consumed += n;
+        if done {
+            assert!(d.is_done());
+            // A finished decoder stays finished and takes nothing more.
+            assert_eq!(d.advance(b"0\r\n\r\n"), Ok((0, true)));
+            return Ok((consumed, true, d.payload_len()));
+        }
+        assert_eq!(
+            consumed, available,
+            "not done but did not consume its input"
+        );
+        if available == data.len() {
+            return Ok((consumed, false, d.payload_len()));
+        }
+    }
+}
+
+/// Response heads from backends: scanner and parser for each kind of request method, then the rewrite for
+/// the client, which must parse again to the same status and framing.
+pub fn response_head(data: &[u8]) {
+    let split = split_point(data);
+    let mut head = ResponseHead::with_capacity(100);
+    let mut again = ResponseHead::with_capacity(512);
+    for limits in &LIMITS {
+        for method in [Method::Get, Method::Head] {
+            let _ = parse_response(data, limits, method, &mut head);
+        }
+        let Ok(Some(n)) = scan_all_ways(data, limits, split) else {
+            continue;
+        };
+        let bytes = &data[..n];
+        for (i, method) in [Method::Get, Method::Head, Method::Post]
+            .into_iter()
+            .enumerate()
+        {
+            if parse_response(bytes, limits, method, &mut head).is_err() {
+                continue;
+            }
+            assert!(head.head_len <= bytes.len());
+            assert!((100..=599).contains(&head.status));
+            assert!(head.reason.end as usize <= head.head_len);
+            if method == Method::Head {
+                assert_eq!(head.framing, ResponseFraming::None);
+            }
+            let opts = ResponseOptions {
+                close: i == 0,
+                keep_alive_http10: i == 1,
+                upgrade: head.status == 101 && i == 2,
+            };
+            let mut out = Vec::new();
+            write_response_head(&mut out, bytes, &head, &opts);
+            end_head(&mut out);
+            if let Err(e) = parse_response(&out, &ROOMY, method, &mut again) {
+                panic!(
+                    "rewritten response refused ({e}): {:?} -> {:?}",
+                    String::from_utf8_lossy(bytes),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            assert_eq!(again.head_len, out.len());
+            assert_eq!(again.status, head.status);
+            assert_eq!(again.version, Version::Http11);
+            assert_eq!(
+                again.framing, head.framing,
+                "framing changed by the rewrite"
+            );
+            let lengths = again
+                .headers
+                .iter()
+                .filter(|h| h.kind == HeaderKind::ContentLength)
+                .count();
+            assert!(lengths <= 1, "Content-Length not collapsed");
+        }
+    }
+}
+
+/// Config text: loading never panics, and an accepted config builds the snapshot the workers route with.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(cfg) = crate::config::load_str(text, "fuzz.toml") {
+        let mut registry = crate::balance::BackendRegistry::default();
+        let tls = crate::tls::server::TlsShared::new(&cfg);
+        // TLS files are read again here; one that changed since validation may fail the build, cleanly.
+        if let Ok(snapshot) =
+            crate::runtime::snapshot::ConfigSnapshot::build(&cfg, 1, &mut registry, &tls)
+        {
+            assert_eq!(snapshot.clusters.len(), cfg.clusters.len());
+        }
+        for l in &cfg.listeners {
+            assert!(
+                l.address.parse::<std::net::SocketAddr>().is_ok(),
+                "validated listener address does not parse: {:?}",
+                l.address
+            );
+        }
+        for c in cfg.clusters.values() {
+            for b in &c.backends {
+                assert!(
+                    b.address.parse::<std::net::SocketAddr>().is_ok(),
+                    "validated backend address does not parse: {:?}",
+                    b.address
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_accept_ordinary_input() {
+        request_head(b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi");
+        request_head(b"GET http://h HTTP/1.0\r\n\r\n");
+        chunked(b"5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET");
+        response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        response_head(b"HTTP/1.0 200 OK\r\n\r\nbody");
+        config(include_bytes!("../configs/full.toml"));
+        config(b"[[listeners]\n");
+        for f in [request_head, chunked, response_head, config] {
+            f(b"");
+            f(b"\xff\r\n");
+        }
+    }
+}
