@@ -130,9 +130,14 @@ defaults
   timeout client 60s
   timeout server 60s
   option http-keep-alive
+  # Equivalent work: tether sets X-Forwarded-For, -Proto and -Host on every forwarded request.
+  option forwardfor
 frontend fe
   bind 127.0.0.1:19180
   bind 127.0.0.1:19543 ssl crt $WORK/certs/haproxy.pem alpn http/1.1
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   acl sticky path_beg /sticky
   use_backend sticky if sticky
   default_backend app
@@ -173,6 +178,8 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
     }
   }
 }

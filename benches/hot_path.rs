@@ -71,7 +71,7 @@ fn pipeline(c: &mut Criterion) {
     let mut head = RequestHead::with_capacity(limits.max_headers);
     let mut out = Vec::with_capacity(2048);
     let ctx = ForwardContext {
-        client_ip: IpAddr::from([10, 1, 2, 3]),
+        client_ip: tether::http::rewrite::IpText::new(IpAddr::from([10, 1, 2, 3])),
         proto: "http",
         trust_forwarded: false,
     };

@@ -107,7 +107,7 @@ pub fn request_head(data: &[u8]) {
             (true, IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ] {
             let ctx = ForwardContext {
-                client_ip: ip,
+                client_ip: crate::http::rewrite::IpText::new(ip),
                 proto: "http",
                 trust_forwarded: trust,
             };

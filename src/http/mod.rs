@@ -175,7 +175,7 @@ content-lengthtransfer-encodingchunkedconnectionupgradeclosekeep-alive\x00\x7f\x
             }
             let trust = round % 2 == 0;
             let ctx = ForwardContext {
-                client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                client_ip: rewrite::IpText::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
                 proto: "http",
                 trust_forwarded: trust,
             };

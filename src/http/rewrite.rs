@@ -7,10 +7,42 @@ use super::response::ResponseHead;
 use std::io::Write;
 use std::net::IpAddr;
 
+/// A client address already written out as text (canonical: an IPv4 client seen through a dual-stack
+/// socket is written as IPv4). Made once per connection, so forwarding a request formats nothing.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        let mut cursor = std::io::Cursor::new(&mut t.buf[..]);
+        // 45 bytes hold the longest IPv6 text form.
+        let _ = write!(cursor, "{}", ip.to_canonical());
+        t.len = cursor.position() as u8;
+        t
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 /// Facts about the client connection a forwarded request carries.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardContext {
-    pub client_ip: IpAddr,
+    pub client_ip: IpText,
     /// `"http"` or `"https"`.
     pub proto: &'static str,
     /// Keep and extend the client's own forwarding headers instead of replacing them.
@@ -104,8 +136,7 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
             }
         }
     }
-    // An IPv4 client seen through a dual-stack socket is written as IPv4. Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", ctx.client_ip.to_canonical());
+    out.extend_from_slice(ctx.client_ip.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !xfp {
         write_header(out, b"X-Forwarded-Proto", ctx.proto.as_bytes());
@@ -132,8 +163,9 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
 fn write_framing(out: &mut Vec<u8>, framing: BodyFraming) {
     match framing {
         BodyFraming::Length(n) => {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         BodyFraming::Chunked => write_header(out, b"Transfer-Encoding", b"chunked"),
         BodyFraming::None => debug_assert!(false, "a framing header without framing"),
@@ -151,8 +183,15 @@ pub fn write_response_head(
     head: &ResponseHead,
     opts: &ResponseOptions,
 ) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    // The parser accepts 100..=599 only: three digits.
+    let s = head.status.min(999);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+        b' ',
+    ]);
     let reason = head.reason.of(buf);
     if reason.is_empty() {
         out.extend_from_slice(reason_phrase(head.status).as_bytes());
@@ -172,7 +211,9 @@ pub fn write_response_head(
                 let mut n = None;
                 if fold_content_length(h.value.of(buf), &mut n).is_ok() {
                     if let Some(n) = n {
-                        let _ = write!(out, "Content-Length: {n}\r\n");
+                        out.extend_from_slice(b"Content-Length: ");
+                        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                        out.extend_from_slice(b"\r\n");
                     }
                 }
             }
@@ -211,7 +252,7 @@ mod tests {
 
     fn ctx(trust: bool) -> ForwardContext {
         ForwardContext {
-            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            client_ip: IpText::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
             proto: "https",
             trust_forwarded: trust,
         }
@@ -311,9 +352,9 @@ X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\
     fn ipv6_and_mapped_clients() {
         let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut c = ctx(false);
-        c.client_ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        c.client_ip = IpText::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
         assert!(forward(req, &c).contains("\r\nX-Forwarded-For: 2001:db8::1\r\n"));
-        c.client_ip = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 1).to_ipv6_mapped());
+        c.client_ip = IpText::new(IpAddr::V6(Ipv4Addr::new(198, 51, 100, 1).to_ipv6_mapped()));
         assert!(forward(req, &c).contains("\r\nX-Forwarded-For: 198.51.100.1\r\n"));
     }
 

@@ -106,11 +106,26 @@ pub enum WriteOutcome {
     Error(io::Error),
 }
 
-/// Writes two slices with one `writev` (a head and the body bytes behind it).
-pub fn write_two(stream: &mut TcpStream, io: &mut Readiness, a: &[u8], b: &[u8]) -> WriteOutcome {
+/// Writes two slices with one call (a head and the body bytes behind it). `more`: the same message
+/// continues with bytes already waiting to be read, so the kernel may hold these until they come
+/// (`MSG_MORE`): the peer then gets one segment and one wake-up instead of two.
+pub fn write_two(
+    stream: &mut TcpStream,
+    io: &mut Readiness,
+    a: &[u8],
+    b: &[u8],
+    more: bool,
+) -> WriteOutcome {
     let total = a.len() + b.len();
     debug_assert!(total > 0);
-    let result = if b.is_empty() {
+    let result = if more {
+        let sock = socket2::SockRef::from(&*stream);
+        if b.is_empty() {
+            sock.send_with_flags(a, libc::MSG_MORE)
+        } else {
+            sock.send_vectored_with_flags(&[IoSlice::new(a), IoSlice::new(b)], libc::MSG_MORE)
+        }
+    } else if b.is_empty() {
         stream.write(a)
     } else if a.is_empty() {
         stream.write(b)
@@ -162,11 +177,17 @@ impl Transport {
         }
     }
 
-    /// Writes `a` then `b` (sealing them when TLS).
-    pub fn write_two(&mut self, io: &mut Readiness, a: &[u8], b: &[u8]) -> WriteOutcome {
+    /// Writes `a` then `b` (sealing them when TLS); `more` as in [`write_two`].
+    pub fn write_two(
+        &mut self,
+        io: &mut Readiness,
+        a: &[u8],
+        b: &[u8],
+        more: bool,
+    ) -> WriteOutcome {
         match &mut self.tls {
-            None => write_two(&mut self.sock, io, a, b),
-            Some(tls) => tls.write_two(&mut self.sock, io, a, b),
+            None => write_two(&mut self.sock, io, a, b, more),
+            Some(tls) => tls.write_two(&mut self.sock, io, a, b, more),
         }
     }
 

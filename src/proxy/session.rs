@@ -226,6 +226,8 @@ pub struct Session {
     client: Transport,
     pub io: Readiness,
     peer: SocketAddr,
+    /// The client address as forwarding headers write it, formatted once per connection.
+    peer_text: crate::http::rewrite::IpText,
     listener: u16,
     pub phase: Phase,
     pub deadline: Deadline,
@@ -282,6 +284,7 @@ impl Session {
                 ..Readiness::default()
             },
             peer,
+            peer_text: crate::http::rewrite::IpText::new(peer.ip()),
             listener,
             phase: Phase::ReadHead,
             deadline: Deadline::default(),
@@ -555,7 +558,7 @@ impl Session {
         let mut out = std::mem::take(&mut cx.scratch_vec);
         let info = &cx.listeners[self.listener as usize];
         let fwd = ForwardContext {
-            client_ip: self.peer.ip(),
+            client_ip: self.peer_text,
             proto: info.proto,
             trust_forwarded: info.trust_forwarded,
         };
@@ -1066,7 +1069,9 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && u.io.writable {
             let head_len = head.len();
-            match u.stream.write_two(&mut u.io, head, body) {
+            // More of this request's body already waits in the client socket: let the kernel merge.
+            let more = self.x.req_body != Body::Done && self.io.readable;
+            match u.stream.write_two(&mut u.io, head, body, more) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.x.head_sent += h;
@@ -1371,7 +1376,12 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && self.io.writable {
             let head_len = head.len();
-            match self.client.write_two(&mut self.io, head, body) {
+            // The rest of the response already waits in the backend socket (our last read filled the
+            // buffer): let the kernel send both parts as one, as HAProxy does with MSG_MORE.
+            let more = self.x.resp == ResponseState::Body
+                && !self.x.upstream_eof
+                && cx.upstreams.get(key).is_some_and(|u| u.io.readable);
+            match self.client.write_two(&mut self.io, head, body, more) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.resp_out_sent += h;
@@ -1480,7 +1490,7 @@ impl Session {
         // Client → backend.
         if let Some(buf) = &mut self.in_buf {
             if !buf.is_empty() && u.io.writable {
-                match u.stream.write_two(&mut u.io, buf.data(), &[]) {
+                match u.stream.write_two(&mut u.io, buf.data(), &[], false) {
                     WriteOutcome::Wrote(n) => {
                         buf.consume(n);
                         self.x.bytes_in += n as u64;
@@ -1531,7 +1541,7 @@ impl Session {
         };
         if (!head.is_empty() || !body.is_empty()) && self.io.writable {
             let head_len = head.len();
-            match self.client.write_two(&mut self.io, head, body) {
+            match self.client.write_two(&mut self.io, head, body, false) {
                 WriteOutcome::Wrote(n) => {
                     let h = n.min(head_len);
                     self.resp_out_sent += h;
@@ -1642,7 +1652,7 @@ impl Session {
             }
             let out =
                 &self.resp_out.as_ref().expect("pending implies present")[self.resp_out_sent..];
-            match self.client.write_two(&mut self.io, out, &[]) {
+            match self.client.write_two(&mut self.io, out, &[], false) {
                 WriteOutcome::Wrote(n) => {
                     self.resp_out_sent += n;
                     self.x.bytes_out += n as u64;

@@ -62,11 +62,17 @@ impl Read for SocketReader<'_> {
 struct SocketWriter<'a> {
     sock: &'a mut TcpStream,
     io: &'a mut Readiness,
+    /// Pass `MSG_MORE`: more of the same message follows at once.
+    more: bool,
 }
 
 impl Write for SocketWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.sock.write(buf)?;
+        let n = if self.more {
+            socket2::SockRef::from(&*self.sock).send_with_flags(buf, libc::MSG_MORE)?
+        } else {
+            self.sock.write(buf)?
+        };
         if n < buf.len() {
             self.io.writable = false;
         }
@@ -75,7 +81,11 @@ impl Write for SocketWriter<'_> {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
-        let n = self.sock.write_vectored(bufs)?;
+        let n = if self.more {
+            socket2::SockRef::from(&*self.sock).send_vectored_with_flags(bufs, libc::MSG_MORE)?
+        } else {
+            self.sock.write_vectored(bufs)?
+        };
         if n < want {
             self.io.writable = false;
         }
@@ -208,13 +218,15 @@ impl TlsStream {
         }
     }
 
-    /// Seals `a` then `b` (as much as the send buffer takes) and pushes records to the socket.
+    /// Seals `a` then `b` (as much as the send buffer takes) and pushes records to the socket (with
+    /// `MSG_MORE` when `more`).
     pub fn write_two(
         &mut self,
         sock: &mut TcpStream,
         io: &mut Readiness,
         a: &[u8],
         b: &[u8],
+        more: bool,
     ) -> WriteOutcome {
         let mut accepted = 0;
         for part in [a, b] {
@@ -231,7 +243,7 @@ impl TlsStream {
                 Err(e) => return WriteOutcome::Error(e),
             }
         }
-        if let Err(e) = self.flush(sock, io) {
+        if let Err(e) = self.push(sock, io, more) {
             return WriteOutcome::Error(e);
         }
         if accepted == 0 {
@@ -243,11 +255,15 @@ impl TlsStream {
 
     /// Pushes sealed records to the socket until none are left or the socket is full.
     pub fn flush(&mut self, sock: &mut TcpStream, io: &mut Readiness) -> io::Result<()> {
+        self.push(sock, io, false)
+    }
+
+    fn push(&mut self, sock: &mut TcpStream, io: &mut Readiness, more: bool) -> io::Result<()> {
         while self.conn.wants_write() {
             if !io.writable {
                 return Ok(());
             }
-            let mut writer = SocketWriter { sock, io };
+            let mut writer = SocketWriter { sock, io, more };
             match self.conn.write_tls(&mut writer) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
