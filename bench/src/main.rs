@@ -107,6 +107,7 @@ fn run(args: Args) -> Result<(), String> {
         templates,
         sequence,
         tls,
+        tls_resume: !args.no_resume,
         pipeline: if args.new_conn {
             1
         } else {

@@ -33,6 +33,9 @@ pub struct Config {
     /// Template indices in the order they are sent (weighted cycle).
     pub sequence: Vec<u16>,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// TLS session resumption is on: each virtual user keeps its own session tickets, as separate
+    /// clients do (one shared store would cap resumption at rustls's 8 tickets per server name).
+    pub tls_resume: bool,
     /// Requests in flight per connection (1 = no pipelining).
     pub pipeline: usize,
     pub new_conn: bool,
@@ -73,6 +76,8 @@ struct Conn {
     parser: Parser,
     /// The virtual user's cookies; survives reconnects of this slot.
     jar: CookieJar,
+    /// The virtual user's TLS config with its own session store (made on first connect).
+    tls_cfg: Option<Arc<ClientConfig>>,
     in_idle: bool,
     in_restart: bool,
 }
@@ -91,6 +96,7 @@ impl Conn {
             carry: Vec::new(),
             parser: Parser::new(),
             jar: CookieJar::default(),
+            tls_cfg: None,
             in_idle: false,
             in_restart: false,
         }
@@ -176,8 +182,21 @@ impl Ctx {
             self.stats.error(ErrorKind::Connect);
             return false;
         }
-        if let Some((cfg, name)) = &self.cfg.tls {
-            match ClientConnection::new(cfg.clone(), name.clone()) {
+        if let Some((base, name)) = &self.cfg.tls {
+            let resume = self.cfg.tls_resume;
+            let cfg = c
+                .tls_cfg
+                .get_or_insert_with(|| {
+                    if resume {
+                        let mut own = (**base).clone();
+                        own.resumption = rustls::client::Resumption::in_memory_sessions(16);
+                        Arc::new(own)
+                    } else {
+                        base.clone()
+                    }
+                })
+                .clone();
+            match ClientConnection::new(cfg, name.clone()) {
                 Ok(mut t) => {
                     t.set_buffer_limit(None);
                     c.tls = Some(Box::new(t));
