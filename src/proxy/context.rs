@@ -87,6 +87,8 @@ pub struct Ctx {
     pub peers: Arc<Vec<Peer>>,
     /// QoS grants for sessions of this worker, to drive this turn: (session key, session id).
     pub granted: Vec<(usize, u64)>,
+    /// Sessions that used up their turn's budget with work left: driven again next turn.
+    pub deferred: Vec<usize>,
     /// Shutting down: finish in-flight requests, keep no connection alive.
     pub draining: bool,
     next_id: u64,
@@ -138,6 +140,7 @@ impl Ctx {
             unix_now: crate::sticky::unix_now(),
             peers,
             granted: Vec::with_capacity(64),
+            deferred: Vec::with_capacity(64),
             draining: false,
             next_id: 1,
             stats: WorkerStats::default(),

@@ -260,6 +260,11 @@ pub struct Session {
     plain_on_tls: bool,
 }
 
+/// State-machine steps one session may take per event-loop turn. A step moves at most a buffer (16 KiB
+/// by default) each way, so a bulk transfer yields after about a megabyte and small requests on the same
+/// worker are not held up behind it.
+const STEPS_PER_TURN: u32 = 64;
+
 /// Longest a closing connection lingers to drain client input after the answer (avoids an RST that
 /// would destroy the answer in flight).
 const LINGER: Duration = Duration::from_secs(2);
@@ -322,8 +327,17 @@ impl Session {
     }
 
     /// Runs the state machine until nothing more can happen without new readiness or time.
-    pub fn drive(&mut self, cx: &mut Ctx) {
+    /// Returns `true` when the session stopped with work left (its turn's budget was used up): the
+    /// worker runs it again on its next loop turn, after every other ready socket had its chance.
+    pub fn drive(&mut self, cx: &mut Ctx) -> bool {
+        let mut budget = STEPS_PER_TURN;
+        let mut yielded = false;
         loop {
+            if budget == 0 {
+                yielded = true;
+                break;
+            }
+            budget -= 1;
             // TLS records sealed earlier go out as soon as the socket takes them.
             if self.client.has_pending_output() && self.io.writable {
                 if let Err(e) = self.client.flush(&mut self.io) {
@@ -348,6 +362,7 @@ impl Session {
             self.release_idle_buffers(cx);
             self.arm_deadline(cx);
         }
+        yielded && self.phase != Phase::Closed
     }
 
     // ----- reading a request head -------------------------------------------------------------------
@@ -1807,8 +1822,8 @@ impl Session {
             Phase::Tunnel => self.abort(cx, Termination::Completed),
             Phase::Closing | Phase::Closed => self.phase = Phase::Closed,
         }
-        if self.phase != Phase::Closed {
-            self.drive(cx);
+        if self.phase != Phase::Closed && self.drive(cx) {
+            cx.deferred.push(self.key);
         }
     }
 

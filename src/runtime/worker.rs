@@ -142,6 +142,7 @@ impl Worker {
             self.cx.now = Instant::now();
             self.cx.unix_now = crate::sticky::unix_now();
             self.refresh_snapshot();
+            self.resume_deferred();
             self.dispatch_events();
             if self.accept_retry_at.is_some_and(|t| t <= self.cx.now) {
                 self.accept_retry_at = None;
@@ -181,7 +182,11 @@ impl Worker {
                 .listeners
                 .iter()
                 .any(|l| l.pending && l.socket.is_some());
-        if accept_now || !self.ready.is_empty() || !self.cx.granted.is_empty() {
+        if accept_now
+            || !self.ready.is_empty()
+            || !self.cx.granted.is_empty()
+            || !self.cx.deferred.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut t = self.cx.timers.next_timeout(self.cx.now);
@@ -394,9 +399,23 @@ impl Worker {
             session.queued = false;
             let cx = &mut self.cx;
             match catch_unwind(AssertUnwindSafe(|| session.drive(cx))) {
-                Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
-                Ok(()) => {}
+                Ok(_) if session.phase == Phase::Closed => self.remove_session(key),
+                Ok(true) => self.cx.deferred.push(key),
+                Ok(false) => {}
                 Err(payload) => self.session_panicked(key, payload.as_ref(), "driving"),
+            }
+        }
+    }
+
+    /// Sessions that yielded last turn go first in this one (their readiness flags are still set, so
+    /// they carry on without a new event).
+    fn resume_deferred(&mut self) {
+        for key in self.cx.deferred.drain(..) {
+            if let Some(s) = self.sessions.get_mut(key) {
+                if !s.queued {
+                    s.queued = true;
+                    self.ready.push(key);
+                }
             }
         }
     }
