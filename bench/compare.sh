@@ -4,11 +4,14 @@
 # (tether-bench). Prints one table per run and, with --write, replaces the "Proxy comparison" section of
 # bench/RESULTS.md.
 #
-# Placement (2-core machines): the proxy under test runs on CPU 1 with one worker/thread; the backends and
-# the load generator share CPU 0. Every proxy sees exactly the same setup. Rounds are interleaved
-# (tether, HAProxy, nginx, direct, tether, …) and the medians reported, because shared machines are noisy.
+# Placement (--placement): `shared` (default) lets every process run on any core, so a proxy's CPU cost per
+# request shows directly in the rate (on a 2-core machine HAProxy then reaches about half the direct rate);
+# `pinned` gives the proxy CPU 1 alone and the backends plus the load generator CPU 0, which caps every
+# proxy at what CPU 0 can drive. Each proxy runs one worker/thread. Rounds are interleaved (tether, HAProxy,
+# nginx, direct, tether, …) and the medians reported, because shared machines are noisy.
 #
-# Usage: bench/compare.sh [--rounds N] [--duration 10s] [--connections 50] [--workloads a,b,…] [--write]
+# Usage: bench/compare.sh [--rounds N] [--duration 10s] [--connections 50] [--workloads a,b,…]
+#                         [--placement shared|pinned] [--write]
 # Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed (default: all)
 set -euo pipefail
 
@@ -17,14 +20,16 @@ DURATION=10s
 CONNECTIONS=50
 WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed"
 WRITE=0
+PLACEMENT=shared
 while [ $# -gt 0 ]; do
   case "$1" in
+    --placement) PLACEMENT=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --write) WRITE=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -44,8 +49,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 CPUS=$(nproc)
-PROXY_CPU=$(( CPUS > 1 ? 1 : 0 ))
-LOAD_CPU=0
+case "$PLACEMENT" in
+  pinned) PROXY_CPU=$(( CPUS > 1 ? 1 : 0 )); LOAD_CPU=0 ;;
+  shared) PROXY_CPU="0-$((CPUS - 1))"; LOAD_CPU="0-$((CPUS - 1))" ;;
+  *) echo "--placement is shared or pinned" >&2; exit 2 ;;
+esac
 
 echo "building release binaries" >&2
 cargo build --release -q -p tether -p tether-bench
@@ -258,7 +266,7 @@ TABLE=$(
     echo "| $w | $t | $h | $n | $d | $(ratio "$t" "$h") | $(ratio "$t" "$n") | $(ratio "$t" "$d") | $(ratio "$h" "$d") | $(ratio "$n" "$d") | $tp50 / $hp50 / $np50 | $tp99 / $hp99 / $np99 |"
   done
 )
-CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS"
+CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS --placement $PLACEMENT"
 echo
 echo "$TABLE"
 
@@ -266,25 +274,25 @@ if [ "$WRITE" = 1 ]; then
   MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"
   VERSIONS="tether $("$TETHER" --version | awk '{print $2}'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $("$NGINX" -v 2>&1 | sed 's/.*\///;s/^/nginx /')"
   SECTION=$(cat <<EOF
-<!-- compare:start -->
-## Proxy comparison
+<!-- compare:$PLACEMENT:start -->
+## Proxy comparison ($PLACEMENT placement)
 
 Latest run: $(date -u +%Y-%m-%dT%H:%MZ), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg).
 Machine: $MACHINE. Versions: $VERSIONS.
-Command: \`$CMD\`. Each proxy: one worker/thread on CPU $PROXY_CPU, keep-alive to two nginx backends (one worker)
-on CPU $LOAD_CPU, load from \`tether-bench -t1 -c$CONNECTIONS -d$DURATION\` on CPU $LOAD_CPU; rounds interleaved, medians of
-$ROUNDS. TLS: the same ECDSA P-256 certificate for all three; \`tls_full\` = new connection per request without
+Command: \`$CMD\`. Each proxy: one worker/thread on CPU(s) $PROXY_CPU, keep-alive to two nginx backends
+(one worker) on CPU(s) $LOAD_CPU, load from \`tether-bench -t1 -c$CONNECTIONS -d$DURATION\` on CPU(s) $LOAD_CPU; rounds
+interleaved, medians of $ROUNDS. All three proxies set X-Forwarded-For, -Proto and -Host. TLS: the same ECDSA P-256 certificate for all three; \`tls_full\` = new connection per request without
 resumption, \`tls_resumed\` = new connection per request with resumption. nginx has no cookie insertion, so no
 sticky figure.
 
 $TABLE
-<!-- compare:end -->
+<!-- compare:$PLACEMENT:end -->
 EOF
 )
-  if grep -q '<!-- compare:start -->' bench/RESULTS.md; then
-    awk -v section="$SECTION" '
-      /<!-- compare:start -->/ { print section; skip=1; next }
-      /<!-- compare:end -->/ { skip=0; next }
+  if grep -q "<!-- compare:$PLACEMENT:start -->" bench/RESULTS.md; then
+    awk -v section="$SECTION" -v start="<!-- compare:$PLACEMENT:start -->" -v end="<!-- compare:$PLACEMENT:end -->" '
+      $0 == start { print section; skip=1; next }
+      $0 == end { skip=0; next }
       !skip { print }' bench/RESULTS.md > "$WORK/results.md"
     cp "$WORK/results.md" bench/RESULTS.md
   else

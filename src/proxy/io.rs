@@ -106,6 +106,9 @@ pub enum WriteOutcome {
     Error(io::Error),
 }
 
+/// Combined size up to which two slices are copied into one buffer and sent with a plain `send`.
+const SMALL_WRITE: usize = 2048;
+
 /// Writes two slices with one call (a head and the body bytes behind it). `more`: the same message
 /// continues with bytes already waiting to be read, so the kernel may hold these until they come
 /// (`MSG_MORE`): the peer then gets one segment and one wake-up instead of two.
@@ -118,6 +121,13 @@ pub fn write_two(
 ) -> WriteOutcome {
     let total = a.len() + b.len();
     debug_assert!(total > 0);
+    // Small enough to copy: one contiguous send is cheaper than writev's iovec handling.
+    if !a.is_empty() && !b.is_empty() && total <= SMALL_WRITE {
+        let mut joined = [0u8; SMALL_WRITE];
+        joined[..a.len()].copy_from_slice(a);
+        joined[a.len()..total].copy_from_slice(b);
+        return write_two(stream, io, &joined[..total], &[], more);
+    }
     let result = if more {
         let sock = socket2::SockRef::from(&*stream);
         if b.is_empty() {
