@@ -99,18 +99,35 @@ struct TlsBackend {
 }
 
 fn tls_backend(cert_pem: &str, key_pem: &str) -> TlsBackend {
+    tls_backend_with(cert_pem, key_pem, None)
+}
+
+/// A TLS backend; with `client_ca`, it demands a client certificate signed by that CA (mutual TLS).
+fn tls_backend_with(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> TlsBackend {
     let chain: Vec<_> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .map(Result::unwrap)
         .collect();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let cfg = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-    );
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = Arc::new(builder.with_single_cert(chain, key).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));
@@ -443,4 +460,100 @@ fn a_redirect_listener_sends_every_request_to_https() {
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://Shop.Example/login"));
     assert_eq!(b.request_count(), 0);
+}
+
+#[test]
+fn an_rsa_certificate_chain_is_served_too() {
+    let s = setup();
+    let rsa = s.ca.server_rsa(&["rsa.test"]).unwrap();
+    write(s.dir.path(), "rsa.crt", &rsa.cert_pem);
+    write(s.dir.path(), "rsa.key", &rsa.key_pem);
+    let b = Backend::named("plain");
+    let d = s.dir.path().display();
+    let listener = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
+         certificates = [{{ cert = \"{d}/a.crt\", key = \"{d}/a.key\" }}, {{ cert = \"{d}/rsa.crt\", key = \"{d}/rsa.key\" }}]\n"
+    );
+    let t = Tether::start(&config_with(&listener, b.addr, ""));
+    // TLS 1.2 with an RSA-only signature list proves the RSA key signs the handshake.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(s.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let mut rsa_only = rustls::crypto::aws_lc_rs::default_provider();
+    rsa_only
+        .cipher_suites
+        .retain(|cs| format!("{:?}", cs.suite()).contains("ECDHE_RSA"));
+    let cfg = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rsa_only))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let r = tls_get(t.addr, "rsa.test", &cfg, "/").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "plain"));
+    assert_eq!(r.peer_names, vec!["rsa.test"]);
+}
+
+#[test]
+fn mutual_tls_to_a_backend_presents_the_client_certificate() {
+    let s = setup();
+    let backend_cert = s.ca.server(&["127.0.0.1"]).unwrap();
+    let b = tls_backend_with(
+        &backend_cert.cert_pem,
+        &backend_cert.key_pem,
+        Some(&s.ca.cert_pem()),
+    );
+    let client = s.ca.client("tether").unwrap();
+    let ca = write(s.dir.path(), "ca.crt", &s.ca.cert_pem());
+    let cert = write(s.dir.path(), "client.crt", &client.cert_pem);
+    let key = write(s.dir.path(), "client.key", &client.key_pem);
+    let cfg = |mtls: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\ncluster = \"app\"\n[access_log]\nformat = \"json\"\n\
+             [clusters.app]\nretries = 0\nbackends = [{{ address = \"{}\" }}]\n[clusters.app.tls]\nca = \"{ca}\"\n{mtls}\n",
+            b.addr
+        )
+    };
+    let with = Tether::start(&cfg(&format!(
+        "client_cert = \"{cert}\"\nclient_key = \"{key}\""
+    )));
+    assert_eq!(get(with.addr, "/").status, 200);
+    assert_eq!(b.requests.load(Ordering::SeqCst), 1);
+    // Without a client certificate the backend refuses the handshake: 502, and it saw no request.
+    let without = Tether::start(&cfg(""));
+    assert_eq!(get(without.addr, "/").status, 502);
+    let f = json_fields(&without.access_lines(1)[0]);
+    assert_eq!(f["termination"], "upstream_tls");
+    assert_eq!(b.requests.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn session_cookies_issued_over_tls_are_secure() {
+    let s = setup();
+    let b = Backend::named("plain");
+    let t = Tether::start(&format!(
+        "{}\n[[routes]]\npath_prefix = \"/cart\"\ncluster = \"app\"\nclass = \"secure\"\nsession = \"insert:TSID\"\n\
+         [[routes]]\ncluster = \"app\"\n[clusters.app]\nbackends = [{{ address = \"{}\" }}]\n",
+        tls_listener(&s, ""),
+        b.addr
+    ));
+    let cfg = client_config(&s.ca.cert_pem());
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let conn = ClientConnection::new(cfg, name).unwrap();
+    let sock = TcpStream::connect(t.addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /cart HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let set_cookie = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie in {text}"));
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
 }

@@ -52,6 +52,12 @@ impl DevCa {
         self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate with an RSA 2048 key (for testing RSA chains; ECDSA is the default).
+    pub fn server_rsa(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?;
+        self.issue_with(names, ExtendedKeyUsagePurpose::ServerAuth, key)
+    }
+
     /// A client certificate (mutual TLS) for `name`.
     pub fn client(&self, name: &str) -> Result<Issued, rcgen::Error> {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
@@ -62,6 +68,15 @@ impl DevCa {
         names: &[&str],
         usage: ExtendedKeyUsagePurpose,
     ) -> Result<Issued, rcgen::Error> {
+        self.issue_with(names, usage, KeyPair::generate()?)
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        key: KeyPair,
+    ) -> Result<Issued, rcgen::Error> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone())?;
         if let Some(first) = names.first() {
@@ -71,7 +86,6 @@ impl DevCa {
         }
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
