@@ -210,11 +210,16 @@ fn opt_us(v: Option<u64>) -> String {
 pub fn format_combined(r: &AccessRecord, out: &mut Vec<u8>) {
     let time = humantime::format_rfc3339_millis(r.time);
     let _ = write!(out, "{} - - [{time}] \"", r.client.ip());
-    escape_quoted(r.get(Field::Method), out);
-    out.push(b' ');
-    escape_quoted(r.get(Field::Target), out);
-    out.push(b' ');
-    out.extend_from_slice(r.version.as_bytes());
+    if r.get(Field::Method).is_empty() {
+        // A refused head: the target field holds the raw first line as received.
+        escape_quoted(r.get(Field::Target), out);
+    } else {
+        escape_quoted(r.get(Field::Method), out);
+        out.push(b' ');
+        escape_quoted(r.get(Field::Target), out);
+        out.push(b' ');
+        out.extend_from_slice(r.version.as_bytes());
+    }
     out.extend_from_slice(b"\" ");
     if r.status == 0 {
         out.push(b'-');
@@ -387,6 +392,18 @@ mod tests {
         assert!(line.contains("\"backend\":null"));
         assert!(line.contains("\"connect_us\":null"));
         assert!(line.contains("\"termination\":\"bad_request\",\"reason\":\"obs-fold in header\""));
+    }
+
+    #[test]
+    fn a_refused_head_logs_its_raw_first_line_once() {
+        let mut r = AccessRecord::new();
+        r.reset(SystemTime::UNIX_EPOCH, "10.0.0.7:1".parse().unwrap(), 0);
+        r.set(Field::Target, b"GET / HTTP/1.1");
+        r.status = 400;
+        let mut out = Vec::new();
+        format_combined(&r, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains("] \"GET / HTTP/1.1\" 400 "), "{line}");
     }
 
     #[test]

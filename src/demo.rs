@@ -81,7 +81,7 @@ pub fn print_banner(
         "tether demo: three backends on {}\n\
          balancer on {url} (Ctrl-C stops everything)\n\n\
          Try:\n  \
-         curl -i {url}/                        # each request goes to the next backend\n  \
+         curl -i {url}/                        # requests spread over the three backends\n  \
          for i in 1 2 3 4 5 6; do curl -s {url}/; done\n  \
          curl -s {url}/headers                 # what a backend receives (X-Forwarded-*)\n  \
          curl -s -d 'hello tether' {url}/echo  # request bodies stream through\n  \
