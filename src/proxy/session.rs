@@ -1380,48 +1380,67 @@ impl Session {
             }
         }
 
-        // Write to the client: our head bytes first, then body bytes, in one call.
+        // Write to the client: our head bytes first, then validated body bytes, in one call. The rest
+        // of the response may already wait in the backend socket (our last read filled the buffer):
+        // then let the kernel send both parts as one, as HAProxy does with MSG_MORE.
+        let more = self.x.resp == ResponseState::Body
+            && !self.x.upstream_eof
+            && cx.upstreams.get(key).is_some_and(|u| u.io.readable);
+        match self.write_client(cx, self.x.resp_pending, more) {
+            Err(()) => return true,
+            Ok(Some(body)) => {
+                self.x.resp_pending -= body;
+                progress = true;
+            }
+            Ok(None) => {}
+        }
+        progress
+    }
+
+    /// Writes our pending head bytes, then the first `body_len` bytes of `up_buf`, to the client in one
+    /// call. `Ok(Some(n))`: progress, `n` of them body bytes (consumed from `up_buf`); `Ok(None)`: nothing
+    /// to write or the socket is full; `Err`: the client is gone and the session was aborted.
+    fn write_client(
+        &mut self,
+        cx: &mut Ctx,
+        body_len: usize,
+        more: bool,
+    ) -> Result<Option<usize>, ()> {
         let head: &[u8] = match &self.resp_out {
             Some(o) => &o[self.resp_out_sent..],
             None => &[],
         };
         let body: &[u8] = match &self.up_buf {
-            Some(b) => &b.data()[..self.x.resp_pending],
+            Some(b) => &b.data()[..body_len],
             None => &[],
         };
-        if (!head.is_empty() || !body.is_empty()) && self.io.writable {
-            let head_len = head.len();
-            // The rest of the response already waits in the backend socket (our last read filled the
-            // buffer): let the kernel send both parts as one, as HAProxy does with MSG_MORE.
-            let more = self.x.resp == ResponseState::Body
-                && !self.x.upstream_eof
-                && cx.upstreams.get(key).is_some_and(|u| u.io.readable);
-            match self.client.write_two(&mut self.io, head, body, more) {
-                WriteOutcome::Wrote(n) => {
-                    let h = n.min(head_len);
-                    self.resp_out_sent += h;
-                    let b = n - h;
-                    if b > 0 {
-                        if let Some(buf) = &mut self.up_buf {
-                            buf.consume(b);
-                        }
-                        self.x.resp_pending -= b;
+        if (head.is_empty() && body.is_empty()) || !self.io.writable {
+            return Ok(None);
+        }
+        let head_len = head.len();
+        match self.client.write_two(&mut self.io, head, body, more) {
+            WriteOutcome::Wrote(n) => {
+                let h = n.min(head_len);
+                self.resp_out_sent += h;
+                let b = n - h;
+                if b > 0 {
+                    if let Some(buf) = &mut self.up_buf {
+                        buf.consume(b);
                     }
-                    self.x.bytes_out += n as u64;
-                    self.last_client_io = cx.now;
-                    if self.resp_out_pending() == 0 {
-                        self.recycle_resp_out(cx);
-                    }
-                    progress = true;
                 }
-                WriteOutcome::Blocked => {}
-                WriteOutcome::Error(_) => {
-                    self.abort(cx, Termination::ClientClosed);
-                    return true;
+                self.x.bytes_out += n as u64;
+                self.last_client_io = cx.now;
+                if self.resp_out_pending() == 0 {
+                    self.recycle_resp_out(cx);
                 }
+                Ok(Some(b))
+            }
+            WriteOutcome::Blocked => Ok(None),
+            WriteOutcome::Error(_) => {
+                self.abort(cx, Termination::ClientClosed);
+                Err(())
             }
         }
-        progress
     }
 
     fn resp_out_pending(&self) -> usize {
@@ -1546,38 +1565,11 @@ impl Session {
         }
 
         // Backend → client: the 101 head first, then raw bytes.
-        let head: &[u8] = match &self.resp_out {
-            Some(o) => &o[self.resp_out_sent..],
-            None => &[],
-        };
-        let body: &[u8] = match &self.up_buf {
-            Some(b) => b.data(),
-            None => &[],
-        };
-        if (!head.is_empty() || !body.is_empty()) && self.io.writable {
-            let head_len = head.len();
-            match self.client.write_two(&mut self.io, head, body, false) {
-                WriteOutcome::Wrote(n) => {
-                    let h = n.min(head_len);
-                    self.resp_out_sent += h;
-                    if n > h {
-                        if let Some(buf) = &mut self.up_buf {
-                            buf.consume(n - h);
-                        }
-                    }
-                    self.x.bytes_out += n as u64;
-                    self.last_client_io = cx.now;
-                    if self.resp_out_pending() == 0 {
-                        self.recycle_resp_out(cx);
-                    }
-                    progress = true;
-                }
-                WriteOutcome::Blocked => {}
-                WriteOutcome::Error(_) => {
-                    self.abort(cx, Termination::ClientClosed);
-                    return true;
-                }
-            }
+        let pending = self.up_buf.as_ref().map_or(0, Buffer::len);
+        match self.write_client(cx, pending, false) {
+            Err(()) => return true,
+            Ok(Some(_)) => progress = true,
+            Ok(None) => {}
         }
         let u = &mut cx.upstreams[key];
         if !self.x.upstream_eof && u.io.readable {
