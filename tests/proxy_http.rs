@@ -358,3 +358,27 @@ fn access_log_lines_carry_backend_status_and_reason() {
     assert!(!bad["reason"].is_empty());
     assert_eq!(bad["backend"], "null");
 }
+
+#[test]
+fn busy_polling_serves_requests_and_an_idle_worker_still_goes_to_sleep() {
+    let b = Backend::named("a");
+    let t = Tether::start(&config_for(&[b.addr], "[workers]\nbusy_poll = \"1ms\""));
+    let mut c = Client::connect(t.addr);
+    for _ in 0..200 {
+        assert_eq!(c.get("/").text(), "a");
+    }
+    drop(c);
+    // The spin is bounded: with no traffic the worker blocks in epoll_wait (state S), it does not spin.
+    let worker_state = || {
+        let dir = format!("/proc/{}/task", t.pid());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "worker-0")
+            })
+            .and_then(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+    };
+    wait_until("the idle worker to sleep", || worker_state() == Some('S'));
+}

@@ -851,6 +851,7 @@ limits.max_headers = 5
         "workers.buffer_size",
         "workers.accept_batch",
         "workers.upstream_idle_pool",
+        "workers.busy_poll",
         "timeouts.client_head",
         "timeouts.client_idle",
         "timeouts.client",

@@ -126,6 +126,12 @@ impl Validator {
             );
         }
         self.range("workers.accept_batch", w.accept_batch, 1, 4096, "");
+        if w.busy_poll > Duration::from_millis(10) {
+            self.error(
+                "workers.busy_poll",
+                "must be at most \"10ms\" (e.g. \"200us\"); a longer spin only burns CPU",
+            );
+        }
         if w.upstream_idle_pool > 65536 {
             self.error(
                 "workers.upstream_idle_pool",

@@ -152,6 +152,7 @@ impl Server {
         let settings = WorkerSettings {
             max_connections: config.workers.max_connections,
             accept_batch: config.workers.accept_batch,
+            busy_poll: config.workers.busy_poll,
         };
         // Every worker's channel and waker exist before any worker starts: QoS grants cross workers.
         let mut polls = Vec::with_capacity(count);

@@ -46,6 +46,8 @@ const PANIC_WINDOW: Duration = Duration::from_secs(60);
 pub struct WorkerSettings {
     pub max_connections: usize,
     pub accept_batch: usize,
+    /// Poll without sleeping for this long before blocking (0: off).
+    pub busy_poll: Duration,
 }
 
 /// A listening socket of this worker.
@@ -132,12 +134,9 @@ impl Worker {
     /// Runs until shut down and drained.
     pub fn run(mut self) {
         loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("worker {}: poll failed: {e}", self.cx.worker);
-                    return;
-                }
+            if let Err(e) = self.wait_for_events() {
+                log::error!("worker {}: poll failed: {e}", self.cx.worker);
+                return;
             }
             self.cx.now = Instant::now();
             self.cx.unix_now = crate::sticky::unix_now();
@@ -173,6 +172,39 @@ impl Worker {
             }
         }
         log::debug!("worker {} stopped", self.cx.worker);
+    }
+
+    /// Waits for readiness. With `busy_poll` set, the worker first checks for events without sleeping
+    /// for up to that long (bounded by the next timer): a worker that sleeps must be woken by whoever
+    /// sends it the next packet, which costs that sender an inter-processor interrupt. Then it sleeps.
+    fn wait_for_events(&mut self) -> io::Result<()> {
+        let timeout = self.poll_timeout();
+        let spin = self.settings.busy_poll;
+        if !spin.is_zero() && timeout != Some(Duration::ZERO) {
+            let start = Instant::now();
+            let limit = timeout.map_or(spin, |t| t.min(spin));
+            loop {
+                match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                    Ok(()) if !self.events.is_empty() => return Ok(()),
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                if start.elapsed() >= limit {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let remaining = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            return match self.poll.poll(&mut self.events, remaining) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+                _ => Ok(()),
+            };
+        }
+        match self.poll.poll(&mut self.events, timeout) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
