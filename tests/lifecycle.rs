@@ -12,10 +12,14 @@ fn sighup_adds_a_backend_that_then_gets_traffic() {
     let a = Backend::named("a");
     let b = Backend::named("b");
     let t = Tether::start(&config_for(&[a.addr], ""));
-    assert_eq!(get(t.addr, "/").text(), "a");
+    let mut kept = Client::connect(t.addr);
+    assert_eq!(kept.get("/").text(), "a");
     t.write_config(&config_for(&[a.addr, b.addr], ""));
     t.signal("HUP");
     t.wait_log("reloaded");
+    // The connection opened before the reload is still served, now by both backends.
+    let on_kept: Vec<String> = (0..6).map(|_| kept.get("/").text()).collect();
+    assert!(on_kept.iter().any(|x| x == "b"), "{on_kept:?}");
     let answers: Vec<String> = (0..10).map(|_| get(t.addr, "/").text()).collect();
     assert!(answers.iter().any(|x| x == "b"), "{answers:?}");
     assert!(answers.iter().any(|x| x == "a"), "{answers:?}");
