@@ -1,0 +1,469 @@
+//! A client connection's state machine: read a request head, run the pipeline, exchange with a backend,
+//! answer, and start over (keep-alive) or close. See `LIFECYCLE.md` in this directory.
+//!
+//! Data is never copied between buffers: request bytes are read into `in_buf` and written to the backend
+//! straight from it (the rewritten head goes first from `req_out`, in the same `writev`); response bytes
+//! are read into `up_buf` and written to the client the same way. Body framing is validated as bytes pass
+//! (`*_pending` counts the validated bytes at the front of a buffer that may be sent), so a backend or a
+//! client only ever receives bytes whose framing tether has checked.
+
+use super::context::{Ctx, upstream_token};
+use super::io::{ReadOutcome, Readiness, Transport, WriteOutcome};
+use super::pipeline;
+use super::upstream::{self, Upstream};
+use crate::access_log::{AccessRecord, Field};
+use crate::balance::{self, AttemptOutcome, BackendId, Cluster, PickContext};
+use crate::config::{FailoverPolicy, SessionIdentity};
+use crate::error::Termination;
+use crate::http::canned::write_canned;
+use crate::http::{
+    BodyFraming, ChunkedDecoder, ForwardContext, HeadScanner, Method, ResponseFraming,
+    ResponseOptions, Version, end_head, parse_request, parse_response, write_request_head,
+    write_response_head,
+};
+use crate::qos::{Admission, Waiter};
+use crate::runtime::buffer::Buffer;
+use crate::runtime::timer::Deadline;
+use crate::sticky::table::SessionKey;
+use mio::Interest;
+use mio::net::TcpStream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+mod backend;
+mod ending;
+mod exchange;
+mod head;
+mod tunnel;
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a request head: idle between requests, or part of a head received.
+    ReadHead,
+    /// Routed and balanced, waiting in the backend's QoS queue for a slot (no CPU is spent waiting).
+    Queued,
+    /// Routed and balanced; the backend connection is being established.
+    Connect,
+    /// Request and response flowing between client and backend.
+    Exchange,
+    /// Protocol switched (101): raw bytes both ways until both sides close.
+    Tunnel,
+    /// A final answer is being flushed; then the write side is shut and input drained until EOF.
+    Closing,
+    /// Done: the worker frees the session.
+    Closed,
+}
+
+/// How much of a message body is still to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Fully received (or none).
+    Done,
+    /// This many bytes are still to be received.
+    Length(u64),
+    /// Chunked; the decoder knows where it ends.
+    Chunked,
+    /// Ends when the backend closes.
+    UntilClose,
+}
+
+/// The response side of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseState {
+    /// Waiting for the (final) response head; 1xx heads are forwarded on the way.
+    Head,
+    /// Receiving the body.
+    Body,
+    /// All body bytes received and validated (some may still be waiting to be written).
+    Done,
+}
+
+/// What a secure request knows about its session.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StickyRequest {
+    /// The session key; `None` until learned (a backend's cookie not seen yet).
+    pub key: Option<SessionKey>,
+    /// The backend the session is bound to, from the table or a cookie.
+    pub preferred: Option<BackendId>,
+    /// The SSL context (backend connection id) the session last used.
+    pub ssl_context: u64,
+    /// The table holds a binding for `key`.
+    pub bound: bool,
+    /// Insert mode: send a fresh sealed cookie with the response.
+    pub issue_cookie: bool,
+}
+
+/// Per-request state, reset for each request on the connection.
+#[derive(Debug)]
+struct Exchange {
+    /// The first byte of this request arrived.
+    started: bool,
+    started_at: Instant,
+    method: Method,
+    version: Version,
+    keep_alive: bool,
+    upgrade: bool,
+    cluster: usize,
+    /// Index of the matched route in the snapshot's route table.
+    route: usize,
+    /// Snapshot generation `cluster` and `route` index into.
+    generation: u64,
+    /// QoS priority of this request (0–7).
+    priority: u8,
+    /// Stickiness of a request on a secure route.
+    sticky: Option<StickyRequest>,
+    /// The QoS slot for the chosen backend is already held (admitted or granted).
+    slot_held: bool,
+    /// While queued: the ticket in the backend's queue.
+    waiter: Option<Arc<Waiter>>,
+    queued_at: Option<Instant>,
+    queue_us: Option<u64>,
+    /// Backend of the last attempt (to avoid it on retry) and attempts made.
+    backend: Option<(BackendId, SocketAddr)>,
+    attempts: u32,
+    /// The backend's state was told an attempt started and not yet that it ended.
+    attempt_open: bool,
+    /// Hash key for hash-based balancing, computed once per request.
+    hash_key: Option<u64>,
+    /// Backend latency of the current attempt: assignment to response head.
+    attempt_latency_us: Option<u64>,
+    /// Bytes of `req_out` already written to the backend.
+    head_sent: usize,
+    /// Any request byte reached the backend on the current attempt.
+    request_written: bool,
+    req_body: Body,
+    /// The request has a body (its bytes leave `in_buf` as they are sent, so it cannot be replayed).
+    req_has_body: bool,
+    req_chunks: ChunkedDecoder,
+    /// Validated request body bytes at the front of `in_buf`, not yet written.
+    req_pending: usize,
+    resp: ResponseState,
+    resp_body: Body,
+    resp_chunks: ChunkedDecoder,
+    /// Validated response bytes at the front of `up_buf`, not yet written.
+    resp_pending: usize,
+    /// Any byte came back from the backend on the current attempt.
+    response_received: bool,
+    /// A final response head was queued to the client: a canned error can no longer be sent.
+    response_started: bool,
+    upstream_eof: bool,
+    upstream_reusable: bool,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    connect_started: Instant,
+    connect_us: Option<u64>,
+    response_us: Option<u64>,
+    termination: Termination,
+}
+
+impl Exchange {
+    fn new(now: Instant) -> Self {
+        Exchange {
+            started: false,
+            started_at: now,
+            method: Method::Get,
+            version: Version::Http11,
+            keep_alive: true,
+            upgrade: false,
+            cluster: 0,
+            route: 0,
+            generation: 0,
+            priority: 0,
+            sticky: None,
+            slot_held: false,
+            waiter: None,
+            queued_at: None,
+            queue_us: None,
+            backend: None,
+            attempts: 0,
+            attempt_open: false,
+            hash_key: None,
+            attempt_latency_us: None,
+            head_sent: 0,
+            request_written: false,
+            req_body: Body::Done,
+            req_has_body: false,
+            req_chunks: ChunkedDecoder::new(),
+            req_pending: 0,
+            resp: ResponseState::Head,
+            resp_body: Body::Done,
+            resp_chunks: ChunkedDecoder::new(),
+            resp_pending: 0,
+            response_received: false,
+            response_started: false,
+            upstream_eof: false,
+            upstream_reusable: false,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            connect_started: now,
+            connect_us: None,
+            response_us: None,
+            termination: Termination::Completed,
+        }
+    }
+
+    /// Ready for the next request; the decoders keep their (allocation-free) state objects.
+    fn reset(&mut self, now: Instant) {
+        let mut req_chunks = std::mem::take(&mut self.req_chunks);
+        let mut resp_chunks = std::mem::take(&mut self.resp_chunks);
+        req_chunks.reset();
+        resp_chunks.reset();
+        *self = Exchange {
+            req_chunks,
+            resp_chunks,
+            ..Exchange::new(now)
+        };
+    }
+
+    fn micros_since_start(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started_at).as_micros() as u64
+    }
+}
+
+/// One client connection.
+pub struct Session {
+    /// This session's slab key (upstreams point back to it).
+    pub key: usize,
+    pub id: u64,
+    client: Transport,
+    pub io: Readiness,
+    peer: SocketAddr,
+    /// The client address as forwarding headers write it, formatted once per connection.
+    peer_text: crate::http::rewrite::IpText,
+    listener: u16,
+    pub phase: Phase,
+    pub deadline: Deadline,
+    /// Already in the worker's run queue.
+    pub queued: bool,
+    in_buf: Option<Buffer>,
+    up_buf: Option<Buffer>,
+    /// Rewritten request head for the backend (kept until the response starts, for retries).
+    req_out: Option<Vec<u8>>,
+    /// Bytes for the client that tether wrote itself (response heads, canned answers).
+    resp_out: Option<Vec<u8>>,
+    resp_out_sent: usize,
+    scanner: HeadScanner,
+    resp_scanner: HeadScanner,
+    upstream: Option<usize>,
+    x: Exchange,
+    requests: u32,
+    last_client_io: Instant,
+    last_upstream_io: Instant,
+    closing_since: Instant,
+    /// Close the client connection once the current response is written.
+    close_after: bool,
+    shutdown_sent: bool,
+    client_eof: bool,
+    log: Option<Box<AccessRecord>>,
+    accepted_at: Instant,
+    /// TLS listener: the first bytes were checked for plain HTTP.
+    tls_checked: bool,
+    /// Plain HTTP arrived on a TLS listener: the request is parsed only to answer it (400 or redirect).
+    plain_on_tls: bool,
+}
+
+/// State-machine steps one session may take per event-loop turn. A step moves at most a buffer (16 KiB
+/// by default) each way, so a bulk transfer yields after about a megabyte and small requests on the same
+/// worker are not held up behind it.
+const STEPS_PER_TURN: u32 = 64;
+
+/// Longest a closing connection lingers to drain client input after the answer (avoids an RST that
+/// would destroy the answer in flight).
+const LINGER: Duration = Duration::from_secs(2);
+
+impl Session {
+    pub fn new(
+        key: usize,
+        id: u64,
+        client: Transport,
+        peer: SocketAddr,
+        listener: u16,
+        now: Instant,
+    ) -> Self {
+        Session {
+            key,
+            id,
+            client,
+            // Clients usually send their request right behind the handshake: try reading at once.
+            io: Readiness {
+                readable: true,
+                writable: true,
+                ..Readiness::default()
+            },
+            peer,
+            peer_text: crate::http::rewrite::IpText::new(peer.ip()),
+            listener,
+            phase: Phase::ReadHead,
+            deadline: Deadline::default(),
+            queued: false,
+            in_buf: None,
+            up_buf: None,
+            req_out: None,
+            resp_out: None,
+            resp_out_sent: 0,
+            scanner: HeadScanner::default(),
+            resp_scanner: HeadScanner::default(),
+            upstream: None,
+            x: Exchange::new(now),
+            requests: 0,
+            last_client_io: now,
+            last_upstream_io: now,
+            closing_since: now,
+            close_after: false,
+            shutdown_sent: false,
+            client_eof: false,
+            log: None,
+            accepted_at: now,
+            tls_checked: false,
+            plain_on_tls: false,
+        }
+    }
+
+    pub fn client_mut(&mut self) -> &mut TcpStream {
+        &mut self.client.sock
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Runs the state machine until nothing more can happen without new readiness or time.
+    /// Returns `true` when the session stopped with work left (its turn's budget was used up): the
+    /// worker runs it again on its next loop turn, after every other ready socket had its chance.
+    pub fn drive(&mut self, cx: &mut Ctx) -> bool {
+        let mut budget = STEPS_PER_TURN;
+        let mut yielded = false;
+        loop {
+            if budget == 0 {
+                yielded = true;
+                break;
+            }
+            budget -= 1;
+            // TLS records sealed earlier go out as soon as the socket takes them.
+            if self.client.has_pending_output() && self.io.writable {
+                if let Err(e) = self.client.flush(&mut self.io) {
+                    log::debug!("client {}: TLS write failed: {e}", self.peer);
+                    self.abort(cx, Termination::ClientClosed);
+                }
+            }
+            let progress = match self.phase {
+                Phase::ReadHead => self.step_read_head(cx),
+                Phase::Queued => self.step_queued(cx),
+                Phase::Connect => self.step_connect(cx),
+                Phase::Exchange => self.step_exchange(cx),
+                Phase::Tunnel => self.step_tunnel(cx),
+                Phase::Closing => self.step_closing(cx),
+                Phase::Closed => false,
+            };
+            if !progress {
+                break;
+            }
+        }
+        if self.phase != Phase::Closed {
+            self.release_idle_buffers(cx);
+            self.arm_deadline(cx);
+        }
+        yielded && self.phase != Phase::Closed
+    }
+}
+
+/// How a termination counts against the backend that was serving the attempt.
+fn outcome_of(term: Termination) -> AttemptOutcome {
+    match term {
+        Termination::ConnectFailed | Termination::ConnectTimeout => AttemptOutcome::ConnectFailed,
+        Termination::UpstreamClosed
+        | Termination::BadResponse(_)
+        | Termination::UpstreamTimeout => AttemptOutcome::Failed,
+        _ => AttemptOutcome::Abandoned,
+    }
+}
+
+/// What `choose_backend` needs to admit a request to a backend's QoS queue.
+struct Admit {
+    worker: usize,
+    session: usize,
+    session_id: u64,
+    now: Instant,
+    unix_now: u32,
+}
+
+/// Chooses the backend for an attempt — the session's own for a secure request (unless it is down or
+/// just failed), else the balancer's pick — binds or rebinds the session, and, when the cluster limits
+/// requests in flight, takes a slot or a place in the queue (`None`: no limit).
+fn choose_backend(
+    x: &mut Exchange,
+    cluster: &Cluster,
+    balancer: &mut balance::Balancer,
+    sticky: &crate::sticky::Stickiness,
+    failover: FailoverPolicy,
+    avoid: Option<BackendId>,
+    admit: Admit,
+) -> Result<(BackendId, SocketAddr, Option<Admission>), Termination> {
+    let mut chosen = None;
+    if let Some(pref) = x.sticky.as_ref().and_then(|st| st.preferred) {
+        match cluster.backend(pref) {
+            Some(b) if b.eligible() && Some(pref) != avoid => chosen = Some(b),
+            _ if failover == FailoverPolicy::Fail => return Err(Termination::SessionBackendDown),
+            _ => {}
+        }
+    }
+    let backend = match chosen {
+        Some(b) => b,
+        None => {
+            let pick = PickContext {
+                hash_key: x.hash_key,
+                avoid,
+            };
+            balancer
+                .pick(x.cluster, cluster, &pick)
+                .ok_or(Termination::NoBackend)?
+        }
+    };
+    let (id, address) = (backend.state.id, backend.state.address);
+
+    // Bind a new session, rebind one whose backend was down or failed (logged), and decide whether
+    // the response carries a fresh cookie.
+    if let Some(st) = &mut x.sticky {
+        if let Some(key) = st.key {
+            if !st.bound {
+                sticky.table.bind(admit.worker, key, id, admit.unix_now);
+                st.bound = true;
+                if st.preferred.is_some_and(|p| p != id) {
+                    st.issue_cookie = true;
+                }
+            } else if st.preferred != Some(id) {
+                sticky.table.rebind(admit.worker, key, id, admit.unix_now);
+                let from = st.preferred.and_then(|p| cluster.backend(p)).map_or_else(
+                    || "a removed backend".to_string(),
+                    |b| b.state.address.to_string(),
+                );
+                log::info!(
+                    "session rebound from {from} to {address} (cluster {}): its backend is down or failed",
+                    cluster.name
+                );
+                st.issue_cookie = true;
+                st.ssl_context = 0;
+            }
+            st.preferred = Some(id);
+        }
+    }
+
+    let admission = (cluster.max_inflight > 0).then(|| {
+        backend.state.queue.admit(
+            &backend.state,
+            cluster.max_inflight,
+            cluster.max_queue,
+            x.priority,
+            admit.worker,
+            admit.session,
+            admit.session_id,
+            admit.now,
+        )
+    });
+    Ok((id, address, admission))
+}
