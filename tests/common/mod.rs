@@ -507,46 +507,9 @@ fn read_request(
     let mut pos = head_len;
     let mut body = Vec::new();
     if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        // Decode chunked: size line, data, CRLF … 0 CRLF, trailers, CRLF.
-        loop {
-            let line_end = loop {
-                if let Some(i) = find_crlf(&buf[pos..]) {
-                    break pos + i;
-                }
-                if !fill(buf) {
-                    return None;
-                }
-            };
-            let line = String::from_utf8_lossy(&buf[pos..line_end]).into_owned();
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).ok()?;
-            pos = line_end + 2;
-            if size == 0 {
-                // Trailers until an empty line.
-                loop {
-                    let end = loop {
-                        if let Some(i) = find_crlf(&buf[pos..]) {
-                            break pos + i;
-                        }
-                        if !fill(buf) {
-                            return None;
-                        }
-                    };
-                    let empty = end == pos;
-                    pos = end + 2;
-                    if empty {
-                        break;
-                    }
-                }
-                break;
-            }
-            while buf.len() < pos + size + 2 {
-                if !fill(buf) {
-                    return None;
-                }
-            }
-            body.extend_from_slice(&buf[pos..pos + size]);
-            pos += size + 2;
-        }
+        let (decoded, end) = decode_chunked(buf, pos, &mut fill)?;
+        body = decoded;
+        pos = end;
     } else if let Some(len) = find("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
         while buf.len() < pos + len {
             if !fill(buf) {
@@ -669,47 +632,10 @@ impl Client {
         let no_body = head_request || status < 200 || status == 204 || status == 304;
         if no_body {
         } else if find("transfer-encoding").is_some() {
-            let mut pos = 0;
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find_crlf(&self.buf[pos..]) {
-                        break pos + i;
-                    }
-                    if !self.fill() {
-                        return None;
-                    }
-                };
-                let line = String::from_utf8_lossy(&self.buf[pos..line_end]).into_owned();
-                let size =
-                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
-                pos = line_end + 2;
-                if size == 0 {
-                    loop {
-                        let end = loop {
-                            if let Some(i) = find_crlf(&self.buf[pos..]) {
-                                break pos + i;
-                            }
-                            if !self.fill() {
-                                return None;
-                            }
-                        };
-                        let empty = end == pos;
-                        pos = end + 2;
-                        if empty {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                while self.buf.len() < pos + size + 2 {
-                    if !self.fill() {
-                        return None;
-                    }
-                }
-                body.extend_from_slice(&self.buf[pos..pos + size]);
-                pos += size + 2;
-            }
-            self.buf.drain(..pos);
+            let stream = &mut self.stream;
+            let (decoded, end) = decode_chunked(&mut self.buf, 0, &mut |b| fill_from(stream, b))?;
+            body = decoded;
+            self.buf.drain(..end);
         } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
             while self.buf.len() < len {
                 if !self.fill() {
@@ -742,16 +668,69 @@ impl Client {
     }
 
     fn fill(&mut self) -> bool {
-        let mut b = [0u8; 16384];
-        match self.stream.read(&mut b) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
-            Err(e) => panic!("read failed: {e}"),
+        fill_from(&mut self.stream, &mut self.buf)
+    }
+}
+
+/// Reads once from `stream` onto the end of `buf`; `false` at EOF or reset.
+fn fill_from(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut b = [0u8; 16384];
+    match stream.read(&mut b) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&b[..n]);
+            true
         }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        Err(e) => panic!("read failed: {e}"),
+    }
+}
+
+/// Decodes a chunked body starting at `buf[pos..]` (size line, data, CRLF … `0`, trailers, empty line),
+/// reading more with `fill` as needed. Returns the payload and the position just past the body.
+fn decode_chunked(
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+    fill: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+) -> Option<(Vec<u8>, usize)> {
+    fn line_end(
+        buf: &mut Vec<u8>,
+        from: usize,
+        fill: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+    ) -> Option<usize> {
+        loop {
+            if let Some(i) = find_crlf(&buf[from..]) {
+                return Some(from + i);
+            }
+            if !fill(buf) {
+                return None;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        let end = line_end(buf, pos, fill)?;
+        let line = String::from_utf8_lossy(&buf[pos..end]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        pos = end + 2;
+        if size == 0 {
+            // Trailers until an empty line.
+            loop {
+                let end = line_end(buf, pos, fill)?;
+                let empty = end == pos;
+                pos = end + 2;
+                if empty {
+                    return Some((body, pos));
+                }
+            }
+        }
+        while buf.len() < pos + size + 2 {
+            if !fill(buf) {
+                return None;
+            }
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size + 2;
     }
 }
 
