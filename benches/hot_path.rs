@@ -6,7 +6,7 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::net::IpAddr;
-use tether::config::{FailoverPolicy, RouteClass, RouteConfig};
+use tether::config::RouteConfig;
 use tether::http::{
     ForwardContext, HeadLimits, HeadScanner, RequestHead, end_head, parse_request,
     write_request_head,
@@ -27,17 +27,7 @@ X-Forwarded-For: 203.0.113.9\r\n\
 Upgrade-Insecure-Requests: 1\r\n\r\n";
 
 fn route(host: &str, prefix: &str, cluster: &str) -> RouteConfig {
-    RouteConfig {
-        host: host.into(),
-        path_prefix: prefix.into(),
-        cluster: cluster.into(),
-        methods: Vec::new(),
-        header: None,
-        class: RouteClass::Stateless,
-        session: None,
-        priority: None,
-        on_backend_down: FailoverPolicy::Rebind,
-    }
+    RouteConfig::new(host, prefix, cluster)
 }
 
 fn head_parsing(c: &mut Criterion) {

@@ -168,17 +168,7 @@ mod tests {
     use super::*;
 
     fn route(host: &str, prefix: &str, cluster: &str) -> RouteConfig {
-        RouteConfig {
-            host: host.into(),
-            path_prefix: prefix.into(),
-            cluster: cluster.into(),
-            methods: Vec::new(),
-            header: None,
-            class: RouteClass::Stateless,
-            session: None,
-            priority: None,
-            on_backend_down: FailoverPolicy::Rebind,
-        }
+        RouteConfig::new(host, prefix, cluster)
     }
 
     fn table() -> RouteTable {

@@ -654,6 +654,24 @@ pub struct RouteConfig {
     pub on_backend_down: FailoverPolicy,
 }
 
+impl RouteConfig {
+    /// A route for `host` and `path_prefix` to `cluster` with every other key at its default (stateless,
+    /// any method, no session, default priority, rebind on failure).
+    pub fn new(host: &str, path_prefix: &str, cluster: &str) -> Self {
+        RouteConfig {
+            host: host.to_string(),
+            path_prefix: path_prefix.to_string(),
+            cluster: cluster.to_string(),
+            methods: Vec::new(),
+            header: None,
+            class: RouteClass::default(),
+            session: None,
+            priority: None,
+            on_backend_down: FailoverPolicy::default(),
+        }
+    }
+}
+
 /// Whether a route's requests carry session state.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]

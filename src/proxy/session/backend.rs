@@ -99,20 +99,14 @@ impl Session {
         let Some((id, _)) = self.x.backend else {
             return;
         };
-        let Some(b) = cx
+        let granted = cx
             .snapshot
             .clusters
             .get(self.x.cluster)
             .and_then(|c| c.backend(id))
-            .map(|b| b.state.clone())
-        else {
-            return;
-        };
-        if !b.queue.cancel(&waiter) {
-            b.release_slot();
-            if let Some(w) = b.queue.release(&b, cx.now) {
-                cx.deliver_grant(&w);
-            }
+            .is_some_and(|b| !b.state.queue.cancel(&waiter));
+        if granted {
+            self.give_back_slot(cx, id);
         }
     }
 
