@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- session` to run one group).
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::net::IpAddr;
 use tether::config::RouteConfig;
@@ -85,37 +85,58 @@ fn pipeline(c: &mut Criterion) {
 }
 
 fn session_table(c: &mut Criterion) {
-    const SESSIONS: u128 = 1_000_000;
+    const SESSIONS: u64 = 1_000_000;
+    const ACTIVE: u64 = 10_000;
     let table = SessionTable::new(1, 2_000_000, 3600);
     // Keys as the table sees them: uniformly spread 128-bit values.
-    let key = |i: u128| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let key = |i: u64| (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
     for i in 0..SESSIONS {
         table.bind(0, key(i), (i % 8) as usize, 1_000);
     }
+    // The index steps with a compare instead of `%`: a 128-bit (or even 64-bit) division per
+    // iteration would cost as much as the lookup being measured.
+    let step = |i: &mut u64, n: u64| {
+        *i += 7_919;
+        if *i >= n {
+            *i -= n;
+        }
+    };
     let mut g = c.benchmark_group("session_table");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0u128;
+    // As a worker does them: under one reclamation guard held for an event-loop turn.
+    let reader = table.reader();
+    let mut i = 0u64;
     // Worst case: every lookup a different session, uniformly over a million (DRAM-latency bound).
     g.bench_function("lookup_hit_1m_entries_uniform", |b| {
         b.iter(|| {
-            i = (i + 7_919) % SESSIONS;
-            black_box(table.lookup(0, key(i), 1_000))
+            step(&mut i, SESSIONS);
+            black_box(reader.lookup(0, key(i), 1_000))
         })
     });
     // A million sessions of which 10,000 are active at a time (the rest idle until they expire).
-    let mut j = 0u128;
+    let mut j = 0u64;
     g.bench_function("lookup_hit_1m_entries_10k_active", |b| {
         b.iter(|| {
-            j = (j + 7_919) % 10_000;
-            black_box(table.lookup(0, key(j * 100), 1_000))
+            step(&mut j, ACTIVE);
+            black_box(reader.lookup(0, key(j * 100), 1_000))
         })
     });
+    let mut m = SESSIONS;
     g.bench_function("lookup_miss_1m_entries", |b| {
-        b.iter_batched(
-            || key(SESSIONS + i),
-            |k| black_box(table.lookup(0, k, 1_000)),
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            m += 1;
+            black_box(reader.lookup(0, key(m), 1_000))
+        })
+    });
+    drop(reader);
+    // For comparison: entering and leaving the epoch on every lookup (`SessionTable::lookup`). Leaving
+    // is a locked instruction, which also stops the CPU from overlapping one lookup's cache misses
+    // with the next one's.
+    g.bench_function("lookup_hit_1m_entries_uniform_pin_each", |b| {
+        b.iter(|| {
+            step(&mut i, SESSIONS);
+            black_box(table.lookup(0, key(i), 1_000))
+        })
     });
     g.finish();
 }

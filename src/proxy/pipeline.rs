@@ -12,6 +12,7 @@ use crate::http::RequestHead;
 use crate::route::Route;
 use crate::runtime::snapshot::ConfigSnapshot;
 use crate::sticky::Stickiness;
+use crate::sticky::table::SessionReader;
 use std::net::IpAddr;
 
 /// Route phase: which route (and so cluster, class, session identity, priority) serves this request
@@ -56,6 +57,7 @@ pub fn priority(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn identify_session(
     sticky: &Stickiness,
+    sessions: &SessionReader<'_>,
     route: &Route,
     head: &RequestHead,
     bytes: &[u8],
@@ -70,7 +72,7 @@ pub(super) fn identify_session(
     let identity = route.session.as_ref()?;
     match sticky.identify(identity, head, bytes, client, now) {
         Some(id) => {
-            let binding = sticky.table.lookup(worker, id.key, now);
+            let binding = sessions.lookup(worker, id.key, now);
             // Known here; or a valid cookie from another node or before a restart names the backend.
             let preferred = binding.map(|b| b.backend).or_else(|| {
                 id.cookie_backend

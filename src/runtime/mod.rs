@@ -343,6 +343,11 @@ impl Server {
     }
 
     /// Logs per-backend request counts (SIGUSR1).
+    /// The session table's size and counters.
+    pub fn session_totals(&self) -> crate::sticky::table::SessionTotals {
+        self.sticky.table.totals()
+    }
+
     pub fn report(&self) {
         let snapshot = self.shared.load();
         for c in &snapshot.clusters {

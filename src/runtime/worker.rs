@@ -7,6 +7,7 @@ use crate::error::Termination;
 use crate::proxy::context::{Ctx, session_token};
 use crate::proxy::io::Transport;
 use crate::proxy::session::{Phase, Session};
+use crate::sticky::table::SessionReader;
 use crate::tls::TlsStream;
 use arc_swap::cache::Cache;
 use crossbeam_channel::Receiver;
@@ -133,11 +134,15 @@ impl Worker {
 
     /// Runs until shut down and drained.
     pub fn run(mut self) {
+        let sticky = Arc::clone(&self.cx.sticky);
         loop {
             if let Err(e) = self.wait_for_events() {
                 log::error!("worker {}: poll failed: {e}", self.cx.worker);
                 return;
             }
+            // The session table stays pinned for the turn (one reclamation-epoch entry per turn instead
+            // of one per lookup) and is unpinned before the worker sleeps again.
+            let sessions = sticky.table.reader();
             self.cx.now = Instant::now();
             self.cx.unix_now = crate::sticky::unix_now();
             self.refresh_snapshot();
@@ -150,13 +155,14 @@ impl Worker {
                 }
             }
             self.accept();
-            self.run_ready();
-            self.fire_timers();
+            self.run_ready(&sessions);
+            self.fire_timers(&sessions);
             if self.cx.now >= self.next_warm_check {
                 self.next_warm_check = self.cx.now + Duration::from_secs(1);
                 crate::proxy::warm::top_up(&mut self.cx);
             }
-            self.run_ready();
+            self.run_ready(&sessions);
+            drop(sessions);
             if self.cx.draining && self.finish_drain() {
                 break;
             }
@@ -414,7 +420,7 @@ impl Worker {
         *self.per_client.entry(peer.ip().to_canonical()).or_insert(0) += 1;
     }
 
-    fn run_ready(&mut self) {
+    fn run_ready(&mut self, sessions: &SessionReader<'_>) {
         // Sessions granted a QoS slot (by this worker or another) move on.
         while let Some((key, id)) = self.cx.granted.pop() {
             if let Some(s) = self.sessions.get_mut(key) {
@@ -430,7 +436,7 @@ impl Worker {
             };
             session.queued = false;
             let cx = &mut self.cx;
-            match catch_unwind(AssertUnwindSafe(|| session.drive(cx))) {
+            match catch_unwind(AssertUnwindSafe(|| session.drive(cx, sessions))) {
                 Ok(_) if session.phase == Phase::Closed => self.remove_session(key),
                 Ok(true) => self.cx.deferred.push(key),
                 Ok(false) => {}
@@ -541,7 +547,7 @@ impl Worker {
         self.slot_freed();
     }
 
-    fn fire_timers(&mut self) {
+    fn fire_timers(&mut self, sessions: &SessionReader<'_>) {
         self.due.clear();
         self.cx.timers.expire(self.cx.now, &mut self.due);
         for i in 0..self.due.len() {
@@ -559,7 +565,7 @@ impl Worker {
                     .fire(&mut self.cx.timers, &entry, self.cx.now)
                 {
                     let cx = &mut self.cx;
-                    match catch_unwind(AssertUnwindSafe(|| session.on_timeout(cx))) {
+                    match catch_unwind(AssertUnwindSafe(|| session.on_timeout(cx, sessions))) {
                         Ok(()) if session.phase == Phase::Closed => self.remove_session(key),
                         Ok(()) => {}
                         Err(payload) => self.session_panicked(key, payload.as_ref(), "timing out"),

@@ -146,10 +146,39 @@ impl SessionTable {
 
     /// The session's binding, if it is known and not expired; marks it seen at `now`.
     pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
-        let map = self.map.pin();
-        let found = map.get(&key).and_then(|e| {
+        self.reader().lookup(worker, key, now)
+    }
+
+    /// A reader that keeps the table pinned: lookups through it skip entering and leaving the
+    /// reclamation epoch each time. Hold it for a batch of lookups (an event-loop turn), not longer:
+    /// memory retired meanwhile is freed only after it is dropped.
+    pub fn reader(&self) -> SessionReader<'_> {
+        SessionReader {
+            map: self.map.pin(),
+            table: self,
+        }
+    }
+}
+
+/// Lookups under one held reclamation guard; see [`SessionTable::reader`].
+pub struct SessionReader<'a> {
+    map: papaya::HashMapRef<
+        'a,
+        SessionKey,
+        SessionEntry,
+        BuildHasherDefault<KeyHasher>,
+        papaya::LocalGuard<'a>,
+    >,
+    table: &'a SessionTable,
+}
+
+impl SessionReader<'_> {
+    /// The session's binding, if it is known and not expired; marks it seen at `now`.
+    pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
+        let table = self.table;
+        let found = self.map.get(&key).and_then(|e| {
             let seen = e.last_seen.load(Relaxed);
-            if now.saturating_sub(seen) >= self.ttl_secs {
+            if now.saturating_sub(seen) >= table.ttl_secs {
                 return None;
             }
             if seen != now {
@@ -161,14 +190,16 @@ impl SessionTable {
                 ssl_context: e.ssl_context.load(Relaxed),
             })
         });
-        let c = self.counters(worker);
+        let c = table.counters(worker);
         match found {
             Some(_) => bump(&c.hits),
             None => bump(&c.misses),
         }
         found
     }
+}
 
+impl SessionTable {
     /// Binds a session (new, or replacing an expired entry) to `backend`.
     pub fn bind(&self, worker: usize, key: SessionKey, backend: usize, now: u32) {
         let entry = SessionEntry {

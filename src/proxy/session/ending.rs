@@ -176,7 +176,7 @@ impl Session {
     }
 
     /// The session's deadline passed.
-    pub fn on_timeout(&mut self, cx: &mut Ctx) {
+    pub fn on_timeout(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) {
         let t = cx.snapshot.timeouts.clone();
         match self.phase {
             Phase::ReadHead => {
@@ -213,7 +213,7 @@ impl Session {
             Phase::Tunnel => self.abort(cx, Termination::Completed),
             Phase::Closing | Phase::Closed => self.phase = Phase::Closed,
         }
-        if self.phase != Phase::Closed && self.drive(cx) {
+        if self.phase != Phase::Closed && self.drive(cx, sessions) {
             cx.deferred.push(self.key);
         }
     }

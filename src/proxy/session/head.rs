@@ -3,7 +3,7 @@
 use super::*;
 
 impl Session {
-    pub(super) fn step_read_head(&mut self, cx: &mut Ctx) -> bool {
+    pub(super) fn step_read_head(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
         if self.in_buf.as_ref().is_some_and(|b| !b.is_empty()) && !self.x.started {
             self.begin_request(cx);
         }
@@ -16,7 +16,7 @@ impl Session {
                         return true;
                     }
                     Ok(Some(len)) => {
-                        self.on_request_head(cx, len);
+                        self.on_request_head(cx, len, sessions);
                         return true;
                     }
                     Ok(None) => {
@@ -113,7 +113,12 @@ impl Session {
         }
     }
 
-    pub(super) fn on_request_head(&mut self, cx: &mut Ctx, head_len: usize) {
+    pub(super) fn on_request_head(
+        &mut self,
+        cx: &mut Ctx,
+        head_len: usize,
+        sessions: &SessionReader<'_>,
+    ) {
         let limits = cx.snapshot.limits;
         let Some(buf) = self.in_buf.as_ref() else {
             return;
@@ -184,6 +189,7 @@ impl Session {
             self.x.hash_key = balance::hash_key(cluster, head, bytes, self.peer.ip());
             self.x.sticky = pipeline::identify_session(
                 &cx.sticky,
+                sessions,
                 route,
                 head,
                 bytes,

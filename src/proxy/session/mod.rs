@@ -24,7 +24,7 @@ use crate::http::{
 use crate::qos::{Admission, Waiter};
 use crate::runtime::buffer::Buffer;
 use crate::runtime::timer::Deadline;
-use crate::sticky::table::SessionKey;
+use crate::sticky::table::{SessionKey, SessionReader};
 use mio::Interest;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
@@ -335,7 +335,8 @@ impl Session {
     /// Runs the state machine until nothing more can happen without new readiness or time.
     /// Returns `true` when the session stopped with work left (its turn's budget was used up): the
     /// worker runs it again on its next loop turn, after every other ready socket had its chance.
-    pub fn drive(&mut self, cx: &mut Ctx) -> bool {
+    /// `sessions` is the session table pinned for the worker's current turn.
+    pub fn drive(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
         let mut budget = STEPS_PER_TURN;
         let mut yielded = false;
         loop {
@@ -352,7 +353,7 @@ impl Session {
                 }
             }
             let progress = match self.phase {
-                Phase::ReadHead => self.step_read_head(cx),
+                Phase::ReadHead => self.step_read_head(cx, sessions),
                 Phase::Queued => self.step_queued(cx),
                 Phase::Connect => self.step_connect(cx),
                 Phase::Exchange => self.step_exchange(cx),
