@@ -61,6 +61,9 @@ TETHER="$ROOT/target/release/tether"
 BENCH="$ROOT/target/release/tether-bench"
 
 WORK=$(mktemp -d /tmp/tether-compare.XXXXXX)
+# mktemp makes the directory 0700; nginx workers run as an unprivileged user and must read the 16 KiB file
+# (without this every /16k request was a 403 page).
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -233,6 +236,10 @@ run() {
   # Pretty-printed JSON, one field per line: pick fields by name without a JSON tool.
   field() { grep -o "\"$1\": *[0-9.]*" <<<"$json" | tail -1 | sed 's/.*: *//'; }
   rps=$(field requests_per_sec); p50=$(field p50); p99=$(field p99); errs=$(field total)
+  # A response that is not 2xx is an error too: a benchmark of error pages measures the wrong thing.
+  local not_2xx
+  not_2xx=$(awk '/"status": *\{/ {s=1; next} s && /\}/ {s=0} s {gsub(/[",:]/, " "); if ($1 !~ /^2/) n += $2} END {print n+0}' <<<"$json")
+  errs=$((errs + not_2xx))
   printf '%.0f %s %s %s\n' "$rps" "$p50" "$p99" "$errs"
 }
 
@@ -254,16 +261,17 @@ for w in "${WL[@]}"; do
 done
 
 med() { tr ' ' '\n' <<<"${1:-}" | grep -v '^$' | median; }
+total() { tr ' ' '\n' <<<"${1:-}" | awk '/^[0-9]+$/ {n += $1; seen = 1} END {print seen ? n : "-"}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="-"||b=="-"||b==0) print "-"; else printf "%.2f", a/b }'; }
 
 TABLE=$(
-  echo "| workload | tether req/s | HAProxy req/s | nginx req/s | direct req/s | tether/HAProxy | tether/nginx | tether/direct | HAProxy/direct | nginx/direct | p50 µs (t / h / n) | p99 µs (t / h / n) |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+  echo "| workload | tether req/s | HAProxy req/s | nginx req/s | direct req/s | tether/HAProxy | tether/nginx | tether/direct | HAProxy/direct | nginx/direct | p50 µs (t / h / n) | p99 µs (t / h / n) | errors or non-2xx (t / h / n / d) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
   for w in "${WL[@]}"; do
     t=$(med "${RPS[$w,tether]:-}"); h=$(med "${RPS[$w,haproxy]:-}"); n=$(med "${RPS[$w,nginx]:-}"); d=$(med "${RPS[$w,direct]:-}")
     tp50=$(med "${P50[$w,tether]:-}"); hp50=$(med "${P50[$w,haproxy]:-}"); np50=$(med "${P50[$w,nginx]:-}")
     tp99=$(med "${P99[$w,tether]:-}"); hp99=$(med "${P99[$w,haproxy]:-}"); np99=$(med "${P99[$w,nginx]:-}")
-    echo "| $w | $t | $h | $n | $d | $(ratio "$t" "$h") | $(ratio "$t" "$n") | $(ratio "$t" "$d") | $(ratio "$h" "$d") | $(ratio "$n" "$d") | $tp50 / $hp50 / $np50 | $tp99 / $hp99 / $np99 |"
+    echo "| $w | $t | $h | $n | $d | $(ratio "$t" "$h") | $(ratio "$t" "$n") | $(ratio "$t" "$d") | $(ratio "$h" "$d") | $(ratio "$n" "$d") | $tp50 / $hp50 / $np50 | $tp99 / $hp99 / $np99 | $(total "${ERR[$w,tether]:-}") / $(total "${ERR[$w,haproxy]:-}") / $(total "${ERR[$w,nginx]:-}") / $(total "${ERR[$w,direct]:-}") |"
   done
 )
 CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS --placement $PLACEMENT"
