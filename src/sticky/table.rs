@@ -145,6 +145,7 @@ impl SessionTable {
     }
 
     /// The session's binding, if it is known and not expired; marks it seen at `now`.
+    #[inline]
     pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
         self.reader().lookup(worker, key, now)
     }
@@ -152,6 +153,7 @@ impl SessionTable {
     /// A reader that keeps the table pinned: lookups through it skip entering and leaving the
     /// reclamation epoch each time. Hold it for a batch of lookups (an event-loop turn), not longer:
     /// memory retired meanwhile is freed only after it is dropped.
+    #[inline]
     pub fn reader(&self) -> SessionReader<'_> {
         SessionReader {
             map: self.map.pin(),
@@ -174,6 +176,7 @@ pub struct SessionReader<'a> {
 
 impl SessionReader<'_> {
     /// The session's binding, if it is known and not expired; marks it seen at `now`.
+    #[inline]
     pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
         let table = self.table;
         let found = self.map.get(&key).and_then(|e| {
