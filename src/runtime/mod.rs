@@ -342,12 +342,12 @@ impl Server {
         }
     }
 
-    /// Logs per-backend request counts (SIGUSR1).
     /// The session table's size and counters.
     pub fn session_totals(&self) -> crate::sticky::table::SessionTotals {
         self.sticky.table.totals()
     }
 
+    /// Logs per-backend request counts (SIGUSR1).
     pub fn report(&self) {
         let snapshot = self.shared.load();
         for c in &snapshot.clusters {

@@ -160,49 +160,7 @@ impl SessionTable {
             table: self,
         }
     }
-}
 
-/// Lookups under one held reclamation guard; see [`SessionTable::reader`].
-pub struct SessionReader<'a> {
-    map: papaya::HashMapRef<
-        'a,
-        SessionKey,
-        SessionEntry,
-        BuildHasherDefault<KeyHasher>,
-        papaya::LocalGuard<'a>,
-    >,
-    table: &'a SessionTable,
-}
-
-impl SessionReader<'_> {
-    /// The session's binding, if it is known and not expired; marks it seen at `now`.
-    #[inline]
-    pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
-        let table = self.table;
-        let found = self.map.get(&key).and_then(|e| {
-            let seen = e.last_seen.load(Relaxed);
-            if now.saturating_sub(seen) >= table.ttl_secs {
-                return None;
-            }
-            if seen != now {
-                // At most one store per session per second: a hit is otherwise a pure read.
-                e.last_seen.store(now, Relaxed);
-            }
-            Some(Binding {
-                backend: e.backend.load(Relaxed),
-                ssl_context: e.ssl_context.load(Relaxed),
-            })
-        });
-        let c = table.counters(worker);
-        match found {
-            Some(_) => bump(&c.hits),
-            None => bump(&c.misses),
-        }
-        found
-    }
-}
-
-impl SessionTable {
     /// Binds a session (new, or replacing an expired entry) to `backend`.
     pub fn bind(&self, worker: usize, key: SessionKey, backend: usize, now: u32) {
         let entry = SessionEntry {
@@ -337,6 +295,46 @@ impl SessionTable {
             t.expirations += c.expirations.load(Relaxed);
         }
         t
+    }
+}
+
+/// Lookups under one held reclamation guard; see [`SessionTable::reader`].
+pub struct SessionReader<'a> {
+    map: papaya::HashMapRef<
+        'a,
+        SessionKey,
+        SessionEntry,
+        BuildHasherDefault<KeyHasher>,
+        papaya::LocalGuard<'a>,
+    >,
+    table: &'a SessionTable,
+}
+
+impl SessionReader<'_> {
+    /// The session's binding, if it is known and not expired; marks it seen at `now`.
+    #[inline]
+    pub fn lookup(&self, worker: usize, key: SessionKey, now: u32) -> Option<Binding> {
+        let table = self.table;
+        let found = self.map.get(&key).and_then(|e| {
+            let seen = e.last_seen.load(Relaxed);
+            if now.saturating_sub(seen) >= table.ttl_secs {
+                return None;
+            }
+            if seen != now {
+                // At most one store per session per second: a hit is otherwise a pure read.
+                e.last_seen.store(now, Relaxed);
+            }
+            Some(Binding {
+                backend: e.backend.load(Relaxed),
+                ssl_context: e.ssl_context.load(Relaxed),
+            })
+        });
+        let c = table.counters(worker);
+        match found {
+            Some(_) => bump(&c.hits),
+            None => bump(&c.misses),
+        }
+        found
     }
 }
 
