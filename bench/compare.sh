@@ -11,7 +11,9 @@
 # nginx, direct, tether, …) and the medians reported, because shared machines are noisy.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration 10s] [--connections 50] [--workloads a,b,…]
-#                         [--placement shared|pinned] [--write]
+#                         [--placement shared|pinned] [--tether-workers 'KEY = VALUE'] [--write]
+# --tether-workers adds a line to tether's [workers] table, for A/B runs of a setting
+# (e.g. --tether-workers 'batch_window = "0s"').
 # Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed (default: all)
 set -euo pipefail
 
@@ -21,6 +23,7 @@ CONNECTIONS=50
 WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed"
 WRITE=0
 PLACEMENT=shared
+TETHER_WORKERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --placement) PLACEMENT=$2; shift 2 ;;
@@ -28,8 +31,9 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
+    --tether-workers) TETHER_WORKERS=$2; shift 2 ;;
     --write) WRITE=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -105,6 +109,7 @@ PIDS+=($!)
 cat > "$WORK/tether.toml" <<EOF
 [workers]
 count = 1
+$TETHER_WORKERS
 [access_log]
 enabled = false
 [sessions]
@@ -275,6 +280,7 @@ TABLE=$(
   done
 )
 CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS --placement $PLACEMENT"
+if [ -n "$TETHER_WORKERS" ]; then CMD="$CMD --tether-workers '$TETHER_WORKERS'"; fi
 echo
 echo "$TABLE"
 

@@ -852,6 +852,8 @@ limits.max_headers = 5
         "workers.accept_batch",
         "workers.upstream_idle_pool",
         "workers.busy_poll",
+        "workers.batch_window",
+        "workers.batch_target",
         "timeouts.client_head",
         "timeouts.client_idle",
         "timeouts.client",

@@ -185,6 +185,13 @@ pub struct WorkersConfig {
     /// packets pay for; worth it on dedicated cores. Like HAProxy's `busy-polling`.
     #[serde(with = "duration")]
     pub busy_poll: Duration,
+    /// Under load, a worker woken to fewer than `batch_target` ready connections keeps collecting
+    /// readiness, without sleeping, for up to this long before serving them (`"0s"`: off). See
+    /// `WorkerSettings::batch_window`.
+    #[serde(with = "duration")]
+    pub batch_window: Duration,
+    /// Ready connections a worker gathers before serving when batching applies.
+    pub batch_target: usize,
 }
 
 impl Default for WorkersConfig {
@@ -197,6 +204,8 @@ impl Default for WorkersConfig {
             accept_batch: 64,
             upstream_idle_pool: 64,
             busy_poll: Duration::ZERO,
+            batch_window: Duration::from_micros(60),
+            batch_target: 16,
         }
     }
 }

@@ -132,6 +132,13 @@ impl Validator {
                 "must be at most \"10ms\" (e.g. \"200us\"); a longer spin only burns CPU",
             );
         }
+        if w.batch_window > Duration::from_millis(1) {
+            self.error(
+                "workers.batch_window",
+                "must be at most \"1ms\" (e.g. \"60us\"); it is latency added to requests under load",
+            );
+        }
+        self.range("workers.batch_target", w.batch_target, 1, 1024, "");
         if w.upstream_idle_pool > 65536 {
             self.error(
                 "workers.upstream_idle_pool",
@@ -1501,6 +1508,29 @@ cluster = "app"
             );
         }
         assert_eq!(errors(&before("[workers]\naccept_batch = 4096")), []);
+    }
+
+    #[test]
+    fn workers_batching_bounds() {
+        only(
+            &before("[workers]\nbatch_window = \"2ms\""),
+            2,
+            "workers.batch_window",
+        );
+        for bad in [0, 1025] {
+            only(
+                &before(&format!("[workers]\nbatch_target = {bad}")),
+                2,
+                "workers.batch_target",
+            );
+        }
+        assert_eq!(
+            errors(&before(
+                "[workers]\nbatch_window = \"1ms\"\nbatch_target = 1024"
+            )),
+            []
+        );
+        assert_eq!(errors(&before("[workers]\nbatch_window = \"0s\"")), []);
     }
 
     #[test]

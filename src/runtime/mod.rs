@@ -153,6 +153,8 @@ impl Server {
             max_connections: config.workers.max_connections,
             accept_batch: config.workers.accept_batch,
             busy_poll: config.workers.busy_poll,
+            batch_window: config.workers.batch_window,
+            batch_target: config.workers.batch_target,
         };
         // Every worker's channel and waker exist before any worker starts: QoS grants cross workers.
         let mut polls = Vec::with_capacity(count);

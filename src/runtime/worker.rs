@@ -49,6 +49,14 @@ pub struct WorkerSettings {
     pub accept_batch: usize,
     /// Poll without sleeping for this long before blocking (0: off).
     pub busy_poll: Duration,
+    /// Under load (the worker's last wait for events was shorter than this, and it holds at least
+    /// twice `batch_target` client connections), a turn that finds fewer than `batch_target` ready
+    /// connections keeps polling without sleeping for up to this long to gather more before serving
+    /// them (0: off). Answers then leave in groups, so the processes on the other end (clients,
+    /// backends) are woken once per group rather than once per message; an idle or lightly loaded
+    /// worker serves at once.
+    pub batch_window: Duration,
+    pub batch_target: usize,
 }
 
 /// A listening socket of this worker.
@@ -136,6 +144,7 @@ impl Worker {
     pub fn run(mut self) {
         let sticky = Arc::clone(&self.cx.sticky);
         loop {
+            let waiting_since = Instant::now();
             if let Err(e) = self.wait_for_events() {
                 log::error!("worker {}: poll failed: {e}", self.cx.worker);
                 return;
@@ -148,6 +157,7 @@ impl Worker {
             self.refresh_snapshot();
             self.resume_deferred();
             self.dispatch_events();
+            self.gather(self.cx.now.saturating_duration_since(waiting_since));
             if self.accept_retry_at.is_some_and(|t| t <= self.cx.now) {
                 self.accept_retry_at = None;
                 for l in &mut self.listeners {
@@ -210,6 +220,33 @@ impl Worker {
         match self.poll.poll(&mut self.events, timeout) {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Under load, collects more ready connections before serving (see `WorkerSettings::batch_window`).
+    /// `waited`: how long the worker waited for this turn's events.
+    fn gather(&mut self, waited: Duration) {
+        let (window, target) = (self.settings.batch_window, self.settings.batch_target);
+        if window.is_zero()
+            || waited >= window
+            || self.ready.len() >= target
+            || self.sessions.len() < 2 * target
+            || self.cx.draining
+        {
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            std::hint::spin_loop();
+            match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                Ok(()) if !self.events.is_empty() => self.dispatch_events(),
+                _ => {}
+            }
+            self.cx.now = Instant::now();
+            if self.ready.len() >= target || self.cx.now.saturating_duration_since(start) >= window
+            {
+                break;
+            }
         }
     }
 
