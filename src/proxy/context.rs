@@ -91,6 +91,9 @@ pub struct Ctx {
     pub deferred: Vec<usize>,
     /// Shutting down: finish in-flight requests, keep no connection alive.
     pub draining: bool,
+    /// Backend connections serving a request now (requests in flight at backends): the worker's load,
+    /// as batching reads it. Kept by `attach` and `detach`.
+    pub attached: usize,
     next_id: u64,
     pub stats: WorkerStats,
 }
@@ -142,6 +145,7 @@ impl Ctx {
             granted: Vec::with_capacity(64),
             deferred: Vec::with_capacity(64),
             draining: false,
+            attached: 0,
             next_id: 1,
             stats: WorkerStats::default(),
         }
@@ -180,9 +184,22 @@ impl Ctx {
         }
     }
 
+    /// Counts a backend connection that starts serving a request.
+    pub fn attach(&mut self) {
+        self.attached += 1;
+    }
+
+    /// Counts a backend connection that stops serving a request (parked or closed).
+    pub fn detach(&mut self) {
+        self.attached = self.attached.saturating_sub(1);
+    }
+
     /// Closes an upstream connection for good.
     pub fn close_upstream(&mut self, key: usize) {
         if let Some(u) = self.upstreams.try_remove(key) {
+            if u.session.is_some() {
+                self.detach();
+            }
             if u.warming {
                 self.pool.warming_done(u.backend.id);
             } else if u.session.is_none() {

@@ -49,8 +49,8 @@ pub struct WorkerSettings {
     pub accept_batch: usize,
     /// Poll without sleeping for this long before blocking (0: off).
     pub busy_poll: Duration,
-    /// Under load (the worker's last wait for events was shorter than this, and it holds at least
-    /// twice `batch_target` client connections), a turn that finds fewer than `batch_target` ready
+    /// Under load (the worker's last wait for events was shorter than this, and at least `batch_target`
+    /// of its requests are in flight at backends), a turn that finds fewer than `batch_target` ready
     /// connections keeps polling without sleeping for up to this long to gather more before serving
     /// them (0: off). Answers then leave in groups, so the processes on the other end (clients,
     /// backends) are woken once per group rather than once per message; an idle or lightly loaded
@@ -230,7 +230,7 @@ impl Worker {
         if window.is_zero()
             || waited >= window
             || self.ready.len() >= target
-            || self.sessions.len() < 2 * target
+            || self.cx.attached < target
             || self.cx.draining
         {
             return;

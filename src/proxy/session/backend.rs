@@ -140,6 +140,7 @@ impl Session {
                 u.backend.attempt_started();
             }
             let uid = u.id;
+            cx.attach();
             self.x.attempt_open = true;
             cx.stats.upstream_reuses += 1;
             self.upstream = Some(key);
@@ -203,6 +204,7 @@ impl Session {
             deadline: Deadline::default(),
             warming: false,
         });
+        cx.attach();
         cx.stats.upstream_connects += 1;
         self.upstream = Some(key);
         self.note_ssl_context(cx, id);

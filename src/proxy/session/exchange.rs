@@ -502,6 +502,7 @@ impl Session {
         let backend = cx.upstreams[key].backend.id;
         if reusable && cx.pool.put(backend, key) {
             let idle = cx.snapshot.timeouts.upstream_idle;
+            cx.detach();
             let u = &mut cx.upstreams[key];
             u.session = None;
             let token = upstream_token(key).0;
