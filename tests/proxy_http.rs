@@ -361,8 +361,9 @@ fn access_log_lines_carry_backend_status_and_reason() {
 
 #[test]
 fn batching_under_load_serves_every_request_and_an_idle_worker_still_sleeps() {
-    // A target of 2 makes 4 connections count as load, and a 1 ms window (the longest allowed) makes
-    // every busy turn gather: requests readied while the worker polls must all be served.
+    // A target of 2 makes two requests in flight at the backend count as load, and a 1 ms window (the
+    // longest allowed) makes every busy turn gather: requests readied while the worker polls must all be
+    // served.
     let b = Backend::named("a");
     let t = Tether::start(&config_for(
         &[b.addr],
@@ -386,9 +387,7 @@ fn batching_under_load_serves_every_request_and_an_idle_worker_still_sleeps() {
         c.join().unwrap();
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 2400);
-    wait_until("the idle worker to sleep", || {
-        worker_state(t.pid()) == Some('S')
-    });
+    wait_until("the idle worker to sleep", || t.worker_state() == Some('S'));
 }
 
 #[test]
@@ -401,20 +400,5 @@ fn busy_polling_serves_requests_and_an_idle_worker_still_goes_to_sleep() {
     }
     drop(c);
     // The spin is bounded: with no traffic the worker blocks in epoll_wait (state S), it does not spin.
-    wait_until("the idle worker to sleep", || {
-        worker_state(t.pid()) == Some('S')
-    });
-}
-
-/// The scheduler state letter of tether's first worker thread (`S`: sleeping, `R`: running).
-fn worker_state(pid: u32) -> Option<char> {
-    let dir = format!("/proc/{pid}/task");
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .find(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "worker-0")
-        })
-        .and_then(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+    wait_until("the idle worker to sleep", || t.worker_state() == Some('S'));
 }

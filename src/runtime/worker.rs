@@ -56,6 +56,7 @@ pub struct WorkerSettings {
     /// backends) are woken once per group rather than once per message; an idle or lightly loaded
     /// worker serves at once.
     pub batch_window: Duration,
+    /// Ready connections that end a batch window early; also the requests in flight that count as load.
     pub batch_target: usize,
 }
 

@@ -876,6 +876,19 @@ impl Tether {
             .count()
     }
 
+    /// The scheduler state letter of the first worker thread (`S`: sleeping, `R`: running), from
+    /// `/proc/PID/task/*/stat`.
+    pub fn worker_state(&self) -> Option<char> {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .ok()?
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "worker-0")
+            })
+            .and_then(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child
