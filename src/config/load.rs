@@ -8,9 +8,9 @@
 //! 2. `validate` checks the meaning of every value and reports *all* problems, each by its dotted key path;
 //!    [`locate`] finds the line of that key in the `toml_edit` parse. Errors are sorted into file order.
 
+use super::names::{closest, quote_key};
 use super::schema::Config;
 use super::validate::{self, Issue, Machine};
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -216,34 +216,6 @@ fn friendlier(message: &str) -> String {
     out
 }
 
-/// The candidate closest to `word` by edit distance, if close enough to be a likely typo.
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).clamp(1, 3);
-    candidates
-        .map(|c| (edit_distance(word, c), c))
-        .filter(|&(d, _)| d <= limit)
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
-        }
-    }
-    row[b.len()]
-}
-
 /// 1-based line of a byte offset.
 fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -261,29 +233,6 @@ fn line_at(text: &str, offset: usize) -> usize {
 enum Seg {
     Key(String),
     Index(usize),
-}
-
-/// A key as written in a path: bare when it is a TOML bare key, else a quoted basic string.
-pub(crate) fn quote_key(key: &str) -> Cow<'_, str> {
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare {
-        return Cow::Borrowed(key);
-    }
-    let mut out = String::with_capacity(key.len() + 2);
-    out.push('"');
-    for c in key.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Cow::Owned(out)
 }
 
 fn render_path(path: &[Seg]) -> String {
@@ -1066,13 +1015,5 @@ limits.max_headers = 5
                 .starts_with("/nonexistent/tether.toml: cannot read"),
             "{errors}"
         );
-    }
-
-    #[test]
-    fn closest_suggests_only_near_misses() {
-        let keys = ["address", "weight", "drain"];
-        assert_eq!(closest("adress", keys.into_iter()), Some("address"));
-        assert_eq!(closest("wieght", keys.into_iter()), Some("weight"));
-        assert_eq!(closest("port", keys.into_iter()), None);
     }
 }

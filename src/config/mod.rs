@@ -1,6 +1,7 @@
 //! Configuration: the TOML schema, loading with errors that name file, line and key, and validation.
 
 mod load;
+mod names;
 pub mod schema;
 mod validate;
 

@@ -3,7 +3,7 @@
 //! Each check names the offending key by its dotted path (`clusters.app.backends[1].weight`); `load.rs` turns
 //! the path into a line. Every problem is collected, so one run reports them all.
 
-use super::load::{closest, quote_key};
+use super::names::{closest, quote_key};
 use super::schema::{
     BalanceAlgorithm, ClusterConfig, Config, HealthCheckConfig, ListenerConfig, RouteConfig,
     parse_status_range,
