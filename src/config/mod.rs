@@ -2,7 +2,7 @@
 
 mod load;
 mod names;
-pub mod schema;
+pub(crate) mod schema;
 mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};

@@ -1,8 +1,8 @@
 //! The configuration file's shape: every section and key, with its default.
 //!
 //! These types mirror the TOML document one to one; `docs/CONFIG.md` documents each key. Semantic checks
-//! (addresses parse, routes name existing clusters, …) live in `validate.rs`, not here, so serde's errors stay
-//! about syntax and types and ours can name the exact key.
+//! (addresses parse, routes name existing clusters, …) live in `validate/`, one module per section, not here, so
+//! serde's errors stay about syntax and types and ours can name the exact key.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -45,7 +45,7 @@ pub struct Config {
 
 impl Config {
     /// A path from the config, resolved against the config file's directory when relative.
-    pub fn resolve_path(&self, path: &str) -> std::path::PathBuf {
+    pub(crate) fn resolve_path(&self, path: &str) -> std::path::PathBuf {
         let p = std::path::Path::new(path);
         if p.is_absolute() {
             p.to_path_buf()
@@ -219,7 +219,7 @@ pub enum WorkerCount {
 
 impl WorkerCount {
     /// The number of worker threads this resolves to on this machine.
-    pub fn resolve(self) -> usize {
+    pub(crate) fn resolve(self) -> usize {
         match self {
             WorkerCount::Fixed(n) => n.max(1),
             WorkerCount::Auto => std::thread::available_parallelism()
@@ -456,7 +456,7 @@ pub enum BalanceAlgorithm {
 
 impl BalanceAlgorithm {
     /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BalanceAlgorithm::RoundRobin => "round_robin",
             BalanceAlgorithm::WeightedRoundRobin => "weighted_round_robin",
@@ -487,7 +487,7 @@ impl<'de> Deserialize<'de> for HashOn {
 
 impl HashOn {
     /// Parses `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
-    pub fn parse(s: &str) -> Result<HashOn, String> {
+    fn parse(s: &str) -> Result<HashOn, String> {
         const FORMS: &str = "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"";
         if s == "client_ip" {
             return Ok(HashOn::ClientIp);
@@ -560,7 +560,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// Parses a status range, `"200-399"` or `"204"`, into its inclusive bounds.
-pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+pub(crate) fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
     let status = |t: &str| -> Result<u16, String> {
         match t.trim().parse::<u16>() {
             Ok(n) if (100..=599).contains(&n) => Ok(n),
@@ -692,7 +692,7 @@ pub enum RouteClass {
 
 impl RouteClass {
     /// The QoS priority a route of this class gets unless it says otherwise.
-    pub fn default_priority(self) -> u8 {
+    pub(crate) fn default_priority(self) -> u8 {
         match self {
             RouteClass::Secure => 5,
             RouteClass::Stateless => 2,
@@ -731,7 +731,7 @@ impl<'de> Deserialize<'de> for SessionIdentity {
 
 impl SessionIdentity {
     /// Parses `"insert:NAME"`, `"learn:NAME"`, `"header:NAME"` or `"client_ip"`.
-    pub fn parse(s: &str) -> Result<SessionIdentity, String> {
+    fn parse(s: &str) -> Result<SessionIdentity, String> {
         const FORMS: &str =
             "expected \"insert:COOKIE\", \"learn:COOKIE\", \"header:NAME\" or \"client_ip\"";
         if s == "client_ip" {
@@ -831,11 +831,11 @@ fn default_path_prefix() -> String {
 }
 
 /// Serde adapter for humantime duration strings (`"10s"`, `"250ms"`, `"1h 30m"`).
-pub mod duration {
+mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
