@@ -73,7 +73,7 @@ pub fn start(listen: &str, tls_listen: Option<&str>) -> Result<(Config, Vec<Sock
 pub fn print_banner(
     listeners: &[SocketAddr],
     backends: &[SocketAddr],
-    snapshot: &crate::runtime::snapshot::ConfigSnapshot,
+    snapshot: &crate::snapshot::ConfigSnapshot,
 ) {
     let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
     let url = format!("http://{}", listeners[0]);

@@ -72,6 +72,27 @@ pub enum Termination {
     QueueTimeout,
     /// No buffer or connection slot could be had.
     Internal(&'static str),
+    /// tether answered the request itself (one of its own endpoints).
+    Answered,
+    /// A tunnel (after 101) saw no traffic either way for `timeouts.tunnel`.
+    TunnelTimeout,
+    /// A request body tether reads itself was larger than the endpoint takes (413).
+    BodyTooLarge,
+    /// A request body tether reads itself came without a length (411).
+    LengthRequired,
+    /// A request waited for another thread (a hash, a replica) past its deadline (503).
+    WaitTimeout,
+}
+
+/// Whether a failed attempt may be tried again on another backend (after Pingora's `RetryType`): the
+/// place that saw the failure decides, from what it knows of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: the backend may be working on the request (it timed out after receiving it).
+    Never,
+    /// When the request can be replayed: nothing of it reached the backend, or it is idempotent, has no
+    /// body and no response byte came back.
+    IfReplayable,
 }
 
 impl Termination {
@@ -99,6 +120,76 @@ impl Termination {
             Termination::SessionBackendDown => "session_backend_down",
             Termination::QueueFull => "queue_full",
             Termination::QueueTimeout => "queue_timeout",
+            Termination::Answered => "answered",
+            Termination::TunnelTimeout => "tunnel_timeout",
+            Termination::BodyTooLarge => "body_too_large",
+            Termination::LengthRequired => "length_required",
+            Termination::WaitTimeout => "wait_timeout",
+        }
+    }
+
+    /// Number of kinds (labels), for per-kind counters.
+    pub const KINDS: usize = Self::ALL_LABELS.len();
+
+    /// Every label, in [`Termination::index`] order.
+    pub const ALL_LABELS: [&'static str; 26] = [
+        "completed",
+        "bad_request",
+        "head_timeout",
+        "no_route",
+        "no_backend",
+        "client_closed",
+        "client_timeout",
+        "connect_failed",
+        "connect_timeout",
+        "upstream_closed",
+        "bad_response",
+        "upstream_timeout",
+        "shutdown",
+        "internal",
+        "tls_handshake",
+        "plain_http_on_tls",
+        "redirect_https",
+        "upstream_tls",
+        "session_backend_down",
+        "queue_full",
+        "queue_timeout",
+        "answered",
+        "tunnel_timeout",
+        "body_too_large",
+        "length_required",
+        "wait_timeout",
+    ];
+
+    /// A dense number per kind (the position of its label in [`Termination::ALL_LABELS`]).
+    pub fn index(self) -> usize {
+        match self {
+            Termination::Completed => 0,
+            Termination::BadRequest(_) => 1,
+            Termination::HeadTimeout => 2,
+            Termination::NoRoute => 3,
+            Termination::NoBackend => 4,
+            Termination::ClientClosed => 5,
+            Termination::ClientTimeout => 6,
+            Termination::ConnectFailed => 7,
+            Termination::ConnectTimeout => 8,
+            Termination::UpstreamClosed => 9,
+            Termination::BadResponse(_) => 10,
+            Termination::UpstreamTimeout => 11,
+            Termination::Shutdown => 12,
+            Termination::Internal(_) => 13,
+            Termination::TlsHandshake(_) => 14,
+            Termination::PlainHttpOnTls => 15,
+            Termination::RedirectHttps => 16,
+            Termination::UpstreamTls(_) => 17,
+            Termination::SessionBackendDown => 18,
+            Termination::QueueFull => 19,
+            Termination::QueueTimeout => 20,
+            Termination::Answered => 21,
+            Termination::TunnelTimeout => 22,
+            Termination::BodyTooLarge => 23,
+            Termination::LengthRequired => 24,
+            Termination::WaitTimeout => 25,
         }
     }
 
@@ -126,19 +217,29 @@ impl Termination {
             Termination::UpstreamClosed => "backend closed the connection early",
             Termination::UpstreamTimeout => "backend did not answer in time",
             Termination::Shutdown => "balancer shutting down",
+            Termination::Answered => "",
+            Termination::TunnelTimeout => "tunnel idle too long",
+            Termination::BodyTooLarge => "request body too large for this endpoint",
+            Termination::LengthRequired => "this endpoint needs a content-length",
+            Termination::WaitTimeout => "timed out waiting for the answer",
         }
     }
 
     pub fn fault(self) -> Option<Fault> {
         match self {
-            Termination::Completed | Termination::RedirectHttps => None,
+            Termination::Completed
+            | Termination::RedirectHttps
+            | Termination::Answered
+            | Termination::TunnelTimeout => None,
             Termination::BadRequest(_)
             | Termination::TlsHandshake(_)
             | Termination::PlainHttpOnTls
             | Termination::HeadTimeout
             | Termination::NoRoute
             | Termination::ClientClosed
-            | Termination::ClientTimeout => Some(Fault::Client),
+            | Termination::ClientTimeout
+            | Termination::BodyTooLarge
+            | Termination::LengthRequired => Some(Fault::Client),
             Termination::NoBackend
             | Termination::ConnectFailed
             | Termination::ConnectTimeout
@@ -149,7 +250,9 @@ impl Termination {
             | Termination::SessionBackendDown
             | Termination::QueueFull
             | Termination::QueueTimeout => Some(Fault::Upstream),
-            Termination::Shutdown | Termination::Internal(_) => Some(Fault::Internal),
+            Termination::Shutdown | Termination::Internal(_) | Termination::WaitTimeout => {
+                Some(Fault::Internal)
+            }
         }
     }
 
@@ -158,8 +261,14 @@ impl Termination {
         match self {
             Termination::Completed
             | Termination::ClientClosed
-            | Termination::ClientTimeout
+            | Termination::TunnelTimeout
+            | Termination::Answered
             | Termination::TlsHandshake(_) => None,
+            // A client that stalls mid-request is told so (when nothing was answered yet).
+            Termination::ClientTimeout => Some(408),
+            Termination::BodyTooLarge => Some(413),
+            Termination::LengthRequired => Some(411),
+            Termination::WaitTimeout => Some(503),
             Termination::PlainHttpOnTls => Some(400),
             Termination::RedirectHttps => Some(308),
             Termination::BadRequest(e) => Some(e.status),
@@ -198,6 +307,42 @@ mod tests {
             assert_eq!(t.fault(), Some(Fault::Upstream), "{t:?}");
             let s = t.status().unwrap();
             assert!((500..600).contains(&s), "{t:?} -> {s}");
+        }
+    }
+
+    #[test]
+    fn labels_and_indices_agree() {
+        let all = [
+            Termination::Completed,
+            Termination::BadRequest(HttpError::bad_request("x")),
+            Termination::HeadTimeout,
+            Termination::NoRoute,
+            Termination::NoBackend,
+            Termination::ClientClosed,
+            Termination::ClientTimeout,
+            Termination::ConnectFailed,
+            Termination::ConnectTimeout,
+            Termination::UpstreamClosed,
+            Termination::BadResponse("x"),
+            Termination::UpstreamTimeout,
+            Termination::Shutdown,
+            Termination::Internal("x"),
+            Termination::TlsHandshake("x"),
+            Termination::PlainHttpOnTls,
+            Termination::RedirectHttps,
+            Termination::UpstreamTls("x"),
+            Termination::SessionBackendDown,
+            Termination::QueueFull,
+            Termination::QueueTimeout,
+            Termination::Answered,
+            Termination::TunnelTimeout,
+            Termination::BodyTooLarge,
+            Termination::LengthRequired,
+            Termination::WaitTimeout,
+        ];
+        assert_eq!(all.len(), Termination::KINDS);
+        for t in all {
+            assert_eq!(Termination::ALL_LABELS[t.index()], t.label(), "{t:?}");
         }
     }
 

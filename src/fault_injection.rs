@@ -3,6 +3,8 @@
 //!
 //! - `TETHER_TEST_PANIC_ON_PATH=/some/path`: a request for exactly that path panics the worker while it
 //!   handles the connection, to exercise the panic policy (docs/HARDENING.md). Read once at start-up.
+//! - `TETHER_TEST_ENDPOINTS=1`: `/.tether/test/*` endpoints that exercise the request stages' answers
+//!   and waits (see [`test_endpoints`]).
 
 use std::sync::OnceLock;
 
@@ -10,6 +12,7 @@ static PANIC_PATH: OnceLock<Option<Box<[u8]>>> = OnceLock::new();
 
 /// Reads the fault-injection variables once; later calls change nothing. Logs a warning when one is set.
 pub fn init_from_env() {
+    init_test_endpoints_from_env();
     PANIC_PATH.get_or_init(|| {
         let path = std::env::var("TETHER_TEST_PANIC_ON_PATH").ok()?;
         if path.is_empty() {
@@ -32,5 +35,102 @@ pub fn on_request_path(path: &[u8]) {
                 String::from_utf8_lossy(path)
             );
         }
+    }
+}
+
+static TEST_ENDPOINTS: OnceLock<bool> = OnceLock::new();
+
+/// Reads `TETHER_TEST_ENDPOINTS` once: `1` turns on the test endpoints (see [`test_endpoints`]).
+pub fn init_test_endpoints_from_env() {
+    TEST_ENDPOINTS.get_or_init(|| {
+        let on = std::env::var("TETHER_TEST_ENDPOINTS").is_ok_and(|v| v == "1");
+        if on {
+            log::warn!(
+                "TETHER_TEST_ENDPOINTS is set: /.tether/test/* answers on every listener (for tests only)"
+            );
+        }
+        on
+    });
+}
+
+/// Longest body `/.tether/test/echo` takes.
+pub const TEST_ECHO_LIMIT: usize = 4096;
+
+/// A request stage that exists for tests of the stage machinery itself (answer, wait for a body, wait for
+/// another thread), off unless `TETHER_TEST_ENDPOINTS=1` was set at start (one atomic load otherwise):
+///
+/// - `POST /.tether/test/echo`: reads the body (at most [`TEST_ECHO_LIMIT`] bytes: 413 beyond, 411 when
+///   chunked) and answers it back with `200`, keeping the connection open.
+/// - `GET /.tether/test/wake?ms=N`: parks the request; a thread completes its ticket after N ms (at most
+///   5,000), which wakes the worker, and the request is answered `200 woken`. With `ms` above the
+///   deadline of 2 s, the wait times out (503).
+pub(crate) fn test_endpoints(
+    r: &mut crate::proxy::stages::Request<'_>,
+) -> crate::proxy::stages::Verdict {
+    use crate::proxy::stages::{Answer, Reply, Verdict, Wait};
+    if !TEST_ENDPOINTS.get().copied().unwrap_or(false) {
+        return Verdict::Continue;
+    }
+    let path = r.head.path.of(r.bytes);
+    let target = r.head.target.of(r.bytes);
+    let reply = |status, body: &[u8]| {
+        Verdict::Answer(Answer::Reply(Box::new(Reply::new(
+            status,
+            "text/plain",
+            body,
+        ))))
+    };
+    match path {
+        b"/.tether/test/echo" => match r.body {
+            None => Verdict::Wait(Wait::Body {
+                limit: TEST_ECHO_LIMIT,
+            }),
+            Some(body) => reply(200, body),
+        },
+        b"/.tether/test/wake" => {
+            if let Some(ticket) = &r.plan.ticket {
+                return if ticket.is_done() {
+                    r.plan.ticket = None;
+                    reply(200, b"woken\n")
+                } else {
+                    // Woken before its time: keep waiting (the deadline stays the first one's).
+                    Verdict::Wait(Wait::Ticket {
+                        ticket: ticket.clone(),
+                        until: r.cx.now + std::time::Duration::from_secs(2),
+                        on_timeout: crate::error::Termination::WaitTimeout,
+                    })
+                };
+            }
+            let ms: u64 = target
+                .split(|&b| b == b'=')
+                .nth(1)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(10)
+                .min(5_000);
+            let Some(ticket) = r.cx.ticket() else {
+                return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+                    "no wake-up channel",
+                )));
+            };
+            r.plan.ticket = Some(ticket.clone());
+            let other = ticket.clone();
+            let spawned = std::thread::Builder::new()
+                .name("test-wake".into())
+                .spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    other.complete();
+                });
+            if spawned.is_err() {
+                return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+                    "cannot start a thread",
+                )));
+            }
+            Verdict::Wait(Wait::Ticket {
+                ticket,
+                until: r.cx.now + std::time::Duration::from_secs(2),
+                on_timeout: crate::error::Termination::WaitTimeout,
+            })
+        }
+        _ => Verdict::Continue,
     }
 }

@@ -320,9 +320,13 @@ pub fn config(data: &[u8]) {
         let mut registry = crate::balance::BackendRegistry::default();
         let tls = crate::tls::server::TlsShared::new(&cfg);
         // TLS files are read again here; one that changed since validation may fail the build, cleanly.
-        if let Ok(snapshot) =
-            crate::runtime::snapshot::ConfigSnapshot::build(&cfg, 1, &mut registry, &tls)
-        {
+        if let Ok(snapshot) = crate::snapshot::ConfigSnapshot::build(
+            &cfg,
+            1,
+            &mut registry,
+            &tls,
+            &crate::metrics::MetricNames::default(),
+        ) {
             assert_eq!(snapshot.clusters.len(), cfg.clusters.len());
         }
         for l in &cfg.listeners {

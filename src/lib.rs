@@ -2,9 +2,18 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests, benchmarks and fuzz targets use the
 //! same modules. See `docs/ARCHITECTURE.md` for the threads and the life of a request.
+//!
+//! Layers, bottom up (a module imports only from layers below it): `base` (buffers, timers, socket
+//! readiness) → `http`, `config`, `error`, `metrics` → `tls`, `qos`, `balance`, `health`, `sticky`,
+//! `route` → `snapshot` → `proxy` (sessions and the request stages) → `runtime` (workers, signals).
+
+// One justified exception, allowed where it is: `config::validate` asks libc for the online CPU count.
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod access_log;
 pub mod balance;
+pub mod base;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -13,9 +22,11 @@ pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod qos;
 pub mod route;
 pub mod runtime;
+pub mod snapshot;
 pub mod sticky;
 pub mod tls;

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 /// What a matched route says about a request.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// `"host path_prefix"`, as metrics and logs name the route.
+    pub name: Box<str>,
     /// Path prefix this route matched on.
     pub path_prefix: Box<[u8]>,
     /// Index of the cluster in the snapshot's cluster list.
@@ -57,6 +59,7 @@ impl RouteTable {
                 continue;
             };
             let route = Route {
+                name: format!("{} {}", r.host, r.path_prefix).into(),
                 path_prefix: r.path_prefix.as_bytes().into(),
                 cluster,
                 methods: r.methods.iter().map(|m| m.as_bytes().into()).collect(),
@@ -135,6 +138,11 @@ impl RouteTable {
     /// The route at `index` (from `lookup`).
     pub fn get(&self, index: usize) -> Option<&Route> {
         self.routes.get(index)
+    }
+
+    /// Every route, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 }
 

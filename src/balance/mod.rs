@@ -209,6 +209,8 @@ struct ClusterState {
 /// synchronisation; with N workers each cycling through the same weights, the whole process does too.
 #[derive(Debug)]
 pub struct Balancer {
+    /// The snapshot generation `clusters` was built for.
+    generation: u64,
     clusters: Vec<ClusterState>,
     rng: SplitMix64,
 }
@@ -228,13 +230,15 @@ impl Balancer {
     /// A balancer whose random choices (p2c) follow `seed`.
     pub fn with_seed(seed: u64) -> Self {
         Balancer {
+            generation: 0,
             clusters: Vec::new(),
             rng: SplitMix64(seed),
         }
     }
 
     /// Resets the state for a new snapshot's clusters.
-    pub fn reset(&mut self, clusters: &[Arc<Cluster>]) {
+    pub fn reset(&mut self, generation: u64, clusters: &[Arc<Cluster>]) {
+        self.generation = generation;
         self.clusters = clusters
             .iter()
             .map(|c| ClusterState {
@@ -244,20 +248,37 @@ impl Balancer {
             .collect();
     }
 
-    /// Picks a backend of cluster `index` that can take a request, avoiding `ctx.avoid` (a backend that
-    /// just failed) unless it is the only choice. `None` when no backend is eligible.
-    pub fn pick<'c>(
+    /// Picks a backend of cluster `index` of snapshot `generation` that can take a request, avoiding
+    /// `ctx.avoid` (a backend that just failed) unless it is the only choice; returns its index in
+    /// `cluster.backends`. `None` when no backend is eligible.
+    ///
+    /// A request pinned to an older snapshot than the worker's (a retry after a reload) is balanced with
+    /// fresh per-cluster state: the worker's state is for the new snapshot's clusters, whose order and
+    /// sizes may differ.
+    pub fn pick(
         &mut self,
+        generation: u64,
         index: usize,
-        cluster: &'c Cluster,
+        cluster: &Cluster,
         ctx: &PickContext,
-    ) -> Option<&'c ClusterBackend> {
-        let state = self.clusters.get_mut(index)?;
+    ) -> Option<usize> {
+        let mut scratch;
+        let state = match self.clusters.get_mut(index) {
+            Some(s) if generation == self.generation => s,
+            _ => {
+                // Rare path (allocates): a request from before a reload.
+                scratch = ClusterState {
+                    current: vec![0; cluster.backends.len()],
+                    next: 0,
+                };
+                &mut scratch
+            }
+        };
         debug_assert_eq!(state.current.len(), cluster.backends.len());
         let rng = &mut self.rng;
         let mut pick = |avoid: Option<BackendId>| {
             let ok = |b: &ClusterBackend| b.eligible() && Some(b.state.id) != avoid;
-            let i = match cluster.algorithm {
+            match cluster.algorithm {
                 BalanceAlgorithm::RoundRobin => round_robin(state, cluster, ok),
                 BalanceAlgorithm::WeightedRoundRobin => smooth_weighted(state, cluster, ok),
                 BalanceAlgorithm::LeastOutstanding => least_outstanding(state, cluster, ok),
@@ -266,8 +287,7 @@ impl Balancer {
                     (Some(key), Some(table)) => consistent(table, key, cluster, ok),
                     _ => smooth_weighted(state, cluster, ok),
                 },
-            }?;
-            Some(&cluster.backends[i])
+            }
         };
         pick(ctx.avoid).or_else(|| ctx.avoid.and_then(|_| pick(None)))
     }
@@ -455,12 +475,14 @@ mod tests {
 
     fn balancer(c: &Arc<Cluster>) -> Balancer {
         let mut b = Balancer::with_seed(42);
-        b.reset(std::slice::from_ref(c));
+        b.reset(1, std::slice::from_ref(c));
         b
     }
 
     fn pick(b: &mut Balancer, c: &Cluster) -> usize {
-        b.pick(0, c, &PickContext::default()).unwrap().state.id
+        c.backends[b.pick(1, 0, c, &PickContext::default()).unwrap()]
+            .state
+            .id
     }
 
     /// Picks `n` times, each request finishing at once; counts per backend.
@@ -581,12 +603,12 @@ mod tests {
                     hash_key: Some(maglev::hash_key(&key.to_le_bytes())),
                     avoid: None,
                 };
-                got[b.pick(0, &c, &ctx).unwrap().state.id] += 1;
+                got[c.backends[b.pick(1, 0, &c, &ctx).unwrap()].state.id] += 1;
             }
             assert_eq!(got, vec![0, 0, 300], "{algorithm:?}");
             c.backends[2].state.set_up_for_test(false);
             assert!(
-                b.pick(0, &c, &PickContext::default()).is_none(),
+                b.pick(1, 0, &c, &PickContext::default()).is_none(),
                 "{algorithm:?}"
             );
         }
@@ -608,7 +630,11 @@ mod tests {
                     hash_key: Some(key),
                     avoid: Some(0),
                 };
-                assert_eq!(b.pick(0, &c, &ctx).unwrap().state.id, 1, "{algorithm:?}");
+                assert_eq!(
+                    c.backends[b.pick(1, 0, &c, &ctx).unwrap()].state.id,
+                    1,
+                    "{algorithm:?}"
+                );
             }
             let single = cluster(algorithm, &[1]);
             let mut b = balancer(&single);
@@ -617,7 +643,9 @@ mod tests {
                 avoid: Some(0),
             };
             assert_eq!(
-                b.pick(0, &single, &ctx).unwrap().state.id,
+                single.backends[b.pick(1, 0, &single, &ctx).unwrap()]
+                    .state
+                    .id,
                 0,
                 "{algorithm:?}"
             );
@@ -757,7 +785,7 @@ mod tests {
                     hash_key: Some(key),
                     avoid: None,
                 };
-                b.pick(0, c, &ctx).unwrap().state.address
+                c.backends[b.pick(1, 0, c, &ctx).unwrap()].state.address
             })
             .collect()
     }

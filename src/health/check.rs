@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const MAX_STATUS_LINE: usize = 1024;
 
 /// Runs one check of `address`; `Err` says why it failed, in words for the log.
-pub fn run(
+pub(super) fn run(
     address: SocketAddr,
     request: &[u8],
     expect: (u16, u16),

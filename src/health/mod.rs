@@ -13,7 +13,7 @@ mod check;
 
 use crate::balance::{BackendId, BackendState, clock_ms};
 use crate::config::parse_status_range;
-use crate::runtime::snapshot::{ConfigSnapshot, SharedSnapshot};
+use crate::snapshot::{ConfigSnapshot, SharedSnapshot};
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::collections::HashMap;
 use std::sync::Arc;

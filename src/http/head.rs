@@ -383,7 +383,7 @@ pub(crate) struct TransferCodings {
 }
 
 impl TransferCodings {
-    pub fn add_field(&mut self, v: &[u8]) {
+    pub(crate) fn add_field(&mut self, v: &[u8]) {
         self.present = true;
         for elem in list_elements(v) {
             self.count += 1;

@@ -1,9 +1,9 @@
-//! The proxy: client sessions, backend connections and their pool, and the request pipeline.
+//! The proxy: client sessions, the request stages, backend connections and their pool.
 
-pub mod context;
-pub mod io;
-pub mod pipeline;
-pub mod pool;
-pub mod session;
-pub mod upstream;
-pub mod warm;
+pub(crate) mod context;
+pub(crate) mod io;
+pub(crate) mod pool;
+pub(crate) mod session;
+pub(crate) mod stages;
+pub(crate) mod upstream;
+pub(crate) mod warm;

@@ -5,7 +5,7 @@ use crate::balance::BackendId;
 /// Slab keys of idle upstream connections, indexed by backend id. Per worker, so no lock; vectors keep
 /// their capacity, so pushing and popping allocates nothing in steady state.
 #[derive(Debug, Default)]
-pub struct UpstreamPool {
+pub(crate) struct UpstreamPool {
     idle: Vec<Vec<usize>>,
     /// Connections being established ahead of need (warm TLS), per backend.
     warming: Vec<usize>,
@@ -13,7 +13,7 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    pub fn new(max_per_backend: usize) -> Self {
+    pub(crate) fn new(max_per_backend: usize) -> Self {
         UpstreamPool {
             idle: Vec::new(),
             warming: Vec::new(),
@@ -22,7 +22,7 @@ impl UpstreamPool {
     }
 
     /// Makes room for backend ids below `bound`.
-    pub fn ensure(&mut self, bound: usize) {
+    pub(crate) fn ensure(&mut self, bound: usize) {
         if self.idle.len() < bound {
             self.idle.resize_with(bound, Vec::new);
             self.warming.resize(bound, 0);
@@ -30,7 +30,7 @@ impl UpstreamPool {
     }
 
     /// Parks a connection; `false` when the backend's pool is full (the caller closes it).
-    pub fn put(&mut self, backend: BackendId, key: usize) -> bool {
+    pub(crate) fn put(&mut self, backend: BackendId, key: usize) -> bool {
         self.ensure(backend + 1);
         let list = &mut self.idle[backend];
         if list.len() >= self.max_per_backend {
@@ -41,13 +41,13 @@ impl UpstreamPool {
     }
 
     /// The most recently parked connection to `backend` (warmest, least likely to have been closed).
-    pub fn take(&mut self, backend: BackendId) -> Option<usize> {
+    pub(crate) fn take(&mut self, backend: BackendId) -> Option<usize> {
         self.idle.get_mut(backend)?.pop()
     }
 
     /// Moves the first parked connection to `backend` that satisfies `pred` to the top, so the next
     /// `take` returns it (a session's own SSL context). Returns whether one was found.
-    pub fn promote(&mut self, backend: BackendId, pred: impl Fn(usize) -> bool) -> bool {
+    pub(crate) fn promote(&mut self, backend: BackendId, pred: impl Fn(usize) -> bool) -> bool {
         let Some(list) = self.idle.get_mut(backend) else {
             return false;
         };
@@ -62,7 +62,7 @@ impl UpstreamPool {
     }
 
     /// Forgets a connection that closed while parked.
-    pub fn remove(&mut self, backend: BackendId, key: usize) {
+    pub(crate) fn remove(&mut self, backend: BackendId, key: usize) {
         if let Some(list) = self.idle.get_mut(backend) {
             if let Some(i) = list.iter().position(|&k| k == key) {
                 list.swap_remove(i);
@@ -72,7 +72,7 @@ impl UpstreamPool {
 
     /// Takes out every parked connection to a backend `keep` refuses (a reload removed or drained it), for
     /// the caller to close.
-    pub fn drain_unless(&mut self, keep: impl Fn(BackendId) -> bool) -> Vec<usize> {
+    pub(crate) fn drain_unless(&mut self, keep: impl Fn(BackendId) -> bool) -> Vec<usize> {
         let mut out = Vec::new();
         for (id, list) in self.idle.iter_mut().enumerate() {
             if !list.is_empty() && !keep(id) {
@@ -83,37 +83,29 @@ impl UpstreamPool {
     }
 
     /// Every parked connection, for shutdown.
-    pub fn drain_all(&mut self) -> Vec<usize> {
+    pub(crate) fn drain_all(&mut self) -> Vec<usize> {
         self.idle.iter_mut().flat_map(|l| l.drain(..)).collect()
     }
 
     /// Idle connections to `backend`.
-    pub fn idle_count(&self, backend: BackendId) -> usize {
+    pub(crate) fn idle_count(&self, backend: BackendId) -> usize {
         self.idle.get(backend).map_or(0, Vec::len)
     }
 
     /// Warm connections to `backend` still connecting or handshaking.
-    pub fn warming_count(&self, backend: BackendId) -> usize {
+    pub(crate) fn warming_count(&self, backend: BackendId) -> usize {
         self.warming.get(backend).copied().unwrap_or(0)
     }
 
-    pub fn warming_started(&mut self, backend: BackendId) {
+    pub(crate) fn warming_started(&mut self, backend: BackendId) {
         self.ensure(backend + 1);
         self.warming[backend] += 1;
     }
 
-    pub fn warming_done(&mut self, backend: BackendId) {
+    pub(crate) fn warming_done(&mut self, backend: BackendId) {
         if let Some(n) = self.warming.get_mut(backend) {
             *n = n.saturating_sub(1);
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.idle.iter().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

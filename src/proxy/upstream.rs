@@ -1,8 +1,9 @@
 //! A connection to a backend: connecting, and its life between sessions in the idle pool.
 
-use super::io::{Readiness, Transport};
+use super::io::Transport;
 use crate::balance::BackendState;
-use crate::runtime::timer::Deadline;
+use crate::base::socket::Readiness;
+use crate::base::timer::Deadline;
 use crate::tls::client::UpstreamTls;
 use crate::tls::{TlsStats, TlsStream};
 use mio::net::TcpStream;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 /// One backend connection. It belongs to a session while a request uses it and to the worker's idle pool
 /// between requests; its token never changes, so moving between the two costs no epoll call.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub stream: Transport,
     pub io: Readiness,
     pub backend: Arc<BackendState>,
@@ -33,7 +34,7 @@ pub struct Upstream {
 
 /// Starts a non-blocking connect (completion shows up as writability), with TLS on top when the cluster
 /// asks for it: the handshake then runs as the first bytes flow.
-pub fn connect(
+pub(crate) fn connect(
     address: SocketAddr,
     tls: Option<&UpstreamTls>,
     stats: &Arc<TlsStats>,

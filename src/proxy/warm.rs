@@ -7,14 +7,14 @@
 //! tickets, key updates) instead of treating it as a reason to close.
 
 use super::context::{Ctx, upstream_token};
-use super::io::{ReadOutcome, Readiness};
 use super::upstream::{self, Upstream};
-use crate::runtime::timer::Deadline;
+use crate::base::socket::{ReadOutcome, Readiness};
+use crate::base::timer::Deadline;
 use mio::Interest;
 
 /// Opens connections until every eligible backend of every TLS cluster with `min_idle` has that many idle
 /// or warming connections on this worker.
-pub fn top_up(cx: &mut Ctx) {
+pub(crate) fn top_up(cx: &mut Ctx) {
     if cx.draining {
         return;
     }
@@ -30,18 +30,21 @@ pub fn top_up(cx: &mut Ctx) {
             .filter(|b| !b.drain && b.state.is_up())
         {
             let id = b.state.id;
-            while cx.pool.idle_count(id) + cx.pool.warming_count(id) < tls.min_idle {
+            while cx.upstreams.pool.idle_count(id) + cx.upstreams.pool.warming_count(id)
+                < tls.min_idle
+            {
                 let mut transport =
-                    match upstream::connect(b.state.address, Some(tls), &cx.tls_stats) {
+                    match upstream::connect(b.state.address, Some(tls), &cx.upstreams.tls_stats) {
                         Ok(t) => t,
                         Err(e) => {
                             log::debug!("warm connection to {}: {e}", b.state.address);
                             break;
                         }
                     };
-                let entry = cx.upstreams.vacant_entry();
+                let entry = cx.upstreams.slab.vacant_entry();
                 let key = entry.key();
                 if cx
+                    .io
                     .registry
                     .register(
                         &mut transport.sock,
@@ -55,8 +58,13 @@ pub fn top_up(cx: &mut Ctx) {
                 let uid = cx.next_id();
                 let mut deadline = Deadline::default();
                 let connect = snapshot.timeouts.connect + snapshot.timeouts.tls_handshake;
-                deadline.set(&mut cx.timers, upstream_token(key).0, uid, cx.now + connect);
-                cx.upstreams.insert(Upstream {
+                deadline.set(
+                    &mut cx.io.timers,
+                    upstream_token(key).0,
+                    uid,
+                    cx.now + connect,
+                );
+                cx.upstreams.slab.insert(Upstream {
                     stream: transport,
                     io: Readiness::default(),
                     backend: b.state.clone(),
@@ -67,7 +75,7 @@ pub fn top_up(cx: &mut Ctx) {
                     deadline,
                     warming: true,
                 });
-                cx.pool.warming_started(id);
+                cx.upstreams.pool.warming_started(id);
             }
         }
     }
@@ -75,8 +83,8 @@ pub fn top_up(cx: &mut Ctx) {
 
 /// Handles readiness on a connection that belongs to no session: a warming one advances its handshake;
 /// an idle one reads post-handshake TLS messages. Anything else (EOF, errors, unasked plaintext) closes it.
-pub fn on_event(cx: &mut Ctx, key: usize) {
-    let Some(u) = cx.upstreams.get_mut(key) else {
+pub(crate) fn on_event(cx: &mut Ctx, key: usize) {
+    let Some(u) = cx.upstreams.slab.get_mut(key) else {
         return;
     };
     let mut keep = true;
@@ -104,17 +112,17 @@ pub fn on_event(cx: &mut Ctx, key: usize) {
             } else {
                 // Post-handshake messages are consumed inside the read; only plaintext, EOF or an
                 // error come back, and each means the connection cannot be reused.
-                let mut scratch = cx.buffers.get();
+                let mut scratch = cx.io.buffers.get();
                 keep = matches!(
                     u.stream.read_into(&mut u.io, &mut scratch),
                     ReadOutcome::Blocked
                 );
-                cx.buffers.put(scratch);
+                cx.io.buffers.put(scratch);
             }
         }
     }
     if !keep {
-        cx.close_upstream(key);
+        cx.upstreams.close(key);
         return;
     }
     let established = u.stream.tls.as_ref().is_some_and(|t| t.is_established());
@@ -122,14 +130,14 @@ pub fn on_event(cx: &mut Ctx, key: usize) {
         u.warming = false;
         let backend = u.backend.id;
         let uid = u.id;
-        cx.pool.warming_done(backend);
-        if cx.pool.put(backend, key) {
+        cx.upstreams.pool.warming_done(backend);
+        if cx.upstreams.pool.put(backend, key) {
             let idle = cx.snapshot.timeouts.upstream_idle;
-            let u = &mut cx.upstreams[key];
+            let u = &mut cx.upstreams.slab[key];
             u.deadline
-                .set(&mut cx.timers, upstream_token(key).0, uid, cx.now + idle);
+                .set(&mut cx.io.timers, upstream_token(key).0, uid, cx.now + idle);
         } else {
-            cx.close_upstream(key);
+            cx.upstreams.close(key);
         }
     }
 }

@@ -1,30 +1,27 @@
-//! The runtime: worker threads, listening sockets, timers, buffers, and the main thread that handles
-//! signals (reload, stop) and publishes config snapshots.
+//! The runtime: worker threads, listening sockets, and the main thread that handles signals (reload,
+//! stop, report) and publishes config snapshots.
 
-pub mod buffer;
 pub mod listener;
-pub mod snapshot;
-pub mod timer;
 pub mod worker;
 
 use crate::access_log::AccessLog;
 use crate::balance::BackendRegistry;
 use crate::config::{self, Config};
-use crate::proxy::context::{Ctx, ListenerInfo, Peer};
+use crate::proxy::context::{Command, Ctx, CtxParts, ListenerInfo, Peer};
+use crate::snapshot::{ConfigSnapshot, SharedSnapshot};
 use crate::sticky::Stickiness;
 use crate::tls::server::TlsShared;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-use snapshot::{ConfigSnapshot, SharedSnapshot};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use worker::{Command, Worker, WorkerSettings};
+use worker::{Worker, WorkerSettings};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +67,8 @@ pub struct Server {
     access_log: Option<(AccessLog, JoinHandle<()>)>,
     tls: TlsShared,
     sticky: Arc<Stickiness>,
+    /// Every worker's counters and histograms.
+    metrics: Arc<crate::metrics::Registry>,
     /// Active health checks and passive cool-downs, one thread for the process.
     prober: Option<crate::health::Prober>,
     /// Signal handling, set up before the workers accept anything: it needs descriptors, and a flood of
@@ -103,8 +102,10 @@ impl Server {
             .max(1);
         let mut registry = BackendRegistry::default();
         let tls = TlsShared::new(&config);
+        let metrics = Arc::new(crate::metrics::Registry::new(count));
         let snapshot = Arc::new(
-            ConfigSnapshot::build(&config, 1, &mut registry, &tls).map_err(StartError::Tls)?,
+            ConfigSnapshot::build(&config, 1, &mut registry, &tls, &metrics.names)
+                .map_err(StartError::Tls)?,
         );
         let shared: SharedSnapshot = Arc::new(ArcSwap::new(Arc::clone(&snapshot)));
 
@@ -187,30 +188,28 @@ impl Server {
         for (index, ((listeners, poll), rx)) in
             per_worker.into_iter().zip(polls).zip(receivers).enumerate()
         {
-            let cx = Ctx::new(
-                index,
-                poll.registry().try_clone()?,
-                Arc::clone(&snapshot),
-                config.workers.buffer_size,
-                config.workers.max_connections,
-                config.workers.upstream_idle_pool,
-                access_log.as_ref().map(|(log, _)| log.clone()),
-                infos.clone(),
-                tls.stats.clone(),
-                sticky.clone(),
-                peers.clone(),
-            );
-            let w = Worker::new(
-                poll,
-                listeners,
-                cx,
-                settings.clone(),
-                rx,
-                Arc::clone(&shared),
-            )?;
+            let parts = CtxParts {
+                worker: index,
+                registry: poll.registry().try_clone()?,
+                snapshot: Arc::clone(&snapshot),
+                buffer_size: config.workers.buffer_size,
+                max_connections: config.workers.max_connections,
+                upstream_idle_pool: config.workers.upstream_idle_pool,
+                access_log: access_log.as_ref().map(|(log, _)| log.clone()),
+                listeners: infos.clone(),
+                tls_stats: tls.stats.clone(),
+                sticky: sticky.clone(),
+                peers: peers.clone(),
+                metrics: Arc::clone(&metrics.workers[index]),
+            };
+            let settings = settings.clone();
+            let shared = Arc::clone(&shared);
             let pin = (!config.workers.pin_cpus.is_empty())
                 .then(|| config.workers.pin_cpus[index % config.workers.pin_cpus.len()]);
             let notice_tx = exit_tx.clone();
+            // The worker is built on its own thread (its snapshot pin is thread-local); whether that
+            // worked comes back before the next one starts, so a failure still fails the start.
+            let (built_tx, built) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
@@ -220,8 +219,26 @@ impl Server {
                             log::warn!("worker {index}: could not pin to CPU {cpu}");
                         }
                     }
-                    w.run();
+                    let cx = Ctx::new(parts);
+                    match Worker::new(poll, listeners, cx, settings, rx, shared) {
+                        Ok(w) => {
+                            let _ = built_tx.send(Ok(()));
+                            w.run();
+                        }
+                        Err(e) => {
+                            let _ = built_tx.send(Err(e));
+                        }
+                    }
                 })?;
+            match built.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(
+                        std::io::Error::other(format!("worker {index} did not start")).into(),
+                    );
+                }
+            }
             workers.push(WorkerHandle {
                 commands: peers[index].commands.clone(),
                 waker: peers[index].waker.clone(),
@@ -248,6 +265,7 @@ impl Server {
             access_log,
             tls,
             sticky,
+            metrics,
             prober: Some(prober),
             signals,
         })
@@ -311,15 +329,20 @@ impl Server {
             tls: self.config.tls.clone(),
             ..new
         };
-        let snapshot =
-            match ConfigSnapshot::build(&new, self.generation + 1, &mut self.registry, &self.tls) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("reload: {e}");
-                    log::error!("reload refused (1 error); the running configuration stays");
-                    return;
-                }
-            };
+        let snapshot = match ConfigSnapshot::build(
+            &new,
+            self.generation + 1,
+            &mut self.registry,
+            &self.tls,
+            &self.metrics.names,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload: {e}");
+                log::error!("reload refused (1 error); the running configuration stays");
+                return;
+            }
+        };
         self.generation += 1;
         let backends: usize = snapshot.clusters.iter().map(|c| c.backends.len()).sum();
         let clusters = snapshot.clusters.len();
@@ -349,8 +372,16 @@ impl Server {
         self.sticky.table.totals()
     }
 
-    /// Logs per-backend request counts (SIGUSR1).
+    /// Sums of every worker's counters and histograms.
+    pub fn metrics(&self) -> crate::metrics::Totals {
+        self.metrics.totals()
+    }
+
+    /// Logs the metrics registry's request counters, then backends, TLS, sessions and QoS (SIGUSR1).
     pub fn report(&self) {
+        for line in crate::metrics::report_lines(&self.metrics.totals()) {
+            log::info!("{line}");
+        }
         let snapshot = self.shared.load();
         for c in &snapshot.clusters {
             for b in &c.backends {

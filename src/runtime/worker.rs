@@ -1,12 +1,12 @@
 //! One worker: a thread with its own mio event loop, listening sockets, sessions, upstream pool and
 //! timer wheel. Workers share nothing mutable but the config snapshot (arc-swap) and backend counters.
 
-use super::snapshot::{ConfigSnapshot, SharedSnapshot};
-use super::timer::TimerEntry;
+use crate::base::timer::TimerEntry;
 use crate::error::Termination;
-use crate::proxy::context::{Ctx, session_token};
+use crate::proxy::context::{Command, Ctx, session_token};
 use crate::proxy::io::Transport;
 use crate::proxy::session::{Phase, Session};
+use crate::snapshot::{ConfigSnapshot, SharedSnapshot};
 use crate::sticky::table::SessionReader;
 use crate::tls::TlsStream;
 use arc_swap::cache::Cache;
@@ -27,15 +27,6 @@ pub const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Listener tokens occupy `LISTENER_BASE - MAX_LISTENERS + 1 ..= LISTENER_BASE`.
 pub const MAX_LISTENERS: usize = 1024;
-
-/// Messages from the main thread.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Stop accepting, finish in-flight requests within `grace`, then exit.
-    Shutdown { grace: Duration },
-    /// A QoS slot was handed to one of this worker's waiting sessions.
-    Grant { session: usize, id: u64 },
-}
 
 /// More panics than this within `PANIC_WINDOW` and the worker gives up: the process exits non-zero so its
 /// supervisor restarts it (a bug that fires on every request is not worth limping on with).
@@ -90,16 +81,13 @@ pub struct Worker {
     /// Open client connections of this worker by client address, for `limits.max_connections_per_client`.
     /// Per worker and lock-free: with N workers a client may hold N times the cap (see docs/CONFIG.md).
     per_client: HashMap<IpAddr, u32>,
-    /// Connections closed at accept for being over the per-client cap.
-    pub rejected_per_client: u64,
-    /// Panics caught while handling a session, in all and within the current window.
-    pub panics: u64,
+    /// Panics caught within the current window (all of them are counted in the metrics registry).
     panics_in_window: u32,
     panic_window_start: Instant,
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         poll: Poll,
         listeners: Vec<std::net::TcpListener>,
         cx: Ctx,
@@ -134,8 +122,6 @@ impl Worker {
             due: Vec::with_capacity(256),
             next_warm_check: Instant::now(),
             per_client: HashMap::new(),
-            rejected_per_client: 0,
-            panics: 0,
             panics_in_window: 0,
             panic_window_start: Instant::now(),
         })
@@ -231,7 +217,7 @@ impl Worker {
         if window.is_zero()
             || waited >= window
             || self.ready.len() >= target
-            || self.cx.attached < target
+            || self.cx.upstreams.attached < target
             || self.cx.draining
         {
             return;
@@ -260,12 +246,12 @@ impl Worker {
                 .any(|l| l.pending && l.socket.is_some());
         if accept_now
             || !self.ready.is_empty()
-            || !self.cx.granted.is_empty()
+            || !self.cx.wakers.woken.is_empty()
             || !self.cx.deferred.is_empty()
         {
             return Some(Duration::ZERO);
         }
-        let mut t = self.cx.timers.next_timeout(self.cx.now);
+        let mut t = self.cx.io.timers.next_timeout(self.cx.now);
         for at in [self.accept_retry_at, self.drain_deadline]
             .into_iter()
             .flatten()
@@ -281,18 +267,22 @@ impl Worker {
         let current = self.shared.load();
         if current.generation != self.cx.snapshot.generation {
             let snapshot = Arc::clone(current);
-            self.cx.balancer.reset(&snapshot.clusters);
-            self.cx.pool.ensure(snapshot.backend_id_bound);
+            self.cx
+                .balancer
+                .reset(snapshot.generation, &snapshot.clusters);
+            self.cx.upstreams.pool.ensure(snapshot.backend_id_bound);
             // Idle connections to backends removed or drained by the reload: close them now.
             let serving = snapshot.serving_backends();
             for key in self
                 .cx
+                .upstreams
                 .pool
                 .drain_unless(|id| serving.get(id) == Some(&true))
             {
-                self.cx.close_upstream(key);
+                self.cx.upstreams.close(key);
             }
-            self.cx.snapshot = snapshot;
+            // Requests in flight keep the snapshot they pinned; new ones get this one.
+            self.cx.snapshot = std::rc::Rc::new(snapshot);
         }
     }
 
@@ -318,7 +308,7 @@ impl Worker {
                         self.ready.push(key);
                     }
                 }
-            } else if let Some(u) = self.cx.upstreams.get_mut(key) {
+            } else if let Some(u) = self.cx.upstreams.slab.get_mut(key) {
                 u.io.update(event);
                 match u.session {
                     Some(s) => {
@@ -338,7 +328,7 @@ impl Worker {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Shutdown { grace } => self.start_drain(grace),
-                Command::Grant { session, id } => self.cx.granted.push((session, id)),
+                Command::Wake { session, id } => self.cx.wakers.woken.push((session, id)),
             }
         }
     }
@@ -402,11 +392,11 @@ impl Worker {
         if open < cap {
             return false;
         }
-        self.rejected_per_client += 1;
+        self.cx.metrics.rejected_per_client.inc();
         log::debug!(
             "worker {}: {ip} holds {open} connection(s), the per-client limit; new connection closed ({} so far)",
             self.cx.worker,
-            self.rejected_per_client
+            self.cx.metrics.rejected_per_client.get()
         );
         true
     }
@@ -419,7 +409,7 @@ impl Worker {
     ) {
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.cx.registry.register(
+        if let Err(e) = self.cx.io.registry.register(
             &mut stream,
             session_token(key),
             Interest::READABLE | Interest::WRITABLE,
@@ -441,7 +431,10 @@ impl Worker {
             Some(config) => match rustls::ServerConnection::new(config.clone()) {
                 Ok(conn) => Transport::with_tls(
                     stream,
-                    TlsStream::new(rustls::Connection::Server(conn), self.cx.tls_stats.clone()),
+                    TlsStream::new(
+                        rustls::Connection::Server(conn),
+                        self.cx.upstreams.tls_stats.clone(),
+                    ),
                 ),
                 Err(e) => {
                     log::warn!("worker {}: cannot start TLS: {e}", self.cx.worker);
@@ -454,13 +447,13 @@ impl Worker {
         session.queued = true;
         entry.insert(session);
         self.ready.push(key);
-        self.cx.stats.accepted += 1;
+        self.cx.metrics.accepted.inc();
         *self.per_client.entry(peer.ip().to_canonical()).or_insert(0) += 1;
     }
 
     fn run_ready(&mut self, sessions: &SessionReader<'_>) {
-        // Sessions granted a QoS slot (by this worker or another) move on.
-        while let Some((key, id)) = self.cx.granted.pop() {
+        // Parked requests woken (a QoS grant, a completed ticket; by this worker or another) move on.
+        while let Some((key, id)) = self.cx.wakers.woken.pop() {
             if let Some(s) = self.sessions.get_mut(key) {
                 if s.id == id && !s.queued {
                     s.queued = true;
@@ -505,7 +498,7 @@ impl Worker {
             .copied()
             .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
-        self.panics += 1;
+        self.cx.metrics.panics.inc();
         if self
             .cx
             .now
@@ -524,7 +517,7 @@ impl Worker {
                 s.id,
                 s.peer(),
                 s.phase,
-                self.panics
+                self.cx.metrics.panics.get()
             );
         }
         let cx = &mut self.cx;
@@ -546,12 +539,13 @@ impl Worker {
         let orphans: Vec<usize> = self
             .cx
             .upstreams
+            .slab
             .iter()
             .filter(|(_, u)| u.session == Some(key))
             .map(|(k, _)| k)
             .collect();
         for k in orphans {
-            self.cx.close_upstream(k);
+            self.cx.upstreams.close(k);
         }
         self.slot_freed();
     }
@@ -587,7 +581,7 @@ impl Worker {
 
     fn fire_timers(&mut self, sessions: &SessionReader<'_>) {
         self.due.clear();
-        self.cx.timers.expire(self.cx.now, &mut self.due);
+        self.cx.io.timers.expire(self.cx.now, &mut self.due);
         for i in 0..self.due.len() {
             let entry = self.due[i];
             let key = entry.token >> 1;
@@ -600,7 +594,7 @@ impl Worker {
                 }
                 if session
                     .deadline
-                    .fire(&mut self.cx.timers, &entry, self.cx.now)
+                    .fire(&mut self.cx.io.timers, &entry, self.cx.now)
                 {
                     let cx = &mut self.cx;
                     match catch_unwind(AssertUnwindSafe(|| session.on_timeout(cx, sessions))) {
@@ -609,13 +603,13 @@ impl Worker {
                         Err(payload) => self.session_panicked(key, payload.as_ref(), "timing out"),
                     }
                 }
-            } else if let Some(u) = self.cx.upstreams.get_mut(key) {
+            } else if let Some(u) = self.cx.upstreams.slab.get_mut(key) {
                 // Idle too long in the pool, or a warm connection that could not finish its handshake.
                 if u.id == entry.id
                     && u.session.is_none()
-                    && u.deadline.fire(&mut self.cx.timers, &entry, self.cx.now)
+                    && u.deadline.fire(&mut self.cx.io.timers, &entry, self.cx.now)
                 {
-                    self.cx.close_upstream(key);
+                    self.cx.upstreams.close(key);
                 }
             }
         }
@@ -632,11 +626,11 @@ impl Worker {
         self.drain_deadline = Some(self.cx.now + grace);
         for l in &mut self.listeners {
             if let Some(mut socket) = l.socket.take() {
-                let _ = self.cx.registry.deregister(&mut socket);
+                let _ = self.cx.io.registry.deregister(&mut socket);
             }
         }
-        for key in self.cx.pool.drain_all() {
-            self.cx.close_upstream(key);
+        for key in self.cx.upstreams.pool.drain_all() {
+            self.cx.upstreams.close(key);
         }
         // Every session looks at the new situation once: idle ones close now.
         for (key, s) in self.sessions.iter_mut() {

@@ -7,8 +7,8 @@
 //! becomes writable.
 
 use super::TlsStats;
-use crate::proxy::io::{ReadOutcome, Readiness, WriteOutcome};
-use crate::runtime::buffer::Buffer;
+use crate::base::buffer::Buffer;
+use crate::base::socket::{ReadOutcome, Readiness, WriteOutcome};
 use mio::net::TcpStream;
 use rustls::{Connection, HandshakeKind};
 use std::io::{self, IoSlice, Read, Write};

@@ -43,7 +43,7 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    pub fn detect() -> Self {
+    pub(super) fn detect() -> Self {
         Machine {
             cpus: online_cpus(),
         }
@@ -56,6 +56,8 @@ fn online_cpus() -> usize {
     #[cfg(unix)]
     {
         // SAFETY: sysconf only reads a system setting.
+        // The crate's one `unsafe`: a plain libc query with no pointers; `sysconf` is thread-safe.
+        #[allow(unsafe_code)]
         let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         if n > 0 {
             return n as usize;

@@ -1,148 +1,76 @@
-//! Choosing a backend (stickiness, balancing, QoS admission) and connecting to it; retries.
+//! An attempt: the attempt stages (balance, QoS), connecting to the chosen backend, and what a failed
+//! attempt leads to (a retry elsewhere, or an answer).
 
 use super::*;
+use crate::proxy::stages::Verdict;
 
 impl Session {
-    /// Chooses the backend — the session's own for a secure request, else the balancer's pick, avoiding
-    /// `avoid` (which just failed) — takes a QoS slot on it (or queues), and attaches a connection.
-    pub(super) fn attach_upstream(&mut self, cx: &mut Ctx, avoid: Option<BackendId>) {
-        if cx.snapshot.generation != self.x.generation {
-            // Reloaded mid-request: the cluster index may point elsewhere now.
-            self.fail(cx, Termination::NoBackend);
-            return;
-        }
-        // Choose, bind and admit while borrowing the snapshot beside the other context fields.
-        let decision = {
-            let snapshot = &*cx.snapshot;
-            let Some(cluster) = snapshot.clusters.get(self.x.cluster) else {
-                return self.fail(cx, Termination::NoBackend);
-            };
-            let failover = snapshot
-                .routes
-                .get(self.x.route)
-                .map_or(FailoverPolicy::Rebind, |r| r.on_backend_down);
-            choose_backend(
-                &mut self.x,
-                cluster,
-                &mut cx.balancer,
-                &cx.sticky,
-                failover,
-                avoid,
-                Admit {
+    /// Runs the attempt stages from the plan's next one, then attaches a backend connection.
+    pub(super) fn run_attempt(&mut self, cx: &mut Ctx) {
+        while self.plan.next_attempt_stage < stages::ATTEMPT_STAGES.len() {
+            let (_, stage) = stages::ATTEMPT_STAGES[self.plan.next_attempt_stage];
+            let wake = cx.wakers.target(self.key, self.id);
+            let mut attempt = stages::Attempt {
+                plan: &mut self.plan,
+                cx: stages::AttemptCx {
+                    balancer: &mut cx.balancer,
+                    sticky: &cx.sticky,
+                    wakers: &mut cx.wakers,
                     worker: cx.worker,
-                    session: self.key,
-                    session_id: self.id,
                     now: cx.now,
                     unix_now: cx.unix_now,
+                    wake,
                 },
-            )
-        };
-        let (id, address, admission) = match decision {
-            Ok(d) => d,
-            Err(t) => return self.fail(cx, t),
-        };
-        self.x.backend = Some((id, address));
-        self.x.attempts += 1;
+            };
+            match stage(&mut attempt) {
+                Verdict::Continue => self.plan.next_attempt_stage += 1,
+                Verdict::Answer(answer) => return self.answer(cx, answer),
+                Verdict::Wait(wait) => return self.park(cx, wait),
+            }
+        }
+        if self.plan.attempts > 0 {
+            cx.metrics.retries.inc();
+        }
+        self.plan.attempts += 1;
         self.x.head_sent = 0;
         self.x.request_written = false;
         self.x.response_received = false;
         self.x.upstream_eof = false;
         self.x.connect_started = cx.now;
         self.last_upstream_io = cx.now;
-
-        // QoS: a slot on the backend, or a place in its queue.
-        self.x.slot_held = false;
-        match admission {
-            None => {}
-            Some(Admission::Go { wake }) => {
-                self.x.slot_held = true;
-                if let Some(w) = wake {
-                    cx.deliver_grant(&w);
-                }
-            }
-            Some(Admission::Wait(waiter)) => {
-                self.x.waiter = Some(waiter);
-                self.x.queued_at = Some(cx.now);
-                self.phase = Phase::Queued;
-                return;
-            }
-            Some(Admission::Full) => return self.fail(cx, Termination::QueueFull),
-        }
         self.connect_backend(cx);
     }
 
-    /// A QoS grant arrived (or the slot was free): continue with the chosen backend.
-    pub(super) fn step_queued(&mut self, cx: &mut Ctx) -> bool {
-        let Some(waiter) = &self.x.waiter else {
-            return false;
-        };
-        if !waiter.is_granted() {
-            return false;
-        }
-        self.x.waiter = None;
-        self.x.slot_held = true;
-        if let Some(at) = self.x.queued_at {
-            self.x.queue_us = Some(cx.now.saturating_duration_since(at).as_micros() as u64);
-        }
-        self.x.connect_started = cx.now;
-        self.last_upstream_io = cx.now;
-        self.connect_backend(cx);
-        true
-    }
-
-    /// Leaves the QoS queue (timeout, client gone). If a grant raced the withdrawal, the slot it
-    /// brought is passed on.
-    pub(super) fn leave_queue(&mut self, cx: &mut Ctx) {
-        let Some(waiter) = self.x.waiter.take() else {
-            return;
-        };
-        let Some((id, _)) = self.x.backend else {
-            return;
-        };
-        let granted = cx
-            .snapshot
-            .clusters
-            .get(self.x.cluster)
-            .and_then(|c| c.backend(id))
-            .is_some_and(|b| !b.state.queue.cancel(&waiter));
-        if granted {
-            self.give_back_slot(cx, id);
-        }
-    }
-
-    /// Attaches a connection to the chosen backend (`x.backend`): the session's own SSL context or any
-    /// idle pooled connection, else a new one.
+    /// Attaches a connection to the chosen backend: the session's own SSL context or any idle pooled
+    /// connection, else a new one. The attempt takes over the QoS slot the plan holds (if any).
     pub(super) fn connect_backend(&mut self, cx: &mut Ctx) {
-        let Some((id, address)) = self.x.backend else {
-            self.fail(cx, Termination::NoBackend);
-            return;
+        let Some(backend) = self.plan.backend_state().cloned() else {
+            return self.fail(cx, Termination::NoBackend);
         };
-        let slot_held = self.x.slot_held;
-        self.x.slot_held = false;
+        let id = backend.id;
         // The session's SSL context first, when it is idle in this worker's pool.
-        let ctx = self.x.sticky.map_or(0, |st| st.ssl_context);
+        let ctx = self.plan.sticky.map_or(0, |st| st.ssl_context);
+        let ups = &mut cx.upstreams;
         if ctx != 0 {
-            let upstreams = &cx.upstreams;
-            cx.pool
-                .promote(id, |k| upstreams.get(k).is_some_and(|u| u.id == ctx));
+            let slab = &ups.slab;
+            ups.pool
+                .promote(id, |k| slab.get(k).is_some_and(|u| u.id == ctx));
         }
-        while let Some(key) = cx.pool.take(id) {
-            let u = &mut cx.upstreams[key];
+        while let Some(key) = ups.pool.take(id) {
+            let u = &mut ups.slab[key];
             if u.io.readable || u.io.read_closed || u.io.error {
                 // The backend closed it (or sent something unasked) while it was parked.
-                cx.close_upstream(key);
+                ups.close(key);
                 continue;
             }
             u.session = Some(self.key);
             u.deadline.clear();
             u.requests += 1;
-            if !slot_held {
-                u.backend.attempt_started();
-            }
             let uid = u.id;
-            cx.attach();
-            self.x.attempt_open = true;
-            cx.stats.upstream_reuses += 1;
+            ups.attach();
+            self.start_attempt(&backend);
+            self.x.reused = true;
+            cx.metrics.upstream_reuses.inc();
             self.upstream = Some(key);
             self.note_ssl_context(cx, uid);
             self.x.connect_us = Some(self.x.micros_since_start(cx.now));
@@ -150,70 +78,70 @@ impl Session {
             return;
         }
 
-        let tls = cx
+        let tls = self
+            .plan
             .snapshot
-            .cluster_tls
-            .get(self.x.cluster)
+            .as_ref()
+            .and_then(|s| s.cluster_tls.get(self.plan.cluster))
             .and_then(Option::as_ref);
-        let stream = match upstream::connect(address, tls, &cx.tls_stats) {
+        let mut stream = match upstream::connect(backend.address, tls, &cx.upstreams.tls_stats) {
             Ok(s) => s,
             Err(e) => {
-                log::debug!("connect to {address} failed at once: {e}");
-                if slot_held {
-                    self.give_back_slot(cx, id);
-                }
-                self.upstream_failed(cx, Termination::ConnectFailed);
-                return;
+                log::debug!("connect to {} failed at once: {e}", backend.address);
+                // No attempt started: the slot goes back, and a failure counts against the backend.
+                stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
+                backend.attempt_started();
+                backend.attempt_finished(AttemptOutcome::ConnectFailed);
+                return self.upstream_failed(cx, Termination::ConnectFailed, Retry::IfReplayable);
             }
         };
-        let entry = cx.upstreams.vacant_entry();
-        let key = entry.key();
-        let mut stream = stream;
-        if let Err(e) = cx.registry.register(
+        let key = cx.upstreams.slab.vacant_entry().key();
+        if let Err(e) = cx.io.registry.register(
             &mut stream.sock,
             upstream_token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register upstream socket: {e}");
-            if slot_held {
-                self.give_back_slot(cx, id);
-            }
-            self.fail(cx, Termination::Internal("cannot register upstream socket"));
-            return;
+            stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
+            return self.fail(cx, Termination::Internal("cannot register upstream socket"));
         }
-        let Some(backend_state) = cx.snapshot.clusters[self.x.cluster]
-            .backend(id)
-            .map(|b| b.state.clone())
-        else {
-            self.fail(cx, Termination::NoBackend);
-            return;
-        };
-        if !slot_held {
-            backend_state.attempt_started();
-        }
-        self.x.attempt_open = true;
-        let id = cx.next_id();
-        cx.upstreams.insert(Upstream {
+        self.start_attempt(&backend);
+        self.x.reused = false;
+        let uid = cx.next_id();
+        cx.upstreams.slab.insert(Upstream {
             stream,
             io: Readiness::default(),
-            backend: backend_state,
+            backend,
             session: Some(self.key),
             connected: false,
             requests: 1,
-            id,
+            id: uid,
             deadline: Deadline::default(),
             warming: false,
         });
-        cx.attach();
-        cx.stats.upstream_connects += 1;
+        cx.upstreams.attach();
+        cx.metrics.upstream_connects.inc();
         self.upstream = Some(key);
-        self.note_ssl_context(cx, id);
+        self.note_ssl_context(cx, uid);
         self.phase = Phase::Connect;
+    }
+
+    /// The attempt starts on `backend`: it takes over the plan's QoS slot, or counts itself in flight.
+    fn start_attempt(&mut self, backend: &crate::balance::BackendState) {
+        match std::mem::take(&mut self.plan.slot) {
+            Slot::Held => {}
+            Slot::None => backend.attempt_started(),
+            Slot::Queued(_) => {
+                debug_assert!(false, "an attempt started while still queued");
+                backend.attempt_started();
+            }
+        }
+        self.x.attempt_open = true;
     }
 
     /// Remembers which backend connection (SSL context) a secure session's request rides.
     pub(super) fn note_ssl_context(&mut self, cx: &Ctx, connection: u64) {
-        if let Some(st) = &mut self.x.sticky {
+        if let Some(st) = &mut self.plan.sticky {
             if let Some(key) = st.key {
                 if st.ssl_context != connection {
                     st.ssl_context = connection;
@@ -223,29 +151,12 @@ impl Session {
         }
     }
 
-    /// Returns a QoS slot taken for an attempt that never started, and hands it on.
-    pub(super) fn give_back_slot(&mut self, cx: &mut Ctx, id: BackendId) {
-        let Some(b) = cx
-            .snapshot
-            .clusters
-            .get(self.x.cluster)
-            .and_then(|c| c.backend(id))
-            .map(|b| b.state.clone())
-        else {
-            return;
-        };
-        b.release_slot();
-        if let Some(w) = b.queue.release(&b, cx.now) {
-            cx.deliver_grant(&w);
-        }
-    }
-
     pub(super) fn step_connect(&mut self, cx: &mut Ctx) -> bool {
         let Some(key) = self.upstream else {
-            self.upstream_failed(cx, Termination::ConnectFailed);
+            self.upstream_failed(cx, Termination::ConnectFailed, Retry::IfReplayable);
             return true;
         };
-        let u = &mut cx.upstreams[key];
+        let u = &mut cx.upstreams.slab[key];
         if !u.io.writable && !u.io.error && !u.io.read_closed {
             return false;
         }
@@ -263,7 +174,7 @@ impl Session {
         };
         if let Some(e) = failed {
             log::debug!("connect to {} failed: {e}", u.backend.address);
-            self.upstream_failed(cx, Termination::ConnectFailed);
+            self.upstream_failed(cx, Termination::ConnectFailed, Retry::IfReplayable);
             return true;
         }
         u.connected = true;
@@ -279,61 +190,56 @@ impl Session {
         let key = self.upstream.take()?;
         if self.x.attempt_open {
             self.x.attempt_open = false;
-            let grant = cx.upstreams.get(key).and_then(|u| {
+            let grant = cx.upstreams.slab.get(key).and_then(|u| {
                 u.backend.attempt_finished(outcome);
                 // The freed slot goes straight to the best waiting request (one load when none wait).
                 u.backend.queue.release(&u.backend, cx.now)
             });
             if let Some(w) = grant {
-                cx.deliver_grant(&w);
+                cx.wakers.deliver_grant(&w);
             }
         }
         Some(key)
     }
 
     /// The backend connection failed before the exchange could finish: retry on another backend when
-    /// that is safe, else answer (502/504) if nothing was sent yet, else cut the client connection.
-    pub(super) fn upstream_failed(&mut self, cx: &mut Ctx, term: Termination) {
-        if let Some(u) = self.upstream.and_then(|k| cx.upstreams.get(k)) {
+    /// `retry` and the request's state allow it, else answer (502/504) if nothing was sent yet, else cut
+    /// the client connection.
+    pub(super) fn upstream_failed(&mut self, cx: &mut Ctx, term: Termination, retry: Retry) {
+        if let Some(u) = self.upstream.and_then(|k| cx.upstreams.slab.get(k)) {
             if u.stream.tls.as_ref().is_some_and(|t| !t.is_established()) {
                 // Everything written sat in rustls waiting for a handshake that never completed.
                 self.x.request_written = false;
             }
         }
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
-            cx.close_upstream(key);
+            cx.upstreams.close(key);
         }
         if let Some(buf) = self.up_buf.take() {
-            cx.buffers.put(buf);
+            cx.io.buffers.put(buf);
         }
         self.x.resp_pending = 0;
-        let retries = cx
-            .snapshot
-            .clusters
-            .get(self.x.cluster)
-            .map_or(0, |c| c.retries);
-        // Safe to replay: the backend received nothing, or the request is idempotent, has no body (sent
-        // body bytes are gone from `in_buf`) and nothing came back.
-        let replayable = !self.x.request_written
+        if retry == Retry::IfReplayable
+            && self.replayable()
+            && !self.x.response_started
+            && self.plan.retries_left()
+        {
+            self.plan.avoid = self.plan.backend_state().map(|b| b.id);
+            self.plan.backend = None;
+            self.plan.next_attempt_stage = 0;
+            self.run_attempt(cx);
+            return;
+        }
+        self.respond_or_abort(cx, term);
+    }
+
+    /// Whether the request can be sent again: the backend received none of it, or it is idempotent,
+    /// has no body (sent body bytes are gone from `in_buf`) and nothing came back.
+    fn replayable(&self) -> bool {
+        !self.x.request_written
             || (self.x.method.is_idempotent()
                 && !self.x.req_has_body
                 && !self.x.response_received
-                && self.x.req_pending == 0);
-        let body_untouched = !self.x.request_written || self.x.req_body == Body::Done;
-        if self.x.attempts <= retries
-            && replayable
-            && body_untouched
-            && !self.x.response_started
-            && self.x.generation == cx.snapshot.generation
-        {
-            let avoid = self.x.backend.map(|(id, _)| id);
-            self.attach_upstream(cx, avoid);
-            return;
-        }
-        if self.x.response_started {
-            self.abort(cx, term);
-        } else {
-            self.fail(cx, term);
-        }
+                && self.x.req_pending == 0)
     }
 }

@@ -5,14 +5,16 @@ use super::*;
 impl Session {
     /// Answers the client with a canned response for `term` (when nothing of a response was sent yet)
     /// and closes; the connection is never reused after an error.
-    pub fn fail(&mut self, cx: &mut Ctx, term: Termination) {
+    pub(crate) fn fail(&mut self, cx: &mut Ctx, term: Termination) {
         self.x.termination = term;
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
-            cx.close_upstream(key);
+            cx.upstreams.close(key);
         }
+        stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
+        self.wait = None;
         if !self.x.response_started {
             if let Some(status) = term.status() {
-                let out = self.resp_out.get_or_insert_with(|| cx.take_vec());
+                let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
                 let extra: &[(&str, &str)] = if status == 503 {
                     &[("Retry-After", "1")]
                 } else {
@@ -35,11 +37,13 @@ impl Session {
     }
 
     /// Cuts the client connection without an answer (one was already under way, or the client left).
-    pub fn abort(&mut self, cx: &mut Ctx, term: Termination) {
+    pub(crate) fn abort(&mut self, cx: &mut Ctx, term: Termination) {
         self.x.termination = term;
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
-            cx.close_upstream(key);
+            cx.upstreams.close(key);
         }
+        stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
+        self.wait = None;
         self.phase = Phase::Closed;
     }
 
@@ -97,13 +101,22 @@ impl Session {
         }
     }
 
-    /// Writes the access-log record of the current request, once.
+    /// Ends the current request's bookkeeping, once: any QoS slot it still holds goes back, its
+    /// counters are recorded and its access-log record written (the finish hooks).
     pub(super) fn finish_request(&mut self, cx: &mut Ctx) {
+        stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
+        self.wait = None;
         if !self.x.started {
             return;
         }
         self.x.started = false;
         self.requests += 1;
+        let total_us = self.x.micros_since_start(cx.now);
+        cx.metrics
+            .request_finished(self.x.termination, self.x.status, total_us);
+        if let Some(q) = self.plan.queue_us {
+            cx.metrics.queue_us.observe(q);
+        }
         let Some(log) = &cx.access_log else {
             return;
         };
@@ -113,13 +126,15 @@ impl Session {
         record.status = self.x.status;
         record.bytes_in = self.x.bytes_in;
         record.bytes_out = self.x.bytes_out;
-        record.backend = self.x.backend.map(|(_, a)| a);
-        record.queue_us = self.x.queue_us.or_else(|| self.x.backend.map(|_| 0));
+        let backend = self.plan.backend_state().map(|b| b.address);
+        record.backend = backend;
+        // Requests that reached the balancer waited 0 us when they never queued.
+        record.queue_us = self.plan.queue_us.or(backend.map(|_| 0));
         record.connect_us = self.x.connect_us;
         record.response_us = self.x.response_us;
-        record.total_us = self.x.micros_since_start(cx.now);
+        record.total_us = total_us;
         record.termination = self.x.termination;
-        record.retries = self.x.attempts.saturating_sub(1);
+        record.retries = self.plan.attempts.saturating_sub(1);
         log.submit(record);
     }
 
@@ -138,45 +153,62 @@ impl Session {
             } else {
                 self.last_client_io + t.client_idle
             }),
-            Phase::Queued => {
-                let wait = cx
-                    .snapshot
-                    .clusters
-                    .get(self.x.cluster)
-                    .map_or(Duration::from_secs(10), |c| c.queue_timeout);
-                Some(self.x.queued_at.unwrap_or(cx.now) + wait)
-            }
+            Phase::Waiting => match self.wait.as_ref()? {
+                Wait::Qos => {
+                    let wait = self.plan.cluster().map_or(t.server, |c| c.queue_timeout);
+                    Some(self.plan.queued_at.unwrap_or(cx.now) + wait)
+                }
+                Wait::Body { .. } => Some(self.last_client_io + t.client),
+                Wait::Ticket { until, .. } => Some(*until),
+            },
             Phase::Connect => Some(self.x.connect_started + t.connect),
             Phase::Exchange => {
-                let upstream =
-                    (self.x.resp != ResponseState::Done).then(|| self.last_upstream_io + t.server);
-                let client_owes = self.x.req_body != Body::Done
-                    || self.resp_out_pending() > 0
-                    || self.x.resp_pending > 0;
-                let client = client_owes.then(|| self.last_client_io + t.client);
+                let (backend, client) = self.exchange_clocks();
+                let upstream = backend.then(|| self.last_upstream_io + t.server);
+                let client = client.then(|| self.last_client_io + t.client);
                 match (upstream, client) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 }
             }
+            Phase::Reply => Some(self.last_client_io + t.client),
             Phase::Tunnel => Some(self.last_client_io.max(self.last_upstream_io) + t.tunnel),
             Phase::Closing => Some(self.closing_since + t.client.min(LINGER)),
             Phase::Closed => None,
         }
     }
 
+    /// Whose silence an exchange is waiting on now: `(backend, client)`. The backend's clock runs only
+    /// while tether waits for the backend — to take request bytes it has queued, or to answer a request
+    /// it has whole — and not while the response waits for the client to read it. The client's clock runs
+    /// while the client owes request body bytes or is not reading the response. So a client that stalls
+    /// mid-body is timed out as the client's fault, never counted against the backend's health.
+    fn exchange_clocks(&self) -> (bool, bool) {
+        let to_backend = self.x.req_pending > 0
+            || self
+                .req_out
+                .as_ref()
+                .is_some_and(|o| self.x.head_sent < o.len());
+        let to_client = self.resp_out_pending() > 0 || self.x.resp_pending > 0;
+        let client_owes = self.x.req_body != Body::Done && !to_backend;
+        let backend = self.x.resp != ResponseState::Done
+            && !to_client
+            && (to_backend || self.x.req_body == Body::Done);
+        (backend, client_owes || to_client)
+    }
+
     pub(super) fn arm_deadline(&mut self, cx: &mut Ctx) {
         match self.next_deadline(cx) {
             Some(at) => {
                 let token = crate::proxy::context::session_token(self.key).0;
-                self.deadline.set(&mut cx.timers, token, self.id, at);
+                self.deadline.set(&mut cx.io.timers, token, self.id, at);
             }
             None => self.deadline.clear(),
         }
     }
 
     /// The session's deadline passed.
-    pub fn on_timeout(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) {
+    pub(crate) fn on_timeout(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) {
         let t = cx.snapshot.timeouts.clone();
         match self.phase {
             Phase::ReadHead => {
@@ -189,28 +221,36 @@ impl Session {
                     self.phase = Phase::Closed;
                 }
             }
-            Phase::Queued => {
-                if self.x.waiter.as_ref().is_some_and(|w| w.is_granted()) {
-                    // Granted just as time ran out: use the slot.
-                    self.step_queued(cx);
-                } else {
-                    self.leave_queue(cx);
-                    self.fail(cx, Termination::QueueTimeout);
+            Phase::Waiting => match self.wait.take() {
+                Some(Wait::Qos) => {
+                    if matches!(&self.plan.slot, Slot::Queued(w) if w.is_granted()) {
+                        // Granted just as time ran out: use the slot.
+                        self.run_attempt(cx);
+                    } else {
+                        // `finish_request` gives the place in the queue back and notes the wait.
+                        self.fail(cx, Termination::QueueTimeout);
+                    }
                 }
+                Some(Wait::Body { .. }) => self.fail(cx, Termination::ClientTimeout),
+                Some(Wait::Ticket { on_timeout, .. }) => self.fail(cx, on_timeout),
+                None => self.phase = Phase::Closed,
+            },
+            Phase::Connect => {
+                self.upstream_failed(cx, Termination::ConnectTimeout, Retry::IfReplayable)
             }
-            Phase::Connect => self.upstream_failed(cx, Termination::ConnectTimeout),
             Phase::Exchange => {
-                let upstream_late = self.x.resp != ResponseState::Done
-                    && cx.now >= self.last_upstream_io + t.server;
-                if upstream_late {
+                let (backend, _) = self.exchange_clocks();
+                if backend && cx.now >= self.last_upstream_io + t.server {
                     // Never replayed: the backend may be working on it.
-                    self.x.attempts = u32::MAX;
-                    self.upstream_failed(cx, Termination::UpstreamTimeout);
+                    self.upstream_failed(cx, Termination::UpstreamTimeout, Retry::Never);
                 } else {
-                    self.abort(cx, Termination::ClientTimeout);
+                    // The client stalled: 408 if nothing was answered yet, else the connection is cut.
+                    // The backend's attempt is abandoned, which its health does not count.
+                    self.respond_or_abort(cx, Termination::ClientTimeout);
                 }
             }
-            Phase::Tunnel => self.abort(cx, Termination::Completed),
+            Phase::Reply => self.abort(cx, Termination::ClientTimeout),
+            Phase::Tunnel => self.abort(cx, Termination::TunnelTimeout),
             Phase::Closing | Phase::Closed => self.phase = Phase::Closed,
         }
         if self.phase != Phase::Closed && self.drive(cx, sessions) {
@@ -219,26 +259,26 @@ impl Session {
     }
 
     /// Frees everything the session holds; called once, when it leaves the worker.
-    pub fn close(&mut self, cx: &mut Ctx) {
-        self.leave_queue(cx);
+    pub(crate) fn close(&mut self, cx: &mut Ctx) {
         if let Some(key) = self.end_attempt(cx, AttemptOutcome::Abandoned) {
-            cx.close_upstream(key);
+            cx.upstreams.close(key);
         }
         self.finish_request(cx);
         for buf in [self.in_buf.take(), self.up_buf.take()]
             .into_iter()
             .flatten()
         {
-            cx.buffers.put(buf);
+            cx.io.buffers.put(buf);
         }
         for v in [self.req_out.take(), self.resp_out.take()]
             .into_iter()
             .flatten()
         {
-            cx.put_vec(v);
+            cx.io.put_vec(v);
         }
         // A record begun for a request that never came is simply dropped.
         self.log = None;
+        self.tunnel = None;
         self.phase = Phase::Closed;
     }
 
@@ -246,17 +286,13 @@ impl Session {
     pub(super) fn release_idle_buffers(&mut self, cx: &mut Ctx) {
         if self.in_buf.as_ref().is_some_and(Buffer::is_empty) && self.x.req_pending == 0 {
             if let Some(b) = self.in_buf.take() {
-                cx.buffers.put(b);
+                cx.io.buffers.put(b);
             }
         }
         if self.phase == Phase::ReadHead {
             if let Some(b) = self.up_buf.take() {
-                cx.buffers.put(b);
+                cx.io.buffers.put(b);
             }
         }
-    }
-
-    pub fn is_idle(&self) -> bool {
-        self.phase == Phase::ReadHead && !self.x.started
     }
 }

@@ -36,11 +36,11 @@ impl Session {
         };
         let mut progress = false;
         {
-            let u = &mut cx.upstreams[key];
+            let u = &mut cx.upstreams.slab[key];
             if u.stream.has_pending_output() && u.io.writable {
                 if let Err(e) = u.stream.flush(&mut u.io) {
                     log::debug!("TLS write to backend failed: {e}");
-                    self.upstream_failed(cx, Termination::UpstreamClosed);
+                    self.upstream_failed(cx, Termination::UpstreamClosed, Retry::IfReplayable);
                     return true;
                 }
             }
@@ -71,7 +71,7 @@ impl Session {
                         Err(e) => {
                             // Nothing invalid was forwarded, but the backend holds half a request.
                             if let Some(k) = self.end_attempt(cx, AttemptOutcome::Abandoned) {
-                                cx.close_upstream(k);
+                                cx.upstreams.close(k);
                             }
                             self.respond_or_abort(cx, Termination::BadRequest(e));
                             return true;
@@ -83,7 +83,7 @@ impl Session {
         }
 
         // Write what is ready: the rest of the head, then validated body bytes, in one call.
-        let u = &mut cx.upstreams[key];
+        let u = &mut cx.upstreams.slab[key];
         let head: &[u8] = match &self.req_out {
             Some(o) => &o[self.x.head_sent..],
             None => &[],
@@ -119,7 +119,7 @@ impl Session {
                     } else {
                         Termination::UpstreamClosed
                     };
-                    self.upstream_failed(cx, term);
+                    self.upstream_failed(cx, term, Retry::IfReplayable);
                     return true;
                 }
             }
@@ -127,7 +127,7 @@ impl Session {
 
         // Read more of the body from the client.
         if self.x.req_body != Body::Done && self.io.readable {
-            let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+            let buf = self.in_buf.get_or_insert_with(|| cx.io.buffers.get());
             if buf.free() > 0 {
                 match self.client.read_into(&mut self.io, buf) {
                     ReadOutcome::Data(_) => {
@@ -153,9 +153,9 @@ impl Session {
         let mut progress = false;
 
         // Read.
-        let u = &mut cx.upstreams[key];
+        let u = &mut cx.upstreams.slab[key];
         if u.io.readable && !self.x.upstream_eof {
-            let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
+            let buf = self.up_buf.get_or_insert_with(|| cx.io.buffers.get());
             if buf.free() > 0 {
                 match u.stream.read_into(&mut u.io, buf) {
                     ReadOutcome::Data(_) => {
@@ -172,7 +172,11 @@ impl Session {
                         log::debug!("read from backend failed: {e}");
                         if u.stream.tls.is_some() && !self.x.response_received {
                             let reason = crate::tls::stream::describe(&e);
-                            self.upstream_failed(cx, Termination::UpstreamTls(reason));
+                            self.upstream_failed(
+                                cx,
+                                Termination::UpstreamTls(reason),
+                                Retry::IfReplayable,
+                            );
                             return true;
                         }
                         self.x.upstream_eof = true;
@@ -185,7 +189,7 @@ impl Session {
         // Heads: 1xx are forwarded and skipped; the final head is rewritten for the client.
         let request_done = self.request_done();
         if self.x.resp == ResponseState::Head && self.resp_out.is_none() {
-            self.resp_out = Some(cx.take_vec());
+            self.resp_out = Some(cx.io.take_vec());
         }
         while self.x.resp == ResponseState::Head {
             // Interim heads the client has not taken yet bound what is queued for it: further ones wait
@@ -205,7 +209,7 @@ impl Session {
                     } else {
                         e.reason
                     };
-                    self.upstream_failed(cx, Termination::BadResponse(reason));
+                    self.upstream_failed(cx, Termination::BadResponse(reason), Retry::IfReplayable);
                     return true;
                 }
                 Ok(None) => {
@@ -219,7 +223,7 @@ impl Session {
             let bytes = &buf.data()[..len];
             let head = &mut cx.resp_head;
             if let Err(e) = parse_response(bytes, &limits, self.x.method, head) {
-                self.upstream_failed(cx, Termination::BadResponse(e.reason));
+                self.upstream_failed(cx, Termination::BadResponse(e.reason), Retry::IfReplayable);
                 return true;
             }
             self.resp_scanner.reset();
@@ -229,7 +233,11 @@ impl Session {
             if head.status < 200 {
                 if head.status == 101 {
                     if !self.x.upgrade {
-                        self.upstream_failed(cx, Termination::BadResponse("101 without upgrade"));
+                        self.upstream_failed(
+                            cx,
+                            Termination::BadResponse("101 without upgrade"),
+                            Retry::IfReplayable,
+                        );
                         return true;
                     }
                     let opts = ResponseOptions {
@@ -264,47 +272,19 @@ impl Session {
                 upgrade: false,
             };
             write_response_head(out, bytes, head, &opts);
-            if let Some(st) = &mut self.x.sticky {
-                let route = cx.snapshot.routes.get(self.x.route);
-                let identity = route
-                    .filter(|_| cx.snapshot.generation == self.x.generation)
-                    .and_then(|r| r.session.as_ref());
-                let backend = self.x.backend;
-                match (identity, backend) {
-                    (Some(SessionIdentity::Insert(name)), Some((_, address)))
-                        if st.issue_cookie =>
-                    {
-                        if let Some(key) = st.key {
-                            let secure = cx.listeners[self.listener as usize].proto == "https";
-                            cx.sticky.write_set_cookie(
-                                out,
-                                name,
-                                key,
-                                address,
-                                cx.unix_now,
-                                secure,
-                            );
-                            st.issue_cookie = false;
-                        }
-                    }
-                    (Some(SessionIdentity::Learn(name)), Some((id, _))) => {
-                        // The backend set (or changed) its session cookie: bind that session here.
-                        if let Some(value) = crate::http::cookie::response_set_cookie(
-                            &head.headers,
-                            bytes,
-                            name.as_bytes(),
-                        ) {
-                            let key = cx.sticky.learned_key(value);
-                            if st.key != Some(key) || !st.bound {
-                                cx.sticky.table.bind(cx.worker, key, id, cx.unix_now);
-                                st.key = Some(key);
-                                st.bound = true;
-                                st.preferred = Some(id);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+            // Response hooks: headers tether adds to the final response head.
+            let mut response = stages::Response {
+                out,
+                head,
+                bytes,
+                plan: &mut self.plan,
+                sticky: &cx.sticky,
+                worker: cx.worker,
+                unix_now: cx.unix_now,
+                secure: cx.listeners[self.listener as usize].proto == "https",
+            };
+            for (_, hook) in stages::RESPONSE_HOOKS {
+                hook(&mut response);
             }
             end_head(out);
             self.close_after = close;
@@ -336,14 +316,14 @@ impl Session {
                     self.x.upstream_reusable = false;
                     self.close_after = true;
                 }
-                cx.put_vec(o);
+                cx.io.put_vec(o);
                 self.x.head_sent = 0;
             }
         }
 
         if self.x.resp == ResponseState::Head && self.x.upstream_eof {
             // Closed (or reset) before a complete head.
-            self.upstream_failed(cx, Termination::UpstreamClosed);
+            self.upstream_failed(cx, Termination::UpstreamClosed, Retry::IfReplayable);
             return true;
         }
 
@@ -368,7 +348,10 @@ impl Session {
                             }
                         }
                         Err(_) => {
-                            self.abort(cx, Termination::BadResponse("invalid chunked body"));
+                            self.bad_response_body(
+                                cx,
+                                Termination::BadResponse("invalid chunked body"),
+                            );
                             return true;
                         }
                     },
@@ -385,7 +368,7 @@ impl Session {
                 self.x.resp = ResponseState::Done;
             } else if self.x.upstream_eof && self.x.resp_pending == 0 {
                 // The backend closed mid-body; what it sent was forwarded, the client sees the cut.
-                self.abort(cx, Termination::UpstreamClosed);
+                self.bad_response_body(cx, Termination::UpstreamClosed);
                 return true;
             }
         }
@@ -395,7 +378,7 @@ impl Session {
         // then let the kernel send both parts as one, as HAProxy does with MSG_MORE.
         let more = self.x.resp == ResponseState::Body
             && !self.x.upstream_eof
-            && cx.upstreams.get(key).is_some_and(|u| u.io.readable);
+            && cx.upstreams.slab.get(key).is_some_and(|u| u.io.readable);
         match self.write_client(cx, self.x.resp_pending, more) {
             Err(()) => return true,
             Ok(Some(body)) => {
@@ -461,7 +444,7 @@ impl Session {
 
     pub(super) fn recycle_resp_out(&mut self, cx: &mut Ctx) {
         if let Some(o) = self.resp_out.take() {
-            cx.put_vec(o);
+            cx.io.put_vec(o);
         }
         self.resp_out_sent = 0;
     }
@@ -484,31 +467,54 @@ impl Session {
             self.release_upstream(cx, key, reusable);
         }
         if let Some(buf) = self.up_buf.take() {
-            cx.buffers.put(buf);
+            cx.io.buffers.put(buf);
         }
         if let Some(o) = self.req_out.take() {
-            cx.put_vec(o);
+            cx.io.put_vec(o);
         }
         self.finish_request(cx);
         if self.close_after || !request_done || cx.draining {
             self.begin_closing(cx);
         } else {
-            self.x.reset(cx.now);
-            self.phase = Phase::ReadHead;
+            self.next_request(cx);
+        }
+    }
+
+    /// Ready for the next request on this connection.
+    pub(super) fn next_request(&mut self, cx: &mut Ctx) {
+        self.plan.reset();
+        self.x.reset(cx.now);
+        self.phase = Phase::ReadHead;
+    }
+
+    /// The response body's framing is broken (or the backend closed mid-body). If nothing of the response
+    /// reached the client yet (its head is still queued), the client gets a 502 instead of a cut: the
+    /// queued head and body bytes are dropped. Otherwise the connection is cut.
+    fn bad_response_body(&mut self, cx: &mut Ctx, term: Termination) {
+        if self.resp_out_sent == 0 && self.x.bytes_out == 0 && !self.client.has_pending_output() {
+            self.recycle_resp_out(cx);
+            self.x.resp_pending = 0;
+            self.x.response_started = false;
+            self.x.status = 0;
+            self.upstream_failed(cx, term, Retry::Never);
+        } else {
+            self.abort(cx, term);
         }
     }
 
     pub(super) fn release_upstream(&mut self, cx: &mut Ctx, key: usize, reusable: bool) {
-        let backend = cx.upstreams[key].backend.id;
-        if reusable && cx.pool.put(backend, key) {
+        let ups = &mut cx.upstreams;
+        let backend = ups.slab[key].backend.id;
+        if reusable && ups.pool.put(backend, key) {
             let idle = cx.snapshot.timeouts.upstream_idle;
-            cx.detach();
-            let u = &mut cx.upstreams[key];
+            ups.detach();
+            let u = &mut ups.slab[key];
             u.session = None;
             let token = upstream_token(key).0;
-            u.deadline.set(&mut cx.timers, token, u.id, cx.now + idle);
+            u.deadline
+                .set(&mut cx.io.timers, token, u.id, cx.now + idle);
         } else {
-            cx.close_upstream(key);
+            ups.close(key);
         }
     }
 }

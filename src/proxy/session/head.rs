@@ -1,6 +1,8 @@
-//! Reading a request head: TLS first bytes, parsing, the pipeline's request phases, https redirects.
+//! Reading a request head (TLS first bytes, parsing, https redirects), running the request stages,
+//! parking a request that waits, and writing tether's own replies.
 
 use super::*;
+use crate::proxy::stages::{Answer, Reply, Verdict};
 
 impl Session {
     pub(super) fn step_read_head(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
@@ -38,7 +40,7 @@ impl Session {
         if self.client.tls.is_some() && !self.tls_checked && !self.check_plain_http(cx) {
             return false;
         }
-        let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+        let buf = self.in_buf.get_or_insert_with(|| cx.io.buffers.get());
         match self.client.read_into(&mut self.io, buf) {
             ReadOutcome::Data(_) => {
                 self.last_client_io = cx.now;
@@ -77,7 +79,7 @@ impl Session {
             Ok(_) => {
                 self.tls_checked = true;
                 if first[0].is_ascii_uppercase() {
-                    crate::tls::TlsStats::count(&cx.tls_stats.plain_http);
+                    crate::tls::TlsStats::count(&cx.upstreams.tls_stats.plain_http);
                     // Answer in plain text: parse the request (for Host and path), then refuse or redirect.
                     self.client.tls = None;
                     self.plain_on_tls = true;
@@ -113,6 +115,8 @@ impl Session {
         }
     }
 
+    /// A complete head of `head_len` bytes is at the front of `in_buf`: parse it, log what it says, and
+    /// run the request stages.
     pub(super) fn on_request_head(
         &mut self,
         cx: &mut Ctx,
@@ -125,24 +129,22 @@ impl Session {
         };
         let bytes = &buf.data()[..head_len];
         let head = &mut cx.req_head;
-        if let Err(e) = parse_request(bytes, &limits, head) {
-            if let Some(log) = &mut self.log {
-                // The raw first line tells an operator what was refused.
+        let parsed = parse_request(bytes, &limits, head);
+        // The head was read whatever its verdict: the log says how big it was and what it asked for.
+        self.x.bytes_in = head_len as u64;
+        cx.metrics.requests.inc();
+        if let Some(log) = &mut self.log {
+            let method = head.method_span.of(bytes);
+            if parsed.is_ok() || !method.is_empty() {
+                log.version = head.version;
+                log.set(Field::Method, method);
+                log.set(Field::Target, head.target.of(bytes));
+            } else {
+                // Refused before the request line was understood: the raw first line tells an operator
+                // what was refused.
                 let line = bytes.split(|&b| b == b'\n').find(|l| l.len() > 1);
                 log.set(Field::Target, line.unwrap_or(b"").trim_ascii_end());
             }
-            self.fail(cx, Termination::BadRequest(e));
-            return;
-        }
-        self.x.method = head.method;
-        self.x.version = head.version;
-        self.x.keep_alive = head.keep_alive();
-        self.x.upgrade = head.upgrade;
-        self.x.bytes_in = head_len as u64;
-        if let Some(log) = &mut self.log {
-            log.version = head.version;
-            log.set(Field::Method, head.method_span.of(bytes));
-            log.set(Field::Target, head.target.of(bytes));
             if let Some(a) = head.authority {
                 log.set(Field::Host, a.of(bytes));
             }
@@ -150,6 +152,23 @@ impl Session {
                 log.set(Field::UserAgent, ua);
             }
         }
+        if let Err(e) = parsed {
+            self.fail(cx, Termination::BadRequest(e));
+            return;
+        }
+        self.x.method = head.method;
+        self.x.version = head.version;
+        self.x.keep_alive = head.keep_alive();
+        self.x.upgrade = head.upgrade;
+        self.x.expect_continue = head.expect_continue;
+        self.x.head_len = head_len;
+        self.x.req_body = match head.framing {
+            BodyFraming::None | BodyFraming::Length(0) => Body::Done,
+            BodyFraming::Length(n) => Body::Length(n),
+            BodyFraming::Chunked => Body::Chunked,
+        };
+        self.x.req_has_body = self.x.req_body != Body::Done;
+        self.scanner.reset();
 
         // Plain HTTP on a TLS port, or a plain listener that only redirects: answer without a backend.
         let info = &cx.listeners[self.listener as usize];
@@ -163,78 +182,238 @@ impl Session {
             self.fail(cx, Termination::PlainHttpOnTls);
             return;
         }
+        self.run_request_stages(cx, sessions, None);
+    }
 
-        // The pipeline's request phases: route, then (later stages) auth and limits, then stickiness.
-        let route_index = match pipeline::route(&cx.snapshot, head, bytes) {
-            Ok(r) => r,
-            Err(t) => {
-                self.fail(cx, t);
-                return;
-            }
-        };
-        {
-            // Borrow the snapshot and the other context fields side by side: no reference count is
-            // touched per request.
-            let snapshot = &*cx.snapshot;
-            let Some(route) = snapshot.routes.get(route_index) else {
-                return self.fail(cx, Termination::NoRoute);
+    /// Runs the request stages from the plan's next one. `body`: the span of the body a stage asked
+    /// for, in `in_buf` after the head. The head must be parsed in `cx.req_head`.
+    pub(super) fn run_request_stages(
+        &mut self,
+        cx: &mut Ctx,
+        sessions: &SessionReader<'_>,
+        body: Option<(usize, usize)>,
+    ) {
+        while self.plan.next_stage < stages::REQUEST_STAGES.len() {
+            let (_, stage) = stages::REQUEST_STAGES[self.plan.next_stage];
+            let Some(buf) = self.in_buf.as_ref() else {
+                return self.fail(cx, Termination::Internal("request head lost"));
             };
-            let cluster = &snapshot.clusters[route.cluster];
-            let head = &mut cx.req_head;
-            self.x.route = route_index;
-            self.x.cluster = route.cluster;
-            self.x.generation = snapshot.generation;
-            let trusted = cx.listeners[self.listener as usize].trust_forwarded;
-            self.x.priority = pipeline::priority(snapshot, route, head, bytes, trusted);
-            self.x.hash_key = balance::hash_key(cluster, head, bytes, self.peer.ip());
-            self.x.sticky = pipeline::identify_session(
-                &cx.sticky,
-                sessions,
-                route,
-                head,
-                bytes,
-                self.peer.ip(),
-                cx.worker,
-                cx.unix_now,
-                cluster,
-            );
-            if let Some(log) = &mut self.log {
-                log.set(Field::Cluster, cluster.name.as_bytes());
-            }
-            // A trusted upstream's priority header is for tether, not the backend.
-            if let Some(name) = &snapshot.qos_priority_header {
-                for h in head.headers.iter_mut() {
-                    if h.name.of(bytes).eq_ignore_ascii_case(name.as_bytes()) {
-                        h.hop_by_hop = true;
-                    }
-                }
+            let data = buf.data();
+            let wake = cx.wakers.target(self.key, self.id);
+            let mut request = stages::Request {
+                head: &mut cx.req_head,
+                bytes: &data[..self.x.head_len],
+                body: body.map(|(from, to)| &data[from..to]),
+                plan: &mut self.plan,
+                cx: stages::RequestCx {
+                    snapshot: &cx.snapshot,
+                    sticky: &cx.sticky,
+                    sessions,
+                    worker: cx.worker,
+                    now: cx.now,
+                    unix_now: cx.unix_now,
+                    client: self.peer.ip(),
+                    trusted: cx.listeners[self.listener as usize].trust_forwarded,
+                    wake,
+                    wakers: &cx.wakers,
+                },
+            };
+            match stage(&mut request) {
+                Verdict::Continue => self.plan.next_stage += 1,
+                Verdict::Answer(answer) => return self.answer(cx, answer),
+                Verdict::Wait(wait) => return self.park(cx, wait),
             }
         }
-        let head = &cx.req_head;
+        self.forward_head(cx);
+    }
 
-        let mut out = std::mem::take(&mut cx.scratch_vec);
+    /// The request stages are done: count the request for its route and cluster, rewrite the head for
+    /// the backend, and run the attempt stages.
+    fn forward_head(&mut self, cx: &mut Ctx) {
+        if let Some(snapshot) = &self.plan.snapshot {
+            let m = &cx.metrics;
+            if let Some(&id) = snapshot.route_metric.get(self.plan.route) {
+                m.route_requests[id].inc();
+            }
+            if let Some(&id) = snapshot.cluster_metric.get(self.plan.cluster) {
+                m.cluster_requests[id].inc();
+            }
+            if let (Some(log), Some(cluster)) = (&mut self.log, self.plan.cluster()) {
+                log.set(Field::Cluster, cluster.name.as_bytes());
+            }
+        }
+        let head_len = self.x.head_len;
+        let Some(buf) = &mut self.in_buf else {
+            return self.fail(cx, Termination::Internal("request head lost"));
+        };
+        let bytes = &buf.data()[..head_len];
+        let mut out = cx.io.take_vec();
         let info = &cx.listeners[self.listener as usize];
         let fwd = ForwardContext {
             client_ip: self.peer_text,
             proto: info.proto,
             trust_forwarded: info.trust_forwarded,
         };
-        write_request_head(&mut out, bytes, head, &fwd);
+        write_request_head(&mut out, bytes, &cx.req_head, &fwd);
         end_head(&mut out);
         self.req_out = Some(out);
-        self.x.req_body = match head.framing {
-            BodyFraming::None | BodyFraming::Length(0) => Body::Done,
-            BodyFraming::Length(n) => Body::Length(n),
-            BodyFraming::Chunked => Body::Chunked,
-        };
-        self.x.req_has_body = self.x.req_body != Body::Done;
-        cx.scratch_vec = cx.take_vec();
-        if let Some(buf) = &mut self.in_buf {
-            buf.consume(head_len);
+        buf.consume(head_len);
+        self.x.head_len = 0;
+        self.run_attempt(cx);
+    }
+
+    /// Parks the request: it waits (no CPU spent) until it is woken or its deadline passes.
+    pub(super) fn park(&mut self, cx: &mut Ctx, wait: Wait) {
+        if let Wait::Body { limit } = wait {
+            let framing = match self.x.req_body {
+                Body::Done => 0,
+                Body::Length(n) => n,
+                Body::Chunked | Body::UntilClose => {
+                    return self.fail(cx, Termination::LengthRequired);
+                }
+            };
+            if framing > limit as u64 {
+                return self.fail(cx, Termination::BodyTooLarge);
+            }
+            self.x.body_len = framing as usize;
+            if self.x.expect_continue && framing > 0 {
+                // The client waits for our go-ahead before it sends the body.
+                let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
+                out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.x.expect_continue = false;
+            }
         }
-        self.scanner.reset();
-        cx.stats.requests += 1;
-        self.attach_upstream(cx, None);
+        self.wait = Some(wait);
+        self.phase = Phase::Waiting;
+    }
+
+    /// A parked request: see whether what it waits for has come, and run the waiting stage again.
+    pub(super) fn step_waiting(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
+        let Some(wait) = &self.wait else {
+            self.phase = Phase::Closed;
+            return true;
+        };
+        match wait {
+            Wait::Qos => {
+                let granted = matches!(&self.plan.slot, Slot::Queued(w) if w.is_granted());
+                if !granted {
+                    return false;
+                }
+                self.wait = None;
+                self.run_attempt(cx);
+                true
+            }
+            Wait::Ticket { ticket, .. } => {
+                if !ticket.is_done() {
+                    return false;
+                }
+                self.wait = None;
+                self.resume_request_stages(cx, sessions, None);
+                true
+            }
+            Wait::Body { .. } => {
+                // A 100 Continue goes out first.
+                match self.write_client(cx, 0, false) {
+                    Err(()) => return true,
+                    Ok(Some(_)) => return true,
+                    Ok(None) => {}
+                }
+                let (from, to) = (self.x.head_len, self.x.head_len + self.x.body_len);
+                let buf = self.in_buf.get_or_insert_with(|| cx.io.buffers.get());
+                if buf.len() >= to {
+                    self.wait = None;
+                    self.x.bytes_in += self.x.body_len as u64;
+                    self.x.req_body = Body::Done;
+                    self.resume_request_stages(cx, sessions, Some((from, to)));
+                    return true;
+                }
+                if buf.free() == 0 && buf.capacity() < to {
+                    // Rare path: an endpoint's body bigger than a buffer, within its limit.
+                    buf.grow(to);
+                }
+                if !self.io.readable {
+                    return false;
+                }
+                match self.client.read_into(&mut self.io, buf) {
+                    ReadOutcome::Data(_) => {
+                        self.last_client_io = cx.now;
+                        true
+                    }
+                    ReadOutcome::Blocked => false,
+                    ReadOutcome::Eof | ReadOutcome::Error(_) => {
+                        self.abort(cx, Termination::ClientClosed);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the head again (the worker's scratch head served other requests meanwhile) and goes on
+    /// with the request stages.
+    fn resume_request_stages(
+        &mut self,
+        cx: &mut Ctx,
+        sessions: &SessionReader<'_>,
+        body: Option<(usize, usize)>,
+    ) {
+        let limits = cx.snapshot.limits;
+        let Some(buf) = self.in_buf.as_ref() else {
+            return self.fail(cx, Termination::Internal("request head lost"));
+        };
+        if let Err(e) = parse_request(&buf.data()[..self.x.head_len], &limits, &mut cx.req_head) {
+            // It parsed before; only a changed limit (a reload) can refuse it now.
+            return self.fail(cx, Termination::BadRequest(e));
+        }
+        self.run_request_stages(cx, sessions, body);
+    }
+
+    /// tether answers the request itself: a refusal closes the connection; a reply of its own is written
+    /// and the connection goes on to the next request when the request allows it.
+    pub(super) fn answer(&mut self, cx: &mut Ctx, answer: Answer) {
+        let reply = match answer {
+            Answer::Refuse(term) => return self.fail(cx, term),
+            Answer::Reply(reply) => reply,
+        };
+        cx.metrics.answered.inc();
+        // Whatever of the request is still in `in_buf` (its head, the body a stage read) is done with; a
+        // body no stage read cannot be told from the next request, so the connection closes after.
+        let consumed = self.x.head_len + self.x.body_len;
+        if let Some(buf) = &mut self.in_buf {
+            buf.consume(consumed.min(buf.len()));
+        }
+        self.x.head_len = 0;
+        self.x.body_len = 0;
+        let close = !self.x.keep_alive || cx.draining || self.x.req_body != Body::Done;
+        let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
+        write_reply(out, &reply, close, self.x.method == Method::Head);
+        self.close_after = close;
+        self.x.status = reply.status;
+        self.x.termination = Termination::Answered;
+        self.x.response_started = true;
+        self.x.response_us = Some(self.x.micros_since_start(cx.now));
+        self.phase = Phase::Reply;
+    }
+
+    /// Writes tether's own reply; then the next request (or closing).
+    pub(super) fn step_reply(&mut self, cx: &mut Ctx) -> bool {
+        match self.write_client(cx, 0, false) {
+            Err(()) => true,
+            Ok(Some(_)) => true,
+            Ok(None) if self.resp_out_pending() > 0 => false,
+            Ok(None) => {
+                if self.client.has_pending_output() {
+                    return false;
+                }
+                self.finish_request(cx);
+                if self.close_after {
+                    self.begin_closing(cx);
+                } else {
+                    self.next_request(cx);
+                }
+                true
+            }
+        }
     }
 
     /// Answers `308 Permanent Redirect` to the same host and target on https (400 without a host).
@@ -280,7 +459,7 @@ impl Session {
         }
         location.push_str(&String::from_utf8_lossy(head.target.of(bytes)));
         self.x.termination = Termination::RedirectHttps;
-        let out = self.resp_out.get_or_insert_with(|| cx.take_vec());
+        let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
         write_canned(
             out,
             308,
@@ -291,5 +470,33 @@ impl Session {
         self.x.status = 308;
         self.x.response_started = true;
         self.begin_closing(cx);
+    }
+}
+
+/// Writes a complete reply: status line, content type and length, `Cache-Control: no-store`, the
+/// reply's own headers (CR and LF written as spaces), `Connection: close` when `close`, then the body
+/// (none for HEAD).
+fn write_reply(out: &mut Vec<u8>, reply: &Reply, close: bool, head_only: bool) {
+    use std::io::Write;
+    let phrase = crate::http::canned::reason_phrase(reply.status);
+    let _ = write!(out, "HTTP/1.1 {} {phrase}\r\n", reply.status);
+    if !reply.content_type.is_empty() {
+        let _ = write!(out, "Content-Type: {}\r\n", reply.content_type);
+    }
+    let _ = write!(out, "Content-Length: {}\r\n", reply.body.len());
+    out.extend_from_slice(b"Cache-Control: no-store\r\n");
+    for (name, value) in &reply.headers {
+        let one_line = |b: &u8| if *b == b'\r' || *b == b'\n' { b' ' } else { *b };
+        out.extend(name.as_bytes().iter().map(one_line));
+        out.extend_from_slice(b": ");
+        out.extend(value.as_bytes().iter().map(one_line));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&reply.body);
     }
 }

@@ -1,5 +1,9 @@
-//! A client connection's state machine: read a request head, run the pipeline, exchange with a backend,
-//! answer, and start over (keep-alive) or close. See `LIFECYCLE.md` in this directory.
+//! A client connection's state machine: read a request head, run the stages (`super::stages`), exchange
+//! with a backend or answer, and start over (keep-alive) or close. See `LIFECYCLE.md` in this directory.
+//!
+//! What the stages decided about a request lives in its [`Plan`] (which pins the config snapshot); how
+//! far its bytes have moved lives in its [`Transfer`]; a protocol switch (101) moves the connection into a
+//! [`tunnel::Tunnel`] of its own.
 //!
 //! Data is never copied between buffers: request bytes are read into `in_buf` and written to the backend
 //! straight from it (the rewritten head goes first from `req_out`, in the same `writev`); response bytes
@@ -8,27 +12,24 @@
 //! client only ever receives bytes whose framing tether has checked.
 
 use super::context::{Ctx, upstream_token};
-use super::io::{ReadOutcome, Readiness, Transport, WriteOutcome};
-use super::pipeline;
+use super::io::Transport;
+use super::stages::{self, Plan, Slot, Wait};
 use super::upstream::{self, Upstream};
 use crate::access_log::{AccessRecord, Field};
-use crate::balance::{self, AttemptOutcome, BackendId, Cluster, PickContext};
-use crate::config::{FailoverPolicy, SessionIdentity};
-use crate::error::Termination;
+use crate::balance::{AttemptOutcome, BackendId};
+use crate::base::buffer::Buffer;
+use crate::base::socket::{ReadOutcome, Readiness, WriteOutcome};
+use crate::base::timer::Deadline;
+use crate::error::{Retry, Termination};
 use crate::http::canned::write_canned;
 use crate::http::{
     BodyFraming, ChunkedDecoder, ForwardContext, HeadScanner, Method, ResponseFraming,
     ResponseOptions, Version, end_head, parse_request, parse_response, write_request_head,
     write_response_head,
 };
-use crate::qos::{Admission, Waiter};
-use crate::runtime::buffer::Buffer;
-use crate::runtime::timer::Deadline;
 use crate::sticky::table::{SessionKey, SessionReader};
 use mio::Interest;
-use mio::net::TcpStream;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 mod backend;
@@ -39,15 +40,17 @@ mod tunnel;
 
 /// Where a client connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Waiting for a request head: idle between requests, or part of a head received.
     ReadHead,
-    /// Routed and balanced, waiting in the backend's QoS queue for a slot (no CPU is spent waiting).
-    Queued,
+    /// A stage parked the request (`Session::wait` says why); no CPU is spent until it is woken.
+    Waiting,
     /// Routed and balanced; the backend connection is being established.
     Connect,
     /// Request and response flowing between client and backend.
     Exchange,
+    /// tether's own reply (a stage's answer) is being written; then the next request.
+    Reply,
     /// Protocol switched (101): raw bytes both ways until both sides close.
     Tunnel,
     /// A final answer is being flushed; then the write side is shut and input drained until EOF.
@@ -82,7 +85,7 @@ enum ResponseState {
 
 /// What a secure request knows about its session.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct StickyRequest {
+pub(crate) struct StickyRequest {
     /// The session key; `None` until learned (a backend's cookie not seen yet).
     pub key: Option<SessionKey>,
     /// The backend the session is bound to, from the table or a cookie.
@@ -95,9 +98,10 @@ pub(super) struct StickyRequest {
     pub issue_cookie: bool,
 }
 
-/// Per-request state, reset for each request on the connection.
+/// How far one request's bytes have moved (I/O progress and counters), reset for each request. What was
+/// decided about the request is in its [`Plan`].
 #[derive(Debug)]
-struct Exchange {
+struct Transfer {
     /// The first byte of this request arrived.
     started: bool,
     started_at: Instant,
@@ -105,28 +109,17 @@ struct Exchange {
     version: Version,
     keep_alive: bool,
     upgrade: bool,
-    cluster: usize,
-    /// Index of the matched route in the snapshot's route table.
-    route: usize,
-    /// Snapshot generation `cluster` and `route` index into.
-    generation: u64,
-    /// QoS priority of this request (0–7).
-    priority: u8,
-    /// Stickiness of a request on a secure route.
-    sticky: Option<StickyRequest>,
-    /// The QoS slot for the chosen backend is already held (admitted or granted).
-    slot_held: bool,
-    /// While queued: the ticket in the backend's queue.
-    waiter: Option<Arc<Waiter>>,
-    queued_at: Option<Instant>,
-    queue_us: Option<u64>,
-    /// Backend of the last attempt (to avoid it on retry) and attempts made.
-    backend: Option<(BackendId, SocketAddr)>,
-    attempts: u32,
-    /// The backend's state was told an attempt started and not yet that it ended.
+    /// The client sent `Expect: 100-continue`.
+    expect_continue: bool,
+    /// Bytes at the front of `in_buf` that are the request head, kept until the head is forwarded (so a
+    /// stage that ran after a wait can read the head again).
+    head_len: usize,
+    /// The request body a stage asked for (`Wait::Body`): its length, once known to fit.
+    body_len: usize,
+    /// The current attempt told its backend it started and not yet that it ended.
     attempt_open: bool,
-    /// Hash key for hash-based balancing, computed once per request.
-    hash_key: Option<u64>,
+    /// The current attempt rides a pooled (reused) connection.
+    reused: bool,
     /// Backend latency of the current attempt: assignment to response head.
     attempt_latency_us: Option<u64>,
     /// Bytes of `req_out` already written to the backend.
@@ -159,28 +152,20 @@ struct Exchange {
     termination: Termination,
 }
 
-impl Exchange {
+impl Transfer {
     fn new(now: Instant) -> Self {
-        Exchange {
+        Transfer {
             started: false,
             started_at: now,
             method: Method::Get,
             version: Version::Http11,
             keep_alive: true,
             upgrade: false,
-            cluster: 0,
-            route: 0,
-            generation: 0,
-            priority: 0,
-            sticky: None,
-            slot_held: false,
-            waiter: None,
-            queued_at: None,
-            queue_us: None,
-            backend: None,
-            attempts: 0,
+            expect_continue: false,
+            head_len: 0,
+            body_len: 0,
             attempt_open: false,
-            hash_key: None,
+            reused: false,
             attempt_latency_us: None,
             head_sent: 0,
             request_written: false,
@@ -212,10 +197,10 @@ impl Exchange {
         let mut resp_chunks = std::mem::take(&mut self.resp_chunks);
         req_chunks.reset();
         resp_chunks.reset();
-        *self = Exchange {
+        *self = Transfer {
             req_chunks,
             resp_chunks,
-            ..Exchange::new(now)
+            ..Transfer::new(now)
         };
     }
 
@@ -225,7 +210,7 @@ impl Exchange {
 }
 
 /// One client connection.
-pub struct Session {
+pub(crate) struct Session {
     /// This session's slab key (upstreams point back to it).
     pub key: usize,
     pub id: u64,
@@ -243,13 +228,20 @@ pub struct Session {
     up_buf: Option<Buffer>,
     /// Rewritten request head for the backend (kept until the response starts, for retries).
     req_out: Option<Vec<u8>>,
-    /// Bytes for the client that tether wrote itself (response heads, canned answers).
+    /// Bytes for the client that tether wrote itself (response heads, canned answers, replies).
     resp_out: Option<Vec<u8>>,
     resp_out_sent: usize,
     scanner: HeadScanner,
     resp_scanner: HeadScanner,
     upstream: Option<usize>,
-    x: Exchange,
+    /// What the stages decided about the current request.
+    plan: Plan,
+    /// How far the current request's bytes have moved.
+    x: Transfer,
+    /// Why the request is parked (`Phase::Waiting`).
+    wait: Option<Wait>,
+    /// The tunnel after a protocol switch (`Phase::Tunnel`).
+    tunnel: Option<tunnel::Tunnel>,
     requests: u32,
     last_client_io: Instant,
     last_upstream_io: Instant,
@@ -257,7 +249,6 @@ pub struct Session {
     /// Close the client connection once the current response is written.
     close_after: bool,
     shutdown_sent: bool,
-    client_eof: bool,
     log: Option<Box<AccessRecord>>,
     accepted_at: Instant,
     /// TLS listener: the first bytes were checked for plain HTTP.
@@ -276,7 +267,7 @@ const STEPS_PER_TURN: u32 = 64;
 const LINGER: Duration = Duration::from_secs(2);
 
 impl Session {
-    pub fn new(
+    pub(crate) fn new(
         key: usize,
         id: u64,
         client: Transport,
@@ -308,14 +299,16 @@ impl Session {
             scanner: HeadScanner::default(),
             resp_scanner: HeadScanner::default(),
             upstream: None,
-            x: Exchange::new(now),
+            plan: Plan::default(),
+            x: Transfer::new(now),
+            wait: None,
+            tunnel: None,
             requests: 0,
             last_client_io: now,
             last_upstream_io: now,
             closing_since: now,
             close_after: false,
             shutdown_sent: false,
-            client_eof: false,
             log: None,
             accepted_at: now,
             tls_checked: false,
@@ -323,12 +316,8 @@ impl Session {
         }
     }
 
-    pub fn client_mut(&mut self) -> &mut TcpStream {
-        &mut self.client.sock
-    }
-
     /// The client's address.
-    pub fn peer(&self) -> SocketAddr {
+    pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }
 
@@ -336,7 +325,7 @@ impl Session {
     /// Returns `true` when the session stopped with work left (its turn's budget was used up): the
     /// worker runs it again on its next loop turn, after every other ready socket had its chance.
     /// `sessions` is the session table pinned for the worker's current turn.
-    pub fn drive(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
+    pub(crate) fn drive(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
         let mut budget = STEPS_PER_TURN;
         let mut yielded = false;
         loop {
@@ -354,9 +343,10 @@ impl Session {
             }
             let progress = match self.phase {
                 Phase::ReadHead => self.step_read_head(cx, sessions),
-                Phase::Queued => self.step_queued(cx),
+                Phase::Waiting => self.step_waiting(cx, sessions),
                 Phase::Connect => self.step_connect(cx),
                 Phase::Exchange => self.step_exchange(cx),
+                Phase::Reply => self.step_reply(cx),
                 Phase::Tunnel => self.step_tunnel(cx),
                 Phase::Closing => self.step_closing(cx),
                 Phase::Closed => false,
@@ -373,7 +363,8 @@ impl Session {
     }
 }
 
-/// How a termination counts against the backend that was serving the attempt.
+/// How a termination counts against the backend that was serving the attempt. Only the backend's own
+/// failures count; a client that stalls or leaves never takes a backend out of service.
 fn outcome_of(term: Termination) -> AttemptOutcome {
     match term {
         Termination::ConnectFailed | Termination::ConnectTimeout => AttemptOutcome::ConnectFailed,
@@ -382,89 +373,4 @@ fn outcome_of(term: Termination) -> AttemptOutcome {
         | Termination::UpstreamTimeout => AttemptOutcome::Failed,
         _ => AttemptOutcome::Abandoned,
     }
-}
-
-/// What `choose_backend` needs to admit a request to a backend's QoS queue.
-struct Admit {
-    worker: usize,
-    session: usize,
-    session_id: u64,
-    now: Instant,
-    unix_now: u32,
-}
-
-/// Chooses the backend for an attempt — the session's own for a secure request (unless it is down or
-/// just failed), else the balancer's pick — binds or rebinds the session, and, when the cluster limits
-/// requests in flight, takes a slot or a place in the queue (`None`: no limit).
-fn choose_backend(
-    x: &mut Exchange,
-    cluster: &Cluster,
-    balancer: &mut balance::Balancer,
-    sticky: &crate::sticky::Stickiness,
-    failover: FailoverPolicy,
-    avoid: Option<BackendId>,
-    admit: Admit,
-) -> Result<(BackendId, SocketAddr, Option<Admission>), Termination> {
-    let mut chosen = None;
-    if let Some(pref) = x.sticky.as_ref().and_then(|st| st.preferred) {
-        match cluster.backend(pref) {
-            Some(b) if b.eligible() && Some(pref) != avoid => chosen = Some(b),
-            _ if failover == FailoverPolicy::Fail => return Err(Termination::SessionBackendDown),
-            _ => {}
-        }
-    }
-    let backend = match chosen {
-        Some(b) => b,
-        None => {
-            let pick = PickContext {
-                hash_key: x.hash_key,
-                avoid,
-            };
-            balancer
-                .pick(x.cluster, cluster, &pick)
-                .ok_or(Termination::NoBackend)?
-        }
-    };
-    let (id, address) = (backend.state.id, backend.state.address);
-
-    // Bind a new session, rebind one whose backend was down or failed (logged), and decide whether
-    // the response carries a fresh cookie.
-    if let Some(st) = &mut x.sticky {
-        if let Some(key) = st.key {
-            if !st.bound {
-                sticky.table.bind(admit.worker, key, id, admit.unix_now);
-                st.bound = true;
-                if st.preferred.is_some_and(|p| p != id) {
-                    st.issue_cookie = true;
-                }
-            } else if st.preferred != Some(id) {
-                sticky.table.rebind(admit.worker, key, id, admit.unix_now);
-                let from = st.preferred.and_then(|p| cluster.backend(p)).map_or_else(
-                    || "a removed backend".to_string(),
-                    |b| b.state.address.to_string(),
-                );
-                log::info!(
-                    "session rebound from {from} to {address} (cluster {}): its backend is down or failed",
-                    cluster.name
-                );
-                st.issue_cookie = true;
-                st.ssl_context = 0;
-            }
-            st.preferred = Some(id);
-        }
-    }
-
-    let admission = (cluster.max_inflight > 0).then(|| {
-        backend.state.queue.admit(
-            &backend.state,
-            cluster.max_inflight,
-            cluster.max_queue,
-            x.priority,
-            admit.worker,
-            admit.session,
-            admit.session_id,
-            admit.now,
-        )
-    });
-    Ok((id, address, admission))
 }

@@ -1,25 +1,57 @@
-//! After `101 Switching Protocols`: raw bytes both ways until both sides close.
+//! After `101 Switching Protocols`: raw bytes both ways until both sides close. The tunnel is a state of
+//! its own: it owns its half-close flags and byte counts, and no exchange field changes meaning in it.
 
 use super::*;
 
+/// A protocol-switched connection (WebSocket and the like).
+#[derive(Debug, Default)]
+pub(super) struct Tunnel {
+    /// The client closed its sending side (or the connection).
+    client_eof: bool,
+    /// The backend closed its sending side.
+    backend_eof: bool,
+    /// The client's half-close was passed on to the backend.
+    backend_shut: bool,
+    /// The backend's half-close was passed on to the client.
+    client_shut: bool,
+    /// Bytes carried each way.
+    to_backend: u64,
+    to_client: u64,
+}
+
 impl Session {
+    /// The backend switched protocols: bytes already buffered either way are the new protocol's first.
     pub(super) fn enter_tunnel(&mut self, cx: &mut Ctx) {
         if let Some(o) = self.req_out.take() {
-            cx.put_vec(o);
+            cx.io.put_vec(o);
         }
         self.x.head_sent = 0;
-        self.x.req_pending = self.in_buf.as_ref().map_or(0, Buffer::len);
-        self.x.resp_pending = self.up_buf.as_ref().map_or(0, Buffer::len);
+        self.x.req_pending = 0;
+        self.x.resp_pending = 0;
+        self.tunnel = Some(Tunnel::default());
         self.phase = Phase::Tunnel;
     }
 
     pub(super) fn step_tunnel(&mut self, cx: &mut Ctx) -> bool {
-        let Some(key) = self.upstream else {
+        let (Some(key), Some(mut t)) = (self.upstream, self.tunnel.take()) else {
             self.phase = Phase::Closed;
             return true;
         };
+        let progress = self.pump_tunnel(cx, key, &mut t);
+        if self.phase == Phase::Tunnel {
+            if t.client_eof && t.backend_shut && t.backend_eof && t.client_shut {
+                self.x.termination = Termination::Completed;
+                self.phase = Phase::Closed;
+            }
+            self.tunnel = Some(t);
+        }
+        progress
+    }
+
+    /// Moves what can move both ways; `false` when nothing did.
+    fn pump_tunnel(&mut self, cx: &mut Ctx, key: usize, t: &mut Tunnel) -> bool {
         let mut progress = false;
-        let u = &mut cx.upstreams[key];
+        let u = &mut cx.upstreams.slab[key];
 
         // Client → backend.
         if let Some(buf) = &mut self.in_buf {
@@ -27,6 +59,7 @@ impl Session {
                 match u.stream.write_two(&mut u.io, buf.data(), &[], false) {
                     WriteOutcome::Wrote(n) => {
                         buf.consume(n);
+                        t.to_backend += n as u64;
                         self.x.bytes_in += n as u64;
                         self.last_upstream_io = cx.now;
                         progress = true;
@@ -39,8 +72,8 @@ impl Session {
                 }
             }
         }
-        if !self.client_eof && self.io.readable {
-            let buf = self.in_buf.get_or_insert_with(|| cx.buffers.get());
+        if !t.client_eof && self.io.readable {
+            let buf = self.in_buf.get_or_insert_with(|| cx.io.buffers.get());
             if buf.free() > 0 {
                 match self.client.read_into(&mut self.io, buf) {
                     ReadOutcome::Data(_) => {
@@ -49,31 +82,30 @@ impl Session {
                     }
                     ReadOutcome::Blocked => {}
                     ReadOutcome::Eof | ReadOutcome::Error(_) => {
-                        self.client_eof = true;
+                        t.client_eof = true;
                         progress = true;
                     }
                 }
             }
         }
-        if self.client_eof
-            && self.in_buf.as_ref().is_none_or(Buffer::is_empty)
-            && !self.x.request_written
-        {
+        if t.client_eof && self.in_buf.as_ref().is_none_or(Buffer::is_empty) && !t.backend_shut {
             // Pass the half-close on once everything before it was delivered.
             u.stream.shutdown_write(&mut u.io);
-            self.x.request_written = true;
+            t.backend_shut = true;
         }
 
         // Backend → client: the 101 head first, then raw bytes.
         let pending = self.up_buf.as_ref().map_or(0, Buffer::len);
+        let before = self.x.bytes_out;
         match self.write_client(cx, pending, false) {
             Err(()) => return true,
             Ok(Some(_)) => progress = true,
             Ok(None) => {}
         }
-        let u = &mut cx.upstreams[key];
-        if !self.x.upstream_eof && u.io.readable {
-            let buf = self.up_buf.get_or_insert_with(|| cx.buffers.get());
+        t.to_client += self.x.bytes_out - before;
+        let u = &mut cx.upstreams.slab[key];
+        if !t.backend_eof && u.io.readable {
+            let buf = self.up_buf.get_or_insert_with(|| cx.io.buffers.get());
             if buf.free() > 0 {
                 match u.stream.read_into(&mut u.io, buf) {
                     ReadOutcome::Data(_) => {
@@ -82,7 +114,7 @@ impl Session {
                     }
                     ReadOutcome::Blocked => {}
                     ReadOutcome::Eof | ReadOutcome::Error(_) => {
-                        self.x.upstream_eof = true;
+                        t.backend_eof = true;
                         progress = true;
                     }
                 }
@@ -90,14 +122,10 @@ impl Session {
         }
         let up_flushed =
             self.resp_out_pending() == 0 && self.up_buf.as_ref().is_none_or(Buffer::is_empty);
-        if self.x.upstream_eof && up_flushed && !self.shutdown_sent {
+        if t.backend_eof && up_flushed && !t.client_shut {
             self.client.shutdown_write(&mut self.io);
+            t.client_shut = true;
             self.shutdown_sent = true;
-        }
-        if self.client_eof && self.x.request_written && self.x.upstream_eof && self.shutdown_sent {
-            self.x.termination = Termination::Completed;
-            self.phase = Phase::Closed;
-            return true;
         }
         progress
     }

@@ -3,6 +3,7 @@
 use crate::balance::{BackendRegistry, Cluster};
 use crate::config::{Config, Timeouts};
 use crate::http::HeadLimits;
+use crate::metrics::MetricNames;
 use crate::route::RouteTable;
 use crate::tls::client::{UpstreamTls, upstream_tls};
 use crate::tls::server::{TlsShared, server_config};
@@ -29,6 +30,10 @@ pub struct ConfigSnapshot {
     pub cluster_tls: Vec<Option<UpstreamTls>>,
     /// Header a trusted upstream sets a request's QoS priority with (lowercase).
     pub qos_priority_header: Option<String>,
+    /// Per route and per cluster (same order as `routes` and `clusters`): the metric id their requests
+    /// are counted under (stable across reloads for the same name).
+    pub route_metric: Vec<usize>,
+    pub cluster_metric: Vec<usize>,
 }
 
 impl ConfigSnapshot {
@@ -40,6 +45,7 @@ impl ConfigSnapshot {
         generation: u64,
         registry: &mut BackendRegistry,
         tls: &TlsShared,
+        names: &MetricNames,
     ) -> Result<Self, String> {
         let mut listener_tls = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
@@ -73,6 +79,8 @@ impl ConfigSnapshot {
         let routes = RouteTable::build(&config.routes, |name| {
             clusters.iter().position(|c| c.name == name)
         });
+        let route_metric = routes.iter().map(|r| names.route(&r.name)).collect();
+        let cluster_metric = clusters.iter().map(|c| names.cluster(&c.name)).collect();
         Ok(ConfigSnapshot {
             generation,
             routes,
@@ -91,6 +99,8 @@ impl ConfigSnapshot {
                 .priority_header
                 .as_ref()
                 .map(|h| h.to_ascii_lowercase()),
+            route_metric,
+            cluster_metric,
         })
     }
 }

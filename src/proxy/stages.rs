@@ -1,0 +1,627 @@
+//! The request path as a fixed list of stages: each one a plain function of the request and the parts of
+//! the worker it needs, returning a verdict.
+//!
+//! ```text
+//!  request stages (once per request, with the parsed head):   route → [auth] → [limits] → stickiness
+//!  attempt stages (once per attempt; a retry runs them again): balance → qos
+//!  forward (the session's exchange)
+//!  response hooks (on the final response head):               sticky_cookie → [notifications] → [metering]
+//!  finish hooks (once per request, whatever its end):         access_log (in the session's `finish_request`)
+//! ```
+//!
+//! A stage says **continue**, **answer** (tether responds itself: a canned refusal or a reply of its own,
+//! with status, headers and body), or **wait** (the request is parked, spending no CPU, until something
+//! wakes it: a QoS slot, the request body a stage asked for, another thread's result). A waiting stage is
+//! run again when its request wakes, and then decides once more; it finds what it was waiting for in the
+//! request's [`Plan`]. Dispatch is static (a const table of function pointers); adding a stage is one
+//! function and one line in [`REQUEST_STAGES`] or [`ATTEMPT_STAGES`] (docs/ARCHITECTURE.md shows how).
+//!
+//! The [`Plan`] holds what the stages decided — route, class, priority, session, backend, slot, attempts —
+//! and pins the config snapshot the request was routed with, so a reload never changes what a request
+//! holds: every index in the plan points into that pinned snapshot. Nothing here allocates or locks on
+//! the common path.
+
+use super::context::{Peer, SnapshotPin, WakeTarget, Wakers};
+use super::session::StickyRequest;
+use crate::balance::{
+    self, BackendId, BackendState, Balancer, Cluster, ClusterBackend, PickContext,
+};
+use crate::config::{FailoverPolicy, RouteClass, SessionIdentity};
+use crate::error::Termination;
+use crate::http::RequestHead;
+use crate::qos::{Admission, Waiter};
+use crate::sticky::Stickiness;
+use crate::sticky::table::SessionReader;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What a stage decided.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Go on with the next stage.
+    Continue,
+    /// tether answers the request itself; no backend is involved.
+    Answer(Answer),
+    /// Park the request until it is woken; then this stage runs again.
+    Wait(Wait),
+}
+
+/// tether's own answer to a request.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A refusal: the canned one-line answer for the termination, then the connection closes.
+    Refuse(Termination),
+    /// A reply of tether's own (an endpoint under `/.tether/`): the connection stays open when the request
+    /// allows it.
+    Reply(Box<Reply>),
+}
+
+/// A complete response written by tether.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reply {
+    pub status: u16,
+    /// Extra header fields (`Content-Length`, `Connection` and `Date` are tether's).
+    pub headers: Vec<(&'static str, String)>,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A reply with a body of the given type.
+    pub(crate) fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            content_type,
+            body: body.into(),
+        }
+    }
+}
+
+/// Why a request is parked.
+#[derive(Debug)]
+pub(crate) enum Wait {
+    /// For a QoS slot on the chosen backend (granted by whichever worker frees one). Deadline: the
+    /// cluster's `queue_timeout` (503).
+    Qos,
+    /// For the request body, up to `limit` bytes (413 beyond; 411 for a chunked body). Deadline: the
+    /// client timeout (408).
+    Body { limit: usize },
+    /// For another thread to complete `ticket` (a password hash, a replica's acknowledgement, a long
+    /// poll). Deadline: `until`, then `on_timeout` answers.
+    Ticket {
+        ticket: Arc<Ticket>,
+        until: Instant,
+        on_timeout: Termination,
+    },
+}
+
+/// A parked request's wake-up call, for another thread: `complete` marks it done and wakes the worker
+/// that holds the request (through its command channel and waker). Completing twice is harmless, and a
+/// ticket whose request is gone wakes nobody (the session id no longer matches).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    done: AtomicBool,
+    target: WakeTarget,
+    /// The request's worker: its channel and waker.
+    peer: Peer,
+}
+
+impl Ticket {
+    pub(crate) fn new(target: WakeTarget, peer: Peer) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            done: AtomicBool::new(false),
+            target,
+            peer,
+        })
+    }
+
+    /// Marks the wait over and wakes the request's worker. Callable from any thread.
+    pub(crate) fn complete(&self) {
+        self.done.store(true, Ordering::Release);
+        self.peer.wake(self.target);
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
+/// The QoS slot of the current attempt.
+#[derive(Debug, Default)]
+pub(crate) enum Slot {
+    /// The cluster limits nothing, or no attempt has been admitted yet.
+    #[default]
+    None,
+    /// Waiting in the backend's queue.
+    Queued(Arc<Waiter>),
+    /// A slot is held for an attempt that has not started yet (it becomes the attempt's at connect).
+    Held,
+}
+
+/// What the stages decided about one request. Reset for each request on a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The config snapshot the request was routed with, pinned for the request's whole life: `route`,
+    /// `cluster` and `backend` index into it, so a reload cannot move them.
+    pub snapshot: Option<SnapshotPin>,
+    pub route: usize,
+    pub cluster: usize,
+    /// The route's class is `secure` (state-bearing: pinned to the session's backend).
+    pub secure: bool,
+    /// QoS priority (0–7).
+    pub priority: u8,
+    /// Key for hash-based balancing.
+    pub hash_key: Option<u64>,
+    /// Stickiness of a request on a secure route.
+    pub sticky: Option<StickyRequest>,
+    /// The chosen backend: its index in the pinned cluster's backend list.
+    pub backend: Option<usize>,
+    /// A backend that failed this request (avoided on retry).
+    pub avoid: Option<BackendId>,
+    pub slot: Slot,
+    /// Attempts started (the first one included).
+    pub attempts: u32,
+    /// The next request stage to run (`REQUEST_STAGES.len()`: all done).
+    pub next_stage: usize,
+    /// The next attempt stage to run.
+    pub next_attempt_stage: usize,
+    pub queued_at: Option<Instant>,
+    pub queue_us: Option<u64>,
+    /// A stage's wake-up ticket (see [`Wait::Ticket`]).
+    pub ticket: Option<Arc<Ticket>>,
+}
+
+impl Plan {
+    /// The pinned snapshot's cluster (`None` before the route stage).
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.snapshot
+            .as_ref()?
+            .clusters
+            .get(self.cluster)
+            .map(|c| &**c)
+    }
+
+    /// The chosen backend as the pinned cluster lists it.
+    pub(crate) fn cluster_backend(&self) -> Option<&ClusterBackend> {
+        self.cluster()?.backends.get(self.backend?)
+    }
+
+    /// The chosen backend's shared state.
+    pub(crate) fn backend_state(&self) -> Option<&Arc<BackendState>> {
+        self.cluster_backend().map(|b| &b.state)
+    }
+
+    /// Whether the request may be tried once more (the cluster's `retries`).
+    pub(crate) fn retries_left(&self) -> bool {
+        self.cluster().is_some_and(|c| self.attempts <= c.retries)
+    }
+
+    /// Ready for the next request; the snapshot pin is dropped.
+    pub(crate) fn reset(&mut self) {
+        debug_assert!(
+            matches!(self.slot, Slot::None),
+            "a QoS slot outlived its request"
+        );
+        *self = Plan::default();
+    }
+}
+
+/// The parts of the worker a request stage sees.
+pub(crate) struct RequestCx<'a> {
+    /// The worker's current snapshot (the route stage pins it into the plan).
+    pub snapshot: &'a SnapshotPin,
+    pub sticky: &'a Stickiness,
+    pub sessions: &'a SessionReader<'a>,
+    pub worker: usize,
+    pub now: Instant,
+    pub unix_now: u32,
+    /// The client's address and whether its listener trusts forwarding headers.
+    pub client: IpAddr,
+    pub trusted: bool,
+    /// This request's wake-up address, and the worker's channels (for a ticket handed to another thread).
+    pub wake: WakeTarget,
+    pub wakers: &'a Wakers,
+}
+
+impl RequestCx<'_> {
+    /// A ticket for another thread to complete when this request may go on (see [`Wait::Ticket`]).
+    pub(crate) fn ticket(&self) -> Option<Arc<Ticket>> {
+        Some(Ticket::new(self.wake, self.wakers.own_peer()?))
+    }
+}
+
+/// One request as the request stages see it.
+pub(crate) struct Request<'a> {
+    pub head: &'a mut RequestHead,
+    /// The head's bytes (the spans in `head` point into them).
+    pub bytes: &'a [u8],
+    /// The request body, once a stage asked for it and it arrived (`Wait::Body`).
+    pub body: Option<&'a [u8]>,
+    pub plan: &'a mut Plan,
+    pub cx: RequestCx<'a>,
+}
+
+/// A request stage.
+pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
+
+/// The request stages, in order. Auth and limits (the next issues) go between `route` and `stickiness`.
+pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
+    ("test_endpoints", crate::fault_injection::test_endpoints),
+    ("route", route),
+    ("priority", priority),
+    ("stickiness", stickiness),
+];
+
+/// Route stage: which route (and so cluster, class, session identity, priority) serves the request; 404
+/// when none. Pins the worker's current snapshot into the plan.
+fn route(r: &mut Request<'_>) -> Verdict {
+    crate::fault_injection::on_request_path(r.head.path.of(r.bytes));
+    let snapshot = r.cx.snapshot;
+    let authority = r.head.authority.map(|a| a.of(r.bytes));
+    let method = r.head.method_span.of(r.bytes);
+    let head = &*r.head;
+    let bytes = r.bytes;
+    let Some(index) = snapshot
+        .routes
+        .lookup(authority, head.path.of(bytes), |route| {
+            route.accepts(method, |name| head.header(bytes, name).is_some())
+        })
+    else {
+        return Verdict::Answer(Answer::Refuse(Termination::NoRoute));
+    };
+    let Some(route) = snapshot.routes.get(index) else {
+        return Verdict::Answer(Answer::Refuse(Termination::NoRoute));
+    };
+    r.plan.route = index;
+    r.plan.cluster = route.cluster;
+    r.plan.secure = route.class == RouteClass::Secure;
+    r.plan.priority = route.priority;
+    if let Some(cluster) = snapshot.clusters.get(route.cluster) {
+        r.plan.hash_key = balance::hash_key(cluster, head, bytes, r.cx.client);
+    }
+    r.plan.snapshot = Some(SnapshotPin::clone(snapshot));
+    Verdict::Continue
+}
+
+/// QoS priority stage: a trusted upstream's priority header (0–7) overrides the route's; the header is
+/// for tether, never forwarded.
+fn priority(r: &mut Request<'_>) -> Verdict {
+    let Some(name) = r.cx.snapshot.qos_priority_header.as_deref() else {
+        return Verdict::Continue;
+    };
+    if r.cx.trusted {
+        if let Some(v) = r.head.header(r.bytes, name) {
+            if let [d @ b'0'..=b'7'] = v.trim_ascii() {
+                r.plan.priority = d - b'0';
+            }
+        }
+    }
+    let bytes = r.bytes;
+    for h in r.head.headers.iter_mut() {
+        if h.name.of(bytes).eq_ignore_ascii_case(name.as_bytes()) {
+            h.hop_by_hop = true;
+        }
+    }
+    Verdict::Continue
+}
+
+/// Stickiness stage: what a secure request says about its session, and where that session lives.
+fn stickiness(r: &mut Request<'_>) -> Verdict {
+    let Some(snapshot) = r.plan.snapshot.as_ref() else {
+        return Verdict::Continue;
+    };
+    let Some(route) = snapshot.routes.get(r.plan.route) else {
+        return Verdict::Continue;
+    };
+    if route.class != RouteClass::Secure {
+        return Verdict::Continue;
+    }
+    let Some(identity) = route.session.as_ref() else {
+        return Verdict::Continue;
+    };
+    let Some(cluster) = snapshot.clusters.get(r.plan.cluster) else {
+        return Verdict::Continue;
+    };
+    let sticky = r.cx.sticky;
+    let now = r.cx.unix_now;
+    r.plan.sticky = match sticky.identify(identity, r.head, r.bytes, r.cx.client, now) {
+        Some(id) => {
+            let binding = r.cx.sessions.lookup(r.cx.worker, id.key, now);
+            // Known here; or a valid cookie from another node or before a restart names the backend.
+            let preferred = binding.map(|b| b.backend).or_else(|| {
+                id.cookie_backend
+                    .and_then(|a| cluster.backend_at(a))
+                    .map(|b| b.state.id)
+            });
+            Some(StickyRequest {
+                key: Some(id.key),
+                preferred,
+                ssl_context: binding.map_or(0, |b| b.ssl_context),
+                bound: binding.is_some(),
+                issue_cookie: id.cookie_stale,
+            })
+        }
+        // No session yet: tether issues one (insert) or waits for the backend's cookie (learn).
+        None => match identity {
+            SessionIdentity::Insert(_) => Some(StickyRequest {
+                key: Some(sticky.sealer.new_session_id()),
+                preferred: None,
+                ssl_context: 0,
+                bound: false,
+                issue_cookie: true,
+            }),
+            SessionIdentity::Learn(_) => Some(StickyRequest {
+                key: None,
+                preferred: None,
+                ssl_context: 0,
+                bound: false,
+                issue_cookie: false,
+            }),
+            SessionIdentity::Header(_) | SessionIdentity::ClientIp => None,
+        },
+    };
+    Verdict::Continue
+}
+
+/// The parts of the worker an attempt stage sees.
+pub(crate) struct AttemptCx<'a> {
+    pub balancer: &'a mut Balancer,
+    pub sticky: &'a Stickiness,
+    pub wakers: &'a mut Wakers,
+    pub worker: usize,
+    pub now: Instant,
+    pub unix_now: u32,
+    /// Where a QoS grant for this request is delivered.
+    pub wake: WakeTarget,
+}
+
+/// One attempt as the attempt stages see it (no head: a retry runs after the head was forwarded).
+pub(crate) struct Attempt<'a> {
+    pub plan: &'a mut Plan,
+    pub cx: AttemptCx<'a>,
+}
+
+/// An attempt stage.
+pub(crate) type AttemptStage = fn(&mut Attempt<'_>) -> Verdict;
+
+/// The attempt stages, in order.
+pub(crate) const ATTEMPT_STAGES: &[(&str, AttemptStage)] = &[("balance", balance), ("qos", qos)];
+
+/// Balance stage: the session's own backend for a secure request (unless it is down or just failed),
+/// else the cluster's algorithm's pick; binds or rebinds the session.
+fn balance(a: &mut Attempt<'_>) -> Verdict {
+    let Some(snapshot) = a.plan.snapshot.clone() else {
+        return Verdict::Answer(Answer::Refuse(Termination::NoBackend));
+    };
+    let Some(cluster) = snapshot.clusters.get(a.plan.cluster) else {
+        return Verdict::Answer(Answer::Refuse(Termination::NoBackend));
+    };
+    let failover = snapshot
+        .routes
+        .get(a.plan.route)
+        .map_or(FailoverPolicy::Rebind, |r| r.on_backend_down);
+    let avoid = a.plan.avoid;
+    let mut chosen = None;
+    if let Some(pref) = a.plan.sticky.as_ref().and_then(|st| st.preferred) {
+        match cluster.backends.iter().position(|b| b.state.id == pref) {
+            Some(i) if cluster.backends[i].eligible() && Some(pref) != avoid => chosen = Some(i),
+            _ if failover == FailoverPolicy::Fail => {
+                return Verdict::Answer(Answer::Refuse(Termination::SessionBackendDown));
+            }
+            _ => {}
+        }
+    }
+    let index = match chosen {
+        Some(i) => i,
+        None => {
+            let pick = PickContext {
+                hash_key: a.plan.hash_key,
+                avoid,
+            };
+            match a
+                .cx
+                .balancer
+                .pick(snapshot.generation, a.plan.cluster, cluster, &pick)
+            {
+                Some(i) => i,
+                None => return Verdict::Answer(Answer::Refuse(Termination::NoBackend)),
+            }
+        }
+    };
+    let backend = &cluster.backends[index];
+    let (id, address) = (backend.state.id, backend.state.address);
+    a.plan.backend = Some(index);
+
+    // Bind a new session, rebind one whose backend was down or failed (logged), and decide whether the
+    // response carries a fresh cookie.
+    if let Some(st) = &mut a.plan.sticky {
+        if let Some(key) = st.key {
+            if !st.bound {
+                a.cx.sticky.table.bind(a.cx.worker, key, id, a.cx.unix_now);
+                st.bound = true;
+                if st.preferred.is_some_and(|p| p != id) {
+                    st.issue_cookie = true;
+                }
+            } else if st.preferred != Some(id) {
+                a.cx.sticky
+                    .table
+                    .rebind(a.cx.worker, key, id, a.cx.unix_now);
+                let from = st.preferred.and_then(|p| cluster.backend(p)).map_or_else(
+                    || "a removed backend".to_string(),
+                    |b| b.state.address.to_string(),
+                );
+                log::info!(
+                    "session rebound from {from} to {address} (cluster {}): its backend is down or failed",
+                    cluster.name
+                );
+                st.issue_cookie = true;
+                st.ssl_context = 0;
+            }
+            st.preferred = Some(id);
+        }
+    }
+    Verdict::Continue
+}
+
+/// QoS stage: when the cluster limits requests in flight per backend, take a slot (one compare-and-swap)
+/// or a place in the backend's priority queue (the request waits for a grant); 503 when the queue is full.
+fn qos(a: &mut Attempt<'_>) -> Verdict {
+    let Some(snapshot) = a.plan.snapshot.clone() else {
+        return Verdict::Continue;
+    };
+    let Some(cluster) = snapshot.clusters.get(a.plan.cluster) else {
+        return Verdict::Continue;
+    };
+    if cluster.max_inflight == 0 {
+        return Verdict::Continue;
+    }
+    let Some(backend) = a.plan.backend.and_then(|i| cluster.backends.get(i)) else {
+        return Verdict::Answer(Answer::Refuse(Termination::NoBackend));
+    };
+    match &a.plan.slot {
+        Slot::Held => return Verdict::Continue,
+        Slot::Queued(waiter) => {
+            // Woken (or timed out): granted means the slot is ours now.
+            if !waiter.is_granted() {
+                return Verdict::Wait(Wait::Qos);
+            }
+            a.plan.slot = Slot::Held;
+            if let Some(at) = a.plan.queued_at {
+                a.plan.queue_us = Some(a.cx.now.saturating_duration_since(at).as_micros() as u64);
+            }
+            return Verdict::Continue;
+        }
+        Slot::None => {}
+    }
+    let target = a.cx.wake;
+
+    match backend.state.queue.admit(
+        &backend.state,
+        cluster.max_inflight,
+        cluster.max_queue,
+        a.plan.priority,
+        target.worker,
+        target.session,
+        target.id,
+        a.cx.now,
+    ) {
+        Admission::Go { wake } => {
+            a.plan.slot = Slot::Held;
+            if let Some(w) = wake {
+                a.cx.wakers.deliver_grant(&w);
+            }
+            Verdict::Continue
+        }
+        Admission::Wait(waiter) => {
+            a.plan.slot = Slot::Queued(waiter);
+            a.plan.queued_at = Some(a.cx.now);
+            Verdict::Wait(Wait::Qos)
+        }
+        Admission::Full => Verdict::Answer(Answer::Refuse(Termination::QueueFull)),
+    }
+}
+
+/// Gives back whatever QoS slot the plan holds that no attempt uses: a held slot, or a place in the
+/// queue (a grant that raced the withdrawal brings a slot, given back too). Every slot is handed on to
+/// the best waiter. Called on every path that ends a request or an attempt before it started.
+pub(crate) fn release_slot(plan: &mut Plan, wakers: &mut Wakers, now: Instant) {
+    let slot = std::mem::take(&mut plan.slot);
+    let held = match &slot {
+        Slot::None => return,
+        Slot::Held => true,
+        Slot::Queued(waiter) => match plan.backend_state() {
+            // `cancel` fails when a grant came first: the slot is ours to give back.
+            Some(b) => !b.queue.cancel(waiter),
+            None => false,
+        },
+    };
+    if let (Slot::Queued(_), Some(at)) = (&slot, plan.queued_at) {
+        plan.queue_us
+            .get_or_insert(now.saturating_duration_since(at).as_micros() as u64);
+    }
+    if held {
+        if let Some(b) = plan.backend_state() {
+            b.release_slot();
+            if let Some(w) = b.queue.release(b, now) {
+                wakers.deliver_grant(&w);
+            }
+        }
+    }
+}
+
+/// The final response head on its way to the client, as response hooks see it.
+pub(crate) struct Response<'a> {
+    /// The rewritten head so far: hooks append header lines (the blank line follows them).
+    pub out: &'a mut Vec<u8>,
+    pub head: &'a crate::http::ResponseHead,
+    /// The backend's head bytes (the spans in `head` point into them).
+    pub bytes: &'a [u8],
+    pub plan: &'a mut Plan,
+    pub sticky: &'a Stickiness,
+    pub worker: usize,
+    pub unix_now: u32,
+    /// The client's listener speaks TLS (cookies get `Secure`).
+    pub secure: bool,
+}
+
+/// A response hook.
+pub(crate) type ResponseHook = fn(&mut Response<'_>);
+
+/// The response hooks, in order. Notifications and metering (the next issues) go after `sticky_cookie`.
+pub(crate) const RESPONSE_HOOKS: &[(&str, ResponseHook)] = &[("sticky_cookie", sticky_cookie)];
+
+/// Sticky-cookie hook: a fresh sealed session cookie (insert mode), or the backend's own session cookie
+/// learned and bound (learn mode).
+fn sticky_cookie(r: &mut Response<'_>) {
+    let Some(st) = &mut r.plan.sticky else {
+        return;
+    };
+    let Some(snapshot) = r.plan.snapshot.as_ref() else {
+        return;
+    };
+    let identity = snapshot
+        .routes
+        .get(r.plan.route)
+        .and_then(|route| route.session.as_ref());
+    let Some(backend) = snapshot
+        .clusters
+        .get(r.plan.cluster)
+        .and_then(|c| c.backends.get(r.plan.backend?))
+    else {
+        return;
+    };
+    match identity {
+        Some(SessionIdentity::Insert(name)) if st.issue_cookie => {
+            if let Some(key) = st.key {
+                r.sticky.write_set_cookie(
+                    r.out,
+                    name,
+                    key,
+                    backend.state.address,
+                    r.unix_now,
+                    r.secure,
+                );
+                st.issue_cookie = false;
+            }
+        }
+        Some(SessionIdentity::Learn(name)) => {
+            // The backend set (or changed) its session cookie: bind that session here.
+            if let Some(value) =
+                crate::http::cookie::response_set_cookie(&r.head.headers, r.bytes, name.as_bytes())
+            {
+                let key = r.sticky.learned_key(value);
+                let id = backend.state.id;
+                if st.key != Some(key) || !st.bound {
+                    r.sticky.table.bind(r.worker, key, id, r.unix_now);
+                    st.key = Some(key);
+                    st.bound = true;
+                    st.preferred = Some(id);
+                }
+            }
+        }
+        _ => {}
+    }
+}
