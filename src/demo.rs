@@ -1,16 +1,47 @@
 //! `tether demo`: three small built-in backends on loopback and the embedded config that balances them.
 //!
-//! The backends are deliberately simple (a thread per connection, std sockets): they exist to show what
-//! the balancer does — which backend answered, what headers it received, bodies streaming through, a slow
-//! answer — not to be fast.
+//! The backends show what the balancer does — which backend answered (`/`), what headers it received
+//! (`/headers`), request bodies streaming through (`/echo`), a slow answer (`/slow?ms=N`) — and they must
+//! not be what a load test of the demo measures. They used to write head and body in two writes without
+//! `TCP_NODELAY` (Nagle's algorithm then held the body back until the delayed ACK of the head: about 40 ms
+//! per keep-alive response) and to start a thread per connection. Now one thread runs one mio event loop
+//! for all three backends:
+//!
+//! - accepted sockets get `TCP_NODELAY`, and each response (head and body) is built in one buffer and
+//!   leaves in one write;
+//! - each connection is an explicit state machine ([`Conn`]): readiness is edge-triggered, so it reads
+//!   until `WouldBlock`, answers every complete request in order, and writes until done or `WouldBlock`
+//!   (resuming on the next writable event);
+//! - `/slow` parks its answer with a deadline instead of sleeping, and the loop waits at most until the
+//!   earliest deadline, so a slow answer holds up only its own connection.
 
 use crate::config::{self, BackendConfig, Config};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// The embedded demo configuration (also `configs/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
+
+/// Largest request head a demo backend reads (larger: 431 and close).
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body a demo backend reads (larger: 413 and close).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// A connection stops reading once this much is buffered; by the two limits above, the buffer then holds a
+/// complete request (or one refused already), so answering it makes room.
+const MAX_BUFFERED: usize = MAX_HEAD + MAX_BODY;
+/// A connection with nothing happening for this long is closed (a client that went away silently).
+const IDLE: Duration = Duration::from_secs(120);
+/// How often idle connections are looked for.
+const SWEEP: Duration = Duration::from_secs(10);
+/// Tokens below this are the listeners (backend `i + 1` is `Token(i)`); connection `key` is
+/// `Token(LISTENERS + key)`.
+const LISTENERS: usize = 3;
 
 /// Starts the demo backends; returns the config to run the balancer with (listening on `listen`) and the
 /// backends' addresses.
@@ -44,15 +75,35 @@ pub fn start(listen: &str, tls_listen: Option<&str>) -> Result<(Config, Vec<Sock
         cfg.listeners.push(tls_listener);
     }
 
-    let mut addresses = Vec::new();
+    let mut backends = Vec::new();
     for (i, port) in [9101u16, 9102, 9103].into_iter().enumerate() {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .or_else(|_| TcpListener::bind(("127.0.0.1", 0)))
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("cannot start demo backend: {e}"))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
-        spawn_backend(listener, i + 1).map_err(|e| e.to_string())?;
-        addresses.push(address);
+        backends.push(Backend {
+            listener: TcpListener::from_std(listener),
+            number: i + 1,
+            address,
+        });
     }
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    let poll = Poll::new().map_err(|e| format!("cannot start demo backends: {e}"))?;
+    for (i, b) in backends.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut b.listener, Token(i), Interest::READABLE)
+            .map_err(|e| format!("cannot start demo backends: {e}"))?;
+    }
+    std::thread::Builder::new()
+        .name("demo-backends".into())
+        .spawn(move || {
+            if let Err(e) = run(poll, &backends) {
+                log::error!("demo backends stopped: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start demo backends: {e}"))?;
+
     let cluster = cfg
         .clusters
         .get_mut("demo")
@@ -102,137 +153,479 @@ pub fn print_banner(
     println!("Access log below (one line per request):");
 }
 
-fn spawn_backend(listener: TcpListener, number: usize) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name(format!("demo-backend-{number}"))
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = std::thread::Builder::new()
-                    .name(format!("demo-backend-{number}-conn"))
-                    .spawn(move || {
-                        let _ = serve_connection(stream, number);
-                    });
-            }
-        })?;
-    Ok(())
+/// One demo backend: its listener, its number (1 to 3, in `X-Backend`) and its address.
+struct Backend {
+    listener: TcpListener,
+    number: usize,
+    address: SocketAddr,
 }
 
-fn serve_connection(mut stream: TcpStream, number: usize) -> io::Result<()> {
-    let local = stream.local_addr()?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut filled = 0;
+/// The event loop of all three backends; runs until an error of the poll itself.
+fn run(mut poll: Poll, backends: &[Backend]) -> io::Result<()> {
+    let mut events = Events::with_capacity(256);
+    let mut conns: Slab<Conn> = Slab::new();
+    // Deadlines of parked `/slow` answers, earliest first, with the connection key. An entry may outlive
+    // its connection (or its key may have been reused): driving a connection early is harmless.
+    let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut next_sweep = Instant::now() + SWEEP;
+    // Connection keys to drive this turn (events and due deadlines); may hold a key twice.
+    let mut due = Vec::new();
     loop {
-        // Read until a complete head is buffered.
-        let (head_len, method, path, headers_text, content_length, keep_alive) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf[..filled]) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let mut text = String::new();
-                    let mut length = 0usize;
-                    let mut close = req.version == Some(0);
-                    for h in req.headers.iter() {
-                        let value = String::from_utf8_lossy(h.value);
-                        text.push_str(&format!("{}: {}\n", h.name, value));
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                        if h.name.eq_ignore_ascii_case("connection") {
-                            let v = value.to_ascii_lowercase();
-                            close = v.contains("close") || (close && !v.contains("keep-alive"));
-                        }
-                    }
-                    break (
-                        n,
-                        req.method.unwrap_or("GET").to_string(),
-                        req.path.unwrap_or("/").to_string(),
-                        text,
-                        length,
-                        !close,
-                    );
-                }
-                Ok(httparse::Status::Partial) => {
-                    if filled == buf.len() {
-                        return respond(&mut stream, 431, "head too large\n", false, number);
-                    }
-                    let n = stream.read(&mut buf[filled..])?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    filled += n;
-                }
-                Err(_) => return respond(&mut stream, 400, "bad request\n", false, number),
+        let now = Instant::now();
+        let wake = timers
+            .peek()
+            .map_or(next_sweep, |Reverse((at, _))| (*at).min(next_sweep));
+        if let Err(e) = poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-        };
-        // Read the body (Content-Length only: the balancer in front streams chunked bodies through, and
-        // a demo backend does not need to decode them).
-        let mut body = Vec::with_capacity(content_length.min(1 << 20));
-        body.extend_from_slice(&buf[head_len..filled.min(head_len + content_length)]);
-        let extra_start = head_len + body.len();
-        let leftover = buf[extra_start..filled].to_vec();
-        while body.len() < content_length {
-            let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(());
-            }
-            body.extend_from_slice(&chunk[..n]);
+            return Err(e);
         }
-        buf[..leftover.len()].copy_from_slice(&leftover);
-        filled = leftover.len();
-
-        let (route, query) = path.split_once('?').unwrap_or((&path, ""));
-        match route {
-            "/headers" => {
-                let text = format!("{method} {path}\n{headers_text}");
-                respond(&mut stream, 200, &text, keep_alive, number)?;
-            }
-            "/echo" => {
-                let text = String::from_utf8_lossy(&body).into_owned();
-                respond(&mut stream, 200, &text, keep_alive, number)?;
-            }
-            "/slow" => {
-                let ms: u64 = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("ms="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1000)
-                    .min(60_000);
-                std::thread::sleep(Duration::from_millis(ms));
-                let text = format!("backend {number} ({local}) answered after {ms} ms\n");
-                respond(&mut stream, 200, &text, keep_alive, number)?;
-            }
-            _ => {
-                let text = format!("hello from backend {number} ({local}): {method} {path}\n");
-                respond(&mut stream, 200, &text, keep_alive, number)?;
+        let now = Instant::now();
+        for event in &events {
+            match event.token() {
+                Token(i) if i < LISTENERS => accept(&poll, &backends[i], &mut conns, now),
+                Token(t) => due.push(t - LISTENERS),
             }
         }
-        if !keep_alive {
-            return Ok(());
+        while let Some(&Reverse((at, key))) = timers.peek() {
+            if at > now {
+                break;
+            }
+            timers.pop();
+            due.push(key);
+        }
+        for key in due.drain(..) {
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            let parked_before = conn.parked_until();
+            let fate = conn.drive(now, &mut scratch);
+            if let Some(at) = conn.parked_until().filter(|&at| Some(at) != parked_before) {
+                timers.push(Reverse((at, key)));
+            }
+            if !matches!(fate, Ok(Fate::Keep)) {
+                let mut conn = conns.remove(key);
+                let _ = poll.registry().deregister(&mut conn.stream);
+            }
+        }
+        if now >= next_sweep {
+            next_sweep = now + SWEEP;
+            let idle: Vec<usize> = conns
+                .iter()
+                .filter(|(_, c)| c.parked.is_none() && now.duration_since(c.last_active) >= IDLE)
+                .map(|(key, _)| key)
+                .collect();
+            for key in idle {
+                let mut conn = conns.remove(key);
+                let _ = poll.registry().deregister(&mut conn.stream);
+            }
         }
     }
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    body: &str,
-    keep_alive: bool,
+/// Accepts every pending connection of `backend` (edge-triggered: until `WouldBlock`).
+fn accept(poll: &Poll, backend: &Backend, conns: &mut Slab<Conn>, now: Instant) {
+    loop {
+        let (stream, _) = match backend.listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("demo backend {}: accept: {e}", backend.number);
+                return;
+            }
+        };
+        // Responses leave in one write each; without this Nagle's algorithm may still hold a small one
+        // back until the previous one is acknowledged.
+        let _ = stream.set_nodelay(true);
+        let entry = conns.vacant_entry();
+        let mut conn = Conn::new(stream, backend.number, backend.address, now);
+        // Registering reports data that arrived before it, so the first event drives the connection.
+        let token = Token(LISTENERS + entry.key());
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if poll
+            .registry()
+            .register(&mut conn.stream, token, interest)
+            .is_ok()
+        {
+            entry.insert(conn);
+        }
+    }
+}
+
+/// Whether a connection stays after being driven.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Close,
+}
+
+/// A `/slow` answer waiting for its time.
+struct Parked {
+    until: Instant,
+    response: Vec<u8>,
+    close: bool,
+}
+
+/// One client connection of a demo backend. Its state is what the buffers hold: `input` (received, not
+/// yet answered), `output` (answers not yet written), an answer `parked` until a deadline (no later
+/// request is answered before it, so answers stay in order), and whether to close once `output` is out.
+struct Conn {
+    stream: TcpStream,
     number: usize,
-) -> io::Result<()> {
+    address: SocketAddr,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Bytes of `output` already written.
+    written: usize,
+    parked: Option<Parked>,
+    /// The last answer said `Connection: close`: nothing after it is answered, and the connection closes
+    /// once `output` is written.
+    closing: bool,
+    /// The client sent EOF: answer what is complete, then close.
+    eof: bool,
+    last_active: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, number: usize, address: SocketAddr, now: Instant) -> Conn {
+        Conn {
+            stream,
+            number,
+            address,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            parked: None,
+            closing: false,
+            eof: false,
+            last_active: now,
+        }
+    }
+
+    /// The deadline of a parked answer, if any.
+    fn parked_until(&self) -> Option<Instant> {
+        self.parked.as_ref().map(|p| p.until)
+    }
+
+    /// Makes all the progress possible now: answers due, requests complete, bytes writable, bytes
+    /// readable. Returns with every ready direction drained to `WouldBlock` (or blocked on a parked answer,
+    /// whose deadline wakes the loop), so that the next edge-triggered event or deadline is enough to resume.
+    fn drive(&mut self, now: Instant, scratch: &mut [u8]) -> io::Result<Fate> {
+        loop {
+            // A parked answer whose time has come joins the output.
+            if self.parked.as_ref().is_some_and(|p| p.until <= now) {
+                let p = self.parked.take().expect("checked");
+                self.output.extend_from_slice(&p.response);
+                self.closing = p.close;
+            }
+            // Answer complete requests in order, until one is parked or closes the connection.
+            while self.parked.is_none() && !self.closing {
+                let answer = match parse(&self.input) {
+                    Parsed::Partial => break,
+                    Parsed::Complete(len, request) => {
+                        let answer = answer(&request, self.number, self.address, now);
+                        self.input.drain(..len);
+                        answer
+                    }
+                    Parsed::Refuse(status) => {
+                        self.input.clear();
+                        let mut response = Vec::new();
+                        let body = match status {
+                            431 => "head too large\n",
+                            413 => "body too large\n",
+                            _ => "bad request\n",
+                        };
+                        write_response(&mut response, status, body.as_bytes(), false, self.number);
+                        Answer {
+                            response,
+                            close: true,
+                            at: None,
+                        }
+                    }
+                };
+                match answer.at {
+                    Some(until) if until > now => {
+                        self.parked = Some(Parked {
+                            until,
+                            response: answer.response,
+                            close: answer.close,
+                        });
+                    }
+                    _ => {
+                        self.output.extend_from_slice(&answer.response);
+                        self.closing = answer.close;
+                    }
+                }
+            }
+            // Write what is pending.
+            while self.written < self.output.len() {
+                match self.stream.write(&self.output[self.written..]) {
+                    Ok(0) => return Ok(Fate::Close),
+                    Ok(n) => {
+                        self.written += n;
+                        self.last_active = now;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.written == self.output.len() {
+                self.output.clear();
+                self.written = 0;
+                if self.closing {
+                    return Ok(Fate::Close);
+                }
+            }
+            if self.eof {
+                // Nothing more will come: close once every complete request is answered and written.
+                let waiting = self.parked.is_some() || !self.output.is_empty();
+                return Ok(if waiting { Fate::Keep } else { Fate::Close });
+            }
+            if self.input.len() >= MAX_BUFFERED {
+                // A complete request is buffered behind a parked or unwritten answer; its deadline or the
+                // next writable event resumes.
+                return Ok(Fate::Keep);
+            }
+            // Read what has arrived; anything new may complete a request, so go round again.
+            let mut got = false;
+            loop {
+                match self.stream.read(scratch) {
+                    Ok(0) => {
+                        self.eof = true;
+                        got = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        self.input.extend_from_slice(&scratch[..n]);
+                        self.last_active = now;
+                        got = true;
+                        if self.input.len() >= MAX_BUFFERED {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !got {
+                return Ok(Fate::Keep);
+            }
+        }
+    }
+}
+
+/// A request at the start of a connection's input, borrowing from it.
+#[derive(Debug)]
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// Every header as `Name: value` lines, as received (`/headers` shows them).
+    headers: String,
+    body: &'a [u8],
+    keep_alive: bool,
+}
+
+/// What the start of a connection's input holds.
+#[derive(Debug)]
+enum Parsed<'a> {
+    /// Not a whole request yet.
+    Partial,
+    /// A whole request (head and Content-Length body) of this many bytes.
+    Complete(usize, Request<'a>),
+    /// Input to answer with this status and a close.
+    Refuse(u16),
+}
+
+/// Parses the first request in `input`. Bodies are Content-Length only: the balancer in front streams
+/// chunked bodies through, and a demo backend does not need to decode them.
+fn parse(input: &[u8]) -> Parsed<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if input.len() >= MAX_HEAD => return Parsed::Refuse(431),
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Refuse(400),
+    };
+    let mut text = String::new();
+    let mut length = 0usize;
+    let mut close = req.version == Some(0);
+    for h in req.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        text.push_str(&format!("{}: {}\n", h.name, value));
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        if h.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            close = v.contains("close") || (close && !v.contains("keep-alive"));
+        }
+    }
+    if length > MAX_BODY {
+        return Parsed::Refuse(413);
+    }
+    if input.len() < head_len + length {
+        return Parsed::Partial;
+    }
+    Parsed::Complete(
+        head_len + length,
+        Request {
+            method: req.method.unwrap_or("GET"),
+            path: req.path.unwrap_or("/"),
+            headers: text,
+            body: &input[head_len..head_len + length],
+            keep_alive: !close,
+        },
+    )
+}
+
+/// A response, built whole, and when it may leave.
+struct Answer {
+    response: Vec<u8>,
+    close: bool,
+    /// Not before this (`/slow`).
+    at: Option<Instant>,
+}
+
+/// The demo endpoints: `/headers`, `/echo`, `/slow?ms=N` (at most a minute), and a hello for anything else.
+fn answer(request: &Request<'_>, number: usize, address: SocketAddr, now: Instant) -> Answer {
+    let (method, path) = (request.method, request.path);
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut at = None;
+    let text = match route {
+        "/headers" => format!("{method} {path}\n{}", request.headers),
+        "/echo" => String::new(),
+        "/slow" => {
+            let ms: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000)
+                .min(60_000);
+            at = Some(now + Duration::from_millis(ms));
+            format!("backend {number} ({address}) answered after {ms} ms\n")
+        }
+        _ => format!("hello from backend {number} ({address}): {method} {path}\n"),
+    };
+    let body = if route == "/echo" {
+        request.body
+    } else {
+        text.as_bytes()
+    };
+    let mut response = Vec::with_capacity(160 + body.len());
+    write_response(&mut response, 200, body, request.keep_alive, number);
+    Answer {
+        response,
+        close: !request.keep_alive,
+        at,
+    }
+}
+
+/// Appends a whole response, head and body, to `out` (one buffer, so it leaves in one write).
+fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], keep_alive: bool, number: usize) {
     let reason = crate::http::canned::reason_phrase(status);
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let head = format!(
+    let _ = write!(
+        out,
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
          X-Backend: {number}\r\nConnection: {connection}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    out.extend_from_slice(body);
 }
 
 /// Where `tether demo --tls` writes its development certificates (one directory per run).
 fn demo_cert_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("tether-demo-certs-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(input: &[u8]) -> (usize, Request<'_>) {
+        match parse(input) {
+            Parsed::Complete(len, r) => (len, r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_waits_for_the_whole_head_and_body() {
+        let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..req.len() {
+            assert!(matches!(parse(&req[..cut]), Parsed::Partial), "{cut}");
+        }
+        let mut two = req.to_vec();
+        two.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let (len, r) = complete(&two);
+        assert_eq!(
+            (len, r.method, r.path, r.body),
+            (req.len(), "POST", "/echo", &b"hello"[..])
+        );
+        assert!(r.keep_alive);
+        assert_eq!(r.headers, "Host: x\nContent-Length: 5\n");
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        for (req, keep) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+        ] {
+            assert_eq!(
+                complete(req).1.keep_alive,
+                keep,
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_or_oversized_input_is_refused() {
+        assert!(matches!(
+            parse(b"\x01 / HTTP/1.1\r\n\r\n"),
+            Parsed::Refuse(400)
+        ));
+        let mut long_head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long_head.resize(MAX_HEAD, b'a');
+        assert!(matches!(parse(&long_head), Parsed::Refuse(431)));
+        let huge = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(matches!(parse(huge.as_bytes()), Parsed::Refuse(413)));
+    }
+
+    #[test]
+    fn each_answer_is_one_whole_response() {
+        let addr: SocketAddr = "127.0.0.1:9102".parse().unwrap();
+        let now = Instant::now();
+        let (_, r) = complete(b"GET /x?y HTTP/1.1\r\n\r\n");
+        let a = answer(&r, 2, addr, now);
+        let text = String::from_utf8(a.response).unwrap();
+        let body = "hello from backend 2 (127.0.0.1:9102): GET /x?y\n";
+        assert!(text.ends_with(&format!("\r\n\r\n{body}")), "{text}");
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(text.contains("X-Backend: 2\r\nConnection: keep-alive\r\n"));
+        assert!((a.close, a.at) == (false, None));
+
+        let (_, r) = complete(b"GET /slow?ms=250 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let a = answer(&r, 1, addr, now);
+        assert_eq!(a.at, Some(now + Duration::from_millis(250)));
+        assert!(a.close);
+        let (_, r) = complete(b"GET /slow?ms=999999 HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            answer(&r, 1, addr, now).at,
+            Some(now + Duration::from_secs(60))
+        );
+    }
 }

@@ -557,3 +557,99 @@ fn session_cookies_issued_over_tls_are_secure() {
     assert!(set_cookie.contains("; Secure"), "{set_cookie}");
     assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
 }
+
+/// A client offering exactly `suites`, in that order, and only the protocol version they belong to.
+fn client_offering(ca_pem: &str, suites: &[rustls::SupportedCipherSuite]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut offering = rustls::crypto::aws_lc_rs::default_provider();
+    offering.cipher_suites = suites.to_vec();
+    let version = suites[0].version();
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(offering))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The cipher suite a fresh handshake with `cfg` negotiates (after one request, so the handshake is done).
+fn negotiated_suite(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> rustls::CipherSuite {
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let conn = ClientConnection::new(cfg.clone(), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = StreamOwned::new(conn, sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    tls.conn
+        .negotiated_cipher_suite()
+        .expect("handshake completed")
+        .suite()
+}
+
+#[test]
+fn the_server_cipher_order_decides_not_the_clients() {
+    use rustls::CipherSuite as Cs;
+    use rustls::crypto::aws_lc_rs::cipher_suite as suites;
+    let s = setup();
+    let b = Backend::named("plain");
+    let t = Tether::start(&config_with(&tls_listener(&s, ""), b.addr, ""));
+    let ca = s.ca.cert_pem();
+    // The provider's own order, which the server follows: AES-256-GCM before AES-128-GCM (a.test has an
+    // ECDSA certificate, so the ECDHE_ECDSA suites apply for TLS 1.2).
+    let order: Vec<Cs> = tether::tls::server::provider()
+        .cipher_suites
+        .iter()
+        .map(|cs| cs.suite())
+        .collect();
+    let position = |cs: Cs| order.iter().position(|&o| o == cs).unwrap();
+    assert!(
+        position(Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+            < position(Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+    );
+    assert!(position(Cs::TLS13_AES_256_GCM_SHA384) < position(Cs::TLS13_AES_128_GCM_SHA256));
+
+    // TLS 1.2, the client listing AES-128 (and ChaCha20) first: the server still picks AES-256.
+    let tls12 = client_offering(
+        &ca,
+        &[
+            suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ],
+    );
+    assert_eq!(
+        negotiated_suite(t.addr, &tls12),
+        Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    // TLS 1.3 the same way.
+    let tls13 = client_offering(
+        &ca,
+        &[
+            suites::TLS13_AES_128_GCM_SHA256,
+            suites::TLS13_CHACHA20_POLY1305_SHA256,
+            suites::TLS13_AES_256_GCM_SHA384,
+        ],
+    );
+    assert_eq!(
+        negotiated_suite(t.addr, &tls13),
+        Cs::TLS13_AES_256_GCM_SHA384
+    );
+    // A client that offers only a suite the server ranks lower still gets it (preference, not refusal).
+    let only_128 = client_offering(&ca, &[suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]);
+    assert_eq!(
+        negotiated_suite(t.addr, &only_128),
+        Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+}

@@ -67,6 +67,11 @@ pub fn server_config(
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    // The server's cipher suite order decides, not the client's: rustls otherwise takes the first suite in
+    // the client's list that it supports, so a client listing AES-128-GCM or ChaCha20 first gets it even
+    // though the provider prefers AES-256-GCM. With this the provider's order (aws-lc-rs: AES-256-GCM,
+    // AES-128-GCM, ChaCha20-Poly1305) wins, for TLS 1.2 and 1.3 alike; testssl.sh checks for exactly this.
+    server.ignore_client_order = true;
     server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     server.ticketer = shared.tickets.clone();
     server.session_storage = shared.cache.clone();
