@@ -293,6 +293,12 @@ impl Session {
             self.phase = Phase::Closed;
             return true;
         };
+        if !matches!(wait, Wait::Body { .. }) && (self.io.read_closed || self.io.error) {
+            // The client hung up while its request waited: give the place up now (HAProxy's
+            // `abortonclose`), rather than hold a queue entry or a slot for no one.
+            self.abort(cx, Termination::ClientClosed);
+            return true;
+        }
         match wait {
             Wait::Qos => {
                 let granted = matches!(&self.plan.slot, Slot::Queued(w) if w.is_granted());
