@@ -58,8 +58,9 @@ pub struct BackendState {
     health: AtomicU8,
     /// Requests answered (any status), for observability.
     pub requests: AtomicU64,
-    /// Attempts assigned and not yet finished, over all workers.
-    inflight: AtomicU32,
+    /// Attempts assigned and not yet finished, over all workers (and the QoS aging step): the part of a
+    /// backend the QoS queue works with.
+    pub slots: crate::qos::Slots,
     /// Latency of responses (assignment to response head), decayed over time.
     latency: Ewma,
     /// Failed requests in a row (passive health).
@@ -74,8 +75,6 @@ pub struct BackendState {
     count_5xx: AtomicBool,
     /// Requests waiting for a slot when the cluster limits requests in flight (QoS).
     pub queue: crate::qos::BackendQueue,
-    /// QoS aging step in microseconds (from `[qos] aging`).
-    aging_us: AtomicU64,
 }
 
 /// How one attempt on a backend ended.
@@ -100,7 +99,7 @@ impl BackendState {
             address,
             health: AtomicU8::new(0),
             requests: AtomicU64::new(0),
-            inflight: AtomicU32::new(0),
+            slots: crate::qos::Slots::default(),
             latency: Ewma::default(),
             failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
@@ -109,44 +108,16 @@ impl BackendState {
             cool_down_ms: AtomicU64::new(passive.cool_down.as_millis() as u64),
             count_5xx: AtomicBool::new(passive.count_5xx),
             queue: crate::qos::BackendQueue::default(),
-            aging_us: AtomicU64::new(1_000_000),
         }
     }
 
-    /// Takes a request slot if fewer than `max` are in flight (0: unlimited). Replaces
-    /// `attempt_started` for clusters with `max_inflight`.
-    #[inline]
-    pub fn try_start(&self, max: u32) -> bool {
-        if max == 0 {
-            self.inflight.fetch_add(1, Relaxed);
-            return true;
-        }
-        self.inflight
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| (n < max).then_some(n + 1),
-            )
-            .is_ok()
-    }
-
-    /// Gives a slot back without an attempt having run on it (a QoS race left a request two slots).
+    /// Gives a slot back without an attempt having run on it.
     pub fn release_slot(&self) {
-        let _ = self.inflight.fetch_update(
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-            |n| Some(n.saturating_sub(1)),
-        );
-    }
-
-    /// How fast a waiting request gains priority.
-    pub fn aging(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(self.aging_us.load(Relaxed))
+        self.slots.release();
     }
 
     pub fn set_aging(&self, aging: std::time::Duration) {
-        self.aging_us
-            .store(aging.as_micros().max(1) as u64, Relaxed);
+        self.slots.set_aging(aging);
     }
 
     /// Whether the backend may receive new requests (one relaxed load: this is on every pick).
@@ -158,7 +129,7 @@ impl BackendState {
     /// Attempts in flight on this backend, over all workers.
     #[inline]
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Relaxed)
+        self.slots.inflight()
     }
 
     /// The latency EWMA in microseconds (0 before the first response).
@@ -176,19 +147,13 @@ impl BackendState {
     /// A request was assigned to this backend (one attempt; a retry is a new attempt).
     #[inline]
     pub fn attempt_started(&self) {
-        self.inflight.fetch_add(1, Relaxed);
+        self.slots.start();
     }
 
     /// The attempt ended; feeds load and health bookkeeping. Called exactly once per `attempt_started`.
     pub fn attempt_finished(&self, outcome: AttemptOutcome) {
-        // SeqCst: the QoS handoff relies on this release being ordered before the releaser's look at
-        // the queue (free on x86, where every read-modify-write is a full barrier).
-        let before = self.inflight.fetch_update(
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-            |n| Some(n.saturating_sub(1)),
-        );
-        debug_assert!(before.is_ok_and(|n| n > 0), "attempt finished twice");
+        let before = self.slots.finish();
+        debug_assert!(before > 0, "attempt finished twice");
         match outcome {
             AttemptOutcome::Response { status, latency_us } => {
                 self.requests.fetch_add(1, Relaxed);

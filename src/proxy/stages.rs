@@ -499,7 +499,7 @@ fn qos(a: &mut Attempt<'_>) -> Verdict {
     let target = a.cx.wake;
 
     match backend.state.queue.admit(
-        &backend.state,
+        &backend.state.slots,
         cluster.max_inflight,
         cluster.max_queue,
         a.plan.priority,
@@ -545,7 +545,7 @@ pub(crate) fn release_slot(plan: &mut Plan, wakers: &mut Wakers, now: Instant) {
     if held {
         if let Some(b) = plan.backend_state() {
             b.release_slot();
-            if let Some(w) = b.queue.release(b, now) {
+            if let Some(w) = b.queue.release(&b.slots, now) {
                 wakers.deliver_grant(&w);
             }
         }

@@ -3,9 +3,8 @@
 use super::{KIB, MIB, Validator};
 use crate::config::schema::Config;
 
-/// Upper bound for `limits.max_headers`: the HTTP parser's fixed header array size,
-/// `crate::http::head::MAX_HEADERS_CAP`. Hardcoded because that module is written in parallel; keep the two equal.
-const MAX_HEADERS_CAP: usize = 512;
+/// Upper bound for `limits.max_headers`: the HTTP parser's fixed header array size.
+use crate::http::head::MAX_HEADERS_CAP;
 
 impl Validator {
     pub(super) fn limits(&mut self, config: &Config) {

@@ -193,7 +193,7 @@ impl Session {
             let grant = cx.upstreams.slab.get(key).and_then(|u| {
                 u.backend.attempt_finished(outcome);
                 // The freed slot goes straight to the best waiting request (one load when none wait).
-                u.backend.queue.release(&u.backend, cx.now)
+                u.backend.queue.release(&u.backend.slots, cx.now)
             });
             if let Some(w) = grant {
                 cx.wakers.deliver_grant(&w);
