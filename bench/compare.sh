@@ -11,9 +11,12 @@
 # nginx, direct, tether, …) and the medians reported, because shared machines are noisy.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration 10s] [--connections 50] [--workloads a,b,…]
-#                         [--placement shared|pinned] [--tether-workers 'KEY = VALUE'] [--write]
+#                         [--placement shared|pinned] [--tether-workers 'KEY = VALUE']
+#                         [--baseline PATH] [--write]
 # --tether-workers adds a line to tether's [workers] table, for A/B runs of a setting
 # (e.g. --tether-workers 'batch_window = "0s"').
+# --baseline PATH runs a second tether binary (an older build) with the same config, interleaved with the
+# others, and prints a table of this build against it (old against new in the same run).
 # Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed (default: all)
 set -euo pipefail
 
@@ -24,6 +27,7 @@ WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed"
 WRITE=0
 PLACEMENT=shared
 TETHER_WORKERS=""
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --placement) PLACEMENT=$2; shift 2 ;;
@@ -32,6 +36,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNECTIONS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --tether-workers) TETHER_WORKERS=$2; shift 2 ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     --write) WRITE=1; shift ;;
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -133,6 +138,11 @@ cluster = "app"
 EOF
 TETHER_LOG=warn taskset -c $PROXY_CPU "$TETHER" run -c "$WORK/tether.toml" > "$WORK/tether.log" 2>&1 &
 PIDS+=($!)
+if [ -n "$BASELINE" ]; then
+  sed 's/127.0.0.1:19080/127.0.0.1:19081/; s/127.0.0.1:19443/127.0.0.1:19444/' "$WORK/tether.toml" > "$WORK/baseline.toml"
+  TETHER_LOG=warn taskset -c $PROXY_CPU "$BASELINE" run -c "$WORK/baseline.toml" > "$WORK/baseline.log" 2>&1 &
+  PIDS+=($!)
+fi
 
 # --- HAProxy: one thread, keep-alive to backends (http-reuse safe, the default) ---------------------------
 cat > "$WORK/haproxy.cfg" <<EOF
@@ -204,7 +214,9 @@ taskset -c $PROXY_CPU "$NGINX" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/ngin
 PIDS+=($!)
 
 # Wait until everything answers.
-for url in http://127.0.0.1:19001/ http://127.0.0.1:19080/ http://127.0.0.1:19180/ http://127.0.0.1:19280/; do
+URLS=(http://127.0.0.1:19001/ http://127.0.0.1:19080/ http://127.0.0.1:19180/ http://127.0.0.1:19280/)
+if [ -n "$BASELINE" ]; then URLS+=(http://127.0.0.1:19081/); fi
+for url in "${URLS[@]}"; do
   for _ in $(seq 100); do
     if "$BENCH" -q -c1 -t1 -d200ms --warmup 0 --json "$url" 2>/dev/null | grep -q '"requests": *[1-9]'; then break; fi
     sleep 0.1
@@ -216,7 +228,7 @@ done
 run() {
   local target=$1 workload=$2 port path scheme=http extra=()
   case "$target" in
-    tether) port=19080 ;; haproxy) port=19180 ;; nginx) port=19280 ;; direct) port=19001 ;;
+    tether) port=19080 ;; baseline) port=19081 ;; haproxy) port=19180 ;; nginx) port=19280 ;; direct) port=19001 ;;
   esac
   path=/
   case "$workload" in
@@ -229,7 +241,7 @@ run() {
     tls_ka|tls_full|tls_resumed)
       [ "$target" = direct ] && { echo "- - - -"; return; }
       scheme=https
-      case "$target" in tether) port=19443 ;; haproxy) port=19543 ;; nginx) port=19643 ;; esac
+      case "$target" in tether) port=19443 ;; baseline) port=19444 ;; haproxy) port=19543 ;; nginx) port=19643 ;; esac
       extra+=(--cacert "$WORK/certs/ca.crt" --sni localhost)
       [ "$workload" = tls_full ] && extra+=(--new-conn --no-resume)
       [ "$workload" = tls_resumed ] && extra+=(--new-conn) ;;
@@ -251,6 +263,7 @@ run() {
 median() { sort -n | awk '{a[NR]=$1} END { if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 TARGETS=(tether haproxy nginx direct)
+if [ -n "$BASELINE" ]; then TARGETS=(tether baseline haproxy nginx direct); fi
 declare -A RPS P50 P99 ERR
 IFS=',' read -r -a WL <<<"$WORKLOADS"
 for w in "${WL[@]}"; do
@@ -281,8 +294,18 @@ TABLE=$(
 )
 CMD="bench/compare.sh --rounds $ROUNDS --duration $DURATION --connections $CONNECTIONS --workloads $WORKLOADS --placement $PLACEMENT"
 if [ -n "$TETHER_WORKERS" ]; then CMD="$CMD --tether-workers '$TETHER_WORKERS'"; fi
+if [ -n "$BASELINE" ]; then CMD="$CMD --baseline $BASELINE"; fi
 echo
 echo "$TABLE"
+if [ -n "$BASELINE" ]; then
+  echo
+  echo "| workload | this build req/s | baseline req/s | this/baseline | p50 µs (this / baseline) | p99 µs (this / baseline) |"
+  echo "| --- | ---: | ---: | ---: | --- | --- |"
+  for w in "${WL[@]}"; do
+    t=$(med "${RPS[$w,tether]:-}"); b=$(med "${RPS[$w,baseline]:-}")
+    echo "| $w | $t | $b | $(ratio "$t" "$b") | $(med "${P50[$w,tether]:-}") / $(med "${P50[$w,baseline]:-}") | $(med "${P99[$w,tether]:-}") / $(med "${P99[$w,baseline]:-}") |"
+  done
+fi
 
 if [ "$WRITE" = 1 ]; then
   MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"

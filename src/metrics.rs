@@ -113,6 +113,8 @@ pub struct WorkerMetrics {
     pub request_us: Histogram,
     /// Time a request waited for a QoS slot (granted or timed out).
     pub queue_us: Histogram,
+    /// Connections accepted per listener (config order; listeners do not change on reload).
+    pub listener_accepted: Box<[Counter]>,
     /// Requests per route and per cluster, by metric id.
     pub route_requests: Box<[Counter]>,
     pub cluster_requests: Box<[Counter]>,
@@ -133,6 +135,7 @@ impl Default for WorkerMetrics {
             status: Default::default(),
             request_us: Histogram::default(),
             queue_us: Histogram::default(),
+            listener_accepted: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
             route_requests: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
             cluster_requests: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
         }
@@ -198,6 +201,8 @@ impl MetricNames {
 pub struct Registry {
     pub workers: Vec<Arc<CachePadded<WorkerMetrics>>>,
     pub names: MetricNames,
+    /// Listener names, in config order.
+    pub listeners: Vec<String>,
 }
 
 /// Sums over all workers.
@@ -215,19 +220,22 @@ pub struct Totals {
     pub status: [u64; 6],
     pub request_us: HistogramTotals,
     pub queue_us: HistogramTotals,
+    /// (name, connections accepted) per listener.
+    pub listeners: Vec<(String, u64)>,
     /// (name, requests) per route and per cluster that saw any.
     pub routes: Vec<(String, u64)>,
     pub clusters: Vec<(String, u64)>,
 }
 
 impl Registry {
-    /// A registry with a slot for each of `workers` workers.
-    pub fn new(workers: usize) -> Self {
+    /// A registry with a slot for each of `workers` workers, counting connections for `listeners`.
+    pub fn new(workers: usize, listeners: Vec<String>) -> Self {
         Registry {
             workers: (0..workers)
                 .map(|_| Arc::new(CachePadded::new(WorkerMetrics::default())))
                 .collect(),
             names: MetricNames::default(),
+            listeners,
         }
     }
 
@@ -236,7 +244,11 @@ impl Registry {
         let mut t = Totals::default();
         let mut routes = vec![0u64; MAX_NAMED];
         let mut clusters = vec![0u64; MAX_NAMED];
+        let mut listeners = vec![0u64; self.listeners.len().min(MAX_NAMED)];
         for w in &self.workers {
+            for (a, c) in listeners.iter_mut().zip(w.listener_accepted.iter()) {
+                *a += c.get();
+            }
             t.accepted += w.accepted.get();
             t.rejected_per_client += w.rejected_per_client.get();
             t.requests += w.requests.get();
@@ -267,6 +279,7 @@ impl Registry {
                 .filter(|(_, n)| *n > 0)
                 .collect::<Vec<_>>()
         };
+        t.listeners = self.listeners.iter().cloned().zip(listeners).collect();
         t.routes = named(MetricNames::names(&self.names.routes), routes);
         t.clusters = named(MetricNames::names(&self.names.clusters), clusters);
         t
@@ -300,6 +313,9 @@ pub fn report_lines(t: &Totals) -> Vec<String> {
         t.status[1], t.status[2], t.status[3], t.status[4], t.status[5], t.status[0]
     ));
     lines.push(format!("stats: terminations{ends}"));
+    for (name, n) in &t.listeners {
+        lines.push(format!("stats: listener {name} accepted={n}"));
+    }
     for (name, n) in &t.clusters {
         lines.push(format!("stats: cluster {name} requests={n}"));
     }
@@ -418,6 +434,17 @@ pub fn prometheus(t: &Totals) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP tether_listener_connections_total Connections accepted per listener.\n# TYPE tether_listener_connections_total counter"
+    );
+    for (name, n) in &t.listeners {
+        let _ = writeln!(
+            out,
+            "tether_listener_connections_total{{listener=\"{}\"}} {n}",
+            label(name)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP tether_cluster_requests_total Requests routed to a cluster.\n# TYPE tether_cluster_requests_total counter"
     );
     for (name, n) in &t.clusters {
@@ -459,7 +486,8 @@ mod tests {
 
     #[test]
     fn workers_sum_and_names_keep_their_ids() {
-        let r = Registry::new(2);
+        let r = Registry::new(2, vec!["web".into()]);
+        r.workers[1].listener_accepted[0].add(4);
         let a = r.names.cluster("app");
         let b = r.names.cluster("api");
         assert_eq!(r.names.cluster("app"), a, "same name, same id");
@@ -483,6 +511,7 @@ mod tests {
         );
         let text = prometheus(&t);
         assert!(text.contains("tether_cluster_requests_total{cluster=\"app\"} 5"));
+        assert!(text.contains("tether_listener_connections_total{listener=\"web\"} 4"));
         assert!(text.contains("tether_terminations_total{reason=\"no_route\"} 1"));
         assert!(text.contains("tether_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
     }

@@ -318,13 +318,7 @@ mod tests {
         b
     }
 
-    fn admit(
-        q: &BackendQueue,
-        b: &Slots,
-        priority: u8,
-        session: usize,
-        now: Instant,
-    ) -> Admission {
+    fn admit(q: &BackendQueue, b: &Slots, priority: u8, session: usize, now: Instant) -> Admission {
         q.admit(b, 1, 100, priority, 0, session, session as u64, now)
     }
 

@@ -102,7 +102,12 @@ impl Server {
             .max(1);
         let mut registry = BackendRegistry::default();
         let tls = TlsShared::new(&config);
-        let metrics = Arc::new(crate::metrics::Registry::new(count));
+        let listener_names = config
+            .listeners
+            .iter()
+            .map(|l| l.name.clone().unwrap_or_else(|| l.address.clone()))
+            .collect();
+        let metrics = Arc::new(crate::metrics::Registry::new(count, listener_names));
         let snapshot = Arc::new(
             ConfigSnapshot::build(&config, 1, &mut registry, &tls, &metrics.names)
                 .map_err(StartError::Tls)?,

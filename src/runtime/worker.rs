@@ -448,6 +448,9 @@ impl Worker {
         entry.insert(session);
         self.ready.push(key);
         self.cx.metrics.accepted.inc();
+        if let Some(c) = self.cx.metrics.listener_accepted.get(listener as usize) {
+            c.inc();
+        }
         *self.per_client.entry(peer.ip().to_canonical()).or_insert(0) += 1;
     }
 
