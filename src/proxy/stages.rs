@@ -22,7 +22,6 @@
 //! the common path.
 
 use super::context::{Peer, SnapshotPin, WakeTarget, Wakers};
-use super::session::StickyRequest;
 use crate::balance::{
     self, BackendId, BackendState, Balancer, Cluster, ClusterBackend, PickContext,
 };
@@ -30,8 +29,9 @@ use crate::config::{FailoverPolicy, RouteClass, SessionIdentity};
 use crate::error::Termination;
 use crate::http::RequestHead;
 use crate::qos::{Admission, Waiter};
+use crate::snapshot::ConfigSnapshot;
 use crate::sticky::Stickiness;
-use crate::sticky::table::SessionReader;
+use crate::sticky::table::{SessionKey, SessionReader};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,6 +139,21 @@ pub(crate) enum Slot {
     Queued(Arc<Waiter>),
     /// A slot is held for an attempt that has not started yet (it becomes the attempt's at connect).
     Held,
+}
+
+/// What a secure request knows about its session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StickyRequest {
+    /// The session key; `None` until learned (a backend's cookie not seen yet).
+    pub key: Option<SessionKey>,
+    /// The backend the session is bound to, from the table or a cookie.
+    pub preferred: Option<BackendId>,
+    /// The SSL context (backend connection id) the session last used.
+    pub ssl_context: u64,
+    /// The table holds a binding for `key`.
+    pub bound: bool,
+    /// Insert mode: send a fresh sealed cookie with the response.
+    pub issue_cookie: bool,
 }
 
 /// What the stages decided about one request. Reset for each request on a connection.
@@ -286,8 +301,8 @@ fn route(r: &mut Request<'_>) -> Verdict {
     Verdict::Continue
 }
 
-/// QoS priority stage: a trusted upstream's priority header (0–7) overrides the route's; the header is
-/// for tether, never forwarded.
+/// QoS priority stage: a trusted upstream's priority header (0–7) overrides the route's (the header is
+/// for tether and never forwarded: see [`strip_tether_headers`]).
 fn priority(r: &mut Request<'_>) -> Verdict {
     let Some(name) = r.cx.snapshot.qos_priority_header.as_deref() else {
         return Verdict::Continue;
@@ -299,13 +314,21 @@ fn priority(r: &mut Request<'_>) -> Verdict {
             }
         }
     }
-    let bytes = r.bytes;
-    for h in r.head.headers.iter_mut() {
+    Verdict::Continue
+}
+
+/// Marks header fields that are for tether, never for the backend, as not forwarded: today the QoS
+/// priority header. Runs on the head just before it is rewritten for the backend (after any wait, when
+/// the head was parsed again).
+pub(crate) fn strip_tether_headers(snapshot: &ConfigSnapshot, head: &mut RequestHead, bytes: &[u8]) {
+    let Some(name) = snapshot.qos_priority_header.as_deref() else {
+        return;
+    };
+    for h in head.headers.iter_mut() {
         if h.name.of(bytes).eq_ignore_ascii_case(name.as_bytes()) {
             h.hop_by_hop = true;
         }
     }
-    Verdict::Continue
 }
 
 /// Stickiness stage: what a secure request says about its session, and where that session lives.

@@ -247,6 +247,8 @@ impl Session {
             return self.fail(cx, Termination::Internal("request head lost"));
         };
         let bytes = &buf.data()[..head_len];
+        let pinned = self.plan.snapshot.as_deref().unwrap_or(&cx.snapshot);
+        stages::strip_tether_headers(pinned, &mut cx.req_head, bytes);
         let mut out = cx.io.take_vec();
         let info = &cx.listeners[self.listener as usize];
         let fwd = ForwardContext {

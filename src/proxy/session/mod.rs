@@ -16,7 +16,7 @@ use super::io::Transport;
 use super::stages::{self, Plan, Slot, Wait};
 use super::upstream::{self, Upstream};
 use crate::access_log::{AccessRecord, Field};
-use crate::balance::{AttemptOutcome, BackendId};
+use crate::balance::AttemptOutcome;
 use crate::base::buffer::Buffer;
 use crate::base::socket::{ReadOutcome, Readiness, WriteOutcome};
 use crate::base::timer::Deadline;
@@ -27,7 +27,7 @@ use crate::http::{
     ResponseOptions, Version, end_head, parse_request, parse_response, write_request_head,
     write_response_head,
 };
-use crate::sticky::table::{SessionKey, SessionReader};
+use crate::sticky::table::SessionReader;
 use mio::Interest;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -81,21 +81,6 @@ enum ResponseState {
     Body,
     /// All body bytes received and validated (some may still be waiting to be written).
     Done,
-}
-
-/// What a secure request knows about its session.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct StickyRequest {
-    /// The session key; `None` until learned (a backend's cookie not seen yet).
-    pub key: Option<SessionKey>,
-    /// The backend the session is bound to, from the table or a cookie.
-    pub preferred: Option<BackendId>,
-    /// The SSL context (backend connection id) the session last used.
-    pub ssl_context: u64,
-    /// The table holds a binding for `key`.
-    pub bound: bool,
-    /// Insert mode: send a fresh sealed cookie with the response.
-    pub issue_cookie: bool,
 }
 
 /// How far one request's bytes have moved (I/O progress and counters), reset for each request. What was
