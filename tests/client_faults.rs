@@ -68,7 +68,12 @@ fn a_stalled_client_cannot_take_a_backend_out_of_service() {
 
     // The backend is still in service: a normal request reaches it.
     let r = get(t.addr, "/after");
-    assert_eq!(r.status, 200, "the backend was not taken down: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "the backend was not taken down: {}",
+        r.text()
+    );
     assert_eq!(r.text(), "b");
     let fields = log_fields(&t, STALLED + 1);
     assert_eq!(
@@ -174,7 +179,11 @@ fn a_queue_timeout_is_logged_with_its_wait_and_leaks_no_slot() {
     let r = get(t.addr, "/third");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "/third");
-    assert_eq!(b.request_count(), 2, "the timed-out request never reached it");
+    assert_eq!(
+        b.request_count(),
+        2,
+        "the timed-out request never reached it"
+    );
 }
 
 #[test]
