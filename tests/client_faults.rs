@@ -38,13 +38,13 @@ fn a_stalled_client_cannot_take_a_backend_out_of_service() {
             let addr = t.addr;
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
-                // Promises 100 body bytes, sends 10, then says nothing more.
-                c.send(
-                    format!(
-                        "POST /upload/{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789"
-                    )
-                    .as_bytes(),
-                );
+                // Promises 100 body bytes and sends 10 (or starts a chunked body), then says no more.
+                let framing = if i % 2 == 0 {
+                    "Content-Length: 100\r\n\r\n0123456789"
+                } else {
+                    "Transfer-Encoding: chunked\r\n\r\n64\r\n0123456789"
+                };
+                c.send(format!("POST /upload/{i} HTTP/1.1\r\nHost: t\r\n{framing}").as_bytes());
                 let r = response_or_close(&mut c);
                 (r.map(|r| r.status), c.closed())
             })

@@ -90,6 +90,45 @@ fn echo_sends_100_continue_before_it_reads_the_body() {
 }
 
 #[test]
+fn a_body_over_the_limit_is_refused_without_a_100_continue() {
+    let b = Backend::named("b");
+    let t = start(&b);
+    let mut c = Client::connect(t.addr);
+    c.send(echo_head(5000, "Expect: 100-continue\r\n").as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(
+        r.status, 413,
+        "refused at once, no go-ahead for a body it will not take"
+    );
+    assert!(c.closed());
+    assert_eq!(log_fields(&t, 1)[0]["termination"], "body_too_large");
+}
+
+#[test]
+fn a_request_pipelined_behind_an_echo_is_served() {
+    let b = Backend::named("b");
+    let t = start(&b);
+    let mut c = Client::connect(t.addr);
+    // Echo request and the next request in one write: the echo's body must not swallow the next head.
+    c.send(
+        format!(
+            "{}helloGET /behind HTTP/1.1\r\nHost: t\r\n\r\n",
+            echo_head(5, "")
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "b");
+    let received = b.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, "/behind");
+}
+
+#[test]
 fn a_body_sent_in_pieces_is_echoed_whole() {
     let b = Backend::named("b");
     let t = start(&b);
@@ -168,6 +207,26 @@ fn parked_requests_do_not_hold_up_the_worker() {
         PARKED
     );
     assert_eq!(b.request_count(), 1);
+}
+
+#[test]
+fn a_parked_request_whose_client_leaves_disturbs_nothing() {
+    let b = Backend::named("b");
+    let t = start(&b);
+    for _ in 0..5 {
+        let mut c = Client::connect(t.addr);
+        c.send(b"GET /.tether/test/wake?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n");
+        drop(c);
+    }
+    // New connections (which may reuse the departed sessions' slots) are served, before and after the
+    // departed requests' tickets complete.
+    assert_eq!(get(t.addr, "/during").status, 200);
+    let mut c = Client::connect(t.addr);
+    let r = c.get("/.tether/test/wake?ms=600");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "woken\n");
+    assert_eq!(c.get("/after").text(), "b");
+    assert_eq!(b.request_count(), 2);
 }
 
 #[test]
