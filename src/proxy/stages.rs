@@ -320,7 +320,11 @@ fn priority(r: &mut Request<'_>) -> Verdict {
 /// Marks header fields that are for tether, never for the backend, as not forwarded: today the QoS
 /// priority header. Runs on the head just before it is rewritten for the backend (after any wait, when
 /// the head was parsed again).
-pub(crate) fn strip_tether_headers(snapshot: &ConfigSnapshot, head: &mut RequestHead, bytes: &[u8]) {
+pub(crate) fn strip_tether_headers(
+    snapshot: &ConfigSnapshot,
+    head: &mut RequestHead,
+    bytes: &[u8],
+) {
     let Some(name) = snapshot.qos_priority_header.as_deref() else {
         return;
     };

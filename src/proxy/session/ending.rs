@@ -191,9 +191,11 @@ impl Session {
                 .is_some_and(|o| self.x.head_sent < o.len());
         let to_client = self.resp_out_pending() > 0 || self.x.resp_pending > 0;
         let client_owes = self.x.req_body != Body::Done && !to_backend;
-        let backend = self.x.resp != ResponseState::Done
-            && !to_client
-            && (to_backend || self.x.req_body == Body::Done);
+        // A backend that stops reading while the client is not reading either is most likely blocked
+        // writing a response tether is not reading (the client's backpressure): the client's clock.
+        let backend = !to_client
+            && (to_backend
+                || (self.x.resp != ResponseState::Done && self.x.req_body == Body::Done));
         (backend, client_owes || to_client)
     }
 
