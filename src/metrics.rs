@@ -350,119 +350,107 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Appends one counter family: its help and type lines, then one sample per `(label value, count)`, or
+/// a single unlabelled sample when `label_name` is empty.
+fn prometheus_counter<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label_name: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in samples {
+        if label_name.is_empty() {
+            let _ = writeln!(out, "{name} {n}");
+        } else {
+            let _ = writeln!(out, "{name}{{{label_name}=\"{}\"}} {n}", label(value));
+        }
+    }
+}
+
 /// The request metrics in Prometheus' text exposition format.
 pub fn prometheus(t: &Totals) -> String {
     let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        &mut out,
-        "tether_connections_accepted_total",
-        "Client connections accepted.",
-        t.accepted,
-    );
-    counter(
-        &mut out,
-        "tether_connections_rejected_per_client_total",
-        "Connections closed at accept: over the per-client limit.",
-        t.rejected_per_client,
-    );
-    counter(
-        &mut out,
-        "tether_requests_total",
-        "Request heads parsed.",
-        t.requests,
-    );
-    counter(
-        &mut out,
-        "tether_requests_answered_by_tether_total",
-        "Requests answered by tether's own endpoints.",
-        t.answered,
-    );
-    counter(
-        &mut out,
-        "tether_retries_total",
-        "Attempts after a request's first.",
-        t.retries,
-    );
-    counter(
-        &mut out,
-        "tether_upstream_connects_total",
-        "Backend connections opened.",
-        t.upstream_connects,
-    );
-    counter(
-        &mut out,
-        "tether_upstream_reuses_total",
-        "Idle backend connections reused.",
-        t.upstream_reuses,
-    );
-    counter(
-        &mut out,
-        "tether_panics_total",
-        "Panics caught on workers.",
-        t.panics,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tether_terminations_total Requests by how they ended.\n# TYPE tether_terminations_total counter"
-    );
-    for (i, l) in Termination::ALL_LABELS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "tether_terminations_total{{reason=\"{l}\"}} {}",
-            t.terminations[i]
-        );
+    let plain: [(&str, &str, u64); 8] = [
+        (
+            "tether_connections_accepted_total",
+            "Client connections accepted.",
+            t.accepted,
+        ),
+        (
+            "tether_connections_rejected_per_client_total",
+            "Connections closed at accept: over the per-client limit.",
+            t.rejected_per_client,
+        ),
+        ("tether_requests_total", "Request heads parsed.", t.requests),
+        (
+            "tether_requests_answered_by_tether_total",
+            "Requests answered by tether's own endpoints.",
+            t.answered,
+        ),
+        (
+            "tether_retries_total",
+            "Attempts after a request's first.",
+            t.retries,
+        ),
+        (
+            "tether_upstream_connects_total",
+            "Backend connections opened.",
+            t.upstream_connects,
+        ),
+        (
+            "tether_upstream_reuses_total",
+            "Idle backend connections reused.",
+            t.upstream_reuses,
+        ),
+        ("tether_panics_total", "Panics caught on workers.", t.panics),
+    ];
+    for (name, help, v) in plain {
+        prometheus_counter(&mut out, name, help, "", [("", v)]);
     }
-    let _ = writeln!(
-        out,
-        "# HELP tether_responses_total Responses by status class.\n# TYPE tether_responses_total counter"
+    prometheus_counter(
+        &mut out,
+        "tether_terminations_total",
+        "Requests by how they ended.",
+        "reason",
+        Termination::ALL_LABELS.iter().copied().zip(t.terminations),
     );
-    for (i, class) in ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
-        .iter()
-        .enumerate()
-    {
-        let _ = writeln!(
-            out,
-            "tether_responses_total{{class=\"{class}\"}} {}",
-            t.status[i]
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tether_listener_connections_total Connections accepted per listener.\n# TYPE tether_listener_connections_total counter"
+    prometheus_counter(
+        &mut out,
+        "tether_responses_total",
+        "Responses by status class.",
+        "class",
+        ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .zip(t.status),
     );
-    for (name, n) in &t.listeners {
-        let _ = writeln!(
-            out,
-            "tether_listener_connections_total{{listener=\"{}\"}} {n}",
-            label(name)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tether_cluster_requests_total Requests routed to a cluster.\n# TYPE tether_cluster_requests_total counter"
-    );
-    for (name, n) in &t.clusters {
-        let _ = writeln!(
-            out,
-            "tether_cluster_requests_total{{cluster=\"{}\"}} {n}",
-            label(name)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tether_route_requests_total Requests matched by a route.\n# TYPE tether_route_requests_total counter"
-    );
-    for (name, n) in &t.routes {
-        let _ = writeln!(
-            out,
-            "tether_route_requests_total{{route=\"{}\"}} {n}",
-            label(name)
+    for (name, help, label_name, list) in [
+        (
+            "tether_listener_connections_total",
+            "Connections accepted per listener.",
+            "listener",
+            &t.listeners,
+        ),
+        (
+            "tether_cluster_requests_total",
+            "Requests routed to a cluster.",
+            "cluster",
+            &t.clusters,
+        ),
+        (
+            "tether_route_requests_total",
+            "Requests matched by a route.",
+            "route",
+            &t.routes,
+        ),
+    ] {
+        prometheus_counter(
+            &mut out,
+            name,
+            help,
+            label_name,
+            list.iter().map(|(n, v)| (n.as_str(), *v)),
         );
     }
     prometheus_histogram(

@@ -39,26 +39,6 @@ fn spawn_get(addr: SocketAddr, path: String) -> std::thread::JoinHandle<Response
     std::thread::spawn(move || get(addr, &path))
 }
 
-/// Waits until SIGUSR1 reports `n` requests waiting in total.
-fn wait_queued(t: &Tether, n: u32) {
-    wait_until(&format!("{n} queued requests"), || {
-        t.signal("USR1");
-        std::thread::sleep(Duration::from_millis(50));
-        t.log_lines().iter().rev().take(20).any(|l| {
-            l.contains("stats: qos")
-                && l.split("waiting_by_class=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                    .map(|v| {
-                        v.split(", ")
-                            .filter_map(|x| x.parse::<u32>().ok())
-                            .sum::<u32>()
-                    })
-                    == Some(n)
-        })
-    });
-}
-
 #[test]
 fn every_high_priority_request_is_served_before_any_waiting_low_one() {
     let gate = Gate::default();
@@ -72,7 +52,7 @@ fn every_high_priority_request_is_served_before_any_waiting_low_one() {
         waiting.push(spawn_get(t.addr, format!("/low/{i}")));
         waiting.push(spawn_get(t.addr, format!("/high/{i}")));
     }
-    wait_queued(&t, 40);
+    t.wait_queued(40);
     gate.open();
     assert_eq!(blocker.join().unwrap().status, 200);
     for h in waiting {
@@ -100,13 +80,13 @@ fn aging_lets_a_long_waiting_low_request_through_within_its_bound() {
     let blocker = spawn_get(t.addr, "/block".into());
     wait_until("the blocker to hold the slot", || b.request_count() == 1);
     let low = spawn_get(t.addr, "/low/old".into());
-    wait_queued(&t, 1);
+    t.wait_queued(1);
     // Well past the aging bound, a crowd of high-priority requests arrives.
     std::thread::sleep(Duration::from_millis(400));
     let highs: Vec<_> = (0..10)
         .map(|i| spawn_get(t.addr, format!("/high/{i}")))
         .collect();
-    wait_queued(&t, 11);
+    t.wait_queued(11);
     gate.open();
     blocker.join().unwrap();
     assert_eq!(low.join().unwrap().status, 200);
@@ -154,7 +134,7 @@ fn a_full_queue_answers_503_at_once() {
     let blocker = spawn_get(t.addr, "/block".into());
     wait_until("the blocker to hold the slot", || b.request_count() == 1);
     let queued = spawn_get(t.addr, "/high/queued".into());
-    wait_queued(&t, 1);
+    t.wait_queued(1);
     let r = get(t.addr, "/high/refused");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("queue full"), "{}", r.text());
@@ -177,7 +157,7 @@ fn a_slot_freed_on_one_worker_wakes_a_request_waiting_on_another() {
     let waiting: Vec<_> = (0..12)
         .map(|i| spawn_get(t.addr, format!("/high/{i}")))
         .collect();
-    wait_queued(&t, 12);
+    t.wait_queued(12);
     gate.open();
     blocker.join().unwrap();
     for h in waiting {

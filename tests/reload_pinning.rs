@@ -36,26 +36,6 @@ fn gated_backend(name: &str, gate: Gate) -> Backend {
     })
 }
 
-/// Waits until SIGUSR1 reports `n` requests waiting in the QoS queues.
-fn wait_queued(t: &Tether, n: u32) {
-    wait_until(&format!("{n} queued request(s)"), || {
-        t.signal("USR1");
-        std::thread::sleep(Duration::from_millis(50));
-        t.log_lines().iter().rev().take(30).any(|l| {
-            l.contains("stats: qos")
-                && l.split("waiting_by_class=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                    .map(|v| {
-                        v.split(", ")
-                            .filter_map(|x| x.parse::<u32>().ok())
-                            .sum::<u32>()
-                    })
-                    == Some(n)
-        })
-    });
-}
-
 /// Waits until SIGUSR1 reports every backend at `inflight=0`: every slot was given back.
 fn wait_no_slot_held(t: &Tether) {
     wait_until("every QoS slot given back (inflight=0)", || {
@@ -77,26 +57,41 @@ fn reload(t: &Tether, config: &str, generation: u32) {
     t.wait_log(&format!("(generation {generation})"));
 }
 
+/// Requests on their own connections, each from a thread.
+type Pending = Vec<std::thread::JoinHandle<Response>>;
+
+/// A slow request takes the backend's only slot, then `queued` requests wait for it. Returns the slow
+/// one and the queued ones.
+fn hold_slot_and_queue(t: &Tether, b: &Backend, queued: &[&str]) -> (Pending, Pending) {
+    let spawn = |path: String| {
+        let addr = t.addr;
+        std::thread::spawn(move || get(addr, &path))
+    };
+    let slow = vec![spawn("/slow".into())];
+    wait_until("the slow request to hold the slot", || {
+        b.request_count() == 1
+    });
+    let waiting: Pending = queued.iter().map(|p| spawn(p.to_string())).collect();
+    t.wait_queued(queued.len() as u32);
+    (slow, waiting)
+}
+
+/// Joins requests; each must have been answered 200 with a body starting with `prefix`.
+fn all_served(requests: Pending, prefix: &str) {
+    for r in requests {
+        let r = r.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().starts_with(prefix), "{}", r.text());
+    }
+}
+
 #[test]
 fn a_reload_that_reorders_clusters_leaves_a_queued_request_its_backend_and_slot() {
     let gate = Gate::default();
     let b = gated_backend("b", gate.clone());
     let other = Backend::named("other");
-    let before = config("", b.addr, "");
-    let t = Tether::start(&before);
-
-    let slow = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/slow")
-    });
-    wait_until("the slow request to hold the slot", || {
-        b.request_count() == 1
-    });
-    let queued = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/queued")
-    });
-    wait_queued(&t, 1);
+    let t = Tether::start(&config("", b.addr, ""));
+    let (slow, queued) = hold_slot_and_queue(&t, &b, &["/queued"]);
 
     // A new cluster whose name sorts before `web`: `web` moves from index 0 to index 1.
     let after = config(
@@ -110,11 +105,8 @@ fn a_reload_that_reorders_clusters_leaves_a_queued_request_its_backend_and_slot(
     reload(&t, &after, 2);
     gate.open();
 
-    let slow = slow.join().unwrap();
-    let queued = queued.join().unwrap();
-    assert_eq!(slow.status, 200, "{}", slow.text());
-    assert_eq!(queued.status, 200, "{}", queued.text());
-    assert_eq!(queued.text(), "b /queued");
+    all_served(slow, "b /slow");
+    all_served(queued, "b /queued");
 
     // Nothing leaked: ten more requests are served at once, none waits out the queue timeout.
     for i in 0..10 {
@@ -138,19 +130,7 @@ fn a_reload_that_removes_the_queued_requests_cluster_still_serves_it_from_the_pi
     let b = gated_backend("b", gate.clone());
     let c = Backend::named("c");
     let t = Tether::start(&config("", b.addr, ""));
-
-    let slow = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/slow")
-    });
-    wait_until("the slow request to hold the slot", || {
-        b.request_count() == 1
-    });
-    let queued = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/queued")
-    });
-    wait_queued(&t, 1);
+    let (slow, queued) = hold_slot_and_queue(&t, &b, &["/queued"]);
 
     // `web` is gone: its route now leads to a new cluster on another backend.
     let after = format!(
@@ -162,14 +142,9 @@ fn a_reload_that_removes_the_queued_requests_cluster_still_serves_it_from_the_pi
     );
     reload(&t, &after, 2);
     gate.open();
-    assert_eq!(slow.join().unwrap().status, 200);
-    let queued = queued.join().unwrap();
-    assert_eq!(queued.status, 200, "{}", queued.text());
-    assert_eq!(
-        queued.text(),
-        "b /queued",
-        "served where it was routed before the reload"
-    );
+    all_served(slow, "b /slow");
+    // Served where it was routed before the reload.
+    all_served(queued, "b /queued");
     for i in 0..5 {
         assert_eq!(get(t.addr, &format!("/n/{i}")).text(), "c");
     }
@@ -183,30 +158,12 @@ fn a_reload_that_moves_the_backend_to_another_address_serves_the_queued_request_
     let b = gated_backend("b", gate.clone());
     let moved = Backend::named("moved");
     let t = Tether::start(&config("", b.addr, ""));
-
-    let slow = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/slow")
-    });
-    wait_until("the slow request to hold the slot", || {
-        b.request_count() == 1
-    });
-    let queued: Vec<_> = (0..3)
-        .map(|i| {
-            let addr = t.addr;
-            std::thread::spawn(move || get(addr, &format!("/queued/{i}")))
-        })
-        .collect();
-    wait_queued(&t, 3);
+    let (slow, queued) = hold_slot_and_queue(&t, &b, &["/queued/0", "/queued/1", "/queued/2"]);
 
     reload(&t, &config("", moved.addr, ""), 2);
     gate.open();
-    assert_eq!(slow.join().unwrap().status, 200);
-    for q in queued {
-        let r = q.join().unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.text().starts_with("b /queued/"), "{}", r.text());
-    }
+    all_served(slow, "b /slow");
+    all_served(queued, "b /queued/");
     for i in 0..5 {
         assert_eq!(get(t.addr, &format!("/new/{i}")).text(), "moved");
     }
@@ -214,33 +171,37 @@ fn a_reload_that_moves_the_backend_to_another_address_serves_the_queued_request_
 }
 
 #[test]
-fn slots_are_given_back_when_queued_clients_leave_or_time_out() {
+fn a_queued_client_that_hangs_up_gives_its_place_and_slot_back() {
     let gate = Gate::default();
     let b = gated_backend("b", gate.clone());
-    let config =
-        config("", b.addr, "").replace("queue_timeout = \"5s\"", "queue_timeout = \"300ms\"");
-    let t = Tether::start(&config);
-    let slow = std::thread::spawn({
-        let addr = t.addr;
-        move || get(addr, "/slow")
-    });
-    wait_until("the slow request to hold the slot", || {
-        b.request_count() == 1
-    });
-    // Two queued clients hang up, one waits out the queue timeout.
+    let t = Tether::start(&config("", b.addr, ""));
+    let (slow, _) = hold_slot_and_queue(&t, &b, &[]);
     for i in 0..2 {
         let mut c = Client::connect(t.addr);
         c.send(format!("GET /gone/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-        wait_queued(&t, 1);
+        t.wait_queued(1);
         drop(c);
-        wait_queued(&t, 0);
+        t.wait_queued(0);
     }
-    assert_eq!(get(t.addr, "/late").status, 503);
     gate.open();
-    assert_eq!(slow.join().unwrap().status, 200);
+    all_served(slow, "b /slow");
     for i in 0..5 {
         assert_eq!(get(t.addr, &format!("/ok/{i}")).status, 200);
     }
     wait_no_slot_held(&t);
-    assert_eq!(b.request_count(), 6, "the slow one and five after it");
+    assert_eq!(
+        b.request_count(),
+        6,
+        "the slow one and five after it; never the two that left"
+    );
+    let gone: Vec<String> = t
+        .access_lines(8)
+        .into_iter()
+        .filter(|l| l.contains("/gone/"))
+        .collect();
+    assert_eq!(gone.len(), 2, "{gone:#?}");
+    for l in gone {
+        // Given up when the client left, not after the 5 s queue timeout.
+        assert_eq!(json_fields(&l)["termination"], "client_closed", "{l}");
+    }
 }

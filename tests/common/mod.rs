@@ -849,6 +849,26 @@ impl Tether {
             .filter(|l| l.contains(needle))
             .count()
     }
+
+    /// Waits until SIGUSR1 reports `n` requests waiting in the QoS queues, over every class.
+    pub fn wait_queued(&self, n: u32) {
+        wait_until(&format!("{n} queued request(s)"), || {
+            self.signal("USR1");
+            std::thread::sleep(Duration::from_millis(50));
+            self.log_lines().iter().rev().take(30).any(|l| {
+                l.contains("stats: qos")
+                    && l.split("waiting_by_class=[")
+                        .nth(1)
+                        .and_then(|r| r.split(']').next())
+                        .map(|v| {
+                            v.split(", ")
+                                .filter_map(|x| x.parse::<u32>().ok())
+                                .sum::<u32>()
+                        })
+                        == Some(n)
+            })
+        });
+    }
 }
 
 // ----- process accounting (appended for the hardening tests) -------------------------------------------
