@@ -1,0 +1,92 @@
+//! A replicated record: kind, key, version (hybrid logical clock + writer), absolute expiry, and a value or
+//! a tombstone — and its canonical byte encoding, shared by the wire protocol (docs/PROTOCOL.md, "Records")
+//! and the store's digest.
+
+use std::sync::Arc;
+
+/// What a record is about. Kinds 3–63 are reserved for the next stages (logins, tokens, revocations,
+/// notification queues, uploads, counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Kind {
+    /// A session → backend binding (the session table).
+    SessionBinding = 1,
+    /// The TLS session-ticket key set.
+    TicketKeys = 2,
+}
+
+impl Kind {
+    /// The kind for a wire byte; `None` for an unknown or reserved one.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::SessionBinding),
+            2 => Some(Kind::TicketKeys),
+            _ => None,
+        }
+    }
+}
+
+/// Longest key (bytes).
+pub const MAX_KEY: usize = 64;
+/// Longest value (bytes).
+pub const MAX_VALUE: usize = 1 << 20;
+
+/// A record's version: last writer wins by `(hlc, node_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Version {
+    /// Hybrid logical clock: milliseconds since the Unix epoch << 16 | a logical counter.
+    pub hlc: u64,
+    /// The writer's node id (the first two bytes of SHA-256 of its node name).
+    pub node_id: u16,
+}
+
+/// One replicated record. Values are shared (`Arc`) so a record is copied into the store, the origin
+/// stream's backlog and a snapshot without copying its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub kind: Kind,
+    pub key: Arc<[u8]>,
+    pub version: Version,
+    /// Absolute expiry, seconds since the Unix epoch (0: never).
+    pub expires: u32,
+    /// `None`: a tombstone (the key was deleted at `version`).
+    pub value: Option<Arc<[u8]>>,
+}
+
+impl Record {
+    /// Whether this record wins over one at `other` (last writer wins; equal versions: the larger
+    /// encoding, so every node picks the same).
+    pub fn newer_than(&self, other: &Record) -> bool {
+        match self.version.cmp(&other.version) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                self.encode(&mut a);
+                other.encode(&mut b);
+                a > b
+            }
+        }
+    }
+
+    /// Bytes on the wire (and in the digest) for this record.
+    pub fn encoded_len(&self) -> usize {
+        1 + 1 + 1 + self.key.len() + 8 + 2 + 4 + self.value.as_ref().map_or(0, |v| 4 + v.len())
+    }
+
+    /// Appends the canonical encoding (docs/PROTOCOL.md, "Records").
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        debug_assert!(!self.key.is_empty() && self.key.len() <= MAX_KEY);
+        out.push(self.kind as u8);
+        out.push(u8::from(self.value.is_none()));
+        out.push(self.key.len() as u8);
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.version.hlc.to_be_bytes());
+        out.extend_from_slice(&self.version.node_id.to_be_bytes());
+        out.extend_from_slice(&self.expires.to_be_bytes());
+        if let Some(v) = &self.value {
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+}
