@@ -14,7 +14,7 @@ Examples:
   tether check -c tether.toml          validate a config (exit 1 and every error on a bad one)
 
 Signals: SIGHUP reloads the config file, SIGTERM/SIGINT stop gracefully (twice: at once),
-SIGUSR1 logs per-backend counters. TETHER_LOG=debug for more logging.";
+SIGUSR1 logs the request, backend, QoS, TLS and session counters. TETHER_LOG=debug for more logging.";
 
 #[derive(Parser)]
 #[command(
@@ -67,9 +67,30 @@ enum Command {
         tls_listen: String,
     },
     /// Generate development certificates: a CA, a `localhost` server certificate, a backend certificate
-    /// and a client certificate (never for production).
-    #[command(after_help = "Example:\n  tether certs --out configs/certs")]
+    /// and a client certificate; or, with `cluster`, a cluster CA and one certificate per node for the
+    /// replication links (never for production).
+    #[command(
+        after_help = "Examples:\n  tether certs --out configs/certs\n  \
+                      tether certs cluster --nodes a,b,c --out configs/cluster/certs",
+        args_conflicts_with_subcommands = true
+    )]
     Certs {
+        /// Directory to write the PEM files into (created if missing).
+        #[arg(long, value_name = "DIR", required = true)]
+        out: Option<PathBuf>,
+        #[command(subcommand)]
+        kind: Option<CertsKind>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsKind {
+    /// A cluster CA (`ca.crt`, `ca.key`) and a certificate per node (`NODE.crt`, `NODE.key`), each valid
+    /// as both ends of a mutually authenticated replication link.
+    Cluster {
+        /// Node names, comma-separated (letters, digits, '.', '_', '-').
+        #[arg(long, value_name = "A,B,C", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
         /// Directory to write the PEM files into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -96,7 +117,13 @@ fn main() -> ExitCode {
             };
             serve(cfg, options)
         }
-        Command::Certs { out } => match tether::tls::generate::write_dev_certs(&out) {
+        Command::Certs { out, kind } => match match (kind, out) {
+            (Some(CertsKind::Cluster { nodes, out }), _) => {
+                tether::tls::generate::write_cluster_certs(&out, &nodes)
+            }
+            (None, Some(out)) => tether::tls::generate::write_dev_certs(&out),
+            (None, None) => Err("--out DIR is required".into()),
+        } {
             Ok(written) => {
                 for f in written.files {
                     println!("wrote {}", f.display());

@@ -63,6 +63,19 @@ impl DevCa {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A cluster node's certificate: named after the node (its subject and first DNS name, which peers
+    /// check against the node name it announces) and `127.0.0.1`, for both ends of a replication link.
+    pub fn node(&self, name: &str) -> Result<Issued, rcgen::Error> {
+        self.issue_for(
+            &[name, "127.0.0.1"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            KeyPair::generate()?,
+        )
+    }
+
     fn issue(
         &self,
         names: &[&str],
@@ -77,6 +90,15 @@ impl DevCa {
         usage: ExtendedKeyUsagePurpose,
         key: KeyPair,
     ) -> Result<Issued, rcgen::Error> {
+        self.issue_for(names, &[usage], key)
+    }
+
+    fn issue_for(
+        &self,
+        names: &[&str],
+        usages: &[ExtendedKeyUsagePurpose],
+        key: KeyPair,
+    ) -> Result<Issued, rcgen::Error> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone())?;
         if let Some(first) = names.first() {
@@ -84,7 +106,7 @@ impl DevCa {
                 .distinguished_name
                 .push(DnType::CommonName, first.as_str());
         }
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
@@ -130,6 +152,51 @@ pub fn write_dev_certs(dir: &Path) -> Result<Written, String> {
     Ok(Written { files: written })
 }
 
+/// Whether `name` may name a cluster node: 1–64 bytes of `[A-Za-z0-9._-]` (docs/PROTOCOL.md, "Concepts").
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Writes a development cluster CA (`ca.crt`, `ca.key`) and a certificate per node (`NODE.crt`,
+/// `NODE.key`) into `dir`, for the mutual TLS of replication links (`tether certs cluster`).
+pub fn write_cluster_certs(dir: &Path, nodes: &[String]) -> Result<Written, String> {
+    if nodes.is_empty() {
+        return Err("--nodes names no node".into());
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if !valid_node_name(n) {
+            return Err(format!(
+                "node name {n:?} is not 1-64 characters of letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if nodes[..i].contains(n) {
+            return Err(format!("node name {n:?} is given twice"));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let err = |e: rcgen::Error| e.to_string();
+    let ca = DevCa::new("tether cluster development CA").map_err(err)?;
+    let mut files = vec![
+        ("ca.crt".to_string(), ca.cert_pem()),
+        ("ca.key".to_string(), ca.key_pem().to_string()),
+    ];
+    for n in nodes {
+        let issued = ca.node(n).map_err(err)?;
+        files.push((format!("{n}.crt"), issued.cert_pem));
+        files.push((format!("{n}.key"), issued.key_pem));
+    }
+    let mut written = Vec::new();
+    for (name, pem) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(Written { files: written })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +218,31 @@ mod tests {
             &dir.path().join("backend.key"),
         );
         assert!(mismatch.is_err());
+    }
+
+    #[test]
+    fn cluster_certificates_name_their_nodes_and_refuse_bad_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<String> = ["a", "b", "node-c.east"].map(String::from).to_vec();
+        let written = write_cluster_certs(dir.path(), &nodes).unwrap();
+        assert_eq!(written.files.len(), 2 + 2 * nodes.len());
+        for n in &nodes {
+            let key = crate::tls::certs::load_certified_key(
+                &dir.path().join(format!("{n}.crt")),
+                &dir.path().join(format!("{n}.key")),
+            )
+            .unwrap();
+            assert_eq!(
+                crate::tls::certs::dns_names(&key.cert[0]).unwrap(),
+                vec![n.clone()]
+            );
+        }
+        for bad in [
+            vec![],
+            vec!["a b".to_string()],
+            vec!["a".into(), "a".into()],
+        ] {
+            assert!(write_cluster_certs(dir.path(), &bad).is_err(), "{bad:?}");
+        }
     }
 }
