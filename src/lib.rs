@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod qos;
+pub mod replication;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
