@@ -6,9 +6,9 @@
 //! rewritten head that parses differently, an offset outside the buffer). Refusing the input is fine;
 //! panicking on it is the bug.
 //!
-//! No input carries a control prefix: the corpora are plain HTTP messages, chunked bodies and TOML files
-//! that a person can read and extend. Where a target needs a choice (a split point, a method) it derives it
-//! from the input, so the fuzzer still steers it.
+//! No input carries a control prefix: the corpora are plain HTTP messages, chunked bodies, TOML files and
+//! replication frame streams that a person can read and extend. Where a target needs a choice (a split
+//! point, a method) it derives it from the input, so the fuzzer still steers it.
 
 use crate::http::{
     ChunkedDecoder, ForwardContext, HeadLimits, HeadScanner, HeaderKind, Method, RequestHead,
@@ -348,6 +348,37 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// Replication frames (docs/PROTOCOL.md): frames are decoded from the input one after another, as a link
+/// reads them, until the input ends or is refused. The verdict for a prefix of the rest (cut where the input
+/// says) is "need more bytes" or the same verdict; every decoded frame re-encodes to exactly the bytes it
+/// was decoded from (the encoding is canonical) and decodes again to itself.
+pub fn replication_frame(data: &[u8]) {
+    use crate::replication::frame::{HEADER_LEN, decode, encode};
+    let mut rest = data;
+    loop {
+        let verdict = decode(rest);
+        let cut = split_point(rest);
+        let partial = decode(&rest[..cut]);
+        match &verdict {
+            Ok(Some((_, n))) if cut < *n => assert_eq!(partial, Ok(None), "prefix of {cut} bytes"),
+            Ok(Some(_)) | Ok(None) => assert_eq!(partial, verdict, "prefix of {cut} bytes"),
+            Err(_) => assert!(
+                partial == Ok(None) || partial == verdict,
+                "prefix of {cut} bytes: {partial:?}, whole: {verdict:?}"
+            ),
+        }
+        let Ok(Some((frame, n))) = verdict else {
+            break;
+        };
+        assert!((HEADER_LEN..=rest.len()).contains(&n));
+        let mut out = vec![0xa5];
+        encode(&frame, &mut out);
+        assert_eq!(&out[1..], &rest[..n], "re-encoding of {frame:?}");
+        assert_eq!(decode(&out[1..]), Ok(Some((frame, n))));
+        rest = &rest[n..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +392,14 @@ mod tests {
         response_head(b"HTTP/1.0 200 OK\r\n\r\nbody");
         config(include_bytes!("../configs/full.toml"));
         config(b"[[listeners]\n");
-        for f in [request_head, chunked, response_head, config] {
+        replication_frame(b"\x11\0\0\0\x10\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x07\x30");
+        for f in [
+            request_head,
+            chunked,
+            response_head,
+            config,
+            replication_frame,
+        ] {
             f(b"");
             f(b"\xff\r\n");
         }

@@ -30,4 +30,5 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod sticky;
+pub mod store;
 pub mod tls;

@@ -1,3 +1,7 @@
-//! Replication between tether nodes: peer links (TLS 1.3, mutual authentication) and frames.
+//! Replication: the thread that mirrors the store to the cluster's other nodes, its peer links (TLS 1.3,
+//! mutual authentication), and the frames those links carry (docs/PROTOCOL.md).
 
+pub mod frame;
 pub mod link_tls;
+
+pub use frame::{Frame, FrameError, Start, WelcomeStatus, decode, encode};
