@@ -90,6 +90,9 @@ fn check_accepts_good_configs_and_names_file_line_and_key_of_bad_ones() {
         "configs/demo.toml",
         "configs/tls.toml",
         "configs/sticky.toml",
+        "configs/cluster/a.toml",
+        "configs/cluster/b.toml",
+        "configs/cluster/c.toml",
     ] {
         let out = Command::new(bin)
             .args(["check", "-c", good])

@@ -11,6 +11,11 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// A buffer of `size` bytes outside any pool (long-lived connections such as replication links).
+    pub fn new(size: usize) -> Self {
+        Buffer::with_capacity(size)
+    }
+
     fn with_capacity(size: usize) -> Self {
         Buffer {
             data: vec![0u8; size].into_boxed_slice(),

@@ -37,6 +37,9 @@ pub struct Config {
     /// `[qos]`: priority scheduling of waiting requests.
     #[serde(default)]
     pub qos: QosConfig,
+    /// `[cluster]`: this node's place among tether nodes that mirror their state (absent: a lone node).
+    #[serde(default)]
+    pub cluster: Option<ClusterMembership>,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -820,6 +823,51 @@ impl Default for QosConfig {
             priority_header: None,
         }
     }
+}
+
+/// `[cluster]`: the tether nodes this one mirrors its replicated state with, over mutually
+/// authenticated TLS links (docs/PROTOCOL.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMembership {
+    /// The cluster's name; a peer announcing another one is refused.
+    pub name: String,
+    /// This node's name (its certificate must carry it).
+    pub node: String,
+    /// Where this node accepts replication links (`ip:port`).
+    pub listen: String,
+    /// Every other node of the cluster (full mesh, 1–7 peers).
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Link security: the cluster CA and this node's certificate and key.
+    pub tls: LinkTlsConfig,
+    /// A heartbeat goes out on a link idle this long; three missed ones close the link.
+    #[serde(with = "duration", default = "default_heartbeat")]
+    pub heartbeat: Duration,
+}
+
+/// One peer of `[cluster]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// Its replication address (`ip:port`).
+    pub address: String,
+}
+
+/// `[cluster.tls]`: PEM files (relative paths: from the config file's directory).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkTlsConfig {
+    /// The cluster CA that issued every node's certificate.
+    pub ca: String,
+    /// This node's certificate (its first DNS name is the node name) and key.
+    pub cert: String,
+    pub key: String,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_host() -> String {

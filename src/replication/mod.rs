@@ -2,6 +2,8 @@
 //! mutual authentication), and the frames those links carry (docs/PROTOCOL.md).
 
 pub mod frame;
+pub mod link;
 pub mod link_tls;
+pub mod node;
 
 pub use frame::{Frame, FrameError, Start, WelcomeStatus, decode, encode};

@@ -34,6 +34,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     Tls(String),
+    /// `[cluster]` could not be set up (replication listener, link certificates).
+    #[error("{0}")]
+    Cluster(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,6 +72,8 @@ pub struct Server {
     sticky: Arc<Stickiness>,
     /// Every worker's counters and histograms.
     metrics: Arc<crate::metrics::Registry>,
+    /// The replication thread and its peer links (`[cluster]`).
+    replication: Option<crate::replication::node::Replication>,
     /// Active health checks and passive cool-downs, one thread for the process.
     prober: Option<crate::health::Prober>,
     /// Signal handling, set up before the workers accept anything: it needs descriptors, and a flood of
@@ -143,6 +148,13 @@ impl Server {
                 redirect_https: l.redirect_https,
                 plain_http: l.tls.as_ref().map(|t| t.plain_http).unwrap_or_default(),
             });
+        }
+
+        // The replication listener is bound with the others, before anything starts.
+        let replication =
+            crate::replication::node::Setup::from_config(&config).map_err(StartError::Cluster)?;
+        if let Some(addr) = replication.as_ref().and_then(|r| r.local_addr()) {
+            log::info!("replication listening on {addr}");
         }
 
         let access_log = if config.access_log.enabled {
@@ -250,6 +262,10 @@ impl Server {
                 thread: Some(thread),
             });
         }
+        let replication = match replication {
+            Some(setup) => Some(crate::replication::node::Replication::start(setup)?),
+            None => None,
+        };
         for (addr, info) in addresses.iter().zip(&infos) {
             log::info!(
                 "listening on {}://{addr} (listener {}, {count} worker{})",
@@ -271,6 +287,7 @@ impl Server {
             tls,
             sticky,
             metrics,
+            replication,
             prober: Some(prober),
             signals,
         })
@@ -317,6 +334,8 @@ impl Server {
             ("[[listeners]]", listeners_changed || tls_presence_changed),
             ("[access_log]", new.access_log != self.config.access_log),
             ("[tls]", new.tls != self.config.tls),
+            ("[sessions]", new.sessions != self.config.sessions),
+            ("[cluster]", new.cluster != self.config.cluster),
         ] {
             if changed {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
@@ -332,6 +351,8 @@ impl Server {
             },
             access_log: self.config.access_log.clone(),
             tls: self.config.tls.clone(),
+            sessions: self.config.sessions.clone(),
+            cluster: self.config.cluster.clone(),
             ..new
         };
         let snapshot = match ConfigSnapshot::build(
@@ -405,6 +426,24 @@ impl Server {
             log::info!("stats: access log lines dropped={}", log.dropped());
         }
         log::info!("stats: tls handshakes {}", self.tls.stats.summary());
+        if let Some(r) = &self.replication {
+            for p in r.peers() {
+                log::info!(
+                    "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} \
+                     bytes_in={} bytes_out={} last={:?}",
+                    r.node,
+                    p.name,
+                    p.address,
+                    p.state,
+                    p.epoch.map_or("-".into(), |e| format!("{e:016x}")),
+                    p.links_up,
+                    p.refused,
+                    p.bytes_in,
+                    p.bytes_out,
+                    p.last_reason
+                );
+            }
+        }
         let t = self.sticky.table.totals();
         log::info!(
             "stats: sessions entries={} hits={} misses={} binds={} rebinds={} evictions={} expirations={}",
@@ -515,6 +554,9 @@ impl Server {
         }
         if let Some(prober) = self.prober.take() {
             prober.stop();
+        }
+        if let Some(mut replication) = self.replication.take() {
+            replication.stop();
         }
     }
 

@@ -144,6 +144,11 @@ impl TlsStream {
         }
     }
 
+    /// The peer's certificate chain, once the handshake verified it.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     /// Negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()

@@ -850,6 +850,14 @@ impl Tether {
             .count()
     }
 
+    /// Kills the process with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Waits until SIGUSR1 reports `n` requests waiting in the QoS queues, over every class.
     pub fn wait_queued(&self, n: u32) {
         wait_until(&format!("{n} queued request(s)"), || {

@@ -8,6 +8,7 @@
 
 mod access_log;
 mod address;
+mod cluster;
 mod clusters;
 mod health;
 mod limits;
@@ -80,6 +81,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.tls(&config);
     v.sessions(&config);
     v.qos(&config);
+    v.cluster(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {
