@@ -50,7 +50,17 @@ pub struct Identity {
 /// Something the thread should know about after driving a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// The link is up with `peer` (index into `Identity::peers`), whose epoch is `epoch`.
+    /// The peer's `HELLO` passed every check: it is `peer` (index into `Identity::peers`), at `epoch`,
+    /// holding `resume` of this node's stream. The thread answers with its own `HELLO` (on a link it
+    /// accepted) and a `WELCOME` saying where the stream starts ([`Link::welcome`]).
+    Greeted {
+        peer: usize,
+        epoch: u64,
+        resume: Option<(u64, u64)>,
+    },
+    /// The peer welcomed this node: its stream starts as `start` says.
+    Welcomed { start: Start },
+    /// The link is up with `peer`, whose epoch is `epoch`.
     Up { peer: usize, epoch: u64 },
     /// The peer was refused (or refused us): logged with the reason; nothing of it was applied.
     Refused { reason: String },
@@ -76,7 +86,8 @@ pub struct Link {
     input: Buffer,
     output: Vec<u8>,
     output_sent: usize,
-    hello_sent: bool,
+    /// Our `WELCOME` (accepting the peer) was queued.
+    welcome_sent: bool,
     got_hello: bool,
     got_welcome: bool,
     /// The peer's epoch (from its `HELLO`).
@@ -110,7 +121,7 @@ impl Link {
             input: Buffer::new(64 * 1024),
             output: Vec::new(),
             output_sent: 0,
-            hello_sent: false,
+            welcome_sent: false,
             got_hello: false,
             got_welcome: false,
             remote_epoch: 0,
@@ -136,20 +147,7 @@ impl Link {
         if self.phase == LinkPhase::Closed {
             return;
         }
-        if !self.hello_sent {
-            // rustls holds the plaintext until the handshake completes.
-            self.send(
-                &Frame::Hello {
-                    cluster: me.cluster.clone(),
-                    node: me.node.clone(),
-                    epoch: me.epoch,
-                    hlc,
-                    resume: None,
-                },
-                now,
-            );
-            self.hello_sent = true;
-        }
+        let _ = hlc;
         loop {
             let mut progress = self.flush(events);
             if self.phase == LinkPhase::Closed {
@@ -258,6 +256,7 @@ impl Link {
                     cluster,
                     node,
                     epoch,
+                    resume,
                     ..
                 },
             ) if !self.got_hello => {
@@ -283,32 +282,40 @@ impl Link {
                     }
                     None => {
                         self.peer = me.peers.iter().position(|p| *p == node);
-                        self.send(
-                            &Frame::Welcome {
-                                status: WelcomeStatus::Ok,
-                                reason: String::new(),
-                                start: Some(Start::Resume { from: 1 }),
-                            },
-                            now,
-                        );
                         self.remote_epoch = epoch;
-                        self.maybe_up(events);
+                        if let Some(peer) = self.peer {
+                            events.push(LinkEvent::Greeted {
+                                peer,
+                                epoch,
+                                resume,
+                            });
+                        }
                     }
                 }
             }
-            (LinkPhase::Greeting, Frame::Welcome { status, reason, .. })
-                if self.got_hello && !self.got_welcome =>
-            {
+            (
+                LinkPhase::Greeting,
+                Frame::Welcome {
+                    status,
+                    reason,
+                    start,
+                },
+            ) if !self.got_welcome => {
                 self.got_welcome = true;
-                if status != WelcomeStatus::Ok {
-                    let reason = format!("the peer refused this node ({status:?}): {reason}");
-                    events.push(LinkEvent::Refused {
-                        reason: reason.clone(),
-                    });
-                    self.phase = LinkPhase::Closed;
-                    return;
+                match (status, start) {
+                    (WelcomeStatus::Ok, Some(start)) if self.got_hello => {
+                        events.push(LinkEvent::Welcomed { start });
+                        self.maybe_up(events);
+                    }
+                    (WelcomeStatus::Ok, _) => {
+                        self.close("welcomed before the peer's hello", events);
+                    }
+                    _ => {
+                        let reason = format!("the peer refused this node ({status:?}): {reason}");
+                        events.push(LinkEvent::Refused { reason });
+                        self.phase = LinkPhase::Closed;
+                    }
                 }
-                self.maybe_up(events);
             }
             (LinkPhase::Up, Frame::Hello { .. } | Frame::Welcome { .. })
             | (LinkPhase::Greeting, _) => {
@@ -366,8 +373,26 @@ impl Link {
         None
     }
 
+    /// Queues this node's `WELCOME` accepting the peer, with where its stream starts.
+    pub fn welcome(&mut self, start: Start, now: Instant, events: &mut Vec<LinkEvent>) {
+        self.send(
+            &Frame::Welcome {
+                status: WelcomeStatus::Ok,
+                reason: String::new(),
+                start: Some(start),
+            },
+            now,
+        );
+        self.welcome_sent = true;
+        self.maybe_up(events);
+    }
+
     fn maybe_up(&mut self, events: &mut Vec<LinkEvent>) {
-        if self.got_hello && self.got_welcome && self.phase == LinkPhase::Greeting {
+        if self.got_hello
+            && self.got_welcome
+            && self.welcome_sent
+            && self.phase == LinkPhase::Greeting
+        {
             if let Some(peer) = self.peer {
                 self.phase = LinkPhase::Up;
                 self.was_up = true;
@@ -389,5 +414,171 @@ impl Link {
         events.push(LinkEvent::Closed {
             reason: reason.to_string(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::link_tls::LinkTls;
+    use crate::tls::TlsStats;
+    use std::sync::Arc;
+
+    fn identity(cluster: &str, node: &str, peers: &[&str]) -> Identity {
+        Identity {
+            cluster: cluster.into(),
+            node: node.into(),
+            epoch: 7,
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    fn hello(me: &Identity) -> Frame {
+        Frame::Hello {
+            cluster: me.cluster.clone(),
+            node: me.node.clone(),
+            epoch: me.epoch,
+            hlc: 1,
+            resume: None,
+        }
+    }
+
+    /// A dialled link (as `dialler`, certificate `cert_of`) and an accepted one over real loopback
+    /// sockets, driven until neither moves; returns the events of each side.
+    fn greet(
+        dir: &std::path::Path,
+        dialler: Identity,
+        cert_of: &str,
+        acceptor: Identity,
+    ) -> (Vec<LinkEvent>, Vec<LinkEvent>) {
+        let tls = |name: &str| {
+            LinkTls::load(
+                &dir.join("ca.crt"),
+                &dir.join(format!("{name}.crt")),
+                &dir.join(format!("{name}.key")),
+            )
+            .unwrap()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        for s in [&client, &server] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let stats = Arc::new(TlsStats::default());
+        let now = Instant::now();
+        let peer_index = dialler.peers.iter().position(|p| *p == acceptor.node);
+        let mut out = Link::new(
+            TcpStream::from_std(client),
+            TlsStream::new(
+                rustls::Connection::Client(tls(cert_of).connect(&acceptor.node).unwrap()),
+                stats.clone(),
+            ),
+            peer_index,
+            true,
+            now,
+        );
+        let mut inc = Link::new(
+            TcpStream::from_std(server),
+            TlsStream::new(
+                rustls::Connection::Server(tls(&acceptor.node).accept().unwrap()),
+                stats,
+            ),
+            None,
+            false,
+            now,
+        );
+        out.send(&hello(&dialler), now);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            for (link, me, events) in [(&mut out, &dialler, &mut a), (&mut inc, &acceptor, &mut b)]
+            {
+                link.io = Readiness {
+                    readable: true,
+                    writable: true,
+                    ..Readiness::default()
+                };
+                let before = events.len();
+                link.drive(me, 1, now, events);
+                // Play the thread's part: answer a greeting.
+                if events[before..]
+                    .iter()
+                    .any(|e| matches!(e, LinkEvent::Greeted { .. }))
+                {
+                    if !link.outgoing {
+                        link.send(&hello(me), now);
+                    }
+                    link.welcome(Start::Resume { from: 1 }, now, events);
+                    link.drive(me, 1, now, events);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let both = |p: LinkPhase| out.phase == p && inc.phase == p;
+            if both(LinkPhase::Closed) || both(LinkPhase::Up) {
+                break;
+            }
+        }
+        (a, b)
+    }
+
+    fn certs(names: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = names.split(',').map(String::from).collect();
+        crate::tls::generate::write_cluster_certs(dir.path(), &names).unwrap();
+        dir
+    }
+
+    #[test]
+    fn two_nodes_greet_each_other_and_come_up() {
+        let dir = certs("a,b");
+        let (a, b) = greet(
+            dir.path(),
+            identity("demo", "a", &["b"]),
+            "a",
+            identity("demo", "b", &["a"]),
+        );
+        assert!(a.contains(&LinkEvent::Up { peer: 0, epoch: 7 }), "{a:?}");
+        assert!(b.contains(&LinkEvent::Up { peer: 0, epoch: 7 }), "{b:?}");
+    }
+
+    #[test]
+    fn a_peer_of_another_cluster_is_refused_with_the_reason() {
+        let dir = certs("a,b");
+        let (a, b) = greet(
+            dir.path(),
+            identity("other", "a", &["b"]),
+            "a",
+            identity("demo", "b", &["a"]),
+        );
+        let refused = |events: &[LinkEvent], needle: &str| {
+            events
+                .iter()
+                .any(|e| matches!(e, LinkEvent::Refused { reason } if reason.contains(needle)))
+        };
+        assert!(refused(&b, "cluster \"other\""), "{b:?} / {a:?}");
+        assert!(refused(&a, "OtherCluster"), "{a:?}");
+        assert!(
+            !a.iter()
+                .chain(&b)
+                .any(|e| matches!(e, LinkEvent::Up { .. }))
+        );
+    }
+
+    #[test]
+    fn a_peer_announcing_a_name_its_certificate_does_not_carry_is_refused() {
+        let dir = certs("a,b,c");
+        // c's certificate, announcing itself as a (which b does know).
+        let (_, b) = greet(
+            dir.path(),
+            identity("demo", "a", &["b"]),
+            "c",
+            identity("demo", "b", &["a", "c"]),
+        );
+        assert!(
+            b.iter().any(|e| matches!(e, LinkEvent::Refused { reason }
+                if reason.contains("certificate is for \"c\""))),
+            "{b:?}"
+        );
+        assert!(!b.iter().any(|e| matches!(e, LinkEvent::Up { .. })));
     }
 }

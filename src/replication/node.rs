@@ -368,7 +368,9 @@ impl Thread {
             d.next_dial = now + d.backoff;
             d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
             match link {
-                Ok(link) => {
+                Ok(mut link) => {
+                    // The dialler greets first (rustls holds the plaintext until the handshake is done).
+                    link.send(&self.hello(i), now);
                     let key = self.add_link(link);
                     self.dials[i].link = key;
                     self.set_state(i, "connecting");
@@ -411,6 +413,18 @@ impl Thread {
         }
     }
 
+    /// This node's `HELLO` to `peer`, with what it holds of that peer's stream.
+    fn hello(&self, _peer: usize) -> super::frame::Frame {
+        super::frame::Frame::Hello {
+            cluster: self.me.cluster.clone(),
+            node: self.me.node.clone(),
+            epoch: self.me.epoch,
+            hlc: clock(),
+            // No stream is held yet: the record streams come with the store.
+            resume: None,
+        }
+    }
+
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(link) = self.links.get_mut(key) else {
             return;
@@ -429,6 +443,21 @@ impl Thread {
                 (None, None) => "(unknown peer)".to_string(),
             };
             match event {
+                LinkEvent::Greeted { peer, .. } => {
+                    let hello = self.hello(peer);
+                    let now = Instant::now();
+                    let mut more = Vec::new();
+                    if let Some(link) = self.links.get_mut(key) {
+                        if !link.outgoing {
+                            link.send(&hello, now);
+                        }
+                        // Until the record streams exist every stream starts at its beginning.
+                        link.welcome(super::frame::Start::Resume { from: 1 }, now, &mut more);
+                    }
+                    self.on_events(key, more);
+                    self.drive(key, now);
+                }
+                LinkEvent::Welcomed { .. } => {}
                 LinkEvent::Up { peer, epoch } => {
                     // One link per peer: a second one (both sides dialled across a restart) is closed.
                     if let Some(other) = self.dials[peer].link.filter(|&k| k != key) {
