@@ -1,0 +1,11 @@
+//! The replicated store: tables of records by kind, last writer wins, that tether nodes mirror to each other.
+pub mod record;
+pub use record::{Kind, Record, Version};
+
+pub mod digest;
+pub mod hlc;
+pub mod table;
+
+pub use digest::DigestSum;
+pub use hlc::{ClockError, Hlc, node_id};
+pub use table::{Applied, Store, StoreReader};
