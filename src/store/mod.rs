@@ -4,8 +4,12 @@ pub use record::{Kind, Record, Version};
 
 pub mod digest;
 pub mod hlc;
+pub mod snapshot;
+pub mod stream;
 pub mod table;
 
 pub use digest::DigestSum;
 pub use hlc::{ClockError, Hlc, node_id};
+pub use snapshot::{Stage, StageError, Verified};
+pub use stream::{Batch, NeedSnapshot, OriginStream, PeerStream};
 pub use table::{Applied, Store, StoreReader};
