@@ -7,9 +7,14 @@ pub mod hlc;
 pub mod snapshot;
 pub mod stream;
 pub mod table;
+pub mod writer;
 
 pub use digest::DigestSum;
 pub use hlc::{ClockError, Hlc, node_id};
 pub use snapshot::{Stage, StageError, Verified};
 pub use stream::{Batch, NeedSnapshot, OriginStream, PeerStream};
 pub use table::{Applied, Store, StoreReader};
+pub use writer::{Full, StoreWriter, WriteFeed};
+
+#[cfg(test)]
+mod convergence_tests;
