@@ -116,6 +116,12 @@ impl Store {
     /// tombstone counts as a record). Idempotent and commutative: applying the same records in any
     /// order, any number of times, leaves the same store. Safe from any thread, lock-free.
     pub fn apply(&self, record: Record) -> Applied {
+        self.apply_hashed(record, None)
+    }
+
+    /// [`apply`](Store::apply) with the record's hash when the caller has it already (a staged
+    /// snapshot hashed each record to check its digest).
+    pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
         debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
         let map = self.map.pin();
         let key = StoreKey {
@@ -129,14 +135,15 @@ impl Store {
         });
         match outcome {
             Compute::Inserted(_, new) => {
-                self.sum.add(DigestSum::of(new));
+                self.sum.add(hash.unwrap_or_else(|| DigestSum::of(new)));
                 Applied::Inserted
             }
             Compute::Updated {
                 old: (_, old),
                 new: (_, new),
             } => {
-                self.sum.add(DigestSum::of(new) - DigestSum::of(old));
+                self.sum
+                    .add(hash.unwrap_or_else(|| DigestSum::of(new)) - DigestSum::of(old));
                 Applied::Replaced
             }
             Compute::Aborted(()) => Applied::Stale,
@@ -184,6 +191,12 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Makes room for `additional` more records at once (before a bulk load such as a snapshot merge),
+    /// sparing the map its step-by-step growth.
+    pub fn reserve(&self, additional: usize) {
+        self.map.pin().reserve(additional);
     }
 
     /// The store's digest (docs/PROTOCOL.md, "Digest"): the sum modulo 2^256 of SHA-256 of the canonical
