@@ -124,30 +124,57 @@ impl Store {
     pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
         debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
         let map = self.map.pin();
-        let key = StoreKey {
-            kind: record.kind,
-            key: record.key.clone(),
-        };
-        let outcome = map.compute(key, |current| match current {
-            // The same record again (a replay): equal without encoding both.
-            Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
-            _ => Operation::Insert(record.clone()),
-        });
-        match outcome {
-            Compute::Inserted(_, new) => {
-                self.sum.add(hash.unwrap_or_else(|| DigestSum::of(new)));
-                Applied::Inserted
+        let mut record = record;
+        let new_hash = |r: &Record| hash.unwrap_or_else(|| DigestSum::of(r));
+        loop {
+            let held = map.get(&KeyRef {
+                kind: record.kind,
+                key: &record.key,
+            });
+            let key = StoreKey {
+                kind: record.kind,
+                key: record.key.clone(),
+            };
+            let Some(old) = held else {
+                // A new key goes in with `try_insert`, not `compute`: papaya 0.2.5's `compute` does not
+                // help an incremental resize along, so a map grown by it alone keeps a chain of old
+                // tables that every lookup walks (20x slower lookups at a million records).
+                match map.try_insert(key, record) {
+                    Ok(new) => {
+                        self.sum.add(new_hash(new));
+                        return Applied::Inserted;
+                    }
+                    // Lost a race with another writer of this key: compare with theirs.
+                    Err(e) => {
+                        record = e.not_inserted;
+                        continue;
+                    }
+                }
+            };
+            // The same record again (a replay, equal without encoding both), or an older one.
+            if *old == record || !record.newer_than(old) {
+                return Applied::Stale;
             }
-            Compute::Updated {
-                old: (_, old),
-                new: (_, new),
-            } => {
-                self.sum
-                    .add(hash.unwrap_or_else(|| DigestSum::of(new)) - DigestSum::of(old));
-                Applied::Replaced
-            }
-            Compute::Aborted(()) => Applied::Stale,
-            Compute::Removed(..) => unreachable!("apply never removes"),
+            let outcome = map.compute(key, |current| match current {
+                Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
+                _ => Operation::Insert(record.clone()),
+            });
+            return match outcome {
+                // Removed (expired) meanwhile.
+                Compute::Inserted(_, new) => {
+                    self.sum.add(new_hash(new));
+                    Applied::Inserted
+                }
+                Compute::Updated {
+                    old: (_, old),
+                    new: (_, new),
+                } => {
+                    self.sum.add(new_hash(new) - DigestSum::of(old));
+                    Applied::Replaced
+                }
+                Compute::Aborted(()) => Applied::Stale,
+                Compute::Removed(..) => unreachable!("apply never removes"),
+            };
         }
     }
 
