@@ -28,6 +28,6 @@ pub mod qos;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
-pub mod store;
 pub mod sticky;
+pub mod store;
 pub mod tls;

@@ -223,7 +223,11 @@ fn staged_snapshots_merge_only_when_count_and_digest_match() {
             stage().finish(count, wrong_digest),
             Err(StageError::DigestMismatch { .. })
         ));
-        assert_eq!((contents(&receiver), receiver.digest()), before, "seed {seed}");
+        assert_eq!(
+            (contents(&receiver), receiver.digest()),
+            before,
+            "seed {seed}"
+        );
 
         receiver.merge(stage().finish(count, digest).unwrap());
         // The union, last writer wins: as if every record had been applied here directly.

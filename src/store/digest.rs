@@ -39,7 +39,12 @@ impl DigestSum {
         if let Some(v) = &record.value {
             ctx.update(v);
         }
-        DigestSum::from_bytes(ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"))
+        DigestSum::from_bytes(
+            ctx.finish()
+                .as_ref()
+                .try_into()
+                .expect("SHA-256 is 32 bytes"),
+        )
     }
 
     /// The sum of many records' hashes.
@@ -61,7 +66,6 @@ impl DigestSum {
         }
         out
     }
-
 }
 
 /// Addition modulo 2^256.
@@ -181,7 +185,10 @@ mod tests {
         let one = DigestSum([1, 0, 0, 0]);
         assert_eq!(max + one, DigestSum::default());
         assert_eq!(DigestSum::default() - one, max);
-        assert_eq!(DigestSum([u64::MAX, 0, 0, 0]) + one, DigestSum([0, 1, 0, 0]));
+        assert_eq!(
+            DigestSum([u64::MAX, 0, 0, 0]) + one,
+            DigestSum([0, 1, 0, 0])
+        );
         let a = DigestSum::of(&rec(b"a", Some(b"1")));
         let b = DigestSum::of(&rec(b"b", None));
         assert_eq!(a + b - a, b);

@@ -203,7 +203,9 @@ mod tests {
         let r = receiver();
         let before = (r.digest(), r.len());
         let err = stage_of(&s).finish(n + 1, d).unwrap_err();
-        assert!(matches!(err, StageError::CountMismatch { announced, staged } if announced == n + 1 && staged == n));
+        assert!(
+            matches!(err, StageError::CountMismatch { announced, staged } if announced == n + 1 && staged == n)
+        );
         let mut bad = d;
         bad[0] ^= 1;
         assert!(matches!(
@@ -247,7 +249,10 @@ mod tests {
             }
         );
         let get = |k: &str| r.get(Kind::SessionBinding, k.as_bytes(), 0);
-        assert_eq!(get("k1").unwrap().value.as_deref(), Some(&b"newer here"[..]));
+        assert_eq!(
+            get("k1").unwrap().value.as_deref(),
+            Some(&b"newer here"[..])
+        );
         assert_eq!(get("k2").unwrap().value.as_deref(), Some(&b"remote"[..]));
         assert!(get("mine").is_some());
         assert!(get("gone").is_none());

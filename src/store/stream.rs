@@ -83,7 +83,8 @@ impl OriginStream {
     pub fn evict(&mut self, now: Instant) {
         while self.backlog.len() > 1 {
             let front = &self.backlog[0];
-            if self.bytes <= self.max_bytes && now.saturating_duration_since(front.at) <= self.max_age
+            if self.bytes <= self.max_bytes
+                && now.saturating_duration_since(front.at) <= self.max_age
             {
                 break;
             }
@@ -120,10 +121,7 @@ impl OriginStream {
             });
         }
         let skip = (applied + 1 - oldest) as usize;
-        Ok(self
-            .backlog
-            .range(skip..)
-            .map(|e| (e.seq, &e.record)))
+        Ok(self.backlog.range(skip..).map(|e| (e.seq, &e.record)))
     }
 }
 

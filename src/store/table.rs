@@ -247,21 +247,13 @@ impl Store {
 
 /// A pinned view of the store (see [`Store::reader`]).
 pub struct StoreReader<'a> {
-    map: papaya::HashMapRef<
-        'a,
-        StoreKey,
-        Record,
-        std::hash::RandomState,
-        papaya::LocalGuard<'a>,
-    >,
+    map: papaya::HashMapRef<'a, StoreKey, Record, std::hash::RandomState, papaya::LocalGuard<'a>>,
 }
 
 impl StoreReader<'_> {
     /// The record of `key` if it is live at `now` (see [`Store::get`]).
     pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<&Record> {
-        self.map
-            .get(&KeyRef { kind, key })
-            .filter(|r| live(r, now))
+        self.map.get(&KeyRef { kind, key }).filter(|r| live(r, now))
     }
 
     /// The record held for `key` whatever it is (tombstone, expired): what the replication layer
@@ -305,7 +297,10 @@ mod tests {
         assert_eq!(s.apply(rec("k", 20, 2, Some("d"), 0)), Applied::Replaced);
         assert_eq!(s.apply(rec("k", 20, 2, Some("d"), 0)), Applied::Stale);
         assert_eq!(
-            s.get(Kind::SessionBinding, b"k", 100).unwrap().value.as_deref(),
+            s.get(Kind::SessionBinding, b"k", 100)
+                .unwrap()
+                .value
+                .as_deref(),
             Some(&b"d"[..])
         );
         assert_eq!(s.get(Kind::TicketKeys, b"k", 100), None);
@@ -353,7 +348,13 @@ mod tests {
         let s = Store::new();
         assert_eq!(s.digest(), [0; 32]);
         for i in 0..500u64 {
-            s.apply(rec(&format!("k{}", i % 97), i, (i % 3) as u16, Some("v"), 0));
+            s.apply(rec(
+                &format!("k{}", i % 97),
+                i,
+                (i % 3) as u16,
+                Some("v"),
+                0,
+            ));
             if i % 7 == 0 {
                 s.apply(rec(&format!("k{}", i % 13), i, 5, None, 1_000));
             }

@@ -61,13 +61,7 @@ impl StoreWriter {
     }
 
     /// Writes `value` for `key`, versioned now.
-    pub fn put(
-        &self,
-        kind: Kind,
-        key: &[u8],
-        value: &[u8],
-        expires: u32,
-    ) -> Result<Applied, Full> {
+    pub fn put(&self, kind: Kind, key: &[u8], value: &[u8], expires: u32) -> Result<Applied, Full> {
         self.write(Record {
             kind,
             key: key.into(),
