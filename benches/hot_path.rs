@@ -1,9 +1,10 @@
 //! Micro-benchmarks of the per-request CPU work, so a regression shows: head scanning and parsing,
-//! the pipeline's route lookup and head rewrite, and session-table lookups with a million sessions.
+//! the pipeline's route lookup and head rewrite, session-table lookups with a million sessions, and the
+//! replicated store's apply, lookup and digest with a million records.
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- session` to run one group).
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use tether::http::{
 };
 use tether::route::RouteTable;
 use tether::sticky::table::{KeyHasher, SessionKey, SessionTable};
+use tether::store::{DigestSum, Kind, Record, Store, Version};
 
 const REQUEST: &[u8] = b"GET /api/v1/products/12345?expand=reviews&lang=en HTTP/1.1\r\n\
 Host: shop.example.com\r\n\
@@ -160,5 +162,104 @@ fn session_table(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, head_parsing, pipeline, session_table);
+/// A session binding as the store holds it: a 16-byte key, an 8-byte value.
+fn binding(i: u64, hlc: u64) -> Record {
+    Record {
+        kind: Kind::SessionBinding,
+        key: (i as u128)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            .to_be_bytes()
+            .as_slice()
+            .into(),
+        version: Version {
+            hlc,
+            node_id: 0x1234,
+        },
+        expires: 1_900_000_000,
+        value: Some(i.to_be_bytes().as_slice().into()),
+    }
+}
+
+fn store(c: &mut Criterion) {
+    const RECORDS: u64 = 1_000_000;
+    let store = Store::new();
+    for i in 0..RECORDS {
+        store.apply(binding(i, 1 << 16));
+    }
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    g.measurement_time(std::time::Duration::from_secs(3));
+    let one = binding(0, 1);
+    g.bench_function("record_hash", |b| {
+        b.iter(|| black_box(DigestSum::of(black_box(&one))))
+    });
+    // The running digest: what a resync compares.
+    g.bench_function("digest_1m_records", |b| {
+        b.iter(|| black_box(store.digest()))
+    });
+    // A newer version of a held key: the old record's hash is subtracted from the digest. Making the
+    // record (two small allocations) is not timed.
+    let (mut i, mut hlc) = (0u64, 2u64 << 16);
+    g.bench_function("apply_newer_version_1m_records", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 7_919) % RECORDS;
+                hlc += 1;
+                binding(i, hlc)
+            },
+            |r| store.apply(r),
+            BatchSize::SmallInput,
+        )
+    });
+    // A replay of a held record (a resumed stream's overlap, a snapshot of what is known).
+    let reader = store.reader();
+    let mut j = 0u64;
+    g.bench_function("apply_replay_1m_records", |b| {
+        b.iter_batched(
+            || {
+                j = (j + 7_919) % RECORDS;
+                reader
+                    .get_raw(Kind::SessionBinding, &binding(j, 0).key)
+                    .unwrap()
+                    .clone()
+            },
+            |r| store.apply(r),
+            BatchSize::SmallInput,
+        )
+    });
+    // Lookups spread uniformly over the million, under one pinned reader.
+    let keys: Vec<_> = (0..1 << 16).map(|i| binding(i * 15, 0).key).collect();
+    let mut k = 0usize;
+    g.bench_function("get_hit_1m_records_pinned", |b| {
+        b.iter(|| {
+            k = (k + 1) & ((1 << 16) - 1);
+            black_box(reader.get(Kind::SessionBinding, &keys[k], 1_800_000_000))
+        })
+    });
+    drop(reader);
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(store.len() as u64));
+    g.bench_function("digest_by_scan_1m_records", |b| {
+        b.iter(|| black_box(store.digest_by_scan()))
+    });
+    // Last, as it grows the store: every apply a key the store does not hold, from a million records
+    // on (to several million by the end of the run).
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    let mut fresh = RECORDS;
+    g.bench_function("apply_new_key_from_1m_records", |b| {
+        b.iter_batched(
+            || {
+                fresh += 1;
+                binding(fresh, 1 << 16)
+            },
+            |r| store.apply(r),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, head_parsing, pipeline, session_table, store);
 criterion_main!(benches);

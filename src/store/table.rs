@@ -1,0 +1,409 @@
+//! The store's table: every record by `(kind, key)` in one lock-free map, last writer wins, with a running
+//! digest kept up to date as records are applied and expire.
+//!
+//! Readers (workers) are lock-free, as in the session table: a lookup pins the map's reclamation epoch
+//! and reads. Writers replace a record with papaya's compare-and-swap `compute`, so of two concurrent
+//! writes of one key the newer wins whatever order they land in. Deleted keys stay as tombstones until
+//! they expire, so a late write older than the delete cannot bring the key back.
+
+use super::digest::{AtomicSum, DigestSum};
+use super::record::{Kind, Record};
+use papaya::{Compute, Equivalent, Operation};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// A record's place in the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoreKey {
+    kind: Kind,
+    key: Arc<[u8]>,
+}
+
+impl Hash for StoreKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        KeyRef {
+            kind: self.kind,
+            key: &self.key,
+        }
+        .hash(h)
+    }
+}
+
+/// A borrowed [`StoreKey`], for lookups without allocating.
+struct KeyRef<'a> {
+    kind: Kind,
+    key: &'a [u8],
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u8(self.kind as u8);
+        h.write(self.key);
+    }
+}
+
+impl Equivalent<StoreKey> for KeyRef<'_> {
+    fn equivalent(&self, k: &StoreKey) -> bool {
+        self.kind == k.kind && *self.key == *k.key
+    }
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The key was not in the store; now it is.
+    Inserted,
+    /// The record replaced an older one of the same key.
+    Replaced,
+    /// The store holds this record or a newer one of its key: nothing changed.
+    Stale,
+}
+
+impl Applied {
+    /// Whether the store changed.
+    pub fn changed(self) -> bool {
+        self != Applied::Stale
+    }
+}
+
+/// Whether `record` has expired at `now` (seconds since the Unix epoch): its expiry is set and not after
+/// `now`.
+pub fn expired(record: &Record, now: u32) -> bool {
+    record.expires != 0 && record.expires <= now
+}
+
+/// Whether `record` reads as present at `now`: a value, not expired.
+pub fn live(record: &Record, now: u32) -> bool {
+    record.value.is_some() && !expired(record, now)
+}
+
+/// The replicated store: every record this node holds, by kind and key.
+///
+/// It holds the newest record of each key it has seen (last writer wins by [`Record::newer_than`]),
+/// tombstones included, until [`remove_expired`](Store::remove_expired) drops them after their expiry.
+/// Readers see expired records and tombstones as absent.
+pub struct Store {
+    map: papaya::HashMap<StoreKey, Record>,
+    sum: AtomicSum,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("len", &self.len()).finish()
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::with_capacity(0)
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Store::default()
+    }
+
+    /// A store with room for `capacity` records before its map grows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Store {
+            map: papaya::HashMap::builder().capacity(capacity).build(),
+            sum: AtomicSum::default(),
+        }
+    }
+
+    /// Applies a record, last writer wins: it goes in if its key is absent or holds an older record (a
+    /// tombstone counts as a record). Idempotent and commutative: applying the same records in any
+    /// order, any number of times, leaves the same store. Safe from any thread, lock-free.
+    pub fn apply(&self, record: Record) -> Applied {
+        self.apply_hashed(record, None)
+    }
+
+    /// [`apply`](Store::apply) with the record's hash when the caller has it already (a staged
+    /// snapshot hashed each record to check its digest).
+    pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
+        debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
+        let map = self.map.pin();
+        let mut record = record;
+        let new_hash = |r: &Record| hash.unwrap_or_else(|| DigestSum::of(r));
+        loop {
+            let held = map.get(&KeyRef {
+                kind: record.kind,
+                key: &record.key,
+            });
+            let key = StoreKey {
+                kind: record.kind,
+                key: record.key.clone(),
+            };
+            let Some(old) = held else {
+                // A new key goes in with `try_insert`, not `compute`: papaya 0.2.5's `compute` does not
+                // help an incremental resize along, so a map grown by it alone keeps a chain of old
+                // tables that every lookup walks (20x slower lookups at a million records).
+                match map.try_insert(key, record) {
+                    Ok(new) => {
+                        self.sum.add(new_hash(new));
+                        return Applied::Inserted;
+                    }
+                    // Lost a race with another writer of this key: compare with theirs.
+                    Err(e) => {
+                        record = e.not_inserted;
+                        continue;
+                    }
+                }
+            };
+            // The same record again (a replay, equal without encoding both), or an older one.
+            if *old == record || !record.newer_than(old) {
+                return Applied::Stale;
+            }
+            let outcome = map.compute(key, |current| match current {
+                Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
+                _ => Operation::Insert(record.clone()),
+            });
+            return match outcome {
+                // Removed (expired) meanwhile.
+                Compute::Inserted(_, new) => {
+                    self.sum.add(new_hash(new));
+                    Applied::Inserted
+                }
+                Compute::Updated {
+                    old: (_, old),
+                    new: (_, new),
+                } => {
+                    self.sum.add(new_hash(new) - DigestSum::of(old));
+                    Applied::Replaced
+                }
+                Compute::Aborted(()) => Applied::Stale,
+                Compute::Removed(..) => unreachable!("apply never removes"),
+            };
+        }
+    }
+
+    /// The record of `key`, if it is live at `now` (seconds since the Unix epoch): tombstones and expired
+    /// records read as absent. Clones the record (its key and value are shared, not copied).
+    pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<Record> {
+        self.reader().get(kind, key, now).cloned()
+    }
+
+    /// A reader that keeps the map pinned, for a batch of lookups or a scan. Hold it briefly: memory
+    /// retired meanwhile is freed only after it is dropped.
+    pub fn reader(&self) -> StoreReader<'_> {
+        StoreReader {
+            map: self.map.pin(),
+        }
+    }
+
+    /// Drops every record (tombstones included) expired at `now`, and returns how many. A scan of the
+    /// whole store: it runs on the replication thread, never on a worker.
+    pub fn remove_expired(&self, now: u32) -> usize {
+        let map = self.map.pin();
+        let mut removed = 0;
+        for (k, r) in map.iter() {
+            if !expired(r, now) {
+                continue;
+            }
+            // Only if it is still expired: a newer record may have replaced it meanwhile.
+            if let Ok(Some((_, gone))) = map.remove_if(k, |_, r| expired(r, now)) {
+                self.sum.add(-DigestSum::of(gone));
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Records held: live ones, tombstones, and expired ones not yet removed (exactly the records the
+    /// digest covers).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes room for `additional` more records at once (before a bulk load such as a snapshot merge),
+    /// sparing the map its step-by-step growth.
+    pub fn reserve(&self, additional: usize) {
+        self.map.pin().reserve(additional);
+    }
+
+    /// The store's digest (docs/PROTOCOL.md, "Digest"): the sum modulo 2^256 of SHA-256 of the canonical
+    /// encoding of **every record the store holds** — live records, tombstones, and records past their
+    /// expiry that [`remove_expired`](Store::remove_expired) has not dropped yet — each hash read as a
+    /// little-endian 256-bit number, the sum written back the same way. The expiry is part of each
+    /// record's encoding. An empty store's digest is all zeros.
+    ///
+    /// O(1): the sum is kept up to date by every apply and removal (adding the new record's hash,
+    /// subtracting the replaced or removed one's). It is exact when no apply or removal is in flight;
+    /// read while other threads write, it may be off by a write in progress.
+    pub fn digest(&self) -> [u8; 32] {
+        self.sum.load().to_bytes()
+    }
+
+    /// The digest computed by hashing every record (a scan): the check of [`digest`](Store::digest).
+    pub fn digest_by_scan(&self) -> [u8; 32] {
+        DigestSum::of_all(self.map.pin().values()).to_bytes()
+    }
+}
+
+/// A pinned view of the store (see [`Store::reader`]).
+pub struct StoreReader<'a> {
+    map: papaya::HashMapRef<'a, StoreKey, Record, std::hash::RandomState, papaya::LocalGuard<'a>>,
+}
+
+impl StoreReader<'_> {
+    /// The record of `key` if it is live at `now` (see [`Store::get`]).
+    pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<&Record> {
+        self.map.get(&KeyRef { kind, key }).filter(|r| live(r, now))
+    }
+
+    /// The record held for `key` whatever it is (tombstone, expired): what the replication layer
+    /// compares against.
+    pub fn get_raw(&self, kind: Kind, key: &[u8]) -> Option<&Record> {
+        self.map.get(&KeyRef { kind, key })
+    }
+
+    /// Every record held of one kind, or of all kinds (`None`), tombstones and expired ones included, in
+    /// no particular order. Weakly consistent under concurrent writes (a record applied meanwhile may
+    /// or may not be seen); a scan of the whole map either way.
+    pub fn iter(&self, kind: Option<Kind>) -> impl Iterator<Item = &Record> + '_ {
+        self.map
+            .values()
+            .filter(move |r| kind.is_none_or(|k| r.kind == k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Version;
+
+    fn rec(key: &str, hlc: u64, node: u16, value: Option<&str>, expires: u32) -> Record {
+        Record {
+            kind: Kind::SessionBinding,
+            key: key.as_bytes().into(),
+            version: Version { hlc, node_id: node },
+            expires,
+            value: value.map(|v| v.as_bytes().into()),
+        }
+    }
+
+    #[test]
+    fn last_writer_wins_whatever_the_order() {
+        let s = Store::new();
+        assert_eq!(s.apply(rec("k", 10, 1, Some("a"), 0)), Applied::Inserted);
+        assert_eq!(s.apply(rec("k", 20, 1, Some("b"), 0)), Applied::Replaced);
+        assert_eq!(s.apply(rec("k", 15, 9, Some("c"), 0)), Applied::Stale);
+        // Same clock: the node id breaks the tie.
+        assert_eq!(s.apply(rec("k", 20, 2, Some("d"), 0)), Applied::Replaced);
+        assert_eq!(s.apply(rec("k", 20, 2, Some("d"), 0)), Applied::Stale);
+        assert_eq!(
+            s.get(Kind::SessionBinding, b"k", 100)
+                .unwrap()
+                .value
+                .as_deref(),
+            Some(&b"d"[..])
+        );
+        assert_eq!(s.get(Kind::TicketKeys, b"k", 100), None);
+        assert_eq!(s.len(), 1);
+        assert!(!s.apply(rec("k", 1, 1, None, 0)).changed());
+    }
+
+    #[test]
+    fn tombstones_hide_the_key_and_stop_older_writes() {
+        let s = Store::new();
+        s.apply(rec("k", 10, 1, Some("a"), 0));
+        assert_eq!(s.apply(rec("k", 20, 1, None, 500)), Applied::Replaced);
+        assert_eq!(s.get(Kind::SessionBinding, b"k", 100), None);
+        assert_eq!(s.len(), 1, "the tombstone is held");
+        // A late write from before the delete does not bring the key back.
+        assert_eq!(s.apply(rec("k", 15, 7, Some("late"), 0)), Applied::Stale);
+        assert_eq!(s.get(Kind::SessionBinding, b"k", 100), None);
+        // A write after the delete does.
+        assert_eq!(s.apply(rec("k", 30, 1, Some("new"), 0)), Applied::Replaced);
+        assert!(s.get(Kind::SessionBinding, b"k", 100).is_some());
+    }
+
+    #[test]
+    fn expired_records_read_absent_and_are_removed() {
+        let s = Store::new();
+        s.apply(rec("a", 1, 1, Some("x"), 100));
+        s.apply(rec("b", 1, 1, None, 100));
+        s.apply(rec("c", 1, 1, Some("x"), 0));
+        s.apply(rec("d", 1, 1, Some("x"), 200));
+        assert!(s.get(Kind::SessionBinding, b"a", 99).is_some());
+        assert!(s.get(Kind::SessionBinding, b"a", 100).is_none());
+        let before = s.digest();
+        assert_eq!(s.remove_expired(99), 0);
+        assert_eq!(s.digest(), before);
+        assert_eq!(s.remove_expired(100), 2);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.digest(), s.digest_by_scan());
+        assert_eq!(s.remove_expired(1_000), 1);
+        assert_eq!(s.reader().iter(None).count(), 1);
+        assert_eq!(s.digest(), s.digest_by_scan());
+    }
+
+    #[test]
+    fn digest_is_kept_incrementally_and_matches_a_scan() {
+        let s = Store::new();
+        assert_eq!(s.digest(), [0; 32]);
+        for i in 0..500u64 {
+            s.apply(rec(
+                &format!("k{}", i % 97),
+                i,
+                (i % 3) as u16,
+                Some("v"),
+                0,
+            ));
+            if i % 7 == 0 {
+                s.apply(rec(&format!("k{}", i % 13), i, 5, None, 1_000));
+            }
+        }
+        assert_eq!(s.digest(), s.digest_by_scan());
+        let other = Store::new();
+        for r in s.reader().iter(None) {
+            other.apply(r.clone());
+        }
+        assert_eq!(other.digest(), s.digest());
+    }
+
+    #[test]
+    fn iter_by_kind() {
+        let s = Store::new();
+        s.apply(rec("a", 1, 1, Some("x"), 0));
+        let mut t = rec("a", 1, 1, Some("keys"), 0);
+        t.kind = Kind::TicketKeys;
+        s.apply(t);
+        assert_eq!(s.len(), 2);
+        let r = s.reader();
+        assert_eq!(r.iter(Some(Kind::TicketKeys)).count(), 1);
+        assert_eq!(r.iter(Some(Kind::SessionBinding)).count(), 1);
+        assert_eq!(r.iter(None).count(), 2);
+    }
+
+    #[test]
+    fn concurrent_writers_converge_to_the_newest_and_an_exact_digest() {
+        let s = Arc::new(Store::new());
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000u64 {
+                        let v = if i % 5 == 0 { None } else { Some("v") };
+                        s.apply(rec(&format!("k{}", i % 300), i, t, v, 0));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.digest(), s.digest_by_scan());
+        let r = s.reader();
+        for rec in r.iter(None) {
+            // The newest write of each key: the highest i for that key, from node 3.
+            assert_eq!(rec.version.node_id, 3);
+            assert!(rec.version.hlc >= 5_000 - 300);
+        }
+    }
+}

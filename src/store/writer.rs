@@ -1,0 +1,262 @@
+//! How workers write to the store without locks: a worker applies its record to the store at once (its own
+//! next lookup sees it), then hands it to the replication thread over a bounded lock-free queue of its
+//! own. A full queue never blocks the worker: the record stays applied locally, the loss is counted, and
+//! the replication thread treats a growing count as a resync trigger (the lost records are in the store,
+//! so sending peers a snapshot carries them).
+//!
+//! The replication thread drains the queues on its own schedule (no wakeup from the worker: it polls at
+//! least as often as it acks, every 2 ms), numbers the records in its [`OriginStream`](super::OriginStream)
+//! and sends them.
+
+use super::hlc::Hlc;
+use super::record::{Kind, Record, Version};
+use super::table::{Applied, Store};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A write applied locally but not queued for replication: the worker's queue was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("replication queue full: write applied locally only, peers need a resync")]
+pub struct Full;
+
+/// One worker's handle for writing to the store (not shared: each worker owns its own).
+#[derive(Debug)]
+pub struct StoreWriter {
+    store: Arc<Store>,
+    hlc: Arc<Hlc>,
+    node_id: u16,
+    queue: Sender<Record>,
+    dropped: Arc<[CachePadded<AtomicU64>]>,
+    worker: usize,
+}
+
+impl StoreWriter {
+    /// Applies `record` to the store, then queues it for replication if it changed the store (a stale
+    /// write, older than what the store holds, is not sent: the newer record is someone's to send). With
+    /// no replication thread (the feed dropped), writes are local only.
+    pub fn write(&self, record: Record) -> Result<Applied, Full> {
+        let applied = self.store.apply(record.clone());
+        if !applied.changed() {
+            return Ok(applied);
+        }
+        match self.queue.try_send(record) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(applied),
+            Err(TrySendError::Full(_)) => {
+                // This worker is the slot's only writer: a plain load and store.
+                let c = &self.dropped[self.worker];
+                c.store(c.load(Relaxed) + 1, Relaxed);
+                Err(Full)
+            }
+        }
+    }
+
+    /// A fresh version of this node: the clock's next reading and the node's id.
+    pub fn version(&self) -> Version {
+        Version {
+            hlc: self.hlc.now(),
+            node_id: self.node_id,
+        }
+    }
+
+    /// Writes `value` for `key`, versioned now.
+    pub fn put(&self, kind: Kind, key: &[u8], value: &[u8], expires: u32) -> Result<Applied, Full> {
+        self.write(Record {
+            kind,
+            key: key.into(),
+            version: self.version(),
+            expires,
+            value: Some(value.into()),
+        })
+    }
+
+    /// Deletes `key`, versioned now. The tombstone is kept until `expires`, which must be no earlier than
+    /// the expiry of any value of the key it deletes (else an older write arriving late could bring the
+    /// key back once the tombstone is gone). 0 keeps it forever.
+    pub fn delete(&self, kind: Kind, key: &[u8], expires: u32) -> Result<Applied, Full> {
+        self.write(Record {
+            kind,
+            key: key.into(),
+            version: self.version(),
+            expires,
+            value: None,
+        })
+    }
+}
+
+/// The replication thread's end: one queue per worker, and the per-worker counts of writes that found
+/// their queue full.
+#[derive(Debug)]
+pub struct WriteFeed {
+    queues: Vec<Receiver<Record>>,
+    dropped: Arc<[CachePadded<AtomicU64>]>,
+    next: usize,
+}
+
+impl WriteFeed {
+    /// Queues of `capacity` records for `workers` workers, writing to `store` with versions from `hlc`
+    /// and this node's `node_id`. Writer `i` is worker `i`'s.
+    pub fn new(
+        store: Arc<Store>,
+        hlc: Arc<Hlc>,
+        node_id: u16,
+        workers: usize,
+        capacity: usize,
+    ) -> (WriteFeed, Vec<StoreWriter>) {
+        let dropped: Arc<[CachePadded<AtomicU64>]> =
+            (0..workers).map(|_| CachePadded::default()).collect();
+        let mut queues = Vec::with_capacity(workers);
+        let mut writers = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+            queues.push(rx);
+            writers.push(StoreWriter {
+                store: store.clone(),
+                hlc: hlc.clone(),
+                node_id,
+                queue: tx,
+                dropped: dropped.clone(),
+                worker,
+            });
+        }
+        (
+            WriteFeed {
+                queues,
+                dropped,
+                next: 0,
+            },
+            writers,
+        )
+    }
+
+    /// Takes up to `max` queued records, one per worker in turn so no worker's writes starve the others',
+    /// and returns how many. A worker's records come in the order it wrote them.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(Record)) -> usize {
+        let n = self.queues.len();
+        let mut taken = 0;
+        let mut idle = 0;
+        while taken < max && idle < n && n > 0 {
+            let q = &self.queues[self.next];
+            self.next = (self.next + 1) % n;
+            match q.try_recv() {
+                Ok(r) => {
+                    f(r);
+                    taken += 1;
+                    idle = 0;
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        taken
+    }
+
+    /// Records waiting in the queues.
+    pub fn pending(&self) -> usize {
+        self.queues.iter().map(Receiver::len).sum()
+    }
+
+    /// Writes that found their queue full since the start, over all workers. When it grows, peers are
+    /// missing records of this node's stream: resync them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(workers: usize, capacity: usize) -> (Arc<Store>, WriteFeed, Vec<StoreWriter>) {
+        let store = Arc::new(Store::new());
+        let (feed, writers) = WriteFeed::new(
+            store.clone(),
+            Arc::new(Hlc::default()),
+            7,
+            workers,
+            capacity,
+        );
+        (store, feed, writers)
+    }
+
+    #[test]
+    fn writes_apply_locally_then_queue() {
+        let (store, mut feed, w) = setup(2, 8);
+        assert_eq!(
+            w[0].put(Kind::SessionBinding, b"a", b"1", 0),
+            Ok(Applied::Inserted)
+        );
+        assert_eq!(
+            w[1].put(Kind::SessionBinding, b"b", b"2", 0),
+            Ok(Applied::Inserted)
+        );
+        assert_eq!(
+            w[0].delete(Kind::SessionBinding, b"a", 100),
+            Ok(Applied::Replaced)
+        );
+        assert!(store.get(Kind::SessionBinding, b"a", 0).is_none());
+        assert!(store.get(Kind::SessionBinding, b"b", 0).is_some());
+        assert_eq!(feed.pending(), 3);
+        let mut got = Vec::new();
+        assert_eq!(feed.drain(10, |r| got.push(r)), 3);
+        // Round robin: worker 0, worker 1, worker 0 again — and each worker's in order.
+        let keys: Vec<_> = got
+            .iter()
+            .map(|r| (r.key.to_vec(), r.value.is_some()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (b"a".to_vec(), true),
+                (b"b".to_vec(), true),
+                (b"a".to_vec(), false)
+            ]
+        );
+        assert!(got[0].version < got[2].version);
+        assert!(got.iter().all(|r| r.version.node_id == 7));
+        // Another store fed from the queue converges.
+        let peer = Store::new();
+        for r in got {
+            peer.apply(r);
+        }
+        assert_eq!(peer.digest(), store.digest());
+    }
+
+    #[test]
+    fn stale_writes_are_not_queued() {
+        let (_store, feed, w) = setup(1, 8);
+        let r = Record {
+            kind: Kind::SessionBinding,
+            key: b"k"[..].into(),
+            version: w[0].version(),
+            expires: 0,
+            value: Some(b"v"[..].into()),
+        };
+        assert_eq!(w[0].write(r.clone()), Ok(Applied::Inserted));
+        assert_eq!(w[0].write(r), Ok(Applied::Stale));
+        assert_eq!(feed.pending(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_never_blocks_and_is_counted() {
+        let (store, mut feed, w) = setup(1, 2);
+        for i in 0..5u8 {
+            let res = w[0].put(Kind::SessionBinding, &[i], b"v", 0);
+            assert_eq!(res.is_err(), i >= 2);
+        }
+        assert_eq!(store.len(), 5, "applied locally all the same");
+        assert_eq!(feed.dropped(), 3);
+        assert_eq!(feed.drain(usize::MAX, drop), 2);
+        assert_eq!(feed.drain(usize::MAX, drop), 0);
+    }
+
+    #[test]
+    fn without_a_feed_writes_are_local() {
+        let (store, feed, w) = setup(1, 1);
+        drop(feed);
+        for i in 0..3u8 {
+            assert!(w[0].put(Kind::SessionBinding, &[i], b"v", 0).is_ok());
+        }
+        assert_eq!(store.len(), 3);
+    }
+}
