@@ -25,8 +25,13 @@ fn node_config(
     listen: SocketAddr,
     peers: &[(&str, SocketAddr)],
     certs: &Path,
-    backend: SocketAddr,
+    backends: &[SocketAddr],
 ) -> String {
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{b}\" }}"))
+        .collect();
+    let backends = backends.join(", ");
     let peers: Vec<String> = peers
         .iter()
         .map(|(n, a)| format!("{{ name = \"{n}\", address = \"{a}\" }}"))
@@ -37,7 +42,9 @@ fn node_config(
          [cluster]\nname = \"test\"\nnode = \"{name}\"\nlisten = \"{listen}\"\nheartbeat = \"200ms\"\n\
          peers = [{}]\n\
          [cluster.tls]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{name}.crt\"\nkey = \"{c}/{name}.key\"\n\
-         [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n\
+         [sessions]\ncookie_keys = [\"kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE=\"]\n\
+         [clusters.app]\nbackends = [{backends}]\n\
+         [[routes]]\npath_prefix = \"/app/\"\ncluster = \"app\"\nclass = \"secure\"\nsession = \"learn:APPSESSION\"\n\
          [[routes]]\ncluster = \"app\"\n",
         peers.join(", ")
     )
@@ -81,7 +88,7 @@ fn three_nodes_link_up_and_a_killed_peer_comes_back_with_a_new_epoch() {
             .filter(|&j| j != i)
             .map(|j| (names[j], addr[j]))
             .collect();
-        node_config(names[i], addr[i], &peers, dir.path(), backend.addr)
+        node_config(names[i], addr[i], &peers, dir.path(), &[backend.addr])
     };
     let a = Tether::start(&config(0));
     let mut b = Tether::start(&config(1));
@@ -120,7 +127,7 @@ fn a_node_with_a_certificate_from_another_ca_is_refused_and_logged() {
         a_addr,
         &[("b", b_addr)],
         ours.path(),
-        backend.addr,
+        &[backend.addr],
     ));
     // The impostor trusts our CA (so it gets as far as presenting its own certificate) but holds a
     // certificate from the other CA.
@@ -138,7 +145,7 @@ fn a_node_with_a_certificate_from_another_ca_is_refused_and_logged() {
         b_addr,
         &[("a", a_addr)],
         impostor_certs.path(),
-        backend.addr,
+        &[backend.addr],
     ));
     // a dials b (its name sorts first) and refuses the impostor's certificate; the impostor never
     // gets a link up.
@@ -155,4 +162,174 @@ fn a_node_with_a_certificate_from_another_ca_is_refused_and_logged() {
         "the impostor never linked"
     );
     assert_eq!(a.count_log("link with b up"), 0);
+}
+
+/// A backend that gives every client without an `APPSESSION` cookie a new one (`NAME-N`) and answers
+/// with its name.
+fn session_backend(name: &'static str) -> Backend {
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Backend::start(move |req, _| {
+        let has = req
+            .header("cookie")
+            .is_some_and(|c| c.contains("APPSESSION="));
+        if has {
+            return Some(Reply::text(200, name));
+        }
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: APPSESSION={name}-{n}; Path=/\r\nContent-Length: {}\r\n\r\n{name}",
+            name.len()
+        )))
+    })
+}
+
+/// Three nodes over two session backends; returns the nodes (a, b, c) and the config maker.
+struct Mesh {
+    _dir: tempfile::TempDir,
+    configs: Vec<String>,
+    _backends: [Backend; 2],
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        cluster_certs(dir.path(), "a,b,c");
+        let backends = [session_backend("one"), session_backend("two")];
+        let addrs = [backends[0].addr, backends[1].addr];
+        let listen = [dead_addr(), dead_addr(), dead_addr()];
+        let names = ["a", "b", "c"];
+        let configs = (0..3)
+            .map(|i| {
+                let peers: Vec<(&str, SocketAddr)> = (0..3)
+                    .filter(|&j| j != i)
+                    .map(|j| (names[j], listen[j]))
+                    .collect();
+                node_config(names[i], listen[i], &peers, dir.path(), &addrs)
+            })
+            .collect();
+        Mesh {
+            _dir: dir,
+            configs,
+            _backends: backends,
+        }
+    }
+
+    fn start(&self, i: usize) -> Tether {
+        Tether::start(&self.configs[i])
+    }
+}
+
+/// The store's `records=` and `digest=` from a SIGUSR1 report, when its records number `want`.
+fn store_report(t: &Tether) -> Option<(usize, String)> {
+    let line = t
+        .log_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("stats: cluster node") && l.contains(" store records="))?;
+    let field = |k: &str| {
+        line.split(&format!(" {k}="))
+            .nth(1)
+            .map(|v| v.split(' ').next().unwrap_or("").to_string())
+    };
+    Some((field("records")?.parse().ok()?, field("digest")?))
+}
+
+/// Waits until `t` reports `want` records; returns its digest.
+fn wait_records(t: &Tether, want: usize) -> String {
+    wait_until(&format!("{want} replicated records"), || {
+        t.signal("USR1");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        store_report(t).is_some_and(|(n, _)| n == want)
+    });
+    store_report(t).unwrap().1
+}
+
+/// Starts a session at `node` (the backend sets its cookie); returns the cookie and the backend's name.
+fn new_session(node: SocketAddr) -> (String, String) {
+    let r = get(node, "/app/start");
+    assert_eq!(r.status, 200);
+    let cookie = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (cookie, r.text())
+}
+
+/// Where a request with `cookie` lands at `node`.
+fn served_by(node: SocketAddr, cookie: &str) -> String {
+    let r = raw_exchange(
+        node,
+        format!(
+            "GET /app/page HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+#[test]
+fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_after_kill_9() {
+    let mesh = Mesh::new();
+    let mut a = mesh.start(0);
+    let b = mesh.start(1);
+    let c = mesh.start(2);
+    for (t, peer) in [(&a, "b"), (&a, "c"), (&b, "c")] {
+        wait_peer(t, peer, "up");
+    }
+    // Sessions learned at a, on both backends (round robin alternates them).
+    let sessions: Vec<(String, String)> = (0..6).map(|_| new_session(a.addr)).collect();
+    assert!(sessions.iter().any(|(_, s)| s == "one") && sessions.iter().any(|(_, s)| s == "two"));
+    let digest = wait_records(&b, 6);
+    assert_eq!(wait_records(&c, 6), digest);
+    assert_eq!(wait_records(&a, 6), digest);
+    for (cookie, backend) in &sessions {
+        for node in [b.addr, c.addr] {
+            for _ in 0..3 {
+                assert_eq!(&served_by(node, cookie), backend, "{cookie} at {node}");
+            }
+        }
+    }
+    // a dies without a word; its clients' next requests at b and c still reach their backends.
+    a.kill();
+    wait_peer(&b, "a", "down");
+    for (cookie, backend) in &sessions {
+        assert_eq!(&served_by(b.addr, cookie), backend);
+        assert_eq!(&served_by(c.addr, cookie), backend);
+    }
+    // A restarted a (a new process, empty) learns everything from a snapshot of its peers.
+    let a = mesh.start(0);
+    assert_eq!(wait_records(&a, 6), digest);
+    for (cookie, backend) in &sessions {
+        assert_eq!(&served_by(a.addr, cookie), backend);
+    }
+}
+
+#[test]
+fn two_nodes_binding_a_thousand_sessions_each_end_with_the_same_two_thousand_everywhere() {
+    let mesh = Mesh::new();
+    let a = mesh.start(0);
+    let b = mesh.start(1);
+    let c = mesh.start(2);
+    for (t, peer) in [(&a, "b"), (&a, "c"), (&b, "c")] {
+        wait_peer(t, peer, "up");
+    }
+    let spawn = |node: SocketAddr| {
+        std::thread::spawn(move || {
+            let mut client = Client::connect(node);
+            for _ in 0..1000 {
+                client.send(b"GET /app/start HTTP/1.1\r\nHost: t\r\n\r\n");
+                assert_eq!(client.read_response(false).status, 200);
+            }
+        })
+    };
+    let (ta, tb) = (spawn(a.addr), spawn(b.addr));
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let digest = wait_records(&a, 2000);
+    assert_eq!(wait_records(&b, 2000), digest);
+    assert_eq!(wait_records(&c, 2000), digest);
 }

@@ -217,6 +217,9 @@ pub(crate) struct Ctx {
     pub draining: bool,
     /// This worker's counters and histograms in the process-wide registry.
     pub metrics: Arc<CachePadded<WorkerMetrics>>,
+    /// Writes to the replicated store (with `[cluster]`): applied at once, mirrored by the replication
+    /// thread.
+    pub store: Option<crate::store::StoreWriter>,
     next_id: u64,
 }
 
@@ -234,6 +237,7 @@ pub(crate) struct CtxParts {
     pub sticky: Arc<Stickiness>,
     pub peers: Arc<Vec<Peer>>,
     pub metrics: Arc<CachePadded<WorkerMetrics>>,
+    pub store: Option<crate::store::StoreWriter>,
 }
 
 impl Ctx {
@@ -277,6 +281,7 @@ impl Ctx {
             deferred: Vec::with_capacity(64),
             draining: false,
             metrics: p.metrics,
+            store: p.store,
             next_id: 1,
         }
     }

@@ -397,6 +397,8 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
 pub(crate) struct AttemptCx<'a> {
     pub balancer: &'a mut Balancer,
     pub sticky: &'a Stickiness,
+    /// The replicated store, with `[cluster]`: new and moved bindings are written there too.
+    pub store: Option<&'a crate::store::StoreWriter>,
     pub wakers: &'a mut Wakers,
     pub worker: usize,
     pub now: Instant,
@@ -468,6 +470,7 @@ fn balance(a: &mut Attempt<'_>) -> Verdict {
         if let Some(key) = st.key {
             if !st.bound {
                 a.cx.sticky.table.bind(a.cx.worker, key, id, a.cx.unix_now);
+                replicate_binding(a.cx.store, a.cx.sticky, key, address, a.cx.unix_now);
                 st.bound = true;
                 if st.preferred.is_some_and(|p| p != id) {
                     st.issue_cookie = true;
@@ -581,6 +584,8 @@ pub(crate) fn release_slot(plan: &mut Plan, wakers: &mut Wakers, now: Instant) {
 
 /// The final response head on its way to the client, as response hooks see it.
 pub(crate) struct Response<'a> {
+    /// The replicated store, with `[cluster]`.
+    pub store: Option<&'a crate::store::StoreWriter>,
     /// The rewritten head so far: hooks append header lines (the blank line follows them).
     pub out: &'a mut Vec<u8>,
     pub head: &'a crate::http::ResponseHead,
@@ -643,6 +648,7 @@ fn sticky_cookie(r: &mut Response<'_>) {
                 let id = backend.state.id;
                 if st.key != Some(key) || !st.bound {
                     r.sticky.table.bind(r.worker, key, id, r.unix_now);
+                    replicate_binding(r.store, r.sticky, key, backend.state.address, r.unix_now);
                     st.key = Some(key);
                     st.bound = true;
                     st.preferred = Some(id);
@@ -651,4 +657,28 @@ fn sticky_cookie(r: &mut Response<'_>) {
         }
         _ => {}
     }
+}
+
+/// Writes a session binding to the replicated store (with `[cluster]`), so every node routes the session
+/// to the same backend: key the session key (16 bytes), value the backend's address (the same on every
+/// node, where backend ids are not), expiring with the session table's TTL. A full replication queue is
+/// counted by the writer, never waited for. Runs when a session is bound or moved, not on every request.
+pub(crate) fn replicate_binding(
+    store: Option<&crate::store::StoreWriter>,
+    sticky: &Stickiness,
+    key: SessionKey,
+    backend: std::net::SocketAddr,
+    now: u32,
+) {
+    let Some(store) = store else {
+        return;
+    };
+    let value = backend.to_string();
+    let expires = now.saturating_add(sticky.table.ttl_secs());
+    let _ = store.put(
+        crate::store::Kind::SessionBinding,
+        &key.to_be_bytes(),
+        value.as_bytes(),
+        expires,
+    );
 }

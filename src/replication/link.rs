@@ -97,6 +97,8 @@ pub struct Link {
     pub last_sent: Instant,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Frames the thread queues right behind its `WELCOME` (a snapshot).
+    pub pending_after_welcome: Vec<Frame>,
 }
 
 /// Largest buffered input: a whole frame of the largest size fits.
@@ -129,7 +131,13 @@ impl Link {
             last_sent: now,
             bytes_in: 0,
             bytes_out: 0,
+            pending_after_welcome: Vec::new(),
         }
+    }
+
+    /// The peer's epoch, from its `HELLO`.
+    pub fn remote_epoch(&self) -> u64 {
+        self.remote_epoch
     }
 
     pub fn socket(&mut self) -> &mut TcpStream {
@@ -316,6 +324,15 @@ impl Link {
                         self.phase = LinkPhase::Closed;
                     }
                 }
+            }
+            // Stream frames (a snapshot first) may follow the peer's WELCOME before this side's own
+            // WELCOME went out: the thread handles them in order, after the greeting.
+            (LinkPhase::Greeting, other)
+                if self.got_hello
+                    && self.got_welcome
+                    && !matches!(other, Frame::Hello { .. } | Frame::Welcome { .. }) =>
+            {
+                events.push(LinkEvent::Frame(other));
             }
             (LinkPhase::Up, Frame::Hello { .. } | Frame::Welcome { .. })
             | (LinkPhase::Greeting, _) => {

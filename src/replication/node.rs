@@ -4,9 +4,15 @@
 //! runs on a worker. The streams of store updates, acks and snapshots ride these links
 //! (docs/PROTOCOL.md); what is built today is the link layer.
 
+use super::frame::{Frame, Start};
 use super::link::{Identity, Link, LinkEvent, LinkPhase};
 use super::link_tls::LinkTls;
 use crate::config::Config;
+use crate::snapshot::SharedSnapshot;
+use crate::sticky::Stickiness;
+use crate::store::{
+    Batch, DigestSum, Hlc, Kind, OriginStream, PeerStream, Record, Stage, Store, WriteFeed,
+};
 use crate::tls::{TlsStats, TlsStream};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -40,6 +46,13 @@ pub struct PeerStatus {
     pub refused: u64,
     /// Why the last link ended or was refused.
     pub last_reason: String,
+    /// Of this node's stream: the last sequence sent to the peer, and the last it acknowledged.
+    pub sent: u64,
+    pub acked: u64,
+    /// Of the peer's stream: the last sequence applied here.
+    pub applied: u64,
+    /// Snapshots received from this peer and merged (a restarted node, or one that fell behind).
+    pub snapshots_in: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -102,7 +115,30 @@ impl Setup {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.identity.node
+    }
 }
+
+/// What the thread mirrors: the store, its clock, the workers' write queues, and where records of peers
+/// are applied besides the store (the session table, by backend address in the current snapshot).
+pub struct Feed {
+    pub store: Arc<Store>,
+    pub hlc: Arc<Hlc>,
+    pub feed: WriteFeed,
+    pub sticky: Arc<Stickiness>,
+    pub shared: SharedSnapshot,
+    /// The session table's counter slot for bindings applied by this thread.
+    pub slot: usize,
+}
+
+/// Records per `UPDATES` frame, and per `SNAPSHOT_RECORDS` frame.
+const BATCH: usize = 4096;
+/// Origin-stream backlog bounds: what a peer that reconnects can resume from without a snapshot.
+const BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+const BACKLOG_AGE: Duration = Duration::from_secs(60);
 
 /// A random, non-zero epoch for this process.
 fn new_epoch() -> u64 {
@@ -129,11 +165,13 @@ pub struct Replication {
     /// This process's epoch.
     pub epoch: u64,
     pub node: String,
+    store: Arc<Store>,
+    origin_last: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Replication {
     /// Starts the thread.
-    pub fn start(setup: Setup) -> std::io::Result<Replication> {
+    pub fn start(setup: Setup, feed: Feed) -> std::io::Result<Replication> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
@@ -151,6 +189,10 @@ impl Replication {
                     links_up: 0,
                     refused: 0,
                     last_reason: String::new(),
+                    sent: 0,
+                    acked: 0,
+                    applied: 0,
+                    snapshots_in: 0,
                     bytes_in: 0,
                     bytes_out: 0,
                 })
@@ -158,7 +200,10 @@ impl Replication {
         ));
         let epoch = setup.identity.epoch;
         let node = setup.identity.node.clone();
-        let mut state = Thread::new(poll, setup, stop.clone(), status.clone())?;
+        let store = feed.store.clone();
+        let origin_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut state = Thread::new(poll, setup, feed, stop.clone(), status.clone())?;
+        state.origin_last = origin_last.clone();
         let thread = std::thread::Builder::new()
             .name("replication".into())
             .spawn(move || state.run())?;
@@ -169,7 +214,18 @@ impl Replication {
             status,
             epoch,
             node,
+            store,
+            origin_last,
         })
+    }
+
+    /// Records held, the store's digest, and the last sequence of this node's stream.
+    pub fn store_summary(&self) -> (usize, [u8; 32], u64) {
+        (
+            self.store.len(),
+            self.store.digest(),
+            self.origin_last.load(Ordering::Relaxed),
+        )
     }
 
     /// Every peer's state now.
@@ -218,19 +274,32 @@ struct Thread {
     events: Vec<LinkEvent>,
     /// Addresses links were accepted from (for logs about peers not yet identified).
     remotes: std::collections::HashMap<usize, SocketAddr>,
+    feed: Feed,
+    /// This node's stream.
+    origin: OriginStream,
+    origin_last: Arc<std::sync::atomic::AtomicU64>,
+    /// Per peer: what this node holds of the peer's stream; the last of ours sent on its link (`None`:
+    /// not streaming to it); an ack owed; a snapshot being received.
+    streams: Vec<PeerStream>,
+    sent: Vec<Option<u64>>,
+    ack_due: Vec<bool>,
+    incoming: Vec<Option<Stage>>,
 }
 
 impl Thread {
     fn new(
         poll: Poll,
         setup: Setup,
+        feed: Feed,
         stop: Arc<AtomicBool>,
         status: Arc<Mutex<Vec<PeerStatus>>>,
     ) -> std::io::Result<Thread> {
+        let n = setup.identity.peers.len();
         let mut listener = TcpListener::from_std(setup.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
+        let setup_epoch = setup.identity.epoch;
         let dials = setup
             .identity
             .peers
@@ -257,6 +326,13 @@ impl Thread {
             status,
             events: Vec::new(),
             remotes: std::collections::HashMap::new(),
+            origin: OriginStream::new(setup_epoch, BACKLOG_BYTES, BACKLOG_AGE),
+            origin_last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            feed,
+            streams: vec![PeerStream::new(); n],
+            sent: vec![None; n],
+            ack_due: vec![false; n],
+            incoming: (0..n).map(|_| None).collect(),
         })
     }
 
@@ -301,6 +377,7 @@ impl Thread {
             for key in ready {
                 self.drive(key, now);
             }
+            self.stream(now);
             self.reap();
             self.publish();
         }
@@ -414,14 +491,223 @@ impl Thread {
     }
 
     /// This node's `HELLO` to `peer`, with what it holds of that peer's stream.
-    fn hello(&self, _peer: usize) -> super::frame::Frame {
-        super::frame::Frame::Hello {
+    fn hello(&self, peer: usize) -> Frame {
+        Frame::Hello {
             cluster: self.me.cluster.clone(),
             node: self.me.node.clone(),
             epoch: self.me.epoch,
-            hlc: clock(),
-            // No stream is held yet: the record streams come with the store.
-            resume: None,
+            hlc: self.feed.hlc.now(),
+            resume: self.streams[peer].held(),
+        }
+    }
+
+    /// Where this node's stream starts for `peer`, which holds `resume` of it: from the backlog when it
+    /// can, else with a snapshot of the whole store (queued on the link now, before any update).
+    fn start_stream(&mut self, key: usize, peer: usize, resume: Option<(u64, u64)>) -> Start {
+        if let Some((epoch, applied)) = resume {
+            if self.origin.since(epoch, applied).is_ok() {
+                self.sent[peer] = Some(applied);
+                return Start::Resume { from: applied + 1 };
+            }
+        }
+        let at = self.origin.last();
+        self.sent[peer] = Some(at);
+        let Some(link) = self.links.get_mut(key) else {
+            return Start::Snapshot { from: at + 1 };
+        };
+        // The snapshot frames go out after the WELCOME the caller queues next: build them apart.
+        let mut frames = Vec::new();
+        frames.push(Frame::SnapshotBegin {
+            epoch: self.me.epoch,
+            at,
+        });
+        let reader = self.feed.store.reader();
+        let mut batch = Vec::with_capacity(BATCH);
+        let (mut count, mut digest) = (0u64, DigestSum::default());
+        for record in reader.iter(None) {
+            digest = digest + DigestSum::of(record);
+            count += 1;
+            batch.push(record.clone());
+            if batch.len() == BATCH {
+                frames.push(Frame::SnapshotRecords {
+                    records: std::mem::take(&mut batch),
+                });
+            }
+        }
+        if !batch.is_empty() {
+            frames.push(Frame::SnapshotRecords { records: batch });
+        }
+        frames.push(Frame::SnapshotEnd {
+            count,
+            digest: digest.to_bytes(),
+        });
+        link.pending_after_welcome = frames;
+        log::info!(
+            "cluster {}: sending {} a snapshot of {count} record(s) at sequence {at}",
+            self.me.cluster,
+            self.me.peers[peer]
+        );
+        Start::Snapshot { from: at + 1 }
+    }
+
+    /// Applies a peer's record: to the store, and what it means elsewhere (a session binding goes into
+    /// the session table, by the backend's address in the current config).
+    fn apply(&self, record: &Record) {
+        self.feed.store.apply(record.clone());
+        apply_elsewhere(&self.feed, record);
+    }
+
+    /// Handles a frame from an up link with `peer`.
+    fn on_frame(&mut self, key: usize, peer: usize, frame: Frame, now: Instant) {
+        match frame {
+            Frame::Updates {
+                epoch,
+                first,
+                records,
+            } => match self.streams[peer].accept(epoch, first, records.len() as u32) {
+                Batch::Apply { skip } => {
+                    for r in &records[skip.min(records.len())..] {
+                        self.apply(r);
+                    }
+                    self.ack_due[peer] = true;
+                }
+                Batch::Duplicate => {}
+                Batch::Resume { from } => {
+                    if let Some(link) = self.links.get_mut(key) {
+                        link.send(&Frame::Resume { epoch, seq: from }, now);
+                    }
+                }
+                Batch::OtherEpoch { .. } => self.close_link(key, "updates of another epoch"),
+            },
+            Frame::Ack { epoch, seq } if epoch == self.me.epoch => {
+                self.status.lock()[peer].acked = seq;
+            }
+            Frame::Resume { epoch, seq } if epoch == self.me.epoch => {
+                // Sent again from the backlog, or by a snapshot on the next link if it is gone.
+                self.sent[peer] = Some(seq.saturating_sub(1));
+            }
+            Frame::SnapshotBegin { epoch, at } => {
+                self.incoming[peer] = Some(Stage::begin(epoch, at));
+            }
+            Frame::SnapshotRecords { records } => match &mut self.incoming[peer] {
+                Some(stage) => {
+                    for r in records {
+                        stage.add(r);
+                    }
+                }
+                None => self.close_link(key, "snapshot records without a beginning"),
+            },
+            Frame::SnapshotEnd { count, digest } => {
+                let Some(stage) = self.incoming[peer].take() else {
+                    return self.close_link(key, "snapshot end without a beginning");
+                };
+                let (epoch, at) = (stage.epoch(), stage.at());
+                match stage.finish(count, digest) {
+                    Ok(verified) => {
+                        for r in verified.records() {
+                            apply_elsewhere(&self.feed, r);
+                        }
+                        self.feed.store.merge(verified);
+                        self.streams[peer].reset(epoch, at);
+                        self.ack_due[peer] = true;
+                        self.status.lock()[peer].snapshots_in += 1;
+                        log::info!(
+                            "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {at})",
+                            self.me.cluster,
+                            self.me.peers[peer]
+                        );
+                    }
+                    Err(e) => {
+                        // The staged records are dropped: the store keeps its old state.
+                        let reason = format!("snapshot refused: {e}");
+                        self.close_link(key, &reason);
+                    }
+                }
+            }
+            other => log::debug!(
+                "replication: {}: frame 0x{:02x} ignored",
+                self.me.peers[peer],
+                other.frame_type()
+            ),
+        }
+    }
+
+    fn close_link(&mut self, key: usize, reason: &str) {
+        let mut events = Vec::new();
+        if let Some(link) = self.links.get_mut(key) {
+            link.close(reason, &mut events);
+        }
+        self.on_events(key, events);
+    }
+
+    /// Moves the workers' writes into this node's stream and sends what each up peer has not had yet;
+    /// owed acks go out.
+    fn stream(&mut self, now: Instant) {
+        let origin = &mut self.origin;
+        self.feed.feed.drain(65_536, |r| {
+            origin.push(r, now);
+        });
+        self.origin.evict(now);
+        self.origin_last
+            .store(self.origin.last(), Ordering::Relaxed);
+        let epoch = self.me.epoch;
+        for peer in 0..self.dials.len() {
+            let Some(key) = self.dials[peer].link else {
+                continue;
+            };
+            let up = self
+                .links
+                .get(key)
+                .is_some_and(|l| l.phase == LinkPhase::Up);
+            if !up {
+                continue;
+            }
+            if self.ack_due[peer] {
+                if let Some((e, applied)) = self.streams[peer].held() {
+                    if let Some(link) = self.links.get_mut(key) {
+                        link.send(
+                            &Frame::Ack {
+                                epoch: e,
+                                seq: applied,
+                            },
+                            now,
+                        );
+                    }
+                    self.status.lock()[peer].applied = applied;
+                }
+                self.ack_due[peer] = false;
+            }
+            let Some(sent) = self.sent[peer] else {
+                continue;
+            };
+            if sent >= self.origin.last() {
+                continue;
+            }
+            let batch: Result<Vec<Record>, String> = match self.origin.since(epoch, sent) {
+                Ok(it) => Ok(it.take(BATCH).map(|(_, r)| r.clone()).collect()),
+                Err(e) => Err(format!("the peer fell behind this node's backlog ({e:?})")),
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(reason) => {
+                    self.close_link(key, &reason);
+                    continue;
+                }
+            };
+            let n = batch.len() as u64;
+            if let Some(link) = self.links.get_mut(key) {
+                link.send(
+                    &Frame::Updates {
+                        epoch,
+                        first: sent + 1,
+                        records: batch,
+                    },
+                    now,
+                );
+            }
+            self.sent[peer] = Some(sent + n);
+            self.status.lock()[peer].sent = sent + n;
+            self.drive(key, now);
         }
     }
 
@@ -443,21 +729,42 @@ impl Thread {
                 (None, None) => "(unknown peer)".to_string(),
             };
             match event {
-                LinkEvent::Greeted { peer, .. } => {
+                LinkEvent::Greeted { peer, resume, .. } => {
                     let hello = self.hello(peer);
                     let now = Instant::now();
-                    let mut more = Vec::new();
                     if let Some(link) = self.links.get_mut(key) {
                         if !link.outgoing {
                             link.send(&hello, now);
                         }
-                        // Until the record streams exist every stream starts at its beginning.
-                        link.welcome(super::frame::Start::Resume { from: 1 }, now, &mut more);
+                    }
+                    let start = self.start_stream(key, peer, resume);
+                    let mut more = Vec::new();
+                    if let Some(link) = self.links.get_mut(key) {
+                        link.welcome(start, now, &mut more);
+                        for f in std::mem::take(&mut link.pending_after_welcome) {
+                            link.send(&f, now);
+                        }
                     }
                     self.on_events(key, more);
                     self.drive(key, now);
                 }
-                LinkEvent::Welcomed { .. } => {}
+                LinkEvent::Welcomed { start } => {
+                    let Some((peer, epoch)) = self
+                        .links
+                        .get(key)
+                        .and_then(|l| Some((l.peer?, l.remote_epoch())))
+                    else {
+                        continue;
+                    };
+                    match start {
+                        Start::Resume { from } => {
+                            self.streams[peer].reset(epoch, from.saturating_sub(1));
+                            self.incoming[peer] = None;
+                        }
+                        // The snapshot frames follow; the stream position comes with their end.
+                        Start::Snapshot { .. } => {}
+                    }
+                }
                 LinkEvent::Up { peer, epoch } => {
                     // One link per peer: a second one (both sides dialled across a restart) is closed.
                     if let Some(other) = self.dials[peer].link.filter(|&k| k != key) {
@@ -511,10 +818,9 @@ impl Thread {
                     }
                 }
                 LinkEvent::Frame(f) => {
-                    log::debug!(
-                        "replication: {name}: frame 0x{:02x} (streams not built yet)",
-                        f.frame_type()
-                    );
+                    if let Some(p) = peer {
+                        self.on_frame(key, p, f, Instant::now());
+                    }
                 }
             }
         }
@@ -536,6 +842,10 @@ impl Thread {
             for (i, d) in self.dials.iter_mut().enumerate() {
                 if d.link == Some(key) {
                     d.link = None;
+                    // What the peer holds is asked again in the next greeting; a snapshot cut off
+                    // midway is dropped (the store keeps its old state).
+                    self.sent[i] = None;
+                    self.incoming[i] = None;
                     let mut st = self.status.lock();
                     st[i].state = "down";
                     st[i].epoch = None;
@@ -566,5 +876,51 @@ impl Thread {
         for (_, link) in self.links.iter_mut() {
             link.close("this node is stopping", &mut Vec::new());
         }
+    }
+}
+
+/// What a peer's record means beyond the store: a session binding is bound in the session table to the
+/// backend at the recorded address (when the current config lists it); a tombstone forgets the session.
+fn apply_elsewhere(feed: &Feed, record: &Record) {
+    if record.kind != Kind::SessionBinding {
+        return;
+    }
+    let Ok(key) = <[u8; 16]>::try_from(&record.key[..]) else {
+        return;
+    };
+    let key = u128::from_be_bytes(key);
+    let now = crate::sticky::unix_now();
+    let Some(value) = &record.value else {
+        feed.sticky.table.remove(key);
+        return;
+    };
+    if record.expires != 0 && record.expires <= now {
+        return;
+    }
+    let Some(address) = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+    else {
+        log::debug!("replication: a session binding with an unreadable address");
+        return;
+    };
+    let snapshot = feed.shared.load();
+    let Some(backend) = snapshot
+        .clusters
+        .iter()
+        .flat_map(|c| &c.backends)
+        .find(|b| b.state.address == address)
+    else {
+        return;
+    };
+    let id = backend.state.id;
+    if feed
+        .sticky
+        .table
+        .lookup(feed.slot, key, now)
+        .map(|b| b.backend)
+        != Some(id)
+    {
+        feed.sticky.table.bind(feed.slot, key, id, now);
     }
 }

@@ -190,7 +190,33 @@ impl Server {
             polls.push(poll);
         }
         let peers = Arc::new(peers);
-        let sticky = Arc::new(Stickiness::new(&config.sessions, count).map_err(StartError::Tls)?);
+        // One counter slot per worker, and one for the replication thread (bindings from peers).
+        let sticky =
+            Arc::new(Stickiness::new(&config.sessions, count + 1).map_err(StartError::Tls)?);
+        // With `[cluster]`: the replicated store, its clock, and each worker's writer into it.
+        let mut writers: Vec<Option<crate::store::StoreWriter>> =
+            (0..count).map(|_| None).collect();
+        let mut feed = None;
+        if let Some(setup) = &replication {
+            let store = Arc::new(crate::store::Store::new());
+            let hlc = Arc::new(crate::store::Hlc::default());
+            let (f, w) = crate::store::WriteFeed::new(
+                store.clone(),
+                hlc.clone(),
+                crate::store::node_id(setup.node()),
+                count,
+                65_536,
+            );
+            writers = w.into_iter().map(Some).collect();
+            feed = Some(crate::replication::node::Feed {
+                store,
+                hlc,
+                feed: f,
+                sticky: sticky.clone(),
+                shared: Arc::clone(&shared),
+                slot: count,
+            });
+        }
         if config.sessions.cookie_keys.is_empty()
             && config
                 .routes
@@ -202,8 +228,12 @@ impl Server {
                  will not be honoured after a restart or by another node"
             );
         }
-        for (index, ((listeners, poll), rx)) in
-            per_worker.into_iter().zip(polls).zip(receivers).enumerate()
+        for (index, (((listeners, poll), rx), store)) in per_worker
+            .into_iter()
+            .zip(polls)
+            .zip(receivers)
+            .zip(writers)
+            .enumerate()
         {
             let parts = CtxParts {
                 worker: index,
@@ -218,6 +248,7 @@ impl Server {
                 sticky: sticky.clone(),
                 peers: peers.clone(),
                 metrics: Arc::clone(&metrics.workers[index]),
+                store,
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);
@@ -263,7 +294,10 @@ impl Server {
             });
         }
         let replication = match replication {
-            Some(setup) => Some(crate::replication::node::Replication::start(setup)?),
+            Some(setup) => Some(crate::replication::node::Replication::start(
+                setup,
+                feed.ok_or_else(|| StartError::Cluster("no store for the cluster".into()))?,
+            )?),
             None => None,
         };
         for (addr, info) in addresses.iter().zip(&infos) {
@@ -427,10 +461,16 @@ impl Server {
         }
         log::info!("stats: tls handshakes {}", self.tls.stats.summary());
         if let Some(r) = &self.replication {
+            let (records, digest, last) = r.store_summary();
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            log::info!(
+                "stats: cluster node {} store records={records} digest={hex} stream_last={last}",
+                r.node
+            );
             for p in r.peers() {
                 log::info!(
                     "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} \
-                     bytes_in={} bytes_out={} last={:?}",
+                     sent={} acked={} applied={} snapshots_in={} bytes_in={} bytes_out={} last={:?}",
                     r.node,
                     p.name,
                     p.address,
@@ -438,6 +478,10 @@ impl Server {
                     p.epoch.map_or("-".into(), |e| format!("{e:016x}")),
                     p.links_up,
                     p.refused,
+                    p.sent,
+                    p.acked,
+                    p.applied,
+                    p.snapshots_in,
                     p.bytes_in,
                     p.bytes_out,
                     p.last_reason

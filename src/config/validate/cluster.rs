@@ -92,6 +92,15 @@ impl Validator {
                 );
             }
         }
+        if config.sessions.cookie_keys.is_empty() {
+            // Learned, header and address session keys are digests keyed by the first cookie key:
+            // nodes with different keys would never find each other's sessions.
+            self.error(
+                "cluster",
+                "needs sessions.cookie_keys, the same on every node: session keys are derived from \
+                 the first one (make one with `head -c 32 /dev/urandom | base64`)",
+            );
+        }
         if c.heartbeat.is_zero() {
             self.error(
                 "cluster.heartbeat",

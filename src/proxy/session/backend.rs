@@ -15,6 +15,7 @@ impl Session {
                 cx: stages::AttemptCx {
                     balancer: &mut cx.balancer,
                     sticky: &cx.sticky,
+                    store: cx.store.as_ref(),
                     wakers: &mut cx.wakers,
                     worker: cx.worker,
                     now: cx.now,

@@ -274,6 +274,7 @@ impl Session {
             write_response_head(out, bytes, head, &opts);
             // Response hooks: headers tether adds to the final response head.
             let mut response = stages::Response {
+                store: cx.store.as_ref(),
                 out,
                 head,
                 bytes,
