@@ -68,3 +68,8 @@ fn response_head_corpus() {
 fn config_corpus() {
     replay("config", tether::fuzzing::config);
 }
+
+#[test]
+fn replication_frame_corpus() {
+    replay("replication_frame", tether::fuzzing::replication_frame);
+}

@@ -373,10 +373,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             count: r.u64()?,
             digest: r.array()?,
         },
-        _ => Frame::Heartbeat {
+        HEARTBEAT => Frame::Heartbeat {
             hlc: r.u64()?,
             sent: r.u64()?,
         },
+        _ => return Err(FrameError::UnknownType(kind)),
     };
     if !r.0.is_empty() {
         return Err(FrameError::Trailing);
@@ -442,8 +443,8 @@ fn name(r: &mut Reader<'_>) -> Result<String, FrameError> {
     if !valid_name(bytes) {
         return Err(FrameError::BadName);
     }
-    // ASCII by the check above.
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    // ASCII, by the check above.
+    String::from_utf8(bytes.to_vec()).map_err(|_| FrameError::BadName)
 }
 
 fn epoch(r: &mut Reader<'_>) -> Result<u64, FrameError> {
