@@ -39,7 +39,7 @@ fn node_config(
     let c = certs.display();
     format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
-         [cluster]\nname = \"test\"\nnode = \"{name}\"\nlisten = \"{listen}\"\nheartbeat = \"200ms\"\n\
+         [cluster]\nname = \"test\"\nnode = \"{name}\"\nlisten = \"{listen}\"\nheartbeat = \"200ms\"\nready_timeout = \"1s\"\n\
          peers = [{}]\n\
          [cluster.tls]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{name}.crt\"\nkey = \"{c}/{name}.key\"\n\
          [sessions]\ncookie_keys = [\"kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE=\"]\n\
@@ -300,8 +300,10 @@ fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_aft
         assert_eq!(&served_by(b.addr, cookie), backend);
         assert_eq!(&served_by(c.addr, cookie), backend);
     }
-    // A restarted a (a new process, empty) learns everything from a snapshot of its peers.
+    // A restarted a (a new process, empty) learns everything from a snapshot of its peers before it
+    // serves: its first report already holds every record.
     let a = mesh.start(0);
+    a.wait_log("synced from a peer (6 record(s)) before serving");
     assert_eq!(wait_records(&a, 6), digest);
     for (cookie, backend) in &sessions {
         assert_eq!(&served_by(a.addr, cookie), backend);

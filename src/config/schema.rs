@@ -844,6 +844,14 @@ pub struct ClusterMembership {
     /// A heartbeat goes out on a link idle this long; three missed ones close the link.
     #[serde(with = "duration", default = "default_heartbeat")]
     pub heartbeat: Duration,
+    /// At start, how long to wait for a snapshot from a peer before serving clients; past it the node
+    /// serves alone with an empty store (and says so).
+    #[serde(with = "duration", default = "default_ready_timeout")]
+    pub ready_timeout: Duration,
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// One peer of `[cluster]`.

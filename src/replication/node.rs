@@ -167,9 +167,40 @@ pub struct Replication {
     pub node: String,
     store: Arc<Store>,
     origin_last: Arc<std::sync::atomic::AtomicU64>,
+    /// Set once the store holds a peer's snapshot (see [`Replication::wait_ready`]).
+    synced: Arc<AtomicBool>,
+}
+
+/// How a node's start went: synced from a peer, or alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// A peer's snapshot was merged: the node holds what the cluster holds.
+    Synced,
+    /// No peer answered within the ready timeout: the node serves with what it has (an empty store).
+    Alone,
 }
 
 impl Replication {
+    /// Waits until the store holds a snapshot from a peer, or `timeout` passes; the caller starts
+    /// serving clients after it. A node with no peers is alone at once.
+    pub fn wait_ready(&self, timeout: Duration, has_peers: bool) -> Readiness {
+        if !has_peers {
+            return Readiness::Alone;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.synced.load(Ordering::Acquire) {
+                return Readiness::Synced;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.synced.load(Ordering::Acquire) {
+            Readiness::Synced
+        } else {
+            Readiness::Alone
+        }
+    }
+
     /// Starts the thread.
     pub fn start(setup: Setup, feed: Feed) -> std::io::Result<Replication> {
         let poll = Poll::new()?;
@@ -202,8 +233,10 @@ impl Replication {
         let node = setup.identity.node.clone();
         let store = feed.store.clone();
         let origin_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let synced = Arc::new(AtomicBool::new(false));
         let mut state = Thread::new(poll, setup, feed, stop.clone(), status.clone())?;
         state.origin_last = origin_last.clone();
+        state.synced = synced.clone();
         let thread = std::thread::Builder::new()
             .name("replication".into())
             .spawn(move || state.run())?;
@@ -216,6 +249,7 @@ impl Replication {
             node,
             store,
             origin_last,
+            synced,
         })
     }
 
@@ -281,6 +315,7 @@ struct Thread {
     /// Per peer: what this node holds of the peer's stream; the last of ours sent on its link (`None`:
     /// not streaming to it); an ack owed; a snapshot being received.
     streams: Vec<PeerStream>,
+    synced: Arc<AtomicBool>,
     sent: Vec<Option<u64>>,
     ack_due: Vec<bool>,
     incoming: Vec<Option<Stage>>,
@@ -330,6 +365,7 @@ impl Thread {
             origin_last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             feed,
             streams: vec![PeerStream::new(); n],
+            synced: Arc::new(AtomicBool::new(false)),
             sent: vec![None; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
@@ -611,6 +647,7 @@ impl Thread {
                         self.streams[peer].reset(epoch, at);
                         self.ack_due[peer] = true;
                         self.status.lock()[peer].snapshots_in += 1;
+                        self.synced.store(true, Ordering::Release);
                         log::info!(
                             "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {at})",
                             self.me.cluster,

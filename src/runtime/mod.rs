@@ -228,6 +228,36 @@ impl Server {
                  will not be honoured after a restart or by another node"
             );
         }
+        // With `[cluster]`: the replication thread starts first, and clients are served only once a
+        // peer's snapshot is in (or no peer answered within `ready_timeout`); meanwhile connections wait
+        // in the listeners' kernel backlog.
+        let replication = match replication {
+            Some(setup) => {
+                let has_peers = config.cluster.as_ref().is_some_and(|c| !c.peers.is_empty());
+                let timeout = config
+                    .cluster
+                    .as_ref()
+                    .map_or(Duration::ZERO, |c| c.ready_timeout);
+                let r = crate::replication::node::Replication::start(
+                    setup,
+                    feed.ok_or_else(|| StartError::Cluster("no store for the cluster".into()))?,
+                )?;
+                match r.wait_ready(timeout, has_peers) {
+                    crate::replication::node::Readiness::Synced => log::info!(
+                        "cluster: node {} synced from a peer ({} record(s)) before serving",
+                        r.node,
+                        r.store_summary().0
+                    ),
+                    crate::replication::node::Readiness::Alone => log::warn!(
+                        "cluster: node {} has no peer's snapshot after {}: serving alone, with an empty store",
+                        r.node,
+                        humantime::format_duration(timeout)
+                    ),
+                }
+                Some(r)
+            }
+            None => None,
+        };
         for (index, (((listeners, poll), rx), store)) in per_worker
             .into_iter()
             .zip(polls)
@@ -293,13 +323,6 @@ impl Server {
                 thread: Some(thread),
             });
         }
-        let replication = match replication {
-            Some(setup) => Some(crate::replication::node::Replication::start(
-                setup,
-                feed.ok_or_else(|| StartError::Cluster("no store for the cluster".into()))?,
-            )?),
-            None => None,
-        };
         for (addr, info) in addresses.iter().zip(&infos) {
             log::info!(
                 "listening on {}://{addr} (listener {}, {count} worker{})",
