@@ -335,3 +335,79 @@ fn two_nodes_binding_a_thousand_sessions_each_end_with_the_same_two_thousand_eve
     assert_eq!(wait_records(&b, 2000), digest);
     assert_eq!(wait_records(&c, 2000), digest);
 }
+
+/// One HTTPS GET on a new connection; returns how the handshake went.
+fn tls_get(
+    addr: SocketAddr,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    tls.conn.handshake_kind()
+}
+
+#[test]
+fn a_tls_session_ticket_issued_by_one_node_resumes_at_another() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    cluster_certs(dir.path(), "a,b");
+    let web = dir.path().join("web");
+    let status = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["certs", "--out"])
+        .arg(&web)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let backend = Backend::named("app");
+    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let tls_listener = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{w}/localhost.crt\", key = \"{w}/localhost.key\" }}]\n",
+        w = web.display()
+    );
+    // The nodes' configs with their one listener replaced by a TLS one.
+    let config = |name: &str, listen: SocketAddr, peer: (&str, SocketAddr)| {
+        node_config(name, listen, &[peer], dir.path(), &[backend.addr]).replacen(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n",
+            &tls_listener,
+            1,
+        )
+    };
+    let a = Tether::start(&config("a", a_addr, ("b", b_addr)));
+    let b = Tether::start(&config("b", b_addr, ("a", a_addr)));
+    wait_peer(&a, "b", "up");
+    wait_peer(&b, "a", "up");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(web.join("ca.crt")).unwrap())
+        .unwrap();
+    let cfg = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    // A full handshake at a (its ticket sealed with a cluster key), then the ticket resumes at b.
+    assert_eq!(tls_get(a.addr, &cfg), Some(rustls::HandshakeKind::Full));
+    assert_eq!(tls_get(b.addr, &cfg), Some(rustls::HandshakeKind::Resumed));
+    // b's own counters: the resumption happened there, and b made no full handshake.
+    b.signal("USR1");
+    let line = b.wait_log("stats: tls handshakes full=0 resumed=1 ");
+    assert!(line.contains("failed=0"), "{line}");
+}

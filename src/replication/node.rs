@@ -132,6 +132,12 @@ pub struct Feed {
     pub shared: SharedSnapshot,
     /// The session table's counter slot for bindings applied by this thread.
     pub slot: usize,
+    /// The process's TLS ticket keyring: in a cluster its keys are the replicated ones (this thread
+    /// rotates them, and installs every node's).
+    pub tickets: Arc<crate::tls::tickets::TicketKeyring>,
+    pub ticket_rotation: Duration,
+    /// How long a starting node waits for a peer before it makes keys of its own.
+    pub ready_timeout: Duration,
 }
 
 /// Records per `UPDATES` frame, and per `SNAPSHOT_RECORDS` frame.
@@ -319,6 +325,11 @@ struct Thread {
     sent: Vec<Option<u64>>,
     ack_due: Vec<bool>,
     incoming: Vec<Option<Stage>>,
+    /// Every node's TLS ticket keys by id (a copy of the store's `TicketKeys` records, small).
+    ticket_keys: std::collections::BTreeMap<[u8; 16], crate::tls::tickets::TicketKey>,
+    /// The ticket keys changed since they were last installed, or their maturity may have.
+    tickets_due: Instant,
+    started: Instant,
 }
 
 impl Thread {
@@ -369,6 +380,9 @@ impl Thread {
             sent: vec![None; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
+            ticket_keys: std::collections::BTreeMap::new(),
+            tickets_due: now,
+            started: now,
         })
     }
 
@@ -413,6 +427,7 @@ impl Thread {
             for key in ready {
                 self.drive(key, now);
             }
+            self.ticket_keys(now);
             self.stream(now);
             self.reap();
             self.publish();
@@ -588,9 +603,82 @@ impl Thread {
 
     /// Applies a peer's record: to the store, and what it means elsewhere (a session binding goes into
     /// the session table, by the backend's address in the current config).
-    fn apply(&self, record: &Record) {
+    fn apply(&mut self, record: &Record) {
         self.feed.store.apply(record.clone());
         apply_elsewhere(&self.feed, record);
+        self.note_ticket_key(record);
+    }
+
+    /// Keeps the copy of ticket keys current (a key arrived from a peer, or this node made one).
+    fn note_ticket_key(&mut self, record: &Record) {
+        if record.kind != Kind::TicketKeys {
+            return;
+        }
+        let Some(key) = record
+            .value
+            .as_ref()
+            .and_then(|v| crate::tls::tickets::TicketKey::from_record(&record.key, v))
+        else {
+            return;
+        };
+        self.ticket_keys.insert(key.id, key);
+        self.tickets_due = Instant::now();
+    }
+
+    /// Ticket keys in a cluster: every node can open every node's tickets (all keys are installed for
+    /// opening), and all seal with the same key — the newest one that is *mature*, made long enough ago
+    /// that every peer has it (the newest at all while none is). A node makes a new key when the newest
+    /// is a rotation old (or none exists once it is synced or alone), publishes it, and starts sealing
+    /// with it only when it matures: a key is distributed before any ticket depends on it.
+    fn ticket_keys(&mut self, now: Instant) {
+        let rotation = self.feed.ticket_rotation;
+        let unix = crate::sticky::unix_now() as u64;
+        let may_make = self.synced.load(Ordering::Acquire)
+            || self.me.peers.is_empty()
+            || now.saturating_duration_since(self.started) >= self.feed.ready_timeout;
+        let newest = self.ticket_keys.values().map(|k| k.created).max();
+        if may_make && newest.is_none_or(|c| unix.saturating_sub(c) >= rotation.as_secs().max(1)) {
+            if let Some(key) = self.feed.tickets.new_key() {
+                let record = Record {
+                    kind: Kind::TicketKeys,
+                    key: key.id.as_slice().into(),
+                    version: crate::store::Version {
+                        hlc: self.feed.hlc.now(),
+                        node_id: crate::store::node_id(&self.me.node),
+                    },
+                    // Kept for opening for three rotations, as a lone node keeps its keys.
+                    expires: (key.created + 3 * rotation.as_secs().max(1)).min(u32::MAX as u64)
+                        as u32,
+                    value: Some(key.to_value().as_slice().into()),
+                };
+                self.feed.store.apply(record.clone());
+                self.origin.push(record.clone(), now);
+                self.note_ticket_key(&record);
+                log::info!("cluster {}: new TLS ticket key published", self.me.cluster);
+            }
+        }
+        if now < self.tickets_due || self.ticket_keys.is_empty() {
+            return;
+        }
+        // Forget expired keys; order newest first; the sealing key goes first.
+        let keep = 3 * rotation.as_secs().max(1);
+        self.ticket_keys
+            .retain(|_, k| unix.saturating_sub(k.created) < keep);
+        let mut keys: Vec<_> = self.ticket_keys.values().cloned().collect();
+        keys.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        let grace = (2 * self.heartbeat).max(Duration::from_secs(2)).as_secs();
+        if let Some(i) = keys
+            .iter()
+            .position(|k| unix.saturating_sub(k.created) >= grace)
+        {
+            let sealing = keys.remove(i);
+            keys.insert(0, sealing);
+        }
+        self.feed
+            .tickets
+            .install(crate::tls::tickets::TicketKeySet { keys });
+        // Maturity changes with time: look again in a second.
+        self.tickets_due = now + Duration::from_secs(1);
     }
 
     /// Handles a frame from an up link with `peer`.
@@ -642,6 +730,14 @@ impl Thread {
                     Ok(verified) => {
                         for r in verified.records() {
                             apply_elsewhere(&self.feed, r);
+                        }
+                        let keys: Vec<Record> = verified
+                            .records()
+                            .filter(|r| r.kind == Kind::TicketKeys)
+                            .cloned()
+                            .collect();
+                        for r in &keys {
+                            self.note_ticket_key(r);
                         }
                         self.feed.store.merge(verified);
                         self.streams[peer].reset(epoch, at);

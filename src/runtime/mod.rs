@@ -215,6 +215,12 @@ impl Server {
                 sticky: sticky.clone(),
                 shared: Arc::clone(&shared),
                 slot: count,
+                tickets: tls.tickets.clone(),
+                ticket_rotation: config.tls.ticket_rotation,
+                ready_timeout: config
+                    .cluster
+                    .as_ref()
+                    .map_or(Duration::ZERO, |c| c.ready_timeout),
             });
         }
         if config.sessions.cookie_keys.is_empty()
@@ -588,8 +594,11 @@ impl Server {
                 },
                 recv(sweep) -> _ => self.sticky.table.sweep(crate::sticky::unix_now()),
                 recv(rotation) -> _ => {
-                    self.tls.tickets.rotate();
-                    log::info!("rotated TLS session ticket keys");
+                    // In a cluster the replication thread rotates them (every node seals alike).
+                    if self.replication.is_none() {
+                        self.tls.tickets.rotate();
+                        log::info!("rotated TLS session ticket keys");
+                    }
                 }
                 recv(self.exits) -> index => {
                     running -= 1;

@@ -25,6 +25,31 @@ pub struct TicketKey {
     pub created: u64,
 }
 
+impl TicketKey {
+    /// The replicated record's value: the secret, then `created` (big-endian); the key id is the
+    /// record's key.
+    pub fn to_value(&self) -> [u8; 40] {
+        let mut v = [0u8; 40];
+        v[..32].copy_from_slice(&self.secret);
+        v[32..].copy_from_slice(&self.created.to_be_bytes());
+        v
+    }
+
+    /// A key from a replicated record's key and value; `None` when either has the wrong size.
+    pub fn from_record(id: &[u8], value: &[u8]) -> Option<TicketKey> {
+        let id: [u8; KEY_ID_LEN] = id.try_into().ok()?;
+        let value: &[u8; 40] = value.try_into().ok()?;
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&value[..32]);
+        let created = u64::from_be_bytes(value[32..].try_into().ok()?);
+        Some(TicketKey {
+            id,
+            secret,
+            created,
+        })
+    }
+}
+
 impl std::fmt::Debug for TicketKey {
     // Never print the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +133,22 @@ impl TicketKeyring {
         set.keys.insert(0, key);
         set.keys.truncate(KEYS_KEPT);
         self.install(set);
+    }
+
+    /// A fresh random key, not installed (a cluster node publishes it to its peers first).
+    pub fn new_key(&self) -> Option<TicketKey> {
+        let mut key = TicketKey {
+            id: [0; KEY_ID_LEN],
+            secret: [0; 32],
+            created: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        if self.rng.fill(&mut key.id).is_err() || self.rng.fill(&mut key.secret).is_err() {
+            log::error!("ticket key: no randomness available");
+            return None;
+        }
+        Some(key)
     }
 
     /// The keys in use (for replication).
@@ -212,6 +253,16 @@ mod tests {
         let t = primary.encrypt(b"resume me").unwrap();
         replica.install(primary.key_set());
         assert_eq!(replica.decrypt(&t).unwrap(), b"resume me");
+    }
+
+    #[test]
+    fn a_key_survives_its_record_encoding() {
+        let ring = TicketKeyring::new(Duration::from_secs(60), true);
+        let key = ring.new_key().unwrap();
+        let back = TicketKey::from_record(&key.id, &key.to_value()).unwrap();
+        assert!(back == key);
+        assert!(TicketKey::from_record(&key.id[..8], &key.to_value()).is_none());
+        assert!(TicketKey::from_record(&key.id, &key.to_value()[..39]).is_none());
     }
 
     #[test]
