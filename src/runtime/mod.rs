@@ -493,8 +493,11 @@ impl Server {
             let (records, digest, last) = r.store_summary();
             let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
             log::info!(
-                "stats: cluster node {} store records={records} digest={hex} stream_last={last}",
-                r.node
+                "stats: cluster node {} store records={records} bindings={} ticket_keys={} \
+                 digest={hex} stream_last={last}",
+                r.node,
+                r.count(crate::store::Kind::SessionBinding),
+                r.count(crate::store::Kind::TicketKeys)
             );
             for p in r.peers() {
                 log::info!(
