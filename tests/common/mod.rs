@@ -961,3 +961,7 @@ impl Client {
         }
     }
 }
+
+// ----- cluster helpers (nodes with [cluster], SIGUSR1 store and peer reports, a cutting relay) ----------
+
+pub mod cluster;
