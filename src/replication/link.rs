@@ -171,7 +171,12 @@ impl Link {
                 }
                 ReadOutcome::Blocked => {}
                 ReadOutcome::Eof => return self.close("the peer closed the link", events),
-                ReadOutcome::Error(e) if self.phase == LinkPhase::Handshaking => {
+                // TLS itself refused (rustls reports protocol and certificate errors as invalid data);
+                // a reset or refused connection is a peer that is down, not a refusal.
+                ReadOutcome::Error(e)
+                    if self.phase == LinkPhase::Handshaking
+                        && e.kind() == std::io::ErrorKind::InvalidData =>
+                {
                     // Authentication failed (a certificate from another CA, for another name) or
                     // the peer does not speak the protocol: refused, nothing of it was read.
                     self.phase = LinkPhase::Closed;

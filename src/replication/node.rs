@@ -330,6 +330,10 @@ struct Thread {
     sent: Vec<Option<u64>>,
     ack_due: Vec<bool>,
     incoming: Vec<Option<Stage>>,
+    /// Writes dropped by full worker queues, as last seen; per peer, a snapshot is owed (those writes are
+    /// in the store but not in the stream, so only a snapshot carries them).
+    dropped_seen: u64,
+    resync: Vec<bool>,
     /// Every node's TLS ticket keys by id (a copy of the store's `TicketKeys` records, small).
     ticket_keys: std::collections::BTreeMap<[u8; 16], crate::tls::tickets::TicketKey>,
     /// The ticket keys changed since they were last installed, or their maturity may have.
@@ -385,6 +389,8 @@ impl Thread {
             sent: vec![None; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
+            dropped_seen: 0,
+            resync: vec![false; n],
             ticket_keys: std::collections::BTreeMap::new(),
             tickets_due: now,
             started: now,
@@ -560,7 +566,8 @@ impl Thread {
     /// Where this node's stream starts for `peer`, which holds `resume` of it: from the backlog when it
     /// can, else with a snapshot of the whole store (queued on the link now, before any update).
     fn start_stream(&mut self, key: usize, peer: usize, resume: Option<(u64, u64)>) -> Start {
-        if let Some((epoch, applied)) = resume {
+        let owed = std::mem::take(&mut self.resync[peer]);
+        if let (Some((epoch, applied)), false) = (resume, owed) {
             if self.origin.since(epoch, applied).is_ok() {
                 self.sent[peer] = Some(applied);
                 return Start::Resume { from: applied + 1 };
@@ -785,6 +792,22 @@ impl Thread {
         self.feed.feed.drain(65_536, |r| {
             origin.push(r, now);
         });
+        // A worker's queue was full: its writes are in the store but not in the stream. Every peer gets
+        // a snapshot (its link is closed; the next greeting sends one instead of resuming).
+        let dropped = self.feed.feed.dropped();
+        if dropped > self.dropped_seen {
+            log::warn!(
+                "cluster {}: {} write(s) missed the replication queue; resyncing every peer",
+                self.me.cluster,
+                dropped - self.dropped_seen
+            );
+            self.dropped_seen = dropped;
+            self.resync.iter_mut().for_each(|r| *r = true);
+            let keys: Vec<usize> = self.dials.iter().filter_map(|d| d.link).collect();
+            for key in keys {
+                self.close_link(key, "resync after missed writes");
+            }
+        }
         self.origin.evict(now);
         self.origin_last
             .store(self.origin.last(), Ordering::Relaxed);
