@@ -61,6 +61,7 @@ pub const TEST_ECHO_LIMIT: usize = 4096;
 ///
 /// - `POST /.tether/test/echo`: reads the body (at most [`TEST_ECHO_LIMIT`] bytes: 413 beyond, 411 when
 ///   chunked) and answers it back with `200`, keeping the connection open.
+/// - `GET /.tether/test/sync?key=K`: a sync write to the replicated store (see [`sync_write`]).
 /// - `GET /.tether/test/wake?ms=N`: parks the request; a thread completes its ticket after N ms (at most
 ///   5,000), which wakes the worker, and the request is answered `200 woken`. With `ms` above the
 ///   deadline of 2 s, the wait times out (503).
@@ -97,7 +98,7 @@ pub(crate) fn test_endpoints(
                     Verdict::Wait(Wait::Ticket {
                         ticket: ticket.clone(),
                         until: r.cx.now + std::time::Duration::from_secs(2),
-                        on_timeout: crate::error::Termination::WaitTimeout,
+                        on_timeout: Some(crate::error::Termination::WaitTimeout),
                     })
                 };
             }
@@ -128,9 +129,64 @@ pub(crate) fn test_endpoints(
             Verdict::Wait(Wait::Ticket {
                 ticket,
                 until: r.cx.now + std::time::Duration::from_secs(2),
-                on_timeout: crate::error::Termination::WaitTimeout,
+                on_timeout: Some(crate::error::Termination::WaitTimeout),
             })
         }
+        b"/.tether/test/sync" => sync_write(r),
         _ => Verdict::Continue,
     }
+}
+
+/// `/.tether/test/sync?key=K`: a `sync` write to the replicated store (a session-binding record for a key
+/// derived from `K`, naming no configured backend), answered `200 acknowledged` once a peer applied it.
+/// With no acknowledgement within `[cluster] sync_timeout`: 503 (`wait_timeout`), or with
+/// `on_sync_timeout = "degrade"` `200 degraded` and a counted degraded write. Without `[cluster]`: 503.
+fn sync_write(r: &mut crate::proxy::stages::Request<'_>) -> crate::proxy::stages::Verdict {
+    use crate::proxy::stages::{Answer, Reply, Verdict, Wait};
+    let reply =
+        |body: &[u8]| Verdict::Answer(Answer::Reply(Box::new(Reply::new(200, "text/plain", body))));
+    if let Some(ticket) = &r.plan.ticket {
+        if ticket.is_done() {
+            r.plan.ticket = None;
+            return reply(b"acknowledged\n");
+        }
+        // Timed out and the policy is to degrade.
+        r.plan.ticket = None;
+        r.cx.metrics.degraded_writes.inc();
+        log::warn!("sync write served without a peer's acknowledgement (degraded)");
+        return reply(b"degraded\n");
+    }
+    let Some(store) = r.cx.store else {
+        return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+            "no replicated store: [cluster] is not configured",
+        )));
+    };
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+            "no wake-up channel",
+        )));
+    };
+    let target = r.head.target.of(r.bytes);
+    let name = target.split(|&b| b == b'=').nth(1).unwrap_or(b"");
+    let mut key = [0u8; 16];
+    for (i, b) in name.iter().enumerate() {
+        key[i % 16] ^= b.rotate_left((i / 16) as u32);
+    }
+    key[0] ^= 0xa5; // never the key of a real session id by accident (those are random or digests)
+    let record = crate::store::Record {
+        kind: crate::store::Kind::SessionBinding,
+        key: key.as_slice().into(),
+        version: store.version(),
+        expires: r.cx.unix_now.saturating_add(60),
+        value: Some(b"0.0.0.0:1".as_slice().into()),
+    };
+    let done = ticket.clone();
+    let _ = store.write_sync(record, std::sync::Arc::new(move || done.complete()));
+    r.plan.ticket = Some(ticket.clone());
+    let snapshot = r.cx.snapshot;
+    Verdict::Wait(Wait::Ticket {
+        ticket,
+        until: r.cx.now + snapshot.sync_timeout,
+        on_timeout: (!snapshot.sync_degrade).then_some(crate::error::Termination::WaitTimeout),
+    })
 }

@@ -105,6 +105,8 @@ pub struct WorkerMetrics {
     pub retries: Counter,
     /// Panics caught while handling a connection.
     pub panics: Counter,
+    /// Sync writes served without a peer's acknowledgement (`on_sync_timeout = "degrade"`).
+    pub degraded_writes: Counter,
     /// Requests by how they ended.
     pub terminations: [Counter; TERMINATIONS],
     /// Responses by status class: index 1–5 for 1xx–5xx, 0 for none.
@@ -131,6 +133,7 @@ impl Default for WorkerMetrics {
             upstream_reuses: Counter::default(),
             retries: Counter::default(),
             panics: Counter::default(),
+            degraded_writes: Counter::default(),
             terminations: Default::default(),
             status: Default::default(),
             request_us: Histogram::default(),
@@ -216,6 +219,7 @@ pub struct Totals {
     pub upstream_reuses: u64,
     pub retries: u64,
     pub panics: u64,
+    pub degraded_writes: u64,
     pub terminations: [u64; TERMINATIONS],
     pub status: [u64; 6],
     pub request_us: HistogramTotals,
@@ -257,6 +261,7 @@ impl Registry {
             t.upstream_reuses += w.upstream_reuses.get();
             t.retries += w.retries.get();
             t.panics += w.panics.get();
+            t.degraded_writes += w.degraded_writes.get();
             for (a, c) in t.terminations.iter_mut().zip(&w.terminations) {
                 *a += c.get();
             }
@@ -298,7 +303,7 @@ pub fn report_lines(t: &Totals) -> Vec<String> {
     }
     lines.push(format!(
         "stats: requests total={} answered_by_tether={} retries={} accepted={} rejected_per_client={} \
-         upstream_connects={} upstream_reuses={} panics={}",
+         upstream_connects={} upstream_reuses={} panics={} degraded_writes={}",
         t.requests,
         t.answered,
         t.retries,
@@ -306,7 +311,8 @@ pub fn report_lines(t: &Totals) -> Vec<String> {
         t.rejected_per_client,
         t.upstream_connects,
         t.upstream_reuses,
-        t.panics
+        t.panics,
+        t.degraded_writes
     ));
     lines.push(format!(
         "stats: responses 1xx={} 2xx={} 3xx={} 4xx={} 5xx={} none={}",
@@ -372,7 +378,7 @@ fn prometheus_counter<'a>(
 /// The request metrics in Prometheus' text exposition format.
 pub fn prometheus(t: &Totals) -> String {
     let mut out = String::new();
-    let plain: [(&str, &str, u64); 8] = [
+    let plain: [(&str, &str, u64); 9] = [
         (
             "tether_connections_accepted_total",
             "Client connections accepted.",
@@ -405,6 +411,11 @@ pub fn prometheus(t: &Totals) -> String {
             t.upstream_reuses,
         ),
         ("tether_panics_total", "Panics caught on workers.", t.panics),
+        (
+            "tether_degraded_sync_writes_total",
+            "Sync writes served without a peer's acknowledgement.",
+            t.degraded_writes,
+        ),
     ];
     for (name, help, v) in plain {
         prometheus_counter(&mut out, name, help, "", [("", v)]);

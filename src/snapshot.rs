@@ -34,6 +34,9 @@ pub struct ConfigSnapshot {
     /// are counted under (stable across reloads for the same name).
     pub route_metric: Vec<usize>,
     pub cluster_metric: Vec<usize>,
+    /// `[cluster]`'s sync writes: how long one waits for a peer, and whether it then serves degraded.
+    pub sync_timeout: std::time::Duration,
+    pub sync_degrade: bool,
 }
 
 impl ConfigSnapshot {
@@ -101,6 +104,14 @@ impl ConfigSnapshot {
                 .map(|h| h.to_ascii_lowercase()),
             route_metric,
             cluster_metric,
+            sync_timeout: config
+                .cluster
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(1), |c| c.sync_timeout),
+            sync_degrade: config
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade),
         })
     }
 }

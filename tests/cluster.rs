@@ -411,3 +411,83 @@ fn a_tls_session_ticket_issued_by_one_node_resumes_at_another() {
     let line = b.wait_log("stats: tls handshakes full=0 resumed=1 ");
     assert!(line.contains("failed=0"), "{line}");
 }
+
+/// A node with the test endpoints on (for `/.tether/test/sync`).
+fn start_with_test_endpoints(config: &str) -> Tether {
+    Tether::start_with_env(
+        config,
+        &["--workers", "1"],
+        &[("TETHER_TEST_ENDPOINTS", "1")],
+    )
+}
+
+#[test]
+fn a_sync_write_is_answered_once_a_peer_holds_it_and_fails_when_none_can() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_certs(dir.path(), "a,b");
+    let backend = Backend::named("app");
+    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let sync = "sync_timeout = \"300ms\"\n";
+    let a = start_with_test_endpoints(
+        &node_config("a", a_addr, &[("b", b_addr)], dir.path(), &[backend.addr]).replacen(
+            "ready_timeout",
+            &format!("{sync}ready_timeout"),
+            1,
+        ),
+    );
+    let mut b = Tether::start(&node_config(
+        "b",
+        b_addr,
+        &[("a", a_addr)],
+        dir.path(),
+        &[backend.addr],
+    ));
+    wait_peer(&a, "b", "up");
+    let r = get(a.addr, "/.tether/test/sync?key=first");
+    assert_eq!((r.status, r.text().as_str()), (200, "acknowledged\n"));
+    // b holds it: one binding record more there (ticket keys aside).
+    wait_records(&b, 1);
+
+    // With no peer to acknowledge it, the policy ("fail") answers 503 and says why.
+    b.kill();
+    wait_peer(&a, "b", "down");
+    let r = get(a.addr, "/.tether/test/sync?key=second");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("timed out waiting"), "{}", r.text());
+    // The write is not lost: it is in a's store and reaches b when b is back.
+    let _b = Tether::start(&node_config(
+        "b",
+        b_addr,
+        &[("a", a_addr)],
+        dir.path(),
+        &[backend.addr],
+    ));
+    wait_records(&_b, 2);
+}
+
+#[test]
+fn with_the_degrade_policy_a_sync_write_without_peers_is_served_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_certs(dir.path(), "a,b");
+    let backend = Backend::named("app");
+    // b is never started.
+    let a = start_with_test_endpoints(
+        &node_config(
+            "a",
+            dead_addr(),
+            &[("b", dead_addr())],
+            dir.path(),
+            &[backend.addr],
+        )
+        .replacen(
+            "ready_timeout",
+            "sync_timeout = \"200ms\"\non_sync_timeout = \"degrade\"\nready_timeout",
+            1,
+        ),
+    );
+    a.wait_log("serving alone");
+    let r = get(a.addr, "/.tether/test/sync?key=k");
+    assert_eq!((r.status, r.text().as_str()), (200, "degraded\n"));
+    a.signal("USR1");
+    a.wait_log("degraded_writes=1");
+}

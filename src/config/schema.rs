@@ -848,6 +848,27 @@ pub struct ClusterMembership {
     /// serves alone with an empty store (and says so).
     #[serde(with = "duration", default = "default_ready_timeout")]
     pub ready_timeout: Duration,
+    /// How long a `sync` write (a login, a revocation) waits for a peer's acknowledgement.
+    #[serde(with = "duration", default = "default_sync_timeout")]
+    pub sync_timeout: Duration,
+    /// Past `sync_timeout`: `"fail"` answers 503; `"degrade"` serves anyway and counts a degraded write.
+    #[serde(default)]
+    pub on_sync_timeout: SyncTimeoutPolicy,
+}
+
+/// What a `sync` write does when no peer acknowledged it in time.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncTimeoutPolicy {
+    /// Answer 503: nothing is acknowledged to a client that a second node does not hold.
+    #[default]
+    Fail,
+    /// Serve anyway and count the write as degraded (it replicates when a peer comes back).
+    Degrade,
+}
+
+fn default_sync_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_ready_timeout() -> Duration {

@@ -90,11 +90,12 @@ pub(crate) enum Wait {
     /// client timeout (408).
     Body { limit: usize },
     /// For another thread to complete `ticket` (a password hash, a replica's acknowledgement, a long
-    /// poll). Deadline: `until`, then `on_timeout` answers.
+    /// poll). Deadline: `until`, then `on_timeout` answers — or, when `None`, the stage runs again and
+    /// decides (it finds the ticket not done: a degraded sync write, say).
     Ticket {
         ticket: Arc<Ticket>,
         until: Instant,
-        on_timeout: Termination,
+        on_timeout: Option<Termination>,
     },
 }
 
@@ -239,6 +240,9 @@ pub(crate) struct RequestCx<'a> {
     /// This request's wake-up address, and the worker's channels (for a ticket handed to another thread).
     pub wake: WakeTarget,
     pub wakers: &'a Wakers,
+    /// The replicated store, with `[cluster]`.
+    pub store: Option<&'a crate::store::StoreWriter>,
+    pub metrics: &'a crate::metrics::WorkerMetrics,
 }
 
 impl RequestCx<'_> {

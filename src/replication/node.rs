@@ -334,6 +334,8 @@ struct Thread {
     /// in the store but not in the stream, so only a snapshot carries them).
     dropped_seen: u64,
     resync: Vec<bool>,
+    /// Sync writes waiting for a peer's acknowledgement, by sequence (in order).
+    pending_sync: std::collections::VecDeque<(u64, crate::store::writer::OnAck)>,
     /// Every node's TLS ticket keys by id (a copy of the store's `TicketKeys` records, small).
     ticket_keys: std::collections::BTreeMap<[u8; 16], crate::tls::tickets::TicketKey>,
     /// The ticket keys changed since they were last installed, or their maturity may have.
@@ -391,6 +393,7 @@ impl Thread {
             incoming: (0..n).map(|_| None).collect(),
             dropped_seen: 0,
             resync: vec![false; n],
+            pending_sync: std::collections::VecDeque::new(),
             ticket_keys: std::collections::BTreeMap::new(),
             tickets_due: now,
             started: now,
@@ -717,6 +720,12 @@ impl Thread {
             },
             Frame::Ack { epoch, seq } if epoch == self.me.epoch => {
                 self.status.lock()[peer].acked = seq;
+                // A sync write is acknowledged once any peer applied it.
+                while self.pending_sync.front().is_some_and(|(s, _)| *s <= seq) {
+                    if let Some((_, f)) = self.pending_sync.pop_front() {
+                        f();
+                    }
+                }
             }
             Frame::Resume { epoch, seq } if epoch == self.me.epoch => {
                 // Sent again from the backlog, or by a snapshot on the next link if it is gone.
@@ -789,8 +798,12 @@ impl Thread {
     /// owed acks go out.
     fn stream(&mut self, now: Instant) {
         let origin = &mut self.origin;
-        self.feed.feed.drain(65_536, |r| {
-            origin.push(r, now);
+        let pending = &mut self.pending_sync;
+        self.feed.feed.drain_with_acks(65_536, |r, on_ack| {
+            let seq = origin.push(r, now);
+            if let Some(f) = on_ack {
+                pending.push_back((seq, f));
+            }
         });
         // A worker's queue was full: its writes are in the store but not in the stream. Every peer gets
         // a snapshot (its link is closed; the next greeting sends one instead of resuming).

@@ -21,13 +21,31 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[error("replication queue full: write applied locally only, peers need a resync")]
 pub struct Full;
 
+/// Called by the replication thread once a peer acknowledged a `sync` write (it applied the record).
+pub type OnAck = Arc<dyn Fn() + Send + Sync>;
+
+/// A queued write: the record, and for a `sync` write who to tell when a peer has it.
+pub(crate) struct Queued {
+    record: Record,
+    on_ack: Option<OnAck>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("record", &self.record)
+            .field("sync", &self.on_ack.is_some())
+            .finish()
+    }
+}
+
 /// One worker's handle for writing to the store (not shared: each worker owns its own).
 #[derive(Debug)]
 pub struct StoreWriter {
     store: Arc<Store>,
     hlc: Arc<Hlc>,
     node_id: u16,
-    queue: Sender<Record>,
+    queue: Sender<Queued>,
     dropped: Arc<[CachePadded<AtomicU64>]>,
     worker: usize,
 }
@@ -37,11 +55,26 @@ impl StoreWriter {
     /// write, older than what the store holds, is not sent: the newer record is someone's to send). With
     /// no replication thread (the feed dropped), writes are local only.
     pub fn write(&self, record: Record) -> Result<Applied, Full> {
+        self.enqueue(record, None)
+    }
+
+    /// A `sync` write: applied and queued like [`write`](Self::write), and `on_ack` is called (from the
+    /// replication thread) once a peer acknowledged it. A stale write is already superseded: `on_ack`
+    /// is called at once. With no replication thread, it is never called (the caller's wait times out
+    /// and its policy decides).
+    pub fn write_sync(&self, record: Record, on_ack: OnAck) -> Result<Applied, Full> {
+        self.enqueue(record, Some(on_ack))
+    }
+
+    fn enqueue(&self, record: Record, on_ack: Option<OnAck>) -> Result<Applied, Full> {
         let applied = self.store.apply(record.clone());
         if !applied.changed() {
+            if let Some(f) = on_ack {
+                f();
+            }
             return Ok(applied);
         }
-        match self.queue.try_send(record) {
+        match self.queue.try_send(Queued { record, on_ack }) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(applied),
             Err(TrySendError::Full(_)) => {
                 // This worker is the slot's only writer: a plain load and store.
@@ -89,7 +122,7 @@ impl StoreWriter {
 /// their queue full.
 #[derive(Debug)]
 pub struct WriteFeed {
-    queues: Vec<Receiver<Record>>,
+    queues: Vec<Receiver<Queued>>,
     dropped: Arc<[CachePadded<AtomicU64>]>,
     next: usize,
 }
@@ -133,6 +166,15 @@ impl WriteFeed {
     /// Takes up to `max` queued records, one per worker in turn so no worker's writes starve the others',
     /// and returns how many. A worker's records come in the order it wrote them.
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(Record)) -> usize {
+        self.drain_with_acks(max, |r, _| f(r))
+    }
+
+    /// [`drain`](Self::drain), with each `sync` write's acknowledgement callback.
+    pub fn drain_with_acks(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(Record, Option<OnAck>),
+    ) -> usize {
         let n = self.queues.len();
         let mut taken = 0;
         let mut idle = 0;
@@ -140,8 +182,8 @@ impl WriteFeed {
             let q = &self.queues[self.next];
             self.next = (self.next + 1) % n;
             match q.try_recv() {
-                Ok(r) => {
-                    f(r);
+                Ok(q) => {
+                    f(q.record, q.on_ack);
                     taken += 1;
                     idle = 0;
                 }

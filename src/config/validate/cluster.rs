@@ -101,6 +101,12 @@ impl Validator {
                  the first one (make one with `head -c 32 /dev/urandom | base64`)",
             );
         }
+        if c.sync_timeout.is_zero() {
+            self.error(
+                "cluster.sync_timeout",
+                "must be greater than zero (e.g. \"1s\")",
+            );
+        }
         if c.heartbeat.is_zero() {
             self.error(
                 "cluster.heartbeat",

@@ -234,7 +234,14 @@ impl Session {
                     }
                 }
                 Some(Wait::Body { .. }) => self.fail(cx, Termination::ClientTimeout),
-                Some(Wait::Ticket { on_timeout, .. }) => self.fail(cx, on_timeout),
+                Some(Wait::Ticket {
+                    on_timeout: Some(t),
+                    ..
+                }) => self.fail(cx, t),
+                // The stage decides what a timed-out wait means.
+                Some(Wait::Ticket {
+                    on_timeout: None, ..
+                }) => self.resume_request_stages(cx, sessions, None),
                 None => self.phase = Phase::Closed,
             },
             Phase::Connect => {

@@ -216,6 +216,8 @@ impl Session {
                     trusted: cx.listeners[self.listener as usize].trust_forwarded,
                     wake,
                     wakers: &cx.wakers,
+                    store: cx.store.as_ref(),
+                    metrics: &cx.metrics,
                 },
             };
             match stage(&mut request) {
@@ -359,7 +361,7 @@ impl Session {
 
     /// Parses the head again (the worker's scratch head served other requests meanwhile) and goes on
     /// with the request stages.
-    fn resume_request_stages(
+    pub(super) fn resume_request_stages(
         &mut self,
         cx: &mut Ctx,
         sessions: &SessionReader<'_>,
