@@ -1,87 +1,22 @@
-//! End-to-end: cluster nodes (real `tether` processes) link up over mutually authenticated TLS, refuse a
-//! node whose certificate comes from another CA, and see a killed peer go down and come back with a new
-//! epoch.
+//! End-to-end: cluster nodes (real `tether` processes) link up over mutually authenticated TLS and refuse a
+//! node of another CA; a killed peer goes down and comes back with a new epoch; session bindings learned at
+//! one node route at every node, also after kill -9, and a restarted node resyncs before it serves; TLS
+//! tickets resume across nodes; sync writes wait for a peer's acknowledgement or follow their policy.
 
 mod common;
 
+use common::cluster::*;
 use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-
-/// Writes a cluster CA and node certificates with the real `tether certs cluster`.
-fn cluster_certs(dir: &Path, nodes: &str) {
-    let status = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["certs", "cluster", "--nodes", nodes, "--out"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// A node's config: one client listener, `[cluster]` with `peers`, certificates from `certs`.
-fn node_config(
-    name: &str,
-    listen: SocketAddr,
-    peers: &[(&str, SocketAddr)],
-    certs: &Path,
-    backends: &[SocketAddr],
-) -> String {
-    let backends: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ address = \"{b}\" }}"))
-        .collect();
-    let backends = backends.join(", ");
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|(n, a)| format!("{{ name = \"{n}\", address = \"{a}\" }}"))
-        .collect();
-    let c = certs.display();
-    format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
-         [cluster]\nname = \"test\"\nnode = \"{name}\"\nlisten = \"{listen}\"\nheartbeat = \"200ms\"\nready_timeout = \"1s\"\n\
-         peers = [{}]\n\
-         [cluster.tls]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{name}.crt\"\nkey = \"{c}/{name}.key\"\n\
-         [sessions]\ncookie_keys = [\"kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE=\"]\n\
-         [clusters.app]\nbackends = [{backends}]\n\
-         [[routes]]\npath_prefix = \"/app/\"\ncluster = \"app\"\nclass = \"secure\"\nsession = \"learn:APPSESSION\"\n\
-         [[routes]]\ncluster = \"app\"\n",
-        peers.join(", ")
-    )
-}
-
-/// The `state=` and `epoch=` SIGUSR1 reports for `peer`, from the newest report line.
-fn peer_report(t: &Tether, peer: &str) -> Option<(String, String)> {
-    let needle = format!(" peer {peer} at ");
-    let line = t
-        .log_lines()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("stats: cluster node") && l.contains(&needle))?;
-    let field = |k: &str| {
-        line.split(&format!(" {k}="))
-            .nth(1)
-            .map(|v| v.split(' ').next().unwrap_or("").to_string())
-    };
-    Some((field("state")?, field("epoch")?))
-}
-
-/// Waits until SIGUSR1 reports `peer` in `state` at `t`; returns the epoch reported.
-fn wait_peer(t: &Tether, peer: &str, state: &str) -> String {
-    wait_until(&format!("peer {peer} {state}"), || {
-        t.signal("USR1");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        peer_report(t, peer).is_some_and(|(s, _)| s == state)
-    });
-    peer_report(t, peer).map(|(_, e)| e).unwrap_or_default()
-}
 
 #[test]
 fn three_nodes_link_up_and_a_killed_peer_comes_back_with_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();
     cluster_certs(dir.path(), "a,b,c");
     let backend = Backend::named("app");
-    let addr = [dead_addr(), dead_addr(), dead_addr()];
+    let addr = [repl_addr(), repl_addr(), repl_addr()];
     let names = ["a", "b", "c"];
     let config = |i: usize| {
         let peers: Vec<(&str, SocketAddr)> = (0..3)
@@ -121,7 +56,7 @@ fn a_node_with_a_certificate_from_another_ca_is_refused_and_logged() {
     // An impostor for b: a certificate named b, from another CA.
     cluster_certs(theirs.path(), "b");
     let backend = Backend::named("app");
-    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let (a_addr, b_addr) = (repl_addr(), repl_addr());
     let a = Tether::start(&node_config(
         "a",
         a_addr,
@@ -164,25 +99,6 @@ fn a_node_with_a_certificate_from_another_ca_is_refused_and_logged() {
     assert_eq!(a.count_log("link with b up"), 0);
 }
 
-/// A backend that gives every client without an `APPSESSION` cookie a new one (`NAME-N`) and answers
-/// with its name.
-fn session_backend(name: &'static str) -> Backend {
-    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    Backend::start(move |req, _| {
-        let has = req
-            .header("cookie")
-            .is_some_and(|c| c.contains("APPSESSION="));
-        if has {
-            return Some(Reply::text(200, name));
-        }
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(Reply::raw(format!(
-            "HTTP/1.1 200 OK\r\nSet-Cookie: APPSESSION={name}-{n}; Path=/\r\nContent-Length: {}\r\n\r\n{name}",
-            name.len()
-        )))
-    })
-}
-
 /// Three nodes over two session backends; returns the nodes (a, b, c) and the config maker.
 struct Mesh {
     _dir: tempfile::TempDir,
@@ -196,7 +112,7 @@ impl Mesh {
         cluster_certs(dir.path(), "a,b,c");
         let backends = [session_backend("one"), session_backend("two")];
         let addrs = [backends[0].addr, backends[1].addr];
-        let listen = [dead_addr(), dead_addr(), dead_addr()];
+        let listen = [repl_addr(), repl_addr(), repl_addr()];
         let names = ["a", "b", "c"];
         let configs = (0..3)
             .map(|i| {
@@ -217,31 +133,6 @@ impl Mesh {
     fn start(&self, i: usize) -> Tether {
         Tether::start(&self.configs[i])
     }
-}
-
-/// The store's `bindings=` and `digest=` from the newest SIGUSR1 report.
-fn store_report(t: &Tether) -> Option<(usize, String)> {
-    let line = t
-        .log_lines()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("stats: cluster node") && l.contains(" store records="))?;
-    let field = |k: &str| {
-        line.split(&format!(" {k}="))
-            .nth(1)
-            .map(|v| v.split(' ').next().unwrap_or("").to_string())
-    };
-    Some((field("bindings")?.parse().ok()?, field("digest")?))
-}
-
-/// Waits until `t` reports `want` session bindings; returns its store's digest (every kind).
-fn wait_records(t: &Tether, want: usize) -> String {
-    wait_until(&format!("{want} replicated records"), || {
-        t.signal("USR1");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        store_report(t).is_some_and(|(n, _)| n == want)
-    });
-    store_report(t).unwrap().1
 }
 
 /// Starts a session at `node` (the backend sets its cookie); returns the cookie and the backend's name.
@@ -372,7 +263,7 @@ fn a_tls_session_ticket_issued_by_one_node_resumes_at_another() {
         .unwrap();
     assert!(status.success());
     let backend = Backend::named("app");
-    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let (a_addr, b_addr) = (repl_addr(), repl_addr());
     let tls_listener = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{w}/localhost.crt\", key = \"{w}/localhost.key\" }}]\n",
         w = web.display()
@@ -426,7 +317,7 @@ fn a_sync_write_is_answered_once_a_peer_holds_it_and_fails_when_none_can() {
     let dir = tempfile::tempdir().unwrap();
     cluster_certs(dir.path(), "a,b");
     let backend = Backend::named("app");
-    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let (a_addr, b_addr) = (repl_addr(), repl_addr());
     let sync = "sync_timeout = \"300ms\"\n";
     let a = start_with_test_endpoints(
         &node_config("a", a_addr, &[("b", b_addr)], dir.path(), &[backend.addr]).replacen(
@@ -474,8 +365,8 @@ fn with_the_degrade_policy_a_sync_write_without_peers_is_served_and_counted() {
     let a = start_with_test_endpoints(
         &node_config(
             "a",
-            dead_addr(),
-            &[("b", dead_addr())],
+            repl_addr(),
+            &[("b", repl_addr())],
             dir.path(),
             &[backend.addr],
         )

@@ -30,7 +30,7 @@ fn a_link_cut_in_the_middle_of_a_snapshot_leaves_the_receiver_on_its_old_state_a
     let dir = tempfile::tempdir().unwrap();
     cluster_certs(dir.path(), "a,b");
     let backend = session_backend("one");
-    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let (a_addr, b_addr) = (repl_addr(), repl_addr());
     // a dials b (its name sorts first: node.rs, `dials: node < peer`), so the relay sits on a's way to b:
     // a's config lists b at the relay, which forwards to b's real listener. What a sends b (its snapshot)
     // is the relay's client→target direction.
@@ -149,7 +149,7 @@ fn a_peer_killed_and_restarted_three_times_while_the_others_write_ends_with_equa
     cluster_certs(dir.path(), "a,b,c");
     let backends = [session_backend("one"), session_backend("two")];
     let addrs = [backends[0].addr, backends[1].addr];
-    let listen = [dead_addr(), dead_addr(), dead_addr()];
+    let listen = [repl_addr(), repl_addr(), repl_addr()];
     let names = ["a", "b", "c"];
     let configs: Vec<String> = (0..3)
         .map(|i| {
@@ -298,7 +298,7 @@ fn a_garbage_speaker_on_the_replication_port_is_refused_and_logged_and_the_clust
     let dir = tempfile::tempdir().unwrap();
     cluster_certs(dir.path(), "a,b");
     let backend = session_backend("one");
-    let (a_addr, b_addr) = (dead_addr(), dead_addr());
+    let (a_addr, b_addr) = (repl_addr(), repl_addr());
     let a = Tether::start(&node_config(
         "a",
         a_addr,

@@ -1,8 +1,6 @@
 //! Helpers for end-to-end cluster tests: certificates from the real `tether certs cluster`, node configs
 //! with `[cluster]` and a secure route learning `APPSESSION`, the SIGUSR1 store and peer reports, session
 //! load, and a TCP relay that can cut a link after a number of bytes.
-//!
-//! (Copies of the helpers in tests/cluster.rs, which keeps its own for now, plus what fault tests need.)
 
 use super::*;
 use std::io::{Read, Write};
@@ -12,6 +10,23 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// A free loopback address for a node's replication listener, below the kernel's ephemeral port range
+/// (32768 and up): nodes are restarted on the same address, and a port from the ephemeral range may by
+/// then be the local port of some other connection on the machine.
+pub fn repl_addr() -> SocketAddr {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    for _ in 0..2000 {
+        // Spread by process (test binaries run side by side) and by call.
+        let n = std::process::id().wrapping_mul(37) + NEXT.fetch_add(1, Ordering::Relaxed) * 7919;
+        let port = 20_000 + n % 12_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
 
 /// Writes a cluster CA and node certificates with the real `tether certs cluster`.
 pub fn cluster_certs(dir: &Path, nodes: &str) {
