@@ -8,7 +8,6 @@ mod common;
 use common::cluster::*;
 use common::*;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 
 #[test]
