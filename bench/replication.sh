@@ -11,18 +11,21 @@
 #   - a full resync: b is killed, restarted empty, and the time from its start to its "synced from a peer"
 #     line is read from its log (it serves no client before that).
 #
-# Usage: bench/replication.sh [--duration 10s] [--connections 50]
+# Usage: bench/replication.sh [--duration 10s] [--connections 50] [--rate N]
+# --rate N: open loop at N requests (so N new bindings) per second instead of as fast as possible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 DURATION=10s
 CONNECTIONS=50
+RATE_ARG=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --rate) RATE_ARG=(-R "$2"); shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -91,7 +94,7 @@ address = "127.0.0.1:$2"
 name = "bench"
 node = "$1"
 listen = "127.0.0.1:$3"
-ready_timeout = "1s"
+ready_timeout = "60s"
 peers = [{ name = "$4", address = "127.0.0.1:$5" }]
 [cluster.tls]
 ca = "$WORK/certs/ca.crt"
@@ -108,7 +111,6 @@ start() { # name → pid in $!
 }
 start a; A=$!; PIDS+=($A)
 start lone; LONE=$!; PIDS+=($LONE)
-sleep 1.5
 start b; B=$!; PIDS+=($B)
 for _ in $(seq 100); do grep -q "link with a up" "$WORK/b.log" 2>/dev/null && break; sleep 0.1; done
 
@@ -116,7 +118,7 @@ for _ in $(seq 100); do grep -q "link with a up" "$WORK/b.log" 2>/dev/null && br
 field() { grep "$1" "$WORK/a.log" | tail -1 | sed "s/.* $2=\([0-9]*\).*/\1/"; }
 
 run_load() { # port → requests per second
-  "$BENCH" -q -t1 -c"$CONNECTIONS" -d"$DURATION" --warmup 0s --json "http://127.0.0.1:$1/app/x" 2>/dev/null \
+  "$BENCH" -q -t1 -c"$CONNECTIONS" -d"$DURATION" --warmup 0s "${RATE_ARG[@]}" --json "http://127.0.0.1:$1/app/x" 2>/dev/null \
     | grep -o '"requests_per_sec": *[0-9.]*' | tail -1 | sed 's/.*: *//'
 }
 
@@ -153,9 +155,9 @@ ms() { awk -v r="$1" -v rate="$RATE" 'BEGIN { if (rate==0 || r=="-") print "-"; 
 echo "full resync: b killed, restarted empty" >&2
 kill -9 $B; wait $B 2>/dev/null || true
 start b; B=$!; PIDS+=($B)
-for _ in $(seq 600); do grep -q "synced from a peer\|serving alone" "$WORK/b.log" && break; sleep 0.05; done
+for _ in $(seq 1200); do grep -q "synced from a peer\|serving alone" "$WORK/b.log" && break; sleep 0.05; done
 t0=$(head -1 "$WORK/b.log" | cut -c1-23)
-t1=$(grep "synced from a peer" "$WORK/b.log" | head -1 | cut -c1-23)
+t1=$(grep "synced from a peer" "$WORK/b.log" | head -1 | cut -c1-23 || true)
 RESYNC_MS=$(python3 -c "
 from datetime import datetime as d
 f='%Y-%m-%dT%H:%M:%S.%f'

@@ -85,6 +85,9 @@ pub fn live(record: &Record, now: u32) -> bool {
 pub struct Store {
     map: papaya::HashMap<StoreKey, Record>,
     sum: AtomicSum,
+    /// Records held per kind (indexed by the kind's byte), kept with inserts and removals so a report
+    /// need not scan the store.
+    by_kind: [std::sync::atomic::AtomicUsize; 4],
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +112,7 @@ impl Store {
         Store {
             map: papaya::HashMap::builder().capacity(capacity).build(),
             sum: AtomicSum::default(),
+            by_kind: Default::default(),
         }
     }
 
@@ -142,6 +146,7 @@ impl Store {
                 match map.try_insert(key, record) {
                     Ok(new) => {
                         self.sum.add(new_hash(new));
+                        self.count(new.kind, true);
                         return Applied::Inserted;
                     }
                     // Lost a race with another writer of this key: compare with theirs.
@@ -203,11 +208,29 @@ impl Store {
             }
             // Only if it is still expired: a newer record may have replaced it meanwhile.
             if let Ok(Some((_, gone))) = map.remove_if(k, |_, r| expired(r, now)) {
+                self.count(gone.kind, false);
                 self.sum.add(-DigestSum::of(gone));
                 removed += 1;
             }
         }
         removed
+    }
+
+    fn count(&self, kind: Kind, up: bool) {
+        if let Some(c) = self.by_kind.get(kind as usize) {
+            if up {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records held of `kind` (tombstones and expired ones not yet removed included), without a scan.
+    pub fn len_of(&self, kind: Kind) -> usize {
+        self.by_kind
+            .get(kind as usize)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Records held: live ones, tombstones, and expired ones not yet removed (exactly the records the
@@ -405,5 +428,29 @@ mod tests {
             assert_eq!(rec.version.node_id, 3);
             assert!(rec.version.hlc >= 5_000 - 300);
         }
+    }
+
+    #[test]
+    fn counts_by_kind_follow_inserts_and_removals() {
+        let store = Store::new();
+        let rec = |kind, key: &[u8], hlc, expires| Record {
+            kind,
+            key: key.into(),
+            version: Version { hlc, node_id: 1 },
+            expires,
+            value: Some(b"v".as_slice().into()),
+        };
+        store.apply(rec(Kind::SessionBinding, b"a", 1, 10));
+        store.apply(rec(Kind::SessionBinding, b"a", 2, 10)); // replaces: no new record
+        store.apply(rec(Kind::SessionBinding, b"b", 1, 0));
+        store.apply(rec(Kind::TicketKeys, b"k", 1, 0));
+        assert_eq!(store.len_of(Kind::SessionBinding), 2);
+        assert_eq!(store.len_of(Kind::TicketKeys), 1);
+        assert_eq!(store.remove_expired(20), 1);
+        assert_eq!(store.len_of(Kind::SessionBinding), 1);
+        assert_eq!(
+            store.len_of(Kind::SessionBinding),
+            store.reader().iter(Some(Kind::SessionBinding)).count()
+        );
     }
 }
