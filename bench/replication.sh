@@ -4,9 +4,9 @@
 # learns and binds a new session — which node a mirrors to b.
 #
 # Measures, in one run:
-#   - bindings per second mirrored a -> b under load, and the replication lag while it runs: records of a's
-#     stream not yet acknowledged by b, sampled from SIGUSR1 every 100 ms (p50 / p99 / max), and that lag in
-#     milliseconds at the measured rate;
+#   - bindings per second mirrored a -> b under load, and the replication lag while it runs: records a sent
+#     to b and b has not acknowledged yet, sampled from SIGUSR1 every 100 ms (p50 / p99 / max), and that lag
+#     in milliseconds at the measured rate;
 #   - the request rate of the clustered node against the lone one (the cost of mirroring), same load;
 #   - a full resync: b is killed, restarted empty, and the time from its start to its "synced from a peer"
 #     line is read from its log (it serves no client before that).
@@ -132,9 +132,12 @@ LOAD=$!
 while kill -0 $LOAD 2>/dev/null; do
   kill -USR1 $A
   sleep 0.1
-  last=$(field "store records=" stream_last)
-  acked=$(field "peer b at" acked)
-  [ -n "$last" ] && [ -n "$acked" ] && echo $((last - acked)) >> "$WORK/lag"
+  # Both from the same line of one report (the store line and the peer line are written one after the
+  # other; reading them separately can pair a new one with an old one).
+  line=$(grep "peer b at" "$WORK/a.log" | tail -1)
+  sent=$(sed 's/.* sent=\([0-9]*\).*/\1/' <<<"$line")
+  acked=$(sed 's/.* acked=\([0-9]*\).*/\1/' <<<"$line")
+  [ -n "$sent" ] && [ -n "$acked" ] && echo $((sent - acked)) >> "$WORK/lag"
 done
 wait $LOAD
 A_RPS=$(cat "$WORK/a_rps")
@@ -170,6 +173,6 @@ echo "| --- | ---: |"
 echo "| requests/s through the lone node (no cluster) | $LONE_RPS |"
 echo "| requests/s through node a (each binds a session mirrored to b) | $A_RPS |"
 echo "| bindings mirrored a -> b in ${DURATION} | $BINDINGS ($RATE/s) |"
-echo "| lag, records not acknowledged by b: p50 / p99 / max ($(wc -l < "$WORK/lag") samples) | $P50 / $P99 / $MAX |"
+echo "| lag, records sent to b not yet acknowledged: p50 / p99 / max ($(wc -l < "$WORK/lag") samples) | $P50 / $P99 / $MAX |"
 echo "| lag at that rate, ms: p50 / p99 / max | $(ms "$P50") / $(ms "$P99") / $(ms "$MAX") |"
 echo "| full resync of b: records, ms from process start to synced | $SYNCED, $RESYNC_MS |"

@@ -850,6 +850,9 @@ impl Thread {
                     self.status.lock()[peer].applied = applied;
                 }
                 self.ack_due[peer] = false;
+                // Out now, not with the link's next event: the origin's lag and its sync writes wait
+                // on this.
+                self.drive(key, now);
             }
             let Some(sent) = self.sent[peer] else {
                 continue;

@@ -198,7 +198,11 @@ impl Server {
             (0..count).map(|_| None).collect();
         let mut feed = None;
         if let Some(setup) = &replication {
-            let store = Arc::new(crate::store::Store::new());
+            // Sized for the session table up front: growing a large lock-free map stalls whoever
+            // triggers the copy.
+            let store = Arc::new(crate::store::Store::with_capacity(
+                config.sessions.max_entries.min(1 << 20),
+            ));
             let hlc = Arc::new(crate::store::Hlc::default());
             let (f, w) = crate::store::WriteFeed::new(
                 store.clone(),
