@@ -7,6 +7,8 @@
 #   - bindings per second mirrored a -> b under load, and the replication lag while it runs: records a sent
 #     to b and b has not acknowledged yet, sampled from SIGUSR1 every 100 ms (p50 / p99 / max), and that lag
 #     in milliseconds at the measured rate;
+#   - the delay of each record from its write on a to its apply on b (b's histogram, from the records'
+#     clock readings; 1 ms resolution);
 #   - the request rate of the clustered node against the lone one (the cost of mirroring), same load;
 #   - a full resync: b is killed, restarted empty, and the time from its start to its "synced from a peer"
 #     line is read from its log (it serves no client before that).
@@ -149,6 +151,10 @@ for _ in $(seq 300); do
   [ -n "$na" ] && [ "$na" = "$nb" ] && break
 done
 BINDINGS=$na
+# b's own measure: write on a (its record's clock reading) to apply on b, in ms.
+kill -USR1 $B; sleep 0.3
+bline=$(grep "peer a at" "$WORK/b.log" | tail -1)
+DELAY=$(sed 's/.* delay_ms_p50=\([0-9]*\) delay_ms_p99=\([0-9]*\) delay_ms_max=\([0-9]*\).*/\1 \/ \2 \/ \3/' <<<"$bline")
 SECS=$(echo "$DURATION" | sed 's/s$//')
 pct() { sort -n "$WORK/lag" | awk -v q="$1" '{a[NR]=$1} END { if (NR==0) print "-"; else { i=int(NR*q); if (i<1) i=1; print a[i] } }'; }
 P50=$(pct 0.5); P99=$(pct 0.99); MAX=$(sort -n "$WORK/lag" | tail -1)
@@ -175,4 +181,5 @@ echo "| requests/s through node a (each binds a session mirrored to b) | $A_RPS 
 echo "| bindings mirrored a -> b in ${DURATION} | $BINDINGS ($RATE/s) |"
 echo "| lag, records sent to b not yet acknowledged: p50 / p99 / max ($(wc -l < "$WORK/lag") samples) | $P50 / $P99 / $MAX |"
 echo "| lag at that rate, ms: p50 / p99 / max | $(ms "$P50") / $(ms "$P99") / $(ms "$MAX") |"
+echo "| delay per record, write on a to apply on b, ms (1 ms resolution): p50 / p99 / max | $DELAY |"
 echo "| full resync of b: records, ms from process start to synced | $SYNCED, $RESYNC_MS |"

@@ -506,7 +506,8 @@ impl Server {
             for p in r.peers() {
                 log::info!(
                     "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} \
-                     sent={} acked={} applied={} snapshots_in={} bytes_in={} bytes_out={} last={:?}",
+                     sent={} acked={} applied={} snapshots_in={} delay_ms_p50={} delay_ms_p99={} \
+                     delay_ms_max={} bytes_in={} bytes_out={} last={:?}",
                     r.node,
                     p.name,
                     p.address,
@@ -518,6 +519,9 @@ impl Server {
                     p.acked,
                     p.applied,
                     p.snapshots_in,
+                    p.delay_ms.value_at_quantile(0.5),
+                    p.delay_ms.value_at_quantile(0.99),
+                    p.delay_ms.max(),
                     p.bytes_in,
                     p.bytes_out,
                     p.last_reason
