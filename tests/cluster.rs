@@ -111,17 +111,7 @@ impl Mesh {
         cluster_certs(dir.path(), "a,b,c");
         let backends = [session_backend("one"), session_backend("two")];
         let addrs = [backends[0].addr, backends[1].addr];
-        let listen = [repl_addr(), repl_addr(), repl_addr()];
-        let names = ["a", "b", "c"];
-        let configs = (0..3)
-            .map(|i| {
-                let peers: Vec<(&str, SocketAddr)> = (0..3)
-                    .filter(|&j| j != i)
-                    .map(|j| (names[j], listen[j]))
-                    .collect();
-                node_config(names[i], listen[i], &peers, dir.path(), &addrs)
-            })
-            .collect();
+        let configs = mesh_configs(&["a", "b", "c"], dir.path(), &addrs);
         Mesh {
             _dir: dir,
             configs,

@@ -149,17 +149,7 @@ fn a_peer_killed_and_restarted_three_times_while_the_others_write_ends_with_equa
     cluster_certs(dir.path(), "a,b,c");
     let backends = [session_backend("one"), session_backend("two")];
     let addrs = [backends[0].addr, backends[1].addr];
-    let listen = [repl_addr(), repl_addr(), repl_addr()];
-    let names = ["a", "b", "c"];
-    let configs: Vec<String> = (0..3)
-        .map(|i| {
-            let peers: Vec<(&str, SocketAddr)> = (0..3)
-                .filter(|&j| j != i)
-                .map(|j| (names[j], listen[j]))
-                .collect();
-            node_config(names[i], listen[i], &peers, dir.path(), &addrs)
-        })
-        .collect();
+    let configs = mesh_configs(&["a", "b", "c"], dir.path(), &addrs);
     let a = Tether::start(&configs[0]);
     let mut b = Tether::start(&configs[1]);
     let c = Tether::start(&configs[2]);

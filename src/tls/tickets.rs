@@ -118,17 +118,10 @@ impl TicketKeyring {
 
     /// Makes a new key the sealing key; the oldest beyond `KEYS_KEPT` is forgotten.
     pub fn rotate(&self) {
-        let mut key = TicketKey {
-            id: [0; KEY_ID_LEN],
-            secret: [0; 32],
-            created: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        };
-        if self.rng.fill(&mut key.id).is_err() || self.rng.fill(&mut key.secret).is_err() {
-            log::error!("ticket key rotation: no randomness available; keeping the current keys");
+        let Some(key) = self.new_key() else {
+            log::error!("ticket key rotation: keeping the current keys");
             return;
-        }
+        };
         let mut set = self.current.load().set.clone();
         set.keys.insert(0, key);
         set.keys.truncate(KEYS_KEPT);

@@ -71,6 +71,21 @@ pub fn node_config(
     )
 }
 
+/// Configs for a full mesh of nodes `names` (certificates in `certs`), each listing the others as peers
+/// at fresh replication addresses, over `backends`.
+pub fn mesh_configs(names: &[&str], certs: &Path, backends: &[SocketAddr]) -> Vec<String> {
+    let listen: Vec<SocketAddr> = names.iter().map(|_| repl_addr()).collect();
+    (0..names.len())
+        .map(|i| {
+            let peers: Vec<(&str, SocketAddr)> = (0..names.len())
+                .filter(|&j| j != i)
+                .map(|j| (names[j], listen[j]))
+                .collect();
+            node_config(names[i], listen[i], &peers, certs, backends)
+        })
+        .collect()
+}
+
 /// The value of ` key=` in a report line (up to the next space).
 pub fn report_field(line: &str, key: &str) -> Option<String> {
     line.split(&format!(" {key}="))
