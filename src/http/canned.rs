@@ -1,4 +1,4 @@
-//! Responses tether writes itself: errors with a one-line body, and their reason phrases.
+//! Responses tether writes itself: errors with a one-line body, replies of its own endpoints, reason phrases.
 
 use std::io::Write;
 
@@ -16,10 +16,33 @@ pub fn write_canned(
     let phrase = reason_phrase(status);
     // "{status} {phrase}: {message}\n"
     let body_len = decimal_len(u64::from(status)) + 1 + phrase.len() + 2 + message.len() + 1;
+    write_head(out, status, "text/plain", body_len, close, extra_headers);
+    let _ = write!(out, "{status} {phrase}: ");
+    extend_one_line(out, message.as_bytes());
+    out.push(b'\n');
+}
+
+/// Appends a response head tether writes itself (a canned answer, a reply of its own endpoints): status
+/// line, `Content-Type` (unless empty), `Content-Length`, `Cache-Control: no-store`, the extra headers,
+/// `Connection: close` when `close`, and the blank line. CR and LF in the extra headers are written as
+/// spaces, so neither can end a line early.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+    close: bool,
+    extra_headers: &[(&str, &str)],
+) {
+    let phrase = reason_phrase(status);
     // Writing into a Vec cannot fail.
     let _ = write!(out, "HTTP/1.1 {status} {phrase}\r\n");
-    out.extend_from_slice(b"Content-Type: text/plain\r\n");
-    let _ = write!(out, "Content-Length: {body_len}\r\n");
+    if !content_type.is_empty() {
+        out.extend_from_slice(b"Content-Type: ");
+        extend_one_line(out, content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "Content-Length: {content_length}\r\n");
     out.extend_from_slice(b"Cache-Control: no-store\r\n");
     for (name, value) in extra_headers {
         extend_one_line(out, name.as_bytes());
@@ -31,9 +54,6 @@ pub fn write_canned(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let _ = write!(out, "{status} {phrase}: ");
-    extend_one_line(out, message.as_bytes());
-    out.push(b'\n');
 }
 
 fn extend_one_line(out: &mut Vec<u8>, bytes: &[u8]) {

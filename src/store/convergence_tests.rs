@@ -7,19 +7,16 @@ use super::{Kind, Record, Store, Version};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-struct SplitMix(u64);
+/// The balancer's seeded generator, with the `u64` ranges these tests draw from and a shuffle.
+struct SplitMix(crate::balance::SplitMix64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> SplitMix {
+        SplitMix(crate::balance::SplitMix64(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n as usize) as u64
     }
 
     fn shuffle<T>(&mut self, v: &mut [T]) {
@@ -116,7 +113,7 @@ fn delivered_over_a_bad_network(rng: &mut SplitMix, records: &[Record]) -> Vec<R
 #[test]
 fn stores_converge_whatever_the_order_duplicates_delays_and_replays() {
     for seed in 0..200u64 {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix::new(seed);
         let n = 1 + rng.below(300) as usize;
         let records = random_records(&mut rng, n);
         let expected = model(&records);
@@ -168,7 +165,7 @@ fn stores_converge_whatever_the_order_duplicates_delays_and_replays() {
 #[test]
 fn stores_converge_under_concurrent_writers() {
     for seed in 0..20u64 {
-        let mut rng = SplitMix(1_000 + seed);
+        let mut rng = SplitMix::new(1_000 + seed);
         let records = random_records(&mut rng, 2_000);
         let sequential = store_of(&records);
         let shared = Arc::new(Store::new());
@@ -197,7 +194,7 @@ fn stores_converge_under_concurrent_writers() {
 #[test]
 fn staged_snapshots_merge_only_when_count_and_digest_match() {
     for seed in 0..100u64 {
-        let mut rng = SplitMix(2_000 + seed);
+        let mut rng = SplitMix::new(2_000 + seed);
         let (n, m) = (1 + rng.below(200) as usize, rng.below(100) as usize);
         let sender = store_of(&random_records(&mut rng, n));
         let local = random_records(&mut rng, m);

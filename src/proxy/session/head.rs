@@ -2,7 +2,7 @@
 //! parking a request that waits, and writing tether's own replies.
 
 use super::*;
-use crate::proxy::stages::{Answer, Reply, Verdict};
+use crate::proxy::stages::{Answer, Verdict};
 
 impl Session {
     pub(super) fn step_read_head(&mut self, cx: &mut Ctx, sessions: &SessionReader<'_>) -> bool {
@@ -396,7 +396,23 @@ impl Session {
         self.x.body_len = 0;
         let close = !self.x.keep_alive || cx.draining || self.x.req_body != Body::Done;
         let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
-        write_reply(out, &reply, close, self.x.method == Method::Head);
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        crate::http::canned::write_head(
+            out,
+            reply.status,
+            reply.content_type,
+            reply.body.len(),
+            close,
+            &headers,
+        );
+        // A HEAD request gets the head only.
+        if self.x.method != Method::Head {
+            out.extend_from_slice(&reply.body);
+        }
         self.close_after = close;
         self.x.status = reply.status;
         self.x.termination = Termination::Answered;
@@ -480,33 +496,5 @@ impl Session {
         self.x.status = 308;
         self.x.response_started = true;
         self.begin_closing(cx);
-    }
-}
-
-/// Writes a complete reply: status line, content type and length, `Cache-Control: no-store`, the
-/// reply's own headers (CR and LF written as spaces), `Connection: close` when `close`, then the body
-/// (none for HEAD).
-fn write_reply(out: &mut Vec<u8>, reply: &Reply, close: bool, head_only: bool) {
-    use std::io::Write;
-    let phrase = crate::http::canned::reason_phrase(reply.status);
-    let _ = write!(out, "HTTP/1.1 {} {phrase}\r\n", reply.status);
-    if !reply.content_type.is_empty() {
-        let _ = write!(out, "Content-Type: {}\r\n", reply.content_type);
-    }
-    let _ = write!(out, "Content-Length: {}\r\n", reply.body.len());
-    out.extend_from_slice(b"Cache-Control: no-store\r\n");
-    for (name, value) in &reply.headers {
-        let one_line = |b: &u8| if *b == b'\r' || *b == b'\n' { b' ' } else { *b };
-        out.extend(name.as_bytes().iter().map(one_line));
-        out.extend_from_slice(b": ");
-        out.extend(value.as_bytes().iter().map(one_line));
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(&reply.body);
     }
 }
