@@ -151,11 +151,10 @@ impl Link {
     }
 
     /// Advances the link as far as readiness allows; returns what happened, in order.
-    pub fn drive(&mut self, me: &Identity, hlc: u64, now: Instant, events: &mut Vec<LinkEvent>) {
+    pub fn drive(&mut self, me: &Identity, now: Instant, events: &mut Vec<LinkEvent>) {
         if self.phase == LinkPhase::Closed {
             return;
         }
-        let _ = hlc;
         loop {
             let mut progress = self.flush(events);
             if self.phase == LinkPhase::Closed {
@@ -521,7 +520,7 @@ mod tests {
                     ..Readiness::default()
                 };
                 let before = events.len();
-                link.drive(me, 1, now, events);
+                link.drive(me, now, events);
                 // Play the thread's part: answer a greeting.
                 if events[before..]
                     .iter()
@@ -531,7 +530,7 @@ mod tests {
                         link.send(&hello(me), now);
                     }
                     link.welcome(Start::Resume { from: 1 }, now, events);
-                    link.drive(me, 1, now, events);
+                    link.drive(me, now, events);
                 }
             }
             std::thread::sleep(std::time::Duration::from_millis(2));

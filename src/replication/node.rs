@@ -158,14 +158,6 @@ fn new_epoch() -> u64 {
     u64::from_be_bytes(b).max(1)
 }
 
-/// A clock reading for hellos and heartbeats: milliseconds since the Unix epoch << 16.
-fn clock() -> u64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    ms << 16
-}
-
 /// The running replication thread.
 pub struct Replication {
     thread: Option<JoinHandle<()>>,
@@ -183,7 +175,7 @@ pub struct Replication {
 
 /// How a node's start went: synced from a peer, or alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub enum ReadyState {
     /// A peer's snapshot was merged: the node holds what the cluster holds.
     Synced,
     /// No peer answered within the ready timeout: the node serves with what it has (an empty store).
@@ -193,21 +185,21 @@ pub enum Readiness {
 impl Replication {
     /// Waits until the store holds a snapshot from a peer, or `timeout` passes; the caller starts
     /// serving clients after it. A node with no peers is alone at once.
-    pub fn wait_ready(&self, timeout: Duration, has_peers: bool) -> Readiness {
+    pub fn wait_ready(&self, timeout: Duration, has_peers: bool) -> ReadyState {
         if !has_peers {
-            return Readiness::Alone;
+            return ReadyState::Alone;
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.synced.load(Ordering::Acquire) {
-                return Readiness::Synced;
+                return ReadyState::Synced;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.synced.load(Ordering::Acquire) {
-            Readiness::Synced
+            ReadyState::Synced
         } else {
-            Readiness::Alone
+            ReadyState::Alone
         }
     }
 
@@ -246,9 +238,13 @@ impl Replication {
         let store = feed.store.clone();
         let origin_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let synced = Arc::new(AtomicBool::new(false));
-        let mut state = Thread::new(poll, setup, feed, stop.clone(), status.clone())?;
-        state.origin_last = origin_last.clone();
-        state.synced = synced.clone();
+        let shared = Shared {
+            stop: stop.clone(),
+            status: status.clone(),
+            origin_last: origin_last.clone(),
+            synced: synced.clone(),
+        };
+        let mut state = Thread::new(poll, setup, feed, shared)?;
         let thread = std::thread::Builder::new()
             .name("replication".into())
             .spawn(move || state.run())?;
@@ -298,6 +294,14 @@ impl Drop for Replication {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What the thread shares with its handle (`Replication`).
+struct Shared {
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    origin_last: Arc<std::sync::atomic::AtomicU64>,
+    synced: Arc<AtomicBool>,
 }
 
 /// Per configured peer: the link serving it and when to dial next.
@@ -350,13 +354,13 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(
-        poll: Poll,
-        setup: Setup,
-        feed: Feed,
-        stop: Arc<AtomicBool>,
-        status: Arc<Mutex<Vec<PeerStatus>>>,
-    ) -> std::io::Result<Thread> {
+    fn new(poll: Poll, setup: Setup, feed: Feed, shared: Shared) -> std::io::Result<Thread> {
+        let Shared {
+            stop,
+            status,
+            origin_last,
+            synced,
+        } = shared;
         let n = setup.identity.peers.len();
         let mut listener = TcpListener::from_std(setup.listener);
         poll.registry()
@@ -390,10 +394,10 @@ impl Thread {
             events: Vec::new(),
             remotes: std::collections::HashMap::new(),
             origin: OriginStream::new(setup_epoch, BACKLOG_BYTES, BACKLOG_AGE),
-            origin_last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            origin_last,
             feed,
             streams: vec![PeerStream::new(); n],
-            synced: Arc::new(AtomicBool::new(false)),
+            synced,
             sent: vec![None; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
@@ -539,7 +543,7 @@ impl Thread {
     /// Heartbeats on idle up links; links silent for three heartbeats are closed.
     fn keep_alive(&mut self, now: Instant, ready: &mut Vec<usize>) {
         let dead_after = self.heartbeat * MISSED_HEARTBEATS;
-        let hlc = clock();
+        let hlc = self.feed.hlc.now();
         let mut dead = Vec::new();
         for (key, link) in self.links.iter_mut() {
             if link.phase == LinkPhase::Closed {
@@ -914,7 +918,7 @@ impl Thread {
             return;
         };
         let mut events = std::mem::take(&mut self.events);
-        link.drive(&self.me, clock(), now, &mut events);
+        link.drive(&self.me, now, &mut events);
         self.on_events(key, events);
     }
 

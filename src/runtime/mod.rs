@@ -253,12 +253,12 @@ impl Server {
                     feed.ok_or_else(|| StartError::Cluster("no store for the cluster".into()))?,
                 )?;
                 match r.wait_ready(timeout, has_peers) {
-                    crate::replication::node::Readiness::Synced => log::info!(
+                    crate::replication::node::ReadyState::Synced => log::info!(
                         "cluster: node {} synced from a peer ({} record(s)) before serving",
                         r.node,
                         r.store_summary().0
                     ),
-                    crate::replication::node::Readiness::Alone => log::warn!(
+                    crate::replication::node::ReadyState::Alone => log::warn!(
                         "cluster: node {} has no peer's snapshot after {}: serving alone, with an empty store",
                         r.node,
                         humantime::format_duration(timeout)

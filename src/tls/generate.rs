@@ -143,21 +143,7 @@ pub fn write_dev_certs(dir: &Path) -> Result<Written, String> {
         ("client.crt", client.cert_pem),
         ("client.key", client.key_pem),
     ];
-    let mut written = Vec::new();
-    for (name, pem) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
-        written.push(path);
-    }
-    Ok(Written { files: written })
-}
-
-/// Whether `name` may name a cluster node: 1–64 bytes of `[A-Za-z0-9._-]` (docs/PROTOCOL.md, "Concepts").
-pub fn valid_node_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    write_files(dir, files)
 }
 
 /// Writes a development cluster CA (`ca.crt`, `ca.key`) and a certificate per node (`NODE.crt`,
@@ -167,7 +153,8 @@ pub fn write_cluster_certs(dir: &Path, nodes: &[String]) -> Result<Written, Stri
         return Err("--nodes names no node".into());
     }
     for (i, n) in nodes.iter().enumerate() {
-        if !valid_node_name(n) {
+        // The protocol's rule for node names (docs/PROTOCOL.md, "Concepts").
+        if !crate::replication::frame::valid_name(n.as_bytes()) {
             return Err(format!(
                 "node name {n:?} is not 1-64 characters of letters, digits, '.', '_' or '-'"
             ));
@@ -188,6 +175,14 @@ pub fn write_cluster_certs(dir: &Path, nodes: &[String]) -> Result<Written, Stri
         files.push((format!("{n}.crt"), issued.cert_pem));
         files.push((format!("{n}.key"), issued.key_pem));
     }
+    write_files(dir, files)
+}
+
+/// Writes each `(file name, PEM)` into `dir`; errors name the file.
+fn write_files(
+    dir: &Path,
+    files: impl IntoIterator<Item = (impl AsRef<Path>, String)>,
+) -> Result<Written, String> {
     let mut written = Vec::new();
     for (name, pem) in files {
         let path = dir.join(name);

@@ -6,7 +6,7 @@ use crate::config::schema::Config;
 
 /// What a node name may be (docs/PROTOCOL.md, "Concepts"): 1–64 bytes of `[A-Za-z0-9._-]`.
 fn valid_name(name: &str) -> bool {
-    crate::tls::generate::valid_node_name(name)
+    crate::replication::frame::valid_name(name.as_bytes())
 }
 
 impl Validator {

@@ -125,7 +125,6 @@ impl Session {
         if t.backend_eof && up_flushed && !t.client_shut {
             self.client.shutdown_write(&mut self.io);
             t.client_shut = true;
-            self.shutdown_sent = true;
         }
         progress
     }
