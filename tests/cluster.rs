@@ -325,10 +325,32 @@ fn a_sync_write_is_answered_once_a_peer_holds_it_and_fails_when_none_can() {
     wait_peer(&a, "b", "up");
     let r = get(a.addr, "/.tether/test/sync?key=first");
     assert_eq!((r.status, r.text().as_str()), (200, "acknowledged\n"));
-    // b holds it: one binding record more there (ticket keys aside).
-    wait_records(&b, 1);
-
-    // With no peer to acknowledge it, the policy ("fail") answers 503 and says why.
+    // The acknowledgement promised that b holds it: b's very next report has it (no waiting), and it stays
+    // there when a, which answered the client, is killed with SIGKILL.
+    assert_eq!(
+        fresh_store_report(&b).0,
+        1,
+        "acknowledged means applied at a peer"
+    );
+    let mut a = a;
+    a.kill();
+    wait_peer(&b, "a", "down");
+    assert_eq!(
+        fresh_store_report(&b).0,
+        1,
+        "nothing acknowledged is lost with its node"
+    );
+    // a comes back (learning the record from b) and b goes: with no peer to acknowledge a write, the
+    // policy ("fail") answers 503 and says why.
+    let a = start_with_test_endpoints(
+        &node_config("a", a_addr, &[("b", b_addr)], dir.path(), &[backend.addr]).replacen(
+            "ready_timeout",
+            &format!("{sync}ready_timeout"),
+            1,
+        ),
+    );
+    a.wait_log("synced from a peer (");
+    assert_eq!(wait_records(&a, 1), wait_records(&b, 1));
     b.kill();
     wait_peer(&a, "b", "down");
     let r = get(a.addr, "/.tether/test/sync?key=second");
