@@ -62,6 +62,10 @@ pub const TEST_ECHO_LIMIT: usize = 4096;
 /// - `POST /.tether/test/echo`: reads the body (at most [`TEST_ECHO_LIMIT`] bytes: 413 beyond, 411 when
 ///   chunked) and answers it back with `200`, keeping the connection open.
 /// - `GET /.tether/test/sync?key=K`: a sync write to the replicated store (see [`sync_write`]).
+/// - `GET /.tether/test/bind?n=N`: N (at most [`TEST_BIND_MAX`]) async session-binding writes to the
+///   replicated store, to the first backend of the first cluster, under fresh keys: a load generator for
+///   the replication benchmark (`bench/replication.sh --bulk`) and the resync tests. Answers `200` with
+///   the count written; 503 without `[cluster]`.
 /// - `GET /.tether/test/wake?ms=N`: parks the request; a thread completes its ticket after N ms (at most
 ///   5,000), which wakes the worker, and the request is answered `200 woken`. With `ms` above the
 ///   deadline of 2 s, the wait times out (503).
@@ -133,8 +137,74 @@ pub(crate) fn test_endpoints(
             })
         }
         b"/.tether/test/sync" => sync_write(r),
+        b"/.tether/test/bind" => bulk_bind(r),
         _ => Verdict::Continue,
     }
+}
+
+/// Most writes one `/.tether/test/bind` request makes.
+pub const TEST_BIND_MAX: u64 = 10_000;
+
+/// `/.tether/test/bind?n=N`: N async binding writes under fresh keys (see [`test_endpoints`]).
+fn bulk_bind(r: &mut crate::proxy::stages::Request<'_>) -> crate::proxy::stages::Verdict {
+    use crate::proxy::stages::{Answer, Reply, Verdict};
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    // Keys: SplitMix64 over a per-process seed and a counter, so nodes and restarts never collide.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let Some(store) = r.cx.store else {
+        return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+            "no replicated store: [cluster] is not configured",
+        )));
+    };
+    let Some(backend) =
+        r.cx.snapshot
+            .clusters
+            .first()
+            .and_then(|c| c.backends.first())
+    else {
+        return Verdict::Answer(Answer::Refuse(crate::error::Termination::Internal(
+            "no backend to bind to",
+        )));
+    };
+    let value = backend.state.address.to_string();
+    let target = r.head.target.of(r.bytes);
+    let n: u64 = target
+        .split(|&b| b == b'=')
+        .nth(1)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(1)
+        .min(TEST_BIND_MAX);
+    let seed = *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ (u64::from(std::process::id()) << 32)
+    });
+    let first = NEXT.fetch_add(n, Relaxed);
+    let expires = r.cx.unix_now.saturating_add(3600);
+    let mut written = 0u64;
+    for i in first..first + n {
+        let mut rng = crate::balance::SplitMix64(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let key = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+        if store
+            .put(
+                crate::store::Kind::SessionBinding,
+                &key.to_be_bytes(),
+                value.as_bytes(),
+                expires,
+            )
+            .is_ok()
+        {
+            written += 1;
+        }
+    }
+    let body = format!("{written}\n");
+    Verdict::Answer(Answer::Reply(Box::new(Reply::new(
+        200,
+        "text/plain",
+        body.as_bytes(),
+    ))))
 }
 
 /// `/.tether/test/sync?key=K`: a `sync` write to the replicated store (a session-binding record for a key

@@ -29,6 +29,10 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Redial back-off: from this, doubling, up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// After a link that was up closes, its peer is redialled every `MIN_BACKOFF` (no doubling) for this
+/// long: a peer killed and restarted by its supervisor is back within seconds, and it serves no client
+/// until it has its snapshot, so a doubled back-off would be its start-up time.
+const FAST_REDIAL: Duration = Duration::from_secs(10);
 /// Heartbeats missed before a link is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
@@ -312,6 +316,8 @@ struct Dial {
     link: Option<usize>,
     next_dial: Instant,
     backoff: Duration,
+    /// Until when failed dials do not double the back-off (see [`FAST_REDIAL`]).
+    fast_until: Instant,
 }
 
 /// The thread's state.
@@ -378,6 +384,8 @@ impl Thread {
                 link: None,
                 next_dial: now,
                 backoff: MIN_BACKOFF,
+                // Peers started together come up within seconds of each other.
+                fast_until: now + FAST_REDIAL,
             })
             .collect();
         Ok(Thread {
@@ -526,7 +534,9 @@ impl Thread {
             });
             let d = &mut self.dials[i];
             d.next_dial = now + d.backoff;
-            d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
+            if now >= d.fast_until {
+                d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
+            }
             match link {
                 Ok(mut link) => {
                     // The dialler greets first (rustls holds the plaintext until the handshake is done).
@@ -600,6 +610,7 @@ impl Thread {
             return Start::Snapshot { from: at + 1 };
         };
         // The snapshot frames go out after the WELCOME the caller queues next: build them apart.
+        let started = Instant::now();
         let mut frames = Vec::new();
         frames.push(Frame::SnapshotBegin {
             epoch: self.me.epoch,
@@ -627,9 +638,10 @@ impl Thread {
         });
         link.pending_after_welcome = frames;
         log::info!(
-            "cluster {}: sending {} a snapshot of {count} record(s) at sequence {at}",
+            "cluster {}: sending {} a snapshot of {count} record(s) at sequence {at} (built in {} ms)",
             self.me.cluster,
-            self.me.peers[peer]
+            self.me.peers[peer],
+            started.elapsed().as_millis()
         );
         Start::Snapshot { from: at + 1 }
     }
@@ -772,11 +784,14 @@ impl Thread {
                     return self.close_link(key, "snapshot end without a beginning");
                 };
                 let (epoch, at) = (stage.epoch(), stage.at());
+                let received_in = stage.started().elapsed();
+                let started = Instant::now();
                 match stage.finish(count, digest) {
                     Ok(verified) => {
                         for r in verified.records() {
                             apply_elsewhere(&self.feed, r);
                         }
+                        let bound = started.elapsed();
                         let keys: Vec<Record> = verified
                             .records()
                             .filter(|r| r.kind == Kind::TicketKeys)
@@ -791,9 +806,12 @@ impl Thread {
                         self.status.lock()[peer].snapshots_in += 1;
                         self.synced.store(true, Ordering::Release);
                         log::info!(
-                            "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {at})",
+                            "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {at}; received and staged in {} ms, bound in {} ms, merged in {} ms)",
                             self.me.cluster,
-                            self.me.peers[peer]
+                            self.me.peers[peer],
+                            received_in.as_millis(),
+                            bound.as_millis(),
+                            (started.elapsed() - bound).as_millis()
                         );
                     }
                     Err(e) => {
@@ -1017,6 +1035,13 @@ impl Thread {
                     }
                     if let Some(p) = peer {
                         self.status.lock()[p].last_reason = reason;
+                        if was_up {
+                            let now = Instant::now();
+                            let d = &mut self.dials[p];
+                            d.next_dial = now;
+                            d.backoff = MIN_BACKOFF;
+                            d.fast_until = now + FAST_REDIAL;
+                        }
                     }
                 }
                 LinkEvent::Frame(f) => {

@@ -30,6 +30,7 @@ pub struct Stage {
     /// Each record with its hash, which the merge reuses.
     records: Vec<(Record, DigestSum)>,
     sum: DigestSum,
+    started: std::time::Instant,
 }
 
 impl Stage {
@@ -40,7 +41,13 @@ impl Stage {
             at,
             records: Vec::new(),
             sum: DigestSum::default(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// When `SNAPSHOT_BEGIN` arrived.
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     pub fn epoch(&self) -> u64 {
