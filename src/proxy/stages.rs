@@ -360,7 +360,9 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
     let now = r.cx.unix_now;
     r.plan.sticky = match sticky.identify(identity, r.head, r.bytes, r.cx.client, now) {
         Some(id) => {
-            let binding = r.cx.sessions.lookup(r.cx.worker, id.key, now);
+            let binding = r.cx.sessions.lookup(r.cx.worker, id.key, now).or_else(|| {
+                replicated_binding(r.cx.store, sticky, cluster, r.cx.worker, id.key, now)
+            });
             // Known here; or a valid cookie from another node or before a restart names the backend.
             let preferred = binding.map(|b| b.backend).or_else(|| {
                 id.cookie_backend
@@ -395,6 +397,31 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
         },
     };
     Verdict::Continue
+}
+
+/// A session the session table does not know, looked up in the replicated store (with `[cluster]`):
+/// bindings other nodes made arrive there, and the session table is this node's cache of them — filled
+/// here, on the session's first request through this node, rather than by the replication thread for
+/// every binding in the cluster. Binds it in the table, so its next requests are plain hits.
+fn replicated_binding(
+    store: Option<&crate::store::StoreWriter>,
+    sticky: &Stickiness,
+    cluster: &crate::balance::Cluster,
+    worker: usize,
+    key: SessionKey,
+    now: u32,
+) -> Option<crate::sticky::table::Binding> {
+    let record = store?.get(crate::store::Kind::SessionBinding, &key.to_be_bytes(), now)?;
+    let address: std::net::SocketAddr = std::str::from_utf8(record.value.as_deref()?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let backend = cluster.backend_at(address)?.state.id;
+    sticky.table.bind(worker, key, backend, now);
+    Some(crate::sticky::table::Binding {
+        backend,
+        ssl_context: 0,
+    })
 }
 
 /// The parts of the worker an attempt stage sees.

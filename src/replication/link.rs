@@ -97,8 +97,9 @@ pub struct Link {
     pub last_sent: Instant,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Frames the thread queues right behind its `WELCOME` (a snapshot).
-    pub pending_after_welcome: Vec<Frame>,
+    /// A snapshot being sent, as its builder hands over encoded frames (see `snapshot_send`): while it
+    /// is `Some`, no `UPDATES` go on this link (they follow the snapshot's end).
+    pub snapshot: Option<crossbeam_channel::Receiver<Vec<u8>>>,
 }
 
 /// Largest buffered input: a whole frame of the largest size fits.
@@ -131,7 +132,7 @@ impl Link {
             last_sent: now,
             bytes_in: 0,
             bytes_out: 0,
-            pending_after_welcome: Vec::new(),
+            snapshot: None,
         }
     }
 
@@ -148,6 +149,17 @@ impl Link {
     pub fn send(&mut self, frame: &Frame, now: Instant) {
         frame::encode(frame, &mut self.output);
         self.last_sent = now;
+    }
+
+    /// Queues frames already encoded (a snapshot's chunk).
+    pub fn send_encoded(&mut self, bytes: &[u8], now: Instant) {
+        self.output.extend_from_slice(bytes);
+        self.last_sent = now;
+    }
+
+    /// Bytes queued and not yet handed to TLS.
+    pub fn queued(&self) -> usize {
+        self.output.len() - self.output_sent
     }
 
     /// Advances the link as far as readiness allows; returns what happened, in order.

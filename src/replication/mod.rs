@@ -5,5 +5,7 @@ pub mod frame;
 pub mod link;
 pub mod link_tls;
 pub mod node;
+mod snapshot_recv;
+mod snapshot_send;
 
 pub use frame::{Frame, FrameError, Start, WelcomeStatus, decode, encode};

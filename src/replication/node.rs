@@ -7,12 +7,11 @@
 use super::frame::{Frame, Start};
 use super::link::{Identity, Link, LinkEvent, LinkPhase};
 use super::link_tls::LinkTls;
+use super::snapshot_recv::{self, Gate, Incoming};
 use crate::config::Config;
 use crate::snapshot::SharedSnapshot;
 use crate::sticky::Stickiness;
-use crate::store::{
-    Batch, DigestSum, Hlc, Kind, OriginStream, PeerStream, Record, Stage, Store, WriteFeed,
-};
+use crate::store::{Batch, Hlc, Kind, OriginStream, PeerStream, Record, Store, WriteFeed};
 use crate::tls::{TlsStats, TlsStream};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -175,6 +174,7 @@ pub struct Replication {
     origin_last: Arc<std::sync::atomic::AtomicU64>,
     /// Set once the store holds a peer's snapshot (see [`Replication::wait_ready`]).
     synced: Arc<AtomicBool>,
+    gate: Arc<Gate>,
 }
 
 /// How a node's start went: synced from a peer, or alone.
@@ -191,16 +191,10 @@ impl Replication {
     /// serving clients after it. A node with no peers is alone at once.
     pub fn wait_ready(&self, timeout: Duration, has_peers: bool) -> ReadyState {
         if !has_peers {
+            self.gate.serve();
             return ReadyState::Alone;
         }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.synced.load(Ordering::Acquire) {
-                return ReadyState::Synced;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.synced.load(Ordering::Acquire) {
+        if self.gate.wait_ready(&self.synced, timeout) {
             ReadyState::Synced
         } else {
             ReadyState::Alone
@@ -242,11 +236,13 @@ impl Replication {
         let store = feed.store.clone();
         let origin_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let synced = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate::default());
         let shared = Shared {
             stop: stop.clone(),
             status: status.clone(),
             origin_last: origin_last.clone(),
             synced: synced.clone(),
+            gate: gate.clone(),
         };
         let mut state = Thread::new(poll, setup, feed, shared)?;
         let thread = std::thread::Builder::new()
@@ -262,6 +258,7 @@ impl Replication {
             store,
             origin_last,
             synced,
+            gate,
         })
     }
 
@@ -306,6 +303,7 @@ struct Shared {
     status: Arc<Mutex<Vec<PeerStatus>>>,
     origin_last: Arc<std::sync::atomic::AtomicU64>,
     synced: Arc<AtomicBool>,
+    gate: Arc<Gate>,
 }
 
 /// Per configured peer: the link serving it and when to dial next.
@@ -343,9 +341,11 @@ struct Thread {
     /// not streaming to it); an ack owed; a snapshot being received.
     streams: Vec<PeerStream>,
     synced: Arc<AtomicBool>,
+    /// Whether a snapshot may be applied in place (before this node serves; see `snapshot_recv`).
+    gate: Arc<Gate>,
     sent: Vec<Option<u64>>,
     ack_due: Vec<bool>,
-    incoming: Vec<Option<Stage>>,
+    incoming: Vec<Option<Incoming>>,
     /// Writes dropped by full worker queues, as last seen; per peer, a snapshot is owed (those writes are
     /// in the store but not in the stream, so only a snapshot carries them).
     dropped_seen: u64,
@@ -366,6 +366,7 @@ impl Thread {
             status,
             origin_last,
             synced,
+            gate,
         } = shared;
         let n = setup.identity.peers.len();
         let mut listener = TcpListener::from_std(setup.listener);
@@ -406,6 +407,7 @@ impl Thread {
             feed,
             streams: vec![PeerStream::new(); n],
             synced,
+            gate,
             sent: vec![None; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
@@ -433,11 +435,22 @@ impl Thread {
             // Workers do not wake this thread: with a peer linked it looks at their queues (and sends
             // what they hold) every millisecond; otherwise at the heartbeat's pace.
             let linked = self.dials.iter().any(|d| d.link.is_some());
-            let tick = if linked {
+            let mut tick = if linked {
                 Duration::from_millis(1)
             } else {
                 idle_tick
             };
+            // A redial due sooner than the tick is not kept waiting for it.
+            let now = Instant::now();
+            if let Some(due) = self
+                .dials
+                .iter()
+                .filter(|d| d.dials && d.link.is_none())
+                .map(|d| d.next_dial)
+                .min()
+            {
+                tick = tick.min(due.saturating_duration_since(now));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(tick)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("replication: poll failed: {e}");
@@ -468,6 +481,7 @@ impl Thread {
                 self.drive(key, now);
             }
             self.ticket_keys(now);
+            self.pump_snapshots(now);
             self.stream(now);
             self.reap();
             self.publish();
@@ -609,39 +623,23 @@ impl Thread {
         let Some(link) = self.links.get_mut(key) else {
             return Start::Snapshot { from: at + 1 };
         };
-        // The snapshot frames go out after the WELCOME the caller queues next: build them apart.
-        let started = Instant::now();
-        let mut frames = Vec::new();
-        frames.push(Frame::SnapshotBegin {
-            epoch: self.me.epoch,
-            at,
-        });
-        let reader = self.feed.store.reader();
-        let mut batch = Vec::with_capacity(BATCH);
-        let (mut count, mut digest) = (0u64, DigestSum::default());
-        for record in reader.iter(None) {
-            digest = digest + DigestSum::of(record);
-            count += 1;
-            batch.push(record.clone());
-            if batch.len() == BATCH {
-                frames.push(Frame::SnapshotRecords {
-                    records: std::mem::take(&mut batch),
-                });
+        // The snapshot frames go out after the WELCOME the caller queues next: built on a thread of
+        // their own, handed to the link chunk by chunk (see `pump_snapshots`).
+        let label = format!("cluster {}: to {}", self.me.cluster, self.me.peers[peer]);
+        match super::snapshot_send::spawn(self.feed.store.clone(), self.me.epoch, at, label) {
+            Ok(chunks) => link.snapshot = Some(chunks),
+            Err(e) => {
+                log::warn!("replication: cannot start a snapshot builder: {e}");
+                self.resync[peer] = true;
+                self.close_link(key, "cannot build a snapshot");
+                return Start::Snapshot { from: at + 1 };
             }
         }
-        if !batch.is_empty() {
-            frames.push(Frame::SnapshotRecords { records: batch });
-        }
-        frames.push(Frame::SnapshotEnd {
-            count,
-            digest: digest.to_bytes(),
-        });
-        link.pending_after_welcome = frames;
         log::info!(
-            "cluster {}: sending {} a snapshot of {count} record(s) at sequence {at} (built in {} ms)",
+            "cluster {}: sending {} a snapshot of about {} record(s) at sequence {at}",
             self.me.cluster,
             self.me.peers[peer],
-            started.elapsed().as_millis()
+            self.feed.store.len()
         );
         Start::Snapshot { from: at + 1 }
     }
@@ -769,53 +767,46 @@ impl Thread {
                 self.sent[peer] = Some(seq.saturating_sub(1));
             }
             Frame::SnapshotBegin { epoch, at } => {
-                self.incoming[peer] = Some(Stage::begin(epoch, at));
+                self.abandon_incoming(peer);
+                self.incoming[peer] = Some(Incoming::begin(&self.feed, &self.gate, epoch, at));
             }
             Frame::SnapshotRecords { records } => match &mut self.incoming[peer] {
-                Some(stage) => {
+                Some(incoming) => {
                     for r in records {
-                        stage.add(r);
+                        incoming.add(&self.feed, r);
                     }
                 }
                 None => self.close_link(key, "snapshot records without a beginning"),
             },
             Frame::SnapshotEnd { count, digest } => {
-                let Some(stage) = self.incoming[peer].take() else {
+                let Some(incoming) = self.incoming[peer].take() else {
                     return self.close_link(key, "snapshot end without a beginning");
                 };
-                let (epoch, at) = (stage.epoch(), stage.at());
-                let received_in = stage.started().elapsed();
-                let started = Instant::now();
-                match stage.finish(count, digest) {
-                    Ok(verified) => {
-                        for r in verified.records() {
-                            apply_elsewhere(&self.feed, r);
-                        }
-                        let bound = started.elapsed();
-                        let keys: Vec<Record> = verified
-                            .records()
-                            .filter(|r| r.kind == Kind::TicketKeys)
-                            .cloned()
-                            .collect();
-                        for r in &keys {
+                match incoming.finish(&self.feed, &self.gate, count, digest) {
+                    Ok(done) => {
+                        for r in &done.ticket_keys {
                             self.note_ticket_key(r);
                         }
-                        self.feed.store.merge(verified);
-                        self.streams[peer].reset(epoch, at);
+                        self.streams[peer].reset(done.epoch, done.at);
                         self.ack_due[peer] = true;
                         self.status.lock()[peer].snapshots_in += 1;
                         self.synced.store(true, Ordering::Release);
                         log::info!(
-                            "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {at}; received and staged in {} ms, bound in {} ms, merged in {} ms)",
+                            "cluster {}: snapshot of {count} record(s) from {} merged (its stream at {}; {} in {} ms, then {} ms to finish)",
                             self.me.cluster,
                             self.me.peers[peer],
-                            received_in.as_millis(),
-                            bound.as_millis(),
-                            (started.elapsed() - bound).as_millis()
+                            done.at,
+                            if done.in_place {
+                                "applied in place as received"
+                            } else {
+                                "received and staged"
+                            },
+                            done.received_in.as_millis(),
+                            done.finished_in.as_millis()
                         );
                     }
                     Err(e) => {
-                        // The staged records are dropped: the store keeps its old state.
+                        // Staged records dropped, or applied ones undone: the store keeps its old state.
                         let reason = format!("snapshot refused: {e}");
                         self.close_link(key, &reason);
                     }
@@ -829,12 +820,50 @@ impl Thread {
         }
     }
 
+    /// Drops a snapshot being received from `peer` (undoing what was applied in place).
+    fn abandon_incoming(&mut self, peer: usize) {
+        if let Some(incoming) = self.incoming[peer].take() {
+            incoming.abandon(&self.feed, &self.gate);
+        }
+    }
+
     fn close_link(&mut self, key: usize, reason: &str) {
         let mut events = Vec::new();
         if let Some(link) = self.links.get_mut(key) {
             link.close(reason, &mut events);
         }
         self.on_events(key, events);
+    }
+
+    /// Moves snapshot chunks from their builders onto their links, keeping a few MiB queued on each (a
+    /// slow peer holds its builder back, not this thread's memory). A finished snapshot lets the link's
+    /// updates flow.
+    fn pump_snapshots(&mut self, now: Instant) {
+        const QUEUED: usize = 4 << 20;
+        let mut moved = Vec::new();
+        for (key, link) in self.links.iter_mut() {
+            let Some(chunks) = link.snapshot.take() else {
+                continue;
+            };
+            let mut done = false;
+            while link.queued() < QUEUED {
+                match chunks.try_recv() {
+                    Ok(chunk) => link.send_encoded(&chunk, now),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if !done {
+                link.snapshot = Some(chunks);
+            }
+            moved.push(key);
+        }
+        for key in moved {
+            self.drive(key, now);
+        }
     }
 
     /// Moves the workers' writes into this node's stream and sends what each up peer has not had yet;
@@ -872,10 +901,13 @@ impl Thread {
             let Some(key) = self.dials[peer].link else {
                 continue;
             };
-            let up = self
+            let Some((up, snapshot_sending)) = self
                 .links
                 .get(key)
-                .is_some_and(|l| l.phase == LinkPhase::Up);
+                .map(|l| (l.phase == LinkPhase::Up, l.snapshot.is_some()))
+            else {
+                continue;
+            };
             if !up {
                 continue;
             }
@@ -900,7 +932,8 @@ impl Thread {
             let Some(sent) = self.sent[peer] else {
                 continue;
             };
-            if sent >= self.origin.last() {
+            // Updates follow the snapshot being sent on this link.
+            if snapshot_sending || sent >= self.origin.last() {
                 continue;
             }
             let batch: Result<Vec<Record>, String> = match self.origin.since(epoch, sent) {
@@ -961,9 +994,6 @@ impl Thread {
                     let mut more = Vec::new();
                     if let Some(link) = self.links.get_mut(key) {
                         link.welcome(start, now, &mut more);
-                        for f in std::mem::take(&mut link.pending_after_welcome) {
-                            link.send(&f, now);
-                        }
                     }
                     self.on_events(key, more);
                     self.drive(key, now);
@@ -979,7 +1009,7 @@ impl Thread {
                     match start {
                         Start::Resume { from } => {
                             self.streams[peer].reset(epoch, from.saturating_sub(1));
-                            self.incoming[peer] = None;
+                            self.abandon_incoming(peer);
                         }
                         // The snapshot frames follow; the stream position comes with their end.
                         Start::Snapshot { .. } => {}
@@ -1072,7 +1102,9 @@ impl Thread {
                     // What the peer holds is asked again in the next greeting; a snapshot cut off
                     // midway is dropped (the store keeps its old state).
                     self.sent[i] = None;
-                    self.incoming[i] = None;
+                    if let Some(incoming) = self.incoming[i].take() {
+                        incoming.abandon(&self.feed, &self.gate);
+                    }
                     let mut st = self.status.lock();
                     st[i].state = "down";
                     st[i].epoch = None;
@@ -1109,45 +1141,7 @@ impl Thread {
 /// What a peer's record means beyond the store: a session binding is bound in the session table to the
 /// backend at the recorded address (when the current config lists it); a tombstone forgets the session.
 fn apply_elsewhere(feed: &Feed, record: &Record) {
-    if record.kind != Kind::SessionBinding {
-        return;
-    }
-    let Ok(key) = <[u8; 16]>::try_from(&record.key[..]) else {
-        return;
-    };
-    let key = u128::from_be_bytes(key);
-    let now = crate::sticky::unix_now();
-    let Some(value) = &record.value else {
-        feed.sticky.table.remove(key);
-        return;
-    };
-    if record.expires != 0 && record.expires <= now {
-        return;
-    }
-    let Some(address) = std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.parse::<SocketAddr>().ok())
-    else {
-        log::debug!("replication: a session binding with an unreadable address");
-        return;
-    };
-    let snapshot = feed.shared.load();
-    let Some(backend) = snapshot
-        .clusters
-        .iter()
-        .flat_map(|c| &c.backends)
-        .find(|b| b.state.address == address)
-    else {
-        return;
-    };
-    let id = backend.state.id;
-    if feed
-        .sticky
-        .table
-        .lookup(feed.slot, key, now)
-        .map(|b| b.backend)
-        != Some(id)
-    {
-        feed.sticky.table.bind(feed.slot, key, id, now);
+    if let Some(op) = snapshot_recv::binding_of(feed, record, &mut None) {
+        snapshot_recv::apply_bindings(feed, &[op]);
     }
 }

@@ -30,6 +30,8 @@ pub struct Stage {
     /// Each record with its hash, which the merge reuses.
     records: Vec<(Record, DigestSum)>,
     sum: DigestSum,
+    /// Records counted by [`note`](Stage::note) rather than kept.
+    noted: u64,
     started: std::time::Instant,
 }
 
@@ -41,6 +43,7 @@ impl Stage {
             at,
             records: Vec::new(),
             sum: DigestSum::default(),
+            noted: 0,
             started: std::time::Instant::now(),
         }
     }
@@ -58,9 +61,9 @@ impl Stage {
         self.at
     }
 
-    /// Records staged so far.
+    /// Records staged (or noted) so far.
     pub fn count(&self) -> u64 {
-        self.records.len() as u64
+        self.records.len() as u64 + self.noted
     }
 
     /// Stages one record (from `SNAPSHOT_RECORDS`).
@@ -70,10 +73,15 @@ impl Stage {
         self.records.push((record, hash));
     }
 
-    /// Checks the staged records against `SNAPSHOT_END`'s count and digest (the digest of exactly the
-    /// records the sender put in the snapshot, computed as a store's digest is). Only a snapshot that
-    /// matches comes back, as [`Verified`], the one thing [`Store::merge`] takes.
-    pub fn finish(self, count: u64, digest: [u8; 32]) -> Result<Verified, StageError> {
+    /// Counts one record that was not kept here (applied in place, by its hash `hash`): it takes part in
+    /// the count and digest check all the same.
+    pub fn note(&mut self, hash: DigestSum) {
+        self.sum = self.sum + hash;
+        self.noted += 1;
+    }
+
+    /// Checks what was staged and noted against `SNAPSHOT_END`'s count and digest.
+    pub fn check(&self, count: u64, digest: [u8; 32]) -> Result<(), StageError> {
         if self.count() != count {
             return Err(StageError::CountMismatch {
                 announced: count,
@@ -87,6 +95,14 @@ impl Stage {
                 staged: hex(&staged),
             });
         }
+        Ok(())
+    }
+
+    /// Checks the staged records against `SNAPSHOT_END`'s count and digest (the digest of exactly the
+    /// records the sender put in the snapshot, computed as a store's digest is). Only a snapshot that
+    /// matches comes back, as [`Verified`], the one thing [`Store::merge`] takes.
+    pub fn finish(self, count: u64, digest: [u8; 32]) -> Result<Verified, StageError> {
+        self.check(count, digest)?;
         Ok(Verified {
             epoch: self.epoch,
             at: self.at,
@@ -321,7 +337,6 @@ mod tests {
         let t = Instant::now();
         assert_eq!(sender.digest_by_scan(), digest);
         let scan = t.elapsed();
-
         let t = Instant::now();
         let mut stage = Stage::begin(1, 0);
         for r in sender.reader().iter(None) {

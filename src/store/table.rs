@@ -126,60 +126,103 @@ impl Store {
     /// [`apply`](Store::apply) with the record's hash when the caller has it already (a staged
     /// snapshot hashed each record to check its digest).
     pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
+        self.apply_inner(record, hash, false).0
+    }
+
+    /// [`apply`](Store::apply) for a snapshot applied in place (see `Incoming` in the replication
+    /// thread): with the record's hash, and the record it replaced, so that [`undo`](Store::undo) can
+    /// put it back if the snapshot fails its check.
+    pub fn apply_undoable(&self, record: Record, hash: DigestSum) -> (Applied, Option<Record>) {
+        self.apply_inner(record, Some(hash), true)
+    }
+
+    /// Undoes an [`apply_undoable`](Store::apply_undoable) of the key `(kind, key)` that returned
+    /// `replaced`: the key goes back to holding `replaced`, or to absent. Used only while the applied
+    /// records are not yet in use (a starting node's snapshot).
+    pub fn undo(&self, kind: Kind, key: &Arc<[u8]>, replaced: Option<Record>) {
+        let map = self.map.pin();
+        let k = StoreKey {
+            kind,
+            key: key.clone(),
+        };
+        match replaced {
+            None => {
+                if let Some(gone) = map.remove(&k) {
+                    self.count(gone.kind, false);
+                    self.sum.add(-DigestSum::of(gone));
+                }
+            }
+            Some(old) => {
+                let hash = DigestSum::of(&old);
+                match map.insert(k, old) {
+                    Some(newer) => self.sum.add(hash - DigestSum::of(newer)),
+                    None => {
+                        self.count(kind, true);
+                        self.sum.add(hash);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_inner(
+        &self,
+        record: Record,
+        hash: Option<DigestSum>,
+        keep_old: bool,
+    ) -> (Applied, Option<Record>) {
         debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
         let map = self.map.pin();
         let mut record = record;
         let new_hash = |r: &Record| hash.unwrap_or_else(|| DigestSum::of(r));
-        loop {
-            let held = map.get(&KeyRef {
-                kind: record.kind,
-                key: &record.key,
-            });
-            let key = StoreKey {
-                kind: record.kind,
-                key: record.key.clone(),
-            };
-            let Some(old) = held else {
-                // A new key goes in with `try_insert`, not `compute`: papaya 0.2.5's `compute` does not
-                // help an incremental resize along, so a map grown by it alone keeps a chain of old
-                // tables that every lookup walks (20x slower lookups at a million records).
-                match map.try_insert(key, record) {
-                    Ok(new) => {
-                        self.sum.add(new_hash(new));
-                        self.count(new.kind, true);
-                        return Applied::Inserted;
-                    }
-                    // Lost a race with another writer of this key: compare with theirs.
-                    Err(e) => {
-                        record = e.not_inserted;
-                        continue;
-                    }
-                }
-            };
-            // The same record again (a replay, equal without encoding both), or an older one.
-            if *old == record || !record.newer_than(old) {
-                return Applied::Stale;
+        let key = StoreKey {
+            kind: record.kind,
+            key: record.key.clone(),
+        };
+        // Most records are of keys the store lacks (new sessions, a resync into an empty store): try
+        // the insert first, which hands back what the key holds when it is taken — one probe of the
+        // map, not a lookup and then an insert. A new key goes in with `try_insert`, not `compute`:
+        // papaya 0.2.5's `compute` does not help an incremental resize along, so a map grown by it
+        // alone keeps a chain of old tables that every lookup walks (20x slower lookups at a million
+        // records).
+        let old = match map.try_insert(key, record) {
+            Ok(new) => {
+                self.sum.add(new_hash(new));
+                self.count(new.kind, true);
+                return (Applied::Inserted, None);
             }
-            let outcome = map.compute(key, |current| match current {
-                Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
-                _ => Operation::Insert(record.clone()),
-            });
-            return match outcome {
-                // Removed (expired) meanwhile.
-                Compute::Inserted(_, new) => {
-                    self.sum.add(new_hash(new));
-                    Applied::Inserted
-                }
-                Compute::Updated {
-                    old: (_, old),
-                    new: (_, new),
-                } => {
-                    self.sum.add(new_hash(new) - DigestSum::of(old));
-                    Applied::Replaced
-                }
-                Compute::Aborted(()) => Applied::Stale,
-                Compute::Removed(..) => unreachable!("apply never removes"),
-            };
+            Err(e) => {
+                record = e.not_inserted;
+                e.current
+            }
+        };
+        // The same record again (a replay, equal without encoding both), or an older one.
+        if *old == record || !record.newer_than(old) {
+            return (Applied::Stale, None);
+        }
+        let key = StoreKey {
+            kind: record.kind,
+            key: record.key.clone(),
+        };
+        let outcome = map.compute(key, |current| match current {
+            Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
+            _ => Operation::Insert(record.clone()),
+        });
+        match outcome {
+            // Removed (expired) meanwhile.
+            Compute::Inserted(_, new) => {
+                self.sum.add(new_hash(new));
+                (Applied::Inserted, None)
+            }
+            Compute::Updated {
+                old: (_, old),
+                new: (_, new),
+            } => {
+                self.sum.add(new_hash(new) - DigestSum::of(old));
+                (Applied::Replaced, keep_old.then(|| old.clone()))
+            }
+            Compute::Aborted(()) => (Applied::Stale, None),
+            Compute::Removed(..) => unreachable!("apply never removes"),
         }
     }
 
@@ -298,6 +341,51 @@ impl StoreReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undoing_undoable_applies_restores_the_store_and_its_digest() {
+        let rec = |key: &str, hlc: u64, value: &str| Record {
+            kind: Kind::SessionBinding,
+            key: key.as_bytes().into(),
+            version: super::super::Version { hlc, node_id: 1 },
+            expires: 0,
+            value: Some(value.as_bytes().into()),
+        };
+        let s = Store::new();
+        s.apply(rec("kept", 5, "old"));
+        let before = (s.len(), s.digest(), s.len_of(Kind::SessionBinding));
+        let mut undo = Vec::new();
+        for r in [
+            rec("kept", 9, "new"),
+            rec("fresh", 1, "x"),
+            rec("kept", 2, "stale"),
+        ] {
+            let (kind, key) = (r.kind, r.key.clone());
+            let hash = DigestSum::of(&r);
+            let (applied, replaced) = s.apply_undoable(r, hash);
+            if applied.changed() {
+                undo.push((kind, key, replaced));
+            }
+        }
+        assert_eq!(undo.len(), 2, "the stale write changed nothing");
+        assert_eq!(
+            s.get(Kind::SessionBinding, b"kept", 0).unwrap().version.hlc,
+            9
+        );
+        for (kind, key, replaced) in undo.into_iter().rev() {
+            s.undo(kind, &key, replaced);
+        }
+        assert_eq!(
+            (s.len(), s.digest(), s.len_of(Kind::SessionBinding)),
+            before
+        );
+        assert_eq!(s.digest(), s.digest_by_scan());
+        assert_eq!(
+            s.get(Kind::SessionBinding, b"kept", 0).unwrap().version.hlc,
+            5
+        );
+        assert!(s.get(Kind::SessionBinding, b"fresh", 0).is_none());
+    }
     use crate::store::Version;
 
     fn rec(key: &str, hlc: u64, node: u16, value: Option<&str>, expires: u32) -> Record {

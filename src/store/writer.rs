@@ -85,6 +85,11 @@ impl StoreWriter {
         }
     }
 
+    /// The live record of `key` (see [`Store::get`]): lock-free, no allocation.
+    pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<Record> {
+        self.store.get(kind, key, now)
+    }
+
     /// A fresh version of this node: the clock's next reading and the node's id.
     pub fn version(&self) -> Version {
         Version {

@@ -1,0 +1,304 @@
+//! Receiving a snapshot. Normally its records are staged apart from the store and merged only once their
+//! count and digest check out. A node that is starting — it holds nothing yet and serves no client until
+//! it is synced — applies them *in place* instead, as they arrive, keeping an undo log: the work is done
+//! while each record is still in cache and while the sender is still reading later ones (a full resync
+//! of a million records is then one pass, not stage + merge one after the other). A snapshot applied in
+//! place that is cut off or fails its check is undone record by record, which leaves the store as it
+//! was: empty. (The session table is not filled from snapshots: it caches the store's bindings as
+//! workers look them up.)
+//!
+//! The main thread and this one agree through [`Gate`] on when in-place is allowed: only before the node
+//! serves, and the main thread does not start serving while an in-place snapshot is under way (within a
+//! bound: see [`Gate::wait_ready`]).
+
+use super::node::Feed;
+use crate::store::{Applied, DigestSum, Kind, Record, Stage, StageError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where a starting node is: waiting for a snapshot, applying one in place, or serving clients.
+#[derive(Debug, Default)]
+pub(crate) struct Gate(AtomicU8);
+
+const WAITING: u8 = 0;
+const IN_PLACE: u8 = 1;
+const SERVING: u8 = 2;
+
+impl Gate {
+    /// Claims the right to apply a snapshot in place: only while the node waits (not serving, no other
+    /// in-place snapshot under way).
+    fn claim(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, IN_PLACE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// An in-place snapshot is over (merged or undone).
+    fn release(&self) {
+        let _ = self
+            .0
+            .compare_exchange(IN_PLACE, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The node serves from now on (no snapshot is applied in place after this).
+    pub(crate) fn serve(&self) {
+        self.0.store(SERVING, Ordering::Release);
+    }
+
+    /// The main thread's wait before serving: until `synced` (a snapshot is in), or `timeout`. A snapshot
+    /// being applied in place at the deadline is given up to one more `timeout` to finish (it is making
+    /// progress, and serving from half of it is what the wait is for avoiding). Returns whether synced.
+    pub(crate) fn wait_ready(&self, synced: &AtomicBool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if synced.load(Ordering::Acquire) {
+                self.0.store(SERVING, Ordering::Release);
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if self
+                    .0
+                    .compare_exchange(WAITING, SERVING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return synced.load(Ordering::Acquire);
+                }
+                if now >= deadline + timeout {
+                    // Still applying: serve with what is there (peer records either way; a snapshot
+                    // that then fails its check is undone while serving).
+                    self.0.store(SERVING, Ordering::Release);
+                    return synced.load(Ordering::Acquire);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// What a peer's session-binding record means for the session table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BindingOp {
+    /// Bind the session to the backend with this id.
+    Bind { key: u128, backend: usize },
+    /// A tombstone: forget the session.
+    Forget { key: u128 },
+}
+
+/// A snapshot being received from a peer.
+#[derive(Debug)]
+pub(super) struct Incoming {
+    /// Count and digest (and, staged, the records themselves).
+    stage: Stage,
+    /// The last binding value read and the backend it named (values repeat: a few backends).
+    last_address: Option<(Arc<[u8]>, Option<usize>)>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Records kept in the stage; bindings to make once it checks out.
+    Staged { bindings: Vec<BindingOp> },
+    /// Records applied as they come, with what undoes them. The session table is left alone: it is
+    /// empty (the node has not served), and workers find the bindings in the store on first use.
+    InPlace {
+        undo: Vec<(Kind, Arc<[u8]>, Option<Record>)>,
+        ticket_keys: Vec<Record>,
+    },
+}
+
+/// A snapshot that checked out and is now in the store and the session table.
+#[derive(Debug)]
+pub(super) struct Done {
+    pub epoch: u64,
+    pub at: u64,
+    /// Ticket-key records it held (the caller installs them).
+    pub ticket_keys: Vec<Record>,
+    pub in_place: bool,
+    /// From `SNAPSHOT_BEGIN` to `SNAPSHOT_END`, and the work after it.
+    pub received_in: Duration,
+    pub finished_in: Duration,
+}
+
+impl Incoming {
+    /// A snapshot of the stream `epoch` at `at` begins; in place when this node is starting and holds
+    /// nothing yet.
+    pub(super) fn begin(feed: &Feed, gate: &Gate, epoch: u64, at: u64) -> Incoming {
+        let in_place = feed.store.is_empty() && gate.claim();
+        Incoming {
+            stage: Stage::begin(epoch, at),
+            last_address: None,
+            mode: if in_place {
+                Mode::InPlace {
+                    undo: Vec::new(),
+                    ticket_keys: Vec::new(),
+                }
+            } else {
+                Mode::Staged {
+                    bindings: Vec::new(),
+                }
+            },
+        }
+    }
+
+    pub(super) fn add(&mut self, feed: &Feed, record: Record) {
+        match &mut self.mode {
+            Mode::Staged { bindings } => {
+                bindings.extend(binding_of(feed, &record, &mut self.last_address));
+                self.stage.add(record);
+            }
+            Mode::InPlace { undo, ticket_keys } => {
+                let hash = DigestSum::of(&record);
+                self.stage.note(hash);
+                if record.kind == Kind::TicketKeys {
+                    ticket_keys.push(record.clone());
+                }
+                let (kind, key) = (record.kind, record.key.clone());
+                let (applied, replaced) = feed.store.apply_undoable(record, hash);
+                if applied != Applied::Stale {
+                    undo.push((kind, key, replaced));
+                }
+            }
+        }
+    }
+
+    /// `SNAPSHOT_END`: checks the count and digest; a snapshot that checks out is merged (staged) or
+    /// kept (in place), one that does not is dropped (staged) or undone (in place).
+    pub(super) fn finish(
+        self,
+        feed: &Feed,
+        gate: &Gate,
+        count: u64,
+        digest: [u8; 32],
+    ) -> Result<Done, StageError> {
+        let (epoch, at) = (self.stage.epoch(), self.stage.at());
+        let received_in = self.stage.started().elapsed();
+        let started = Instant::now();
+        match self.mode {
+            Mode::Staged { bindings } => {
+                let verified = self.stage.finish(count, digest)?;
+                let ticket_keys = verified
+                    .records()
+                    .filter(|r| r.kind == Kind::TicketKeys)
+                    .cloned()
+                    .collect();
+                feed.store.merge(verified);
+                apply_bindings(feed, &bindings);
+                Ok(Done {
+                    epoch,
+                    at,
+                    ticket_keys,
+                    in_place: false,
+                    received_in,
+                    finished_in: started.elapsed(),
+                })
+            }
+            Mode::InPlace { undo, ticket_keys } => {
+                if let Err(e) = self.stage.check(count, digest) {
+                    undo_in_place(feed, undo);
+                    gate.release();
+                    return Err(e);
+                }
+                gate.release();
+                Ok(Done {
+                    epoch,
+                    at,
+                    ticket_keys,
+                    in_place: true,
+                    received_in,
+                    finished_in: started.elapsed(),
+                })
+            }
+        }
+    }
+
+    /// The snapshot will not be finished (its link closed, or another began): staged records are
+    /// dropped; records applied in place are undone.
+    pub(super) fn abandon(self, feed: &Feed, gate: &Gate) {
+        if let Mode::InPlace { undo, .. } = self.mode {
+            let n = undo.len();
+            undo_in_place(feed, undo);
+            gate.release();
+            log::info!("replication: {n} record(s) of an unfinished snapshot undone");
+        }
+    }
+}
+
+fn undo_in_place(feed: &Feed, undo: Vec<(Kind, Arc<[u8]>, Option<Record>)>) {
+    for (kind, key, replaced) in undo.into_iter().rev() {
+        feed.store.undo(kind, &key, replaced);
+    }
+}
+
+/// The session-table change a record asks for: none for other kinds, for expired records, or for an
+/// address no configured backend has. `last` remembers the previous address read (saves parsing and
+/// searching for a run of records naming the same backend).
+pub(super) fn binding_of(
+    feed: &Feed,
+    record: &Record,
+    last: &mut Option<(Arc<[u8]>, Option<usize>)>,
+) -> Option<BindingOp> {
+    if record.kind != Kind::SessionBinding {
+        return None;
+    }
+    let key = u128::from_be_bytes(<[u8; 16]>::try_from(&record.key[..]).ok()?);
+    let Some(value) = &record.value else {
+        return Some(BindingOp::Forget { key });
+    };
+    if record.expires != 0 && record.expires <= crate::sticky::unix_now() {
+        return None;
+    }
+    let backend = match last {
+        Some((v, id)) if **v == **value => *id,
+        _ => {
+            let id = backend_at(feed, value);
+            *last = Some((value.clone(), id));
+            id
+        }
+    }?;
+    Some(BindingOp::Bind { key, backend })
+}
+
+/// The id of the configured backend whose address `value` spells, if any.
+fn backend_at(feed: &Feed, value: &[u8]) -> Option<usize> {
+    let Some(address) = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+    else {
+        log::debug!("replication: a session binding with an unreadable address");
+        return None;
+    };
+    let snapshot = feed.shared.load();
+    snapshot
+        .clusters
+        .iter()
+        .flat_map(|c| &c.backends)
+        .find(|b| b.state.address == address)
+        .map(|b| b.state.id)
+}
+
+/// Brings the session table in line with binding changes from peers. The table is this node's cache of
+/// the bindings in the store (workers look a session up in the store when the table lacks it, and bind
+/// it then): a session it holds is moved or forgotten here; one it does not hold is left to that first
+/// lookup.
+pub(super) fn apply_bindings(feed: &Feed, ops: &[BindingOp]) {
+    let now = crate::sticky::unix_now();
+    let table = &feed.sticky.table;
+    for op in ops {
+        match *op {
+            BindingOp::Forget { key } => {
+                table.remove(key);
+            }
+            BindingOp::Bind { key, backend } => {
+                if table
+                    .lookup(feed.slot, key, now)
+                    .is_some_and(|b| b.backend != backend)
+                {
+                    table.rebind(feed.slot, key, backend, now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Sending a snapshot: a thread of its own walks the store and encodes it into frames, handing them to
+//! the replication thread in chunks as it goes. The replication thread keeps heartbeats, acks and every
+//! other peer's stream moving meanwhile, and the peer stages records while later ones are still being
+//! read (a million records take the better part of a second to walk: memory-bound).
+
+use super::frame::{self, Frame};
+use crate::store::{DigestSum, Store};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Encoded bytes per chunk handed over (a few frames).
+const CHUNK: usize = 1 << 20;
+/// Chunks the builder may run ahead of the link: bounds the memory a slow peer costs.
+const AHEAD: usize = 8;
+
+/// Records per `SNAPSHOT_RECORDS` frame.
+const BATCH: usize = 4096;
+
+/// Starts encoding `store` as a snapshot taken at sequence `at` of stream `epoch` (`SNAPSHOT_BEGIN`,
+/// `SNAPSHOT_RECORDS`…, `SNAPSHOT_END` with the count and digest of exactly the records sent). The
+/// chunks arrive on the returned channel, which disconnects after the last one; dropping the receiver
+/// (the link closed) stops the builder.
+pub(super) fn spawn(
+    store: Arc<Store>,
+    epoch: u64,
+    at: u64,
+    label: String,
+) -> std::io::Result<Receiver<Vec<u8>>> {
+    let (tx, rx) = crossbeam_channel::bounded(AHEAD);
+    std::thread::Builder::new()
+        .name("repl-snapshot".into())
+        .spawn(move || build(&store, epoch, at, &label, &tx))?;
+    Ok(rx)
+}
+
+fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) {
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 4);
+    frame::encode(&Frame::SnapshotBegin { epoch, at }, &mut out);
+    let reader = store.reader();
+    let mut batch = Vec::with_capacity(BATCH);
+    let (mut count, mut digest) = (0u64, DigestSum::default());
+    for record in reader.iter(None) {
+        count += 1;
+        batch.push(record.clone());
+        if batch.len() == BATCH {
+            // Hashed here, over the batch just gathered (in cache), rather than record by record during
+            // the walk: the walk's cache misses then overlap instead of waiting behind the hashing.
+            digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
+            batch = encode_records(batch, &mut out);
+            if out.len() >= CHUNK
+                && tx
+                    .send(std::mem::replace(
+                        &mut out,
+                        Vec::with_capacity(CHUNK + CHUNK / 4),
+                    ))
+                    .is_err()
+            {
+                return; // The link is gone.
+            }
+        }
+    }
+    drop(reader);
+    digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
+    if !batch.is_empty() {
+        encode_records(batch, &mut out);
+    }
+    frame::encode(
+        &Frame::SnapshotEnd {
+            count,
+            digest: digest.to_bytes(),
+        },
+        &mut out,
+    );
+    if tx.send(out).is_ok() {
+        log::info!(
+            "{label}: snapshot of {count} record(s) at sequence {at} built in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+}
+
+/// Encodes one `SNAPSHOT_RECORDS` frame of `batch` and gives the emptied batch back for reuse.
+fn encode_records(
+    batch: Vec<crate::store::Record>,
+    out: &mut Vec<u8>,
+) -> Vec<crate::store::Record> {
+    let f = Frame::SnapshotRecords { records: batch };
+    frame::encode(&f, out);
+    let Frame::SnapshotRecords { records: mut batch } = f else {
+        unreachable!("built as SnapshotRecords just above")
+    };
+    batch.clear();
+    batch
+}
