@@ -206,6 +206,70 @@ pub struct Registry {
     pub names: MetricNames,
     /// Listener names, in config order.
     pub listeners: Vec<String>,
+    /// With `[cluster]`: the replication thread's live status, read whenever totals are taken (set once,
+    /// when the thread starts).
+    cluster: std::sync::OnceLock<Arc<dyn ClusterSource>>,
+}
+
+/// Where a cluster node's replication figures are read from: the replication thread's shared status
+/// and the store themselves, at the moment of reading (this module sits below `replication`, so the
+/// thread implements this rather than the registry importing it).
+pub trait ClusterSource: Send + Sync + std::fmt::Debug {
+    fn figures(&self) -> ClusterFigures;
+}
+
+/// A cluster node's store and its peers, as read from the replication thread's status.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub node: String,
+    /// Records held (every kind), session bindings, ticket-key records; the store's digest.
+    pub records: usize,
+    pub bindings: usize,
+    pub ticket_keys: usize,
+    pub digest: [u8; 32],
+    /// The last sequence of this node's stream.
+    pub stream_last: u64,
+    pub peers: Vec<PeerFigures>,
+}
+
+/// One peer of a cluster node (see `replication::node::PeerStatus`, which these are read from).
+#[derive(Debug, Clone, Default)]
+pub struct PeerFigures {
+    pub name: String,
+    pub address: String,
+    /// `down`, `connecting`, `greeting` or `up`.
+    pub state: &'static str,
+    /// The peer's epoch while up.
+    pub epoch: Option<u64>,
+    pub links_up: u64,
+    pub refused: u64,
+    /// Of this node's stream: last sent to the peer, last it acknowledged; of the peer's: last applied here.
+    pub sent: u64,
+    pub acked: u64,
+    pub applied: u64,
+    /// Records of this node's stream the peer has not acknowledged, and how old the oldest of them is.
+    pub lag_records: u64,
+    pub lag_ms: u64,
+    /// Snapshots merged from the peer, and sent to it.
+    pub snapshots_in: u64,
+    pub snapshots_out: u64,
+    /// Over every link with the peer since start.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Replication delay of the peer's records applied here.
+    pub delay_ms: DelayFigures,
+    /// Why the last link ended or was refused.
+    pub last_reason: String,
+}
+
+/// A delay distribution's summary, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayFigures {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub count: u64,
+    pub sum: u64,
 }
 
 /// Sums over all workers.
@@ -229,6 +293,8 @@ pub struct Totals {
     /// (name, requests) per route and per cluster that saw any.
     pub routes: Vec<(String, u64)>,
     pub clusters: Vec<(String, u64)>,
+    /// With `[cluster]`: the replication figures, read live.
+    pub cluster: Option<ClusterFigures>,
 }
 
 impl Registry {
@@ -240,7 +306,14 @@ impl Registry {
                 .collect(),
             names: MetricNames::default(),
             listeners,
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reads the replication figures from `source` from now on (once: a process has one replication
+    /// thread).
+    pub fn set_cluster(&self, source: Arc<dyn ClusterSource>) {
+        let _ = self.cluster.set(source);
     }
 
     /// Sums every worker's slot.
@@ -287,6 +360,7 @@ impl Registry {
         t.listeners = self.listeners.iter().cloned().zip(listeners).collect();
         t.routes = named(MetricNames::names(&self.names.routes), routes);
         t.clusters = named(MetricNames::names(&self.names.clusters), clusters);
+        t.cluster = self.cluster.get().map(|c| c.figures());
         t
     }
 }
@@ -328,7 +402,46 @@ pub fn report_lines(t: &Totals) -> Vec<String> {
     for (name, n) in &t.routes {
         lines.push(format!("stats: route {name} requests={n}"));
     }
+    if let Some(c) = &t.cluster {
+        cluster_report_lines(c, &mut lines);
+    }
     lines
+}
+
+/// The SIGUSR1 lines of a cluster node: its store, then each peer.
+fn cluster_report_lines(c: &ClusterFigures, lines: &mut Vec<String>) {
+    let hex: String = c.digest.iter().map(|b| format!("{b:02x}")).collect();
+    lines.push(format!(
+        "stats: cluster node {} store records={} bindings={} ticket_keys={} digest={hex} stream_last={}",
+        c.node, c.records, c.bindings, c.ticket_keys, c.stream_last
+    ));
+    for p in &c.peers {
+        lines.push(format!(
+            "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} sent={} \
+             acked={} applied={} lag_records={} lag_ms={} snapshots_in={} snapshots_out={} \
+             delay_ms_p50={} delay_ms_p99={} delay_ms_max={} bytes_in={} bytes_out={} last={:?}",
+            c.node,
+            p.name,
+            p.address,
+            p.state,
+            p.epoch.map_or("-".into(), |e| format!("{e:016x}")),
+            p.links_up,
+            p.refused,
+            p.sent,
+            p.acked,
+            p.applied,
+            p.lag_records,
+            p.lag_ms,
+            p.snapshots_in,
+            p.snapshots_out,
+            p.delay_ms.p50,
+            p.delay_ms.p99,
+            p.delay_ms.max,
+            p.bytes_in,
+            p.bytes_out,
+            p.last_reason
+        ));
+    }
 }
 
 /// Appends a Prometheus histogram (cumulative buckets in seconds).
@@ -365,7 +478,29 @@ fn prometheus_counter<'a>(
     label_name: &str,
     samples: impl IntoIterator<Item = (&'a str, u64)>,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    prometheus_family(out, name, help, "counter", label_name, samples);
+}
+
+/// Appends one gauge family, like [`prometheus_counter`].
+fn prometheus_gauge<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label_name: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    prometheus_family(out, name, help, "gauge", label_name, samples);
+}
+
+fn prometheus_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    label_name: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (value, n) in samples {
         if label_name.is_empty() {
             let _ = writeln!(out, "{name} {n}");
@@ -476,7 +611,167 @@ pub fn prometheus(t: &Totals) -> String {
         "Time requests waited for a QoS slot.",
         &t.queue_us,
     );
+    if let Some(c) = &t.cluster {
+        prometheus_cluster(&mut out, c);
+    }
     out
+}
+
+/// Per-peer figures that are one number each: (name, help, type, value).
+type PeerSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerFigures) -> u64,
+);
+
+const PEER_SERIES: [PeerSeries; 9] = [
+    (
+        "tether_cluster_peer_up",
+        "1 while the link with the peer is up.",
+        "gauge",
+        |p| u64::from(p.state == "up"),
+    ),
+    (
+        "tether_cluster_peer_links_up_total",
+        "Links with the peer that came up.",
+        "counter",
+        |p| p.links_up,
+    ),
+    (
+        "tether_cluster_peer_refused_total",
+        "Links with the peer refused, by either side.",
+        "counter",
+        |p| p.refused,
+    ),
+    (
+        "tether_cluster_peer_sent_sequence",
+        "Last sequence of this node's stream sent to the peer.",
+        "gauge",
+        |p| p.sent,
+    ),
+    (
+        "tether_cluster_peer_acked_sequence",
+        "Last sequence of this node's stream the peer acknowledged.",
+        "gauge",
+        |p| p.acked,
+    ),
+    (
+        "tether_cluster_peer_applied_sequence",
+        "Last sequence of the peer's stream applied here.",
+        "gauge",
+        |p| p.applied,
+    ),
+    (
+        "tether_cluster_peer_lag_records",
+        "Records of this node's stream the peer has not acknowledged.",
+        "gauge",
+        |p| p.lag_records,
+    ),
+    (
+        "tether_cluster_peer_bytes_received_total",
+        "Bytes received from the peer, over every link.",
+        "counter",
+        |p| p.bytes_in,
+    ),
+    (
+        "tether_cluster_peer_bytes_sent_total",
+        "Bytes sent to the peer, over every link.",
+        "counter",
+        |p| p.bytes_out,
+    ),
+];
+
+/// The replication figures: store gauges, then one labelled series per peer and figure.
+fn prometheus_cluster(out: &mut String, c: &ClusterFigures) {
+    for (name, help, v) in [
+        (
+            "tether_store_records",
+            "Records in the replicated store (every kind, tombstones included).",
+            c.records as u64,
+        ),
+        (
+            "tether_store_bindings",
+            "Session bindings in the replicated store.",
+            c.bindings as u64,
+        ),
+        (
+            "tether_store_ticket_keys",
+            "TLS ticket-key records in the replicated store.",
+            c.ticket_keys as u64,
+        ),
+        (
+            "tether_cluster_stream_sequence",
+            "Last sequence of this node's stream.",
+            c.stream_last,
+        ),
+    ] {
+        prometheus_gauge(out, name, help, "", [("", v)]);
+    }
+    let peers: Vec<String> = c.peers.iter().map(|p| label(&p.name)).collect();
+    let _ = writeln!(
+        out,
+        "# HELP tether_cluster_peer_info The peer's address, state and epoch (0: not up).\n\
+         # TYPE tether_cluster_peer_info gauge"
+    );
+    for (p, peer) in c.peers.iter().zip(&peers) {
+        let _ = writeln!(
+            out,
+            "tether_cluster_peer_info{{peer=\"{peer}\",address=\"{}\",state=\"{}\",epoch=\"{:016x}\"}} 1",
+            label(&p.address),
+            p.state,
+            p.epoch.unwrap_or(0)
+        );
+    }
+    for (name, help, kind, value) in &PEER_SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (p, peer) in c.peers.iter().zip(&peers) {
+            let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", value(p));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tether_cluster_peer_lag_seconds Age of the oldest record of this node's stream the peer \
+         has not acknowledged.\n# TYPE tether_cluster_peer_lag_seconds gauge"
+    );
+    for (p, peer) in c.peers.iter().zip(&peers) {
+        let _ = writeln!(
+            out,
+            "tether_cluster_peer_lag_seconds{{peer=\"{peer}\"}} {}",
+            p.lag_ms as f64 / 1e3
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tether_cluster_peer_resyncs_total Snapshots exchanged with the peer: in, merged here; \
+         out, sent to it.\n# TYPE tether_cluster_peer_resyncs_total counter"
+    );
+    for (p, peer) in c.peers.iter().zip(&peers) {
+        for (direction, n) in [("in", p.snapshots_in), ("out", p.snapshots_out)] {
+            let _ = writeln!(
+                out,
+                "tether_cluster_peer_resyncs_total{{peer=\"{peer}\",direction=\"{direction}\"}} {n}"
+            );
+        }
+    }
+    let name = "tether_cluster_peer_delay_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Replication delay of the peer's records, from their write there to their \
+         apply here.\n# TYPE {name} summary"
+    );
+    for (p, peer) in c.peers.iter().zip(&peers) {
+        let d = &p.delay_ms;
+        for (q, ms) in [("0.5", d.p50), ("0.99", d.p99), ("1", d.max)] {
+            let _ = writeln!(
+                out,
+                "{name}{{peer=\"{peer}\",quantile=\"{q}\"}} {}",
+                ms as f64 / 1e3
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{peer=\"{peer}\"}} {}", d.sum as f64 / 1e3);
+        let _ = writeln!(out, "{name}_count{{peer=\"{peer}\"}} {}", d.count);
+    }
 }
 
 #[cfg(test)]
@@ -513,5 +808,114 @@ mod tests {
         assert!(text.contains("tether_listener_connections_total{listener=\"web\"} 4"));
         assert!(text.contains("tether_terminations_total{reason=\"no_route\"} 1"));
         assert!(text.contains("tether_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
+    }
+
+    /// A replication status stand-in: the registry reads it at every `totals()`.
+    #[derive(Debug, Default)]
+    struct LiveCluster(Mutex<ClusterFigures>);
+
+    impl ClusterSource for LiveCluster {
+        fn figures(&self) -> ClusterFigures {
+            self.0.lock().clone()
+        }
+    }
+
+    fn peer(name: &str) -> PeerFigures {
+        PeerFigures {
+            name: name.into(),
+            address: "127.0.0.1:7182".into(),
+            state: "up",
+            epoch: Some(0xabc),
+            links_up: 1,
+            sent: 10,
+            acked: 7,
+            applied: 4,
+            lag_records: 3,
+            lag_ms: 1500,
+            snapshots_in: 1,
+            snapshots_out: 2,
+            bytes_in: 100,
+            bytes_out: 200,
+            delay_ms: DelayFigures {
+                p50: 2,
+                p99: 9,
+                max: 12,
+                count: 4,
+                sum: 20,
+            },
+            ..PeerFigures::default()
+        }
+    }
+
+    #[test]
+    fn cluster_figures_are_read_live_and_rendered_per_peer() {
+        let r = Registry::new(1, vec![]);
+        assert!(r.totals().cluster.is_none(), "a lone node has none");
+        assert!(!prometheus(&r.totals()).contains("tether_store_records"));
+        let live = Arc::new(LiveCluster::default());
+        *live.0.lock() = ClusterFigures {
+            node: "a".into(),
+            records: 5,
+            bindings: 4,
+            ticket_keys: 1,
+            stream_last: 10,
+            peers: vec![
+                peer("b"),
+                PeerFigures {
+                    state: "down",
+                    epoch: None,
+                    ..peer("c\"x")
+                },
+            ],
+            ..ClusterFigures::default()
+        };
+        r.set_cluster(live.clone());
+        let text = prometheus(&r.totals());
+        for line in [
+            "tether_store_records 5",
+            "tether_store_bindings 4",
+            "tether_cluster_stream_sequence 10",
+            "tether_cluster_peer_up{peer=\"b\"} 1",
+            "tether_cluster_peer_up{peer=\"c\\\"x\"} 0",
+            "tether_cluster_peer_info{peer=\"b\",address=\"127.0.0.1:7182\",state=\"up\",epoch=\"0000000000000abc\"} 1",
+            "tether_cluster_peer_links_up_total{peer=\"b\"} 1",
+            "tether_cluster_peer_sent_sequence{peer=\"b\"} 10",
+            "tether_cluster_peer_acked_sequence{peer=\"b\"} 7",
+            "tether_cluster_peer_applied_sequence{peer=\"b\"} 4",
+            "tether_cluster_peer_lag_records{peer=\"b\"} 3",
+            "tether_cluster_peer_lag_seconds{peer=\"b\"} 1.5",
+            "tether_cluster_peer_resyncs_total{peer=\"b\",direction=\"in\"} 1",
+            "tether_cluster_peer_resyncs_total{peer=\"b\",direction=\"out\"} 2",
+            "tether_cluster_peer_bytes_received_total{peer=\"b\"} 100",
+            "tether_cluster_peer_bytes_sent_total{peer=\"b\"} 200",
+            "tether_cluster_peer_delay_seconds{peer=\"b\",quantile=\"0.99\"} 0.009",
+            "tether_cluster_peer_delay_seconds_sum{peer=\"b\"} 0.02",
+            "tether_cluster_peer_delay_seconds_count{peer=\"b\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        // Every family is announced once, before its samples.
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = family.split(' ').next().unwrap();
+            let declared = format!("# TYPE {name} ");
+            assert_eq!(text.matches(&declared).count(), 1, "{name}");
+        }
+        // The same figures make the SIGUSR1 lines.
+        let report = report_lines(&r.totals());
+        assert!(
+            report
+                .iter()
+                .any(|l| l.contains("store records=5 bindings=4"))
+        );
+        assert!(
+            report
+                .iter()
+                .any(|l| l.contains(" peer b at 127.0.0.1:7182 state=up ")
+                    && l.contains(" lag_records=3 lag_ms=1500 "))
+        );
+        // Nothing is copied at registration: the next reading sees the thread's new state.
+        live.0.lock().peers[0].acked = 10;
+        let text = prometheus(&r.totals());
+        assert!(text.contains("tether_cluster_peer_acked_sequence{peer=\"b\"} 10\n"));
     }
 }

@@ -2,7 +2,8 @@
 //! name sorts first in a pair dials), greets peers, keeps links alive with heartbeats, redials lost links
 //! with a back-off, and reports each peer's state. It runs its own mio event loop: replication I/O never
 //! runs on a worker. The streams of store updates, acks and snapshots ride these links
-//! (docs/PROTOCOL.md); what is built today is the link layer.
+//! (docs/PROTOCOL.md); what is built today is the link layer. A reload hands the thread a new peer list
+//! ([`Replication::reconfigure`]): links with peers that stay are kept as they are.
 
 use super::frame::{Frame, Start};
 use super::link::{Identity, Link, LinkEvent, LinkPhase};
@@ -35,7 +36,8 @@ const FAST_REDIAL: Duration = Duration::from_secs(10);
 /// Heartbeats missed before a link is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
-/// One peer as the SIGUSR1 report (and later the admin API) shows it.
+/// One peer as the thread keeps it up to date, and as the metrics registry reads it (SIGUSR1, the
+/// Prometheus rendering; see [`ClusterView`]).
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
     pub name: String,
@@ -54,14 +56,112 @@ pub struct PeerStatus {
     pub acked: u64,
     /// Of the peer's stream: the last sequence applied here.
     pub applied: u64,
-    /// Snapshots received from this peer and merged (a restarted node, or one that fell behind).
+    /// Snapshots received from this peer and merged (a restarted node, or one that fell behind), and
+    /// snapshots sent to it.
     pub snapshots_in: u64,
+    pub snapshots_out: u64,
+    /// Over every link with the peer since this process started.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// How old the oldest record of this node's stream the peer has not acknowledged is (0: none).
+    pub lag_ms: u64,
     /// Replication delay of the peer's records streamed here, in milliseconds: from the write on the
     /// peer (its version's clock reading) to the apply here (clocks of one machine or NTP-synchronised
-    /// ones; 1 ms resolution).
+    /// ones; 1 ms resolution); and the sum of the delays recorded.
     pub delay_ms: hdrhistogram::Histogram<u64>,
+    pub delay_ms_sum: u64,
+}
+
+impl PeerStatus {
+    /// A peer not heard from yet.
+    fn new(name: &str, address: SocketAddr) -> PeerStatus {
+        PeerStatus {
+            name: name.to_string(),
+            address,
+            state: "down",
+            epoch: None,
+            links_up: 0,
+            refused: 0,
+            last_reason: String::new(),
+            sent: 0,
+            acked: 0,
+            applied: 0,
+            snapshots_in: 0,
+            snapshots_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            lag_ms: 0,
+            delay_ms: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2)
+                .expect("valid bounds"),
+            delay_ms_sum: 0,
+        }
+    }
+
+    /// The figures the metrics registry renders; `stream_last` is this node's stream's last sequence.
+    fn figures(&self, stream_last: u64) -> crate::metrics::PeerFigures {
+        crate::metrics::PeerFigures {
+            name: self.name.clone(),
+            address: self.address.to_string(),
+            state: self.state,
+            epoch: self.epoch,
+            links_up: self.links_up,
+            refused: self.refused,
+            sent: self.sent,
+            acked: self.acked,
+            applied: self.applied,
+            // Everything written since what the peer acknowledged: in flight, or not sent yet (while
+            // the link is down this grows with every write).
+            lag_records: stream_last.saturating_sub(self.acked),
+            lag_ms: self.lag_ms,
+            snapshots_in: self.snapshots_in,
+            snapshots_out: self.snapshots_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            delay_ms: crate::metrics::DelayFigures {
+                p50: self.delay_ms.value_at_quantile(0.5),
+                p99: self.delay_ms.value_at_quantile(0.99),
+                max: self.delay_ms.max(),
+                count: self.delay_ms.len(),
+                sum: self.delay_ms_sum,
+            },
+            last_reason: self.last_reason.clone(),
+        }
+    }
+}
+
+/// What a reload may change in a running node's `[cluster]` (the rest is fixed at start): the peers and
+/// the heartbeat. `sync_timeout` and `on_sync_timeout` reload through the config snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUpdate {
+    /// `(name, replication address)` of every peer, in config order.
+    pub peers: Vec<(String, SocketAddr)>,
+    pub heartbeat: Duration,
+}
+
+/// A peer's address in `[cluster]` that is not an `ip:port` (validation refuses it first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster peer {name:?}: {address:?} is not an ip:port address")]
+pub struct BadPeerAddress {
+    pub name: String,
+    pub address: String,
+}
+
+impl ClusterUpdate {
+    /// The reloadable part of `[cluster]`.
+    pub fn from_config(c: &crate::config::ClusterMembership) -> Result<Self, BadPeerAddress> {
+        let mut peers = Vec::with_capacity(c.peers.len());
+        for p in &c.peers {
+            let address = p.address.parse().map_err(|_| BadPeerAddress {
+                name: p.name.clone(),
+                address: p.address.clone(),
+            })?;
+            peers.push((p.name.clone(), address));
+        }
+        Ok(ClusterUpdate {
+            peers,
+            heartbeat: c.heartbeat,
+        })
+    }
 }
 
 /// Everything the thread needs, prepared (and the listener bound) before any worker starts.
@@ -89,15 +189,12 @@ impl Setup {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("cluster.listen {listen}: {e}"))?;
-        let mut peers = Vec::with_capacity(c.peers.len());
-        for p in &c.peers {
-            peers.push(p.address.parse().map_err(|_| {
-                format!(
-                    "cluster peer {:?}: {:?} is not an ip:port address",
-                    p.name, p.address
-                )
-            })?);
-        }
+        let peers = ClusterUpdate::from_config(c)
+            .map_err(|e| e.to_string())?
+            .peers
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
         let tls = LinkTls::load(
             &config.resolve_path(&c.tls.ca),
             &config.resolve_path(&c.tls.cert),
@@ -166,15 +263,53 @@ pub struct Replication {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    /// Reloaded peer lists for the thread (it looks after every wake-up).
+    updates: crossbeam_channel::Sender<ClusterUpdate>,
     /// This process's epoch.
     pub epoch: u64,
     pub node: String,
-    store: Arc<Store>,
-    origin_last: Arc<std::sync::atomic::AtomicU64>,
+    /// The thread's shared status and the store, as reports and the metrics registry read them.
+    view: Arc<ClusterView>,
     /// Set once the store holds a peer's snapshot (see [`Replication::wait_ready`]).
     synced: Arc<AtomicBool>,
     gate: Arc<Gate>,
+}
+
+/// What the replication thread shows outside: its per-peer status (which it updates as links change)
+/// and the store. Readers take their figures from it at the moment they read.
+pub struct ClusterView {
+    node: String,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    store: Arc<Store>,
+    origin_last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::metrics::ClusterSource for ClusterView {
+    fn figures(&self) -> crate::metrics::ClusterFigures {
+        let stream_last = self.origin_last.load(Ordering::Relaxed);
+        crate::metrics::ClusterFigures {
+            node: self.node.clone(),
+            records: self.store.len(),
+            bindings: self.store.len_of(Kind::SessionBinding),
+            ticket_keys: self.store.len_of(Kind::TicketKeys),
+            digest: self.store.digest(),
+            stream_last,
+            peers: self
+                .status
+                .lock()
+                .iter()
+                .map(|p| p.figures(stream_last))
+                .collect(),
+        }
+    }
 }
 
 /// How a node's start went: synced from a peer, or alone.
@@ -212,37 +347,27 @@ impl Replication {
                 .peers
                 .iter()
                 .zip(&setup.peers)
-                .map(|(name, address)| PeerStatus {
-                    name: name.clone(),
-                    address: *address,
-                    state: "down",
-                    epoch: None,
-                    links_up: 0,
-                    refused: 0,
-                    last_reason: String::new(),
-                    sent: 0,
-                    acked: 0,
-                    applied: 0,
-                    snapshots_in: 0,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    delay_ms: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2)
-                        .expect("valid bounds"),
-                })
+                .map(|(name, address)| PeerStatus::new(name, *address))
                 .collect(),
         ));
         let epoch = setup.identity.epoch;
         let node = setup.identity.node.clone();
-        let store = feed.store.clone();
-        let origin_last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let view = Arc::new(ClusterView {
+            node: node.clone(),
+            status: status.clone(),
+            store: feed.store.clone(),
+            origin_last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        });
         let synced = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
+        let (updates, updates_rx) = crossbeam_channel::unbounded();
         let shared = Shared {
             stop: stop.clone(),
-            status: status.clone(),
-            origin_last: origin_last.clone(),
+            status,
+            origin_last: view.origin_last.clone(),
             synced: synced.clone(),
             gate: gate.clone(),
+            updates: updates_rx,
         };
         let mut state = Thread::new(poll, setup, feed, shared)?;
         let thread = std::thread::Builder::new()
@@ -252,11 +377,10 @@ impl Replication {
             thread: Some(thread),
             stop,
             waker,
-            status,
+            updates,
             epoch,
             node,
-            store,
-            origin_last,
+            view,
             synced,
             gate,
         })
@@ -265,20 +389,23 @@ impl Replication {
     /// Records held, the store's digest, and the last sequence of this node's stream.
     pub fn store_summary(&self) -> (usize, [u8; 32], u64) {
         (
-            self.store.len(),
-            self.store.digest(),
-            self.origin_last.load(Ordering::Relaxed),
+            self.view.store.len(),
+            self.view.store.digest(),
+            self.view.origin_last.load(Ordering::Relaxed),
         )
     }
 
-    /// Records held of `kind`.
-    pub fn count(&self, kind: Kind) -> usize {
-        self.store.len_of(kind)
+    /// The live status, for the metrics registry (SIGUSR1 and the Prometheus rendering read it).
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.clone()
     }
 
-    /// Every peer's state now.
-    pub fn peers(&self) -> Vec<PeerStatus> {
-        self.status.lock().clone()
+    /// Hands a reloaded peer list and heartbeat to the thread, which applies them at once (the waker
+    /// ends its wait, linked or not). Links with peers that keep their address are not touched.
+    pub fn reconfigure(&self, update: ClusterUpdate) {
+        if self.updates.send(update).is_ok() {
+            let _ = self.waker.wake();
+        }
     }
 
     /// Stops the thread (links closed with close_notify) and waits for it.
@@ -304,6 +431,7 @@ struct Shared {
     origin_last: Arc<std::sync::atomic::AtomicU64>,
     synced: Arc<AtomicBool>,
     gate: Arc<Gate>,
+    updates: crossbeam_channel::Receiver<ClusterUpdate>,
 }
 
 /// Per configured peer: the link serving it and when to dial next.
@@ -316,6 +444,22 @@ struct Dial {
     backoff: Duration,
     /// Until when failed dials do not double the back-off (see [`FAST_REDIAL`]).
     fast_until: Instant,
+}
+
+impl Dial {
+    /// A peer not linked yet, dialled at once (if this node dials it).
+    fn new(me: &str, peer: &str, address: SocketAddr, now: Instant) -> Dial {
+        Dial {
+            address,
+            dials: me < peer,
+            link: None,
+            next_dial: now,
+            backoff: MIN_BACKOFF,
+            // Peers started together (or added to the config together) come up within seconds of each
+            // other.
+            fast_until: now + FAST_REDIAL,
+        }
+    }
 }
 
 /// The thread's state.
@@ -357,6 +501,11 @@ struct Thread {
     /// The ticket keys changed since they were last installed, or their maturity may have.
     tickets_due: Instant,
     started: Instant,
+    /// Per peer: bytes (in, out) of its links that are gone (the status shows these plus the current
+    /// link's, so the figures only grow).
+    bytes_done: Vec<(u64, u64)>,
+    /// Reloaded peer lists and heartbeats (see [`Thread::reconfigure`]).
+    updates: crossbeam_channel::Receiver<ClusterUpdate>,
 }
 
 impl Thread {
@@ -367,6 +516,7 @@ impl Thread {
             origin_last,
             synced,
             gate,
+            updates,
         } = shared;
         let n = setup.identity.peers.len();
         let mut listener = TcpListener::from_std(setup.listener);
@@ -379,15 +529,7 @@ impl Thread {
             .peers
             .iter()
             .zip(&setup.peers)
-            .map(|(name, address)| Dial {
-                address: *address,
-                dials: setup.identity.node < *name,
-                link: None,
-                next_dial: now,
-                backoff: MIN_BACKOFF,
-                // Peers started together come up within seconds of each other.
-                fast_until: now + FAST_REDIAL,
-            })
+            .map(|(name, address)| Dial::new(&setup.identity.node, name, *address, now))
             .collect();
         Ok(Thread {
             poll,
@@ -417,6 +559,8 @@ impl Thread {
             ticket_keys: std::collections::BTreeMap::new(),
             tickets_due: now,
             started: now,
+            bytes_done: vec![(0, 0); n],
+            updates,
         })
     }
 
@@ -429,16 +573,15 @@ impl Thread {
             self.me.peers.len()
         );
         let mut events = Events::with_capacity(256);
-        let idle_tick =
-            (self.heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         loop {
             // Workers do not wake this thread: with a peer linked it looks at their queues (and sends
-            // what they hold) every millisecond; otherwise at the heartbeat's pace.
+            // what they hold) every millisecond; otherwise at the heartbeat's pace (which a reload may
+            // change). A reload wakes it through the waker.
             let linked = self.dials.iter().any(|d| d.link.is_some());
             let mut tick = if linked {
                 Duration::from_millis(1)
             } else {
-                idle_tick
+                (self.heartbeat / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
             };
             // A redial due sooner than the tick is not kept waiting for it.
             let now = Instant::now();
@@ -475,6 +618,9 @@ impl Thread {
                     }
                 }
             }
+            while let Ok(update) = self.updates.try_recv() {
+                self.reconfigure(update, now);
+            }
             self.dial(now);
             self.keep_alive(now, &mut ready);
             for key in ready {
@@ -484,7 +630,7 @@ impl Thread {
             self.pump_snapshots(now);
             self.stream(now);
             self.reap();
-            self.publish();
+            self.publish(now);
         }
     }
 
@@ -741,8 +887,9 @@ impl Thread {
                     let now_ms = crate::store::hlc::wall_ms();
                     let mut st = self.status.lock();
                     for r in fresh {
-                        let delay = now_ms.saturating_sub(r.version.hlc >> 16);
-                        let _ = st[peer].delay_ms.record(delay.max(1));
+                        let delay = now_ms.saturating_sub(r.version.hlc >> 16).max(1);
+                        let _ = st[peer].delay_ms.record(delay);
+                        st[peer].delay_ms_sum += delay;
                     }
                 }
                 Batch::Duplicate => {}
@@ -991,6 +1138,9 @@ impl Thread {
                         }
                     }
                     let start = self.start_stream(key, peer, resume);
+                    if matches!(start, Start::Snapshot { .. }) {
+                        self.status.lock()[peer].snapshots_out += 1;
+                    }
                     let mut more = Vec::new();
                     if let Some(link) = self.links.get_mut(key) {
                         link.welcome(start, now, &mut more);
@@ -1096,6 +1246,10 @@ impl Thread {
             let mut link = self.links.remove(key);
             self.remotes.remove(&key);
             let _ = self.poll.registry().deregister(link.socket());
+            if let Some(done) = link.peer.and_then(|p| self.bytes_done.get_mut(p)) {
+                done.0 += link.bytes_in;
+                done.1 += link.bytes_out;
+            }
             for (i, d) in self.dials.iter_mut().enumerate() {
                 if d.link == Some(key) {
                     d.link = None;
@@ -1113,17 +1267,22 @@ impl Thread {
         }
     }
 
-    /// Copies link counters and phases into the shared status.
-    fn publish(&mut self) {
+    /// Copies link counters and phases into the shared status, and each peer's lag: how long ago the
+    /// first record it has not acknowledged was written.
+    fn publish(&mut self, now: Instant) {
         let mut st = self.status.lock();
         for (i, d) in self.dials.iter().enumerate() {
-            if let Some(l) = d.link.and_then(|k| self.links.get(k)) {
-                st[i].bytes_in = l.bytes_in;
-                st[i].bytes_out = l.bytes_out;
-                if l.phase == LinkPhase::Greeting {
-                    st[i].state = "greeting";
-                }
+            let link = d.link.and_then(|k| self.links.get(k));
+            let (done_in, done_out) = self.bytes_done[i];
+            st[i].bytes_in = done_in + link.map_or(0, |l| l.bytes_in);
+            st[i].bytes_out = done_out + link.map_or(0, |l| l.bytes_out);
+            if link.is_some_and(|l| l.phase == LinkPhase::Greeting) {
+                st[i].state = "greeting";
             }
+            st[i].lag_ms = self
+                .origin
+                .age(st[i].acked + 1, now)
+                .map_or(0, |a| a.as_millis() as u64);
         }
     }
 
@@ -1136,12 +1295,186 @@ impl Thread {
             link.close("this node is stopping", &mut Vec::new());
         }
     }
+
+    /// Applies a reloaded `[cluster]`. Links with peers that keep their name and address stay as they
+    /// are (same link, same epoch, no resync); a removed peer's links close (its hellos are refused from
+    /// now on, as any unknown node's); a peer with a new address is closed and dialled there; new peers
+    /// are dialled or awaited like the others. The store keeps every record.
+    fn reconfigure(&mut self, update: ClusterUpdate, now: Instant) {
+        self.heartbeat = update.heartbeat;
+        let names: Vec<String> = update.peers.iter().map(|(n, _)| n.clone()).collect();
+        let from = old_positions(&self.me.peers, &names);
+        let to = new_positions(&from, self.me.peers.len());
+        // Closed while the per-peer state is in the old order: each close is logged and counted under
+        // the peer it was with.
+        let mut removed = Vec::new();
+        let mut moved = Vec::new();
+        for (old, new) in to.iter().enumerate() {
+            let reason = match new {
+                None => "removed from the config".to_string(),
+                Some(i) if update.peers[*i].1 != self.dials[old].address => {
+                    format!("its address changed to {}", update.peers[*i].1)
+                }
+                Some(_) => continue,
+            };
+            let name = &self.me.peers[old];
+            match new {
+                None => removed.push(name.clone()),
+                Some(_) => moved.push(name.clone()),
+            }
+            self.close_peer_links(old, &reason);
+        }
+        self.remap_peers(&from, &to, &update.peers, now);
+        for (i, (_, address)) in update.peers.iter().enumerate() {
+            if self.dials[i].address != *address {
+                let me = self.me.node.clone();
+                self.dials[i] = Dial {
+                    link: self.dials[i].link,
+                    ..Dial::new(&me, &names[i], *address, now)
+                };
+                self.status.lock()[i].address = *address;
+            }
+        }
+        let added: Vec<&str> = (0..names.len())
+            .filter(|&i| from[i].is_none())
+            .map(|i| names[i].as_str())
+            .collect();
+        log::info!(
+            "cluster {}: reloaded: {} peer(s); added [{}], removed [{}], new address [{}]; heartbeat {}",
+            self.me.cluster,
+            names.len(),
+            added.join(", "),
+            removed.join(", "),
+            moved.join(", "),
+            humantime::format_duration(self.heartbeat)
+        );
+    }
+
+    /// Closes every link with `peer` (by its current position) for `reason`.
+    fn close_peer_links(&mut self, peer: usize, reason: &str) {
+        let keys: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.peer == Some(peer) && l.phase != LinkPhase::Closed)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.close_link(key, reason);
+        }
+    }
+
+    /// Re-orders every per-peer entry from the old peer list to the new one (`from[i]`: where new peer
+    /// `i` was; `to[j]`: where old peer `j` went): kept peers keep their state — streams, positions,
+    /// counters, the link — removed peers' state goes, new peers start fresh. Links name their peer by
+    /// position, so they are renumbered too. Every per-peer `Vec` of the thread is listed here.
+    fn remap_peers(
+        &mut self,
+        from: &[Option<usize>],
+        to: &[Option<usize>],
+        peers: &[(String, SocketAddr)],
+        now: Instant,
+    ) {
+        let me = self.me.node.clone();
+        // A snapshot from a removed peer will not finish: undo what it applied in place.
+        for (old, new) in to.iter().enumerate() {
+            if new.is_none() {
+                self.abandon_incoming(old);
+            }
+        }
+        remap(&mut self.dials, from, |i| {
+            Dial::new(&me, &peers[i].0, peers[i].1, now)
+        });
+        remap(&mut self.streams, from, |_| PeerStream::new());
+        remap(&mut self.sent, from, |_| None);
+        remap(&mut self.ack_due, from, |_| false);
+        remap(&mut self.incoming, from, |_| None);
+        remap(&mut self.resync, from, |_| false);
+        remap(&mut self.bytes_done, from, |_| (0, 0));
+        remap(&mut self.status.lock(), from, |i| {
+            PeerStatus::new(&peers[i].0, peers[i].1)
+        });
+        for (_, link) in self.links.iter_mut() {
+            link.peer = link.peer.and_then(|old| to.get(old).copied().flatten());
+        }
+        self.me.peers = peers.iter().map(|(n, _)| n.clone()).collect();
+    }
 }
 
-/// What a peer's record means beyond the store: a session binding is bound in the session table to the
-/// backend at the recorded address (when the current config lists it); a tombstone forgets the session.
+/// For each name of `new`, its position in `old` (`None`: a name not there).
+fn old_positions(old: &[String], new: &[String]) -> Vec<Option<usize>> {
+    new.iter()
+        .map(|n| old.iter().position(|o| o == n))
+        .collect()
+}
+
+/// The inverse of [`old_positions`]: for each of `old_len` old positions, the new one (`None`: gone).
+fn new_positions(from: &[Option<usize>], old_len: usize) -> Vec<Option<usize>> {
+    let mut to = vec![None; old_len];
+    for (new, old) in from.iter().enumerate() {
+        if let Some(slot) = old.and_then(|o| to.get_mut(o)) {
+            *slot = Some(new);
+        }
+    }
+    to
+}
+
+/// Rebuilds a per-peer `Vec` in a new peer order: `from[i]` says which old entry becomes entry `i`;
+/// an entry with no old one (a new peer) is `fresh(i)`; old entries not taken (removed peers) are dropped.
+fn remap<T>(v: &mut Vec<T>, from: &[Option<usize>], mut fresh: impl FnMut(usize) -> T) {
+    let mut old: Vec<Option<T>> = std::mem::take(v).into_iter().map(Some).collect();
+    *v = from
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            f.and_then(|o| old.get_mut(o).and_then(Option::take))
+                .unwrap_or_else(|| fresh(i))
+        })
+        .collect();
+}
+
+/// What a peer's record means beyond the store: a session the session table holds is moved to the backend
+/// at the recorded address (when the current config lists it), or forgotten on a tombstone; one it does
+/// not hold is found in the store by the first worker that needs it.
 fn apply_elsewhere(feed: &Feed, record: &Record) {
     if let Some(op) = snapshot_recv::binding_of(feed, record, &mut None) {
         snapshot_recv::apply_bindings(feed, &[op]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn per_peer_entries_follow_their_peer_by_name() {
+        let old = names(&["b", "c", "d"]);
+        let new = names(&["d", "e", "b"]);
+        let from = old_positions(&old, &new);
+        assert_eq!(from, [Some(2), None, Some(0)]);
+        assert_eq!(new_positions(&from, old.len()), [Some(2), None, Some(0)]);
+        let mut sent = vec![Some(10), Some(20), Some(30)];
+        remap(&mut sent, &from, |_| None);
+        assert_eq!(
+            sent,
+            [Some(30), None, Some(10)],
+            "c's entry is gone, e's fresh"
+        );
+        let mut status: Vec<String> = old.clone();
+        remap(&mut status, &from, |i| format!("fresh {}", new[i]));
+        assert_eq!(status, ["d", "fresh e", "b"]);
+    }
+
+    #[test]
+    fn an_unchanged_peer_list_keeps_every_entry_in_place() {
+        let list = names(&["b", "c"]);
+        let from = old_positions(&list, &list);
+        let mut v = vec![1, 2];
+        remap(&mut v, &from, |_| unreachable!("no new peer"));
+        assert_eq!(v, [1, 2]);
+        assert_eq!(new_positions(&from, 2), [Some(0), Some(1)]);
     }
 }

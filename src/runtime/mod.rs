@@ -1,6 +1,7 @@
 //! The runtime: worker threads, listening sockets, and the main thread that handles signals (reload,
 //! stop, report) and publishes config snapshots.
 
+mod cluster_reload;
 pub mod listener;
 pub mod worker;
 
@@ -264,6 +265,8 @@ impl Server {
                         humantime::format_duration(timeout)
                     ),
                 }
+                // SIGUSR1 and the Prometheus rendering read the peers' figures from the thread's status.
+                metrics.set_cluster(r.view());
                 Some(r)
             }
             None => None,
@@ -402,11 +405,28 @@ impl Server {
             ("[access_log]", new.access_log != self.config.access_log),
             ("[tls]", new.tls != self.config.tls),
             ("[sessions]", new.sessions != self.config.sessions),
-            ("[cluster]", new.cluster != self.config.cluster),
         ] {
             if changed {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
             }
+        }
+        let cluster = match cluster_reload::merge(&self.config.cluster, new.cluster.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload: {e}");
+                log::error!("reload refused (1 error); the running configuration stays");
+                return;
+            }
+        };
+        match cluster.restart.as_slice() {
+            [] => {}
+            ["[cluster]"] => log::warn!(
+                "reload: adding or removing [cluster] needs a restart; the running [cluster] stays"
+            ),
+            keys => log::warn!(
+                "reload: changes to {} need a restart and are ignored (the rest of [cluster] is applied)",
+                keys.join(", ")
+            ),
         }
         let keep_listeners = listeners_changed || tls_presence_changed;
         let new = Config {
@@ -419,7 +439,7 @@ impl Server {
             access_log: self.config.access_log.clone(),
             tls: self.config.tls.clone(),
             sessions: self.config.sessions.clone(),
-            cluster: self.config.cluster.clone(),
+            cluster: cluster.cluster,
             ..new
         };
         let snapshot = match ConfigSnapshot::build(
@@ -439,8 +459,12 @@ impl Server {
         self.generation += 1;
         let backends: usize = snapshot.clusters.iter().map(|c| c.backends.len()).sum();
         let clusters = snapshot.clusters.len();
-        // Publish first, then announce: once the line is out, every new connection sees the new config.
+        // Publish first, then announce: once the line is out, every new connection sees the new config
+        // (sync writes their new timeout); the replication thread applies its part as it wakes.
         self.shared.store(Arc::new(snapshot));
+        if let (Some(r), Some(update)) = (&self.replication, cluster.update) {
+            r.reconfigure(update);
+        }
         log::info!(
             "reloaded {} (generation {}): {} cluster(s), {} backend(s), {} route(s)",
             path.display(),
@@ -470,7 +494,8 @@ impl Server {
         self.metrics.totals()
     }
 
-    /// Logs the metrics registry's request counters, then backends, TLS, sessions and QoS (SIGUSR1).
+    /// Logs the metrics registry's request counters (and with `[cluster]`, the store and each peer), then
+    /// backends, TLS, sessions and QoS (SIGUSR1).
     pub fn report(&self) {
         for line in crate::metrics::report_lines(&self.metrics.totals()) {
             log::info!("{line}");
@@ -493,41 +518,6 @@ impl Server {
             log::info!("stats: access log lines dropped={}", log.dropped());
         }
         log::info!("stats: tls handshakes {}", self.tls.stats.summary());
-        if let Some(r) = &self.replication {
-            let (records, digest, last) = r.store_summary();
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            log::info!(
-                "stats: cluster node {} store records={records} bindings={} ticket_keys={} \
-                 digest={hex} stream_last={last}",
-                r.node,
-                r.count(crate::store::Kind::SessionBinding),
-                r.count(crate::store::Kind::TicketKeys)
-            );
-            for p in r.peers() {
-                log::info!(
-                    "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} \
-                     sent={} acked={} applied={} snapshots_in={} delay_ms_p50={} delay_ms_p99={} \
-                     delay_ms_max={} bytes_in={} bytes_out={} last={:?}",
-                    r.node,
-                    p.name,
-                    p.address,
-                    p.state,
-                    p.epoch.map_or("-".into(), |e| format!("{e:016x}")),
-                    p.links_up,
-                    p.refused,
-                    p.sent,
-                    p.acked,
-                    p.applied,
-                    p.snapshots_in,
-                    p.delay_ms.value_at_quantile(0.5),
-                    p.delay_ms.value_at_quantile(0.99),
-                    p.delay_ms.max(),
-                    p.bytes_in,
-                    p.bytes_out,
-                    p.last_reason
-                );
-            }
-        }
         let t = self.sticky.table.totals();
         log::info!(
             "stats: sessions entries={} hits={} misses={} binds={} rebinds={} evictions={} expirations={}",

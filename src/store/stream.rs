@@ -93,6 +93,18 @@ impl OriginStream {
         }
     }
 
+    /// How long ago record `seq` entered the stream — a peer's lag when `seq` is the first record it has
+    /// not acknowledged. A record already evicted is at least as old as the oldest one kept, which is
+    /// what is returned then. `None` when `seq` is past the last record (nothing is pending).
+    pub fn age(&self, seq: u64, now: Instant) -> Option<Duration> {
+        if seq == 0 || seq > self.last {
+            return None;
+        }
+        let oldest = self.backlog.front()?.seq;
+        let entry = self.backlog.get(seq.saturating_sub(oldest) as usize)?;
+        Some(now.saturating_duration_since(entry.at))
+    }
+
     /// What a peer that holds this stream up to `applied` of epoch `epoch` is missing, as
     /// `(sequence, record)` in order — or why it needs a snapshot: another epoch, or `applied + 1` evicted.
     pub fn since(
@@ -242,6 +254,26 @@ mod tests {
                 last: 5
             })
         );
+    }
+
+    #[test]
+    fn age_of_a_pending_record_or_of_the_oldest_kept() {
+        let t = Instant::now();
+        let size = rec(1, 100).encoded_len();
+        let mut o = OriginStream::new(1, 2 * size, Duration::from_secs(60));
+        assert_eq!(o.age(1, t), None, "nothing written");
+        o.push(rec(1, 100), t);
+        o.push(rec(2, 100), t + Duration::from_secs(1));
+        o.push(rec(3, 100), t + Duration::from_secs(2));
+        let now = t + Duration::from_secs(5);
+        assert_eq!(o.age(3, now), Some(Duration::from_secs(3)));
+        assert_eq!(o.age(2, now), Some(Duration::from_secs(4)));
+        assert_eq!(
+            o.age(1, now),
+            Some(Duration::from_secs(4)),
+            "evicted: the oldest kept"
+        );
+        assert_eq!(o.age(4, now), None, "acknowledged through the last");
     }
 
     #[test]
