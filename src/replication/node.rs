@@ -340,6 +340,7 @@ impl Replication {
     pub fn start(setup: Setup, feed: Feed) -> std::io::Result<Replication> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        feed.feed.set_waker(waker.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(
             setup

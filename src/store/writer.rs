@@ -48,6 +48,10 @@ pub struct StoreWriter {
     queue: Sender<Queued>,
     dropped: Arc<[CachePadded<AtomicU64>]>,
     worker: usize,
+    /// Wakes the replication thread: set once it runs. A `sync` write rings it (someone waits for the
+    /// peer's ack; the thread's millisecond poll would add up to a millisecond to every one); an async
+    /// write does not (one system call per write would cost more than the poll).
+    wake: Arc<std::sync::OnceLock<Arc<mio::Waker>>>,
 }
 
 impl StoreWriter {
@@ -63,7 +67,12 @@ impl StoreWriter {
     /// is called at once. With no replication thread, it is never called (the caller's wait times out
     /// and its policy decides).
     pub fn write_sync(&self, record: Record, on_ack: OnAck) -> Result<Applied, Full> {
-        self.enqueue(record, Some(on_ack))
+        let r = self.enqueue(record, Some(on_ack));
+        if let Some(w) = self.wake.get() {
+            // A failed wake only costs the wait until the thread's next poll.
+            let _ = w.wake();
+        }
+        r
     }
 
     fn enqueue(&self, record: Record, on_ack: Option<OnAck>) -> Result<Applied, Full> {
@@ -130,6 +139,7 @@ pub struct WriteFeed {
     queues: Vec<Receiver<Queued>>,
     dropped: Arc<[CachePadded<AtomicU64>]>,
     next: usize,
+    wake: Arc<std::sync::OnceLock<Arc<mio::Waker>>>,
 }
 
 impl WriteFeed {
@@ -146,6 +156,7 @@ impl WriteFeed {
             (0..workers).map(|_| CachePadded::default()).collect();
         let mut queues = Vec::with_capacity(workers);
         let mut writers = Vec::with_capacity(workers);
+        let wake = Arc::new(std::sync::OnceLock::new());
         for worker in 0..workers {
             let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
             queues.push(rx);
@@ -156,6 +167,7 @@ impl WriteFeed {
                 queue: tx,
                 dropped: dropped.clone(),
                 worker,
+                wake: wake.clone(),
             });
         }
         (
@@ -163,9 +175,15 @@ impl WriteFeed {
                 queues,
                 dropped,
                 next: 0,
+                wake,
             },
             writers,
         )
+    }
+
+    /// The replication thread's waker, for `sync` writes to ring (see [`StoreWriter::write_sync`]).
+    pub fn set_waker(&self, waker: Arc<mio::Waker>) {
+        let _ = self.wake.set(waker);
     }
 
     /// Takes up to `max` queued records, one per worker in turn so no worker's writes starve the others',
