@@ -62,6 +62,12 @@ fn a_link_cut_in_the_middle_of_a_snapshot_leaves_the_receiver_on_its_old_state_a
     let b = Tether::start(&b_config);
     b.wait_log("has no peer's snapshot after");
     assert_eq!(b.count_log("synced from a peer"), 0);
+    // While it was starting (empty, not serving) b applied each snapshot in place as it arrived, and
+    // undid it when the link was cut: the reports below show nothing of them was left.
+    assert!(
+        b.count_log("of an unfinished snapshot undone") >= 1,
+        "b applied a cut snapshot in place and undid it"
+    );
     // Every report while the relay cuts: no binding, and nothing else of a's either (a's ticket key
     // comes with its snapshot): the store holds at most b's own ticket key, and its digest stays put.
     let own_only =

@@ -474,14 +474,21 @@ fn records(r: &mut Reader<'_>, count: u32) -> Result<Vec<Record>, FrameError> {
     // Reserve only for records that can be present: the smallest takes MIN_RECORD bytes.
     let count = count as usize;
     let mut out = Vec::with_capacity(count.min(r.0.len() / MIN_RECORD));
+    let mut last_value = None;
     for _ in 0..count {
-        out.push(record(r)?);
+        out.push(record(r, &mut last_value)?);
     }
     Ok(out)
 }
 
-/// One record (docs/PROTOCOL.md, "Records"), the inverse of [`Record::encode`].
-fn record(r: &mut Reader<'_>) -> Result<Record, FrameError> {
+/// Values up to this long are shared with the previous record's when equal (see [`record`]).
+const SHARED_VALUE: usize = 64;
+
+/// One record (docs/PROTOCOL.md, "Records"), the inverse of [`Record::encode`]. A short value equal to the
+/// previous record's (`last_value`) shares its allocation: batches of session bindings name a handful of
+/// backends, so most values repeat, and sharing saves an allocation per record here and its memory in the
+/// store.
+fn record(r: &mut Reader<'_>, last_value: &mut Option<Arc<[u8]>>) -> Result<Record, FrameError> {
     let b = r.u8()?;
     let kind = Kind::from_u8(b).ok_or(FrameError::UnknownKind(b))?;
     let flags = r.u8()?;
@@ -505,7 +512,16 @@ fn record(r: &mut Reader<'_>) -> Result<Record, FrameError> {
         if len > MAX_VALUE {
             return Err(FrameError::ValueTooLarge);
         }
-        Some(Arc::from(r.take(len)?))
+        let bytes = r.take(len)?;
+        match last_value {
+            Some(v) if **v == *bytes => Some(v.clone()),
+            _ if len <= SHARED_VALUE => {
+                let v: Arc<[u8]> = Arc::from(bytes);
+                *last_value = Some(v.clone());
+                Some(v)
+            }
+            _ => Some(Arc::from(bytes)),
+        }
     };
     Ok(Record {
         kind,

@@ -29,10 +29,12 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Redial back-off: from this, doubling, up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// After a link that was up closes, its peer is redialled every `MIN_BACKOFF` (no doubling) for this
-/// long: a peer killed and restarted by its supervisor is back within seconds, and it serves no client
-/// until it has its snapshot, so a doubled back-off would be its start-up time.
+/// After a link that was up closes, its peer is redialled every `FAST_REDIAL_EVERY` for this long: a peer
+/// killed and restarted by its supervisor is back within seconds, and it serves no client until it has
+/// its snapshot, so the back-off would be its start-up time. (A refused connect on a LAN costs a packet
+/// each way; a dial still in progress is not repeated.)
 const FAST_REDIAL: Duration = Duration::from_secs(10);
+const FAST_REDIAL_EVERY: Duration = Duration::from_millis(20);
 /// Heartbeats missed before a link is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
@@ -694,8 +696,10 @@ impl Thread {
                 Ok(Link::new(sock, tls, Some(i), true, now))
             });
             let d = &mut self.dials[i];
-            d.next_dial = now + d.backoff;
-            if now >= d.fast_until {
+            if now < d.fast_until {
+                d.next_dial = now + FAST_REDIAL_EVERY;
+            } else {
+                d.next_dial = now + d.backoff;
                 d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
             }
             match link {
@@ -971,7 +975,7 @@ impl Thread {
     /// Drops a snapshot being received from `peer` (undoing what was applied in place).
     fn abandon_incoming(&mut self, peer: usize) {
         if let Some(incoming) = self.incoming[peer].take() {
-            incoming.abandon(&self.feed, &self.gate);
+            incoming.abandon(&self.gate);
         }
     }
 
@@ -1258,7 +1262,7 @@ impl Thread {
                     // midway is dropped (the store keeps its old state).
                     self.sent[i] = None;
                     if let Some(incoming) = self.incoming[i].take() {
-                        incoming.abandon(&self.feed, &self.gate);
+                        incoming.abandon(&self.gate);
                     }
                     let mut st = self.status.lock();
                     st[i].state = "down";

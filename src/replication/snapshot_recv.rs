@@ -12,11 +12,17 @@
 //! bound: see [`Gate::wait_ready`]).
 
 use super::node::Feed;
-use crate::store::{Applied, DigestSum, Kind, Record, Stage, StageError};
+use crate::store::{DigestSum, Kind, Record, Stage, StageError, UndoLog};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+/// Records handed to an applier thread at a time.
+const APPLY_BATCH: usize = 1024;
 
 /// Where a starting node is: waiting for a snapshot, applying one in place, or serving clients.
 #[derive(Debug, Default)]
@@ -101,10 +107,12 @@ pub(super) struct Incoming {
 enum Mode {
     /// Records kept in the stage; bindings to make once it checks out.
     Staged { bindings: Vec<BindingOp> },
-    /// Records applied as they come, with what undoes them. The session table is left alone: it is
+    /// Records applied as they come, by applier threads of their own (this thread decodes the next
+    /// batch meanwhile), which hash them for the check and keep what undoes them. The session table is left alone: it is
     /// empty (the node has not served), and workers find the bindings in the store on first use.
     InPlace {
-        undo: Vec<(Kind, Arc<[u8]>, Option<Record>)>,
+        batch: Vec<Record>,
+        appliers: Appliers,
         ticket_keys: Vec<Record>,
     },
 }
@@ -126,19 +134,27 @@ impl Incoming {
     /// A snapshot of the stream `epoch` at `at` begins; in place when this node is starting and holds
     /// nothing yet.
     pub(super) fn begin(feed: &Feed, gate: &Gate, epoch: u64, at: u64) -> Incoming {
-        let in_place = feed.store.is_empty() && gate.claim();
+        let applier = if feed.store.is_empty() && gate.claim() {
+            let spawned = Appliers::spawn(&feed.store);
+            if spawned.is_err() {
+                gate.release();
+            }
+            spawned.ok()
+        } else {
+            None
+        };
         Incoming {
             stage: Stage::begin(epoch, at),
             last_address: None,
-            mode: if in_place {
-                Mode::InPlace {
-                    undo: Vec::new(),
+            mode: match applier {
+                Some(appliers) => Mode::InPlace {
+                    batch: Vec::with_capacity(APPLY_BATCH),
+                    appliers,
                     ticket_keys: Vec::new(),
-                }
-            } else {
-                Mode::Staged {
+                },
+                None => Mode::Staged {
                     bindings: Vec::new(),
-                }
+                },
             },
         }
     }
@@ -149,16 +165,17 @@ impl Incoming {
                 bindings.extend(binding_of(feed, &record, &mut self.last_address));
                 self.stage.add(record);
             }
-            Mode::InPlace { undo, ticket_keys } => {
-                let hash = DigestSum::of(&record);
-                self.stage.note(hash);
+            Mode::InPlace {
+                batch,
+                appliers,
+                ticket_keys,
+            } => {
                 if record.kind == Kind::TicketKeys {
                     ticket_keys.push(record.clone());
                 }
-                let (kind, key) = (record.kind, record.key.clone());
-                let (applied, replaced) = feed.store.apply_undoable(record, hash);
-                if applied != Applied::Stale {
-                    undo.push((kind, key, replaced));
+                batch.push(record);
+                if batch.len() >= APPLY_BATCH {
+                    appliers.send(std::mem::replace(batch, Vec::with_capacity(APPLY_BATCH)));
                 }
             }
         }
@@ -167,7 +184,7 @@ impl Incoming {
     /// `SNAPSHOT_END`: checks the count and digest; a snapshot that checks out is merged (staged) or
     /// kept (in place), one that does not is dropped (staged) or undone (in place).
     pub(super) fn finish(
-        self,
+        mut self,
         feed: &Feed,
         gate: &Gate,
         count: u64,
@@ -195,9 +212,25 @@ impl Incoming {
                     finished_in: started.elapsed(),
                 })
             }
-            Mode::InPlace { undo, ticket_keys } => {
-                if let Err(e) = self.stage.check(count, digest) {
-                    undo_in_place(feed, undo);
+            Mode::InPlace {
+                batch,
+                mut appliers,
+                ticket_keys,
+            } => {
+                let checked = match appliers.finish(batch) {
+                    Some((sum, n)) => {
+                        self.stage.note(sum, n);
+                        self.stage.check(count, digest)
+                    }
+                    // An applier died: its part is unknown. Count it a failed check: what the others
+                    // applied is undone, and the node asks for a snapshot again.
+                    None => Err(StageError::CountMismatch {
+                        announced: count,
+                        staged: 0,
+                    }),
+                };
+                appliers.settle(checked.is_ok());
+                if let Err(e) = checked {
                     gate.release();
                     return Err(e);
                 }
@@ -216,19 +249,109 @@ impl Incoming {
 
     /// The snapshot will not be finished (its link closed, or another began): staged records are
     /// dropped; records applied in place are undone.
-    pub(super) fn abandon(self, feed: &Feed, gate: &Gate) {
-        if let Mode::InPlace { undo, .. } = self.mode {
-            let n = undo.len();
-            undo_in_place(feed, undo);
+    pub(super) fn abandon(self, gate: &Gate) {
+        if let Mode::InPlace {
+            batch,
+            mut appliers,
+            ..
+        } = self.mode
+        {
+            let n = appliers.finish(batch).map_or(0, |(_, n)| n);
+            appliers.settle(false);
             gate.release();
             log::info!("replication: {n} record(s) of an unfinished snapshot undone");
         }
     }
 }
 
-fn undo_in_place(feed: &Feed, undo: Vec<(Kind, Arc<[u8]>, Option<Record>)>) {
-    for (kind, key, replaced) in undo.into_iter().rev() {
-        feed.store.undo(kind, &key, replaced);
+/// Threads applying an in-place snapshot's batches to the store, handed batches in turn (a snapshot
+/// holds each key once, so batches commute). Each hashes its records for the check, keeps the undo log
+/// of what it applied, and once told the check's outcome either undoes it or throws it away — on its own
+/// thread, not the replication thread's.
+#[derive(Debug)]
+struct Appliers {
+    batches: Vec<Sender<Vec<Record>>>,
+    totals: Vec<crossbeam_channel::Receiver<(DigestSum, u64)>>,
+    verdicts: Vec<Sender<bool>>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
+}
+
+/// Applier threads per in-place snapshot: with the thread decoding, they keep two cores busy; the node
+/// serves nobody meanwhile.
+const APPLIERS: usize = 2;
+
+impl Appliers {
+    fn spawn(store: &Arc<crate::store::Store>) -> std::io::Result<Appliers> {
+        let mut a = Appliers {
+            batches: Vec::new(),
+            totals: Vec::new(),
+            verdicts: Vec::new(),
+            handles: Vec::new(),
+            next: 0,
+        };
+        for _ in 0..APPLIERS {
+            let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Vec<Record>>();
+            let (total_tx, total_rx) = crossbeam_channel::bounded(1);
+            let (verdict_tx, verdict_rx) = crossbeam_channel::bounded::<bool>(1);
+            let store = store.clone();
+            // If spawning fails, the threads started so far end when `a` is dropped (their channels
+            // close, and no verdict means undo).
+            let handle = std::thread::Builder::new()
+                .name("repl-apply".into())
+                .spawn(move || {
+                    let mut log = UndoLog::default();
+                    let (mut sum, mut count) = (DigestSum::default(), 0u64);
+                    for batch in batch_rx {
+                        count += batch.len() as u64;
+                        sum = sum + store.apply_undoable_batch(batch, &mut log);
+                    }
+                    let _ = total_tx.send((sum, count));
+                    if verdict_rx.recv() != Ok(true) {
+                        store.undo(log);
+                    }
+                })?;
+            a.batches.push(batch_tx);
+            a.totals.push(total_rx);
+            a.verdicts.push(verdict_tx);
+            a.handles.push(handle);
+        }
+        Ok(a)
+    }
+
+    fn send(&mut self, batch: Vec<Record>) {
+        if let Some(tx) = self.batches.get(self.next % self.batches.len().max(1)) {
+            // An applier outlives its sender: a failed send means it panicked, which finish() reports.
+            let _ = tx.send(batch);
+        }
+        self.next += 1;
+    }
+
+    /// Hands over the last batch, closes the batch channels and waits until every applier has applied
+    /// everything: the sum of the hashes and the count of all records, or `None` if one panicked.
+    fn finish(&mut self, batch: Vec<Record>) -> Option<(DigestSum, u64)> {
+        if !batch.is_empty() {
+            self.send(batch);
+        }
+        self.batches.clear();
+        let mut whole = Some((DigestSum::default(), 0));
+        for rx in &self.totals {
+            whole = match (whole, rx.recv()) {
+                (Some((s, n)), Ok((sum, count))) => Some((s + sum, n + count)),
+                _ => None,
+            };
+        }
+        whole
+    }
+
+    /// Tells every applier to keep what it applied, or to undo it, and waits for them.
+    fn settle(self, keep: bool) {
+        for tx in &self.verdicts {
+            let _ = tx.send(keep);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub use digest::DigestSum;
 pub use hlc::{ClockError, Hlc, node_id};
 pub use snapshot::{Stage, StageError, Verified};
 pub use stream::{Batch, NeedSnapshot, OriginStream, PeerStream};
-pub use table::{Applied, Store, StoreReader};
+pub use table::{Applied, Store, StoreReader, UndoLog};
 pub use writer::{Full, OnAck, StoreWriter, WriteFeed};
 
 #[cfg(test)]

@@ -73,11 +73,11 @@ impl Stage {
         self.records.push((record, hash));
     }
 
-    /// Counts one record that was not kept here (applied in place, by its hash `hash`): it takes part in
-    /// the count and digest check all the same.
-    pub fn note(&mut self, hash: DigestSum) {
-        self.sum = self.sum + hash;
-        self.noted += 1;
+    /// Counts `count` records that were not kept here (applied in place), whose hashes sum to `sum`:
+    /// they take part in the count and digest check all the same.
+    pub fn note(&mut self, sum: DigestSum, count: u64) {
+        self.sum = self.sum + sum;
+        self.noted += count;
     }
 
     /// Checks what was staged and noted against `SNAPSHOT_END`'s count and digest.

@@ -129,37 +129,71 @@ impl Store {
         self.apply_inner(record, hash, false).0
     }
 
-    /// [`apply`](Store::apply) for a snapshot applied in place (see `Incoming` in the replication
-    /// thread): with the record's hash, and the record it replaced, so that [`undo`](Store::undo) can
-    /// put it back if the snapshot fails its check.
-    pub fn apply_undoable(&self, record: Record, hash: DigestSum) -> (Applied, Option<Record>) {
-        self.apply_inner(record, Some(hash), true)
+    /// Applies a batch of a snapshot applied in place (see `snapshot_recv` in the replication layer):
+    /// hashes each record, applies it, and notes in `log` what undoes each record that changed the store.
+    /// Returns the sum of the batch's record hashes (applied or not: the snapshot's digest covers every
+    /// record sent). One pin of the map and one update of the running digest and counts per batch.
+    pub fn apply_undoable_batch(&self, batch: Vec<Record>, log: &mut UndoLog) -> DigestSum {
+        let map = self.map.pin();
+        let mut sum = DigestSum::default();
+        let mut hashes = DigestSum::default();
+        let mut inserted = [0usize; 4];
+        for record in batch {
+            let hash = DigestSum::of(&record);
+            hashes = hashes + hash;
+            let kind = record.kind;
+            let key = record.key.clone();
+            let (applied, replaced, delta) = apply_pinned(&map, record, Some(hash), true);
+            sum = sum + delta;
+            match (applied, replaced) {
+                (Applied::Inserted, _) => {
+                    if let Some(n) = inserted.get_mut(kind as usize) {
+                        *n += 1;
+                    }
+                    log.inserted(kind, &key);
+                }
+                (Applied::Replaced, Some(old)) => log.replaced.push(old),
+                _ => {}
+            }
+        }
+        self.sum.add(sum);
+        for (c, n) in self.by_kind.iter().zip(inserted) {
+            if n > 0 {
+                c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        hashes
     }
 
-    /// Undoes an [`apply_undoable`](Store::apply_undoable) of the key `(kind, key)` that returned
-    /// `replaced`: the key goes back to holding `replaced`, or to absent. Used only while the applied
-    /// records are not yet in use (a starting node's snapshot).
-    pub fn undo(&self, kind: Kind, key: &Arc<[u8]>, replaced: Option<Record>) {
+    /// Undoes what [`apply_undoable_batch`](Store::apply_undoable_batch) noted in `log`: keys it inserted
+    /// are removed, records it replaced are put back. Used only while the applied records are not yet in
+    /// use (a starting node's snapshot).
+    pub fn undo(&self, log: UndoLog) {
         let map = self.map.pin();
-        let k = StoreKey {
-            kind,
-            key: key.clone(),
-        };
-        match replaced {
-            None => {
-                if let Some(gone) = map.remove(&k) {
-                    self.count(gone.kind, false);
-                    self.sum.add(-DigestSum::of(gone));
-                }
+        let mut rest = &log.inserted[..];
+        while let [kind, len, tail @ ..] = rest {
+            let (key, next) = tail.split_at(usize::from(*len).min(tail.len()));
+            rest = next;
+            let Some(kind) = Kind::from_u8(*kind) else {
+                continue;
+            };
+            if let Some(gone) = map.remove(&KeyRef { kind, key }) {
+                self.count(gone.kind, false);
+                self.sum.add(-DigestSum::of(gone));
             }
-            Some(old) => {
-                let hash = DigestSum::of(&old);
-                match map.insert(k, old) {
-                    Some(newer) => self.sum.add(hash - DigestSum::of(newer)),
-                    None => {
-                        self.count(kind, true);
-                        self.sum.add(hash);
-                    }
+        }
+        for old in log.replaced {
+            let hash = DigestSum::of(&old);
+            let k = StoreKey {
+                kind: old.kind,
+                key: old.key.clone(),
+            };
+            let kind = old.kind;
+            match map.insert(k, old) {
+                Some(newer) => self.sum.add(hash - DigestSum::of(newer)),
+                None => {
+                    self.count(kind, true);
+                    self.sum.add(hash);
                 }
             }
         }
@@ -171,61 +205,14 @@ impl Store {
         hash: Option<DigestSum>,
         keep_old: bool,
     ) -> (Applied, Option<Record>) {
-        debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
-        let map = self.map.pin();
-        let mut record = record;
-        let new_hash = |r: &Record| hash.unwrap_or_else(|| DigestSum::of(r));
-        let key = StoreKey {
-            kind: record.kind,
-            key: record.key.clone(),
-        };
-        // Most records are of keys the store lacks (new sessions, a resync into an empty store): try
-        // the insert first, which hands back what the key holds when it is taken — one probe of the
-        // map, not a lookup and then an insert. A new key goes in with `try_insert`, not `compute`:
-        // papaya 0.2.5's `compute` does not help an incremental resize along, so a map grown by it
-        // alone keeps a chain of old tables that every lookup walks (20x slower lookups at a million
-        // records).
-        let old = match map.try_insert(key, record) {
-            Ok(new) => {
-                self.sum.add(new_hash(new));
-                self.count(new.kind, true);
-                return (Applied::Inserted, None);
-            }
-            Err(e) => {
-                record = e.not_inserted;
-                e.current
-            }
-        };
-        // The same record again (a replay, equal without encoding both), or an older one.
-        if *old == record || !record.newer_than(old) {
-            return (Applied::Stale, None);
+        let kind = record.kind;
+        let (applied, replaced, delta) = apply_pinned(&self.map.pin(), record, hash, keep_old);
+        self.sum.add(delta);
+        if applied == Applied::Inserted {
+            self.count(kind, true);
         }
-        let key = StoreKey {
-            kind: record.kind,
-            key: record.key.clone(),
-        };
-        let outcome = map.compute(key, |current| match current {
-            Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
-            _ => Operation::Insert(record.clone()),
-        });
-        match outcome {
-            // Removed (expired) meanwhile.
-            Compute::Inserted(_, new) => {
-                self.sum.add(new_hash(new));
-                (Applied::Inserted, None)
-            }
-            Compute::Updated {
-                old: (_, old),
-                new: (_, new),
-            } => {
-                self.sum.add(new_hash(new) - DigestSum::of(old));
-                (Applied::Replaced, keep_old.then(|| old.clone()))
-            }
-            Compute::Aborted(()) => (Applied::Stale, None),
-            Compute::Removed(..) => unreachable!("apply never removes"),
-        }
+        (applied, replaced)
     }
-
     /// The record of `key`, if it is live at `now` (seconds since the Unix epoch): tombstones and expired
     /// records read as absent. Clones the record (its key and value are shared, not copied).
     pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<Record> {
@@ -311,9 +298,95 @@ impl Store {
     }
 }
 
+/// What undoes records applied in place: the keys they inserted, copied into one buffer (kind, length,
+/// bytes: nothing to drop one by one when the log is thrown away, the common case), and the records they
+/// replaced.
+#[derive(Debug, Default)]
+pub struct UndoLog {
+    inserted: Vec<u8>,
+    replaced: Vec<Record>,
+}
+
+impl UndoLog {
+    fn inserted(&mut self, kind: Kind, key: &[u8]) {
+        self.inserted.push(kind as u8);
+        self.inserted.push(key.len() as u8);
+        self.inserted.extend_from_slice(key);
+    }
+
+    /// Adds another log's entries (logs of different keys commute).
+    pub fn append(&mut self, mut other: UndoLog) {
+        self.inserted.append(&mut other.inserted);
+        self.replaced.append(&mut other.replaced);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inserted.is_empty() && self.replaced.is_empty()
+    }
+}
+
+type PinnedMap<'a> =
+    papaya::HashMapRef<'a, StoreKey, Record, std::hash::RandomState, papaya::LocalGuard<'a>>;
+
+/// Applies `record` to a pinned map, last writer wins; returns what happened, the record replaced (when
+/// `keep_old`), and the change to the store's digest sum (the caller adds it, and counts an insert).
+fn apply_pinned(
+    map: &PinnedMap<'_>,
+    record: Record,
+    hash: Option<DigestSum>,
+    keep_old: bool,
+) -> (Applied, Option<Record>, DigestSum) {
+    debug_assert!(!record.key.is_empty() && record.key.len() <= super::record::MAX_KEY);
+    let mut record = record;
+    let new_hash = |r: &Record| hash.unwrap_or_else(|| DigestSum::of(r));
+    let none = DigestSum::default();
+    let key = StoreKey {
+        kind: record.kind,
+        key: record.key.clone(),
+    };
+    // Most records are of keys the store lacks (new sessions, a resync into an empty store): try the
+    // insert first, which hands back what the key holds when it is taken — one probe of the map, not a
+    // lookup and then an insert. A new key goes in with `try_insert`, not `compute`: papaya 0.2.5's
+    // `compute` does not help an incremental resize along, so a map grown by it alone keeps a chain of
+    // old tables that every lookup walks (20x slower lookups at a million records).
+    let old = match map.try_insert(key, record) {
+        Ok(new) => return (Applied::Inserted, None, new_hash(new)),
+        Err(e) => {
+            record = e.not_inserted;
+            e.current
+        }
+    };
+    // The same record again (a replay, equal without encoding both), or an older one.
+    if *old == record || !record.newer_than(old) {
+        return (Applied::Stale, None, none);
+    }
+    let key = StoreKey {
+        kind: record.kind,
+        key: record.key.clone(),
+    };
+    let outcome = map.compute(key, |current| match current {
+        Some((_, old)) if *old == record || !record.newer_than(old) => Operation::Abort(()),
+        _ => Operation::Insert(record.clone()),
+    });
+    match outcome {
+        // Removed (expired) meanwhile.
+        Compute::Inserted(_, new) => (Applied::Inserted, None, new_hash(new)),
+        Compute::Updated {
+            old: (_, old),
+            new: (_, new),
+        } => (
+            Applied::Replaced,
+            keep_old.then(|| old.clone()),
+            new_hash(new) - DigestSum::of(old),
+        ),
+        Compute::Aborted(()) => (Applied::Stale, None, none),
+        Compute::Removed(..) => unreachable!("apply never removes"),
+    }
+}
+
 /// A pinned view of the store (see [`Store::reader`]).
 pub struct StoreReader<'a> {
-    map: papaya::HashMapRef<'a, StoreKey, Record, std::hash::RandomState, papaya::LocalGuard<'a>>,
+    map: PinnedMap<'a>,
 }
 
 impl StoreReader<'_> {
@@ -343,7 +416,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn undoing_undoable_applies_restores_the_store_and_its_digest() {
+    fn undoing_an_undoable_batch_restores_the_store_and_its_digest() {
         let rec = |key: &str, hlc: u64, value: &str| Record {
             kind: Kind::SessionBinding,
             key: key.as_bytes().into(),
@@ -354,27 +427,21 @@ mod tests {
         let s = Store::new();
         s.apply(rec("kept", 5, "old"));
         let before = (s.len(), s.digest(), s.len_of(Kind::SessionBinding));
-        let mut undo = Vec::new();
-        for r in [
+        let batch = vec![
             rec("kept", 9, "new"),
             rec("fresh", 1, "x"),
             rec("kept", 2, "stale"),
-        ] {
-            let (kind, key) = (r.kind, r.key.clone());
-            let hash = DigestSum::of(&r);
-            let (applied, replaced) = s.apply_undoable(r, hash);
-            if applied.changed() {
-                undo.push((kind, key, replaced));
-            }
-        }
-        assert_eq!(undo.len(), 2, "the stale write changed nothing");
+        ];
+        let expected = DigestSum::of_all(&batch);
+        let mut log = UndoLog::default();
+        assert_eq!(s.apply_undoable_batch(batch, &mut log), expected);
         assert_eq!(
             s.get(Kind::SessionBinding, b"kept", 0).unwrap().version.hlc,
             9
         );
-        for (kind, key, replaced) in undo.into_iter().rev() {
-            s.undo(kind, &key, replaced);
-        }
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.digest(), s.digest_by_scan());
+        s.undo(log);
         assert_eq!(
             (s.len(), s.digest(), s.len_of(Kind::SessionBinding)),
             before
