@@ -12,7 +12,7 @@
 #     TETHER_TEST_ENDPOINTS=1) and mirrors them to b. b is killed with SIGKILL and started again; measured:
 #     from its spawn until its log has "synced from a peer ... before serving" (polled every 20 ms), and the
 #     same from b's own log timestamps (its first line to that line); with the snapshot's parts from the logs
-#     (a: built in; b: received and staged, bound, merged).
+#     (a: built in; b: applied in place or staged, received in, then to finish).
 #
 # Each side is filled once; then the restarts alternate, HAProxy then tether, --rounds times. Printed: a
 # markdown table (median and every round, entries learnt, fill time, ratio HAProxy / tether) and the details.
@@ -317,7 +317,7 @@ echo "tether: a filled in $T_FILL_MS ms; b holds them $(( ($(now_ns) - t) / 1000
 
 # ---------------------------------------------------------------------------------------------------------
 HA_WALL=(); HA_FIRST=(); HA_LEARNT=(); HA_DONE=(); HA_FLAGS=()
-T_WALL=(); T_LOG=(); T_LINK=(); T_LEARNT=(); T_RECORDS=(); T_BUILT=(); T_STAGED=(); T_BOUND=(); T_MERGED=()
+T_WALL=(); T_LOG=(); T_LINK=(); T_LEARNT=(); T_RECORDS=(); T_BUILT=(); T_STAGED=(); T_HOW=(); T_FINISH=()
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS: haproxy hb killed and started again" >&2
   kill -9 $HB; wait $HB 2>/dev/null || true
@@ -335,10 +335,10 @@ for r in $(seq "$ROUNDS"); do
   T_WALL+=("$wall"); T_LOG+=("$(PY log-ms "$blog" "synced from a peer")"); T_LINK+=("$(PY log-ms "$blog" "link with a up")")
   T_RECORDS+=("$(grep "synced from a peer" "$blog" | head -1 | sed 's/.*(\([0-9]*\) record.*/\1/')")
   line=$(grep "snapshot of .* merged" "$blog" | tail -1)
-  T_STAGED+=("$(sed -n 's/.*received and staged in \([0-9]*\) ms.*/\1/p' <<<"$line")")
-  T_BOUND+=("$(sed -n 's/.*bound in \([0-9]*\) ms.*/\1/p' <<<"$line")")
-  T_MERGED+=("$(sed -n 's/.*merged in \([0-9]*\) ms.*/\1/p' <<<"$line")")
-  T_BUILT+=("$(grep "sending b a snapshot" "$WORK/a.log" | tail -1 | sed -n 's/.*built in \([0-9]*\) ms.*/\1/p')")
+  T_HOW+=("$(grep -q "applied in place" <<<"$line" && echo "in place" || echo staged)")
+  T_STAGED+=("$(sed -n 's/.* in \([0-9]*\) ms, then.*/\1/p' <<<"$line")")
+  T_FINISH+=("$(sed -n 's/.*then \([0-9]*\) ms to finish.*/\1/p' <<<"$line")")
+  T_BUILT+=("$(grep "to b: snapshot of" "$WORK/a.log" | tail -1 | sed -n 's/.*built in \([0-9]*\) ms.*/\1/p')")
   kill -USR1 $B 2>/dev/null || { echo "tether b (pid $B) is gone; its log:" >&2; tail -5 "$blog" >&2; exit 1; }
   for _ in $(seq 50); do grep -q "store records=" "$blog" && break; sleep 0.1; done
   T_LEARNT+=("$(field "$blog" "store records=" bindings)")
@@ -363,10 +363,10 @@ echo "| tether, from its own log (first line to \"synced\") | $T_LOG_MED | $(joi
 echo
 echo "Ratio HAProxy / tether (medians, spawn to learnt; above 1 means tether is faster): **$(ratio "$HA_MED" "$T_MED")×** (with tether's time from its own log: $(ratio "$HA_MED" "$T_LOG_MED")×)"
 echo
-echo "| round | HAProxy hb: first entry, ms | all entries, ms | resync over, ms (peers flags) | tether b: link with a up, ms (log) | synced, ms (log) | records in snapshot | a: built in, ms | b: received and staged, ms | bound, ms | merged, ms |"
-echo "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| round | HAProxy hb: first entry, ms | all entries, ms | resync over, ms (peers flags) | tether b: link with a up, ms (log) | synced, ms (log) | records in snapshot | a: built in, ms | b: how | b: received (and applied or staged), ms | b: then to finish, ms |"
+echo "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 for i in $(seq 0 $((ROUNDS - 1))); do
-  echo "| $((i + 1)) | ${HA_FIRST[$i]} | ${HA_WALL[$i]} | ${HA_DONE[$i]} (${HA_FLAGS[$i]}) | ${T_LINK[$i]} | ${T_LOG[$i]} | ${T_RECORDS[$i]} | ${T_BUILT[$i]} | ${T_STAGED[$i]} | ${T_BOUND[$i]} | ${T_MERGED[$i]} |"
+  echo "| $((i + 1)) | ${HA_FIRST[$i]} | ${HA_WALL[$i]} | ${HA_DONE[$i]} (${HA_FLAGS[$i]}) | ${T_LINK[$i]} | ${T_LOG[$i]} | ${T_RECORDS[$i]} | ${T_BUILT[$i]} | ${T_HOW[$i]} | ${T_STAGED[$i]} | ${T_FINISH[$i]} |"
 done
 echo
 echo "HAProxy's times are from hb's spawn, polled every 20 ms over its CLI; peers flags 0x200 = learnt from a remote"
