@@ -91,8 +91,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// Add a user to a users file, or set the password, roles and groups of one already there. Prompts for the
-    /// password twice on the terminal (not echoed); the file is created if missing and written with mode 0600.
+    /// Add a user to a users file, or set the password, roles and groups of one already there.
+    ///
+    /// Prompts for the password twice on the terminal (not echoed); refuses a weak one; the file is created if
+    /// missing and written atomically with mode 0600.
     #[command(
         after_help = "Examples:\n  tether users add configs/cluster/users.toml alice --role user\n  \
                       echo \"$PASSWORD\" | tether users add users.toml bob --role admin --password-stdin"
