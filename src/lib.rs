@@ -5,16 +5,17 @@
 //!
 //! Layers, bottom up (a module imports only from layers below it): `base` (buffers, timers, socket
 //! readiness) → `http`, `config`, `error`, `metrics` → `tls`, `qos`, `balance`, `health`, `sticky`,
-//! `store`, `route` → `snapshot` → `proxy` (sessions and the request stages), `replication` (peer links) →
-//! `runtime` (workers, signals). Exceptions, kept where a check needs the code that uses the value:
-//! config validation loads certificates and cookie keys, and the certificate generator applies the
-//! protocol's rule for node names.
+//! `store`, `route`, `auth` (users files, password hashes) → `snapshot` → `proxy` (sessions and the request
+//! stages), `replication` (peer links) → `runtime` (workers, signals). Exceptions, kept where a check needs
+//! the code that uses the value: config validation loads certificates and cookie keys, and the certificate
+//! generator applies the protocol's rule for node names.
 
 // One justified exception, allowed where it is: `config::validate` asks libc for the online CPU count.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod access_log;
+pub mod auth;
 pub mod balance;
 pub mod base;
 pub mod config;

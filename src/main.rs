@@ -1,8 +1,10 @@
-//! The `tether` command: run, check, demo.
+//! The `tether` command: run, check, demo, certs, users.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tether::auth::password::{self, PasswordRules};
+use tether::auth::users::{self, UsersFile};
 use tether::config;
 use tether::runtime::{RunOptions, Server};
 
@@ -12,6 +14,7 @@ Examples:
   tether run -c configs/basic.toml     run with a config file
   tether run -c tether.toml --workers 1
   tether check -c tether.toml          validate a config (exit 1 and every error on a bad one)
+  tether users add users.toml alice --role user   add a user (prompts for the password)
 
 Signals: SIGHUP reloads the config file, SIGTERM/SIGINT stop gracefully (twice: at once),
 SIGUSR1 logs the request, backend, QoS, TLS and session counters. TETHER_LOG=debug for more logging.";
@@ -81,6 +84,44 @@ enum Command {
         #[command(subcommand)]
         kind: Option<CertsKind>,
     },
+    /// Manage a users file (a pool of users with argon2id password hashes, roles and groups).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user to a users file, or set the password, roles and groups of one already there.
+    ///
+    /// Prompts for the password twice on the terminal (not echoed); refuses a weak one; the file is created if
+    /// missing and written atomically with mode 0600.
+    #[command(
+        after_help = "Examples:\n  tether users add configs/cluster/users.toml alice --role user\n  \
+                      echo \"$PASSWORD\" | tether users add users.toml bob --role admin --password-stdin"
+    )]
+    Add {
+        /// Users file (TOML; see docs/CONFIG.md).
+        file: PathBuf,
+        /// User name (letters, digits, '.', '_', '-', '@').
+        name: String,
+        /// A role of the user (repeat for more).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// A group of the user (repeat for more).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Read the password from the first line of standard input instead of prompting (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Accept a password the rules refuse (shorter than 8 characters, the user name, a common password).
+        #[arg(long)]
+        allow_weak: bool,
+    },
+    /// Validate a users file: print the number of users, or every error (file:line: key: message) and exit 1.
+    Check {
+        /// Users file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +176,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Users(UsersCommand::Check { file }) => users_check(&file),
+        Command::Users(UsersCommand::Add {
+            file,
+            name,
+            roles,
+            groups,
+            password_stdin,
+            allow_weak,
+        }) => match users_add(&file, &name, &roles, &groups, password_stdin, allow_weak) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tether users add: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo {
             workers,
             listen,
@@ -185,6 +244,83 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn users_check(path: &std::path::Path) -> ExitCode {
+    match UsersFile::load(path) {
+        Ok(f) => {
+            println!("{}: ok ({} user(s))", path.display(), f.users.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tether users add`: the line to print on success, or a one-line reason. Neither holds the password or hash.
+fn users_add(
+    path: &std::path::Path,
+    name: &str,
+    roles: &[String],
+    groups: &[String],
+    password_stdin: bool,
+    allow_weak: bool,
+) -> Result<String, String> {
+    // Everything that can be refused without the password is refused before asking for it.
+    users::check_name(name).map_err(|m| format!("invalid user name: {m}"))?;
+    let mut file = if path.exists() {
+        UsersFile::load(path).map_err(|errors| errors.to_string())?
+    } else {
+        UsersFile::default()
+    };
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string()
+    } else {
+        let no_tty = |e: std::io::Error| {
+            format!(
+                "cannot prompt for a password ({e}); use --password-stdin to read it from standard input"
+            )
+        };
+        let first = rpassword::prompt_password(format!("Password for {name}: ")).map_err(no_tty)?;
+        let second = rpassword::prompt_password("Again: ").map_err(no_tty)?;
+        if first != second {
+            return Err("the passwords differ".to_string());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("empty password".to_string());
+    }
+    if !allow_weak {
+        PasswordRules::default()
+            .check(&password, name)
+            .map_err(|e| format!("{e} (--allow-weak accepts it)"))?;
+    }
+    let hash = password::hash(&password).map_err(|e| e.to_string())?;
+    let replaced = file.add_or_replace(name, &hash, roles, groups)?;
+    file.save(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.join(",")
+        }
+    };
+    Ok(format!(
+        "{} user {name} in {} (roles: {}; groups: {})",
+        if replaced { "updated" } else { "added" },
+        path.display(),
+        list(roles),
+        list(groups)
+    ))
 }
 
 fn serve(cfg: config::Config, options: RunOptions) -> ExitCode {

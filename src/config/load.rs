@@ -124,8 +124,8 @@ fn located(issues: Vec<Issue>, text: &str, file: &str) -> ConfigErrors {
     ConfigErrors(errors)
 }
 
-/// A deserialization error from `toml`: syntax, type, unknown or missing key.
-fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
+/// A deserialization error from `toml`: syntax, type, unknown or missing key. (Also used for users files.)
+pub(crate) fn syntax_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
     let span = e.span();
     let line = span.as_ref().map_or(0, |s| line_at(text, s.start));
     let path = span.and_then(|s| {
@@ -344,8 +344,8 @@ impl<'a> Node<'a> {
 /// of the key itself for `key = value` and `[table]` headers, of the `[[header]]` for an element of an array of
 /// tables, of the value for an element of an inline array. When the path is only partly present (a key left to
 /// its default), the line of the deepest part found; 0 when not even the first key is written, or the text
-/// does not parse. (Loading parses the text once and calls `locate_in` for every error.)
-#[cfg(test)]
+/// does not parse. (Loading parses the text once and calls `locate_in` for every error; the users file loader
+/// calls this.)
 pub(crate) fn locate(text: &str, path: &str) -> usize {
     match Document::parse(text) {
         Ok(doc) => locate_in(&doc, text, path),

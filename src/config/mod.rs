@@ -6,4 +6,5 @@ pub(crate) mod schema;
 mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub(crate) use load::{locate, syntax_error};
 pub use schema::*;
