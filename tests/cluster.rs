@@ -107,11 +107,19 @@ struct Mesh {
 
 impl Mesh {
     fn new() -> Mesh {
+        Mesh::with_sessions("")
+    }
+
+    /// A mesh whose nodes' `[sessions]` also hold `sessions` (TOML lines).
+    fn with_sessions(sessions: &str) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         cluster_certs(dir.path(), "a,b,c");
         let backends = [session_backend("one"), session_backend("two")];
         let addrs = [backends[0].addr, backends[1].addr];
-        let configs = mesh_configs(&["a", "b", "c"], dir.path(), &addrs);
+        let configs = mesh_configs(&["a", "b", "c"], dir.path(), &addrs)
+            .into_iter()
+            .map(|c| c.replace("[sessions]\n", &format!("[sessions]\n{sessions}")))
+            .collect();
         Mesh {
             _dir: dir,
             configs,
@@ -187,6 +195,44 @@ fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_aft
     assert_eq!(wait_records(&a, 6), digest);
     for (cookie, backend) in &sessions {
         assert_eq!(&served_by(a.addr, cookie), backend);
+    }
+}
+
+#[test]
+fn a_session_in_use_for_longer_than_its_ttl_is_still_known_to_the_peers_when_its_node_dies() {
+    // Bindings replicate with an absolute expiry a TTL after their write; a session kept busy at a must
+    // not lapse in its peers' stores meanwhile (a refreshes the record half-way through the TTL).
+    let mesh = Mesh::with_sessions("ttl = \"4s\"\n");
+    let mut a = mesh.start(0);
+    let b = mesh.start(1);
+    wait_peer(&a, "b", "up");
+    // Sessions all on one backend: were they unknown at b, its balancer would send half of them to the
+    // other one.
+    let sessions: Vec<(String, String)> = (0..12)
+        .map(|_| new_session(a.addr))
+        .filter(|(_, s)| s == "two")
+        .collect();
+    assert_eq!(sessions.len(), 6, "round robin alternates the backends");
+    wait_records(&b, 12);
+    // Busy at a for twice the TTL, a request a second each.
+    for _ in 0..8 {
+        for (cookie, backend) in &sessions {
+            assert_eq!(&served_by(a.addr, cookie), backend);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    a.kill();
+    wait_peer(&b, "a", "down");
+    // b never served these sessions: it knows them from its store only (three requests each: an unbound
+    // session would alternate between the backends).
+    for (cookie, backend) in &sessions {
+        for _ in 0..3 {
+            assert_eq!(
+                &served_by(b.addr, cookie),
+                backend,
+                "{cookie} at b after a died"
+            );
+        }
     }
 }
 

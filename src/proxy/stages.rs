@@ -363,6 +363,13 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
             let binding = r.cx.sessions.lookup(r.cx.worker, id.key, now).or_else(|| {
                 replicated_binding(r.cx.store, sticky, cluster, r.cx.worker, id.key, now)
             });
+            if let Some(b) = binding.filter(|b| b.refresh) {
+                // The session is in use: its replicated record must outlive the TTL it was written
+                // with, or after this node's loss the peers would no longer know it.
+                if let Some(backend) = cluster.backends.iter().find(|c| c.state.id == b.backend) {
+                    replicate_binding(r.cx.store, sticky, id.key, backend.state.address, now);
+                }
+            }
             // Known here; or a valid cookie from another node or before a restart names the backend.
             let preferred = binding.map(|b| b.backend).or_else(|| {
                 id.cookie_backend
@@ -417,10 +424,17 @@ fn replicated_binding(
         .parse()
         .ok()?;
     let backend = cluster.backend_at(address)?.state.id;
-    sticky.table.bind(worker, key, backend, now);
+    // The record was written a TTL before it expires: when it is due for a refresh counts from then.
+    let written = record.expires.saturating_sub(sticky.table.ttl_secs());
+    let refresh = now.saturating_sub(written) >= (sticky.table.ttl_secs() / 2).max(1);
+    let replicated = if refresh { now } else { written };
+    sticky
+        .table
+        .bind_replicated(worker, key, backend, now, replicated);
     Some(crate::sticky::table::Binding {
         backend,
         ssl_context: 0,
+        refresh,
     })
 }
 

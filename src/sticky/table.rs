@@ -47,6 +47,10 @@ pub struct SessionEntry {
     /// Seconds since the Unix epoch.
     created: u32,
     last_seen: AtomicU32,
+    /// When the replicated store's record of this binding was last written (with `[cluster]`): the
+    /// record expires a TTL after that, however busy the session is here, so a lookup asks for a
+    /// refresh once half of it has passed (see [`Binding::refresh`]).
+    replicated: AtomicU32,
 }
 
 /// A session as it is exported for replication.
@@ -64,6 +68,9 @@ pub struct SessionRecord {
 pub struct Binding {
     pub backend: usize,
     pub ssl_context: u64,
+    /// The store's record of this binding is half-way to its expiry: write it again (one lookup per
+    /// half-TTL gets this, the others do not).
+    pub refresh: bool,
 }
 
 /// Counters, one cache line per worker so no two workers write the same line. A worker's slot has one
@@ -163,11 +170,25 @@ impl SessionTable {
 
     /// Binds a session (new, or replacing an expired entry) to `backend`.
     pub fn bind(&self, worker: usize, key: SessionKey, backend: usize, now: u32) {
+        self.bind_replicated(worker, key, backend, now, now);
+    }
+
+    /// [`bind`](Self::bind) for a binding whose replicated record was written at `replicated` (found in
+    /// the store, written by another node, possibly a while ago).
+    pub fn bind_replicated(
+        &self,
+        worker: usize,
+        key: SessionKey,
+        backend: usize,
+        now: u32,
+        replicated: u32,
+    ) {
         let entry = SessionEntry {
             backend: AtomicUsize::new(backend),
             ssl_context: AtomicU64::new(0),
             created: now,
             last_seen: AtomicU32::new(now),
+            replicated: AtomicU32::new(replicated),
         };
         if self.map.pin().insert(key, entry).is_none() {
             self.len.fetch_add(1, Relaxed);
@@ -273,6 +294,7 @@ impl SessionTable {
                 ssl_context: AtomicU64::new(0),
                 created: r.created,
                 last_seen: AtomicU32::new(r.last_seen),
+                replicated: AtomicU32::new(r.last_seen),
             };
             if map.insert(r.key, entry).is_none() {
                 self.len.fetch_add(1, Relaxed);
@@ -324,9 +346,16 @@ impl SessionReader<'_> {
                 // At most one store per session per second: a hit is otherwise a pure read.
                 e.last_seen.store(now, Relaxed);
             }
+            let replicated = e.replicated.load(Relaxed);
+            let refresh = now.saturating_sub(replicated) >= (table.ttl_secs / 2).max(1);
+            if refresh {
+                // Racing workers may both see it due: a second write of the same binding is harmless.
+                e.replicated.store(now, Relaxed);
+            }
             Some(Binding {
                 backend: e.backend.load(Relaxed),
                 ssl_context: e.ssl_context.load(Relaxed),
+                refresh,
             })
         });
         let c = table.counters(worker);
@@ -349,6 +378,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lookup_asks_once_per_half_ttl_for_the_replicated_record_to_be_refreshed() {
+        let t = SessionTable::new(1, 100, 60);
+        t.bind(0, 7, 3, 1000);
+        assert!(!t.lookup(0, 7, 1029).unwrap().refresh, "under half the TTL");
+        assert!(
+            t.lookup(0, 7, 1030).unwrap().refresh,
+            "half the TTL since the write"
+        );
+        assert!(!t.lookup(0, 7, 1031).unwrap().refresh, "asked once");
+        assert!(
+            t.lookup(0, 7, 1060).unwrap().refresh,
+            "and again half a TTL later"
+        );
+        // Found in the store, written by another node 50 s ago: due at once.
+        t.bind_replicated(0, 8, 3, 1000, 950);
+        assert!(t.lookup(0, 8, 1001).unwrap().refresh);
+    }
+
+    #[test]
     fn bind_lookup_rebind_and_counters() {
         let t = SessionTable::new(2, 100, 60);
         assert_eq!(t.lookup(0, 7, 1000), None);
@@ -357,7 +405,8 @@ mod tests {
             t.lookup(1, 7, 1001),
             Some(Binding {
                 backend: 3,
-                ssl_context: 0
+                ssl_context: 0,
+                refresh: false,
             })
         );
         t.set_ssl_context(7, 42);
