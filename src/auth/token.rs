@@ -176,6 +176,12 @@ impl TokenKey {
         TokenKey::new(secret, created, retires)
     }
 
+    /// A key with a known secret (32 bytes): a configured key, or a test's; `None` for another length.
+    pub fn from_secret(secret: &[u8], created: u64, retires: u64) -> Option<TokenKey> {
+        let secret = SymmetricKey::<V4>::from(secret).ok()?;
+        TokenKey::new(secret, created, retires).ok()
+    }
+
     /// The key id tokens carry in their footer (a PASERK `k4.lid`).
     pub fn id(&self) -> &str {
         &self.id
