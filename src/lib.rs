@@ -5,8 +5,8 @@
 //!
 //! Layers, bottom up (a module imports only from layers below it): `base` (buffers, timers, socket
 //! readiness) → `http`, `config`, `error`, `metrics` → `tls`, `qos`, `balance`, `health`, `sticky`,
-//! `store`, `route` → `snapshot` → `proxy` (sessions and the request stages), `replication` (peer links) →
-//! `runtime` (workers, signals). Exceptions, kept where a check needs the code that uses the value:
+//! `store`, `route`, `auth` → `snapshot` → `proxy` (sessions and the request stages), `replication`
+//! (peer links) → `runtime` (workers, signals). Exceptions, kept where a check needs the code that uses the value:
 //! config validation loads certificates and cookie keys, and the certificate generator applies the
 //! protocol's rule for node names.
 
