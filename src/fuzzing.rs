@@ -379,6 +379,64 @@ pub fn replication_frame(data: &[u8]) {
     }
 }
 
+/// The fixed key ring `token_open` opens with: key `A` (secret `[0xa1; 32]`, made at `TOKEN_T0`, retires
+/// ten days later) and key `B` (secret `[0xb2; 32]`, made a day earlier, retired a day after `TOKEN_T0`).
+/// Fixed so that the seeds (`fuzz/seeds/token_open/`) are real tokens that open, and the fuzzer starts
+/// from inputs that reach the payload checks.
+pub fn token_ring() -> &'static crate::auth::token::Keyring {
+    use crate::auth::token::{Keyring, TokenKey};
+    static RING: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
+    RING.get_or_init(|| {
+        let mut ring = Keyring::new(std::time::Duration::from_secs(10 * 86_400));
+        for (secret, created, retires) in [
+            ([0xa1; 32], TOKEN_T0, TOKEN_T0 + 10 * 86_400),
+            ([0xb2; 32], TOKEN_T0 - 86_400, TOKEN_T0 + 86_400),
+        ] {
+            ring.install(TokenKey::from_secret(&secret, created, retires).expect("32-byte secret"));
+        }
+        ring
+    })
+}
+
+/// The time `token_ring`'s keys are made around, and the audience its tokens are opened for.
+pub const TOKEN_T0: u64 = 1_800_000_000;
+pub const TOKEN_AUDIENCE: &str = "mail";
+
+/// Token bundles (`auth::token`): `Keyring::open` on arbitrary bytes, for each kind of token, an hour after
+/// `TOKEN_T0` (both keys active) and two days after it (key `B` retired).
+///
+/// Invariants: it never panics; a refusal's message is one short line; an accepted token is a `v4.local`
+/// token within the length limit whose claims are of the kind and audience asked for and not expired at
+/// that time, and sealing those claims again (issued now) gives a token that opens to the same claims.
+pub fn token_open(data: &[u8]) {
+    use crate::auth::token::{MAX_TOKEN_LEN, TokenKind};
+    let ring = token_ring();
+    for now in [TOKEN_T0 + 3600, TOKEN_T0 + 2 * 86_400] {
+        for kind in [TokenKind::Access, TokenKind::Refresh] {
+            match ring.open(data, now, kind, TOKEN_AUDIENCE) {
+                Ok(claims) => {
+                    assert!(data.starts_with(b"v4.local.") && data.len() <= MAX_TOKEN_LEN);
+                    assert_eq!(claims.kind, kind);
+                    assert_eq!(claims.audience, TOKEN_AUDIENCE);
+                    assert!(now < claims.expires);
+                    let mut again = claims.clone();
+                    again.issued = now;
+                    let token = ring.seal(&again).expect("an active key");
+                    assert_eq!(
+                        ring.open(token.as_bytes(), now, kind, TOKEN_AUDIENCE),
+                        Ok(again),
+                        "resealed claims"
+                    );
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.len() < 80 && !msg.contains('\n'), "{msg:?}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,9 +457,155 @@ mod tests {
             response_head,
             config,
             replication_frame,
+            token_open,
         ] {
             f(b"");
             f(b"\xff\r\n");
+        }
+    }
+
+    #[test]
+    fn token_seeds_open_as_named() {
+        use crate::auth::token::{TokenError, TokenKind};
+        let ring = token_ring();
+        let open = |data: &[u8], now, kind| ring.open(data, TOKEN_T0 + now, kind, TOKEN_AUDIENCE);
+        let seed = |name: &str| {
+            let dir =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/token_open");
+            std::fs::read(dir.join(name)).unwrap()
+        };
+        let (hour, days) = (3600, 2 * 86_400);
+        assert!(open(&seed("access_valid"), days, TokenKind::Access).is_ok());
+        assert!(open(&seed("refresh_valid"), days, TokenKind::Refresh).is_ok());
+        assert!(open(&seed("access_escaped_names"), hour, TokenKind::Access).is_ok());
+        let short = seed("access_expires_after_a_day");
+        assert!(open(&short, hour, TokenKind::Access).is_ok());
+        assert_eq!(
+            open(&short, days, TokenKind::Access),
+            Err(TokenError::Expired)
+        );
+        let b = seed("access_key_b_retires");
+        assert!(open(&b, hour, TokenKind::Access).is_ok());
+        assert_eq!(
+            open(&b, days, TokenKind::Access),
+            Err(TokenError::RetiredKey)
+        );
+        assert_eq!(
+            open(&seed("access_expired"), hour, TokenKind::Access),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            open(&seed("access_other_audience"), hour, TokenKind::Access),
+            Err(TokenError::WrongAudience)
+        );
+        assert_eq!(
+            open(&seed("access_tampered"), hour, TokenKind::Access),
+            Err(TokenError::BadSeal)
+        );
+        assert_eq!(
+            open(&seed("unknown_kid"), hour, TokenKind::Access),
+            Err(TokenError::UnknownKey)
+        );
+        assert_eq!(
+            open(&seed("footer_spaced"), hour, TokenKind::Access),
+            Err(TokenError::BadSeal)
+        );
+    }
+
+    /// Writes the hand-made seeds for `token_open` (`fuzz/seeds/token_open/`): real tokens from
+    /// `token_ring`'s keys (valid, expired, sealed by the key that retires, for another audience,
+    /// tampered) and near misses. Run on purpose only: `cargo test --lib write_token_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_token_seeds() {
+        use crate::auth::token::{Claims, Keyring, TokenKey, TokenKind};
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/token_open");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ring = token_ring();
+        let mut only_b = Keyring::new(std::time::Duration::from_secs(86_400));
+        only_b.install(
+            TokenKey::from_secret(&[0xb2; 32], TOKEN_T0 - 86_400, TOKEN_T0 + 86_400).unwrap(),
+        );
+        let claims = |kind, expires: u64| Claims {
+            kind,
+            user: "alice".into(),
+            tenant: "acme".into(),
+            session: *b"0123456789abcdef",
+            issued: TOKEN_T0,
+            expires: TOKEN_T0 + expires,
+            audience: TOKEN_AUDIENCE.into(),
+        };
+        let access = ring.seal(&claims(TokenKind::Access, 3 * 86_400)).unwrap();
+        let (body, _) = access.rsplit_once('.').unwrap();
+        let mut tampered = access.clone().into_bytes();
+        tampered[40] = if tampered[40] == b'A' { b'B' } else { b'A' };
+        let mut odd = claims(TokenKind::Access, 3 * 86_400);
+        odd.user = "\u{e5}lice \"q\"\\".into();
+        odd.tenant = "t\n\u{1f600}".into();
+        let mut elsewhere = claims(TokenKind::Access, 3 * 86_400);
+        elsewhere.audience = "billing".into();
+        let footer = |f: &str| format!("{body}.{}", B64.encode(f));
+        let kid = ring.keys()[0].id().to_string();
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("access_valid", access.clone().into_bytes()),
+            (
+                "refresh_valid",
+                ring.seal(&claims(TokenKind::Refresh, 30 * 86_400))
+                    .unwrap()
+                    .into_bytes(),
+            ),
+            (
+                "access_expires_after_a_day",
+                ring.seal(&claims(TokenKind::Access, 7200))
+                    .unwrap()
+                    .into_bytes(),
+            ),
+            (
+                "access_expired",
+                ring.seal(&claims(TokenKind::Access, 60))
+                    .unwrap()
+                    .into_bytes(),
+            ),
+            (
+                "access_key_b_retires",
+                only_b
+                    .seal(&claims(TokenKind::Access, 5 * 86_400))
+                    .unwrap()
+                    .into_bytes(),
+            ),
+            (
+                "access_other_audience",
+                ring.seal(&elsewhere).unwrap().into_bytes(),
+            ),
+            (
+                "access_escaped_names",
+                ring.seal(&odd).unwrap().into_bytes(),
+            ),
+            ("access_tampered", tampered),
+            ("no_footer", body.as_bytes().to_vec()),
+            (
+                "unknown_kid",
+                footer(r#"{"kid":"k4.lid.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#)
+                    .into_bytes(),
+            ),
+            (
+                "footer_spaced",
+                footer(&format!("{{ \"kid\": \"{kid}\" }}")).into_bytes(),
+            ),
+            (
+                "footer_extra_field",
+                footer(&format!("{{\"kid\":\"{kid}\",\"x\":1}}")).into_bytes(),
+            ),
+            (
+                "public_token",
+                access.replacen("v4.local.", "v4.public.", 1).into_bytes(),
+            ),
+            ("header_only", b"v4.local.".to_vec()),
+        ];
+        for (name, data) in seeds {
+            std::fs::write(dir.join(name), data).unwrap();
         }
     }
 }

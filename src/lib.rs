@@ -5,7 +5,7 @@
 //!
 //! Layers, bottom up (a module imports only from layers below it): `base` (buffers, timers, socket
 //! readiness) → `http`, `config`, `error`, `metrics` → `tls`, `qos`, `balance`, `health`, `sticky`,
-//! `store`, `route`, `auth` (users files, password hashes) → `snapshot` → `proxy` (sessions and the request
+//! `store`, `route`, `auth` (users files, password hashes, sealed tokens) → `snapshot` → `proxy` (sessions and the request
 //! stages), `replication` (peer links) → `runtime` (workers, signals). Exceptions, kept where a check needs
 //! the code that uses the value: config validation loads certificates and cookie keys, and the certificate
 //! generator applies the protocol's rule for node names.

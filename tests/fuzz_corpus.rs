@@ -73,3 +73,8 @@ fn config_corpus() {
 fn replication_frame_corpus() {
     replay("replication_frame", tether::fuzzing::replication_frame);
 }
+
+#[test]
+fn token_open_corpus() {
+    replay("token_open", tether::fuzzing::token_open);
+}
