@@ -279,6 +279,36 @@ fn a_trusted_listener_extends_the_forwarding_chain() {
 }
 
 #[test]
+fn identity_headers_from_clients_never_reach_a_backend_even_through_a_trusted_listener() {
+    let b = Backend::start(|_, _| Some(Reply::text(200, "ok")));
+    let cfg = config_for(&[b.addr], "").replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\ntrust_forwarded = true",
+    );
+    let t = Tether::start(&cfg);
+    let r = raw_exchange(
+        t.addr,
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Tether-User: admin\r\nx-tether-roles: admin\r\n\
+          X-TETHER-TENANT: acme\r\nX-Tether-Identity: eyJhbGciOi.x.y\r\nX-Tetherish: kept\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let got = &b.received()[0];
+    for name in [
+        "x-tether-user",
+        "x-tether-roles",
+        "x-tether-tenant",
+        "x-tether-identity",
+    ] {
+        assert_eq!(got.header(name), None, "{name} was forwarded");
+    }
+    assert_eq!(
+        got.header("x-tetherish"),
+        Some("kept"),
+        "only the X-Tether- prefix is reserved"
+    );
+}
+
+#[test]
 fn head_204_and_304_carry_no_body_and_keep_the_connection() {
     let b = Backend::start(|req, _| {
         Some(Reply::raw(match req.path.as_str() {

@@ -114,6 +114,10 @@ pub enum HeaderKind {
     XRealIp,
     Cookie,
     SetCookie,
+    /// `X-Tether-*`: tether's own namespace (the identity it passes to backends: `X-Tether-User`,
+    /// `X-Tether-Tenant`, `X-Tether-Roles`, ...). Never forwarded from a client: a backend that trusts
+    /// these must only ever see tether's.
+    TetherReserved,
     Other,
 }
 
@@ -141,6 +145,9 @@ impl HeaderKind {
             16 if is(b"proxy-connection") => HeaderKind::ProxyConnection,
             17 if is(b"transfer-encoding") => HeaderKind::TransferEncoding,
             17 if is(b"x-forwarded-proto") => HeaderKind::XForwardedProto,
+            n if n > 9 && name[..9].eq_ignore_ascii_case(b"x-tether-") => {
+                HeaderKind::TetherReserved
+            }
             _ => HeaderKind::Other,
         }
     }

@@ -111,6 +111,8 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
                 xff |= trust;
                 continue;
             }
+            // Identity is tether's to assert, whoever sent the request (trusted proxies included).
+            HeaderKind::TetherReserved => continue,
             HeaderKind::XForwardedProto if trust => xfp = true,
             HeaderKind::XForwardedHost if trust => xfh = true,
             HeaderKind::XForwardedProto
