@@ -168,12 +168,19 @@ fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_aft
     for (t, peer) in [(&a, "b"), (&a, "c"), (&b, "c")] {
         wait_peer(t, peer, "up");
     }
-    // Sessions learned at a, on both backends (round robin alternates them).
-    let sessions: Vec<(String, String)> = (0..6).map(|_| new_session(a.addr)).collect();
+    // Sessions learned at a, on both backends (round robin alternates them), plus four more on "two":
+    // a node that did not know them would balance them, and round robin would put some on "one".
+    let mut sessions: Vec<(String, String)> = (0..6).map(|_| new_session(a.addr)).collect();
     assert!(sessions.iter().any(|(_, s)| s == "one") && sessions.iter().any(|(_, s)| s == "two"));
-    let digest = wait_records(&b, 6);
-    assert_eq!(wait_records(&c, 6), digest);
-    assert_eq!(wait_records(&a, 6), digest);
+    sessions.extend(
+        (0..8)
+            .map(|_| new_session(a.addr))
+            .filter(|(_, s)| s == "two"),
+    );
+    assert_eq!(sessions.len(), 10);
+    let digest = wait_records(&b, 14);
+    assert_eq!(wait_records(&c, 14), digest);
+    assert_eq!(wait_records(&a, 14), digest);
     for (cookie, backend) in &sessions {
         for node in [b.addr, c.addr] {
             for _ in 0..3 {
@@ -192,7 +199,7 @@ fn a_session_learned_at_one_node_is_routed_to_its_backend_by_every_node_even_aft
     // serves: its first report already holds every record.
     let a = mesh.start(0);
     a.wait_log("synced from a peer (");
-    assert_eq!(wait_records(&a, 6), digest);
+    assert_eq!(wait_records(&a, 14), digest);
     for (cookie, backend) in &sessions {
         assert_eq!(&served_by(a.addr, cookie), backend);
     }
