@@ -141,7 +141,7 @@ impl Store {
         for record in batch {
             let hash = DigestSum::of(&record);
             hashes = hashes + hash;
-            let kind = record.kind;
+            let (kind, version) = (record.kind, record.version);
             let key = record.key.clone();
             let (applied, replaced, delta) = apply_pinned(&map, record, Some(hash), true);
             sum = sum + delta;
@@ -150,9 +150,9 @@ impl Store {
                     if let Some(n) = inserted.get_mut(kind as usize) {
                         *n += 1;
                     }
-                    log.inserted(kind, &key);
+                    log.inserted(kind, &key, version);
                 }
-                (Applied::Replaced, Some(old)) => log.replaced.push(old),
+                (Applied::Replaced, Some(old)) => log.replaced.push((old, version)),
                 _ => {}
             }
         }
@@ -169,32 +169,51 @@ impl Store {
     /// are removed, records it replaced are put back. Used only while the applied records are not yet in
     /// use (a starting node's snapshot).
     pub fn undo(&self, log: UndoLog) {
+        // Only what the snapshot wrote is undone: a key written again since (by another peer's stream,
+        // say) keeps that newer record.
         let map = self.map.pin();
         let mut rest = &log.inserted[..];
         while let [kind, len, tail @ ..] = rest {
-            let (key, next) = tail.split_at(usize::from(*len).min(tail.len()));
+            let len = usize::from(*len);
+            if tail.len() < len + 10 {
+                break;
+            }
+            let (key, tail) = tail.split_at(len);
+            let (v, next) = tail.split_at(10);
             rest = next;
+            let version = super::Version {
+                hlc: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                node_id: u16::from_be_bytes(v[8..].try_into().expect("2 bytes")),
+            };
             let Some(kind) = Kind::from_u8(*kind) else {
                 continue;
             };
-            if let Some(gone) = map.remove(&KeyRef { kind, key }) {
+            if let Ok(Some((_, gone))) =
+                map.remove_if(&KeyRef { kind, key }, |_, r| r.version == version)
+            {
                 self.count(gone.kind, false);
                 self.sum.add(-DigestSum::of(gone));
             }
         }
-        for old in log.replaced {
-            let hash = DigestSum::of(&old);
+        for (old, applied) in log.replaced {
             let k = StoreKey {
                 kind: old.kind,
                 key: old.key.clone(),
             };
-            let kind = old.kind;
-            match map.insert(k, old) {
-                Some(newer) => self.sum.add(hash - DigestSum::of(newer)),
-                None => {
-                    self.count(kind, true);
-                    self.sum.add(hash);
+            let outcome = map.compute(k, |current| match current {
+                Some((_, r)) if r.version == applied => Operation::Insert(old.clone()),
+                _ => Operation::Abort(()),
+            });
+            match outcome {
+                Compute::Updated {
+                    old: (_, newer),
+                    new: (_, back),
+                } => self.sum.add(DigestSum::of(back) - DigestSum::of(newer)),
+                Compute::Inserted(_, back) => {
+                    self.count(back.kind, true);
+                    self.sum.add(DigestSum::of(back));
                 }
+                _ => {}
             }
         }
     }
@@ -303,15 +322,20 @@ impl Store {
 /// replaced.
 #[derive(Debug, Default)]
 pub struct UndoLog {
+    /// Per inserted record: kind, key length, key, and the version applied (hlc, node id).
     inserted: Vec<u8>,
-    replaced: Vec<Record>,
+    /// Per replaced record: the old one, and the version that replaced it.
+    replaced: Vec<(Record, super::Version)>,
 }
 
 impl UndoLog {
-    fn inserted(&mut self, kind: Kind, key: &[u8]) {
+    fn inserted(&mut self, kind: Kind, key: &[u8], version: super::Version) {
         self.inserted.push(kind as u8);
         self.inserted.push(key.len() as u8);
         self.inserted.extend_from_slice(key);
+        self.inserted.extend_from_slice(&version.hlc.to_be_bytes());
+        self.inserted
+            .extend_from_slice(&version.node_id.to_be_bytes());
     }
 
     /// Adds another log's entries (logs of different keys commute).
@@ -415,22 +439,37 @@ impl StoreReader<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn undoing_an_undoable_batch_restores_the_store_and_its_digest() {
-        let rec = |key: &str, hlc: u64, value: &str| Record {
+    use crate::store::Version;
+
+    fn rec(key: &str, hlc: u64, node: u16, value: Option<&str>, expires: u32) -> Record {
+        Record {
             kind: Kind::SessionBinding,
             key: key.as_bytes().into(),
-            version: super::super::Version { hlc, node_id: 1 },
+            version: Version { hlc, node_id: node },
+            expires,
+            value: value.map(|v| v.as_bytes().into()),
+        }
+    }
+
+    fn binding(key: &str, hlc: u64, value: &str) -> Record {
+        Record {
+            kind: Kind::SessionBinding,
+            key: key.as_bytes().into(),
+            version: Version { hlc, node_id: 1 },
             expires: 0,
             value: Some(value.as_bytes().into()),
-        };
+        }
+    }
+
+    #[test]
+    fn undoing_an_undoable_batch_restores_the_store_and_its_digest() {
         let s = Store::new();
-        s.apply(rec("kept", 5, "old"));
+        s.apply(binding("kept", 5, "old"));
         let before = (s.len(), s.digest(), s.len_of(Kind::SessionBinding));
         let batch = vec![
-            rec("kept", 9, "new"),
-            rec("fresh", 1, "x"),
-            rec("kept", 2, "stale"),
+            binding("kept", 9, "new"),
+            binding("fresh", 1, "x"),
+            binding("kept", 2, "stale"),
         ];
         let expected = DigestSum::of_all(&batch);
         let mut log = UndoLog::default();
@@ -453,16 +492,38 @@ mod tests {
         );
         assert!(s.get(Kind::SessionBinding, b"fresh", 0).is_none());
     }
-    use crate::store::Version;
 
-    fn rec(key: &str, hlc: u64, node: u16, value: Option<&str>, expires: u32) -> Record {
-        Record {
-            kind: Kind::SessionBinding,
-            key: key.as_bytes().into(),
-            version: Version { hlc, node_id: node },
-            expires,
-            value: value.map(|v| v.as_bytes().into()),
-        }
+    #[test]
+    fn an_undo_leaves_keys_written_again_since() {
+        let s = Store::new();
+        s.apply(binding("kept", 5, "old"));
+        let mut log = UndoLog::default();
+        s.apply_undoable_batch(
+            vec![binding("kept", 9, "new"), binding("fresh", 1, "x")],
+            &mut log,
+        );
+        // Another peer's stream writes both keys again meanwhile.
+        s.apply(binding("kept", 12, "newest"));
+        s.apply(binding("fresh", 7, "newer"));
+        let before = (s.len(), s.digest());
+        s.undo(log);
+        assert_eq!(
+            (s.len(), s.digest()),
+            before,
+            "nothing of the snapshot is left to undo"
+        );
+        assert_eq!(
+            s.get(Kind::SessionBinding, b"kept", 0).unwrap().version.hlc,
+            12
+        );
+        assert_eq!(
+            s.get(Kind::SessionBinding, b"fresh", 0)
+                .unwrap()
+                .version
+                .hlc,
+            7
+        );
+        assert_eq!(s.digest(), s.digest_by_scan());
     }
 
     #[test]
