@@ -379,6 +379,109 @@ pub fn replication_frame(data: &[u8]) {
     }
 }
 
+/// Login bodies and `return_to` (`auth::login_form`): the input is parsed as a form body and as a JSON
+/// body, checked as a `return_to`, offered as a CSRF token, and rendered into the login page.
+///
+/// Invariants: an accepted body has a non-empty user name and password within their limits, and written
+/// again (canonically) parses to the same form; refusals are one line. An accepted `return_to` is a path
+/// of printable ASCII starting with a single `/`, and no round of percent-decoding turns its path into one
+/// starting with `//` or holding `\`. No input verifies as a CSRF token, and a token issued for any binding
+/// verifies for it. Input rendered into the page (every field) adds no `<`, `>`, `"` or `'`.
+pub fn login_form(data: &[u8]) {
+    use crate::auth::login_form::{
+        CsrfKey, DECODE_ROUNDS, LoginForm, LoginPage, LoginTemplate, MAX_BODY_LEN,
+        MAX_PASSWORD_LEN, MAX_USERNAME_LEN, check_return_to, encode_form, parse_form, parse_json,
+        render_login_page, return_to_or,
+    };
+    fn check_form(f: &LoginForm) {
+        assert!(!f.username.is_empty() && f.username.len() <= MAX_USERNAME_LEN);
+        assert!(!f.password.is_empty() && f.password.len() <= MAX_PASSWORD_LEN);
+    }
+    match parse_form(data) {
+        Ok(f) => {
+            check_form(&f);
+            let again = encode_form(&f);
+            if again.len() <= MAX_BODY_LEN {
+                assert_eq!(parse_form(again.as_bytes()).as_ref(), Ok(&f), "{again}");
+            }
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+    match parse_json(data) {
+        Ok(f) => {
+            check_form(&f);
+            let mut map = serde_json::Map::new();
+            map.insert("username".into(), f.username.clone().into());
+            map.insert("password".into(), f.password.clone().into());
+            if let Some(r) = &f.return_to {
+                map.insert("return_to".into(), r.clone().into());
+            }
+            if let Some(c) = &f.csrf {
+                map.insert("csrf".into(), c.clone().into());
+            }
+            let again = serde_json::to_vec(&map).expect("a map of strings serializes");
+            if again.len() <= MAX_BODY_LEN {
+                assert_eq!(parse_json(&again).as_ref(), Ok(&f));
+            }
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+
+    let text = String::from_utf8_lossy(data);
+    if check_return_to(&text).is_ok() {
+        let b = text.as_bytes();
+        assert!(b[0] == b'/' && b.get(1) != Some(&b'/'));
+        assert!(b.iter().all(|&c| (0x21..=0x7e).contains(&c) && c != b'\\'));
+        let mut current = b.to_vec();
+        for _ in 0..=DECODE_ROUNDS {
+            let end = current
+                .iter()
+                .position(|&c| c == b'?' || c == b'#')
+                .unwrap_or(current.len());
+            let path = &current[..end];
+            assert!(
+                !path.starts_with(b"//") && !path.contains(&b'\\'),
+                "{text:?}"
+            );
+            current = percent_encoding::percent_decode(&current).collect();
+        }
+        assert_eq!(return_to_or(Some(&text), "/home"), &*text);
+    } else {
+        assert_eq!(return_to_or(Some(&text), "/home"), "/home");
+    }
+
+    let key = CsrfKey::new(b"fuzzing key");
+    assert!(
+        key.verify(&text, 1000, "binding", std::time::Duration::from_secs(60))
+            .is_err()
+    );
+    if !text.is_empty() {
+        let token = key.issue(1000, &text);
+        assert_eq!(
+            key.verify(&token, 1001, &text, std::time::Duration::from_secs(60)),
+            Ok(())
+        );
+    }
+
+    fn page(v: &str) -> LoginPage<'_> {
+        LoginPage {
+            action: v,
+            csrf: v,
+            return_to: v,
+            error: Some(v),
+            pool_name: v,
+        }
+    }
+    let count = |html: &str| html.bytes().filter(|b| b"<>\"'".contains(b)).count();
+    assert_eq!(
+        count(&render_login_page(&page(&text))),
+        count(&render_login_page(&page("x")))
+    );
+    if let Ok(t) = LoginTemplate::parse(&text, std::path::Path::new("fuzz.html")) {
+        assert_eq!(count(&t.render(&page(&text))), count(&t.render(&page("x"))));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,12 +496,15 @@ mod tests {
         config(include_bytes!("../configs/full.toml"));
         config(b"[[listeners]\n");
         replication_frame(b"\x11\0\0\0\x10\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x07\x30");
+        login_form(b"username=a&password=b&return_to=%2Fapp&csrf=t");
+        login_form(br#"{"username":"a","password":"b","return_to":"/app"}"#);
         for f in [
             request_head,
             chunked,
             response_head,
             config,
             replication_frame,
+            login_form,
         ] {
             f(b"");
             f(b"\xff\r\n");

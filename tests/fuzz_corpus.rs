@@ -73,3 +73,8 @@ fn config_corpus() {
 fn replication_frame_corpus() {
     replay("replication_frame", tether::fuzzing::replication_frame);
 }
+
+#[test]
+fn login_form_corpus() {
+    replay("login_form", tether::fuzzing::login_form);
+}
