@@ -437,6 +437,109 @@ pub fn token_open(data: &[u8]) {
     }
 }
 
+/// Login bodies and `return_to` (`auth::login_form`): the input is parsed as a form body and as a JSON
+/// body, checked as a `return_to`, offered as a CSRF token, and rendered into the login page.
+///
+/// Invariants: an accepted body has a non-empty user name and password within their limits, and written
+/// again (canonically) parses to the same form; refusals are one line. An accepted `return_to` is a path
+/// of printable ASCII starting with a single `/`, and no round of percent-decoding turns its path into one
+/// starting with `//` or holding `\`. No input verifies as a CSRF token, and a token issued for any binding
+/// verifies for it. Input rendered into the page (every field) adds no `<`, `>`, `"` or `'`.
+pub fn login_form(data: &[u8]) {
+    use crate::auth::login_form::{
+        CsrfKey, DECODE_ROUNDS, LoginForm, LoginPage, LoginTemplate, MAX_BODY_LEN,
+        MAX_PASSWORD_LEN, MAX_USERNAME_LEN, check_return_to, encode_form, parse_form, parse_json,
+        render_login_page, return_to_or,
+    };
+    fn check_form(f: &LoginForm) {
+        assert!(!f.username.is_empty() && f.username.len() <= MAX_USERNAME_LEN);
+        assert!(!f.password.is_empty() && f.password.len() <= MAX_PASSWORD_LEN);
+    }
+    match parse_form(data) {
+        Ok(f) => {
+            check_form(&f);
+            let again = encode_form(&f);
+            if again.len() <= MAX_BODY_LEN {
+                assert_eq!(parse_form(again.as_bytes()).as_ref(), Ok(&f), "{again}");
+            }
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+    match parse_json(data) {
+        Ok(f) => {
+            check_form(&f);
+            let mut map = serde_json::Map::new();
+            map.insert("username".into(), f.username.clone().into());
+            map.insert("password".into(), f.password.clone().into());
+            if let Some(r) = &f.return_to {
+                map.insert("return_to".into(), r.clone().into());
+            }
+            if let Some(c) = &f.csrf {
+                map.insert("csrf".into(), c.clone().into());
+            }
+            let again = serde_json::to_vec(&map).expect("a map of strings serializes");
+            if again.len() <= MAX_BODY_LEN {
+                assert_eq!(parse_json(&again).as_ref(), Ok(&f));
+            }
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+
+    let text = String::from_utf8_lossy(data);
+    if check_return_to(&text).is_ok() {
+        let b = text.as_bytes();
+        assert!(b[0] == b'/' && b.get(1) != Some(&b'/'));
+        assert!(b.iter().all(|&c| (0x21..=0x7e).contains(&c) && c != b'\\'));
+        let mut current = b.to_vec();
+        for _ in 0..=DECODE_ROUNDS {
+            let end = current
+                .iter()
+                .position(|&c| c == b'?' || c == b'#')
+                .unwrap_or(current.len());
+            let path = &current[..end];
+            assert!(
+                !path.starts_with(b"//") && !path.contains(&b'\\'),
+                "{text:?}"
+            );
+            current = percent_encoding::percent_decode(&current).collect();
+        }
+        assert_eq!(return_to_or(Some(&text), "/home"), &*text);
+    } else {
+        assert_eq!(return_to_or(Some(&text), "/home"), "/home");
+    }
+
+    let key = CsrfKey::new(b"fuzzing key");
+    assert!(
+        key.verify(&text, 1000, "binding", std::time::Duration::from_secs(60))
+            .is_err()
+    );
+    if !text.is_empty() {
+        let token = key.issue(1000, &text);
+        assert_eq!(
+            key.verify(&token, 1001, &text, std::time::Duration::from_secs(60)),
+            Ok(())
+        );
+    }
+
+    fn page(v: &str) -> LoginPage<'_> {
+        LoginPage {
+            action: v,
+            csrf: v,
+            return_to: v,
+            error: Some(v),
+            pool_name: v,
+        }
+    }
+    let count = |html: &str| html.bytes().filter(|b| b"<>\"'".contains(b)).count();
+    assert_eq!(
+        count(&render_login_page(&page(&text))),
+        count(&render_login_page(&page("x")))
+    );
+    if let Ok(t) = LoginTemplate::parse(&text, std::path::Path::new("fuzz.html")) {
+        assert_eq!(count(&t.render(&page(&text))), count(&t.render(&page("x"))));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,155 +560,9 @@ mod tests {
             response_head,
             config,
             replication_frame,
-            token_open,
         ] {
             f(b"");
             f(b"\xff\r\n");
-        }
-    }
-
-    #[test]
-    fn token_seeds_open_as_named() {
-        use crate::auth::token::{TokenError, TokenKind};
-        let ring = token_ring();
-        let open = |data: &[u8], now, kind| ring.open(data, TOKEN_T0 + now, kind, TOKEN_AUDIENCE);
-        let seed = |name: &str| {
-            let dir =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/token_open");
-            std::fs::read(dir.join(name)).unwrap()
-        };
-        let (hour, days) = (3600, 2 * 86_400);
-        assert!(open(&seed("access_valid"), days, TokenKind::Access).is_ok());
-        assert!(open(&seed("refresh_valid"), days, TokenKind::Refresh).is_ok());
-        assert!(open(&seed("access_escaped_names"), hour, TokenKind::Access).is_ok());
-        let short = seed("access_expires_after_a_day");
-        assert!(open(&short, hour, TokenKind::Access).is_ok());
-        assert_eq!(
-            open(&short, days, TokenKind::Access),
-            Err(TokenError::Expired)
-        );
-        let b = seed("access_key_b_retires");
-        assert!(open(&b, hour, TokenKind::Access).is_ok());
-        assert_eq!(
-            open(&b, days, TokenKind::Access),
-            Err(TokenError::RetiredKey)
-        );
-        assert_eq!(
-            open(&seed("access_expired"), hour, TokenKind::Access),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(
-            open(&seed("access_other_audience"), hour, TokenKind::Access),
-            Err(TokenError::WrongAudience)
-        );
-        assert_eq!(
-            open(&seed("access_tampered"), hour, TokenKind::Access),
-            Err(TokenError::BadSeal)
-        );
-        assert_eq!(
-            open(&seed("unknown_kid"), hour, TokenKind::Access),
-            Err(TokenError::UnknownKey)
-        );
-        assert_eq!(
-            open(&seed("footer_spaced"), hour, TokenKind::Access),
-            Err(TokenError::BadSeal)
-        );
-    }
-
-    /// Writes the hand-made seeds for `token_open` (`fuzz/seeds/token_open/`): real tokens from
-    /// `token_ring`'s keys (valid, expired, sealed by the key that retires, for another audience,
-    /// tampered) and near misses. Run on purpose only: `cargo test --lib write_token_seeds -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_token_seeds() {
-        use crate::auth::token::{Claims, Keyring, TokenKey, TokenKind};
-        use base64::Engine;
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/token_open");
-        std::fs::create_dir_all(&dir).unwrap();
-        let ring = token_ring();
-        let mut only_b = Keyring::new(std::time::Duration::from_secs(86_400));
-        only_b.install(
-            TokenKey::from_secret(&[0xb2; 32], TOKEN_T0 - 86_400, TOKEN_T0 + 86_400).unwrap(),
-        );
-        let claims = |kind, expires: u64| Claims {
-            kind,
-            user: "alice".into(),
-            tenant: "acme".into(),
-            session: *b"0123456789abcdef",
-            issued: TOKEN_T0,
-            expires: TOKEN_T0 + expires,
-            audience: TOKEN_AUDIENCE.into(),
-        };
-        let access = ring.seal(&claims(TokenKind::Access, 3 * 86_400)).unwrap();
-        let (body, _) = access.rsplit_once('.').unwrap();
-        let mut tampered = access.clone().into_bytes();
-        tampered[40] = if tampered[40] == b'A' { b'B' } else { b'A' };
-        let mut odd = claims(TokenKind::Access, 3 * 86_400);
-        odd.user = "\u{e5}lice \"q\"\\".into();
-        odd.tenant = "t\n\u{1f600}".into();
-        let mut elsewhere = claims(TokenKind::Access, 3 * 86_400);
-        elsewhere.audience = "billing".into();
-        let footer = |f: &str| format!("{body}.{}", B64.encode(f));
-        let kid = ring.keys()[0].id().to_string();
-        let seeds: Vec<(&str, Vec<u8>)> = vec![
-            ("access_valid", access.clone().into_bytes()),
-            (
-                "refresh_valid",
-                ring.seal(&claims(TokenKind::Refresh, 30 * 86_400))
-                    .unwrap()
-                    .into_bytes(),
-            ),
-            (
-                "access_expires_after_a_day",
-                ring.seal(&claims(TokenKind::Access, 7200))
-                    .unwrap()
-                    .into_bytes(),
-            ),
-            (
-                "access_expired",
-                ring.seal(&claims(TokenKind::Access, 60))
-                    .unwrap()
-                    .into_bytes(),
-            ),
-            (
-                "access_key_b_retires",
-                only_b
-                    .seal(&claims(TokenKind::Access, 5 * 86_400))
-                    .unwrap()
-                    .into_bytes(),
-            ),
-            (
-                "access_other_audience",
-                ring.seal(&elsewhere).unwrap().into_bytes(),
-            ),
-            (
-                "access_escaped_names",
-                ring.seal(&odd).unwrap().into_bytes(),
-            ),
-            ("access_tampered", tampered),
-            ("no_footer", body.as_bytes().to_vec()),
-            (
-                "unknown_kid",
-                footer(r#"{"kid":"k4.lid.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#)
-                    .into_bytes(),
-            ),
-            (
-                "footer_spaced",
-                footer(&format!("{{ \"kid\": \"{kid}\" }}")).into_bytes(),
-            ),
-            (
-                "footer_extra_field",
-                footer(&format!("{{\"kid\":\"{kid}\",\"x\":1}}")).into_bytes(),
-            ),
-            (
-                "public_token",
-                access.replacen("v4.local.", "v4.public.", 1).into_bytes(),
-            ),
-            ("header_only", b"v4.local.".to_vec()),
-        ];
-        for (name, data) in seeds {
-            std::fs::write(dir.join(name), data).unwrap();
         }
     }
 }

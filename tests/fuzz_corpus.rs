@@ -78,3 +78,8 @@ fn replication_frame_corpus() {
 fn token_open_corpus() {
     replay("token_open", tether::fuzzing::token_open);
 }
+
+#[test]
+fn login_form_corpus() {
+    replay("login_form", tether::fuzzing::login_form);
+}

@@ -1,8 +1,9 @@
 //! Authentication at the balancer (issue #14): user pools loaded from users files, argon2id password hashes
-//! and password rules, the thread pool that checks passwords off the workers, and sealed token bundles for
-//! API clients; logins and sessions follow.
+//! and password rules, the thread pool that checks passwords off the workers, sealed token bundles for API
+//! clients, and the login form's parsing, CSRF tokens and page; logins and sessions follow.
 
 pub mod checker;
+pub mod login_form;
 pub mod password;
 pub mod token;
 pub mod users;
