@@ -39,16 +39,19 @@ fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) 
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 4);
     frame::encode(&Frame::SnapshotBegin { epoch, at }, &mut out);
     let reader = store.reader();
-    let mut batch = Vec::with_capacity(BATCH);
+    // References into the pinned view, not clones: a clone and its drop are two atomic updates on each
+    // record's key and value, cache lines the walk has not touched yet.
+    let mut batch: Vec<&crate::store::Record> = Vec::with_capacity(BATCH);
     let (mut count, mut digest) = (0u64, DigestSum::default());
     for record in reader.iter(None) {
         count += 1;
-        batch.push(record.clone());
+        batch.push(record);
         if batch.len() == BATCH {
-            // Hashed here, over the batch just gathered (in cache), rather than record by record during
-            // the walk: the walk's cache misses then overlap instead of waiting behind the hashing.
+            // Hashed and encoded once the batch is gathered, not record by record during the walk: the
+            // walk's cache misses then overlap instead of waiting behind the hashing.
             digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
-            batch = encode_records(batch, &mut out);
+            frame::encode_snapshot_records(&batch, &mut out);
+            batch.clear();
             if out.len() >= CHUNK
                 && tx
                     .send(std::mem::replace(
@@ -61,11 +64,12 @@ fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) 
             }
         }
     }
-    drop(reader);
     digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
     if !batch.is_empty() {
-        encode_records(batch, &mut out);
+        frame::encode_snapshot_records(&batch, &mut out);
     }
+    drop(batch);
+    drop(reader);
     frame::encode(
         &Frame::SnapshotEnd {
             count,
@@ -79,18 +83,4 @@ fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) 
             started.elapsed().as_millis()
         );
     }
-}
-
-/// Encodes one `SNAPSHOT_RECORDS` frame of `batch` and gives the emptied batch back for reuse.
-fn encode_records(
-    batch: Vec<crate::store::Record>,
-    out: &mut Vec<u8>,
-) -> Vec<crate::store::Record> {
-    let f = Frame::SnapshotRecords { records: batch };
-    frame::encode(&f, out);
-    let Frame::SnapshotRecords { records: mut batch } = f else {
-        unreachable!("built as SnapshotRecords just above")
-    };
-    batch.clear();
-    batch
 }
