@@ -40,16 +40,15 @@ fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) 
     frame::encode(&Frame::SnapshotBegin { epoch, at }, &mut out);
     let reader = store.reader();
     // References into the pinned view, not clones: a clone and its drop are two atomic updates on each
-    // record's key and value, cache lines the walk has not touched yet.
+    // record's key and value. The digest sums the hashes the store keeps beside each record: hashing
+    // each again would read every key and value twice.
     let mut batch: Vec<&crate::store::Record> = Vec::with_capacity(BATCH);
     let (mut count, mut digest) = (0u64, DigestSum::default());
-    for record in reader.iter(None) {
+    for (record, hash) in reader.iter_hashed() {
         count += 1;
+        digest = digest + hash;
         batch.push(record);
         if batch.len() == BATCH {
-            // Hashed and encoded once the batch is gathered, not record by record during the walk: the
-            // walk's cache misses then overlap instead of waiting behind the hashing.
-            digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
             frame::encode_snapshot_records(&batch, &mut out);
             batch.clear();
             if out.len() >= CHUNK
@@ -64,7 +63,6 @@ fn build(store: &Store, epoch: u64, at: u64, label: &str, tx: &Sender<Vec<u8>>) 
             }
         }
     }
-    digest = batch.iter().fold(digest, |d, r| d + DigestSum::of(r));
     if !batch.is_empty() {
         frame::encode_snapshot_records(&batch, &mut out);
     }
