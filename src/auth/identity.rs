@@ -204,24 +204,12 @@ impl IdentityKeyring {
     pub fn rotate(&mut self, now: u64) -> Result<&IdentityKey, IdentityError> {
         let retires = now.saturating_add(self.retire_after.as_secs());
         let key = IdentityKey::generate(now, retires)?;
-        let kid = key.kid.clone();
-        self.install(key);
-        Ok(self
-            .keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .expect("the key just installed"))
+        Ok(super::keyring::install(&mut self.keys, key))
     }
 
     /// Adds a key, or replaces the one with its kid; keeps the ring newest first.
     pub fn install(&mut self, key: IdentityKey) {
-        self.keys.retain(|k| k.kid != key.kid);
-        let at = self
-            .keys
-            .iter()
-            .position(|k| k.created < key.created)
-            .unwrap_or(self.keys.len());
-        self.keys.insert(at, key);
+        super::keyring::install(&mut self.keys, key);
     }
 
     fn published(&self, key: &IdentityKey, now: u64) -> bool {
@@ -327,6 +315,16 @@ pub fn identity_headers<'n>(
         (names.tenant.as_str(), claims.tenant.clone()),
         (names.roles.as_str(), claims.roles.join(",")),
     ])
+}
+
+impl super::keyring::RingKey for IdentityKey {
+    fn id(&self) -> &str {
+        &self.kid
+    }
+
+    fn created(&self) -> u64 {
+        self.created
+    }
 }
 
 #[cfg(test)]

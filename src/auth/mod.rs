@@ -5,6 +5,7 @@
 
 pub mod checker;
 pub mod identity;
+mod keyring;
 pub mod login_form;
 pub mod password;
 pub mod token;

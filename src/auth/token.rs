@@ -256,24 +256,12 @@ impl Keyring {
     pub fn rotate(&mut self, now: u64) -> Result<&TokenKey, SealError> {
         let retires = now.saturating_add(self.retire_after.as_secs());
         let key = TokenKey::generate(now, retires)?;
-        let id = key.id.clone();
-        self.install(key);
-        Ok(self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .expect("the key just installed"))
+        Ok(super::keyring::install(&mut self.keys, key))
     }
 
     /// Adds a key (one a peer made), or replaces the one with its id; keeps the ring newest first.
     pub fn install(&mut self, key: TokenKey) {
-        self.keys.retain(|k| k.id != key.id);
-        let at = self
-            .keys
-            .iter()
-            .position(|k| k.created < key.created)
-            .unwrap_or(self.keys.len());
-        self.keys.insert(at, key);
+        super::keyring::install(&mut self.keys, key);
     }
 
     /// Forgets the keys retired by `now` (their tokens are then refused as sealed by an unknown key).
@@ -369,6 +357,16 @@ impl Keyring {
             expires: p.exp,
             audience: p.aud,
         })
+    }
+}
+
+impl super::keyring::RingKey for TokenKey {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn created(&self) -> u64 {
+        self.created
     }
 }
 
