@@ -136,7 +136,13 @@ impl Store {
     /// [`apply`](Store::apply) with the record's hash when the caller has it already (a staged
     /// snapshot hashed each record to check its digest).
     pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
-        self.apply_inner(record, hash, false).0
+        let kind = record.kind;
+        let (applied, _, delta) = apply_pinned(&self.map.pin(), record, hash, false);
+        self.sum.add(delta);
+        if applied == Applied::Inserted {
+            self.count(kind, true);
+        }
+        applied
     }
 
     /// Applies a batch of a snapshot applied in place (see `snapshot_recv` in the replication layer):
@@ -232,20 +238,6 @@ impl Store {
         }
     }
 
-    fn apply_inner(
-        &self,
-        record: Record,
-        hash: Option<DigestSum>,
-        keep_old: bool,
-    ) -> (Applied, Option<Record>) {
-        let kind = record.kind;
-        let (applied, replaced, delta) = apply_pinned(&self.map.pin(), record, hash, keep_old);
-        self.sum.add(delta);
-        if applied == Applied::Inserted {
-            self.count(kind, true);
-        }
-        (applied, replaced)
-    }
     /// The record of `key`, if it is live at `now` (seconds since the Unix epoch): tombstones and expired
     /// records read as absent. Clones the record (its key and value are shared, not copied).
     pub fn get(&self, kind: Kind, key: &[u8], now: u32) -> Option<Record> {
@@ -351,16 +343,6 @@ impl UndoLog {
         self.inserted.extend_from_slice(&version.hlc.to_be_bytes());
         self.inserted
             .extend_from_slice(&version.node_id.to_be_bytes());
-    }
-
-    /// Adds another log's entries (logs of different keys commute).
-    pub fn append(&mut self, mut other: UndoLog) {
-        self.inserted.append(&mut other.inserted);
-        self.replaced.append(&mut other.replaced);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inserted.is_empty() && self.replaced.is_empty()
     }
 }
 
