@@ -366,7 +366,7 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
             if let Some(b) = binding.filter(|b| b.refresh) {
                 // The session is in use: its replicated record must outlive the TTL it was written
                 // with, or after this node's loss the peers would no longer know it.
-                if let Some(backend) = cluster.backends.iter().find(|c| c.state.id == b.backend) {
+                if let Some(backend) = cluster.backend(b.backend) {
                     replicate_binding(r.cx.store, sticky, id.key, backend.state.address, now);
                 }
             }
