@@ -8,5 +8,6 @@ pub mod identity;
 mod keyring;
 pub mod login_form;
 pub mod password;
+pub mod relay;
 pub mod token;
 pub mod users;
