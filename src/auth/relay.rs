@@ -40,9 +40,12 @@
 //! Neither the password nor any token ever appears in an error, a log line or a `Debug` output.
 
 use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -148,10 +151,18 @@ pub type Done = Box<dyn FnOnce(Result<UpstreamToken, RelayError>) + Send>;
 #[error("the auth relay is busy: too many requests to the auth upstream at once")]
 pub struct Busy;
 
-/// The relay's threads and their bounded queue.
+/// Refreshes in flight, by login session: the callers waiting for each one's verdict.
+///
+/// A mutex, not a concurrent map: joining a flight or starting one must be one step, and a refresh happens
+/// once per token lifetime per session, not per request, so the lock is off the steady-state hot path. It
+/// is held for a map lookup and a non-blocking queue push only; callbacks run outside it.
+type Flights = Mutex<HashMap<[u8; 16], Vec<Done>>>;
+
+/// The relay's threads, their bounded queue, and the refreshes in flight.
 pub struct Relay {
     jobs: Option<Sender<(Job, Done)>>,
     threads: Vec<JoinHandle<()>>,
+    flights: Arc<Flights>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -160,6 +171,8 @@ impl std::fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("threads", &self.threads.len())
             .field("queued", &self.jobs.as_ref().map_or(0, Sender::len))
+            // Not the sessions: a session id is a credential too.
+            .field("refreshing", &self.flights.lock().len())
             .finish_non_exhaustive()
     }
 }
@@ -176,7 +189,11 @@ impl Relay {
                 .name(format!("auth-relay-{i}"))
                 .spawn(move || {
                     for (job, done) in rx {
-                        done(run(job));
+                        // A panicking callback (a bug of the caller's) must not take a relay thread
+                        // with it.
+                        if catch_unwind(AssertUnwindSafe(move || done(run(job)))).is_err() {
+                            log::error!("an auth relay callback panicked");
+                        }
                     }
                 });
             match spawned {
@@ -194,6 +211,7 @@ impl Relay {
         Ok(Relay {
             jobs: Some(tx),
             threads: handles,
+            flights: Arc::default(),
         })
     }
 
@@ -206,6 +224,59 @@ impl Relay {
         match jobs.try_send((job, done)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+
+    /// Single flight: refreshes the upstream token of login session `session` unless a refresh for it is
+    /// already running, in which case `done` waits behind it and gets (a clone of) the same verdict. So
+    /// there is exactly one upstream request per session however many requests wait for the new token;
+    /// the `upstream` and `refresh_token` of a caller that joins a flight are not used.
+    ///
+    /// The flight ends before its callers are called: a refresh asked from then on (by a callback, or by
+    /// a request that arrives later) is a new flight. A late request should therefore check whether its
+    /// session's token was renewed meanwhile before asking, or it sends an already used refresh token.
+    ///
+    /// Never blocks. On `Err(Busy)` (the queue is full) `done` is dropped uncalled and no flight is left
+    /// behind: the next call tries again. Otherwise `done` is called exactly once, on a relay thread.
+    pub fn refresh_once(
+        &self,
+        session: [u8; 16],
+        upstream: Arc<Upstream>,
+        refresh_token: String,
+        done: Done,
+    ) -> Result<(), Busy> {
+        let mut flights = self.flights.lock();
+        if let Some(waiting) = flights.get_mut(&session) {
+            waiting.push(done);
+            return Ok(());
+        }
+        let landing = Arc::clone(&self.flights);
+        let job = Job::Refresh {
+            upstream,
+            refresh_token,
+        };
+        // Queued while the lock is held (try_send never blocks): nobody can join a flight whose job the
+        // queue refused, and the job cannot land before its flight is recorded.
+        self.submit(
+            job,
+            Box::new(move |verdict| land(&landing, session, verdict)),
+        )?;
+        flights.insert(session, vec![done]);
+        Ok(())
+    }
+}
+
+/// Ends `session`'s flight and hands its verdict to every caller that waited for it.
+fn land(flights: &Flights, session: [u8; 16], verdict: Result<UpstreamToken, RelayError>) {
+    let waiting = flights.lock().remove(&session).unwrap_or_default();
+    for done in waiting {
+        let verdict = verdict.clone();
+        // One caller's panicking callback must not leave the others waiting forever (nor end this
+        // thread): their requests are parked until they hear back.
+        if catch_unwind(AssertUnwindSafe(move || done(verdict))).is_err() {
+            log::error!(
+                "an auth relay refresh callback panicked; the other waiters were still answered"
+            );
         }
     }
 }
@@ -594,6 +665,7 @@ fn parse_token(body: &[u8], old_refresh: Option<String>) -> Result<UpstreamToken
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
     const PASSWORD: &str = "correct horse battery staple";
@@ -1009,6 +1081,217 @@ mod tests {
                 assert!(!s.contains(secret), "{s}");
             }
         }
+    }
+
+    /// An auth service that counts the requests it accepts and answers each with `at-N`/`rt-N` (N its
+    /// count) once `gate` opens, so that every caller is known to have asked before any answer: a slow
+    /// upstream, without a race against a sleep.
+    fn counting_server() -> (SocketAddr, Arc<AtomicUsize>, Gate) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let gate = Gate::default();
+        let (counted, gated) = (count.clone(), gate.clone());
+        // Serves until the test process ends.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let gate = gated.clone();
+                std::thread::spawn(move || {
+                    read_request(&mut stream);
+                    gate.wait();
+                    let body = format!(
+                        r#"{{"access_token":"at-{n}","expires_in":60,"refresh_token":"rt-{n}"}}"#
+                    );
+                    let _ = stream.write_all(&answer("200 OK", &body));
+                });
+            }
+        });
+        (address, count, gate)
+    }
+
+    /// Shut until opened, then open for good.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+    impl Gate {
+        fn open(&self) {
+            *self.0.0.lock().unwrap() = true;
+            self.0.1.notify_all();
+        }
+        fn wait(&self) {
+            let mut open = self.0.0.lock().unwrap();
+            while !*open {
+                open = self.0.1.wait(open).unwrap();
+            }
+        }
+    }
+
+    /// Long enough that only a lost callback reaches it; never an assertion about speed.
+    const LOST: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn fifty_waiting_requests_make_one_refresh_and_share_its_token() {
+        let (address, count, gate) = counting_server();
+        let up = upstream(address);
+        let relay = Arc::new(Relay::start(2, 8).unwrap());
+        let session = [7u8; 16];
+        let (tx, rx) = mpsc::channel();
+        let start = Arc::new(std::sync::Barrier::new(50));
+        let callers: Vec<_> = (0..50)
+            .map(|_| {
+                let (relay, up, tx, start) = (relay.clone(), up.clone(), tx.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let done: Done = Box::new(move |verdict| tx.send(verdict).unwrap());
+                    relay.refresh_once(session, up, "rt-0".into(), done)
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.join().unwrap(), Ok(()), "nobody is turned away busy");
+        }
+        // Every caller has asked; only now may the upstream answer.
+        gate.open();
+        let verdicts: Vec<_> = (0..50).map(|_| rx.recv_timeout(LOST).unwrap()).collect();
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one upstream request");
+        let expected = UpstreamToken {
+            access: "at-1".into(),
+            refresh: Some("rt-1".into()),
+            expires: verdicts[0].as_ref().unwrap().expires,
+        };
+        assert!(verdicts.iter().all(|v| v.as_ref() == Ok(&expected)));
+
+        // That flight has landed: the next refresh of the session is a new request.
+        relay
+            .refresh_once(
+                session,
+                up,
+                "rt-1".into(),
+                Box::new(move |verdict| tx.send(verdict).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(LOST).unwrap().unwrap().access, "at-2");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn different_sessions_refresh_separately() {
+        let (address, count, gate) = counting_server();
+        let up = upstream(address);
+        let relay = Relay::start(2, 8).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for session in [[1u8; 16], [2u8; 16], [1u8; 16]] {
+            let tx = tx.clone();
+            relay
+                .refresh_once(
+                    session,
+                    up.clone(),
+                    "rt-0".into(),
+                    Box::new(move |v| tx.send((session, v)).unwrap()),
+                )
+                .unwrap();
+        }
+        gate.open();
+        let mut got: Vec<_> = (0..3)
+            .map(|_| {
+                let (session, v) = rx.recv_timeout(LOST).unwrap();
+                (session[0], v.unwrap().access)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(count.load(Ordering::SeqCst), 2, "one request per session");
+        assert_eq!(got[0].1, got[1].1, "session 1's callers share a token");
+        assert_ne!(got[0].1, got[2].1, "session 2 has its own");
+    }
+
+    /// A relay with one thread held inside a callback until the returned sender is used (or dropped), so
+    /// that jobs stay queued; and an upstream without a refresh path, whose refreshes need no network.
+    fn held_relay(queue: usize) -> (Relay, mpsc::Sender<()>, Arc<Upstream>) {
+        let relay = Relay::start(1, queue).unwrap();
+        let mut no_refresh = (*upstream("127.0.0.1:9".parse().unwrap())).clone();
+        no_refresh.refresh_path = None;
+        let no_refresh = Arc::new(no_refresh);
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let job = Job::Refresh {
+            upstream: no_refresh.clone(),
+            refresh_token: "rt".into(),
+        };
+        relay
+            .submit(
+                job,
+                Box::new(move |_| {
+                    started_tx.send(()).unwrap();
+                    let _ = gate_rx.recv();
+                }),
+            )
+            .unwrap();
+        started_rx.recv().unwrap(); // the thread is busy in the callback
+        (relay, gate_tx, no_refresh)
+    }
+
+    #[test]
+    fn a_refresh_refused_busy_leaves_no_flight_behind() {
+        let (relay, gate, no_refresh) = held_relay(1);
+        let fill = Job::Refresh {
+            upstream: no_refresh.clone(),
+            refresh_token: "rt".into(),
+        };
+        let (drained_tx, drained_rx) = mpsc::channel();
+        let drained: Done = Box::new(move |_| drained_tx.send(()).unwrap());
+        relay.submit(fill, drained).unwrap(); // the one queue slot
+        let session = [3u8; 16];
+        assert_eq!(
+            relay.refresh_once(session, no_refresh.clone(), "rt".into(), Box::new(|_| {})),
+            Err(Busy)
+        );
+        gate.send(()).unwrap();
+        drained_rx.recv_timeout(LOST).unwrap(); // the queue is empty again
+        // Had the refused refresh left its flight, this caller would wait behind it forever.
+        let (tx, rx) = mpsc::channel();
+        relay
+            .refresh_once(
+                session,
+                no_refresh,
+                "rt".into(),
+                Box::new(move |v| tx.send(v).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(LOST).unwrap(), Err(RelayError::Rejected));
+    }
+
+    #[test]
+    fn a_panicking_waiter_does_not_starve_the_others() {
+        let (relay, gate, no_refresh) = held_relay(4);
+        let session = [4u8; 16];
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            let done: Done = Box::new(move |v| {
+                assert!(i != 1, "a buggy callback");
+                tx.send(v).unwrap();
+            });
+            relay
+                .refresh_once(session, no_refresh.clone(), "rt".into(), done)
+                .unwrap();
+        }
+        gate.send(()).unwrap();
+        for _ in 0..2 {
+            assert_eq!(rx.recv_timeout(LOST).unwrap(), Err(RelayError::Rejected));
+        }
+        // The thread survived: the relay still works.
+        let tx2 = tx.clone();
+        relay
+            .refresh_once(
+                session,
+                no_refresh,
+                "rt".into(),
+                Box::new(move |v| tx2.send(v).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(LOST).unwrap(), Err(RelayError::Rejected));
     }
 
     #[test]
