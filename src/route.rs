@@ -146,8 +146,8 @@ impl RouteTable {
     }
 }
 
-/// Strips the port and a trailing dot and lowercases into `out`. `None` for names too long to match.
-fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u8]> {
+/// The host of an authority (`host[:port]` or `[v6][:port]`): without the port and a trailing dot, case kept.
+pub(crate) fn host_of(authority: &[u8]) -> &[u8] {
     let host = if authority.first() == Some(&b'[') {
         // IPv6 literal: keep through the closing bracket.
         match memchr::memchr(b']', authority) {
@@ -160,7 +160,12 @@ fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&
             None => authority,
         }
     };
-    let host = host.strip_suffix(b".").unwrap_or(host);
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+/// Strips the port and a trailing dot and lowercases into `out`. `None` for names too long to match.
+fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u8]> {
+    let host = host_of(authority);
     if host.len() > MAX_HOST {
         return None;
     }
