@@ -6,7 +6,7 @@
 //! conditions hold. If a host matches but none of its routes do, the less specific hosts are tried next.
 //! Lookups take no lock and allocate nothing: the host is lowercased into a stack buffer.
 
-use crate::config::{FailoverPolicy, RouteClass, RouteConfig, SessionIdentity};
+use crate::config::{FailoverPolicy, RouteAuthMode, RouteClass, RouteConfig, SessionIdentity};
 use std::collections::HashMap;
 
 /// What a matched route says about a request.
@@ -27,6 +27,21 @@ pub struct Route {
     /// QoS priority 0–7.
     pub priority: u8,
     pub on_backend_down: FailoverPolicy,
+    /// Who may reach the backend: `None` for anyone (`auth = "none"`).
+    pub auth: Option<RouteAuth>,
+}
+
+/// A login route's policy (`auth = "login"`).
+#[derive(Debug, Clone)]
+pub struct RouteAuth {
+    /// Index of the route's pool in `AuthSettings::pools`.
+    pub pool: usize,
+    /// The user needs at least one of these roles; empty: any logged-in user.
+    pub roles: Box<[Box<str>]>,
+    /// The user needs at least one of these groups; empty: no group needed.
+    pub groups: Box<[Box<str>]>,
+    /// Pass the identity headers and the identity JWT to the backend.
+    pub identity: bool,
 }
 
 impl Route {
@@ -51,12 +66,26 @@ pub struct RouteTable {
 const MAX_HOST: usize = 255;
 
 impl RouteTable {
-    /// Builds the table; `cluster_index` maps a cluster name to its index (validation has checked names).
-    pub fn build(routes: &[RouteConfig], cluster_index: impl Fn(&str) -> Option<usize>) -> Self {
+    /// Builds the table; `cluster_index` maps a cluster name to its index (validation has checked names),
+    /// `pools` lists the pool names in `AuthSettings::pools` order (empty without pools).
+    ///
+    /// A login route whose pool cannot be found is an error rather than a route left out: left out, its
+    /// requests would fall through to a less specific route that may need no login.
+    pub fn build(
+        routes: &[RouteConfig],
+        cluster_index: impl Fn(&str) -> Option<usize>,
+        pools: &[&str],
+    ) -> Result<Self, String> {
         let mut table = RouteTable::default();
-        for r in routes {
+        for (i, r) in routes.iter().enumerate() {
             let Some(cluster) = cluster_index(&r.cluster) else {
                 continue;
+            };
+            let auth = match r.auth {
+                RouteAuthMode::None => None,
+                RouteAuthMode::Login => {
+                    Some(route_auth(r, pools).map_err(|e| format!("routes[{i}].pool: {e}"))?)
+                }
             };
             let route = Route {
                 name: format!("{} {}", r.host, r.path_prefix).into(),
@@ -68,6 +97,7 @@ impl RouteTable {
                 session: r.session.clone(),
                 priority: r.priority.unwrap_or(r.class.default_priority()).min(7),
                 on_backend_down: r.on_backend_down,
+                auth,
             };
             let index = table.routes.len();
             table.routes.push(route);
@@ -100,7 +130,7 @@ impl RouteTable {
         table.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table.any.sort_by_key(by_prefix_len);
         table.routes = routes;
-        table
+        Ok(table)
     }
 
     /// The index of the route for a request's authority (`host[:port]`, any case) and path, among
@@ -146,8 +176,28 @@ impl RouteTable {
     }
 }
 
-/// Strips the port and a trailing dot and lowercases into `out`. `None` for names too long to match.
-fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u8]> {
+/// A login route's policy; its pool is the one named, or the only one.
+fn route_auth(r: &RouteConfig, pools: &[&str]) -> Result<RouteAuth, String> {
+    let pool = match (&r.pool, pools) {
+        (Some(name), _) => pools
+            .iter()
+            .position(|p| p == name)
+            .ok_or_else(|| format!("unknown pool `{name}`"))?,
+        (None, [_]) => 0,
+        (None, []) => return Err("a login route needs a pool and none is defined".to_string()),
+        (None, _) => return Err("several pools are defined and the route names none".to_string()),
+    };
+    let boxed = |names: &[String]| names.iter().map(|n| n.as_str().into()).collect();
+    Ok(RouteAuth {
+        pool,
+        roles: boxed(&r.roles),
+        groups: boxed(&r.groups),
+        identity: r.identity,
+    })
+}
+
+/// The host of an authority (`host[:port]` or `[v6][:port]`): without the port and a trailing dot, case kept.
+pub(crate) fn host_of(authority: &[u8]) -> &[u8] {
     let host = if authority.first() == Some(&b'[') {
         // IPv6 literal: keep through the closing bracket.
         match memchr::memchr(b']', authority) {
@@ -160,7 +210,12 @@ fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&
             None => authority,
         }
     };
-    let host = host.strip_suffix(b".").unwrap_or(host);
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+/// Strips the port and a trailing dot and lowercases into `out`. `None` for names too long to match.
+fn normalize_host<'a>(authority: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u8]> {
+    let host = host_of(authority);
     if host.len() > MAX_HOST {
         return None;
     }
@@ -189,7 +244,7 @@ mod tests {
             route("*.eu.example.com", "/", "wild_eu"),
         ];
         let names = ["default", "static", "api", "api2", "wild", "wild_eu"];
-        RouteTable::build(&routes, |n| names.iter().position(|x| *x == n))
+        RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[]).unwrap()
     }
 
     fn cluster(t: &RouteTable, host: Option<&str>, path: &str) -> Option<usize> {
@@ -219,7 +274,8 @@ mod tests {
     #[test]
     fn a_host_without_a_matching_prefix_falls_back_to_less_specific_hosts() {
         let routes = vec![route("a.test", "/only/", "a"), route("*", "/", "any")];
-        let t = RouteTable::build(&routes, |n| if n == "a" { Some(0) } else { Some(1) });
+        let t =
+            RouteTable::build(&routes, |n| if n == "a" { Some(0) } else { Some(1) }, &[]).unwrap();
         assert_eq!(cluster(&t, Some("a.test"), "/elsewhere"), Some(1));
         assert_eq!(cluster(&t, Some("a.test"), "/only/x"), Some(0));
     }
@@ -232,7 +288,7 @@ mod tests {
         authed.header = Some("Authorization".into());
         let routes = vec![write, authed, route("*", "/cart", "plain")];
         let names = ["secure", "authed", "plain"];
-        let t = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n));
+        let t = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[]).unwrap();
         let pick = |method: &[u8], headers: &[&str]| {
             t.lookup(None, b"/cart/1", |r| {
                 r.accepts(method, |h| headers.contains(&h))
@@ -248,9 +304,38 @@ mod tests {
     #[test]
     fn no_match_is_none() {
         let routes = vec![route("a.test", "/", "a")];
-        let t = RouteTable::build(&routes, |_| Some(0));
+        let t = RouteTable::build(&routes, |_| Some(0), &[]).unwrap();
         assert_eq!(cluster(&t, Some("b.test"), "/"), None);
         assert_eq!(cluster(&t, Some("a.test."), "/"), Some(0), "trailing dot");
         assert_eq!(cluster(&t, Some("[::1]:80"), "/"), None);
+    }
+
+    #[test]
+    fn login_routes_resolve_their_pool() {
+        let mut named = route("*", "/mail/", "app");
+        named.auth = RouteAuthMode::Login;
+        named.pool = Some("mail".into());
+        named.roles = vec!["admin".into()];
+        named.identity = false;
+        let mut default = route("*", "/", "app");
+        default.auth = RouteAuthMode::Login;
+        let routes = [named, default, route("*", "/pub/", "app")];
+        // With one pool, a route naming none gets it.
+        let t = RouteTable::build(&routes[1..], |_| Some(0), &["mail"]).unwrap();
+        assert_eq!(t.get(0).unwrap().auth.as_ref().unwrap().pool, 0);
+        assert!(t.get(1).unwrap().auth.is_none());
+        let t = RouteTable::build(&routes[..1], |_| Some(0), &["a", "mail"]).unwrap();
+        let a = t.get(0).unwrap().auth.as_ref().unwrap();
+        assert_eq!(
+            (a.pool, &*a.roles, a.groups.len(), a.identity),
+            (1, &[Box::from("admin")][..], 0, false)
+        );
+        // A login route whose pool is missing is an error, not a route silently left out (its requests would
+        // reach a less specific route, perhaps without a login).
+        let e = RouteTable::build(&routes[..2], |_| Some(0), &["a", "b"]).unwrap_err();
+        assert!(e.starts_with("routes[0].pool: unknown pool `mail`"), "{e}");
+        let e = RouteTable::build(&routes[1..2], |_| Some(0), &["a", "b"]).unwrap_err();
+        assert!(e.contains("several pools"), "{e}");
+        assert!(RouteTable::build(&routes[1..2], |_| Some(0), &[]).is_err());
     }
 }

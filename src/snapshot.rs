@@ -1,5 +1,6 @@
 //! The read-mostly state every worker routes with, rebuilt on reload and published with arc-swap.
 
+use crate::auth::settings::AuthSettings;
 use crate::balance::{BackendRegistry, Cluster};
 use crate::config::{Config, Timeouts};
 use crate::http::HeadLimits;
@@ -37,12 +38,14 @@ pub struct ConfigSnapshot {
     /// `[cluster]`'s sync writes: how long one waits for a peer, and whether it then serves degraded.
     pub sync_timeout: std::time::Duration,
     pub sync_degrade: bool,
+    /// `[auth]` and `[pools]` compiled (users files and the login page read at build); `None` without pools.
+    pub auth: Option<Arc<AuthSettings>>,
 }
 
 impl ConfigSnapshot {
     /// Builds a snapshot from a validated config; backend state comes from (and stays in) `registry`.
-    /// Certificates and keys are read here, so a reload picks up replaced files; an unreadable one fails
-    /// the build (and a reload keeps the running snapshot).
+    /// Certificates and keys, users files and the login page are read here, so a reload picks up replaced
+    /// files; an unreadable one fails the build (and a reload keeps the running snapshot).
     pub fn build(
         config: &Config,
         generation: u64,
@@ -79,9 +82,16 @@ impl ConfigSnapshot {
                 b.state.set_aging(config.qos.aging);
             }
         }
-        let routes = RouteTable::build(&config.routes, |name| {
-            clusters.iter().position(|c| c.name == name)
-        });
+        let auth = AuthSettings::build(config)?.map(Arc::new);
+        let pool_names: Vec<&str> = auth
+            .as_ref()
+            .map(|a| a.pools.iter().map(|p| &*p.name).collect())
+            .unwrap_or_default();
+        let routes = RouteTable::build(
+            &config.routes,
+            |name| clusters.iter().position(|c| c.name == name),
+            &pool_names,
+        )?;
         let route_metric = routes.iter().map(|r| names.route(&r.name)).collect();
         let cluster_metric = clusters.iter().map(|c| names.cluster(&c.name)).collect();
         Ok(ConfigSnapshot {
@@ -112,6 +122,7 @@ impl ConfigSnapshot {
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade),
+            auth,
         })
     }
 }
@@ -134,3 +145,59 @@ impl ConfigSnapshot {
 
 /// Where the current snapshot is published.
 pub type SharedSnapshot = Arc<ArcSwap<ConfigSnapshot>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(config: &Config) -> Result<ConfigSnapshot, String> {
+        ConfigSnapshot::build(
+            config,
+            1,
+            &mut BackendRegistry::default(),
+            &TlsShared::new(config),
+            &MetricNames::default(),
+        )
+    }
+
+    /// The full example compiles: its pools in config order, and its login route resolved to its pool.
+    #[test]
+    fn full_example_compiles_logins_and_login_routes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/full.toml");
+        let config = crate::config::load_file(&path).unwrap();
+        let snapshot = build(&config).unwrap();
+        let auth = snapshot.auth.as_ref().unwrap();
+        let pools: Vec<&str> = auth.pools.iter().map(|p| &*p.name).collect();
+        assert_eq!(pools, ["mail", "partners"]);
+        assert!(auth.login_template.is_some());
+        assert_eq!(auth.pool_for_host(b"partners.example.com"), Some(1));
+        let login: Vec<_> = snapshot
+            .routes
+            .iter()
+            .filter_map(|r| r.auth.as_ref())
+            .collect();
+        assert_eq!(login.len(), 1);
+        assert_eq!(login[0].pool, 0);
+        assert_eq!(&*login[0].roles, [Box::from("user"), Box::from("admin")]);
+        assert_eq!(&*login[0].groups, [Box::from("staff")]);
+        assert!(login[0].identity);
+    }
+
+    /// A users file broken after validation refuses the build (so a reload keeps the running snapshot),
+    /// naming the key.
+    #[test]
+    fn a_broken_users_file_fails_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users.toml");
+        std::fs::write(&users, "").unwrap();
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[clusters.app]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n\
+             [[routes]]\ncluster = \"app\"\nauth = \"login\"\n[pools.mail]\nusers = {:?}\n",
+            users.display().to_string()
+        );
+        let config = crate::config::load_str(&text, "t.toml").unwrap();
+        std::fs::write(&users, "[[users]]\n").unwrap();
+        let e = build(&config).unwrap_err();
+        assert!(e.starts_with("pools.mail.users: "), "{e}");
+    }
+}

@@ -792,7 +792,7 @@ limits.max_headers = 5
         );
     }
 
-    /// Every key of the schema, as a path with `[]` for "any element" and `*` for "any cluster name".
+    /// Every key of the schema, as a path with `[]` for "any element" and `*` for "any cluster or pool name".
     const ALL_KEYS: &[&str] = &[
         "workers.count",
         "workers.pin_cpus",
@@ -876,6 +876,37 @@ limits.max_headers = 5
         "clusters.*.max_inflight",
         "clusters.*.max_queue",
         "clusters.*.queue_timeout",
+        "routes[].auth",
+        "routes[].pool",
+        "routes[].roles",
+        "routes[].groups",
+        "routes[].identity",
+        "auth.cookie",
+        "auth.idle_timeout",
+        "auth.max_lifetime",
+        "auth.access_token_ttl",
+        "auth.refresh_token_ttl",
+        "auth.key_rotation",
+        "auth.issuer",
+        "auth.audience",
+        "auth.identity_token_ttl",
+        "auth.identity_token_header",
+        "auth.user_header",
+        "auth.tenant_header",
+        "auth.roles_header",
+        "auth.hash_threads",
+        "auth.hash_queue",
+        "auth.login_page",
+        "pools.*.tenant",
+        "pools.*.users",
+        "pools.*.hosts",
+        "pools.*.min_password_length",
+        "pools.*.refuse_common_passwords",
+        "pools.*.self_registration",
+        "pools.*.upstream.login_url",
+        "pools.*.upstream.refresh_url",
+        "pools.*.upstream.header",
+        "pools.*.upstream.timeout",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].
@@ -883,6 +914,7 @@ limits.max_headers = 5
         let join = |k: &str| match path {
             "" => k.to_string(),
             "clusters" => "clusters.*".to_string(),
+            "pools" => "pools.*".to_string(),
             _ => format!("{path}.{k}"),
         };
         match node {
@@ -988,7 +1020,44 @@ limits.max_headers = 5
                 session: None,
                 priority: None,
                 on_backend_down: FailoverPolicy::Rebind,
+                auth: RouteAuthMode::None,
+                pool: None,
+                roles: Vec::new(),
+                groups: Vec::new(),
+                identity: true,
             }]
+        );
+        assert_eq!(c.auth, None);
+        assert!(c.pools.is_empty());
+    }
+
+    #[test]
+    fn empty_auth_and_pool_tables_take_the_defaults() {
+        let users = manifest_path("configs/cluster/users.toml");
+        let text = format!(
+            "{MINIMAL}[auth]\n[pools.mail]\nusers = {:?}\n[pools.ext]\nupstream = {{ login_url = \"http://127.0.0.1:9003/login\" }}\n",
+            users.display().to_string()
+        );
+        let c = load_str_on(&text, "t.toml", &Machine { cpus: 1 }).unwrap();
+        assert_eq!(c.auth, Some(AuthConfig::default()));
+        let mail = &c.pools["mail"];
+        assert_eq!(
+            (
+                mail.tenant.as_deref(),
+                mail.hosts.len(),
+                mail.min_password_length
+            ),
+            (None, 0, 8)
+        );
+        assert!(mail.refuse_common_passwords && !mail.self_registration && mail.upstream.is_none());
+        assert_eq!(
+            c.pools["ext"].upstream,
+            Some(UpstreamAuthConfig {
+                login_url: "http://127.0.0.1:9003/login".into(),
+                refresh_url: None,
+                header: "Authorization".into(),
+                timeout: std::time::Duration::from_secs(5),
+            })
         );
     }
 

@@ -40,6 +40,12 @@ pub struct Config {
     /// `[cluster]`: this node's place among tether nodes that mirror their state (absent: a lone node).
     #[serde(default)]
     pub cluster: Option<ClusterMembership>,
+    /// `[auth]`: logins at the balancer (issue #14); absent with `[pools]` present means every default.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// User pools by name (`[pools.NAME]`): who may log in, and for which tenant.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -664,11 +670,26 @@ pub struct RouteConfig {
     /// When a session's backend is down: `"rebind"` to the best healthy backend, or `"fail"` (503).
     #[serde(default)]
     pub on_backend_down: FailoverPolicy,
+    /// `"login"`: only logged-in users of `pool` reach the backend; `"none"`: anyone.
+    #[serde(default)]
+    pub auth: RouteAuthMode,
+    /// The pool whose users may log in here; default: the only pool. Only with `auth = "login"`.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The user needs at least one of these roles; empty: any logged-in user. Only with `auth = "login"`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The user needs at least one of these groups; empty: no group needed. Only with `auth = "login"`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// With `auth = "login"`: pass the identity headers and the identity JWT to the backend.
+    #[serde(default = "default_true")]
+    pub identity: bool,
 }
 
 impl RouteConfig {
     /// A route for `host` and `path_prefix` to `cluster` with every other key at its default (stateless,
-    /// any method, no session, default priority, rebind on failure).
+    /// any method, no session, default priority, rebind on failure, no login).
     pub fn new(host: &str, path_prefix: &str, cluster: &str) -> Self {
         RouteConfig {
             host: host.to_string(),
@@ -680,6 +701,11 @@ impl RouteConfig {
             session: None,
             priority: None,
             on_backend_down: FailoverPolicy::default(),
+            auth: RouteAuthMode::default(),
+            pool: None,
+            roles: Vec::new(),
+            groups: Vec::new(),
+            identity: true,
         }
     }
 }
@@ -701,6 +727,17 @@ impl RouteClass {
             RouteClass::Stateless => 2,
         }
     }
+}
+
+/// Whether a route asks for a login.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuthMode {
+    /// Anyone reaches the backend (tether's login plays no part).
+    #[default]
+    None,
+    /// Only users logged in to the route's pool (with the route's roles and groups) reach the backend.
+    Login,
 }
 
 /// What a session's backend failing means for the session.
@@ -893,6 +930,134 @@ pub struct LinkTlsConfig {
     /// This node's certificate (its first DNS name is the node name) and key.
     pub cert: String,
     pub key: String,
+}
+
+/// `[auth]`: logins at the balancer (issue #14): the login session, API tokens, identity to backends, and
+/// the threads that check passwords. Every key has a default, so `[auth]` alone (or `[pools]` without it)
+/// is enough.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Name of the sealed login-session cookie.
+    pub cookie: String,
+    /// A login session not used for this long ends.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A login session ends this long after the login, used or not.
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
+    /// Lifetime of an API access token.
+    #[serde(with = "duration")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (never beyond the session's `max_lifetime`).
+    #[serde(with = "duration")]
+    pub refresh_token_ttl: Duration,
+    /// How often a new token-sealing and identity-signing key is made.
+    #[serde(with = "duration")]
+    pub key_rotation: Duration,
+    /// The identity JWT's `iss`.
+    pub issuer: String,
+    /// The identity JWT's `aud`.
+    pub audience: String,
+    /// Lifetime of an identity JWT.
+    #[serde(with = "duration")]
+    pub identity_token_ttl: Duration,
+    /// Header carrying the identity JWT to backends.
+    pub identity_token_header: String,
+    /// Header naming the user to backends.
+    pub user_header: String,
+    /// Header naming the tenant to backends.
+    pub tenant_header: String,
+    /// Header listing the user's roles (comma-separated) to backends.
+    pub roles_header: String,
+    /// Threads that check passwords (argon2); 0: half the CPUs, at least 1.
+    pub hash_threads: usize,
+    /// Password checks waiting at most; beyond it a login is answered 503.
+    pub hash_queue: usize,
+    /// HTML template of the login page (relative paths: from the config file's directory); none: the
+    /// built-in page.
+    pub login_page: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cookie: "tether_session".to_string(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_lifetime: Duration::from_secs(12 * 3600),
+            access_token_ttl: Duration::from_secs(5 * 60),
+            refresh_token_ttl: Duration::from_secs(24 * 3600),
+            key_rotation: Duration::from_secs(24 * 3600),
+            issuer: "tether".to_string(),
+            audience: "backends".to_string(),
+            identity_token_ttl: Duration::from_secs(5 * 60),
+            identity_token_header: "X-Tether-Identity".to_string(),
+            user_header: "X-Tether-User".to_string(),
+            tenant_header: "X-Tether-Tenant".to_string(),
+            roles_header: "X-Tether-Roles".to_string(),
+            hash_threads: 0,
+            hash_queue: 256,
+            login_page: None,
+        }
+    }
+}
+
+/// `[pools.NAME]`: a pool of users who log in, for one tenant: from a users file, or relayed to an upstream
+/// auth endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Tenant named to backends; default: the pool's name.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Users file (relative paths: from the config file's directory); required unless `upstream` is set.
+    #[serde(default)]
+    pub users: Option<String>,
+    /// Host names whose `/.tether/*` endpoints use this pool.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Fewest characters a new password may have.
+    #[serde(default = "default_min_password_length")]
+    pub min_password_length: usize,
+    /// Refuse the most common passwords as new passwords.
+    #[serde(default = "default_true")]
+    pub refuse_common_passwords: bool,
+    /// Users may create their own account.
+    #[serde(default)]
+    pub self_registration: bool,
+    /// Relay logins to an upstream auth endpoint instead of checking local users.
+    #[serde(default)]
+    pub upstream: Option<UpstreamAuthConfig>,
+}
+
+fn default_min_password_length() -> usize {
+    8
+}
+
+/// `[pools.NAME.upstream]`: where an upstream pool's logins (and refreshes) are relayed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthConfig {
+    /// `http://host:port/path` receiving logins.
+    pub login_url: String,
+    /// `http://host:port/path` receiving refreshes (same host and port as `login_url`); none: refreshes
+    /// are not relayed.
+    #[serde(default)]
+    pub refresh_url: Option<String>,
+    /// Response header carrying the upstream's credential.
+    #[serde(default = "default_upstream_header")]
+    pub header: String,
+    /// Time the upstream has to answer.
+    #[serde(default = "default_upstream_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_upstream_header() -> String {
+    "Authorization".to_string()
+}
+
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_heartbeat() -> Duration {

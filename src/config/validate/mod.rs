@@ -8,6 +8,7 @@
 
 mod access_log;
 mod address;
+mod auth;
 mod cluster;
 mod clusters;
 mod health;
@@ -82,6 +83,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.sessions(&config);
     v.qos(&config);
     v.cluster(&config);
+    v.auth(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {

@@ -166,6 +166,11 @@ fn check_route_host(host: &str) -> Result<(), String> {
             "\"{host}\": `*` is allowed only alone (\"*\", any host) or as the whole first label (\"*.example.com\")"
         ));
     }
+    check_host_labels(host, name)
+}
+
+/// The labels of `name` (part of `host`, which messages quote): letters, digits, `-` and `_`, none empty.
+pub(super) fn check_host_labels(host: &str, name: &str) -> Result<(), String> {
     for label in name.split('.') {
         if label.is_empty() {
             return Err(format!(

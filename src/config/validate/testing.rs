@@ -47,3 +47,11 @@ pub(super) fn base_with(from: &str, to: &str) -> String {
     assert!(BASE.contains(from));
     BASE.replacen(from, to, 1)
 }
+
+/// Writes `text` to `name` in `dir` and returns its absolute path (test configs are not read from a file,
+/// so a relative path in them would depend on the working directory).
+pub(super) fn scratch_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
