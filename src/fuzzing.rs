@@ -412,7 +412,7 @@ pub fn token_open(data: &[u8]) {
     use crate::auth::token::{MAX_TOKEN_LEN, TokenKind};
     let ring = token_ring();
     for now in [TOKEN_T0 + 3600, TOKEN_T0 + 2 * 86_400] {
-        for kind in [TokenKind::Access, TokenKind::Refresh] {
+        for kind in [TokenKind::Access, TokenKind::Refresh, TokenKind::Session] {
             match ring.open(data, now, kind, TOKEN_AUDIENCE) {
                 Ok(claims) => {
                     assert!(data.starts_with(b"v4.local.") && data.len() <= MAX_TOKEN_LEN);
@@ -434,6 +434,34 @@ pub fn token_open(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// Session cookies and records (`auth::session`): the input as the value of a request's `Cookie` header
+/// (the session cookie found in it is opened as a sealed session token), as an `Authorization` value (a
+/// bearer token found in it is opened as an access token), and as a login-session record value.
+///
+/// Invariants: it never panics; a cookie value found lies within the header; a record value that decodes
+/// encodes back to a value that decodes to the same session.
+pub fn session_cookie(data: &[u8]) {
+    use crate::auth::token::TokenKind;
+    use crate::http::{Header, HeaderKind, Span};
+    crate::auth::session::fuzz_decode(data);
+    let cookie = [Header {
+        name: Span::new(0, 0),
+        value: Span::new(0, data.len()),
+        kind: HeaderKind::Cookie,
+        hop_by_hop: false,
+    }];
+    let ring = token_ring();
+    let now = TOKEN_T0 + 3600;
+    if let Some(v) = crate::http::cookie::request_cookie(&cookie, data, b"tether_session") {
+        let at = crate::http::head::offset_in(data, v);
+        assert!(at + v.len() <= data.len());
+        let _ = ring.open(v, now, TokenKind::Session, TOKEN_AUDIENCE);
+    }
+    if let Some(token) = crate::auth::session::bearer(data) {
+        let _ = ring.open(token, now, TokenKind::Access, TOKEN_AUDIENCE);
     }
 }
 

@@ -80,6 +80,11 @@ fn token_open_corpus() {
 }
 
 #[test]
+fn session_cookie_corpus() {
+    replay("session_cookie", tether::fuzzing::session_cookie);
+}
+
+#[test]
 fn login_form_corpus() {
     replay("login_form", tether::fuzzing::login_form);
 }

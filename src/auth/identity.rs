@@ -77,6 +77,8 @@ pub struct IdentityKey {
     kid: String,
     /// The private key, PKCS#8 DER, as `jsonwebtoken` signs with it.
     encoding: EncodingKey,
+    /// The same DER, for replication.
+    pkcs8: std::sync::Arc<[u8]>,
     /// Base64url (no padding) x and y coordinates of the public point.
     x: String,
     y: String,
@@ -115,11 +117,31 @@ impl IdentityKey {
         Ok(IdentityKey {
             kid,
             encoding: EncodingKey::from_ec_der(pkcs8),
+            pkcs8: pkcs8.into(),
             x,
             y,
             created,
             retires,
         })
+    }
+
+    /// The replicated record's value: `created` and `retires` (big-endian u64s), then the PKCS#8 DER.
+    pub fn to_value(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + self.pkcs8.len());
+        v.extend_from_slice(&self.created.to_be_bytes());
+        v.extend_from_slice(&self.retires.to_be_bytes());
+        v.extend_from_slice(&self.pkcs8);
+        v
+    }
+
+    /// A key from a record value written by [`to_value`](Self::to_value); `None` if it does not parse.
+    pub fn from_value(value: &[u8]) -> Option<IdentityKey> {
+        if value.len() <= 16 {
+            return None;
+        }
+        let created = u64::from_be_bytes(value[..8].try_into().ok()?);
+        let retires = u64::from_be_bytes(value[8..16].try_into().ok()?);
+        IdentityKey::from_pkcs8(&value[16..], created, retires).ok()
     }
 
     /// The key id tokens carry in their header (the RFC 7638 thumbprint).

@@ -1,8 +1,9 @@
 //! Sealed token bundles for API clients (issue #14): an access token (short-lived) and a refresh token,
 //! each a PASETO `v4.local` token (XChaCha20 + BLAKE2b-MAC, by the `pasetors` crate; no crypto here).
 //!
-//! The encrypted payload is JSON: `{"v":1,"typ":"access"|"refresh","sub":USER,"tnt":TENANT,"sid":SESSION,
-//! "iat":ISSUED,"exp":EXPIRES,"aud":AUDIENCE}`, with the session id (16 bytes) in base64url and the times
+//! The encrypted payload is JSON: `{"v":1,"typ":"access"|"refresh"|"session","sub":USER,"tnt":TENANT,
+//! "sid":SESSION,"iat":ISSUED,"exp":EXPIRES,"aud":AUDIENCE}` and, for a refresh token, `"gen":N` (its
+//! generation, for reuse detection), with the session id (16 bytes) in base64url and the times
 //! in seconds since the Unix epoch. The footer, authenticated but not encrypted, is
 //! `{"kid":"k4.lid.…"}`: the key's PASERK local id (a hash of the key, safe to publish, the form PASETO
 //! recommends for key ids), built with `pasetors::footer::Footer`.
@@ -15,7 +16,7 @@
 //! each key is refused after its retirement time, so a retired key's tokens die with it even when their
 //! own expiry is later. Keys are meant to replicate like session ticket keys (`tls::tickets`): a key is a
 //! record whose key is the key id and whose value is the secret and its times ([`TokenKey::to_record`],
-//! [`TokenKey::from_record`]). Nothing serves these tokens yet.
+//! [`TokenKey::from_record`]); `auth::keys` keeps the rings the balancer uses.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,6 +47,8 @@ pub enum TokenKind {
     Access,
     /// Presented only to get a new access token.
     Refresh,
+    /// The browser's sealed session cookie (same claims; never accepted as a bearer token).
+    Session,
 }
 
 /// What a token says.
@@ -62,6 +65,9 @@ pub struct Claims {
     pub expires: u64,
     /// Who the token is for (an API, an application behind tether).
     pub audience: String,
+    /// For a refresh token, its generation: each refresh issues the next one, and presenting an older one
+    /// again is a reuse (the session is revoked). 0 for the other kinds.
+    pub generation: u32,
 }
 
 /// The encrypted payload as written.
@@ -75,6 +81,12 @@ struct PayloadOut<'a> {
     iat: u64,
     exp: u64,
     aud: &'a str,
+    #[serde(rename = "gen", skip_serializing_if = "is_zero")]
+    generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The encrypted payload as read back (only ever from a token whose seal verified).
@@ -89,6 +101,8 @@ struct PayloadIn {
     iat: u64,
     exp: u64,
     aud: String,
+    #[serde(rename = "gen", default)]
+    generation: u32,
 }
 
 /// The footer as read, untrusted, to pick the key.
@@ -197,6 +211,15 @@ impl TokenKey {
         (self.id.as_bytes().to_vec(), v)
     }
 
+    /// A key from a record value alone (the secret, `created`, `retires`): the id is the secret's.
+    pub fn from_value(value: &[u8]) -> Option<TokenKey> {
+        let value: &[u8; RECORD_VALUE_LEN] = value.try_into().ok()?;
+        let secret = SymmetricKey::<V4>::from(&value[..SECRET_LEN]).ok()?;
+        let created = u64::from_be_bytes(value[SECRET_LEN..SECRET_LEN + 8].try_into().ok()?);
+        let retires = u64::from_be_bytes(value[SECRET_LEN + 8..].try_into().ok()?);
+        TokenKey::new(secret, created, retires).ok()
+    }
+
     /// A key from a replicated record's key and value; `None` when the value has the wrong size or the
     /// id is not the one the secret hashes to.
     pub fn from_record(id: &[u8], value: &[u8]) -> Option<TokenKey> {
@@ -285,6 +308,7 @@ impl Keyring {
             iat: claims.issued,
             exp: claims.expires,
             aud: &claims.audience,
+            generation: claims.generation,
         };
         let json = serde_json::to_vec(&payload).map_err(|_| SealError::Crypto)?;
         LocalToken::encrypt(&key.secret, &json, Some(key.footer.as_bytes()), None)
@@ -356,6 +380,7 @@ impl Keyring {
             issued: p.iat,
             expires: p.exp,
             audience: p.aud,
+            generation: p.generation,
         })
     }
 }
@@ -386,6 +411,7 @@ mod tests {
             issued: T0,
             expires: T0 + 900,
             audience: "mail".into(),
+            generation: 0,
         }
     }
 

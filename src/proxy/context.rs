@@ -220,6 +220,9 @@ pub(crate) struct Ctx {
     /// Writes to the replicated store (with `[cluster]`): applied at once, mirrored by the replication
     /// thread.
     pub store: Option<crate::store::StoreWriter>,
+    /// Logins, with pools configured; and this worker's verified tokens.
+    pub auth: Option<Arc<crate::auth::runtime::Auth>>,
+    pub auth_cache: crate::auth::gate::AuthCache,
     next_id: u64,
 }
 
@@ -238,6 +241,7 @@ pub(crate) struct CtxParts {
     pub peers: Arc<Vec<Peer>>,
     pub metrics: Arc<CachePadded<WorkerMetrics>>,
     pub store: Option<crate::store::StoreWriter>,
+    pub auth: Option<Arc<crate::auth::runtime::Auth>>,
 }
 
 impl Ctx {
@@ -282,6 +286,8 @@ impl Ctx {
             draining: false,
             metrics: p.metrics,
             store: p.store,
+            auth: p.auth,
+            auth_cache: crate::auth::gate::AuthCache::default(),
             next_id: 1,
         }
     }

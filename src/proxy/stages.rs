@@ -188,6 +188,15 @@ pub(crate) struct Plan {
     pub queue_us: Option<u64>,
     /// A stage's wake-up ticket (see [`Wait::Ticket`]).
     pub ticket: Option<Arc<Ticket>>,
+    /// A login, logout, refresh or upstream-token refresh under way (`auth::endpoints`).
+    pub auth: Option<Box<crate::auth::endpoints::Progress>>,
+    /// Identity header lines for the backend (user, tenant, roles, JWT), shared with the worker's cache.
+    pub identity: Option<std::rc::Rc<[u8]>>,
+    /// A relayed upstream token's header line for the backend.
+    pub upstream_token: Option<std::rc::Rc<[u8]>>,
+    /// The client's `Authorization` header is tether's (a bearer access token) or replaced by the relayed
+    /// token: not forwarded.
+    pub strip_authorization: bool,
 }
 
 impl Plan {
@@ -240,9 +249,14 @@ pub(crate) struct RequestCx<'a> {
     /// This request's wake-up address, and the worker's channels (for a ticket handed to another thread).
     pub wake: WakeTarget,
     pub wakers: &'a Wakers,
-    /// The replicated store, with `[cluster]`.
+    /// The replicated store: with `[cluster]`, or a local one when pools are configured.
     pub store: Option<&'a crate::store::StoreWriter>,
     pub metrics: &'a crate::metrics::WorkerMetrics,
+    /// Logins (with pools configured), and this worker's verified tokens.
+    pub auth: Option<&'a crate::auth::runtime::Auth>,
+    pub auth_cache: &'a mut crate::auth::gate::AuthCache,
+    /// The client's listener speaks TLS (cookies get `Secure`).
+    pub tls: bool,
 }
 
 impl RequestCx<'_> {
@@ -266,11 +280,13 @@ pub(crate) struct Request<'a> {
 /// A request stage.
 pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
 
-/// The request stages, in order. Auth and limits (the next issues) go between `route` and `stickiness`.
+/// The request stages, in order. Limits (the next issue) go between `auth` and `stickiness`.
 pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("test_endpoints", crate::fault_injection::test_endpoints),
+    ("auth_endpoints", crate::auth::endpoints::serve),
     ("route", route),
     ("priority", priority),
+    ("auth", auth),
     ("stickiness", stickiness),
 ];
 
@@ -321,19 +337,104 @@ fn priority(r: &mut Request<'_>) -> Verdict {
     Verdict::Continue
 }
 
-/// Marks header fields that are for tether, never for the backend, as not forwarded: today the QoS
-/// priority header. Runs on the head just before it is rewritten for the backend (after any wait, when
-/// the head was parsed again).
+/// Auth stage: on a route with `auth = "login"`, who the request is (session cookie or bearer access
+/// token, checked against the replicated session: a revoked one is refused), whether the route's roles
+/// and groups admit the user (403), and the identity the backend gets. Without a usable login: the login
+/// page for a browser, 401 for anything else. A relayed upstream token about to expire is refreshed
+/// first (once per session, however many requests wait).
+fn auth(r: &mut Request<'_>) -> Verdict {
+    use crate::auth::endpoints;
+    let Some(snapshot) = r.plan.snapshot.clone() else {
+        return Verdict::Continue;
+    };
+    let Some(policy) = snapshot
+        .routes
+        .get(r.plan.route)
+        .and_then(|x| x.auth.as_ref())
+    else {
+        return Verdict::Continue;
+    };
+    let (Some(settings), Some(auth)) = (snapshot.auth.as_deref(), r.cx.auth) else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal(
+            "logins not configured",
+        )));
+    };
+    let Some(pool) = settings.pools.get(policy.pool) else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no such user pool")));
+    };
+    if let Some(progress) = r.plan.auth.take() {
+        if let endpoints::Progress::Refreshing { outcome } = *progress {
+            if let Some(answer) = endpoints::refresh_outcome(r, settings, pool, &outcome) {
+                return answer;
+            }
+        }
+    }
+    let Some(cred) =
+        crate::auth::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes())
+    else {
+        return endpoints::login_required(r, settings, pool, None);
+    };
+    let now = r.cx.unix_now;
+    let verified = match r
+        .cx
+        .auth_cache
+        .verify(auth, settings, pool, r.cx.store, cred, now)
+    {
+        Ok(v) => v,
+        Err(e) => {
+            log::debug!("login refused on route {}: {e}", r.plan.route);
+            return endpoints::login_required(r, settings, pool, Some(cred));
+        }
+    };
+    if !verified.session.allowed(&policy.roles, &policy.groups) {
+        return endpoints::forbidden();
+    }
+    if let Some(up) = &verified.session.upstream {
+        if up.expires != 0 && now.saturating_add(5) >= up.expires {
+            return endpoints::start_upstream_refresh(
+                r,
+                auth,
+                pool,
+                verified.session_id,
+                &verified.session,
+            );
+        }
+    }
+    if verified.session.due_for_touch(now) {
+        if let Some(store) = r.cx.store {
+            crate::auth::gate::touch(store, &verified.session_id, &verified.session, now);
+        }
+    }
+    if policy.identity {
+        r.plan.identity = verified.identity;
+    }
+    r.plan.upstream_token = verified.upstream;
+    r.plan.strip_authorization =
+        matches!(cred, crate::auth::session::Credential::Bearer(_)) || pool.upstream.is_some();
+    Verdict::Continue
+}
+
+/// Marks header fields that are for tether, never for the backend, as not forwarded: the QoS priority
+/// header, identity headers under configured names (the default `X-Tether-*` ones never pass), and an
+/// `Authorization` the auth stage consumed or replaces. Runs on the head just before it is rewritten for
+/// the backend (after any wait, when the head was parsed again).
 pub(crate) fn strip_tether_headers(
     snapshot: &ConfigSnapshot,
+    plan: &Plan,
     head: &mut RequestHead,
     bytes: &[u8],
 ) {
-    let Some(name) = snapshot.qos_priority_header.as_deref() else {
+    let priority = snapshot.qos_priority_header.as_deref();
+    let auth = snapshot.auth.as_deref();
+    if priority.is_none() && auth.is_none() {
         return;
-    };
+    }
     for h in head.headers.iter_mut() {
-        if h.name.of(bytes).eq_ignore_ascii_case(name.as_bytes()) {
+        let name = h.name.of(bytes);
+        if priority.is_some_and(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+            || auth.is_some_and(|a| a.is_identity_header(name))
+            || (plan.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+        {
             h.hop_by_hop = true;
         }
     }

@@ -80,6 +80,9 @@ pub struct Server {
     /// Signal handling, set up before the workers accept anything: it needs descriptors, and a flood of
     /// clients must not be able to take the last ones first.
     signals: Option<signal_hook::iterator::Signals>,
+    /// The auth key keeper's thread (with pools), and its stop flag.
+    auth_keeper: Option<JoinHandle<()>>,
+    auth_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The signals the main thread handles: stop (twice: at once), reload, report.
@@ -198,6 +201,14 @@ impl Server {
         let mut writers: Vec<Option<crate::store::StoreWriter>> =
             (0..count).map(|_| None).collect();
         let mut feed = None;
+        // Two more writers than workers: the auth key keeper's and the auth relay's threads.
+        let auth_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut auth_keeper = None;
+        let mut auth_writers: Option<(
+            Arc<crate::store::Store>,
+            crate::store::StoreWriter,
+            crate::store::StoreWriter,
+        )> = None;
         if let Some(setup) = &replication {
             // Sized for the session table up front: growing a large lock-free map stalls whoever
             // triggers the copy.
@@ -205,13 +216,16 @@ impl Server {
                 config.sessions.max_entries.min(1 << 20),
             ));
             let hlc = Arc::new(crate::store::Hlc::default());
-            let (f, w) = crate::store::WriteFeed::new(
+            let (f, mut w) = crate::store::WriteFeed::new(
                 store.clone(),
                 hlc.clone(),
                 crate::store::node_id(setup.node()),
-                count,
+                count + 2,
                 65_536,
             );
+            let relay_writer = w.pop().expect("count + 2 writers");
+            let keys_writer = w.pop().expect("count + 2 writers");
+            auth_writers = Some((store.clone(), keys_writer, relay_writer));
             writers = w.into_iter().map(Some).collect();
             feed = Some(crate::replication::node::Feed {
                 store,
@@ -271,6 +285,55 @@ impl Server {
             }
             None => None,
         };
+        // Logins (with pools): a lone node keeps its sessions in a store of its own, which nothing
+        // replicates (its sync writes are acknowledged at once).
+        let auth = match snapshot.auth.as_deref() {
+            Some(settings) => {
+                if auth_writers.is_none() {
+                    let store = Arc::new(crate::store::Store::new());
+                    let (_feed, mut w) = crate::store::WriteFeed::new(
+                        store.clone(),
+                        Arc::new(crate::store::Hlc::default()),
+                        0,
+                        count + 2,
+                        1,
+                    );
+                    let relay_writer = w.pop().expect("count + 2 writers");
+                    let keys_writer = w.pop().expect("count + 2 writers");
+                    auth_writers = Some((store, keys_writer, relay_writer));
+                    writers = w.into_iter().map(Some).collect();
+                }
+                let Some((store, keys_writer, relay_writer)) = auth_writers.take() else {
+                    return Err(StartError::Cluster("no store for logins".into()));
+                };
+                let auth_config = config.auth.clone().unwrap_or_default();
+                let keeper = crate::auth::keys::KeyKeeper::new(crate::auth::keys::KeyTimes::new(
+                    auth_config.key_rotation,
+                    auth_config.max_lifetime,
+                    auth_config.identity_token_ttl,
+                ));
+                let keys = keeper.keys();
+                auth_keeper = Some(crate::auth::keys::start_keeper(
+                    keeper,
+                    store,
+                    keys_writer,
+                    auth_stop.clone(),
+                )?);
+                let cookie_key = config
+                    .sessions
+                    .cookie_keys
+                    .first()
+                    .and_then(|k| crate::sticky::cookie::CookieSealer::decode_key(k).ok());
+                Some(Arc::new(crate::auth::runtime::Auth::start(
+                    keys,
+                    settings.hash_threads,
+                    settings.hash_queue,
+                    cookie_key.as_ref().map(|k| k.as_slice()),
+                    relay_writer,
+                )?))
+            }
+            None => None,
+        };
         for (index, (((listeners, poll), rx), store)) in per_worker
             .into_iter()
             .zip(polls)
@@ -292,6 +355,7 @@ impl Server {
                 peers: peers.clone(),
                 metrics: Arc::clone(&metrics.workers[index]),
                 store,
+                auth: auth.clone(),
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);
@@ -360,6 +424,8 @@ impl Server {
             replication,
             prober: Some(prober),
             signals,
+            auth_keeper,
+            auth_stop,
         })
     }
 
@@ -634,6 +700,11 @@ impl Server {
         }
         if let Some(mut replication) = self.replication.take() {
             replication.stop();
+        }
+        self.auth_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(keeper) = self.auth_keeper.take() {
+            let _ = keeper.join();
         }
     }
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-/// What a record is about. Kinds 3–63 are reserved for the next stages (logins, tokens, revocations,
-/// notification queues, uploads, counters).
+/// What a record is about. Kinds 7–63 are reserved for the next stages (notification queues, uploads,
+/// counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
@@ -13,6 +13,19 @@ pub enum Kind {
     SessionBinding = 1,
     /// The TLS session-ticket key set.
     TicketKeys = 2,
+    /// A login session (`auth::session`): who, which tenant, roles, expiry; its tombstone is a revocation.
+    LoginSession = 3,
+    /// A token-sealing key (`auth::token`): key id → secret and its times.
+    TokenKey = 4,
+    /// An identity-signing key (`auth::identity`): key id → PKCS#8 private key and its times.
+    IdentityKey = 5,
+    /// A user kept in the store (added through the admin API), read when the users file lacks the name.
+    User = 6,
+}
+
+impl Kind {
+    /// One more than the highest kind: sizes per-kind tables.
+    pub const BOUND: usize = 7;
 }
 
 impl Kind {
@@ -21,6 +34,10 @@ impl Kind {
         match b {
             1 => Some(Kind::SessionBinding),
             2 => Some(Kind::TicketKeys),
+            3 => Some(Kind::LoginSession),
+            4 => Some(Kind::TokenKey),
+            5 => Some(Kind::IdentityKey),
+            6 => Some(Kind::User),
             _ => None,
         }
     }

@@ -97,7 +97,7 @@ pub struct Store {
     sum: AtomicSum,
     /// Records held per kind (indexed by the kind's byte), kept with inserts and removals so a report
     /// need not scan the store.
-    by_kind: [std::sync::atomic::AtomicUsize; 4],
+    by_kind: [std::sync::atomic::AtomicUsize; Kind::BOUND],
 }
 
 impl std::fmt::Debug for Store {
@@ -153,7 +153,7 @@ impl Store {
         let map = self.map.pin();
         let mut sum = DigestSum::default();
         let mut hashes = DigestSum::default();
-        let mut inserted = [0usize; 4];
+        let mut inserted = [0usize; Kind::BOUND];
         for record in batch {
             let hash = DigestSum::of(&record);
             hashes = hashes + hash;

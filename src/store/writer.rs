@@ -64,8 +64,8 @@ impl StoreWriter {
 
     /// A `sync` write: applied and queued like [`write`](Self::write), and `on_ack` is called (from the
     /// replication thread) once a peer acknowledged it. A stale write is already superseded: `on_ack`
-    /// is called at once. With no replication thread, it is never called (the caller's wait times out
-    /// and its policy decides).
+    /// is called at once. With no replication thread (a lone node's store), it is called at once too: the
+    /// write is applied, and there is no peer to wait for.
     pub fn write_sync(&self, record: Record, on_ack: OnAck) -> Result<Applied, Full> {
         let r = self.enqueue(record, Some(on_ack));
         if let Some(w) = self.wake.get() {
@@ -84,7 +84,15 @@ impl StoreWriter {
             return Ok(applied);
         }
         match self.queue.try_send(Queued { record, on_ack }) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(applied),
+            Ok(()) => Ok(applied),
+            Err(TrySendError::Disconnected(q)) => {
+                // No replication thread: a lone node's store, where the write is as durable as it gets
+                // once applied. A sync write is acknowledged at once.
+                if let Some(f) = q.on_ack {
+                    f();
+                }
+                Ok(applied)
+            }
             Err(TrySendError::Full(_)) => {
                 // This worker is the slot's only writer: a plain load and store.
                 let c = &self.dropped[self.worker];

@@ -218,6 +218,9 @@ impl Session {
                     wakers: &cx.wakers,
                     store: cx.store.as_ref(),
                     metrics: &cx.metrics,
+                    auth: cx.auth.as_deref(),
+                    auth_cache: &mut cx.auth_cache,
+                    tls: cx.listeners[self.listener as usize].proto == "https",
                 },
             };
             match stage(&mut request) {
@@ -250,7 +253,7 @@ impl Session {
         };
         let bytes = &buf.data()[..head_len];
         let pinned = self.plan.snapshot.as_deref().unwrap_or(&cx.snapshot);
-        stages::strip_tether_headers(pinned, &mut cx.req_head, bytes);
+        stages::strip_tether_headers(pinned, &self.plan, &mut cx.req_head, bytes);
         let mut out = cx.io.take_vec();
         let info = &cx.listeners[self.listener as usize];
         let fwd = ForwardContext {
@@ -259,6 +262,13 @@ impl Session {
             trust_forwarded: info.trust_forwarded,
         };
         write_request_head(&mut out, bytes, &cx.req_head, &fwd);
+        // Who the user is, as tether vouches for it (the auth stage's blocks, written once per session).
+        for block in [&self.plan.identity, &self.plan.upstream_token]
+            .into_iter()
+            .flatten()
+        {
+            out.extend_from_slice(block);
+        }
         end_head(&mut out);
         self.req_out = Some(out);
         buf.consume(head_len);

@@ -1,0 +1,370 @@
+//! The auth key rings the workers use (token sealing, identity signing), and the keeper that makes, finds
+//! and installs their keys — replicated through the store like TLS ticket keys, so a token sealed on one
+//! node opens on every other.
+//!
+//! Keys live in the store under their rotation *slot* (`created / rotation`, 8 bytes big-endian), not their
+//! id: the keeper finds the few slots that can still hold a live key with plain lookups (no scan of the
+//! store), and two nodes that both make a key for the same slot converge on one (last writer wins) long
+//! before either key seals anything. A key seals (or signs) only once it is *mature* — made at least
+//! [`MATURITY`] ago, time enough to reach every peer — except while no key is mature (a first start):
+//! then the newest does. Every key found opens (or is published in the JWKS) until it retires.
+//!
+//! The keeper runs on its own thread (never a worker), once a second; workers read the rings through
+//! `arc-swap` (one atomic load, no lock).
+
+use super::identity::{IdentityKey, IdentityKeyring};
+use super::token::{Keyring, TokenKey};
+use crate::store::{Kind, Record, Store, StoreWriter};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How old a key must be before it seals or signs: longer than replication takes to reach every peer.
+pub const MATURITY: u64 = 2;
+/// Most slots the keeper looks at per kind (a very short rotation with a long session lifetime).
+const MAX_SLOTS: u64 = 4096;
+
+/// The token keys: all that open, and the ring that seals (the mature key first).
+#[derive(Debug)]
+pub struct TokenRings {
+    pub open: Keyring,
+    pub seal: Keyring,
+}
+
+/// The identity keys: the ring that signs (mature keys), and the JWKS document of every published key.
+#[derive(Debug)]
+pub struct IdentityRings {
+    pub sign: IdentityKeyring,
+    pub jwks: Arc<str>,
+    /// Changes whenever the signing key does (cached JWTs of an older one are re-signed).
+    pub generation: u64,
+}
+
+/// The rings, as workers read them.
+#[derive(Debug)]
+pub struct AuthKeys {
+    tokens: ArcSwap<TokenRings>,
+    identity: ArcSwap<IdentityRings>,
+}
+
+impl AuthKeys {
+    fn empty(k: &KeyTimes) -> AuthKeys {
+        AuthKeys {
+            tokens: ArcSwap::from_pointee(TokenRings {
+                open: Keyring::new(k.token_retire),
+                seal: Keyring::new(k.token_retire),
+            }),
+            identity: ArcSwap::from_pointee(IdentityRings {
+                sign: IdentityKeyring::new(k.identity_signs, k.identity_ttl),
+                jwks: Arc::from("{\"keys\":[]}"),
+                generation: 0,
+            }),
+        }
+    }
+
+    /// The token rings now (one atomic load).
+    pub fn tokens(&self) -> arc_swap::Guard<Arc<TokenRings>> {
+        self.tokens.load()
+    }
+
+    /// The identity rings now.
+    pub fn identity(&self) -> arc_swap::Guard<Arc<IdentityRings>> {
+        self.identity.load()
+    }
+}
+
+/// The key lifetimes, from `[auth]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTimes {
+    /// A new key each rotation.
+    pub rotation: Duration,
+    /// How long a token key opens tokens: it seals for about a rotation, and a token it sealed may live
+    /// as long as a login session.
+    pub token_retire: Duration,
+    /// How long an identity key signs.
+    pub identity_signs: Duration,
+    /// Longest identity token; a key stays published this long after it stops signing.
+    pub identity_ttl: Duration,
+}
+
+impl KeyTimes {
+    /// Times for a rotation, a login session's longest life and the identity tokens' lifetime.
+    pub fn new(rotation: Duration, max_lifetime: Duration, identity_ttl: Duration) -> KeyTimes {
+        let rotation = rotation.max(Duration::from_secs(1));
+        KeyTimes {
+            rotation,
+            token_retire: 2 * rotation + max_lifetime,
+            identity_signs: 2 * rotation,
+            identity_ttl,
+        }
+    }
+}
+
+/// Makes, finds and installs keys (see the module docs). Owned by the keeper thread.
+#[derive(Debug)]
+pub struct KeyKeeper {
+    times: KeyTimes,
+    keys: Arc<AuthKeys>,
+    /// What was installed last (key ids and the sealing one), to install only on change.
+    token_ids: Vec<String>,
+    identity_ids: Vec<String>,
+    generation: u64,
+}
+
+impl KeyKeeper {
+    pub fn new(times: KeyTimes) -> KeyKeeper {
+        KeyKeeper {
+            keys: Arc::new(AuthKeys::empty(&times)),
+            times,
+            token_ids: Vec::new(),
+            identity_ids: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// The rings this keeper installs into.
+    pub fn keys(&self) -> Arc<AuthKeys> {
+        self.keys.clone()
+    }
+
+    fn slot(&self, unix: u64) -> u64 {
+        unix / self.times.rotation.as_secs()
+    }
+
+    /// One round at `unix` (seconds): makes this slot's keys when missing (writing them through
+    /// `writer`, which applies them to the store at once and sends them to peers), then installs every
+    /// live key the store holds.
+    pub fn tick(&mut self, store: &Store, writer: &StoreWriter, unix: u64) {
+        let now32 = unix.min(u64::from(u32::MAX)) as u32;
+        let slot = self.slot(unix);
+        let slot_key = slot.to_be_bytes();
+        let rot = self.times.rotation.as_secs();
+        if store.get(Kind::TokenKey, &slot_key, now32).is_none() {
+            let retires = unix + self.times.token_retire.as_secs();
+            match TokenKey::generate(unix, retires) {
+                Ok(key) => {
+                    let (_, value) = key.to_record();
+                    let _ = writer.write(key_record(writer, Kind::TokenKey, slot, &value, retires));
+                    log::info!("auth: new token key {} published", key.id());
+                }
+                Err(e) => log::error!("auth: cannot make a token key: {e}"),
+            }
+        }
+        if store.get(Kind::IdentityKey, &slot_key, now32).is_none() {
+            let retires = unix + self.times.identity_signs.as_secs();
+            match IdentityKey::generate(unix, retires) {
+                Ok(key) => {
+                    let published = retires + self.times.identity_ttl.as_secs();
+                    let _ = writer.write(key_record(
+                        writer,
+                        Kind::IdentityKey,
+                        slot,
+                        &key.to_value(),
+                        published,
+                    ));
+                    log::info!("auth: new identity key {} published", key.kid());
+                }
+                Err(e) => log::error!("auth: cannot make an identity key: {e}"),
+            }
+        }
+
+        let token_slots = (self.times.token_retire.as_secs() / rot + 1).min(MAX_SLOTS);
+        let identity_slots =
+            ((self.times.identity_signs + self.times.identity_ttl).as_secs() / rot + 1)
+                .min(MAX_SLOTS);
+        let found = |kind: Kind, n: u64| -> Vec<Arc<[u8]>> {
+            (0..=n)
+                .filter_map(|back| slot.checked_sub(back))
+                .filter_map(|s| store.get(kind, &s.to_be_bytes(), now32)?.value)
+                .collect()
+        };
+        let mut tokens: Vec<TokenKey> = found(Kind::TokenKey, token_slots)
+            .iter()
+            .filter_map(|v| TokenKey::from_value(v))
+            .filter(|k| unix < k.retires)
+            .collect();
+        tokens.sort_by(|a, b| b.created.cmp(&a.created).then(b.id().cmp(a.id())));
+        let mut identities: Vec<IdentityKey> = found(Kind::IdentityKey, identity_slots)
+            .iter()
+            .filter_map(|v| IdentityKey::from_value(v))
+            .collect();
+        identities.sort_by(|a, b| b.created.cmp(&a.created).then(b.kid().cmp(a.kid())));
+        self.install_tokens(tokens, unix);
+        self.install_identities(identities, unix);
+    }
+
+    fn install_tokens(&mut self, keys: Vec<TokenKey>, unix: u64) {
+        let sealing = mature(&keys, unix, |k| k.created);
+        let mut ids: Vec<String> = keys.iter().map(|k| k.id().to_string()).collect();
+        ids.push(sealing.map_or(String::new(), |i| keys[i].id().to_string()));
+        if ids == self.token_ids {
+            return;
+        }
+        self.token_ids = ids;
+        let mut open = Keyring::new(self.times.token_retire);
+        let mut seal = Keyring::new(self.times.token_retire);
+        if let Some(i) = sealing {
+            seal.install(keys[i].clone());
+        }
+        for k in keys {
+            open.install(k);
+        }
+        self.keys.tokens.store(Arc::new(TokenRings { open, seal }));
+    }
+
+    fn install_identities(&mut self, keys: Vec<IdentityKey>, unix: u64) {
+        let signing = mature(&keys, unix, |k| k.created);
+        let mut ids: Vec<String> = keys.iter().map(|k| k.kid().to_string()).collect();
+        ids.push(signing.map_or(String::new(), |i| keys[i].kid().to_string()));
+        if ids == self.identity_ids {
+            return;
+        }
+        self.identity_ids = ids;
+        self.generation += 1;
+        let mut all = IdentityKeyring::new(self.times.identity_signs, self.times.identity_ttl);
+        let mut sign = IdentityKeyring::new(self.times.identity_signs, self.times.identity_ttl);
+        if let Some(i) = signing {
+            sign.install(keys[i].clone());
+        }
+        for k in keys {
+            all.install(k);
+        }
+        self.keys.identity.store(Arc::new(IdentityRings {
+            sign,
+            jwks: Arc::from(all.jwks_json(unix)),
+            generation: self.generation,
+        }));
+    }
+}
+
+/// Which key seals: the newest one made at least [`MATURITY`] ago, else (none is) the newest.
+fn mature<K>(keys: &[K], unix: u64, created: impl Fn(&K) -> u64) -> Option<usize> {
+    keys.iter()
+        .position(|k| unix.saturating_sub(created(k)) >= MATURITY && created(k) <= unix)
+        .or((!keys.is_empty()).then_some(0))
+}
+
+fn key_record(writer: &StoreWriter, kind: Kind, slot: u64, value: &[u8], expires: u64) -> Record {
+    Record {
+        kind,
+        key: slot.to_be_bytes().as_slice().into(),
+        version: writer.version(),
+        expires: expires.min(u64::from(u32::MAX)) as u32,
+        value: Some(value.into()),
+    }
+}
+
+/// Starts the keeper's thread: one round now (so the rings hold keys before any worker serves), then one
+/// a second until `stop`.
+pub fn start_keeper(
+    mut keeper: KeyKeeper,
+    store: Arc<Store>,
+    writer: StoreWriter,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    keeper.tick(&store, &writer, unix_now());
+    std::thread::Builder::new()
+        .name("auth-keys".into())
+        .spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                keeper.tick(&store, &writer, unix_now());
+            }
+        })
+}
+
+fn unix_now() -> u64 {
+    u64::from(crate::sticky::unix_now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Arc<Store>, StoreWriter) {
+        let store = Arc::new(Store::new());
+        let (_feed, mut writers) = crate::store::WriteFeed::new(
+            store.clone(),
+            Arc::new(crate::store::Hlc::default()),
+            1,
+            1,
+            16,
+        );
+        (store, writers.remove(0))
+    }
+
+    fn times() -> KeyTimes {
+        KeyTimes::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(12 * 3600),
+            Duration::from_secs(300),
+        )
+    }
+
+    const T0: u64 = 1_800_000_000;
+
+    #[test]
+    fn first_tick_makes_and_installs_keys() {
+        let (store, writer) = setup();
+        let mut keeper = KeyKeeper::new(times());
+        keeper.tick(&store, &writer, T0);
+        let keys = keeper.keys();
+        assert_eq!(keys.tokens().open.keys().len(), 1);
+        // None is mature yet: the newest seals all the same.
+        assert_eq!(keys.tokens().seal.keys().len(), 1);
+        assert_eq!(keys.identity().sign.keys().len(), 1);
+        assert!(
+            keys.identity()
+                .jwks
+                .contains(keys.identity().sign.keys()[0].kid())
+        );
+        // A second round in the same slot makes nothing new.
+        keeper.tick(&store, &writer, T0 + 10);
+        assert_eq!(keys.tokens().open.keys().len(), 1);
+    }
+
+    #[test]
+    fn a_peer_keeper_finds_the_same_keys_and_new_keys_mature_before_sealing() {
+        let (store, writer) = setup();
+        let mut a = KeyKeeper::new(times());
+        let mut b = KeyKeeper::new(times());
+        a.tick(&store, &writer, T0);
+        b.tick(&store, &writer, T0 + 1);
+        let (ka, kb) = (a.keys(), b.keys());
+        assert_eq!(
+            ka.tokens().seal.keys()[0].id(),
+            kb.tokens().seal.keys()[0].id()
+        );
+        // Next slot: a new key, opened at once, sealing only once mature.
+        let next = (T0 / 3600 + 1) * 3600;
+        a.tick(&store, &writer, next);
+        assert_eq!(ka.tokens().open.keys().len(), 2);
+        let old = ka.tokens().open.keys()[1].id().to_string();
+        assert_eq!(ka.tokens().seal.keys()[0].id(), old);
+        a.tick(&store, &writer, next + MATURITY);
+        assert_ne!(ka.tokens().seal.keys()[0].id(), old);
+        let generation = ka.identity().generation;
+        assert!(
+            generation >= 2,
+            "the signing identity key changed: {generation}"
+        );
+    }
+
+    #[test]
+    fn retired_keys_leave_the_rings() {
+        let (store, writer) = setup();
+        let mut k = KeyKeeper::new(times());
+        k.tick(&store, &writer, T0);
+        let first = k.keys().tokens().open.keys()[0].id().to_string();
+        let later = T0 + times().token_retire.as_secs() + 1;
+        k.tick(&store, &writer, later);
+        assert!(
+            k.keys()
+                .tokens()
+                .open
+                .keys()
+                .iter()
+                .all(|key| key.id() != first)
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! What every worker shares for logins: the key rings, the password checker's threads, the relay to
+//! upstream auth endpoints, the CSRF key, and the writer the relay's threads update sessions with.
+
+use super::checker::Checker;
+use super::keys::AuthKeys;
+use super::login_form::CsrfKey;
+use super::relay::Relay;
+use crate::store::StoreWriter;
+use std::sync::{Arc, Mutex};
+
+/// Shared by all workers (`Arc`); built at start when the config has pools.
+#[derive(Debug)]
+pub struct Auth {
+    pub keys: Arc<AuthKeys>,
+    pub checker: Checker,
+    pub relay: Relay,
+    pub csrf: CsrfKey,
+    /// For the relay's threads: a refreshed or rejected upstream token updates or deletes its session
+    /// before any waiting request is woken (so a request arriving meanwhile never starts a second
+    /// refresh). Only relay threads lock it, never a worker.
+    pub relay_writer: Arc<Mutex<StoreWriter>>,
+}
+
+impl Auth {
+    /// Starts the checker's and the relay's threads. `cookie_key`: the cluster's first cookie key (every
+    /// node then verifies every node's CSRF tokens); `None`: a key for this process only.
+    pub fn start(
+        keys: Arc<AuthKeys>,
+        hash_threads: usize,
+        hash_queue: usize,
+        cookie_key: Option<&[u8]>,
+        relay_writer: StoreWriter,
+    ) -> std::io::Result<Auth> {
+        let csrf = match cookie_key {
+            // Not the cookie key itself: CsrfKey domain-separates what it MACs, and a hash keeps the two
+            // uses apart even if that ever changed.
+            Some(k) => {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"tether csrf key\0");
+                h.update(k);
+                CsrfKey::new(&h.finalize())
+            }
+            None => CsrfKey::random(),
+        };
+        Ok(Auth {
+            keys,
+            checker: Checker::start(hash_threads.max(1), hash_queue.max(1))?,
+            relay: Relay::start(2, 1024)?,
+            csrf,
+            relay_writer: Arc::new(Mutex::new(relay_writer)),
+        })
+    }
+}
