@@ -593,4 +593,83 @@ mod tests {
             f(b"\xff\r\n");
         }
     }
+
+    /// Writes the `session_cookie` seeds (`fuzz/seeds/session_cookie/`): `Cookie` headers holding real
+    /// session tokens of [`token_ring`], bearer values, and login-session record values. Run by hand
+    /// (`cargo test --lib write_session_cookie_seeds -- --ignored`) when the formats change.
+    #[test]
+    #[ignore]
+    fn write_session_cookie_seeds() {
+        use crate::auth::session::{LoginSession, UpstreamTokens};
+        use crate::auth::token::{Claims, TokenKind};
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/session_cookie");
+        std::fs::create_dir_all(&dir).unwrap();
+        let seal = |kind| {
+            token_ring()
+                .seal(&Claims {
+                    kind,
+                    user: "alice".into(),
+                    tenant: "demo".into(),
+                    session: *b"0123456789abcdef",
+                    issued: TOKEN_T0,
+                    expires: TOKEN_T0 + 7200,
+                    audience: TOKEN_AUDIENCE.into(),
+                    generation: 0,
+                })
+                .unwrap()
+        };
+        let session = seal(TokenKind::Session);
+        let access = seal(TokenKind::Access);
+        let mut record = LoginSession {
+            user: "alice".into(),
+            tenant: "demo".into(),
+            roles: vec!["user".into()],
+            groups: vec!["staff".into()],
+            created: 1,
+            last_seen: 2,
+            idle: 1800,
+            absolute: 43_200,
+            refresh_gen: 3,
+            upstream: None,
+        };
+        let plain = record.encode();
+        record.upstream = Some(UpstreamTokens {
+            access: "acc-1".into(),
+            refresh: Some("ref-1".into()),
+            expires: 99,
+        });
+        let relayed = record.encode();
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "cookie_session",
+                format!("tether_session={session}").into_bytes(),
+            ),
+            (
+                "cookie_among_others",
+                format!("a=1; tether_session={session}; b=2").into_bytes(),
+            ),
+            (
+                "cookie_quoted",
+                format!("tether_session=\"{session}\"").into_bytes(),
+            ),
+            (
+                "cookie_access_token",
+                format!("tether_session={access}").into_bytes(),
+            ),
+            ("cookie_empty", b"tether_session=".to_vec()),
+            (
+                "cookie_twice",
+                format!("tether_session=x; tether_session={session}").into_bytes(),
+            ),
+            ("bearer_access", format!("Bearer {access}").into_bytes()),
+            ("bearer_session", format!("bearer {session}").into_bytes()),
+            ("record_plain", plain),
+            ("record_relayed", relayed),
+            ("record_truncated", record.encode()[..20].to_vec()),
+        ];
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
 }

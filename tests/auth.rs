@@ -554,3 +554,61 @@ fn login_storm_does_not_slow_plain_requests_on_the_same_worker() {
         "{slow} of {total} plain requests took over {threshold:?} during a storm of {n} logins"
     );
 }
+
+#[test]
+fn self_registration_adds_a_user_who_can_log_in() {
+    let backend = identity_backend();
+    // Closed by default: 404.
+    let t = Tether::start(&auth_config(&[backend.addr], ""));
+    let r = post(
+        t.addr,
+        "/.tether/register",
+        "application/json",
+        r#"{"username":"carol","password":"a long passphrase"}"#,
+        "",
+    );
+    assert_eq!(r.status, 404);
+    drop(t);
+
+    let config = auth_config(&[backend.addr], "").replace(
+        "[pools.demo]\n",
+        "[pools.demo]\nself_registration = true\nmin_password_length = 12\n",
+    );
+    let t = Tether::start(&config);
+    let register = |user: &str, password: &str| {
+        post(
+            t.addr,
+            "/.tether/register",
+            "application/json",
+            &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
+            "Accept: application/json\r\n",
+        )
+    };
+    // The pool's rules: too short, a common password, a bad name, a taken name.
+    assert_eq!(json(&register("carol", "short"))["error"], "weak_password");
+    assert_eq!(
+        json(&register("carol", "q1w2e3r4t5y6"))["error"],
+        "weak_password"
+    );
+    assert_eq!(
+        json(&register("../x", "a long passphrase"))["error"],
+        "invalid_username"
+    );
+    let taken = register("alice", "a long passphrase");
+    assert_eq!(taken.status, 409);
+    // A new user, who can then log in (and the file's users still can).
+    let r = register("carol", "a long passphrase");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(register("carol", "another long one").status, 409);
+    let login = form_login(t.addr, "carol", "a%20long%20passphrase");
+    assert_eq!(login.status, 303, "{}", login.text());
+    let r = get_with(
+        t.addr,
+        "/mail/",
+        &format!("Cookie: {}\r\n", session_cookie(&login)),
+    );
+    assert_eq!(field(&r.text(), "user"), "carol");
+    assert_eq!(field(&r.text(), "roles"), "");
+    assert_eq!(form_login(t.addr, "carol", "wrong-passphrase").status, 401);
+    assert_eq!(form_login(t.addr, "alice", "tether-demo").status, 303);
+}

@@ -33,10 +33,29 @@ pub type Done = Box<dyn FnOnce(bool) + Send>;
 #[error("the password checker is busy: too many logins at once")]
 pub struct Busy;
 
+/// Other argon2 work for the pool's threads: hashing a new password (self-registration), with the
+/// result handed back by the closure itself.
+pub type Task = Box<dyn FnOnce() + Send>;
+
+/// What the pool's threads run.
+enum Job {
+    Check(Check, Done),
+    Task(Task),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Check(c, _) => c.fmt(f),
+            Job::Task(_) => f.write_str("Job::Task"),
+        }
+    }
+}
+
 /// The pool.
 #[derive(Debug)]
 pub struct Checker {
-    jobs: Option<Sender<(Check, Done)>>,
+    jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -46,13 +65,16 @@ impl Checker {
         let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
-            let rx: Receiver<(Check, Done)> = rx.clone();
+            let rx: Receiver<Job> = rx.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("password-{i}"))
                     .spawn(move || {
-                        for (check, done) in rx {
-                            done(run(check));
+                        for job in rx {
+                            match job {
+                                Job::Check(check, done) => done(run(check)),
+                                Job::Task(task) => task(),
+                            }
                         }
                     })?,
             );
@@ -68,7 +90,18 @@ impl Checker {
         let Some(jobs) = &self.jobs else {
             return Err(Busy);
         };
-        match jobs.try_send((check, done)) {
+        match jobs.try_send(Job::Check(check, done)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+
+    /// Queues other argon2 work (hashing a new password) on the same threads and the same bounded queue.
+    pub fn submit_task(&self, task: Task) -> Result<(), Busy> {
+        let Some(jobs) = &self.jobs else {
+            return Err(Busy);
+        };
+        match jobs.try_send(Job::Task(task)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
         }

@@ -1,5 +1,6 @@
 //! tether's own login endpoints, answered on any listener once pools are configured:
-//! `GET|POST /.tether/login`, `POST /.tether/logout`, `POST /.tether/token`, `GET /.tether/jwks.json` —
+//! `GET|POST /.tether/login`, `POST /.tether/logout`, `POST /.tether/token`, `GET /.tether/jwks.json`,
+//! and `POST /.tether/register` for a pool with `self_registration` —
 //! and the answers the auth stage gives a request it cannot let through (redirect to the login page, 401,
 //! 403).
 //!
@@ -42,6 +43,13 @@ pub(crate) enum Progress {
     },
     /// Waiting for a relayed upstream token's refresh (the auth stage).
     Refreshing { outcome: Arc<Outcome> },
+    /// Waiting for a new user's password hash (self-registration).
+    Registering {
+        outcome: Arc<Outcome>,
+        pool: usize,
+        username: String,
+        json: bool,
+    },
 }
 
 /// What another thread hands back to a waiting request.
@@ -56,6 +64,8 @@ pub(crate) struct Outcome {
 enum Verdict2 {
     Password(bool),
     Upstream(Result<UpstreamToken, RelayError>),
+    /// A new password's PHC string (`None`: hashing failed).
+    Hashed(Option<String>),
 }
 
 impl Outcome {
@@ -97,6 +107,7 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
         b"/.tether/login" => login(r, &settings, auth),
         b"/.tether/logout" => logout(r, &settings, auth),
         b"/.tether/token" => refresh(r, &settings, auth),
+        b"/.tether/register" => register(r, &settings, auth),
         b"/.tether/jwks.json" => match r.head.method {
             crate::http::Method::Get | crate::http::Method::Head => {
                 let jwks = auth.keys.identity().jwks.clone();
@@ -413,9 +424,91 @@ fn find_user(r: &Request<'_>, pool: &Pool, name: &str) -> Option<super::users::U
         return Some(u.clone());
     }
     let store = r.cx.store?;
-    let key = format!("{}/{name}", pool.tenant);
-    let record = store.get(Kind::User, key.as_bytes(), r.cx.unix_now)?;
+    let record = store.get(Kind::User, user_key(pool, name).as_bytes(), r.cx.unix_now)?;
     serde_json::from_slice(record.value.as_deref()?).ok()
+}
+
+/// A stored user's record key: `TENANT/NAME`.
+fn user_key(pool: &Pool, name: &str) -> String {
+    format!("{}/{name}", pool.tenant)
+}
+
+/// `POST /.tether/register` (pools with `self_registration = true`; 404 otherwise): a new user with the
+/// given `username` and `password` (form or JSON, as a login), no roles. The name must be free and valid,
+/// the password must pass the pool's rules (400 with the rule's reason); the hash is made on the checker's
+/// threads, and the user is written to the replicated store with the sync class (every node can then log
+/// the user in). 201 (JSON) or 303 to the login page.
+fn register(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verdict {
+    if let Some(p) = r.plan.auth.take() {
+        return resume(r, settings, auth, *p);
+    }
+    let pool_index = pool_of(r, settings);
+    let Some(pool) = settings.pools.get(pool_index) else {
+        return text(404, "no user pool");
+    };
+    if !pool.self_registration || pool.upstream.is_some() {
+        return text(404, "registration is not open");
+    }
+    if r.head.method != crate::http::Method::Post {
+        return method_not_allowed("POST");
+    }
+    let Some(body) = r.body else {
+        return Verdict::Wait(Wait::Body {
+            limit: super::login_form::MAX_BODY_LEN,
+        });
+    };
+    if cross_site(r) {
+        return text(403, "cross-site registration refused");
+    }
+    let content_type = header(r, "content-type").unwrap_or("");
+    let json = wants_json(r)
+        || super::login_form::body_kind(content_type)
+            .is_ok_and(|k| k == super::login_form::BodyKind::Json);
+    let bad = |status: u16, error: &str, msg: &str| {
+        if json {
+            answer(json_error(status, error, msg))
+        } else {
+            text(status, msg)
+        }
+    };
+    let form = match super::login_form::parse_login_body(content_type, body) {
+        Ok(f) => f,
+        Err(e) => return bad(400, "invalid_request", &format!("bad registration: {e}")),
+    };
+    if let Err(e) = super::users::check_name(&form.username) {
+        return bad(400, "invalid_username", &format!("user name {e}"));
+    }
+    if let Err(e) = pool.rules.check(&form.password, &form.username) {
+        return bad(400, "weak_password", &e.to_string());
+    }
+    if find_user(r, pool, &form.username).is_some() {
+        return bad(409, "user_exists", "that user name is taken");
+    }
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let outcome = Outcome::new(ticket.clone());
+    let o = outcome.clone();
+    let password = form.password;
+    let task = Box::new(move || {
+        o.set(Verdict2::Hashed(super::password::hash(&password).ok()));
+    });
+    if auth.checker.submit_task(task).is_err() {
+        let mut reply = json_error(503, "temporarily_unavailable", "too many requests at once");
+        reply.headers.push(("Retry-After", "1".into()));
+        return answer(reply);
+    }
+    r.plan.auth = Some(Box::new(Progress::Registering {
+        outcome,
+        pool: pool_index,
+        username: form.username,
+        json,
+    }));
+    Verdict::Wait(Wait::Ticket {
+        ticket,
+        until: r.cx.now + CHECK_TIMEOUT,
+        on_timeout: Some(Termination::WaitTimeout),
+    })
 }
 
 fn relay_upstream(up: &super::settings::UpstreamAuth) -> super::relay::Upstream {
@@ -442,6 +535,51 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
         Progress::Refreshing { .. } => Verdict::Answer(Answer::Refuse(Termination::Internal(
             "refresh progress at an endpoint",
         ))),
+        Progress::Registering {
+            outcome,
+            pool,
+            username,
+            json,
+        } => {
+            let Some(pool) = settings.pools.get(pool) else {
+                return text(503, "the user pool changed; try again");
+            };
+            let Some(Verdict2::Hashed(Some(hash))) = outcome.verdict.get() else {
+                return text(503, "could not hash the password; try again");
+            };
+            let user = super::users::User {
+                name: username.clone(),
+                hash: hash.clone(),
+                roles: Vec::new(),
+                groups: Vec::new(),
+            };
+            let Some(store) = r.cx.store else {
+                return Verdict::Answer(Answer::Refuse(Termination::Internal("no store")));
+            };
+            let Ok(value) = serde_json::to_vec(&user) else {
+                return Verdict::Answer(Answer::Refuse(Termination::Internal("user encoding")));
+            };
+            let record = Record {
+                kind: Kind::User,
+                key: user_key(pool, &username).into_bytes().into(),
+                version: store.version(),
+                expires: 0,
+                value: Some(value.into()),
+            };
+            log::info!("register: user {username:?} added to {}", pool.tenant);
+            let reply = if json {
+                Reply::new(
+                    201,
+                    "application/json",
+                    serde_json::json!({ "registered": username }).to_string(),
+                )
+            } else {
+                let mut reply = Reply::new(303, "text/plain", "registered\n");
+                reply.headers.push(("Location", "/.tether/login".into()));
+                reply
+            };
+            write_then_answer(r, Some(record), reply)
+        }
         Progress::Checking { outcome, login } => {
             let pool = match settings.pools.get(login.pool) {
                 Some(p) => p,
@@ -486,7 +624,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                         ))
                     };
                 }
-                None => return text(503, "login check lost"),
+                None | Some(Verdict2::Hashed(_)) => return text(503, "login check lost"),
             };
             let now = r.cx.unix_now;
             let session = LoginSession {
@@ -524,7 +662,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 reply.headers.push(("Location", login.return_to.clone()));
                 reply.headers.push((
                     "Set-Cookie",
-                    session_cookie(settings, &cookie, login.tls, settings.max_lifetime),
+                    session_cookie(&settings.cookie, &cookie, login.tls, settings.max_lifetime),
                 ));
                 reply.headers.push(("Cache-Control", "no-store".into()));
                 reply
@@ -540,17 +678,18 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
 }
 
 /// The `Set-Cookie` value of the session cookie.
-fn session_cookie(settings: &AuthSettings, value: &str, tls: bool, max_age: u32) -> String {
+/// `SameSite=Lax`: the cookie comes along when a user follows a link to the site (a mail notification),
+/// not on cross-site posts; `Secure` on TLS listeners (a browser would refuse it on plain HTTP).
+fn session_cookie(name: &str, value: &str, tls: bool, max_age: u32) -> String {
     format!(
-        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
-        settings.cookie,
+        "{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
         if tls { "; Secure" } else { "" }
     )
 }
 
 /// The `Set-Cookie` value that deletes the session cookie.
 pub(crate) fn clear_cookie(settings: &AuthSettings, tls: bool) -> String {
-    session_cookie(settings, "", tls, 0)
+    session_cookie(&settings.cookie, "", tls, 0)
 }
 
 /// Seals one token of `session`.
@@ -1018,6 +1157,18 @@ mod tests {
         assert!(refresh_token_of(form, b"x=1").is_err());
         assert!(refresh_token_of("text/plain", b"refresh_token=t").is_err());
         assert!(refresh_token_of("application/json", b"{").is_err());
+    }
+
+    #[test]
+    fn cookie_flags() {
+        let plain = session_cookie("tether_session", "v", false, 60);
+        assert_eq!(
+            plain,
+            "tether_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"
+        );
+        let tls = session_cookie("tether_session", "v", true, 60);
+        assert!(tls.ends_with("; Secure"), "{tls}");
+        assert_eq!(csrf_cookie(true), "__Host-tether_csrf");
     }
 
     #[test]

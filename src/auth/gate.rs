@@ -199,6 +199,7 @@ fn build_identity(
 ) -> Option<Identity> {
     use base64::Engine;
     let rings = auth.keys.identity();
+    let ttl = settings.identity_ttl.min(auth.identity_ttl_max).max(1);
     let claims = super::identity::IdentityClaims {
         sub: session.user.clone(),
         tenant: session.tenant.clone(),
@@ -206,7 +207,7 @@ fn build_identity(
         iss: settings.issuer.to_string(),
         aud: settings.audience.to_string(),
         iat: u64::from(now),
-        exp: u64::from(now) + u64::from(settings.identity_ttl),
+        exp: u64::from(now) + u64::from(ttl),
         sid: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session_id)),
     };
     let headers = match super::identity::identity_headers(&claims, &settings.headers) {
@@ -237,7 +238,7 @@ fn build_identity(
     Some(Identity {
         block: block.into(),
         upstream: (!upstream.is_empty()).then(|| upstream.into()),
-        renew_at: now.saturating_add((settings.identity_ttl / 2).max(1)),
+        renew_at: now.saturating_add((ttl / 2).max(1)),
         keys_generation: rings.generation,
     })
 }

@@ -19,6 +19,9 @@ pub struct Auth {
     /// before any waiting request is woken (so a request arriving meanwhile never starts a second
     /// refresh). Only relay threads lock it, never a worker.
     pub relay_writer: Arc<Mutex<StoreWriter>>,
+    /// The identity-token lifetime the key rings were made for (seconds): a reload may shorten tokens'
+    /// lives, not lengthen them past what the published keys cover.
+    pub identity_ttl_max: u32,
 }
 
 impl Auth {
@@ -30,6 +33,7 @@ impl Auth {
         hash_queue: usize,
         cookie_key: Option<&[u8]>,
         relay_writer: StoreWriter,
+        identity_ttl_max: u32,
     ) -> std::io::Result<Auth> {
         let csrf = match cookie_key {
             // Not the cookie key itself: CsrfKey domain-separates what it MACs, and a hash keeps the two
@@ -49,6 +53,7 @@ impl Auth {
             relay: Relay::start(2, 1024)?,
             csrf,
             relay_writer: Arc::new(Mutex::new(relay_writer)),
+            identity_ttl_max,
         })
     }
 }

@@ -330,6 +330,7 @@ impl Server {
                     settings.hash_queue,
                     cookie_key.as_ref().map(|k| k.as_slice()),
                     relay_writer,
+                    settings.identity_ttl,
                 )?))
             }
             None => None,
@@ -474,6 +475,44 @@ impl Server {
         ] {
             if changed {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
+            }
+        }
+        // Logins: the checker's threads and the key keeper were set up at start; pools and routes reload.
+        if self.auth_keeper.is_none() && !new.pools.is_empty() {
+            log::error!(
+                "reload: [pools] added to a balancer started without any: logins need a restart"
+            );
+            log::error!("reload refused (1 error); the running configuration stays");
+            return;
+        }
+        let (old_auth, new_auth) = (
+            self.config.auth.clone().unwrap_or_default(),
+            new.auth.clone().unwrap_or_default(),
+        );
+        for (key, changed) in [
+            (
+                "auth.hash_threads",
+                old_auth.hash_threads != new_auth.hash_threads,
+            ),
+            (
+                "auth.hash_queue",
+                old_auth.hash_queue != new_auth.hash_queue,
+            ),
+            (
+                "auth.key_rotation",
+                old_auth.key_rotation != new_auth.key_rotation,
+            ),
+            (
+                "auth.max_lifetime (for key retirement; sessions use the new value)",
+                old_auth.max_lifetime != new_auth.max_lifetime,
+            ),
+            (
+                "auth.identity_token_ttl (until then identity tokens live at most the start value)",
+                old_auth.identity_token_ttl != new_auth.identity_token_ttl,
+            ),
+        ] {
+            if changed && self.auth_keeper.is_some() {
+                log::warn!("reload: changes to {key} need a restart");
             }
         }
         let cluster = match cluster_reload::merge(&self.config.cluster, new.cluster.clone()) {

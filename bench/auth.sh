@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Logins at the balancer (issue #14), on loopback, in one run: a lone tether node and a pair of clustered
+# nodes (a, b), each with one worker and the example users (configs/cluster/users.toml), in front of an
+# nginx backend answering 200 "ok".
+#
+#   1. Authenticated keep-alive against plain keep-alive, same node, same run: tether-bench closed loop
+#      (--connections, --duration) on GET /open/x (a route with auth = "none"), GET /mail/x with the
+#      session cookie, GET /mail/x with a bearer access token (auth = "login": the token checked, the
+#      session looked up in the store, identity headers and the JWT added), then /open/x again. --rounds
+#      rounds; the medians and the ratios to plain.
+#   2. Logins per second per core: the lone node with [auth] hash_threads = 1 (one argon2 thread) under
+#      8 concurrent clients posting correct credentials for --duration; the argon2 parameters are
+#      printed (m, t, p from the users file's hashes).
+#   3. The sync write's cost on a login: a session is written with the sync class, and the answer leaves
+#      once a replica acknowledged it. Measured on refresh (POST /.tether/token), which writes the session
+#      record exactly as a login does but without the 25 ms of argon2 that would drown the difference:
+#      2000 sequential refreshes on node a (ack from b) and on the lone node (no peer: acknowledged at
+#      once); p50 / p99 of both and the difference. Logins themselves (200 sequential) on both, too.
+#
+# Usage: bench/auth.sh [--duration 10s] [--connections 50] [--rounds 3] [--port-base 19500]
+# Needs nginx and python3. Binaries come from ${CARGO_TARGET_DIR:-target}/release (built first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=10s
+CONNECTIONS=50
+ROUNDS=3
+PORT_BASE=19500
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --port-base) PORT_BASE=$2; shift 2 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+SECS=${DURATION%s}
+P_NGINX=$((PORT_BASE + 1)); P_LONE=$((PORT_BASE + 80)); P_A=$((PORT_BASE + 81)); P_B=$((PORT_BASE + 82))
+R_A=$((PORT_BASE + 181)); R_B=$((PORT_BASE + 182))
+for p in $P_NGINX $P_LONE $P_A $P_B $R_A $R_B; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "port $p is in use (another run?); try --port-base" >&2; exit 1
+  fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "nginx is needed (apt-get install nginx)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+
+echo "building release binaries" >&2
+cargo build --release -q -p tether -p tether-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+TETHER="$TARGET_DIR/release/tether"
+BENCH="$TARGET_DIR/release/tether-bench"
+
+WORK=$(mktemp -d /tmp/tether-auth.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$TETHER" certs cluster --nodes a,b --out "$WORK/certs" >/dev/null
+mkdir -p "$WORK/backend"
+cat > "$WORK/backend/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    location / { default_type text/plain; return 200 "ok"; }
+  }
+}
+EOF
+"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
+PIDS+=($!)
+
+common() {
+  cat <<EOF
+[workers]
+count = 1
+[access_log]
+enabled = false
+[sessions]
+cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
+[auth]
+hash_threads = 1
+hash_queue = 64
+[pools.demo]
+users = "$ROOT/configs/cluster/users.toml"
+[clusters.app]
+backends = [{ address = "127.0.0.1:$P_NGINX" }]
+[[routes]]
+path_prefix = "/mail/"
+cluster = "app"
+auth = "login"
+[[routes]]
+path_prefix = "/"
+cluster = "app"
+EOF
+}
+node() { # name listen-port repl-port peer peer-repl-port
+  common
+  cat <<EOF
+[[listeners]]
+address = "127.0.0.1:$2"
+[cluster]
+name = "bench"
+node = "$1"
+listen = "127.0.0.1:$3"
+ready_timeout = "3s"
+peers = [{ name = "$4", address = "127.0.0.1:$5" }]
+[cluster.tls]
+ca = "$WORK/certs/ca.crt"
+cert = "$WORK/certs/$1.crt"
+key = "$WORK/certs/$1.key"
+EOF
+}
+{ common; printf '[[listeners]]\naddress = "127.0.0.1:%s"\n' $P_LONE; } > "$WORK/lone.toml"
+node a $P_A $R_A b $R_B > "$WORK/a.toml"
+node b $P_B $R_B a $R_A > "$WORK/b.toml"
+for n in lone a b; do
+  TETHER_LOG=info "$TETHER" run -c "$WORK/$n.toml" > "$WORK/$n.log" 2>&1 &
+  PIDS+=($!)
+done
+for n in lone a b; do
+  for _ in $(seq 200); do grep -q "listening on" "$WORK/$n.log" 2>/dev/null && break; sleep 0.05; done
+  grep -q "listening on" "$WORK/$n.log" || { echo "node $n did not start:" >&2; tail -5 "$WORK/$n.log" >&2; exit 1; }
+done
+for _ in $(seq 100); do grep -q "link with a up" "$WORK/b.log" 2>/dev/null && break; sleep 0.1; done
+
+# Credentials for the keep-alive runs: a session cookie (form login) and a bearer token (JSON login).
+read -r COOKIE BEARER < <(python3 - "$P_LONE" <<'EOF'
+import http.client, json, sys
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port)
+c.request("POST", "/.tether/login", "username=alice&password=tether-demo",
+          {"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse(); r.read()
+cookie = [v.split(";")[0] for k, v in r.getheaders() if k.lower() == "set-cookie" and v.startswith("tether_session=")][0]
+c.request("POST", "/.tether/login", json.dumps({"username": "alice", "password": "tether-demo"}),
+          {"Content-Type": "application/json", "Accept": "application/json"})
+r = c.getresponse(); token = json.loads(r.read())["access_token"]
+print(cookie, token)
+EOF
+)
+
+run() { # label url [header]
+  local out="$WORK/run.json"
+  if [ -n "${3:-}" ]; then
+    "$BENCH" -q --json -t1 -c"$CONNECTIONS" -d"$DURATION" -H "$3" "$2" > "$out" 2>/dev/null
+  else
+    "$BENCH" -q --json -t1 -c"$CONNECTIONS" -d"$DURATION" "$2" > "$out" 2>/dev/null
+  fi
+  python3 - "$out" "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+errors = sum(v for k, v in r["status"].items() if not k.startswith("2")) + r["errors"]["total"]
+lat = r["latency_us"]
+print(f"{sys.argv[2]} {r['requests_per_sec']:.0f} {lat.get('p50', 0)} {lat.get('p99', 0)} {errors}")
+EOF
+}
+
+echo "== keep-alive, lone node, 1 worker, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds =="
+: > "$WORK/ka.txt"
+for round in $(seq "$ROUNDS"); do
+  run plain "http://127.0.0.1:$P_LONE/open/x" | tee -a "$WORK/ka.txt"
+  run cookie "http://127.0.0.1:$P_LONE/mail/x" "Cookie: $COOKIE" | tee -a "$WORK/ka.txt"
+  run bearer "http://127.0.0.1:$P_LONE/mail/x" "Authorization: Bearer $BEARER" | tee -a "$WORK/ka.txt"
+  run plain "http://127.0.0.1:$P_LONE/open/x" | tee -a "$WORK/ka.txt"
+done
+python3 - "$WORK/ka.txt" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for label, rps, p50, p99, errors in rows:
+    by.setdefault(label, []).append((float(rps), float(p50), float(p99), int(errors)))
+med = {k: statistics.median(r[0] for r in v) for k, v in by.items()}
+for k in ("plain", "cookie", "bearer"):
+    v = by[k]
+    print(f"{k:7s} median {med[k]:9.0f} req/s  p50 {statistics.median(r[1] for r in v):6.0f} us  "
+          f"p99 {statistics.median(r[2] for r in v):6.0f} us  non-2xx {sum(r[3] for r in v)}")
+for k in ("cookie", "bearer"):
+    print(f"{k} / plain: {med[k] / med['plain']:.3f}")
+EOF
+
+echo "== logins per second, lone node, one argon2 thread, 8 clients, $DURATION =="
+python3 - "$P_LONE" "$SECS" "$ROOT/configs/cluster/users.toml" <<'EOF'
+import http.client, re, sys, threading, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+params = re.search(r"\$argon2id\$v=19\$(m=\d+,t=\d+,p=\d+)", open(sys.argv[3]).read()).group(1)
+ok = [0] * 8; other = [0] * 8
+end = time.monotonic() + secs
+def client(i):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    while time.monotonic() < end:
+        c.request("POST", "/.tether/login", '{"username":"alice","password":"tether-demo"}',
+                  {"Content-Type": "application/json", "Accept": "application/json"})
+        r = c.getresponse(); r.read()
+        if r.status == 200: ok[i] += 1
+        else: other[i] += 1
+ts = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+start = time.monotonic()
+for t in ts: t.start()
+for t in ts: t.join()
+took = time.monotonic() - start
+print(f"argon2id {params}: {sum(ok) / took:.1f} logins/s on one hash thread (one core); "
+      f"{sum(ok)} logins, {sum(other)} other answers (503 busy) in {took:.1f} s")
+EOF
+
+echo "== the sync write on a login: refresh and login latency, node a (acked by b) vs lone =="
+python3 - "$P_A" "$P_LONE" <<'EOF'
+import http.client, json, sys, time
+def pct(v, p):
+    v = sorted(v); return v[min(len(v) - 1, int(len(v) * p))]
+def measure(port):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    login = lambda: (c.request("POST", "/.tether/login", '{"username":"alice","password":"tether-demo"}',
+                     {"Content-Type": "application/json", "Accept": "application/json"}), c.getresponse())[1]
+    r = login(); tokens = json.loads(r.read()); assert r.status == 200, r.status
+    refresh = tokens["refresh_token"]; times = []
+    for i in range(2100):
+        t = time.perf_counter()
+        c.request("POST", "/.tether/token", "grant_type=refresh_token&refresh_token=" + refresh,
+                  {"Content-Type": "application/x-www-form-urlencoded"})
+        r = c.getresponse(); body = r.read()
+        if i >= 100: times.append((time.perf_counter() - t) * 1e6)
+        assert r.status == 200, (r.status, body)
+        refresh = json.loads(body)["refresh_token"]
+    logins = []
+    for i in range(200):
+        t = time.perf_counter(); r = login(); r.read(); logins.append((time.perf_counter() - t) * 1e6)
+        assert r.status == 200
+    return times, logins
+a_ref, a_log = measure(int(sys.argv[1]))
+l_ref, l_log = measure(int(sys.argv[2]))
+for name, a, l in (("refresh", a_ref, l_ref), ("login", a_log, l_log)):
+    print(f"{name:8s} node a (sync ack from b): p50 {pct(a, .5):7.0f} us p99 {pct(a, .99):7.0f} us | "
+          f"lone: p50 {pct(l, .5):7.0f} us p99 {pct(l, .99):7.0f} us | "
+          f"added p50 {pct(a, .5) - pct(l, .5):+6.0f} us p99 {pct(a, .99) - pct(l, .99):+6.0f} us")
+EOF
