@@ -631,6 +631,7 @@ mod tests {
             idle: 1800,
             absolute: 43_200,
             refresh_gen: 3,
+            refreshed: 2,
             upstream: None,
         };
         let plain = record.encode();

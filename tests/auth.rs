@@ -1,8 +1,9 @@
 //! Logins at the balancer, end to end (issue #14): the real `tether` binary with a users file, real
 //! backends on loopback. Login success and failure, cookie flags, redirect vs 401 vs 403, spoofed identity
 //! headers, the identity JWT checked by a stock JWT crate against the JWKS, refresh rotation and reuse
-//! detection, revocation across a three-node cluster, a login that survives kill -9 of its node, a relayed
-//! upstream token, and a login storm beside plain traffic.
+//! detection, revocation across a three-node cluster, a login that survives kill -9 of its node,
+//! self-registration, and a login storm beside plain traffic. The relayed upstream token has its own file
+//! (`tests/auth_relay.rs`).
 
 mod common;
 
@@ -391,7 +392,25 @@ fn bearer_tokens_refresh_rotation_and_reuse_detection() {
     );
     assert_eq!(r.status, 200);
 
-    // The first refresh token again: reuse. The whole session is revoked.
+    // The first refresh token again, moments later: a parallel refresh or a retry, not a theft. It gets
+    // tokens of the current generation, and nobody is logged out.
+    let r = refresh(&refresh1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let twin = json(&r);
+    let r = get_with(
+        t.addr,
+        "/admin/x",
+        &format!(
+            "Authorization: Bearer {}\r\n",
+            twin["access_token"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(r.status, 200);
+    // The chain goes on; then the first refresh token, now two generations old: reuse. The whole
+    // session is revoked.
+    let r = refresh(&refresh2);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let refresh3 = json(&r)["refresh_token"].as_str().unwrap().to_string();
     let r = refresh(&refresh1);
     assert_eq!(r.status, 401);
     assert_eq!(json(&r)["error"], "invalid_grant");
@@ -404,7 +423,7 @@ fn bearer_tokens_refresh_rotation_and_reuse_detection() {
         assert_eq!(r.status, 401, "a token of the revoked session still works");
     }
     assert_eq!(
-        refresh(&refresh2).status,
+        refresh(&refresh3).status,
         401,
         "the newest refresh token died too"
     );

@@ -25,6 +25,9 @@ use std::time::Duration;
 
 /// How long a login waits for the checker or the upstream before a 503.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a rotation the refresh token just before the current one is still honoured (parallel
+/// refreshes, a retry after a lost answer); older ones, or later, are a reuse.
+const REFRESH_GRACE: u32 = 10;
 /// How long a CSRF token from the login page stays good.
 const FORM_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -156,14 +159,17 @@ fn wants_html(r: &Request<'_>) -> bool {
     header(r, "accept").is_some_and(|a| a.contains("text/html"))
 }
 
-/// The pool an endpoint serves (see the module docs).
+/// The pool an endpoint serves (see the module docs); `usize::MAX` (no pool) when none fits.
 fn pool_of(r: &Request<'_>, settings: &AuthSettings) -> usize {
     let host = r.head.authority.map(|a| a.of(r.bytes)).unwrap_or(b"");
-    let host = match host.iter().rposition(|&b| b == b':') {
-        Some(i) if !host.ends_with(b"]") => &host[..i],
-        _ => host,
-    };
-    settings.pool_for_host(host).unwrap_or(0)
+    settings.pool_for_host(host).unwrap_or(usize::MAX)
+}
+
+fn no_pool() -> Verdict {
+    text(
+        404,
+        "no user pool for this host (list it in pools.NAME.hosts)",
+    )
 }
 
 /// A cross-site browser request, which a login or logout form post must not be: the browser says so
@@ -244,7 +250,6 @@ fn login_page(
             if tls { "; Secure" } else { "" }
         ),
     ));
-    reply.headers.push(("Cache-Control", "no-store".into()));
     reply.headers.push((
         "Content-Security-Policy",
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
@@ -281,7 +286,7 @@ fn form_decode(v: &[u8]) -> Option<String> {
 fn login(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verdict {
     let pool_index = pool_of(r, settings);
     let Some(pool) = settings.pools.get(pool_index) else {
-        return text(404, "no user pool");
+        return no_pool();
     };
     if let Some(p) = r.plan.auth.take() {
         return resume(r, settings, auth, *p);
@@ -444,7 +449,7 @@ fn register(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> V
     }
     let pool_index = pool_of(r, settings);
     let Some(pool) = settings.pools.get(pool_index) else {
-        return text(404, "no user pool");
+        return no_pool();
     };
     if !pool.self_registration || pool.upstream.is_some() {
         return text(404, "registration is not open");
@@ -637,6 +642,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 idle: settings.idle_timeout,
                 absolute: now.saturating_add(settings.max_lifetime),
                 refresh_gen: 0,
+                refreshed: 0,
                 upstream,
             };
             let id = super::session::new_session_id();
@@ -664,7 +670,6 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                     "Set-Cookie",
                     session_cookie(&settings.cookie, &cookie, login.tls, settings.max_lifetime),
                 ));
-                reply.headers.push(("Cache-Control", "no-store".into()));
                 reply
             };
             log::info!(
@@ -751,9 +756,7 @@ fn token_reply(
         "refresh_expires_in": refresh_exp - now,
     })
     .to_string();
-    let mut reply = Reply::new(200, "application/json", body);
-    reply.headers.push(("Cache-Control", "no-store".into()));
-    Ok(reply)
+    Ok(Reply::new(200, "application/json", body))
 }
 
 /// A session's record: its value, or (`None`) its tombstone, which must outlive any value of the key.
@@ -823,7 +826,9 @@ fn logout(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ver
     if cross_site(r) {
         return text(403, "cross-site logout refused");
     }
-    let pool = &settings.pools[pool_of(r, settings).min(settings.pools.len() - 1)];
+    let Some(pool) = settings.pools.get(pool_of(r, settings)) else {
+        return no_pool();
+    };
     let json = wants_json(r) || !wants_html(r);
     let mut reply = if json {
         Reply::new(200, "application/json", "{\"logged_out\":true}")
@@ -921,7 +926,9 @@ fn refresh(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ve
         Ok(t) => t,
         Err(e) => return invalid(e),
     };
-    let pool = &settings.pools[pool_of(r, settings).min(settings.pools.len() - 1)];
+    let Some(pool) = settings.pools.get(pool_of(r, settings)) else {
+        return no_pool();
+    };
     let now = r.cx.unix_now;
     let grant = |msg: &str| answer(json_error(401, "invalid_grant", msg));
     let claims = match auth.keys.tokens().open.open(
@@ -946,6 +953,17 @@ fn refresh(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ve
         return grant("session ended");
     };
     if claims.generation != session.refresh_gen {
+        // The token just before the current one, moments after it rotated: a parallel refresh or a
+        // retry after a lost answer (oauth2-proxy logs users out here). It gets tokens of the current
+        // generation; nothing rotates, nothing is written.
+        let grace = claims.generation.wrapping_add(1) == session.refresh_gen
+            && now.saturating_sub(session.refreshed) <= REFRESH_GRACE;
+        if grace {
+            return match token_reply(auth, settings, &session, &claims.session, now) {
+                Ok(reply) => answer(reply),
+                Err(e) => e,
+            };
+        }
         // An older refresh token again: someone else holds a copy. Revoke the session, so neither the
         // thief nor the user keeps it.
         log::warn!(
@@ -962,6 +980,7 @@ fn refresh(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ve
     }
     let mut next = session;
     next.refresh_gen = next.refresh_gen.wrapping_add(1);
+    next.refreshed = now;
     next.last_seen = now;
     let reply = match token_reply(auth, settings, &next, &claims.session, now) {
         Ok(r) => r,
@@ -1011,7 +1030,6 @@ pub(crate) fn login_required(
             .headers
             .push(("Set-Cookie", clear_cookie(settings, r.cx.tls)));
     }
-    reply.headers.push(("Cache-Control", "no-store".into()));
     answer(reply)
 }
 

@@ -98,83 +98,88 @@ impl AuthCache {
             Credential::Cookie(_) => TokenKind::Session,
             Credential::Bearer(_) => TokenKind::Access,
         };
-        let fresh = match self.tokens.get(token) {
-            Some(e)
-                if e.kind == kind
-                    && e.token_expires > u64::from(now)
-                    && *e.tenant == *pool.tenant =>
+        // The common case: a token this worker verified before, still within its expiry. One lookup.
+        if let Some(entry) = self.tokens.get_mut(token) {
+            if entry.kind == kind
+                && entry.token_expires > u64::from(now)
+                && *entry.tenant == *pool.tenant
             {
-                false
+                let verified = entry.check(auth, settings, pool, store, now);
+                if verified.is_err() {
+                    self.tokens.remove(token);
+                }
+                return verified;
             }
-            Some(_) => {
-                self.tokens.remove(token);
-                true
-            }
-            None => true,
-        };
-        if fresh {
-            let claims = auth
-                .keys
-                .tokens()
-                .open
-                .open(token, u64::from(now), kind, &pool.tenant)
-                .map_err(Refusal::Token)?;
-            if claims.tenant != *pool.tenant {
-                return Err(Refusal::OtherTenant);
-            }
-            let record = store
-                .get(Kind::LoginSession, &claims.session, now)
-                .ok_or(Refusal::SessionGone)?;
-            let session = decode(&record)?;
-            if self.tokens.len() >= MAX_CACHED {
-                self.tokens.clear();
-            }
-            self.tokens.insert(
-                token.into(),
-                Entry {
-                    kind,
-                    session_id: claims.session,
-                    token_expires: claims.expires,
-                    tenant: pool.tenant.clone(),
-                    version: record.version,
-                    session: Rc::new(session),
-                    identity: None,
-                },
-            );
-        }
-        let Some(entry) = self.tokens.get_mut(token) else {
-            return Err(Refusal::SessionGone);
-        };
-        // The revocation check, on every request: the record must still be live.
-        let Some(record) = store.get(Kind::LoginSession, &entry.session_id, now) else {
             self.tokens.remove(token);
-            return Err(Refusal::SessionGone);
-        };
-        if record.version != entry.version {
-            entry.session = Rc::new(decode(&record)?);
-            entry.version = record.version;
-            entry.identity = None;
         }
-        let generation = auth.keys.identity().generation;
-        let stale = entry
-            .identity
-            .as_ref()
-            .is_none_or(|i| now >= i.renew_at || i.keys_generation != generation);
-        if stale {
-            entry.identity =
-                build_identity(auth, settings, pool, &entry.session, &entry.session_id, now);
+        let claims = auth
+            .keys
+            .tokens()
+            .open
+            .open(token, u64::from(now), kind, &pool.tenant)
+            .map_err(Refusal::Token)?;
+        if claims.tenant != *pool.tenant {
+            return Err(Refusal::OtherTenant);
         }
-        Ok(Verified {
-            session_id: entry.session_id,
-            session: entry.session.clone(),
-            identity: entry.identity.as_ref().map(|i| i.block.clone()),
-            upstream: entry.identity.as_ref().and_then(|i| i.upstream.clone()),
-        })
+        let record = store
+            .get(Kind::LoginSession, &claims.session, now)
+            .ok_or(Refusal::SessionGone)?;
+        let session = decode(&record)?;
+        if self.tokens.len() >= MAX_CACHED {
+            self.tokens.clear();
+        }
+        let entry = self.tokens.entry(token.into()).or_insert(Entry {
+            kind,
+            session_id: claims.session,
+            token_expires: claims.expires,
+            tenant: pool.tenant.clone(),
+            version: record.version,
+            session: Rc::new(session),
+            identity: None,
+        });
+        entry.check(auth, settings, pool, store, now)
     }
 
     /// Forgets a token (its session was found revoked or was just revoked here).
     pub fn forget(&mut self, token: &[u8]) {
         self.tokens.remove(token);
+    }
+}
+
+impl Entry {
+    /// The revocation check (on every request: the session record must still be live), the session
+    /// re-read when its record changed, and the identity blocks rebuilt when stale.
+    fn check(
+        &mut self,
+        auth: &Auth,
+        settings: &AuthSettings,
+        pool: &Pool,
+        store: &StoreWriter,
+        now: u32,
+    ) -> Result<Verified, Refusal> {
+        let record = store
+            .get(Kind::LoginSession, &self.session_id, now)
+            .ok_or(Refusal::SessionGone)?;
+        if record.version != self.version {
+            self.session = Rc::new(decode(&record)?);
+            self.version = record.version;
+            self.identity = None;
+        }
+        let generation = auth.keys.identity().generation;
+        let stale = self
+            .identity
+            .as_ref()
+            .is_none_or(|i| now >= i.renew_at || i.keys_generation != generation);
+        if stale {
+            self.identity =
+                build_identity(auth, settings, pool, &self.session, &self.session_id, now);
+        }
+        Ok(Verified {
+            session_id: self.session_id,
+            session: self.session.clone(),
+            identity: self.identity.as_ref().map(|i| i.block.clone()),
+            upstream: self.identity.as_ref().and_then(|i| i.upstream.clone()),
+        })
     }
 }
 

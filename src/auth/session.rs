@@ -54,6 +54,9 @@ pub struct LoginSession {
     /// The generation of the current refresh token: a refresh token of an older generation presented
     /// again is a reuse (the session is revoked).
     pub refresh_gen: u32,
+    /// When the refresh token last rotated (seconds since the Unix epoch; 0: never): the token just
+    /// before the current one is still honoured for a short grace after that (parallel refreshes).
+    pub refreshed: u32,
     pub upstream: Option<UpstreamTokens>,
 }
 
@@ -93,6 +96,7 @@ impl LoginSession {
             self.idle,
             self.absolute,
             self.refresh_gen,
+            self.refreshed,
         ] {
             out.extend_from_slice(&n.to_be_bytes());
         }
@@ -128,6 +132,7 @@ impl LoginSession {
         let idle = r.u32()?;
         let absolute = r.u32()?;
         let refresh_gen = r.u32()?;
+        let refreshed = r.u32()?;
         let tenant = r.str8()?;
         let user = r.str8()?;
         if user.is_empty() {
@@ -171,6 +176,7 @@ impl LoginSession {
             idle,
             absolute,
             refresh_gen,
+            refreshed,
             upstream,
         })
     }
@@ -252,16 +258,16 @@ impl<'b> Credential<'b> {
     }
 }
 
-/// The login a request presents: a bearer access token first (an API client's explicit choice), else the
-/// session cookie named `cookie`. An `Authorization` header of another scheme is not ours (it may be for
-/// the backend) and is ignored.
+/// The login a request presents: a bearer access token of tether's first (an API client's explicit
+/// choice), else the session cookie named `cookie`. An `Authorization` header of another scheme, or a
+/// bearer token that is not a `v4.local` token, is not ours (it may be for the backend) and is ignored.
 pub fn credential<'b>(
     headers: &[Header],
     bytes: &'b [u8],
     cookie: &[u8],
 ) -> Option<Credential<'b>> {
     if let Some(v) = crate::http::head::find_header(headers, bytes, "authorization") {
-        if let Some(token) = bearer(v) {
+        if let Some(token) = bearer(v).filter(|t| t.starts_with(b"v4.local.")) {
             return Some(Credential::Bearer(token));
         }
     }
@@ -313,6 +319,7 @@ mod tests {
             idle: 1_800,
             absolute: 1_000 + 43_200,
             refresh_gen: 0,
+            refreshed: 0,
             upstream: None,
         }
     }

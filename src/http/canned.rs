@@ -23,7 +23,8 @@ pub fn write_canned(
 }
 
 /// Appends a response head tether writes itself (a canned answer, a reply of its own endpoints): status
-/// line, `Content-Type` (unless empty), `Content-Length`, `Cache-Control: no-store`, the extra headers,
+/// line, `Content-Type` (unless empty), `Content-Length`, `Cache-Control: no-store` (unless the extra headers
+/// set one), the extra headers,
 /// `Connection: close` when `close`, and the blank line. CR and LF in the extra headers are written as
 /// spaces, so neither can end a line early.
 pub fn write_head(
@@ -43,7 +44,13 @@ pub fn write_head(
         out.extend_from_slice(b"\r\n");
     }
     let _ = write!(out, "Content-Length: {content_length}\r\n");
-    out.extend_from_slice(b"Cache-Control: no-store\r\n");
+    // tether's answers are not to be cached, unless the caller says otherwise (the JWKS).
+    if !extra_headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+    {
+        out.extend_from_slice(b"Cache-Control: no-store\r\n");
+    }
     for (name, value) in extra_headers {
         extend_one_line(out, name.as_bytes());
         out.extend_from_slice(b": ");
