@@ -440,3 +440,27 @@ fn rejected_token_deletes_the_session() {
     assert_eq!(auth.refreshes(), 1, "no refresh for a session that ended");
     assert_eq!(backend.request_count(), 0, "nothing reached the backend");
 }
+
+#[test]
+fn short_lived_upstream_tokens_cost_one_refresh_per_request() {
+    // Every token the upstream issues is inside tether's 5 s margin: each request finds it due.
+    let auth = AuthServer::start(1, 1);
+    let backend = app_backend();
+    let t = Tether::start(&relay_config(backend.addr, auth.addr(), ""));
+    let cookie = session_cookie(&form_login(t.addr, USER, PASSWORD));
+    for (i, token) in ["acc-2", "acc-3"].iter().enumerate() {
+        let r = get_with(
+            t.addr,
+            &format!("/mail/{i}"),
+            &format!("Cookie: {cookie}\r\n"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        // The refreshed token goes to the backend at once, however short its life: the request is not
+        // sent round for another refresh.
+        assert_eq!(auth.refreshes(), i + 1, "request {i}");
+        assert_eq!(
+            authorizations(&backend, &format!("/mail/{i}")),
+            [[format!("Bearer {token}")]]
+        );
+    }
+}

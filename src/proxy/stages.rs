@@ -362,11 +362,14 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     let Some(pool) = settings.pools.get(policy.pool) else {
         return Verdict::Answer(Answer::Refuse(Termination::Internal("no such user pool")));
     };
+    // This request just waited for its session's upstream token to be refreshed, successfully.
+    let mut refreshed = false;
     if let Some(progress) = r.plan.auth.take() {
         if let endpoints::Progress::Refreshing { outcome } = *progress {
             if let Some(answer) = endpoints::refresh_outcome(r, settings, pool, &outcome) {
                 return answer;
             }
+            refreshed = true;
         }
     }
     let Some(cred) =
@@ -390,7 +393,10 @@ fn auth(r: &mut Request<'_>) -> Verdict {
         return endpoints::forbidden();
     }
     if let Some(up) = &verified.session.upstream {
-        if up.expires != 0 && now.saturating_add(5) >= up.expires {
+        // Not again right after a refresh: a token the upstream issues for 5 s or less is inside the
+        // margin as soon as it arrives, and the request would go round refresh after refresh without
+        // ever reaching the backend. It goes with the fresh token; the next request refreshes again.
+        if !refreshed && up.expires != 0 && now.saturating_add(5) >= up.expires {
             return endpoints::start_upstream_refresh(
                 r,
                 auth,
