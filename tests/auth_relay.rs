@@ -464,3 +464,30 @@ fn short_lived_upstream_tokens_cost_one_refresh_per_request() {
         );
     }
 }
+
+#[test]
+fn a_custom_upstream_header_replaces_the_clients_copy() {
+    let auth = AuthServer::start(3600, 3600);
+    let backend = app_backend();
+    let t = Tether::start(&relay_config(
+        backend.addr,
+        auth.addr(),
+        ", header = \"X-Upstream-Auth\"",
+    ));
+    let cookie = session_cookie(&form_login(t.addr, USER, PASSWORD));
+    let r = get_with(
+        t.addr,
+        "/mail/inbox",
+        &format!("Cookie: {cookie}\r\nX-Upstream-Auth: Bearer forged\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_no_upstream_token(&r, "proxied request");
+    let received = backend.received();
+    let values: Vec<&str> = received[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-upstream-auth"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(values, ["Bearer acc-1"]);
+}

@@ -421,8 +421,9 @@ fn auth(r: &mut Request<'_>) -> Verdict {
 }
 
 /// Marks header fields that are for tether, never for the backend, as not forwarded: the QoS priority
-/// header, identity headers under configured names (the default `X-Tether-*` ones never pass), and an
-/// `Authorization` the auth stage consumed or replaces. Runs on the head just before it is rewritten for
+/// header, identity headers under configured names (the default `X-Tether-*` ones never pass), an
+/// `Authorization` the auth stage consumed or replaces, and the client's copy of a relayed upstream
+/// token's header. Runs on the head just before it is rewritten for
 /// the backend (after any wait, when the head was parsed again).
 pub(crate) fn strip_tether_headers(
     snapshot: &ConfigSnapshot,
@@ -435,11 +436,22 @@ pub(crate) fn strip_tether_headers(
     if priority.is_none() && auth.is_none() {
         return;
     }
+    // The relayed upstream token's header when it has another name than Authorization (`header = …`):
+    // the client's own copy would reach the backend too, ahead of tether's, so a client could choose the
+    // credential the backend sees. Only when tether injects one (a login route of a relaying pool).
+    let upstream_header = plan
+        .upstream_token
+        .as_ref()
+        .and(auth)
+        .zip(snapshot.routes.get(plan.route))
+        .and_then(|(a, route)| a.pools.get(route.auth.as_ref()?.pool)?.upstream.as_ref())
+        .map(|up| up.header.as_bytes());
     for h in head.headers.iter_mut() {
         let name = h.name.of(bytes);
         if priority.is_some_and(|p| name.eq_ignore_ascii_case(p.as_bytes()))
             || auth.is_some_and(|a| a.is_identity_header(name))
             || (plan.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || upstream_header.is_some_and(|u| name.eq_ignore_ascii_case(u))
         {
             h.hop_by_hop = true;
         }
