@@ -491,3 +491,76 @@ fn a_custom_upstream_header_replaces_the_clients_copy() {
         .collect();
     assert_eq!(values, ["Bearer acc-1"]);
 }
+
+#[test]
+fn a_refresh_token_is_never_sent_twice() {
+    // Requests that keep arriving while a refresh lands (each on its own connection, sent without waiting
+    // for the answers before): one that read the session just before the new token was stored must not
+    // start a second refresh with the refresh token just used. This upstream refuses a used refresh token
+    // (as a rotating OAuth server does), which would end the session: its requests would get 401.
+    const ROUNDS: usize = 40;
+    const THREADS: usize = 3;
+    const PER_THREAD: usize = 60;
+    let auth = AuthServer::start(1, 3600);
+    let backend = app_backend();
+    let t = Tether::start_with(
+        &relay_config(backend.addr, auth.addr(), ""),
+        &["--workers", "2"],
+    );
+    for round in 1..=ROUNDS {
+        let cookie = session_cookie(&form_login(t.addr, USER, PASSWORD));
+        let senders: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (cookie, addr) = (cookie.clone(), t.addr);
+                std::thread::spawn(move || {
+                    let mut clients = Vec::new();
+                    for _ in 0..PER_THREAD {
+                        let mut c = Client::connect(addr);
+                        c.send(
+                            format!(
+                                "GET /mail/r{round}/ HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                        clients.push(c);
+                        // Pacing, so that arrivals spread over the refresh's landing.
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    clients
+                        .into_iter()
+                        .map(|mut c| c.read_response(false).status)
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = senders
+            .into_iter()
+            .flat_map(|s| s.join().unwrap())
+            .collect();
+        let failed = statuses.iter().filter(|&&s| s != 200).count();
+        assert_eq!(failed, 0, "round {round}: {failed} requests failed");
+        assert_eq!(
+            auth.refreshes(),
+            round,
+            "round {round}: one refresh per session"
+        );
+        // Login N got acc-(2N-1), its refresh acc-2N: every request of the round went with the latter.
+        let seen = authorizations(&backend, &format!("/mail/r{round}/"));
+        assert_eq!(seen.len(), THREADS * PER_THREAD);
+        assert!(
+            seen.iter()
+                .all(|a| a == &[format!("Bearer acc-{}", 2 * round)]),
+            "round {round}"
+        );
+    }
+    let sent: Vec<String> = auth
+        .state
+        .refresh_bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["refresh_token"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (1..=ROUNDS).map(|n| format!("ref-{}", 2 * n - 1)).collect();
+    assert_eq!(sent, expected, "each refresh token sent once");
+}

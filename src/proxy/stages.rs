@@ -378,34 +378,47 @@ fn auth(r: &mut Request<'_>) -> Verdict {
         return endpoints::login_required(r, settings, pool, None);
     };
     let now = r.cx.unix_now;
-    let verified = match r
-        .cx
-        .auth_cache
-        .verify(auth, settings, pool, r.cx.store, cred, now)
-    {
-        Ok(v) => v,
-        Err(e) => {
-            log::debug!("login refused on route {}: {e}", r.plan.route);
-            return endpoints::login_required(r, settings, pool, Some(cred));
+    // At most twice round: a second time when the token was renewed by another request's refresh since
+    // this one read the session.
+    let verified = loop {
+        let verified = match r
+            .cx
+            .auth_cache
+            .verify(auth, settings, pool, r.cx.store, cred, now)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("login refused on route {}: {e}", r.plan.route);
+                return endpoints::login_required(r, settings, pool, Some(cred));
+            }
+        };
+        if !verified.session.allowed(&policy.roles, &policy.groups) {
+            return endpoints::forbidden();
         }
-    };
-    if !verified.session.allowed(&policy.roles, &policy.groups) {
-        return endpoints::forbidden();
-    }
-    if let Some(up) = &verified.session.upstream {
         // Not again right after a refresh: a token the upstream issues for 5 s or less is inside the
         // margin as soon as it arrives, and the request would go round refresh after refresh without
         // ever reaching the backend. It goes with the fresh token; the next request refreshes again.
-        if !refreshed && up.expires != 0 && now.saturating_add(5) >= up.expires {
-            return endpoints::start_upstream_refresh(
-                r,
-                auth,
-                pool,
-                verified.session_id,
-                &verified.session,
-            );
+        let due = !refreshed
+            && verified
+                .session
+                .upstream
+                .as_ref()
+                .is_some_and(|up| up.expires != 0 && now.saturating_add(5) >= up.expires);
+        if !due {
+            break verified;
         }
-    }
+        match endpoints::start_upstream_refresh(
+            r,
+            auth,
+            pool,
+            verified.session_id,
+            &verified.session,
+        ) {
+            Some(verdict) => return verdict,
+            // Renewed (or ended) since it was read: read it again and go with what it holds now.
+            None => refreshed = true,
+        }
+    };
     if verified.session.due_for_touch(now) {
         if let Some(store) = r.cx.store {
             crate::auth::gate::touch(store, &verified.session_id, &verified.session, now);
