@@ -32,6 +32,9 @@ struct AuthState {
     refresh_expires_in: AtomicU64,
     /// Answer refreshes with 401.
     reject_refreshes: AtomicBool,
+    /// A refresh extends the access token it renews (the same `acc-N`, a new expiry) and rotates only
+    /// the refresh token.
+    keep_access: AtomicBool,
     /// Refresh tokens already exchanged: a second use is refused (400), as a rotating OAuth server does.
     used: Mutex<Vec<String>>,
     /// The refresh requests' bodies, as received.
@@ -60,6 +63,7 @@ impl AuthServer {
             login_expires_in: AtomicU64::new(login_expires_in),
             refresh_expires_in: AtomicU64::new(refresh_expires_in),
             reject_refreshes: AtomicBool::new(false),
+            keep_access: AtomicBool::new(false),
             used: Mutex::new(Vec::new()),
             refresh_bodies: Mutex::new(Vec::new()),
             refresh_gate: Mutex::new(Gate::default()),
@@ -84,12 +88,13 @@ impl AuthServer {
     }
 }
 
-fn token_answer(state: &AuthState, expires_in: u64) -> Reply {
+/// A new pair `acc-N`/`ref-N`; with `access`, that access token instead of `acc-N`.
+fn token_answer(state: &AuthState, expires_in: u64, access: Option<String>) -> Reply {
     let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
     json_reply(
         200,
         &serde_json::json!({
-            "access_token": format!("acc-{n}"),
+            "access_token": access.unwrap_or_else(|| format!("acc-{n}")),
             "token_type": "Bearer",
             "expires_in": expires_in,
             "refresh_token": format!("ref-{n}"),
@@ -116,7 +121,7 @@ fn answer(state: &AuthState, req: &ReceivedRequest) -> Reply {
         "/login" => {
             state.logins.fetch_add(1, Ordering::SeqCst);
             if body["username"] == USER && body["password"] == PASSWORD {
-                token_answer(state, state.login_expires_in.load(Ordering::SeqCst))
+                token_answer(state, state.login_expires_in.load(Ordering::SeqCst), None)
             } else {
                 refused("invalid_grant")
             }
@@ -138,8 +143,16 @@ fn answer(state: &AuthState, req: &ReceivedRequest) -> Reply {
             if used.contains(&token) {
                 return json_reply(400, &serde_json::json!({ "error": "invalid_grant" }));
             }
+            let access = state
+                .keep_access
+                .load(Ordering::SeqCst)
+                .then(|| token.replace("ref-", "acc-"));
             used.push(token);
-            token_answer(state, state.refresh_expires_in.load(Ordering::SeqCst))
+            token_answer(
+                state,
+                state.refresh_expires_in.load(Ordering::SeqCst),
+                access,
+            )
         }
         _ => json_reply(404, &serde_json::json!({ "error": "not_found" })),
     }
@@ -563,4 +576,28 @@ fn a_refresh_token_is_never_sent_twice() {
         .collect();
     let expected: Vec<String> = (1..=ROUNDS).map(|n| format!("ref-{}", 2 * n - 1)).collect();
     assert_eq!(sent, expected, "each refresh token sent once");
+}
+
+#[test]
+fn an_extended_access_token_is_stored_with_its_new_expiry() {
+    // The upstream renews acc-1 itself (a new expiry) and rotates the refresh token: tether must keep the
+    // new expiry and refresh token, or the next request would refresh again with the used ref-1.
+    let auth = AuthServer::start(1, 3600);
+    auth.state.keep_access.store(true, Ordering::SeqCst);
+    let backend = app_backend();
+    let t = Tether::start(&relay_config(backend.addr, auth.addr(), ""));
+    let cookie = session_cookie(&form_login(t.addr, USER, PASSWORD));
+    for i in 0..3 {
+        let r = get_with(
+            t.addr,
+            &format!("/mail/{i}"),
+            &format!("Cookie: {cookie}\r\n"),
+        );
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(auth.refreshes(), 1);
+    assert_eq!(
+        authorizations(&backend, "/mail/"),
+        [["Bearer acc-1"], ["Bearer acc-1"], ["Bearer acc-1"]]
+    );
 }

@@ -923,7 +923,7 @@ pub(crate) fn start_upstream_refresh(
             .and_then(|s| s.get(Kind::LoginSession, &session_id, now))
             .and_then(|rec| LoginSession::decode(rec.value.as_deref()?).ok())
             .and_then(|current| current.upstream)
-            .is_some_and(|current| current.access == tokens.access)
+            .is_some_and(|current| current == *tokens)
     };
     match auth.relay.refresh_once_with(
         session_id,
@@ -967,21 +967,20 @@ fn apply_refresh(
     };
     match res {
         Ok(t) => {
-            if session
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.access == t.access)
-            {
-                return; // already stored
-            }
-            session.upstream = Some(UpstreamTokens {
+            let renewed = UpstreamTokens {
                 access: t.access.clone(),
                 refresh: t
                     .refresh
                     .clone()
                     .or_else(|| session.upstream.as_ref().and_then(|u| u.refresh.clone())),
                 expires: t.expires,
-            });
+            };
+            // The whole token, not the access token alone: an upstream may extend the same access
+            // token (a new expiry, a rotated refresh token), which must be stored too.
+            if session.upstream.as_ref() == Some(&renewed) {
+                return; // already stored
+            }
+            session.upstream = Some(renewed);
             let _ = writer.put(Kind::LoginSession, id, &session.encode(), session.expires());
         }
         Err(RelayError::Rejected) => {
