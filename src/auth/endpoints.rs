@@ -12,7 +12,7 @@
 //!
 //! Which pool an endpoint serves: the pool that lists the request's host in `hosts`, else the first pool.
 
-use super::relay::{Job, RelayError, UpstreamToken};
+use super::relay::{Flight, Job, RelayError, UpstreamToken};
 use super::runtime::Auth;
 use super::session::{Credential, LoginSession, UpstreamTokens};
 use super::settings::{AuthSettings, Pool};
@@ -1044,41 +1044,62 @@ pub(crate) fn forbidden() -> Verdict {
 
 /// Starts (or joins) the refresh of a session's relayed upstream token; the request waits for it. The
 /// relay's thread updates the session record (or deletes it when the upstream rejects the token) before
-/// any waiter wakes.
+/// the flight ends and any waiter wakes. `None`: no refresh runs and the record no longer holds the token
+/// `session` (as the request read it) has — renewed meanwhile, or the session ended: read it again.
 pub(crate) fn start_upstream_refresh(
     r: &mut Request<'_>,
     auth: &Auth,
     pool: &Pool,
     session_id: [u8; 16],
     session: &LoginSession,
-) -> Verdict {
+) -> Option<Verdict> {
     let (Some(up), Some(tokens)) = (&pool.upstream, &session.upstream) else {
-        return Verdict::Continue;
+        return Some(Verdict::Continue);
     };
     let Some(ticket) = r.cx.ticket() else {
-        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+        return Some(Verdict::Answer(Answer::Refuse(Termination::Internal(
+            "no wake-up channel",
+        ))));
     };
     let outcome = Outcome::new(ticket.clone());
     let o = outcome.clone();
     let writer = auth.relay_writer.clone();
     let refresh = tokens.refresh.clone().unwrap_or_default();
+    let apply = Box::new(move |res: &Result<UpstreamToken, RelayError>| {
+        apply_refresh(&writer, &session_id, res);
+    });
     let done = Box::new(move |res: Result<UpstreamToken, RelayError>| {
-        apply_refresh(&writer, &session_id, &res);
         o.set(Verdict2::Upstream(res));
     });
-    if auth
-        .relay
-        .refresh_once(session_id, Arc::new(relay_upstream(up)), refresh, done)
-        .is_err()
-    {
-        return text(503, "the auth service is busy, try again");
+    // The request read the session a moment ago; a flight may have landed since (a new token, or the
+    // session deleted). Checked under the relay's lock, with `apply` run before a flight ends, so a
+    // refresh token is never sent twice.
+    let (store, now) = (r.cx.store, r.cx.unix_now);
+    let still_due = || {
+        store
+            .and_then(|s| s.get(Kind::LoginSession, &session_id, now))
+            .and_then(|rec| LoginSession::decode(rec.value.as_deref()?).ok())
+            .and_then(|current| current.upstream)
+            .is_some_and(|current| current == *tokens)
+    };
+    match auth.relay.refresh_once_with(
+        session_id,
+        Arc::new(relay_upstream(up)),
+        refresh,
+        &still_due,
+        Some(apply),
+        done,
+    ) {
+        Ok(Flight::Waiting) => {}
+        Ok(Flight::Renewed) => return None,
+        Err(_) => return Some(text(503, "the auth service is busy, try again")),
     }
     r.plan.auth = Some(Box::new(Progress::Refreshing { outcome }));
-    Verdict::Wait(Wait::Ticket {
+    Some(Verdict::Wait(Wait::Ticket {
         ticket,
         until: r.cx.now + up.timeout + Duration::from_secs(1),
         on_timeout: Some(Termination::WaitTimeout),
-    })
+    }))
 }
 
 /// On a relay thread: a refreshed token goes into the session record; a rejected one ends the session.
@@ -1103,21 +1124,20 @@ fn apply_refresh(
     };
     match res {
         Ok(t) => {
-            if session
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.access == t.access)
-            {
-                return; // another waiter of the same flight wrote it already
-            }
-            session.upstream = Some(UpstreamTokens {
+            let renewed = UpstreamTokens {
                 access: t.access.clone(),
                 refresh: t
                     .refresh
                     .clone()
                     .or_else(|| session.upstream.as_ref().and_then(|u| u.refresh.clone())),
                 expires: t.expires,
-            });
+            };
+            // The whole token, not the access token alone: an upstream may extend the same access
+            // token (a new expiry, a rotated refresh token), which must be stored too.
+            if session.upstream.as_ref() == Some(&renewed) {
+                return; // already stored
+            }
+            session.upstream = Some(renewed);
             let _ = writer.put(Kind::LoginSession, id, &session.encode(), session.expires());
         }
         Err(RelayError::Rejected) => {

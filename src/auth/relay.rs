@@ -234,7 +234,8 @@ impl Relay {
     ///
     /// The flight ends before its callers are called: a refresh asked from then on (by a callback, or by
     /// a request that arrives later) is a new flight. A late request should therefore check whether its
-    /// session's token was renewed meanwhile before asking, or it sends an already used refresh token.
+    /// session's token was renewed meanwhile before asking, or it sends an already used refresh token:
+    /// [`refresh_once_with`](Self::refresh_once_with) makes that check and the update race-free.
     ///
     /// Never blocks. On `Err(Busy)` (the queue is full) `done` is dropped uncalled and no flight is left
     /// behind: the next call tries again. Otherwise `done` is called exactly once, on a relay thread.
@@ -245,10 +246,38 @@ impl Relay {
         refresh_token: String,
         done: Done,
     ) -> Result<(), Busy> {
+        self.refresh_once_with(session, upstream, refresh_token, &|| true, None, done)
+            .map(|_| ())
+    }
+
+    /// [`refresh_once`](Self::refresh_once) for a caller that keeps the token somewhere requests read it
+    /// (the session record):
+    /// - `still_due` is asked, under the flights' lock, before a new flight starts: `false` (the token
+    ///   was renewed since the caller read it) starts none, drops `done` uncalled and returns
+    ///   `Ok(Flight::Renewed)`.
+    /// - `apply` runs once per flight with its verdict, on the relay thread, before the flight ends (so
+    ///   before any waiter is called, while a request asking meanwhile still joins the flight).
+    ///
+    /// Together they close the window in which a request that read the old token would start a second
+    /// flight with a refresh token already used (which a rotating upstream refuses, ending the session):
+    /// until `apply` has stored the new token such a request joins the flight, and after it `still_due`
+    /// says no.
+    pub fn refresh_once_with(
+        &self,
+        session: [u8; 16],
+        upstream: Arc<Upstream>,
+        refresh_token: String,
+        still_due: &dyn Fn() -> bool,
+        apply: Option<Apply>,
+        done: Done,
+    ) -> Result<Flight, Busy> {
         let mut flights = self.flights.lock();
         if let Some(waiting) = flights.get_mut(&session) {
             waiting.push(done);
-            return Ok(());
+            return Ok(Flight::Waiting);
+        }
+        if !still_due() {
+            return Ok(Flight::Renewed);
         }
         let landing = Arc::clone(&self.flights);
         let job = Job::Refresh {
@@ -259,11 +288,33 @@ impl Relay {
         // queue refused, and the job cannot land before its flight is recorded.
         self.submit(
             job,
-            Box::new(move |verdict| land(&landing, session, verdict)),
+            Box::new(move |verdict| {
+                if let Some(apply) = apply {
+                    // A panic here must still land the flight: its waiters are parked until they hear
+                    // back, and a flight never ended would hold every later refresh of the session.
+                    if catch_unwind(AssertUnwindSafe(|| apply(&verdict))).is_err() {
+                        log::error!("an auth relay refresh's apply callback panicked");
+                    }
+                }
+                land(&landing, session, verdict);
+            }),
         )?;
         flights.insert(session, vec![done]);
-        Ok(())
+        Ok(Flight::Waiting)
     }
+}
+
+/// Runs once per refresh flight with its verdict, before the flight ends ([`Relay::refresh_once_with`]).
+pub type Apply = Box<dyn FnOnce(&Result<UpstreamToken, RelayError>) + Send>;
+
+/// What [`Relay::refresh_once_with`] did with a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flight {
+    /// The caller waits for a flight (started or joined): its `done` will be called.
+    Waiting,
+    /// No flight runs and `still_due` said the token was renewed meanwhile: nothing was asked, `done`
+    /// was dropped uncalled. The caller reads the new token.
+    Renewed,
 }
 
 /// Ends `session`'s flight and hands its verdict to every caller that waited for it.
@@ -1174,6 +1225,72 @@ mod tests {
             .unwrap();
         assert_eq!(rx.recv_timeout(LOST).unwrap().unwrap().access, "at-2");
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn apply_runs_before_the_flight_ends_and_a_renewed_token_starts_no_flight() {
+        let (address, count, gate) = counting_server();
+        let up = upstream(address);
+        let relay = Arc::new(Relay::start(2, 8).unwrap());
+        let session = [9u8; 16];
+        let stored: Arc<Mutex<Option<String>>> = Arc::default();
+        // (who, what): a waiter's token, or how the late caller was received.
+        let (tx, rx) = mpsc::channel::<(&str, String)>();
+        let access =
+            |v: Result<UpstreamToken, RelayError>| v.map_or_else(|e| e.to_string(), |t| t.access);
+        // `apply` stores the new token; then a request that read the old one before asks: the flight has
+        // not ended, so it joins it instead of sending rt-0 again.
+        let apply: Apply = {
+            let (relay, up, tx, stored) = (relay.clone(), up.clone(), tx.clone(), stored.clone());
+            Box::new(move |verdict| {
+                *stored.lock() = verdict.as_ref().ok().map(|t| t.access.clone());
+                let late = tx.clone();
+                let joined = relay.refresh_once_with(
+                    session,
+                    up,
+                    "rt-0".into(),
+                    &|| true,
+                    None,
+                    Box::new(move |v| late.send(("late", access(v))).unwrap()),
+                );
+                tx.send(("joined", format!("{joined:?}"))).unwrap();
+            })
+        };
+        let first = tx.clone();
+        let started = relay.refresh_once_with(
+            session,
+            up.clone(),
+            "rt-0".into(),
+            &|| true,
+            Some(apply),
+            Box::new(move |v| first.send(("first", access(v))).unwrap()),
+        );
+        assert_eq!(started, Ok(Flight::Waiting));
+        gate.open();
+        let mut got: Vec<_> = (0..3).map(|_| rx.recv_timeout(LOST).unwrap()).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("first", "at-1".to_string()),
+                ("joined", "Ok(Waiting)".to_string()),
+                ("late", "at-1".to_string())
+            ]
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one upstream request");
+
+        // The flight has ended: a request that read the old token asks again, and the check sees the
+        // stored token is no longer the one it read.
+        let renewed = relay.refresh_once_with(
+            session,
+            up,
+            "rt-0".into(),
+            &|| stored.lock().is_none(),
+            None,
+            Box::new(|_| panic!("not called")),
+        );
+        assert_eq!(renewed, Ok(Flight::Renewed));
+        assert_eq!(count.load(Ordering::SeqCst), 1, "nothing asked");
     }
 
     #[test]

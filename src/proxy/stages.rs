@@ -362,11 +362,14 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     let Some(pool) = settings.pools.get(policy.pool) else {
         return Verdict::Answer(Answer::Refuse(Termination::Internal("no such user pool")));
     };
+    // This request just waited for its session's upstream token to be refreshed, successfully.
+    let mut refreshed = false;
     if let Some(progress) = r.plan.auth.take() {
         if let endpoints::Progress::Refreshing { outcome } = *progress {
             if let Some(answer) = endpoints::refresh_outcome(r, settings, pool, &outcome) {
                 return answer;
             }
+            refreshed = true;
         }
     }
     let Some(cred) =
@@ -375,31 +378,47 @@ fn auth(r: &mut Request<'_>) -> Verdict {
         return endpoints::login_required(r, settings, pool, None);
     };
     let now = r.cx.unix_now;
-    let verified = match r
-        .cx
-        .auth_cache
-        .verify(auth, settings, pool, r.cx.store, cred, now)
-    {
-        Ok(v) => v,
-        Err(e) => {
-            log::debug!("login refused on route {}: {e}", r.plan.route);
-            return endpoints::login_required(r, settings, pool, Some(cred));
+    // At most twice round: a second time when the token was renewed by another request's refresh since
+    // this one read the session.
+    let verified = loop {
+        let verified = match r
+            .cx
+            .auth_cache
+            .verify(auth, settings, pool, r.cx.store, cred, now)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("login refused on route {}: {e}", r.plan.route);
+                return endpoints::login_required(r, settings, pool, Some(cred));
+            }
+        };
+        if !verified.session.allowed(&policy.roles, &policy.groups) {
+            return endpoints::forbidden();
+        }
+        // Not again right after a refresh: a token the upstream issues for 5 s or less is inside the
+        // margin as soon as it arrives, and the request would go round refresh after refresh without
+        // ever reaching the backend. It goes with the fresh token; the next request refreshes again.
+        let due = !refreshed
+            && verified
+                .session
+                .upstream
+                .as_ref()
+                .is_some_and(|up| up.expires != 0 && now.saturating_add(5) >= up.expires);
+        if !due {
+            break verified;
+        }
+        match endpoints::start_upstream_refresh(
+            r,
+            auth,
+            pool,
+            verified.session_id,
+            &verified.session,
+        ) {
+            Some(verdict) => return verdict,
+            // Renewed (or ended) since it was read: read it again and go with what it holds now.
+            None => refreshed = true,
         }
     };
-    if !verified.session.allowed(&policy.roles, &policy.groups) {
-        return endpoints::forbidden();
-    }
-    if let Some(up) = &verified.session.upstream {
-        if up.expires != 0 && now.saturating_add(5) >= up.expires {
-            return endpoints::start_upstream_refresh(
-                r,
-                auth,
-                pool,
-                verified.session_id,
-                &verified.session,
-            );
-        }
-    }
     if verified.session.due_for_touch(now) {
         if let Some(store) = r.cx.store {
             crate::auth::gate::touch(store, &verified.session_id, &verified.session, now);
@@ -415,8 +434,9 @@ fn auth(r: &mut Request<'_>) -> Verdict {
 }
 
 /// Marks header fields that are for tether, never for the backend, as not forwarded: the QoS priority
-/// header, identity headers under configured names (the default `X-Tether-*` ones never pass), and an
-/// `Authorization` the auth stage consumed or replaces. Runs on the head just before it is rewritten for
+/// header, identity headers under configured names (the default `X-Tether-*` ones never pass), an
+/// `Authorization` the auth stage consumed or replaces, and the client's copy of a relayed upstream
+/// token's header. Runs on the head just before it is rewritten for
 /// the backend (after any wait, when the head was parsed again).
 pub(crate) fn strip_tether_headers(
     snapshot: &ConfigSnapshot,
@@ -429,11 +449,22 @@ pub(crate) fn strip_tether_headers(
     if priority.is_none() && auth.is_none() {
         return;
     }
+    // The relayed upstream token's header when it has another name than Authorization (`header = …`):
+    // the client's own copy would reach the backend too, ahead of tether's, so a client could choose the
+    // credential the backend sees. Only when tether injects one (a login route of a relaying pool).
+    let upstream_header = plan
+        .upstream_token
+        .as_ref()
+        .and(auth)
+        .zip(snapshot.routes.get(plan.route))
+        .and_then(|(a, route)| a.pools.get(route.auth.as_ref()?.pool)?.upstream.as_ref())
+        .map(|up| up.header.as_bytes());
     for h in head.headers.iter_mut() {
         let name = h.name.of(bytes);
         if priority.is_some_and(|p| name.eq_ignore_ascii_case(p.as_bytes()))
             || auth.is_some_and(|a| a.is_identity_header(name))
             || (plan.strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || upstream_header.is_some_and(|u| name.eq_ignore_ascii_case(u))
         {
             h.hop_by_hop = true;
         }
