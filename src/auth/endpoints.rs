@@ -1064,7 +1064,23 @@ pub(crate) fn start_upstream_refresh(
     let outcome = Outcome::new(ticket.clone());
     let o = outcome.clone();
     let writer = auth.relay_writer.clone();
-    let refresh = tokens.refresh.clone().unwrap_or_default();
+    let Some(refresh) = tokens.refresh.clone() else {
+        // Nothing to refresh with: the upstream's token has expired for good, and so has the login.
+        if let Some(store) = r.cx.store {
+            let _ = store.delete(
+                Kind::LoginSession,
+                &session_id,
+                session.absolute.saturating_add(60),
+            );
+        }
+        log::info!(
+            "auth: the upstream token of user {:?} expired and cannot be refreshed: session ended",
+            session.user
+        );
+        let settings = r.plan.snapshot.as_ref().and_then(|s| s.auth.clone())?;
+        let cred = super::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes());
+        return Some(login_required(r, &settings, pool, cred));
+    };
     let apply = Box::new(move |res: &Result<UpstreamToken, RelayError>| {
         apply_refresh(&writer, &session_id, res);
     });
@@ -1162,7 +1178,10 @@ pub(crate) fn refresh_outcome(
     match outcome.verdict.get() {
         Some(Verdict2::Upstream(Ok(_))) => None,
         Some(Verdict2::Upstream(Err(RelayError::Rejected))) => {
-            Some(login_required(r, settings, pool, None))
+            // The session is gone: the cookie that named it goes too.
+            let cred =
+                super::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes());
+            Some(login_required(r, settings, pool, cred))
         }
         Some(Verdict2::Upstream(Err(RelayError::Unavailable(why)))) => {
             log::warn!("auth: upstream token refresh failed: {why}");

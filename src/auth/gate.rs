@@ -72,6 +72,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Verified {
     pub session_id: [u8; 16],
+    /// The session record's version as read (a touch writes only over this one).
+    pub version: Version,
     pub session: Rc<LoginSession>,
     /// The identity block for the backend.
     pub identity: Option<Rc<[u8]>>,
@@ -176,6 +178,7 @@ impl Entry {
         }
         Ok(Verified {
             session_id: self.session_id,
+            version: self.version,
             session: self.session.clone(),
             identity: self.identity.as_ref().map(|i| i.block.clone()),
             upstream: self.identity.as_ref().and_then(|i| i.upstream.clone()),
@@ -259,9 +262,23 @@ fn upstream_header(pool: &Pool, session: &LoginSession, out: &mut Vec<u8>) {
 }
 
 /// Writes `session` back with its idle expiry pushed forward (async: losing one touch costs a quarter
-/// of the idle time at worst).
-pub fn touch(store: &StoreWriter, id: &[u8; 16], session: &LoginSession, now: u32) {
+/// of the idle time at worst) — only over the record it was read from (`version`): a refresh, a new
+/// upstream token or a revocation written meanwhile wins, and is never undone by a touch.
+pub fn touch(
+    store: &StoreWriter,
+    id: &[u8; 16],
+    session: &LoginSession,
+    version: Version,
+    now: u32,
+) {
     let mut s = session.clone();
     s.last_seen = now;
-    let _ = store.put(Kind::LoginSession, id, &s.encode(), s.expires());
+    let record = Record {
+        kind: Kind::LoginSession,
+        key: id.as_slice().into(),
+        version: store.version(),
+        expires: s.expires(),
+        value: Some(s.encode().into()),
+    };
+    let _ = store.write_if_current(record, version);
 }

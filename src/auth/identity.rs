@@ -19,7 +19,7 @@
 //!
 //! [`identity_headers`] gives the three identity headers (`X-Tether-User`, `X-Tether-Tenant`,
 //! `X-Tether-Roles` by default); values with control characters (CR, LF, NUL…) are refused, not stripped,
-//! since a silently altered identity is worse than none. Nothing sends these to backends yet.
+//! since a silently altered identity is worse than none.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};

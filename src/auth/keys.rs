@@ -3,13 +3,16 @@
 //! node opens on every other.
 //!
 //! Keys live in the store under their rotation *slot* (`created / rotation`, 8 bytes big-endian), not their
-//! id: the keeper finds the few slots that can still hold a live key with plain lookups (no scan of the
-//! store), and two nodes that both make a key for the same slot converge on one (last writer wins) long
-//! before either key seals anything. A key seals (or signs) only once it is *mature* — made at least
+//! id: the keeper finds the few slots that can still hold a live key with plain lookups, and two nodes that
+//! both make a key for the same slot converge on one (last writer wins) long before either key seals
+//! anything. Keys under other slot numbers — made with another `key_rotation`, before a restart or by a
+//! peer configured differently — are found by a scan of the store, run only when the number of key
+//! records changes (a key made, arrived or expired: a few times a rotation), so changing `key_rotation`
+//! logs nobody out. A key seals (or signs) only once it is *mature* — made at least
 //! [`MATURITY`] ago, time enough to reach every peer — except while no key is mature (a first start):
 //! then the newest does. Every key found opens (or is published in the JWKS) until it retires.
 //!
-//! The keeper runs on its own thread (never a worker), once a second; workers read the rings through
+//! The keeper runs on its own thread (never a worker), every half second; workers read the rings through
 //! `arc-swap` (one atomic load, no lock).
 
 use super::identity::{IdentityKey, IdentityKeyring};
@@ -100,6 +103,9 @@ impl KeyTimes {
     }
 }
 
+/// A key record's value, as the store holds it.
+type KeyValue = Arc<[u8]>;
+
 /// Makes, finds and installs keys (see the module docs). Owned by the keeper thread.
 #[derive(Debug)]
 pub struct KeyKeeper {
@@ -109,6 +115,9 @@ pub struct KeyKeeper {
     token_ids: Vec<String>,
     identity_ids: Vec<String>,
     generation: u64,
+    /// Key records of each kind at the last scan (a change calls for a new scan), and the values found.
+    counts: (usize, usize),
+    scanned: (Vec<KeyValue>, Vec<KeyValue>),
 }
 
 impl KeyKeeper {
@@ -119,6 +128,8 @@ impl KeyKeeper {
             token_ids: Vec::new(),
             identity_ids: Vec::new(),
             generation: 0,
+            counts: (usize::MAX, usize::MAX),
+            scanned: (Vec::new(), Vec::new()),
         }
     }
 
@@ -172,23 +183,44 @@ impl KeyKeeper {
         let identity_slots =
             ((self.times.identity_signs + self.times.identity_ttl).as_secs() / rot + 1)
                 .min(MAX_SLOTS);
-        let found = |kind: Kind, n: u64| -> Vec<Arc<[u8]>> {
+        let counts = (
+            store.len_of(Kind::TokenKey),
+            store.len_of(Kind::IdentityKey),
+        );
+        if counts != self.counts {
+            self.counts = counts;
+            let reader = store.reader();
+            let live = |kind: Kind| -> Vec<Arc<[u8]>> {
+                reader
+                    .iter(Some(kind))
+                    .filter(|r| crate::store::table::live(r, now32))
+                    .filter_map(|r| r.value.clone())
+                    .collect()
+            };
+            self.scanned = (live(Kind::TokenKey), live(Kind::IdentityKey));
+        }
+        let found = |kind: Kind, n: u64, scanned: &[Arc<[u8]>]| -> Vec<Arc<[u8]>> {
             (0..=n)
                 .filter_map(|back| slot.checked_sub(back))
                 .filter_map(|s| store.get(kind, &s.to_be_bytes(), now32)?.value)
+                .chain(scanned.iter().cloned())
                 .collect()
         };
-        let mut tokens: Vec<TokenKey> = found(Kind::TokenKey, token_slots)
+        let mut tokens: Vec<TokenKey> = found(Kind::TokenKey, token_slots, &self.scanned.0)
             .iter()
             .filter_map(|v| TokenKey::from_value(v))
             .filter(|k| unix < k.retires)
             .collect();
         tokens.sort_by(|a, b| b.created.cmp(&a.created).then(b.id().cmp(a.id())));
-        let mut identities: Vec<IdentityKey> = found(Kind::IdentityKey, identity_slots)
-            .iter()
-            .filter_map(|v| IdentityKey::from_value(v))
-            .collect();
+        tokens.dedup_by(|a, b| a.id() == b.id());
+        let mut identities: Vec<IdentityKey> =
+            found(Kind::IdentityKey, identity_slots, &self.scanned.1)
+                .iter()
+                .filter_map(|v| IdentityKey::from_value(v))
+                .filter(|k| unix < k.retires + self.times.identity_ttl.as_secs())
+                .collect();
         identities.sort_by(|a, b| b.created.cmp(&a.created).then(b.kid().cmp(a.kid())));
+        identities.dedup_by(|a, b| a.kid() == b.kid());
         self.install_tokens(tokens, unix);
         self.install_identities(identities, unix);
     }
@@ -348,6 +380,30 @@ mod tests {
             generation >= 2,
             "the signing identity key changed: {generation}"
         );
+    }
+
+    #[test]
+    fn keys_made_with_another_rotation_still_open() {
+        let (store, writer) = setup();
+        let mut before = KeyKeeper::new(times());
+        before.tick(&store, &writer, T0);
+        let old = before.keys().tokens().open.keys()[0].id().to_string();
+        // Restarted with a rotation of 7 minutes: other slot numbers, and the old key is still found.
+        let mut after = KeyKeeper::new(KeyTimes::new(
+            Duration::from_secs(420),
+            Duration::from_secs(12 * 3600),
+            Duration::from_secs(300),
+        ));
+        after.tick(&store, &writer, T0 + 5);
+        let keys = after.keys();
+        assert!(keys.tokens().open.keys().iter().any(|k| k.id() == old));
+        assert_eq!(
+            keys.tokens().open.keys().len(),
+            2,
+            "the old key and a new one"
+        );
+        // The old key is mature; the new one is not yet: the old one still seals.
+        assert_eq!(keys.tokens().seal.keys()[0].id(), old);
     }
 
     #[test]

@@ -421,7 +421,13 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     };
     if verified.session.due_for_touch(now) {
         if let Some(store) = r.cx.store {
-            crate::auth::gate::touch(store, &verified.session_id, &verified.session, now);
+            crate::auth::gate::touch(
+                store,
+                &verified.session_id,
+                &verified.session,
+                verified.version,
+                now,
+            );
         }
     }
     if policy.identity {

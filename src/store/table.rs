@@ -133,6 +133,35 @@ impl Store {
         self.apply_hashed(record, None)
     }
 
+    /// Applies `record` only if the key still holds the record at version `expected` (and `record` is
+    /// newer): a read-modify-write that loses to any write in between instead of undoing it (a session
+    /// touched while another thread refreshed or revoked it). `Stale` when it lost.
+    pub fn apply_if_current(&self, record: Record, expected: super::record::Version) -> Applied {
+        let hash = DigestSum::of(&record);
+        let key = StoreKey {
+            kind: record.kind,
+            key: record.key.clone(),
+        };
+        let held = Held { record, hash };
+        let map = self.map.pin();
+        let outcome = map.compute(key, |current| match current {
+            Some((_, h)) if h.record.version == expected && held.record.newer_than(&h.record) => {
+                Operation::Insert(held.clone())
+            }
+            _ => Operation::Abort(()),
+        });
+        match outcome {
+            Compute::Updated {
+                old: (_, old),
+                new: (_, _),
+            } => {
+                self.sum.add(hash - old.hash);
+                Applied::Replaced
+            }
+            _ => Applied::Stale,
+        }
+    }
+
     /// [`apply`](Store::apply) with the record's hash when the caller has it already (a staged
     /// snapshot hashed each record to check its digest).
     pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
@@ -455,6 +484,36 @@ mod tests {
             expires,
             value: value.map(|v| v.as_bytes().into()),
         }
+    }
+
+    #[test]
+    fn apply_if_current_loses_to_any_write_in_between() {
+        let s = Store::new();
+        let v = |hlc| Version { hlc, node_id: 1 };
+        s.apply(rec("k", 1, 1, Some("a"), 0));
+        assert_eq!(
+            s.apply_if_current(rec("k", 2, 1, Some("b"), 0), v(1)),
+            Applied::Replaced
+        );
+        // Read at 1, but 2 is there now: the write loses.
+        assert_eq!(
+            s.apply_if_current(rec("k", 3, 1, Some("c"), 0), v(1)),
+            Applied::Stale
+        );
+        // A tombstone in between is never undone.
+        s.apply(rec("k", 4, 1, None, 0));
+        assert_eq!(
+            s.apply_if_current(rec("k", 5, 1, Some("d"), 0), v(2)),
+            Applied::Stale
+        );
+        assert!(s.get(Kind::SessionBinding, b"k", 0).is_none());
+        // An absent key is not created.
+        assert_eq!(
+            s.apply_if_current(rec("new", 6, 1, Some("e"), 0), v(1)),
+            Applied::Stale
+        );
+        assert!(s.get(Kind::SessionBinding, b"new", 0).is_none());
+        assert_eq!(s.digest(), s.digest_by_scan());
     }
 
     fn binding(key: &str, hlc: u64, value: &str) -> Record {

@@ -75,6 +75,16 @@ impl StoreWriter {
         r
     }
 
+    /// Writes `record` only if the key still holds the version `expected` (see
+    /// [`Store::apply_if_current`]); queued for replication when it went in.
+    pub fn write_if_current(&self, record: Record, expected: Version) -> Result<Applied, Full> {
+        let applied = self.store.apply_if_current(record.clone(), expected);
+        if applied.changed() {
+            self.queue_applied(record, None)?;
+        }
+        Ok(applied)
+    }
+
     fn enqueue(&self, record: Record, on_ack: Option<OnAck>) -> Result<Applied, Full> {
         let applied = self.store.apply(record.clone());
         if !applied.changed() {
@@ -83,15 +93,20 @@ impl StoreWriter {
             }
             return Ok(applied);
         }
+        self.queue_applied(record, on_ack).map(|()| applied)
+    }
+
+    /// Hands a record already applied to the store to the replication thread.
+    fn queue_applied(&self, record: Record, on_ack: Option<OnAck>) -> Result<(), Full> {
         match self.queue.try_send(Queued { record, on_ack }) {
-            Ok(()) => Ok(applied),
+            Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(q)) => {
                 // No replication thread: a lone node's store, where the write is as durable as it gets
                 // once applied. A sync write is acknowledged at once.
                 if let Some(f) = q.on_ack {
                     f();
                 }
-                Ok(applied)
+                Ok(())
             }
             Err(TrySendError::Full(_)) => {
                 // This worker is the slot's only writer: a plain load and store.

@@ -245,11 +245,12 @@ impl Validator {
                 }
             }
         }
-        if up.header.is_empty() || !up.header.chars().all(is_header_char) {
-            self.error(
-                format!("{key}.upstream.header"),
-                format!("{:?} is not a header name", up.header),
-            );
+        // The relayed token replaces the client's copy of this header; any header HTTP or the proxy
+        // gives a meaning to (Host, Content-Length, Cookie…) would break the request or smuggle one.
+        if !up.header.eq_ignore_ascii_case("authorization") {
+            if let Err(e) = check_identity_header(&up.header) {
+                self.error(format!("{key}.upstream.header"), e);
+            }
         }
         if up.timeout.is_zero() {
             self.error(
@@ -705,6 +706,16 @@ mod tests {
                 "login_url = \"http://a:1/\", header = \"\"",
                 "pools.ext.upstream.header",
                 "not a header name",
+            ),
+            (
+                "login_url = \"http://a:1/\", header = \"Content-Length\"",
+                "pools.ext.upstream.header",
+                "gives a meaning to",
+            ),
+            (
+                "login_url = \"http://a:1/\", header = \"host\"",
+                "pools.ext.upstream.header",
+                "gives a meaning to",
             ),
             (
                 "login_url = \"http://a:1/\", timeout = \"0s\"",
