@@ -118,6 +118,9 @@ pub struct KeyKeeper {
     /// Key records of each kind at the last scan (a change calls for a new scan), and the values found.
     counts: (usize, usize),
     scanned: (Vec<KeyValue>, Vec<KeyValue>),
+    /// The last round's fingerprint of the key records, and when the rings change next by time alone.
+    fingerprint: u64,
+    recheck_at: u64,
 }
 
 impl KeyKeeper {
@@ -130,6 +133,8 @@ impl KeyKeeper {
             generation: 0,
             counts: (usize::MAX, usize::MAX),
             scanned: (Vec::new(), Vec::new()),
+            fingerprint: 0,
+            recheck_at: 0,
         }
     }
 
@@ -187,6 +192,30 @@ impl KeyKeeper {
             store.len_of(Kind::TokenKey),
             store.len_of(Kind::IdentityKey),
         );
+        // Nothing to do unless a key record changed, or a key matured or retired since the last round:
+        // a fingerprint of the counts and of the slot records' versions, read without allocating (the
+        // keeper runs twice a second beside workers that allocate nothing in steady state).
+        let mut fingerprint = (counts.0 as u64) << 32 | counts.1 as u64;
+        for (kind, n) in [
+            (Kind::TokenKey, token_slots),
+            (Kind::IdentityKey, identity_slots),
+        ] {
+            for back in 0..=n {
+                let Some(s) = slot.checked_sub(back) else {
+                    break;
+                };
+                if let Some(r) = store.get(kind, &s.to_be_bytes(), now32) {
+                    fingerprint = fingerprint.rotate_left(7)
+                        ^ r.version.hlc
+                        ^ u64::from(r.version.node_id)
+                        ^ s;
+                }
+            }
+        }
+        if fingerprint == self.fingerprint && unix < self.recheck_at {
+            return;
+        }
+        self.fingerprint = fingerprint;
         if counts != self.counts {
             self.counts = counts;
             let reader = store.reader();
@@ -221,6 +250,20 @@ impl KeyKeeper {
                 .collect();
         identities.sort_by(|a, b| b.created.cmp(&a.created).then(b.kid().cmp(a.kid())));
         identities.dedup_by(|a, b| a.kid() == b.kid());
+        // The next moment the rings change with no record changing: a key matures, retires or leaves
+        // the JWKS.
+        let ttl = self.times.identity_ttl.as_secs();
+        self.recheck_at = tokens
+            .iter()
+            .flat_map(|k| [k.created + MATURITY, k.retires])
+            .chain(
+                identities
+                    .iter()
+                    .flat_map(|k| [k.created + MATURITY, k.retires, k.retires + ttl]),
+            )
+            .filter(|&t| t > unix)
+            .min()
+            .unwrap_or(u64::MAX);
         self.install_tokens(tokens, unix);
         self.install_identities(identities, unix);
     }

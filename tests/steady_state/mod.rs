@@ -59,6 +59,32 @@ fn backend(listener: TcpListener) {
 }
 
 /// Sends `request` and reads the proxied response (its head plus the 5-byte body); returns its length.
+/// Sends `request` and reads one whole response of any kind (head, then `Content-Length` bytes): the
+/// first request, which may be answered by tether itself (a login) rather than the backend.
+fn exchange_first(c: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
+    c.write_all(request).unwrap();
+    let mut got = 0;
+    loop {
+        let n = c.read(&mut buf[got..]).unwrap();
+        assert!(n > 0, "connection closed");
+        got += n;
+        let text = String::from_utf8_lossy(&buf[..got]);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got >= end + 4 + length {
+                return got;
+            }
+        }
+    }
+}
+
 fn exchange(c: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> usize {
     c.write_all(request).unwrap();
     let mut got = 0;
@@ -103,7 +129,7 @@ pub fn assert_steady_state_allocates_nothing(
         .map(|_| {
             let mut c = TcpStream::connect(addr).unwrap();
             c.set_nodelay(true).unwrap();
-            let n = exchange(&mut c, first_request, &mut buf);
+            let n = exchange_first(&mut c, first_request, &mut buf);
             let request = prepare(&buf[..n]);
             (c, request)
         })
