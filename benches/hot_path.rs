@@ -67,6 +67,7 @@ fn pipeline(c: &mut Criterion) {
         client_ip: tether::http::rewrite::IpText::new(IpAddr::from([10, 1, 2, 3])),
         proto: "http",
         trust_forwarded: false,
+        drop_cookie: None,
     };
     // Parse, route and rewrite: the CPU work of one request head before it is written to a backend.
     g.bench_function("parse_route_rewrite", |b| {

@@ -110,6 +110,7 @@ pub fn request_head(data: &[u8]) {
                 client_ip: crate::http::rewrite::IpText::new(ip),
                 proto: "http",
                 trust_forwarded: trust,
+                drop_cookie: None,
             };
             let mut out = Vec::new();
             write_request_head(&mut out, bytes, &head, &ctx);

@@ -300,6 +300,13 @@ fn spoofed_identity_headers_are_stripped_and_the_jwt_verifies_against_the_jwks()
     let last = received.last().unwrap();
     assert_eq!(last.header_count("x-tether-user"), 1);
     assert_eq!(last.header_count("x-tether-identity"), 1);
+    // The session cookie is tether's credential: the backend never sees it.
+    assert!(
+        last.header("cookie")
+            .is_none_or(|c| !c.contains("tether_session")),
+        "{:?}",
+        last.header("cookie")
+    );
 
     // The JWT, checked the way a backend would: a stock JWT crate, the key from the JWKS by kid.
     let jwt = field(&body, "jwt");

@@ -178,6 +178,7 @@ content-lengthtransfer-encodingchunkedconnectionupgradeclosekeep-alive\x00\x7f\x
                 client_ip: rewrite::IpText::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
                 proto: "http",
                 trust_forwarded: trust,
+                drop_cookie: None,
             };
             let mut out = Vec::new();
             write_request_head(&mut out, &buf, &head, &ctx);

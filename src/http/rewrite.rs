@@ -41,12 +41,14 @@ impl std::fmt::Debug for IpText {
 
 /// Facts about the client connection a forwarded request carries.
 #[derive(Debug, Clone, Copy)]
-pub struct ForwardContext {
+pub struct ForwardContext<'a> {
     pub client_ip: IpText,
     /// `"http"` or `"https"`.
     pub proto: &'static str,
     /// Keep and extend the client's own forwarding headers instead of replacing them.
     pub trust_forwarded: bool,
+    /// A cookie that is tether's, never the backend's (the login session's): removed from `Cookie`.
+    pub drop_cookie: Option<&'a str>,
 }
 
 /// What the balancer decided about the client connection, reflected in the response head.
@@ -70,7 +72,12 @@ pub struct ResponseOptions {
 /// then `X-Forwarded-For` (trusted: the client's values joined, then the client address),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (trusted: only when the client sent none);
 /// and `Connection: upgrade` with the `Upgrade` header(s) for an upgrade request.
-pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx: &ForwardContext) {
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    ctx: &ForwardContext<'_>,
+) {
     out.extend_from_slice(head.method_span.of(buf));
     out.push(b' ');
     if head.target_empty_path {
@@ -113,6 +120,12 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
             }
             // Identity is tether's to assert, whoever sent the request (trusted proxies included).
             HeaderKind::TetherReserved => continue,
+            HeaderKind::Cookie if ctx.drop_cookie.is_some() => {
+                if let Some(name) = ctx.drop_cookie {
+                    write_cookie_without(out, h.value.of(buf), name.as_bytes());
+                }
+                continue;
+            }
             HeaderKind::XForwardedProto if trust => xfp = true,
             HeaderKind::XForwardedHost if trust => xfh = true,
             HeaderKind::XForwardedProto
@@ -158,6 +171,34 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, ctx
         {
             write_header(out, h.name.of(buf), h.value.of(buf));
         }
+    }
+}
+
+/// A `Cookie` header with the pairs named `name` left out; nothing when no pair is left. Pairs keep their
+/// bytes and order, joined by `; ` (RFC 6265 §4.2.1). No allocation.
+fn write_cookie_without(out: &mut Vec<u8>, value: &[u8], name: &[u8]) {
+    let named = |pair: &[u8]| {
+        let pair = pair.trim_ascii();
+        pair.iter()
+            .position(|&b| b == b'=')
+            .is_some_and(|eq| pair[..eq].trim_ascii() == name)
+    };
+    if !value.split(|&b| b == b';').any(named) {
+        write_header(out, b"Cookie", value);
+        return;
+    }
+    let mut first = true;
+    for pair in value.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() || named(pair) {
+            continue;
+        }
+        out.extend_from_slice(if first { b"Cookie: " } else { b"; " });
+        out.extend_from_slice(pair);
+        first = false;
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -252,12 +293,30 @@ mod tests {
     use crate::http::{HeadLimits, Method, parse_request, parse_response};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    fn ctx(trust: bool) -> ForwardContext {
+    fn ctx(trust: bool) -> ForwardContext<'static> {
         ForwardContext {
             client_ip: IpText::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
             proto: "https",
             trust_forwarded: trust,
+            drop_cookie: None,
         }
+    }
+
+    #[test]
+    fn tethers_session_cookie_is_not_forwarded() {
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1; tether_session=v4.x; b=2\r\nCookie: tether_session=y\r\nCookie: c=3\r\n\r\n";
+        let mut c = ctx(false);
+        c.drop_cookie = Some("tether_session");
+        let out = forward(req, &c);
+        assert!(out.contains("Cookie: a=1; b=2\r\n"), "{out}");
+        assert!(out.contains("Cookie: c=3\r\n"), "{out}");
+        assert!(!out.contains("tether_session"), "{out}");
+        // Without a cookie to drop, the header goes as it came.
+        let out = forward(req, &ctx(false));
+        assert!(
+            out.contains("Cookie: a=1; tether_session=v4.x; b=2\r\n"),
+            "{out}"
+        );
     }
 
     fn forward(req: &[u8], ctx: &ForwardContext) -> String {

@@ -260,6 +260,8 @@ impl Session {
             client_ip: self.peer_text,
             proto: info.proto,
             trust_forwarded: info.trust_forwarded,
+            // The login session's cookie is a credential for tether, never for a backend.
+            drop_cookie: pinned.auth.as_deref().map(|a| &*a.cookie),
         };
         write_request_head(&mut out, bytes, &cx.req_head, &fwd);
         // Who the user is, as tether vouches for it (the auth stage's blocks, written once per session).
