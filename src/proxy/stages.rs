@@ -2,7 +2,8 @@
 //! the worker it needs, returning a verdict.
 //!
 //! ```text
-//!  request stages (once per request, with the parsed head):   route → [auth] → [limits] → stickiness
+//!  request stages (once per request, with the parsed head):   test_endpoints → auth_endpoints → route →
+//!                                                              priority → auth → [limits] → stickiness
 //!  attempt stages (once per attempt; a retry runs them again): balance → qos
 //!  forward (the session's exchange)
 //!  response hooks (on the final response head):               sticky_cookie → [notifications] → [metering]
