@@ -25,6 +25,7 @@ pub mod fault_injection;
 pub mod fuzzing;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

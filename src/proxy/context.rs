@@ -223,6 +223,8 @@ pub(crate) struct Ctx {
     /// Logins, with pools configured; and this worker's verified tokens.
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
     pub auth_cache: crate::auth::gate::AuthCache,
+    /// Cluster-wide counters (limits, lockout, metering): this node's shares.
+    pub counters: Arc<crate::limits::counters::Counters>,
     next_id: u64,
 }
 
@@ -242,6 +244,7 @@ pub(crate) struct CtxParts {
     pub metrics: Arc<CachePadded<WorkerMetrics>>,
     pub store: Option<crate::store::StoreWriter>,
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
+    pub counters: Arc<crate::limits::counters::Counters>,
 }
 
 impl Ctx {
@@ -288,6 +291,7 @@ impl Ctx {
             store: p.store,
             auth: p.auth,
             auth_cache: crate::auth::gate::AuthCache::default(),
+            counters: p.counters,
             next_id: 1,
         }
     }

@@ -258,6 +258,9 @@ pub(crate) struct RequestCx<'a> {
     pub auth_cache: &'a mut crate::auth::gate::AuthCache,
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub tls: bool,
+    /// Cluster-wide counters (limits, lockout, metering).
+    #[allow(dead_code)] // the limits stage and lockout (issue #15, being built) read it
+    pub counters: &'a crate::limits::counters::Counters,
 }
 
 impl RequestCx<'_> {

@@ -83,6 +83,41 @@ pub struct Server {
     /// The auth key keeper's thread (with pools), and its stop flag.
     auth_keeper: Option<JoinHandle<()>>,
     auth_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The counters' flusher thread (with a store), stopped with the same flag; and the counters.
+    counters_flusher: Option<JoinHandle<()>>,
+    counters: Arc<crate::limits::counters::Counters>,
+}
+
+/// Store writers beyond the workers' own.
+const EXTRA_WRITERS: usize = 3;
+
+/// The store and the writers of the threads that write to it besides the workers.
+struct ExtraWriters {
+    store: Arc<crate::store::Store>,
+    keys: Option<crate::store::StoreWriter>,
+    relay: Option<crate::store::StoreWriter>,
+    counters: Option<crate::store::StoreWriter>,
+}
+
+impl ExtraWriters {
+    /// Splits `count + EXTRA_WRITERS` writers into the workers' (first) and the threads'.
+    fn split(
+        store: Arc<crate::store::Store>,
+        mut w: Vec<crate::store::StoreWriter>,
+    ) -> (Vec<Option<crate::store::StoreWriter>>, ExtraWriters) {
+        let counters = w.pop();
+        let relay = w.pop();
+        let keys = w.pop();
+        (
+            w.into_iter().map(Some).collect(),
+            ExtraWriters {
+                store,
+                keys,
+                relay,
+                counters,
+            },
+        )
+    }
 }
 
 /// The signals the main thread handles: stop (twice: at once), reload, report.
@@ -201,14 +236,11 @@ impl Server {
         let mut writers: Vec<Option<crate::store::StoreWriter>> =
             (0..count).map(|_| None).collect();
         let mut feed = None;
-        // Two more writers than workers: the auth key keeper's and the auth relay's threads.
+        // Three more writers than workers: the auth key keeper's, the auth relay's and the counters'
+        // flusher's threads.
         let auth_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut auth_keeper = None;
-        let mut auth_writers: Option<(
-            Arc<crate::store::Store>,
-            crate::store::StoreWriter,
-            crate::store::StoreWriter,
-        )> = None;
+        let mut extra: Option<ExtraWriters> = None;
         if let Some(setup) = &replication {
             // Sized for the session table up front: growing a large lock-free map stalls whoever
             // triggers the copy.
@@ -216,17 +248,16 @@ impl Server {
                 config.sessions.max_entries.min(1 << 20),
             ));
             let hlc = Arc::new(crate::store::Hlc::default());
-            let (f, mut w) = crate::store::WriteFeed::new(
+            let (f, w) = crate::store::WriteFeed::new(
                 store.clone(),
                 hlc.clone(),
                 crate::store::node_id(setup.node()),
-                count + 2,
+                count + EXTRA_WRITERS,
                 65_536,
             );
-            let relay_writer = w.pop().expect("count + 2 writers");
-            let keys_writer = w.pop().expect("count + 2 writers");
-            auth_writers = Some((store.clone(), keys_writer, relay_writer));
-            writers = w.into_iter().map(Some).collect();
+            let (w, e) = ExtraWriters::split(store.clone(), w);
+            extra = Some(e);
+            writers = w;
             feed = Some(crate::replication::node::Feed {
                 store,
                 hlc,
@@ -287,23 +318,51 @@ impl Server {
         };
         // Logins (with pools): a lone node keeps its sessions in a store of its own, which nothing
         // replicates (its sync writes are acknowledged at once).
+        if extra.is_none() && snapshot.auth.is_some() {
+            let store = Arc::new(crate::store::Store::new());
+            let (_feed, w) = crate::store::WriteFeed::new(
+                store.clone(),
+                Arc::new(crate::store::Hlc::default()),
+                0,
+                count + EXTRA_WRITERS,
+                1,
+            );
+            let (w, e) = ExtraWriters::split(store, w);
+            extra = Some(e);
+            writers = w;
+        }
+        // Cluster-wide counters: this node's shares, flushed to the store (when there is one) by a
+        // thread of their own; a lone node without a store counts alone.
+        let node_id = replication
+            .as_ref()
+            .map_or(0, |r| crate::store::node_id(&r.node));
+        let peer_ids = config.cluster.as_ref().map_or_else(Vec::new, |c| {
+            c.peers
+                .iter()
+                .map(|p| crate::store::node_id(&p.name))
+                .collect()
+        });
+        let counters = Arc::new(crate::limits::counters::Counters::new(
+            node_id,
+            peer_ids,
+            extra.as_ref().map(|e| e.store.clone()),
+        ));
+        let mut counters_flusher = None;
+        if let Some(e) = extra.as_mut() {
+            if let Some(w) = e.counters.take() {
+                counters_flusher = Some(crate::limits::counters::start_flusher(
+                    counters.clone(),
+                    w,
+                    auth_stop.clone(),
+                )?);
+            }
+        }
         let auth = match snapshot.auth.as_deref() {
             Some(settings) => {
-                if auth_writers.is_none() {
-                    let store = Arc::new(crate::store::Store::new());
-                    let (_feed, mut w) = crate::store::WriteFeed::new(
-                        store.clone(),
-                        Arc::new(crate::store::Hlc::default()),
-                        0,
-                        count + 2,
-                        1,
-                    );
-                    let relay_writer = w.pop().expect("count + 2 writers");
-                    let keys_writer = w.pop().expect("count + 2 writers");
-                    auth_writers = Some((store, keys_writer, relay_writer));
-                    writers = w.into_iter().map(Some).collect();
-                }
-                let Some((store, keys_writer, relay_writer)) = auth_writers.take() else {
+                let Some((store, keys_writer, relay_writer)) = extra
+                    .as_mut()
+                    .and_then(|e| Some((e.store.clone(), e.keys.take()?, e.relay.take()?)))
+                else {
                     return Err(StartError::Cluster("no store for logins".into()));
                 };
                 let auth_config = config.auth.clone().unwrap_or_default();
@@ -357,6 +416,7 @@ impl Server {
                 metrics: Arc::clone(&metrics.workers[index]),
                 store,
                 auth: auth.clone(),
+                counters: counters.clone(),
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);
@@ -427,6 +487,8 @@ impl Server {
             signals,
             auth_keeper,
             auth_stop,
+            counters_flusher,
+            counters,
         })
     }
 
@@ -579,6 +641,15 @@ impl Server {
             new.routes.len()
         );
         self.config = new;
+        // Cluster-wide counters sum the shares of the peers now configured.
+        if let Some(c) = &self.config.cluster {
+            self.counters.set_peers(
+                c.peers
+                    .iter()
+                    .map(|p| crate::store::node_id(&p.name))
+                    .collect(),
+            );
+        }
     }
 
     /// Asks every worker to stop accepting and finish within `grace`.
@@ -744,6 +815,9 @@ impl Server {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(keeper) = self.auth_keeper.take() {
             let _ = keeper.join();
+        }
+        if let Some(flusher) = self.counters_flusher.take() {
+            let _ = flusher.join();
         }
     }
 

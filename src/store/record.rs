@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-/// What a record is about. Kinds 7–63 are reserved for the next stages (notification queues, uploads,
-/// counters).
+/// What a record is about. Kinds 9–63 are reserved for the next stages (notification queues, uploads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
@@ -21,11 +20,15 @@ pub enum Kind {
     IdentityKey = 5,
     /// A user kept in the store (added through the admin API), read when the users file lacks the name.
     User = 6,
+    /// One node's share of a cluster-wide counter (`limits::counters`): key = counter id and origin node.
+    Counter = 7,
+    /// An address on the deny list (`limits`), refused at accept by every node until the record expires.
+    Deny = 8,
 }
 
 impl Kind {
     /// One more than the highest kind: sizes per-kind tables.
-    pub const BOUND: usize = 7;
+    pub const BOUND: usize = 9;
 }
 
 impl Kind {
@@ -38,6 +41,8 @@ impl Kind {
             4 => Some(Kind::TokenKey),
             5 => Some(Kind::IdentityKey),
             6 => Some(Kind::User),
+            7 => Some(Kind::Counter),
+            8 => Some(Kind::Deny),
             _ => None,
         }
     }

@@ -221,6 +221,7 @@ impl Session {
                     auth: cx.auth.as_deref(),
                     auth_cache: &mut cx.auth_cache,
                     tls: cx.listeners[self.listener as usize].proto == "https",
+                    counters: &cx.counters,
                 },
             };
             match stage(&mut request) {

@@ -1,0 +1,4 @@
+//! Abuse protection and metering at the edge (issue #15): cluster-wide counters that add up exactly
+//! (`counters`), on which lockout, rate limits, the deny list and per-tenant metering are built.
+
+pub mod counters;
