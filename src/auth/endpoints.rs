@@ -677,6 +677,15 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 session.user,
                 session.tenant
             );
+            if settings.metering {
+                crate::limits::metering::add(
+                    r.cx.counters,
+                    &pool.tenant,
+                    crate::limits::metering::Metric::Logins,
+                    1,
+                    now,
+                );
+            }
             write_then_answer(r, session_record(r, &id, Some(&session)), reply)
         }
     }

@@ -48,6 +48,12 @@ pub struct AuthSettings {
     pub login_template: Option<Arc<LoginTemplate>>,
     /// Every pool, in config order (by name); routes and hosts refer to them by index.
     pub pools: Vec<Pool>,
+    /// `[metering] enabled`: usage is counted per tenant.
+    pub metering: bool,
+    /// Each pool's tenant, in pool order (the metering's names).
+    pub tenants: Vec<Box<str>>,
+    /// `[metering] over_quota`: 429 or 403.
+    pub over_quota: u16,
 }
 
 /// One `[pools.NAME]`.
@@ -64,6 +70,16 @@ pub struct Pool {
     pub self_registration: bool,
     /// Where logins are relayed instead of checked against `users`.
     pub upstream: Option<UpstreamAuth>,
+    /// The tenant's usage quotas.
+    pub quotas: Vec<Quota>,
+}
+
+/// At most `limit` of `metric` per `period` for a pool's tenant, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub metric: crate::limits::metering::Metric,
+    pub period: crate::limits::metering::Period,
+    pub limit: u64,
 }
 
 // By hand, so a logged snapshot shows how many users a pool has, never their password hashes.
@@ -141,7 +157,10 @@ impl AuthSettings {
             hash_threads: resolve_hash_threads(auth.hash_threads),
             hash_queue: auth.hash_queue,
             login_template,
+            tenants: pools.iter().map(|p| p.tenant.clone()).collect(),
             pools,
+            metering: config.metering.enabled,
+            over_quota: config.metering.over_quota,
         }))
     }
 
@@ -225,6 +244,20 @@ fn build_pool(config: &Config, name: &str, pool: &PoolConfig) -> Result<Pool, St
         },
         self_registration: pool.self_registration,
         upstream,
+        quotas: pool
+            .quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                Ok(Quota {
+                    metric: crate::limits::metering::Metric::parse(&q.metric)
+                        .ok_or_else(|| format!("{key}.quotas[{i}].metric: unknown metric"))?,
+                    period: crate::limits::metering::Period::parse(&q.period)
+                        .ok_or_else(|| format!("{key}.quotas[{i}].period: unknown period"))?,
+                    limit: q.limit,
+                })
+            })
+            .collect::<Result<_, String>>()?,
     })
 }
 

@@ -907,6 +907,12 @@ limits.max_headers = 5
         "pools.*.upstream.refresh_url",
         "pools.*.upstream.header",
         "pools.*.upstream.timeout",
+        "pools.*.quotas[].metric",
+        "pools.*.quotas[].period",
+        "pools.*.quotas[].limit",
+        "metering.enabled",
+        "metering.file",
+        "metering.over_quota",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

@@ -46,6 +46,9 @@ pub struct Config {
     /// User pools by name (`[pools.NAME]`): who may log in, and for which tenant.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// `[metering]`: usage per tenant (pools), and what a tenant over its quota gets.
+    #[serde(default)]
+    pub metering: MeteringConfig,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -1028,6 +1031,43 @@ pub struct PoolConfig {
     /// Relay logins to an upstream auth endpoint instead of checking local users.
     #[serde(default)]
     pub upstream: Option<UpstreamAuthConfig>,
+    /// Usage quotas of the pool's tenant (`[[pools.NAME.quotas]]`).
+    #[serde(default)]
+    pub quotas: Vec<QuotaConfig>,
+}
+
+/// `[[pools.NAME.quotas]]`: at most `limit` of `metric` per `period`, cluster-wide.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// `"requests"`, `"bytes_in"`, `"bytes_out"`, `"backend_us"` or `"logins"`.
+    pub metric: String,
+    /// `"minute"`, `"hour"`, `"day"` or `"month"` (calendar month, UTC).
+    pub period: String,
+    pub limit: u64,
+}
+
+/// `[metering]`: usage per tenant.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// Count usage per tenant (only meaningful with pools).
+    pub enabled: bool,
+    /// File the usage report is written to on `SIGUSR1` and at the end of every minute: CSV, or JSON
+    /// when the name ends in `.json`. Relative paths: from the config file's directory.
+    pub file: Option<String>,
+    /// Status of a request over a quota: 429 or 403.
+    pub over_quota: u16,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            enabled: true,
+            file: None,
+            over_quota: 429,
+        }
+    }
 }
 
 fn default_min_password_length() -> usize {

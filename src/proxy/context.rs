@@ -225,6 +225,8 @@ pub(crate) struct Ctx {
     pub auth_cache: crate::auth::gate::AuthCache,
     /// Cluster-wide counters (limits, lockout, metering): this node's shares.
     pub counters: Arc<crate::limits::counters::Counters>,
+    /// This worker's usage sums not yet handed to the counters.
+    pub meter: crate::limits::metering::WorkerMeter,
     next_id: u64,
 }
 
@@ -292,6 +294,7 @@ impl Ctx {
             auth: p.auth,
             auth_cache: crate::auth::gate::AuthCache::default(),
             counters: p.counters,
+            meter: crate::limits::metering::WorkerMeter::default(),
             next_id: 1,
         }
     }

@@ -198,6 +198,8 @@ pub(crate) struct Plan {
     /// The client's `Authorization` header is tether's (a bearer access token) or replaced by the relayed
     /// token: not forwarded.
     pub strip_authorization: bool,
+    /// The tenant the request is metered for: its pool's index in the pinned snapshot's `[pools]`.
+    pub tenant: Option<usize>,
 }
 
 impl Plan {
@@ -259,7 +261,6 @@ pub(crate) struct RequestCx<'a> {
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub tls: bool,
     /// Cluster-wide counters (limits, lockout, metering).
-    #[allow(dead_code)] // the limits stage and lockout (issue #15, being built) read it
     pub counters: &'a crate::limits::counters::Counters,
 }
 
@@ -291,6 +292,7 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("route", route),
     ("priority", priority),
     ("auth", auth),
+    ("quota", quota),
     ("stickiness", stickiness),
 ];
 
@@ -351,11 +353,17 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     let Some(snapshot) = r.plan.snapshot.clone() else {
         return Verdict::Continue;
     };
-    let Some(policy) = snapshot
+    let policy = snapshot
         .routes
         .get(r.plan.route)
-        .and_then(|x| x.auth.as_ref())
-    else {
+        .and_then(|x| x.auth.as_ref());
+    // The tenant the request is metered for: its route's pool, else the pool serving its host.
+    if let Some(settings) = snapshot.auth.as_deref().filter(|s| s.metering) {
+        r.plan.tenant = policy.map(|p| p.pool).or_else(|| {
+            settings.pool_for_host(r.head.authority.map_or(&b""[..], |a| a.of(r.bytes)))
+        });
+    }
+    let Some(policy) = policy else {
         return Verdict::Continue;
     };
     let (Some(settings), Some(auth)) = (snapshot.auth.as_deref(), r.cx.auth) else {
@@ -440,6 +448,49 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     r.plan.upstream_token = verified.upstream;
     r.plan.strip_authorization =
         matches!(cred, crate::auth::session::Credential::Bearer(_)) || pool.upstream.is_some();
+    Verdict::Continue
+}
+
+/// Quota stage: a request of a tenant that used up a quota of the current period (cluster-wide, as the
+/// metering counts it) is refused — 429 or 403 (`[metering] over_quota`), naming the quota.
+fn quota(r: &mut Request<'_>) -> Verdict {
+    let Some(pool_index) = r.plan.tenant else {
+        return Verdict::Continue;
+    };
+    let Some(settings) = r.plan.snapshot.as_ref().and_then(|s| s.auth.clone()) else {
+        return Verdict::Continue;
+    };
+    let Some(pool) = settings.pools.get(pool_index) else {
+        return Verdict::Continue;
+    };
+    for q in &pool.quotas {
+        let used = crate::limits::metering::total(
+            r.cx.counters,
+            &pool.tenant,
+            q.metric,
+            q.period,
+            r.cx.unix_now,
+        );
+        if used >= q.limit {
+            let (_, ends) = q.period.at(r.cx.unix_now);
+            let body = serde_json::json!({
+                "error": "quota_exceeded",
+                "message": format!(
+                    "tenant {} used its quota of {} {} per {}",
+                    pool.tenant, q.limit, q.metric.name(), q.period.name()
+                ),
+                "quota": { "metric": q.metric.name(), "period": q.period.name(), "limit": q.limit },
+            });
+            let mut reply = Reply::new(settings.over_quota, "application/json", body.to_string());
+            if settings.over_quota == 429 {
+                reply.headers.push((
+                    "Retry-After",
+                    ends.saturating_sub(r.cx.unix_now).max(1).to_string(),
+                ));
+            }
+            return Verdict::Answer(Answer::Reply(Box::new(reply)));
+        }
+    }
     Verdict::Continue
 }
 

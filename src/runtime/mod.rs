@@ -86,6 +86,8 @@ pub struct Server {
     /// The counters' flusher thread (with a store), stopped with the same flag; and the counters.
     counters_flusher: Option<JoinHandle<()>>,
     counters: Arc<crate::limits::counters::Counters>,
+    /// Writes `[metering] file` at the end of every minute.
+    metering_reporter: Option<JoinHandle<()>>,
 }
 
 /// Store writers beyond the workers' own.
@@ -357,6 +359,15 @@ impl Server {
                 )?);
             }
         }
+        let mut metering_reporter = None;
+        if let (Some(file), Some(_)) = (&config.metering.file, snapshot.auth.as_deref()) {
+            metering_reporter = Some(crate::limits::metering::start_reporter(
+                config.resolve_path(file),
+                counters.clone(),
+                Arc::clone(&shared),
+                auth_stop.clone(),
+            )?);
+        }
         let auth = match snapshot.auth.as_deref() {
             Some(settings) => {
                 let Some((store, keys_writer, relay_writer)) = extra
@@ -489,6 +500,7 @@ impl Server {
             auth_stop,
             counters_flusher,
             counters,
+            metering_reporter,
         })
     }
 
@@ -677,6 +689,19 @@ impl Server {
             log::info!("{line}");
         }
         let snapshot = self.shared.load();
+        if let (Some(file), Some(settings)) = (&self.config.metering.file, snapshot.auth.as_deref())
+        {
+            let path = self.config.resolve_path(file);
+            match crate::limits::metering::write_report(
+                &path,
+                &self.counters,
+                &settings.tenants,
+                crate::sticky::unix_now(),
+            ) {
+                Ok(()) => log::info!("stats: tenant usage written to {}", path.display()),
+                Err(e) => log::warn!("metering: cannot write {}: {e}", path.display()),
+            }
+        }
         for c in &snapshot.clusters {
             for b in &c.backends {
                 log::info!(
@@ -818,6 +843,9 @@ impl Server {
         }
         if let Some(flusher) = self.counters_flusher.take() {
             let _ = flusher.join();
+        }
+        if let Some(reporter) = self.metering_reporter.take() {
+            let _ = reporter.join();
         }
     }
 

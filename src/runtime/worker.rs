@@ -159,6 +159,7 @@ impl Worker {
                 crate::proxy::warm::top_up(&mut self.cx);
             }
             self.run_ready(&sessions);
+            self.flush_meter(false);
             drop(sessions);
             if self.cx.draining && self.finish_drain() {
                 break;
@@ -252,9 +253,13 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let mut t = self.cx.io.timers.next_timeout(self.cx.now);
-        for at in [self.accept_retry_at, self.drain_deadline]
-            .into_iter()
-            .flatten()
+        for at in [
+            self.accept_retry_at,
+            self.drain_deadline,
+            self.cx.meter.due(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let d = at.saturating_duration_since(self.cx.now);
             t = Some(t.map_or(d, |t| t.min(d)));
@@ -263,10 +268,24 @@ impl Worker {
     }
 
     /// Picks up a reloaded config (one pointer comparison when nothing changed).
+    /// Hands the worker's usage sums to the cluster-wide counters when due (`force`: now, under the
+    /// current snapshot's tenants — before a reload may renumber the pools).
+    fn flush_meter(&mut self, force: bool) {
+        let Some(settings) = self.cx.snapshot.auth.as_deref() else {
+            return;
+        };
+        self.cx.meter.flush_if_due(
+            &self.cx.counters,
+            &settings.tenants,
+            if force { None } else { Some(self.cx.now) },
+            self.cx.unix_now,
+        );
+    }
+
     fn refresh_snapshot(&mut self) {
-        let current = self.shared.load();
-        if current.generation != self.cx.snapshot.generation {
-            let snapshot = Arc::clone(current);
+        if self.shared.load().generation != self.cx.snapshot.generation {
+            self.flush_meter(true);
+            let snapshot = Arc::clone(self.shared.load());
             self.cx
                 .balancer
                 .reset(snapshot.generation, &snapshot.clusters);

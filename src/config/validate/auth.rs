@@ -24,6 +24,12 @@ impl Validator {
         if let Some(auth) = &config.auth {
             self.auth_section(config, auth);
         }
+        if !matches!(config.metering.over_quota, 429 | 403) {
+            self.error("metering.over_quota", "must be 429 or 403");
+        }
+        if config.metering.file.as_deref() == Some("") {
+            self.error("metering.file", "must not be empty");
+        }
         let mut tenants: BTreeMap<&str, String> = BTreeMap::new();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         for (name, pool) in &config.pools {
@@ -217,6 +223,36 @@ impl Validator {
             1024,
             " characters",
         );
+        for (i, q) in pool.quotas.iter().enumerate() {
+            use crate::limits::metering::{Metric, Period};
+            if Metric::parse(&q.metric).is_none() {
+                self.error(
+                    format!("{key}.quotas[{i}].metric"),
+                    format!(
+                        "unknown metric {:?}: expected requests, bytes_in, bytes_out, backend_us or logins",
+                        q.metric
+                    ),
+                );
+            }
+            if Period::parse(&q.period).is_none() {
+                self.error(
+                    format!("{key}.quotas[{i}].period"),
+                    format!(
+                        "unknown period {:?}: expected minute, hour, day or month",
+                        q.period
+                    ),
+                );
+            }
+            if q.limit == 0 {
+                self.error(format!("{key}.quotas[{i}].limit"), "must be at least 1");
+            }
+        }
+        if !pool.quotas.is_empty() && !config.metering.enabled {
+            self.error(
+                format!("{key}.quotas"),
+                "quotas need metering: remove [metering] enabled = false",
+            );
+        }
         let Some(up) = &pool.upstream else {
             return;
         };

@@ -117,6 +117,11 @@ impl Session {
         if let Some(q) = self.plan.queue_us {
             cx.metrics.queue_us.observe(q);
         }
+        if let Some(tenant) = self.plan.tenant {
+            let backend_us = self.plan.backend.is_some().then_some(total_us);
+            cx.meter
+                .request(tenant, self.x.bytes_in, self.x.bytes_out, backend_us);
+        }
         let Some(log) = &cx.access_log else {
             return;
         };
