@@ -74,6 +74,10 @@ pub struct Args {
     #[arg(long)]
     pub new_conn: bool,
 
+    /// Connect from this local address (e.g. 127.0.0.2 on loopback: another client as the target sees it)
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+
     /// Request method
     #[arg(short = 'm', long, default_value = "GET")]
     pub method: String,

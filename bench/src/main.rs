@@ -114,6 +114,7 @@ fn run(args: Args) -> Result<(), String> {
             args.pipeline as usize
         },
         new_conn: args.new_conn,
+        bind: args.bind,
         sessions: args.sessions,
         timeout_ns: args.timeout.as_nanos() as u64,
         warmup_end_ns: warmup_ns,

@@ -39,6 +39,8 @@ pub struct Config {
     /// Requests in flight per connection (1 = no pipelining).
     pub pipeline: usize,
     pub new_conn: bool,
+    /// Local address connections are made from (`--bind`).
+    pub bind: Option<std::net::IpAddr>,
     pub sessions: bool,
     pub timeout_ns: u64,
     /// End of warm-up, relative to the run's start instant.
@@ -51,6 +53,24 @@ pub struct Config {
 }
 
 const READ_BUF: usize = 256 * 1024;
+
+/// A non-blocking connect to `addr`, from `bind` when given (socket2: bind before connect).
+fn connect(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind else {
+        return TcpStream::connect(addr);
+    };
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    s.set_nonblocking(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        // EINPROGRESS: the connect completes later, as with mio's own connect.
+        Err(e) if e.raw_os_error() == Some(115) || e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Req {
@@ -167,7 +187,7 @@ impl Ctx {
 
     fn open(&mut self, c: &mut Conn, idx: usize, registry: &Registry, now: u64) -> bool {
         debug_assert!(c.sock.is_none());
-        let mut s = match TcpStream::connect(self.cfg.addr) {
+        let mut s = match connect(self.cfg.addr, self.cfg.bind) {
             Ok(s) => s,
             Err(_) => {
                 self.stats.error(ErrorKind::Connect);
