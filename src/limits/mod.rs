@@ -1,4 +1,6 @@
 //! Abuse protection and metering at the edge (issue #15): cluster-wide counters that add up exactly
-//! (`counters`), on which lockout, rate limits, the deny list and per-tenant metering are built.
+//! (`counters`), on which account lockout (`lockout`), rate limits, the deny list and per-tenant
+//! metering are built.
 
 pub mod counters;
+pub mod lockout;
