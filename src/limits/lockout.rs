@@ -152,22 +152,28 @@ pub struct Ledger<'c> {
     pub counters: &'c Counters,
 }
 
-/// The counters of one subject: `kind` names what is locked (`b"user"`, `b"address"`), `id` which one.
+/// The counters of one subject: `kind` names what is locked (`b"user"`, `b"address"`), `scope` and
+/// `name` which one (a tenant and a user name; nothing and an address's bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
     pub kind: &'a [u8],
-    pub id: &'a [&'a [u8]],
+    pub scope: &'a [u8],
+    pub name: &'a [u8],
 }
 
 impl Subject<'_> {
     fn key(&self, what: &[u8], series: Option<u64>) -> CounterKey {
-        let s = series.map(u64::to_be_bytes);
-        let mut parts: Vec<&[u8]> = vec![b"lockout", self.kind, what];
-        parts.extend_from_slice(self.id);
-        if let Some(s) = &s {
-            parts.push(s);
+        match series {
+            Some(s) => CounterKey::of(&[
+                b"lockout",
+                self.kind,
+                what,
+                self.scope,
+                self.name,
+                &s.to_be_bytes(),
+            ]),
+            None => CounterKey::of(&[b"lockout", self.kind, what, self.scope, self.name]),
         }
-        CounterKey::of(&parts)
     }
 }
 
@@ -201,7 +207,7 @@ impl Ledger<'_> {
         let f = on_failure(policy, &before, now);
         let c = self.counters;
         // The record lives as long as it can matter: a series ends `reset_after` after its last failure.
-        let expires = u32::try_from(secs(now.saturating_add(policy.reset_after)) + 1).unwrap_or(0);
+        let expires = secs(now.saturating_add(policy.reset_after)).saturating_add(1);
         c.raise(subject.key(b"series", None), f.series, expires);
         c.add(subject.key(b"count", Some(f.series)), 1, expires);
         if let Some(q) = f.quick_until {
@@ -217,6 +223,14 @@ impl Ledger<'_> {
         c.raise(subject.key(b"last", None), now, expires);
         self.read(subject, now)
     }
+}
+
+/// Milliseconds since the Unix epoch (the lockout's clock: a lock's end is a time every node agrees on,
+/// as far as their clocks do).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn secs(ms: u64) -> u32 {
@@ -407,11 +421,13 @@ mod tests {
         };
         let alice = Subject {
             kind: b"user",
-            id: &[b"acme", b"alice"],
+            scope: b"acme",
+            name: b"alice",
         };
         let bob = Subject {
             kind: b"user",
-            id: &[b"acme", b"bob"],
+            scope: b"acme",
+            name: b"bob",
         };
         let p = Policy {
             quick_login_check: 0,

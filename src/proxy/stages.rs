@@ -259,7 +259,6 @@ pub(crate) struct RequestCx<'a> {
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub tls: bool,
     /// Cluster-wide counters (limits, lockout, metering).
-    #[allow(dead_code)] // the limits stage and lockout (issue #15, being built) read it
     pub counters: &'a crate::limits::counters::Counters,
 }
 
