@@ -108,7 +108,11 @@ fn json(r: &Response) -> serde_json::Value {
 #[test]
 fn login_success_and_failure_with_cookie_flags() {
     let backend = identity_backend();
-    let t = Tether::start(&auth_config(&[backend.addr], ""));
+    // Failures in quick succession would lock alice (tests/lockout.rs); here they check the answers.
+    let t = Tether::start(&auth_config(
+        &[backend.addr],
+        "[pools.demo.lockout]\nquick_login_check = \"0s\"\n",
+    ));
 
     let ok = form_login(t.addr, "alice", "tether-demo");
     assert_eq!(ok.status, 303, "{}", ok.text());
