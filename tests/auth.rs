@@ -108,7 +108,11 @@ fn json(r: &Response) -> serde_json::Value {
 #[test]
 fn login_success_and_failure_with_cookie_flags() {
     let backend = identity_backend();
-    let t = Tether::start(&auth_config(&[backend.addr], ""));
+    // Failures in quick succession would lock alice (tests/lockout.rs); here they check the answers.
+    let t = Tether::start(&auth_config(
+        &[backend.addr],
+        "[pools.demo.lockout]\nquick_login_check = \"0s\"\n",
+    ));
 
     let ok = form_login(t.addr, "alice", "tether-demo");
     assert_eq!(ok.status, 303, "{}", ok.text());
@@ -536,7 +540,8 @@ fn login_storm_does_not_slow_plain_requests_on_the_same_worker() {
     let backend = Backend::named("plain");
     let t = Tether::start(&auth_config(
         &[backend.addr],
-        "[auth]\nhash_threads = 1\nhash_queue = 64\n",
+        // Lockout would stop the storm before the hash: this test is about the hash threads.
+        "[auth]\nhash_threads = 1\nhash_queue = 64\n\n[pools.demo.lockout]\nenabled = false\n",
     ));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let logins = Arc::new(AtomicUsize::new(0));

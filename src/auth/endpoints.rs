@@ -15,7 +15,7 @@
 use super::relay::{Flight, Job, RelayError, UpstreamToken};
 use super::runtime::Auth;
 use super::session::{Credential, LoginSession, UpstreamTokens};
-use super::settings::{AuthSettings, Pool};
+use super::settings::{AuthSettings, Lockout, Pool};
 use super::token::{Claims, TokenKind};
 use crate::error::Termination;
 use crate::proxy::stages::{Answer, Reply, Request, Ticket, Verdict, Wait};
@@ -357,6 +357,20 @@ fn login(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verd
             ));
         }
     }
+    // A locked account or address gets a wrong password's answer before its password is looked at:
+    // it never reaches the hash. No lock is taken: concurrent logins read the counters side by side.
+    if let Some(lockout) = &pool.lockout {
+        let now = crate::limits::lockout::now_ms();
+        let decision = lock_of(r, lockout, pool, &form.username, now);
+        if decision.is_locked() {
+            log::info!(
+                "login refused: user {:?} or its address is locked ({decision:?})",
+                form.username
+            );
+            let retry = json.then(|| decision.retry_after(now)).flatten();
+            return login_failed(r, settings, auth, pool, json, &return_to, retry);
+        }
+    }
     let Some(ticket) = r.cx.ticket() else {
         return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
     };
@@ -421,6 +435,110 @@ fn login(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verd
         until: r.cx.now + CHECK_TIMEOUT,
         on_timeout: Some(Termination::WaitTimeout),
     })
+}
+
+/// The answer to a wrong password, and to any login of a locked account or address (the same status and
+/// body, so neither tells whether the password was right); `retry_after`: the lock's remaining seconds,
+/// for JSON clients.
+fn login_failed(
+    r: &Request<'_>,
+    settings: &AuthSettings,
+    auth: &Auth,
+    pool: &Pool,
+    json: bool,
+    return_to: &str,
+    retry_after: Option<u64>,
+) -> Verdict {
+    let mut reply = if json {
+        json_error(401, "invalid_credentials", super::login_form::LOGIN_FAILED)
+    } else {
+        login_page(
+            r,
+            settings,
+            auth,
+            pool,
+            401,
+            return_to,
+            Some(super::login_form::LOGIN_FAILED),
+        )
+    };
+    if let Some(secs) = retry_after {
+        reply.headers.push(("Retry-After", secs.to_string()));
+    }
+    answer(reply)
+}
+
+/// The lockout subjects of a login: the account (tenant and name, whether the user exists or not) and the
+/// client's address (when the pool locks addresses).
+fn lock_subjects<'a>(
+    pool: &'a Pool,
+    username: &'a str,
+    address: &'a [u8],
+) -> [crate::limits::lockout::Subject<'a>; 2] {
+    use crate::limits::lockout::Subject;
+    [
+        Subject {
+            kind: b"user",
+            scope: pool.tenant.as_bytes(),
+            name: username.as_bytes(),
+        },
+        Subject {
+            kind: b"address",
+            scope: b"",
+            name: address,
+        },
+    ]
+}
+
+/// The client's address as lockout counts it (an IPv4-mapped IPv6 address is its IPv4 one).
+fn address_bytes(ip: std::net::IpAddr) -> ([u8; 16], usize) {
+    let mut b = [0u8; 16];
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), 16),
+    }
+}
+
+/// Whether the account or the client's address is locked at `now` (the later lock wins).
+fn lock_of(
+    r: &Request<'_>,
+    lockout: &Lockout,
+    pool: &Pool,
+    username: &str,
+    now: u64,
+) -> crate::limits::lockout::Decision {
+    use crate::limits::lockout::{Decision, Ledger, decide};
+    let ledger = Ledger {
+        counters: r.cx.counters,
+    };
+    let (bytes, len) = address_bytes(r.cx.client);
+    let [account, address] = lock_subjects(pool, username, &bytes[..len]);
+    let mut decision = decide(&lockout.account, &ledger.read(&account, now), now);
+    if let (Some(policy), false) = (&lockout.address, decision == Decision::Permanent) {
+        match (decide(policy, &ledger.read(&address, now), now), decision) {
+            (Decision::Until(a), Decision::Until(u)) => decision = Decision::Until(a.max(u)),
+            (Decision::Until(a), Decision::Open) => decision = Decision::Until(a),
+            _ => {}
+        }
+    }
+    decision
+}
+
+/// Counts a wrong password (or an unknown user) against the account and the client's address.
+fn count_failure(r: &Request<'_>, lockout: &Lockout, pool: &Pool, username: &str) {
+    let ledger = crate::limits::lockout::Ledger {
+        counters: r.cx.counters,
+    };
+    let now = crate::limits::lockout::now_ms();
+    let (bytes, len) = address_bytes(r.cx.client);
+    let [account, address] = lock_subjects(pool, username, &bytes[..len]);
+    ledger.fail(&lockout.account, &account, now);
+    if let Some(policy) = &lockout.address {
+        ledger.fail(policy, &address, now);
+    }
 }
 
 /// A user of the pool: from its users file, else from the store (users added through the admin API).
@@ -611,23 +729,18 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 }
                 Some(Verdict2::Password(false)) | Some(Verdict2::Upstream(Err(_))) => {
                     log::info!("login failed for user {:?}", login.username);
-                    return if login.json {
-                        answer(json_error(
-                            401,
-                            "invalid_credentials",
-                            super::login_form::LOGIN_FAILED,
-                        ))
-                    } else {
-                        answer(login_page(
-                            r,
-                            settings,
-                            auth,
-                            pool,
-                            401,
-                            &login.return_to,
-                            Some(super::login_form::LOGIN_FAILED),
-                        ))
-                    };
+                    if let Some(lockout) = &pool.lockout {
+                        count_failure(r, lockout, pool, &login.username);
+                    }
+                    return login_failed(
+                        r,
+                        settings,
+                        auth,
+                        pool,
+                        login.json,
+                        &login.return_to,
+                        None,
+                    );
                 }
                 None | Some(Verdict2::Hashed(_)) => return text(503, "login check lost"),
             };

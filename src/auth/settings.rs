@@ -72,6 +72,8 @@ pub struct Pool {
     pub upstream: Option<UpstreamAuth>,
     /// The tenant's usage quotas.
     pub quotas: Vec<Quota>,
+    /// When failed logins lock an account or address (none: never).
+    pub lockout: Option<Lockout>,
 }
 
 /// At most `limit` of `metric` per `period` for a pool's tenant, cluster-wide.
@@ -80,6 +82,44 @@ pub struct Quota {
     pub metric: crate::limits::metering::Metric,
     pub period: crate::limits::metering::Period,
     pub limit: u64,
+}
+
+/// A pool's lockout policies, compiled from `[pools.NAME.lockout]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// Per account (tenant and user name).
+    pub account: crate::limits::lockout::Policy,
+    /// Per client address (none: addresses are not locked): the account's waits, its own failure factor,
+    /// no quick check (many users may share an address) and never permanent.
+    pub address: Option<crate::limits::lockout::Policy>,
+}
+
+impl Lockout {
+    /// `None` when disabled.
+    pub fn of(c: &crate::config::schema::LockoutConfig) -> Option<Lockout> {
+        if !c.enabled {
+            return None;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let account = crate::limits::lockout::Policy {
+            failures: u64::from(c.failures.max(1)),
+            wait_increment: ms(c.wait_increment),
+            max_wait: ms(c.max_wait),
+            quick_login_check: ms(c.quick_login_check),
+            min_quick_wait: ms(c.min_quick_wait),
+            reset_after: ms(c.reset_after),
+            permanent_after: u64::from(c.permanent_after),
+        };
+        Some(Lockout {
+            account,
+            address: c.per_address.then_some(crate::limits::lockout::Policy {
+                failures: u64::from(c.address_failures.max(1)),
+                quick_login_check: 0,
+                permanent_after: 0,
+                ..account
+            }),
+        })
+    }
 }
 
 // By hand, so a logged snapshot shows how many users a pool has, never their password hashes.
@@ -93,6 +133,7 @@ impl fmt::Debug for Pool {
             .field("rules", &self.rules)
             .field("self_registration", &self.self_registration)
             .field("upstream", &self.upstream)
+            .field("lockout", &self.lockout)
             .finish()
     }
 }
@@ -258,6 +299,7 @@ fn build_pool(config: &Config, name: &str, pool: &PoolConfig) -> Result<Pool, St
                 })
             })
             .collect::<Result<_, String>>()?,
+        lockout: Lockout::of(&pool.lockout),
     })
 }
 

@@ -913,6 +913,16 @@ limits.max_headers = 5
         "metering.enabled",
         "metering.file",
         "metering.over_quota",
+        "pools.*.lockout.enabled",
+        "pools.*.lockout.failures",
+        "pools.*.lockout.wait_increment",
+        "pools.*.lockout.max_wait",
+        "pools.*.lockout.quick_login_check",
+        "pools.*.lockout.min_quick_wait",
+        "pools.*.lockout.reset_after",
+        "pools.*.lockout.permanent_after",
+        "pools.*.lockout.per_address",
+        "pools.*.lockout.address_failures",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

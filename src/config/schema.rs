@@ -1034,6 +1034,9 @@ pub struct PoolConfig {
     /// Usage quotas of the pool's tenant (`[[pools.NAME.quotas]]`).
     #[serde(default)]
     pub quotas: Vec<QuotaConfig>,
+    /// Lock accounts and client addresses after failed logins.
+    #[serde(default)]
+    pub lockout: LockoutConfig,
 }
 
 /// `[[pools.NAME.quotas]]`: at most `limit` of `metric` per `period`, cluster-wide.
@@ -1068,6 +1071,88 @@ impl Default for MeteringConfig {
             over_quota: 429,
         }
     }
+}
+
+/// `[pools.NAME.lockout]`: when failed logins lock an account (and a client address); Keycloak's
+/// brute-force settings, counted cluster-wide.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Lock at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Failures of an account before its first lock (the failure factor).
+    #[serde(default = "default_lockout_failures")]
+    pub failures: u32,
+    /// The wait per `failures` failures.
+    #[serde(default = "default_wait_increment", with = "duration")]
+    pub wait_increment: Duration,
+    /// The longest temporary wait.
+    #[serde(default = "default_max_wait", with = "duration")]
+    pub max_wait: Duration,
+    /// Failures closer together than this lock at once (0: no quick check).
+    #[serde(default = "default_quick_login_check", with = "duration")]
+    pub quick_login_check: Duration,
+    /// The wait of a quick lock.
+    #[serde(default = "default_min_quick_wait", with = "duration")]
+    pub min_quick_wait: Duration,
+    /// A failure this long after the previous one starts counting afresh.
+    #[serde(default = "default_reset_after", with = "duration")]
+    pub reset_after: Duration,
+    /// Temporary lockouts before a permanent one (0: never).
+    #[serde(default)]
+    pub permanent_after: u32,
+    /// Also lock a client address that fails too often, whatever the accounts it tries.
+    #[serde(default = "default_true")]
+    pub per_address: bool,
+    /// Failures from one address before its first lock.
+    #[serde(default = "default_address_failures")]
+    pub address_failures: u32,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig {
+            enabled: true,
+            failures: default_lockout_failures(),
+            wait_increment: default_wait_increment(),
+            max_wait: default_max_wait(),
+            quick_login_check: default_quick_login_check(),
+            min_quick_wait: default_min_quick_wait(),
+            reset_after: default_reset_after(),
+            permanent_after: 0,
+            per_address: true,
+            address_failures: default_address_failures(),
+        }
+    }
+}
+
+fn default_lockout_failures() -> u32 {
+    5
+}
+
+fn default_wait_increment() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_quick_login_check() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_min_quick_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_reset_after() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_address_failures() -> u32 {
+    20
 }
 
 fn default_min_password_length() -> usize {

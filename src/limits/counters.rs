@@ -99,6 +99,22 @@ impl Counters {
     /// Unix epoch; a later call may extend it). Lock-free; allocates only the first time this node
     /// counts `key`. Returns this node's share after the addition.
     pub fn add(&self, key: CounterKey, n: u64, expires: u32) -> u64 {
+        self.update(key, expires, |count| {
+            count.fetch_add(n, Ordering::Relaxed) + n
+        })
+    }
+
+    /// Raises this node's share of `key` to `value` if it is lower: a high-water mark (a time, say),
+    /// whose cluster-wide value is [`Counters::highest`]. Shares still only grow, so replication never
+    /// overwrites a higher mark with a lower one. Lock-free, as [`Counters::add`]. Returns this node's
+    /// share after the raise.
+    pub fn raise(&self, key: CounterKey, value: u64, expires: u32) -> u64 {
+        self.update(key, expires, |count| {
+            count.fetch_max(value, Ordering::Relaxed).max(value)
+        })
+    }
+
+    fn update(&self, key: CounterKey, expires: u32, change: impl FnOnce(&AtomicU64) -> u64) -> u64 {
         let map = self.shares.pin();
         let share = match map.get(&key) {
             Some(s) => s,
@@ -117,11 +133,25 @@ impl Counters {
         if share.expires.load(Ordering::Relaxed) < expires {
             share.expires.store(expires, Ordering::Relaxed);
         }
-        let after = share.count.fetch_add(n, Ordering::Relaxed) + n;
+        let after = change(&share.count);
         if !self.dirty.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Relaxed);
         }
         after
+    }
+
+    /// The highest share of `key` at `now` across this node and its peers (see [`Counters::raise`]).
+    /// Lock-free, no allocation.
+    pub fn highest(&self, key: &CounterKey, now: u32) -> u64 {
+        let own = match self.shares.pin().get(key) {
+            Some(s) => s.count.load(Ordering::Relaxed),
+            None => self.stored(key, self.node, now),
+        };
+        let peers = self.peers.load();
+        peers
+            .iter()
+            .map(|&p| self.stored(key, p, now))
+            .fold(own, u64::max)
     }
 
     /// This node's share of `key`.
@@ -294,6 +324,22 @@ mod tests {
         c.flush(&w, 112);
         assert_eq!(c.local(&key), 0, "dropped past its expiry");
         assert_eq!(c.total(&key, 112), 0, "and its record expired too");
+    }
+
+    #[test]
+    fn high_water_marks_take_the_highest_share() {
+        let store = Arc::new(Store::new());
+        let a = Counters::new(1, vec![2], Some(store.clone()));
+        let b = Counters::new(2, vec![1], Some(store.clone()));
+        let key = CounterKey::of(&[b"last"]);
+        assert_eq!(a.raise(key, 50, 0), 50);
+        assert_eq!(a.raise(key, 40, 0), 50, "never lowered");
+        b.raise(key, 70, 0);
+        a.flush(&writer(&store, 1), 0);
+        b.flush(&writer(&store, 2), 0);
+        assert_eq!(a.highest(&key, 0), 70);
+        assert_eq!(b.highest(&key, 0), 70);
+        assert_eq!(a.total(&key, 0), 120, "a sum would mix them up");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use super::{Validator, is_header_char};
 use crate::auth::settings::UpstreamUrl;
 use crate::auth::users::check_name;
 use crate::config::names::{closest, quote_key};
-use crate::config::schema::{AuthConfig, Config, PoolConfig, RouteAuthMode, RouteConfig};
+use crate::config::schema::{
+    AuthConfig, Config, LockoutConfig, PoolConfig, RouteAuthMode, RouteConfig,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -253,6 +255,7 @@ impl Validator {
                 "quotas need metering: remove [metering] enabled = false",
             );
         }
+        self.lockout(&format!("{key}.lockout"), &pool.lockout);
         let Some(up) = &pool.upstream else {
             return;
         };
@@ -297,6 +300,60 @@ impl Validator {
     }
 
     /// A route's `auth`, `pool`, `roles` and `groups`.
+    /// `[pools.NAME.lockout]`: counts in range, waits that fit in the reset window (a lock never outlives
+    /// the failures it counts).
+    fn lockout(&mut self, key: &str, l: &LockoutConfig) {
+        self.range(&format!("{key}.failures"), l.failures as usize, 1, 1000, "");
+        self.range(
+            &format!("{key}.address_failures"),
+            l.address_failures as usize,
+            1,
+            100_000,
+            "",
+        );
+        self.range(
+            &format!("{key}.permanent_after"),
+            l.permanent_after as usize,
+            0,
+            1000,
+            "",
+        );
+        if l.wait_increment.is_zero() {
+            self.error(
+                format!("{key}.wait_increment"),
+                "must be greater than zero (e.g. \"1m\")",
+            );
+        }
+        if l.max_wait < l.wait_increment {
+            self.error(
+                format!("{key}.max_wait"),
+                format!(
+                    "must be at least wait_increment ({})",
+                    humantime::format_duration(l.wait_increment)
+                ),
+            );
+        }
+        if !l.quick_login_check.is_zero() && l.min_quick_wait.is_zero() {
+            self.error(
+                format!("{key}.min_quick_wait"),
+                "must be greater than zero while quick_login_check is on (e.g. \"1m\")",
+            );
+        }
+        let longest = l.max_wait.max(l.min_quick_wait);
+        if l.reset_after < longest {
+            self.error(
+                format!("{key}.reset_after"),
+                format!(
+                    "must be at least the longest wait ({}): a lock ends with its failures' window",
+                    humantime::format_duration(longest)
+                ),
+            );
+        }
+        if l.reset_after > Duration::from_secs(365 * 24 * 3600) {
+            self.error(format!("{key}.reset_after"), "must be at most a year");
+        }
+    }
+
     fn route_auth(&mut self, config: &Config, key: &str, r: &RouteConfig) {
         for (field, names) in [("roles", &r.roles), ("groups", &r.groups)] {
             for (j, name) in names.iter().enumerate() {
@@ -835,5 +892,41 @@ mod tests {
             )),
             []
         );
+    }
+
+    #[test]
+    fn lockout_keys() {
+        let d = tmp();
+        let ok = "[pools.mail.lockout]\nfailures = 3\nwait_increment = \"2s\"\nmax_wait = \"10s\"\nreset_after = \"1m\"\nmin_quick_wait = \"2s\"\n";
+        assert_eq!(errors(&with_pool(&d, ok)), []);
+        for (table, key, says) in [
+            ("failures = 0", "failures", "1"),
+            ("address_failures = 0", "address_failures", "1"),
+            ("permanent_after = 1001", "permanent_after", "1000"),
+            (
+                "wait_increment = \"0s\"",
+                "wait_increment",
+                "greater than zero",
+            ),
+            (
+                "wait_increment = \"20m\"",
+                "max_wait",
+                "at least wait_increment",
+            ),
+            (
+                "min_quick_wait = \"0s\"",
+                "min_quick_wait",
+                "greater than zero",
+            ),
+            ("reset_after = \"5m\"", "reset_after", "longest wait"),
+        ] {
+            let errs = errors(&with_pool(&d, &format!("[pools.mail.lockout]\n{table}\n")));
+            assert_eq!(errs.len(), 1, "{table}: {errs:#?}");
+            assert_eq!(errs[0].1, format!("pools.mail.lockout.{key}"), "{table}");
+            assert!(errs[0].2.contains(says), "{table}: {}", errs[0].2);
+        }
+        // A quick check of 0 needs no quick wait; a disabled lockout is still checked.
+        let off = "[pools.mail.lockout]\nquick_login_check = \"0s\"\nmin_quick_wait = \"0s\"\n";
+        assert_eq!(errors(&with_pool(&d, off)), []);
     }
 }
