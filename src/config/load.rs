@@ -1025,6 +1025,7 @@ limits.max_headers = 5
                 roles: Vec::new(),
                 groups: Vec::new(),
                 identity: true,
+                rate_limits: Vec::new(),
             }]
         );
         assert_eq!(c.auth, None);
