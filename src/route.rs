@@ -93,7 +93,9 @@ impl RouteTable {
             let mut limits = Vec::with_capacity(r.rate_limits.len());
             for (j, name) in r.rate_limits.iter().enumerate() {
                 let Some(l) = rate_limits.iter().position(|n| n == name) else {
-                    return Err(format!("routes[{i}].rate_limits[{j}]: no rate limit {name:?}"));
+                    return Err(format!(
+                        "routes[{i}].rate_limits[{j}]: no rate limit {name:?}"
+                    ));
                 };
                 limits.push(l);
             }
@@ -285,8 +287,13 @@ mod tests {
     #[test]
     fn a_host_without_a_matching_prefix_falls_back_to_less_specific_hosts() {
         let routes = vec![route("a.test", "/only/", "a"), route("*", "/", "any")];
-        let t =
-            RouteTable::build(&routes, |n| if n == "a" { Some(0) } else { Some(1) }, &[], &[]).unwrap();
+        let t = RouteTable::build(
+            &routes,
+            |n| if n == "a" { Some(0) } else { Some(1) },
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(cluster(&t, Some("a.test"), "/elsewhere"), Some(1));
         assert_eq!(cluster(&t, Some("a.test"), "/only/x"), Some(0));
     }
@@ -299,7 +306,8 @@ mod tests {
         authed.header = Some("Authorization".into());
         let routes = vec![write, authed, route("*", "/cart", "plain")];
         let names = ["secure", "authed", "plain"];
-        let t = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[], &[]).unwrap();
+        let t =
+            RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[], &[]).unwrap();
         let pick = |method: &[u8], headers: &[&str]| {
             t.lookup(None, b"/cart/1", |r| {
                 r.accepts(method, |h| headers.contains(&h))

@@ -7,5 +7,5 @@ mod validate;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub(crate) use load::{locate, syntax_error};
-pub(crate) use validate::is_header_char;
 pub use schema::*;
+pub(crate) use validate::is_header_char;

@@ -157,7 +157,11 @@ mod tests {
                 .unwrap()
                 .contains("2001:db8:1::1".parse().unwrap())
         );
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }

@@ -76,13 +76,7 @@ impl RateLimit {
 
     /// Takes one request from the bucket or window of `key` (the key's bytes), at `now` (monotonic)
     /// and `unix_now` (seconds, for cluster-wide windows every node numbers alike).
-    pub fn check(
-        &self,
-        key: &[u8],
-        counters: &Counters,
-        now: Instant,
-        unix_now: u32,
-    ) -> Decision {
+    pub fn check(&self, key: &[u8], counters: &Counters, now: Instant, unix_now: u32) -> Decision {
         if self.cluster_wide {
             self.check_window(key, counters, unix_now)
         } else {

@@ -391,7 +391,9 @@ fn limits(r: &mut Request<'_>) -> Verdict {
             r.cx.metrics.rate_limited.inc();
             let mut reply = Reply::new(429, "text/plain", "too many requests\n");
             reply.headers.push(("Retry-After", retry_after.to_string()));
-            reply.headers.push(("RateLimit-Policy", limit.policy.to_string()));
+            reply
+                .headers
+                .push(("RateLimit-Policy", limit.policy.to_string()));
             reply.headers.push((
                 "RateLimit",
                 format!("{:?};r=0;t={retry_after}", &*limit.name),

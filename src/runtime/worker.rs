@@ -420,7 +420,10 @@ impl Worker {
             return false;
         }
         self.cx.metrics.rejected_denied.inc();
-        log::debug!("worker {}: {ip} is on the deny list; connection closed", self.cx.worker);
+        log::debug!(
+            "worker {}: {ip} is on the deny list; connection closed",
+            self.cx.worker
+        );
         true
     }
 

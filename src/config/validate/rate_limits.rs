@@ -9,14 +9,19 @@ impl Validator {
     pub(super) fn rate_limits(&mut self, config: &Config) {
         for (i, l) in config.rate_limits.iter().enumerate() {
             let key = format!("rate_limits[{i}]");
-            if l.name.is_empty() || l.name.contains(['"', '\\']) || l.name.chars().any(char::is_control)
+            if l.name.is_empty()
+                || l.name.contains(['"', '\\'])
+                || l.name.chars().any(char::is_control)
             {
                 self.error(
                     format!("{key}.name"),
                     "must be a non-empty name without quotes, backslashes or control characters",
                 );
             }
-            if let Some(j) = config.rate_limits[..i].iter().position(|o| o.name == l.name) {
+            if let Some(j) = config.rate_limits[..i]
+                .iter()
+                .position(|o| o.name == l.name)
+            {
                 self.conflict(
                     format!("{key}.name"),
                     format!("{:?} is already the name of rate_limits[{j}]", l.name),
@@ -36,7 +41,10 @@ impl Validator {
                 self.error(format!("{key}.rate"), "must be at least 1");
             }
             if l.per.is_zero() {
-                self.error(format!("{key}.per"), "must be greater than zero (e.g. \"1s\")");
+                self.error(
+                    format!("{key}.per"),
+                    "must be greater than zero (e.g. \"1s\")",
+                );
             } else if l.cluster_wide && l.per.subsec_nanos() != 0 {
                 self.error(
                     format!("{key}.per"),
@@ -67,14 +75,19 @@ impl Validator {
                 if Cidr::parse(e).is_none() {
                     self.error(
                         format!("deny.{list}[{i}]"),
-                        format!("{e:?} is not an address or an address block (e.g. \"10.0.0.0/8\")"),
+                        format!(
+                            "{e:?} is not an address or an address block (e.g. \"10.0.0.0/8\")"
+                        ),
                     );
                 }
             }
         }
         for (i, r) in config.deny.rules.iter().enumerate() {
             if r.requests_per_sec == 0 {
-                self.error(format!("deny.rules[{i}].requests_per_sec"), "must be at least 1");
+                self.error(
+                    format!("deny.rules[{i}].requests_per_sec"),
+                    "must be at least 1",
+                );
             }
             if r.ban.as_secs() == 0 {
                 self.error(
@@ -115,10 +128,7 @@ mod tests {
 
     #[test]
     fn a_route_names_existing_limits() {
-        let text = BASE.replace(
-            "[[routes]]\n",
-            "[[routes]]\nrate_limits = [\"nope\"]\n",
-        );
+        let text = BASE.replace("[[routes]]\n", "[[routes]]\nrate_limits = [\"nope\"]\n");
         let keys: Vec<String> = errors(&text).into_iter().map(|e| e.1).collect();
         assert_eq!(keys, ["routes[0].rate_limits[0]"]);
     }
