@@ -148,6 +148,8 @@ impl Buckets {
     /// only for a bucket not seen before.
     pub fn take(&self, id: CounterKey, now: Instant, interval: u64, burst: u64) -> Decision {
         let now = self.nanos(now);
+        // A rate above one per nanosecond (a deny rule of 2e9 requests/s) is one per nanosecond.
+        let interval = interval.max(1);
         let tolerance = interval.saturating_mul(burst);
         let map = self.map.pin();
         let tat = match map.get(&id) {
