@@ -59,7 +59,8 @@ fn pipeline(c: &mut Criterion) {
         route("*", "/", "web"),
     ];
     let names = ["static", "api", "web"];
-    let table = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[]).unwrap();
+    let table =
+        RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[], &[]).unwrap();
     let limits = HeadLimits::default();
     let mut head = RequestHead::with_capacity(limits.max_headers);
     let mut out = Vec::with_capacity(2048);

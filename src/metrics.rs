@@ -94,6 +94,12 @@ pub struct WorkerMetrics {
     pub accepted: Counter,
     /// Client connections closed at accept for being over `limits.max_connections_per_client`.
     pub rejected_per_client: Counter,
+    /// Client connections closed at accept: the address is on the deny list.
+    pub rejected_denied: Counter,
+    /// Requests answered 429 by a rate limit.
+    pub rate_limited: Counter,
+    /// Addresses this worker put on the deny list (a `[deny]` rule fired).
+    pub denied: Counter,
     /// Request heads parsed (every request, whatever its end).
     pub requests: Counter,
     /// Requests answered by tether itself (its own endpoints).
@@ -127,6 +133,9 @@ impl Default for WorkerMetrics {
         WorkerMetrics {
             accepted: Counter::default(),
             rejected_per_client: Counter::default(),
+            rejected_denied: Counter::default(),
+            rate_limited: Counter::default(),
+            denied: Counter::default(),
             requests: Counter::default(),
             answered: Counter::default(),
             upstream_connects: Counter::default(),
@@ -277,6 +286,9 @@ pub struct DelayFigures {
 pub struct Totals {
     pub accepted: u64,
     pub rejected_per_client: u64,
+    pub rejected_denied: u64,
+    pub rate_limited: u64,
+    pub denied: u64,
     pub requests: u64,
     pub answered: u64,
     pub upstream_connects: u64,
@@ -328,6 +340,9 @@ impl Registry {
             }
             t.accepted += w.accepted.get();
             t.rejected_per_client += w.rejected_per_client.get();
+            t.rejected_denied += w.rejected_denied.get();
+            t.rate_limited += w.rate_limited.get();
+            t.denied += w.denied.get();
             t.requests += w.requests.get();
             t.answered += w.answered.get();
             t.upstream_connects += w.upstream_connects.get();
@@ -377,12 +392,15 @@ pub fn report_lines(t: &Totals) -> Vec<String> {
     }
     lines.push(format!(
         "stats: requests total={} answered_by_tether={} retries={} accepted={} rejected_per_client={} \
-         upstream_connects={} upstream_reuses={} panics={} degraded_writes={}",
+         rejected_denied={} rate_limited={} denied={} upstream_connects={} upstream_reuses={} panics={} degraded_writes={}",
         t.requests,
         t.answered,
         t.retries,
         t.accepted,
         t.rejected_per_client,
+        t.rejected_denied,
+        t.rate_limited,
+        t.denied,
         t.upstream_connects,
         t.upstream_reuses,
         t.panics,
@@ -513,7 +531,7 @@ fn prometheus_family<'a>(
 /// The request metrics in Prometheus' text exposition format.
 pub fn prometheus(t: &Totals) -> String {
     let mut out = String::new();
-    let plain: [(&str, &str, u64); 9] = [
+    let plain: [(&str, &str, u64); 12] = [
         (
             "tether_connections_accepted_total",
             "Client connections accepted.",
@@ -523,6 +541,21 @@ pub fn prometheus(t: &Totals) -> String {
             "tether_connections_rejected_per_client_total",
             "Connections closed at accept: over the per-client limit.",
             t.rejected_per_client,
+        ),
+        (
+            "tether_connections_rejected_denied_total",
+            "Connections closed at accept: the address is on the deny list.",
+            t.rejected_denied,
+        ),
+        (
+            "tether_requests_rate_limited_total",
+            "Requests answered 429 by a rate limit.",
+            t.rate_limited,
+        ),
+        (
+            "tether_deny_bans_total",
+            "Addresses put on the deny list by a rule.",
+            t.denied,
         ),
         ("tether_requests_total", "Request heads parsed.", t.requests),
         (

@@ -29,6 +29,8 @@ pub struct Route {
     pub on_backend_down: FailoverPolicy,
     /// Who may reach the backend: `None` for anyone (`auth = "none"`).
     pub auth: Option<RouteAuth>,
+    /// Indices into the snapshot's `rate_limits`, in the route's order.
+    pub rate_limits: Box<[usize]>,
 }
 
 /// A login route's policy (`auth = "login"`).
@@ -75,6 +77,7 @@ impl RouteTable {
         routes: &[RouteConfig],
         cluster_index: impl Fn(&str) -> Option<usize>,
         pools: &[&str],
+        rate_limits: &[&str],
     ) -> Result<Self, String> {
         let mut table = RouteTable::default();
         for (i, r) in routes.iter().enumerate() {
@@ -87,6 +90,15 @@ impl RouteTable {
                     Some(route_auth(r, pools).map_err(|e| format!("routes[{i}].pool: {e}"))?)
                 }
             };
+            let mut limits = Vec::with_capacity(r.rate_limits.len());
+            for (j, name) in r.rate_limits.iter().enumerate() {
+                let Some(l) = rate_limits.iter().position(|n| n == name) else {
+                    return Err(format!(
+                        "routes[{i}].rate_limits[{j}]: no rate limit {name:?}"
+                    ));
+                };
+                limits.push(l);
+            }
             let route = Route {
                 name: format!("{} {}", r.host, r.path_prefix).into(),
                 path_prefix: r.path_prefix.as_bytes().into(),
@@ -98,6 +110,7 @@ impl RouteTable {
                 priority: r.priority.unwrap_or(r.class.default_priority()).min(7),
                 on_backend_down: r.on_backend_down,
                 auth,
+                rate_limits: limits.into(),
             };
             let index = table.routes.len();
             table.routes.push(route);
@@ -244,7 +257,7 @@ mod tests {
             route("*.eu.example.com", "/", "wild_eu"),
         ];
         let names = ["default", "static", "api", "api2", "wild", "wild_eu"];
-        RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[]).unwrap()
+        RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[], &[]).unwrap()
     }
 
     fn cluster(t: &RouteTable, host: Option<&str>, path: &str) -> Option<usize> {
@@ -274,8 +287,13 @@ mod tests {
     #[test]
     fn a_host_without_a_matching_prefix_falls_back_to_less_specific_hosts() {
         let routes = vec![route("a.test", "/only/", "a"), route("*", "/", "any")];
-        let t =
-            RouteTable::build(&routes, |n| if n == "a" { Some(0) } else { Some(1) }, &[]).unwrap();
+        let t = RouteTable::build(
+            &routes,
+            |n| if n == "a" { Some(0) } else { Some(1) },
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(cluster(&t, Some("a.test"), "/elsewhere"), Some(1));
         assert_eq!(cluster(&t, Some("a.test"), "/only/x"), Some(0));
     }
@@ -288,7 +306,8 @@ mod tests {
         authed.header = Some("Authorization".into());
         let routes = vec![write, authed, route("*", "/cart", "plain")];
         let names = ["secure", "authed", "plain"];
-        let t = RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[]).unwrap();
+        let t =
+            RouteTable::build(&routes, |n| names.iter().position(|x| *x == n), &[], &[]).unwrap();
         let pick = |method: &[u8], headers: &[&str]| {
             t.lookup(None, b"/cart/1", |r| {
                 r.accepts(method, |h| headers.contains(&h))
@@ -304,7 +323,7 @@ mod tests {
     #[test]
     fn no_match_is_none() {
         let routes = vec![route("a.test", "/", "a")];
-        let t = RouteTable::build(&routes, |_| Some(0), &[]).unwrap();
+        let t = RouteTable::build(&routes, |_| Some(0), &[], &[]).unwrap();
         assert_eq!(cluster(&t, Some("b.test"), "/"), None);
         assert_eq!(cluster(&t, Some("a.test."), "/"), Some(0), "trailing dot");
         assert_eq!(cluster(&t, Some("[::1]:80"), "/"), None);
@@ -321,10 +340,10 @@ mod tests {
         default.auth = RouteAuthMode::Login;
         let routes = [named, default, route("*", "/pub/", "app")];
         // With one pool, a route naming none gets it.
-        let t = RouteTable::build(&routes[1..], |_| Some(0), &["mail"]).unwrap();
+        let t = RouteTable::build(&routes[1..], |_| Some(0), &["mail"], &[]).unwrap();
         assert_eq!(t.get(0).unwrap().auth.as_ref().unwrap().pool, 0);
         assert!(t.get(1).unwrap().auth.is_none());
-        let t = RouteTable::build(&routes[..1], |_| Some(0), &["a", "mail"]).unwrap();
+        let t = RouteTable::build(&routes[..1], |_| Some(0), &["a", "mail"], &[]).unwrap();
         let a = t.get(0).unwrap().auth.as_ref().unwrap();
         assert_eq!(
             (a.pool, &*a.roles, a.groups.len(), a.identity),
@@ -332,10 +351,10 @@ mod tests {
         );
         // A login route whose pool is missing is an error, not a route silently left out (its requests would
         // reach a less specific route, perhaps without a login).
-        let e = RouteTable::build(&routes[..2], |_| Some(0), &["a", "b"]).unwrap_err();
+        let e = RouteTable::build(&routes[..2], |_| Some(0), &["a", "b"], &[]).unwrap_err();
         assert!(e.starts_with("routes[0].pool: unknown pool `mail`"), "{e}");
-        let e = RouteTable::build(&routes[1..2], |_| Some(0), &["a", "b"]).unwrap_err();
+        let e = RouteTable::build(&routes[1..2], |_| Some(0), &["a", "b"], &[]).unwrap_err();
         assert!(e.contains("several pools"), "{e}");
-        assert!(RouteTable::build(&routes[1..2], |_| Some(0), &[]).is_err());
+        assert!(RouteTable::build(&routes[1..2], |_| Some(0), &[], &[]).is_err());
     }
 }

@@ -40,6 +40,10 @@ pub struct ConfigSnapshot {
     pub sync_degrade: bool,
     /// `[auth]` and `[pools]` compiled (users files and the login page read at build); `None` without pools.
     pub auth: Option<Arc<AuthSettings>>,
+    /// `[[rate_limits]]` compiled, in config order (routes hold indices into it).
+    pub rate_limits: Vec<crate::limits::rate::RateLimit>,
+    /// `[deny]` compiled.
+    pub deny: crate::limits::deny::DenyList,
 }
 
 impl ConfigSnapshot {
@@ -87,10 +91,12 @@ impl ConfigSnapshot {
             .as_ref()
             .map(|a| a.pools.iter().map(|p| &*p.name).collect())
             .unwrap_or_default();
+        let limit_names: Vec<&str> = config.rate_limits.iter().map(|l| &*l.name).collect();
         let routes = RouteTable::build(
             &config.routes,
             |name| clusters.iter().position(|c| c.name == name),
             &pool_names,
+            &limit_names,
         )?;
         let route_metric = routes.iter().map(|r| names.route(&r.name)).collect();
         let cluster_metric = clusters.iter().map(|c| names.cluster(&c.name)).collect();
@@ -123,6 +129,12 @@ impl ConfigSnapshot {
                 .as_ref()
                 .is_some_and(|c| c.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade),
             auth,
+            rate_limits: config
+                .rate_limits
+                .iter()
+                .map(crate::limits::rate::RateLimit::build)
+                .collect(),
+            deny: crate::limits::deny::DenyList::build(&config.deny),
         })
     }
 }

@@ -881,6 +881,17 @@ limits.max_headers = 5
         "routes[].roles",
         "routes[].groups",
         "routes[].identity",
+        "routes[].rate_limits",
+        "rate_limits[].name",
+        "rate_limits[].key",
+        "rate_limits[].rate",
+        "rate_limits[].per",
+        "rate_limits[].burst",
+        "rate_limits[].cluster_wide",
+        "deny.allow",
+        "deny.deny",
+        "deny.rules[].requests_per_sec",
+        "deny.rules[].ban",
         "auth.cookie",
         "auth.idle_timeout",
         "auth.max_lifetime",
@@ -1041,6 +1052,7 @@ limits.max_headers = 5
                 roles: Vec::new(),
                 groups: Vec::new(),
                 identity: true,
+                rate_limits: Vec::new(),
             }]
         );
         assert_eq!(c.auth, None);

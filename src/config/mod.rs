@@ -8,3 +8,4 @@ mod validate;
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub(crate) use load::{locate, syntax_error};
 pub use schema::*;
+pub(crate) use validate::is_header_char;

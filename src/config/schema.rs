@@ -49,6 +49,12 @@ pub struct Config {
     /// `[metering]`: usage per tenant (pools), and what a tenant over its quota gets.
     #[serde(default)]
     pub metering: MeteringConfig,
+    /// `[[rate_limits]]`: named request-rate limits that routes opt in to (`rate_limits = ["NAME"]`).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// `[deny]`: addresses refused at accept (static, or banned by a rule), and addresses never limited.
+    #[serde(default)]
+    pub deny: DenyConfig,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -688,6 +694,10 @@ pub struct RouteConfig {
     /// With `auth = "login"`: pass the identity headers and the identity JWT to the backend.
     #[serde(default = "default_true")]
     pub identity: bool,
+    /// Names of `[[rate_limits]]` checked for this route's requests, in order (the first one over its
+    /// limit answers 429).
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 impl RouteConfig {
@@ -709,6 +719,7 @@ impl RouteConfig {
             roles: Vec::new(),
             groups: Vec::new(),
             identity: true,
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -841,6 +852,53 @@ pub enum SameSite {
     Lax,
     Strict,
     None,
+}
+
+/// `[[rate_limits]]`: one named limit on request rate, as a token bucket (or, cluster-wide, a fixed
+/// window counted on every node).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// How routes and the `RateLimit-Policy` header name the limit.
+    pub name: String,
+    /// What a bucket is kept for: `"address"` (the client's), `"user"` or `"tenant"` (of a logged-in
+    /// request; others pass), `"route"` (one bucket for the route), or `"header:NAME"` (its value;
+    /// requests without it pass).
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub rate: u64,
+    /// The period `rate` counts over (e.g. `"1s"`, `"1m"`).
+    #[serde(with = "duration")]
+    pub per: Duration,
+    /// Requests a full bucket lets through at once; default `rate`. Node-local limits only.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Count across every node of `[cluster]`: a fixed window of `per` holding at most `rate`
+    /// requests cluster-wide (each node counts its own share and replicates it).
+    #[serde(default)]
+    pub cluster_wide: bool,
+}
+
+/// `[deny]`: refusal at accept time, before any parsing.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DenyConfig {
+    /// Addresses or CIDR blocks never limited: no rate limit, no deny rule, no deny entry applies.
+    pub allow: Vec<String>,
+    /// Addresses or CIDR blocks always refused at accept.
+    pub deny: Vec<String>,
+    /// Rules that put an address on the replicated deny list for a while.
+    pub rules: Vec<DenyRule>,
+}
+
+/// One rule of `[deny] rules`: an address that exceeds `requests_per_sec` on one node is refused at
+/// accept by every node for `ban`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    pub requests_per_sec: u64,
+    #[serde(with = "duration")]
+    pub ban: Duration,
 }
 
 /// `[qos]`: how waiting requests are ordered.

@@ -74,6 +74,9 @@ pub struct Counters {
     dirty: AtomicBool,
     /// When expired counters were last swept (seconds).
     swept: AtomicU32,
+    /// The node-local token buckets of rate limits: node state shared by every worker, like the
+    /// shares, and swept by the same flusher.
+    buckets: super::rate::Buckets,
 }
 
 impl Counters {
@@ -87,7 +90,13 @@ impl Counters {
             store,
             dirty: AtomicBool::new(false),
             swept: AtomicU32::new(0),
+            buckets: super::rate::Buckets::default(),
         }
+    }
+
+    /// The node's rate-limit token buckets.
+    pub fn buckets(&self) -> &super::rate::Buckets {
+        &self.buckets
     }
 
     /// The peers changed (a reload of `[cluster] peers`).
@@ -180,7 +189,9 @@ impl Counters {
         let Some(store) = &self.store else {
             return 0;
         };
+        // Through a reader: the record is read in place, not cloned (no allocation per request).
         store
+            .reader()
             .get(Kind::Counter, &key.record_key(node), now)
             .and_then(|r| {
                 let v: [u8; 8] = r.value.as_deref()?.try_into().ok()?;
@@ -200,6 +211,7 @@ impl Counters {
         }
         if sweep {
             self.swept.store(now, Ordering::Relaxed);
+            self.buckets.sweep(std::time::Instant::now());
         }
         let map = self.shares.pin();
         let mut written = 0;

@@ -2,8 +2,9 @@
 //! the worker it needs, returning a verdict.
 //!
 //! ```text
-//!  request stages (once per request, with the parsed head):   test_endpoints → auth_endpoints → route →
-//!                                                              priority → auth → [limits] → stickiness
+//!  request stages (once per request, with the parsed head):   test_endpoints → deny → auth_endpoints →
+//!                                                              route → priority → auth → limits →
+//!                                                              stickiness
 //!  attempt stages (once per attempt; a retry runs them again): balance → qos
 //!  forward (the session's exchange)
 //!  response hooks (on the final response head):               sticky_cookie → [notifications] → [metering]
@@ -200,6 +201,9 @@ pub(crate) struct Plan {
     pub strip_authorization: bool,
     /// The tenant the request is metered for: its pool's index in the pinned snapshot's `[pools]`.
     pub tenant: Option<usize>,
+    /// The login the auth stage verified (shared with the worker's cache: no copy), for limits keyed by
+    /// user or tenant.
+    pub login: Option<std::rc::Rc<crate::auth::session::LoginSession>>,
 }
 
 impl Plan {
@@ -260,7 +264,7 @@ pub(crate) struct RequestCx<'a> {
     pub auth_cache: &'a mut crate::auth::gate::AuthCache,
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub tls: bool,
-    /// Cluster-wide counters (limits, lockout, metering).
+    /// Cluster-wide counters (limits, lockout, metering) and the node's rate-limit buckets.
     pub counters: &'a crate::limits::counters::Counters,
 }
 
@@ -285,16 +289,123 @@ pub(crate) struct Request<'a> {
 /// A request stage.
 pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
 
-/// The request stages, in order. Limits (the next issue) go between `auth` and `stickiness`.
+/// The request stages, in order.
 pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("test_endpoints", crate::fault_injection::test_endpoints),
+    ("deny", deny),
     ("auth_endpoints", crate::auth::endpoints::serve),
     ("route", route),
     ("priority", priority),
     ("auth", auth),
+    ("limits", limits),
     ("quota", quota),
     ("stickiness", stickiness),
 ];
+
+/// Deny stage: the `[deny] rules` count every request of an address that is not allowed (in node-local
+/// buckets: no allocation once the address has one); one over a rule bans the address on every node
+/// (a replicated deny record), and its requests are answered 429 from then on — new connections are
+/// refused at accept. Runs before anything else looks at the request.
+fn deny(r: &mut Request<'_>) -> Verdict {
+    use crate::limits::{deny, rate::Decision};
+    let list = &r.cx.snapshot.deny;
+    if list.rules.is_empty() || list.allows(r.cx.client) {
+        return Verdict::Continue;
+    }
+    let Some(store) = r.cx.store else {
+        return Verdict::Continue;
+    };
+    let now = r.cx.unix_now;
+    if deny::banned(store.store(), r.cx.client, now) {
+        return denied(1);
+    }
+    let (addr, len) = deny::address_key(r.cx.client);
+    for (i, rule) in list.rules.iter().enumerate() {
+        let id = crate::limits::counters::CounterKey::of(&[
+            b"deny-rule",
+            &(i as u32).to_be_bytes(),
+            &addr[..len],
+        ]);
+        let interval = 1_000_000_000 / rule.requests_per_sec.max(1);
+        let buckets = r.cx.counters.buckets();
+        if let Decision::Deny { .. } = buckets.take(id, r.cx.now, interval, rule.requests_per_sec) {
+            let until = now.saturating_add(rule.ban.as_secs().min(u64::from(u32::MAX)) as u32);
+            log::info!(
+                "deny list: {} exceeded {} requests/s; refused by every node for {}s",
+                r.cx.client,
+                rule.requests_per_sec,
+                rule.ban.as_secs()
+            );
+            deny::ban(store, r.cx.client, "requests_per_sec", until);
+            r.cx.metrics.denied.inc();
+            return denied(rule.ban.as_secs());
+        }
+    }
+    Verdict::Continue
+}
+
+/// The answer to a banned address's request on a connection accepted before the ban.
+fn denied(retry_after: u64) -> Verdict {
+    let mut reply = Reply::new(429, "text/plain", "too many requests\n");
+    reply.headers.push(("Retry-After", retry_after.to_string()));
+    Verdict::Answer(Answer::Reply(Box::new(reply)))
+}
+
+/// Limits stage: the route's `rate_limits` in order, each keyed by the client's address, the login's
+/// user or tenant, the route, or a header; the first one over its limit answers 429 with `Retry-After`
+/// and the `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers). No backend
+/// work happens before this. An admitted request allocates nothing (its bucket or window exists); only
+/// the 429 answer builds its headers.
+fn limits(r: &mut Request<'_>) -> Verdict {
+    use crate::limits::rate::{Decision, LimitKey};
+    let Some(snapshot) = r.plan.snapshot.as_ref() else {
+        return Verdict::Continue;
+    };
+    let Some(route) = snapshot.routes.get(r.plan.route) else {
+        return Verdict::Continue;
+    };
+    if route.rate_limits.is_empty() || snapshot.deny.allows(r.cx.client) {
+        return Verdict::Continue;
+    }
+    let (addr, len) = crate::limits::deny::address_key(r.cx.client);
+    for &i in route.rate_limits.iter() {
+        let Some(limit) = snapshot.rate_limits.get(i) else {
+            continue;
+        };
+        let key: &[u8] = match &limit.key {
+            LimitKey::Address => &addr[..len],
+            LimitKey::User => match &r.plan.login {
+                Some(l) => l.user.as_bytes(),
+                None => continue,
+            },
+            LimitKey::Tenant => match &r.plan.login {
+                Some(l) => l.tenant.as_bytes(),
+                None => continue,
+            },
+            LimitKey::Route => route.name.as_bytes(),
+            LimitKey::Header(name) => match r.head.header(r.bytes, name) {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        if let Decision::Deny { retry_after } =
+            limit.check(key, r.cx.counters, r.cx.now, r.cx.unix_now)
+        {
+            r.cx.metrics.rate_limited.inc();
+            let mut reply = Reply::new(429, "text/plain", "too many requests\n");
+            reply.headers.push(("Retry-After", retry_after.to_string()));
+            reply
+                .headers
+                .push(("RateLimit-Policy", limit.policy.to_string()));
+            reply.headers.push((
+                "RateLimit",
+                format!("{:?};r=0;t={retry_after}", &*limit.name),
+            ));
+            return Verdict::Answer(Answer::Reply(Box::new(reply)));
+        }
+    }
+    Verdict::Continue
+}
 
 /// Route stage: which route (and so cluster, class, session identity, priority) serves the request; 404
 /// when none. Pins the worker's current snapshot into the plan.
@@ -446,6 +557,7 @@ fn auth(r: &mut Request<'_>) -> Verdict {
         r.plan.identity = verified.identity;
     }
     r.plan.upstream_token = verified.upstream;
+    r.plan.login = Some(verified.session);
     r.plan.strip_authorization =
         matches!(cred, crate::auth::session::Credential::Bearer(_)) || pool.upstream.is_some();
     Verdict::Continue

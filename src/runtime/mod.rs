@@ -320,7 +320,10 @@ impl Server {
         };
         // Logins (with pools): a lone node keeps its sessions in a store of its own, which nothing
         // replicates (its sync writes are acknowledged at once).
-        if extra.is_none() && snapshot.auth.is_some() {
+        // Rate limits and deny rules keep their node-local buckets beside the counters (swept by the
+        // counters' flusher, which runs with a store) and their bans in the store.
+        let limits = !config.rate_limits.is_empty() || !config.deny.rules.is_empty();
+        if extra.is_none() && (snapshot.auth.is_some() || limits) {
             let store = Arc::new(crate::store::Store::new());
             let (_feed, w) = crate::store::WriteFeed::new(
                 store.clone(),

@@ -380,6 +380,11 @@ impl Worker {
                             drop(stream);
                             continue;
                         }
+                        if self.on_deny_list(peer) {
+                            // Closed before a byte is read: denied on this node or by a peer's rule.
+                            drop(stream);
+                            continue;
+                        }
                         self.add_session(stream, peer, i as u16);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -416,6 +421,27 @@ impl Worker {
             "worker {}: {ip} holds {open} connection(s), the per-client limit; new connection closed ({} so far)",
             self.cx.worker,
             self.cx.metrics.rejected_per_client.get()
+        );
+        true
+    }
+
+    /// Whether `peer`'s address is refused at accept (`[deny]`: listed, or banned by a rule on any node).
+    /// One short scan and one lock-free store lookup; nothing allocated.
+    fn on_deny_list(&mut self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        let store = self.cx.store.as_ref().map(|w| w.store());
+        if !self
+            .cx
+            .snapshot
+            .deny
+            .refuses(ip, store, crate::sticky::unix_now())
+        {
+            return false;
+        }
+        self.cx.metrics.rejected_denied.inc();
+        log::debug!(
+            "worker {}: {ip} is on the deny list; connection closed",
+            self.cx.worker
         );
         true
     }

@@ -122,6 +122,11 @@ impl StoreWriter {
         self.store.get(kind, key, now)
     }
 
+    /// The store this writer writes to (for lock-free reads in place, without a clone).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A fresh version of this node: the clock's next reading and the node's id.
     pub fn version(&self) -> Version {
         Version {

@@ -15,6 +15,7 @@ mod health;
 mod limits;
 mod listeners;
 mod qos;
+mod rate_limits;
 mod routes;
 mod sessions;
 #[cfg(test)]
@@ -84,6 +85,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.qos(&config);
     v.cluster(&config);
     v.auth(&config);
+    v.rate_limits(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {
@@ -125,7 +127,7 @@ impl Validator {
 }
 
 /// A character of an RFC 9110 token, as header names are.
-fn is_header_char(c: char) -> bool {
+pub(crate) fn is_header_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
