@@ -877,6 +877,10 @@ pub struct RateLimitConfig {
     /// requests cluster-wide (each node counts its own share and replicates it).
     #[serde(default)]
     pub cluster_wide: bool,
+    /// Per tenant tier: the rate (per `per`) of requests whose tenant's pool has that `tier`, instead of
+    /// `rate`; the burst scales alike (`burst × tier rate / rate`). Other requests get `rate`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, u64>,
 }
 
 /// `[deny]`: refusal at accept time, before any parsing.
@@ -1095,6 +1099,9 @@ pub struct PoolConfig {
     /// Lock accounts and client addresses after failed logins.
     #[serde(default)]
     pub lockout: LockoutConfig,
+    /// The tenant's tier, which `[[rate_limits]] tiers` may give its own rate.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// `[[pools.NAME.quotas]]`: at most `limit` of `metric` per `period`, cluster-wide.
