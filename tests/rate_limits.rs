@@ -278,3 +278,54 @@ fn each_tenant_tier_is_limited_at_its_own_rate() {
     );
     assert_eq!(backend.request_count(), ok_g + ok_f);
 }
+
+/// Sends one malformed request (a space in a header name) on a new connection from `source`; returns
+/// the status tether answered (it closes the connection after it).
+fn malformed(addr: SocketAddr, source: &str) -> u16 {
+    let mut c = Client::connect_from(addr, ip(source));
+    c.send(b"GET / HTTP/1.1\r\nHost: test\r\nBad Header: x\r\n\r\n");
+    c.read_response(false).status
+}
+
+#[test]
+fn an_address_past_its_bad_requests_per_minute_is_refused_by_every_node() {
+    let backend = Backend::named("app");
+    let dir = tempfile::tempdir().unwrap();
+    let configs = limits_mesh(
+        dir.path(),
+        backend.addr,
+        "[deny]\nrules = [{ bad_requests_per_min = 5, ban = \"5m\" }]\n",
+    );
+    let nodes: Vec<Tether> = configs.iter().map(|c| Tether::start(c)).collect();
+    wait_mesh(&nodes);
+    // Five malformed requests (the rule's allowance in a minute) from one address, at node a: not
+    // banned, served everywhere.
+    for _ in 0..5 {
+        assert_eq!(malformed(nodes[0].addr, "127.0.0.8"), 400);
+    }
+    for n in &nodes {
+        assert!(answered(n.addr, "127.0.0.8"));
+    }
+    // Six from another address: the sixth bans it; every node refuses its new connections at accept
+    // once the ban replicated.
+    for _ in 0..6 {
+        assert_eq!(malformed(nodes[0].addr, "127.0.0.9"), 400);
+    }
+    for n in &nodes {
+        wait_until("the ban at every node", || !answered(n.addr, "127.0.0.9"));
+    }
+    // The address with five is still served by every node.
+    for n in &nodes {
+        assert!(answered(n.addr, "127.0.0.8"));
+    }
+    // One ban, by node a, for the address with six.
+    let bans: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.count_log("bad requests/min"))
+        .collect();
+    assert_eq!(bans, [1, 0, 0]);
+    assert_eq!(
+        nodes[0].count_log("127.0.0.9 exceeded 5 bad requests/min"),
+        1
+    );
+}

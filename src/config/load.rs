@@ -892,6 +892,7 @@ limits.max_headers = 5
         "deny.allow",
         "deny.deny",
         "deny.rules[].requests_per_sec",
+        "deny.rules[].bad_requests_per_min",
         "deny.rules[].ban",
         "auth.cookie",
         "auth.idle_timeout",

@@ -895,12 +895,17 @@ pub struct DenyConfig {
     pub rules: Vec<DenyRule>,
 }
 
-/// One rule of `[deny] rules`: an address that exceeds `requests_per_sec` on one node is refused at
-/// accept by every node for `ban`.
+/// One rule of `[deny] rules` (one of `requests_per_sec` and `bad_requests_per_min`): an address that
+/// exceeds it on one node is refused at accept by every node for `ban`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRule {
-    pub requests_per_sec: u64,
+    /// Requests per second (a token bucket of that size refilled at that rate).
+    #[serde(default)]
+    pub requests_per_sec: Option<u64>,
+    /// Requests refused as malformed (tether's own 4xx for bad input) per minute.
+    #[serde(default)]
+    pub bad_requests_per_min: Option<u64>,
     #[serde(with = "duration")]
     pub ban: Duration,
 }

@@ -309,7 +309,7 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
 fn deny(r: &mut Request<'_>) -> Verdict {
     use crate::limits::{deny, rate::Decision};
     let list = &r.cx.snapshot.deny;
-    if list.rules.is_empty() || list.allows(r.cx.client) {
+    if !list.has_rules() || list.allows(r.cx.client) {
         return Verdict::Continue;
     }
     let Some(store) = r.cx.store else {

@@ -104,9 +104,26 @@ impl Validator {
             }
         }
         for (i, r) in config.deny.rules.iter().enumerate() {
-            if r.requests_per_sec == 0 {
+            match (r.requests_per_sec, r.bad_requests_per_min) {
+                (Some(_), Some(_)) => self.error(
+                    format!("deny.rules[{i}].bad_requests_per_min"),
+                    "a rule counts one thing: requests_per_sec or bad_requests_per_min; make two rules",
+                ),
+                (None, None) => self.error(
+                    format!("deny.rules[{i}]"),
+                    "needs requests_per_sec or bad_requests_per_min",
+                ),
+                _ => {}
+            }
+            if r.requests_per_sec == Some(0) {
                 self.error(
                     format!("deny.rules[{i}].requests_per_sec"),
+                    "must be at least 1",
+                );
+            }
+            if r.bad_requests_per_min == Some(0) {
+                self.error(
+                    format!("deny.rules[{i}].bad_requests_per_min"),
                     "must be at least 1",
                 );
             }
@@ -130,7 +147,9 @@ mod tests {
             "{BASE}\n[[rate_limits]]\nname = \"api\"\nkey = \"cookie\"\nrate = 0\nper = \"0s\"\n\
              [[rate_limits]]\nname = \"api\"\nkey = \"address\"\nrate = 5\nper = \"1m\"\nburst = 3\ncluster_wide = true\n\
              tiers = {{ gold = 0, \"b d\" = 5 }}\n\
-             [deny]\nallow = [\"10.0.0.0/33\"]\ndeny = [\"127.0.0.2\"]\nrules = [{{ requests_per_sec = 0, ban = \"0s\" }}]\n"
+             [deny]\nallow = [\"10.0.0.0/33\"]\ndeny = [\"127.0.0.2\"]\nrules = [{{ requests_per_sec = 0, ban = \"0s\" }}, \
+             {{ bad_requests_per_min = 0, ban = \"1m\" }}, {{ ban = \"1m\" }}, \
+             {{ requests_per_sec = 5, bad_requests_per_min = 5, ban = \"1m\" }}]\n"
         );
         let keys: Vec<String> = errors(&text).into_iter().map(|e| e.1).collect();
         assert_eq!(
@@ -146,6 +165,9 @@ mod tests {
                 "deny.allow[0]",
                 "deny.rules[0].requests_per_sec",
                 "deny.rules[0].ban",
+                "deny.rules[1].bad_requests_per_min",
+                "deny.rules[2]",
+                "deny.rules[3].bad_requests_per_min",
             ]
         );
     }
