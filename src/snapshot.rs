@@ -132,7 +132,7 @@ impl ConfigSnapshot {
             rate_limits: config
                 .rate_limits
                 .iter()
-                .map(crate::limits::rate::RateLimit::build)
+                .map(|l| crate::limits::rate::RateLimit::build(l, &config.pools))
                 .collect(),
             deny: crate::limits::deny::DenyList::build(&config.deny),
         })

@@ -188,3 +188,144 @@ fn an_address_banned_by_a_rule_at_one_node_is_refused_by_every_node() {
         assert_eq!((ok, limited), (100, 0));
     }
 }
+
+/// Logs alice in at `host` (whose pool serves its `/.tether/` endpoints); returns her session cookie.
+fn login_cookie(addr: SocketAddr, host: &str) -> String {
+    let body = "username=alice&password=tether-demo";
+    let r = raw_exchange(
+        addr,
+        format!(
+            "POST /.tether/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    r.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with("tether_session="))
+        .unwrap()
+}
+
+/// Sends `n` GETs for `/` at `host` with `cookie` on one keep-alive connection; returns (200s, 429s, the
+/// last 429).
+fn burst_as(
+    addr: SocketAddr,
+    host: &str,
+    cookie: &str,
+    n: usize,
+) -> (usize, usize, Option<Response>) {
+    let mut c = Client::connect(addr);
+    let (mut ok, mut limited, mut last) = (0, 0, None);
+    for _ in 0..n {
+        c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                last = Some(r);
+            }
+            s => panic!("unexpected status {s}: {}", r.text()),
+        }
+    }
+    (ok, limited, last)
+}
+
+#[test]
+fn each_tenant_tier_is_limited_at_its_own_rate() {
+    let backend = Backend::named("app");
+    let users = format!("{}/configs/cluster/users.toml", env!("CARGO_MANIFEST_DIR"));
+    // Two pools of the same users, one tenant each (gold and free tiers), served by host; one limit keyed
+    // by tenant that both hosts' routes use (a login route names one pool, so one route per pool).
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [clusters.app]\nbackends = [{{ address = \"{}\" }}]\n\
+         [pools.big]\nusers = \"{users}\"\nhosts = [\"gold.test\"]\ntier = \"gold\"\n\
+         [pools.small]\nusers = \"{users}\"\nhosts = [\"free.test\"]\ntier = \"free\"\n\
+         [[routes]]\nhost = \"gold.test\"\ncluster = \"app\"\nauth = \"login\"\npool = \"big\"\nrate_limits = [\"per_tenant\"]\n\
+         [[routes]]\nhost = \"free.test\"\ncluster = \"app\"\nauth = \"login\"\npool = \"small\"\nrate_limits = [\"per_tenant\"]\n\
+         [[rate_limits]]\nname = \"per_tenant\"\nkey = \"tenant\"\nrate = 50\nper = \"1m\"\n\
+         tiers = {{ gold = 100, free = 20 }}\n",
+        backend.addr
+    );
+    let t = Tether::start(&config);
+    let gold = login_cookie(t.addr, "gold.test");
+    let free = login_cookie(t.addr, "free.test");
+    // 3× each tier's rate per minute, bucket = the tier's rate: 2× refused, less the few tokens that
+    // refill while the test runs (gold: 1 per 0.6 s, free: 1 per 3 s). Within 5%.
+    let (ok_g, limited_g, last_g) = burst_as(t.addr, "gold.test", &gold, 300);
+    let (ok_f, limited_f, last_f) = burst_as(t.addr, "free.test", &free, 60);
+    eprintln!("gold (100/min): {limited_g} of 300 answered 429; free (20/min): {limited_f} of 60");
+    assert!(
+        (190..=200).contains(&limited_g),
+        "gold: {limited_g} 429s for 300 requests at 3x its tier's rate of 100, want 200 within 5%"
+    );
+    assert!(
+        (38..=40).contains(&limited_f),
+        "free: {limited_f} 429s for 60 requests at 3x its tier's rate of 20, want 40 within 5%"
+    );
+    // Each 429 names its tier's quota.
+    assert_eq!(
+        last_g.unwrap().header("ratelimit-policy"),
+        Some("\"per_tenant\";q=100;w=60")
+    );
+    assert_eq!(
+        last_f.unwrap().header("ratelimit-policy"),
+        Some("\"per_tenant\";q=20;w=60")
+    );
+    assert_eq!(backend.request_count(), ok_g + ok_f);
+}
+
+/// Sends one malformed request (a space in a header name) on a new connection from `source`; returns
+/// the status tether answered (it closes the connection after it).
+fn malformed(addr: SocketAddr, source: &str) -> u16 {
+    let mut c = Client::connect_from(addr, ip(source));
+    c.send(b"GET / HTTP/1.1\r\nHost: test\r\nBad Header: x\r\n\r\n");
+    c.read_response(false).status
+}
+
+#[test]
+fn an_address_past_its_bad_requests_per_minute_is_refused_by_every_node() {
+    let backend = Backend::named("app");
+    let dir = tempfile::tempdir().unwrap();
+    let configs = limits_mesh(
+        dir.path(),
+        backend.addr,
+        "[deny]\nrules = [{ bad_requests_per_min = 5, ban = \"5m\" }]\n",
+    );
+    let nodes: Vec<Tether> = configs.iter().map(|c| Tether::start(c)).collect();
+    wait_mesh(&nodes);
+    // Five malformed requests (the rule's allowance in a minute) from one address, at node a: not
+    // banned, served everywhere.
+    for _ in 0..5 {
+        assert_eq!(malformed(nodes[0].addr, "127.0.0.8"), 400);
+    }
+    for n in &nodes {
+        assert!(answered(n.addr, "127.0.0.8"));
+    }
+    // Six from another address: the sixth bans it; every node refuses its new connections at accept
+    // once the ban replicated.
+    for _ in 0..6 {
+        assert_eq!(malformed(nodes[0].addr, "127.0.0.9"), 400);
+    }
+    for n in &nodes {
+        wait_until("the ban at every node", || !answered(n.addr, "127.0.0.9"));
+    }
+    // The address with five is still served by every node.
+    for n in &nodes {
+        assert!(answered(n.addr, "127.0.0.8"));
+    }
+    // One ban, by node a, for the address with six.
+    let bans: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.count_log("bad requests/min"))
+        .collect();
+    assert_eq!(bans, [1, 0, 0]);
+    assert_eq!(
+        nodes[0].count_log("127.0.0.9 exceeded 5 bad requests/min"),
+        1
+    );
+}

@@ -888,9 +888,11 @@ limits.max_headers = 5
         "rate_limits[].per",
         "rate_limits[].burst",
         "rate_limits[].cluster_wide",
+        "rate_limits[].tiers",
         "deny.allow",
         "deny.deny",
         "deny.rules[].requests_per_sec",
+        "deny.rules[].bad_requests_per_min",
         "deny.rules[].ban",
         "auth.cookie",
         "auth.idle_timeout",
@@ -918,6 +920,7 @@ limits.max_headers = 5
         "pools.*.upstream.refresh_url",
         "pools.*.upstream.header",
         "pools.*.upstream.timeout",
+        "pools.*.tier",
         "pools.*.quotas[].metric",
         "pools.*.quotas[].period",
         "pools.*.quotas[].limit",
@@ -942,6 +945,8 @@ limits.max_headers = 5
             "" => k.to_string(),
             "clusters" => "clusters.*".to_string(),
             "pools" => "pools.*".to_string(),
+            // A table of tier names: the key is `tiers`, whatever the names.
+            "rate_limits[].tiers" => path.to_string(),
             _ => format!("{path}.{k}"),
         };
         match node {

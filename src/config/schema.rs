@@ -877,6 +877,10 @@ pub struct RateLimitConfig {
     /// requests cluster-wide (each node counts its own share and replicates it).
     #[serde(default)]
     pub cluster_wide: bool,
+    /// Per tenant tier: the rate (per `per`) of requests whose tenant's pool has that `tier`, instead of
+    /// `rate`; the burst scales alike (`burst × tier rate / rate`). Other requests get `rate`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, u64>,
 }
 
 /// `[deny]`: refusal at accept time, before any parsing.
@@ -891,12 +895,17 @@ pub struct DenyConfig {
     pub rules: Vec<DenyRule>,
 }
 
-/// One rule of `[deny] rules`: an address that exceeds `requests_per_sec` on one node is refused at
-/// accept by every node for `ban`.
+/// One rule of `[deny] rules` (one of `requests_per_sec` and `bad_requests_per_min`): an address that
+/// exceeds it on one node is refused at accept by every node for `ban`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRule {
-    pub requests_per_sec: u64,
+    /// Requests per second (a token bucket of that size refilled at that rate).
+    #[serde(default)]
+    pub requests_per_sec: Option<u64>,
+    /// Requests refused as malformed (tether's own 4xx for bad input) per minute.
+    #[serde(default)]
+    pub bad_requests_per_min: Option<u64>,
     #[serde(with = "duration")]
     pub ban: Duration,
 }
@@ -1095,6 +1104,9 @@ pub struct PoolConfig {
     /// Lock accounts and client addresses after failed logins.
     #[serde(default)]
     pub lockout: LockoutConfig,
+    /// The tenant's tier, which `[[rate_limits]] tiers` may give its own rate.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// `[[pools.NAME.quotas]]`: at most `limit` of `metric` per `period`, cluster-wide.

@@ -7,10 +7,12 @@
 //! The accept-time check is one scan of the (short) configured blocks and one lock-free store lookup,
 //! with no allocation.
 
+use super::counters::CounterKey;
+use super::rate::{Buckets, Decision};
 use crate::config::DenyConfig;
 use crate::store::{Kind, Store, StoreWriter};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An address block (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +69,23 @@ pub struct DenyRule {
     pub ban: Duration,
 }
 
+/// A rule: more than `per_min` requests refused as malformed from one address on one node within a
+/// minute (a token bucket of `per_min` refilled at `per_min` per minute) bans it for `ban`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRequestRule {
+    pub per_min: u64,
+    pub ban: Duration,
+}
+
 /// `[deny]` compiled.
 #[derive(Debug, Clone, Default)]
 pub struct DenyList {
     pub allow: Box<[Cidr]>,
     pub deny: Box<[Cidr]>,
+    /// The `requests_per_sec` rules.
     pub rules: Box<[DenyRule]>,
+    /// The `bad_requests_per_min` rules.
+    pub bad_requests: Box<[BadRequestRule]>,
 }
 
 impl DenyList {
@@ -84,12 +97,54 @@ impl DenyList {
             rules: c
                 .rules
                 .iter()
-                .map(|r| DenyRule {
-                    requests_per_sec: r.requests_per_sec,
-                    ban: r.ban,
+                .filter_map(|r| {
+                    Some(DenyRule {
+                        requests_per_sec: r.requests_per_sec?,
+                        ban: r.ban,
+                    })
+                })
+                .collect(),
+            bad_requests: c
+                .rules
+                .iter()
+                .filter_map(|r| {
+                    Some(BadRequestRule {
+                        per_min: r.bad_requests_per_min?,
+                        ban: r.ban,
+                    })
                 })
                 .collect(),
         }
+    }
+
+    /// Some rule bans addresses (so a request checks whether its address was banned meanwhile).
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty() || !self.bad_requests.is_empty()
+    }
+
+    /// Counts a request from `ip` that tether refused as malformed against the `bad_requests_per_min`
+    /// rules (node-local buckets; allowed addresses are not counted). Returns the rule whose bucket
+    /// overflowed: the caller bans the address. Allocates only for an address's first bad request.
+    pub fn bad_request(
+        &self,
+        ip: IpAddr,
+        buckets: &Buckets,
+        now: Instant,
+    ) -> Option<BadRequestRule> {
+        if self.bad_requests.is_empty() || self.allows(ip) {
+            return None;
+        }
+        let (addr, len) = address_key(ip);
+        self.bad_requests.iter().enumerate().find_map(|(i, rule)| {
+            let id =
+                CounterKey::of(&[b"deny-bad-request", &(i as u32).to_be_bytes(), &addr[..len]]);
+            let per_min = rule.per_min.max(1);
+            let interval = (60_000_000_000 / u128::from(per_min)).max(1) as u64;
+            match buckets.take(id, now, interval, per_min) {
+                Decision::Deny { .. } => Some(*rule),
+                Decision::Allow { .. } => None,
+            }
+        })
     }
 
     /// `ip` is on the allow list: never limited.
@@ -177,5 +232,54 @@ mod tests {
         assert!(!list.refuses("127.0.0.1".parse().unwrap(), None, 0));
         assert!(list.refuses("127.0.0.5".parse().unwrap(), None, 0));
         assert!(!list.refuses("10.0.0.1".parse().unwrap(), None, 0));
+    }
+
+    #[test]
+    fn the_bad_request_past_a_rule_bans() {
+        let list = DenyList::build(&DenyConfig {
+            allow: vec!["127.0.0.1".into()],
+            deny: vec![],
+            rules: vec![
+                crate::config::DenyRule {
+                    requests_per_sec: Some(100),
+                    bad_requests_per_min: None,
+                    ban: Duration::from_secs(60),
+                },
+                crate::config::DenyRule {
+                    requests_per_sec: None,
+                    bad_requests_per_min: Some(3),
+                    ban: Duration::from_secs(600),
+                },
+            ],
+        });
+        assert_eq!(list.rules.len(), 1);
+        assert_eq!(list.bad_requests.len(), 1);
+        let buckets = Buckets::default();
+        let now = Instant::now();
+        let count = |ip: &str| {
+            (0..10)
+                .position(|_| {
+                    list.bad_request(ip.parse().unwrap(), &buckets, now)
+                        .is_some()
+                })
+                .map(|i| i + 1)
+        };
+        // The fourth bad request within the minute is over 3 per minute.
+        assert_eq!(count("10.0.0.1"), Some(4));
+        assert_eq!(
+            list.bad_request("10.0.0.2".parse().unwrap(), &buckets, now),
+            None
+        );
+        // An allowed address is never counted.
+        assert_eq!(count("127.0.0.1"), None);
+        // A minute later, three more fit again.
+        let later = now + Duration::from_secs(60);
+        let again = (0..4)
+            .filter(|_| {
+                list.bad_request("10.0.0.1".parse().unwrap(), &buckets, later)
+                    .is_none()
+            })
+            .count();
+        assert_eq!(again, 3);
     }
 }

@@ -8,7 +8,8 @@
 //! A bucket that refilled completely is forgotten by the sweep (it holds nothing a fresh one would not).
 
 use super::counters::{CounterKey, Counters};
-use crate::config::RateLimitConfig;
+use crate::config::{PoolConfig, RateLimitConfig};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,57 +58,140 @@ pub struct RateLimit {
     pub cluster_wide: bool,
     /// The `RateLimit-Policy` field value (`"api";q=100;w=60`), written once here.
     pub policy: Box<str>,
+    /// The tenant tiers with a rate of their own (`tiers`), by name.
+    pub tiers: Box<[Tier]>,
+    /// Indexed by pool (config order, as `AuthSettings::pools`): the index in `tiers` of the pool's
+    /// tier, when this limit lists it.
+    pub pool_tiers: Box<[Option<usize>]>,
+}
+
+/// A tier's own rate in one limit (`tiers = { gold = 1000 }`).
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: Box<str>,
+    pub rate: u64,
+    /// The limit's burst scaled by `rate / limit rate` (at least 1).
+    pub burst: u64,
+    /// The `RateLimit-Policy` field value with this tier's quota.
+    pub policy: Box<str>,
 }
 
 impl RateLimit {
-    /// Compiles a validated entry (an unknown key falls back to the address).
-    pub fn build(c: &RateLimitConfig) -> RateLimit {
+    /// Compiles a validated entry (an unknown key falls back to the address); `pools` resolves each
+    /// pool's `tier` once, so a request finds its tier by index.
+    pub fn build(c: &RateLimitConfig, pools: &BTreeMap<String, PoolConfig>) -> RateLimit {
         let w = c.per.as_secs().max(1);
+        let rate = c.rate.max(1);
+        let burst = c.burst.unwrap_or(c.rate).max(1);
+        let tiers: Box<[Tier]> = c
+            .tiers
+            .iter()
+            .map(|(name, &tier_rate)| {
+                let tier_rate = tier_rate.max(1);
+                let scaled = u128::from(burst) * u128::from(tier_rate) / u128::from(rate);
+                Tier {
+                    name: name.as_str().into(),
+                    rate: tier_rate,
+                    burst: scaled.clamp(1, u128::from(u64::MAX)) as u64,
+                    policy: format!("{:?};q={tier_rate};w={w}", c.name).into(),
+                }
+            })
+            .collect();
+        let pool_tiers = pools
+            .values()
+            .map(|p| {
+                let tier = p.tier.as_deref()?;
+                tiers.iter().position(|t| &*t.name == tier)
+            })
+            .collect();
         RateLimit {
             name: c.name.as_str().into(),
             key: LimitKey::parse(&c.key).unwrap_or(LimitKey::Address),
-            rate: c.rate.max(1),
+            rate,
             per: c.per,
-            burst: c.burst.unwrap_or(c.rate).max(1),
+            burst,
             cluster_wide: c.cluster_wide,
             policy: format!("{:?};q={};w={w}", c.name, c.rate).into(),
+            tiers,
+            pool_tiers,
         }
     }
 
-    /// Takes one request from the bucket or window of `key` (the key's bytes), at `now` (monotonic)
-    /// and `unix_now` (seconds, for cluster-wide windows every node numbers alike).
-    pub fn check(&self, key: &[u8], counters: &Counters, now: Instant, unix_now: u32) -> Decision {
+    /// The tier (index in `tiers`) of a request whose tenant is pool `pool`: `None` when it has no
+    /// tenant, or its pool's tier is not listed by this limit (then `rate` applies).
+    pub fn tier_of(&self, pool: Option<usize>) -> Option<usize> {
+        self.pool_tiers.get(pool?).copied().flatten()
+    }
+
+    /// The `RateLimit-Policy` value for a request of `tier`.
+    pub fn policy(&self, tier: Option<usize>) -> &str {
+        match tier.and_then(|t| self.tiers.get(t)) {
+            Some(t) => &t.policy,
+            None => &self.policy,
+        }
+    }
+
+    /// Takes one request from the bucket or window of `key` (the key's bytes) at the rate of `tier`
+    /// (see [`RateLimit::tier_of`]), at `now` (monotonic) and `unix_now` (seconds, for cluster-wide
+    /// windows every node numbers alike). A tier's requests have buckets and windows of their own.
+    pub fn check(
+        &self,
+        key: &[u8],
+        tier: Option<usize>,
+        counters: &Counters,
+        now: Instant,
+        unix_now: u32,
+    ) -> Decision {
+        let tier = tier.and_then(|t| self.tiers.get(t));
+        let (rate, burst) = tier.map_or((self.rate, self.burst), |t| (t.rate, t.burst));
         if self.cluster_wide {
-            self.check_window(key, counters, unix_now)
+            self.check_window(
+                key,
+                tier.map(|t| t.name.as_bytes()),
+                rate,
+                counters,
+                unix_now,
+            )
         } else {
-            let id = CounterKey::of(&[b"rate", self.name.as_bytes(), key]);
-            let interval = (self.per.as_nanos() / u128::from(self.rate)).max(1) as u64;
-            counters.buckets().take(id, now, interval, self.burst)
+            let name = self.name.as_bytes();
+            let id = match tier {
+                None => CounterKey::of(&[b"rate", name, key]),
+                Some(t) => CounterKey::of(&[b"rate-tier", name, t.name.as_bytes(), key]),
+            };
+            let interval = (self.per.as_nanos() / u128::from(rate)).max(1) as u64;
+            counters.buckets().take(id, now, interval, burst)
         }
     }
 
     /// A fixed window of `per` seconds numbered from the Unix epoch: admitted while the cluster-wide
     /// total (own share + peers' replicated shares) is under `rate`. A refused request is not counted,
     /// so a client that keeps trying does not push its window further out.
-    fn check_window(&self, key: &[u8], counters: &Counters, unix_now: u32) -> Decision {
+    fn check_window(
+        &self,
+        key: &[u8],
+        tier: Option<&[u8]>,
+        rate: u64,
+        counters: &Counters,
+        unix_now: u32,
+    ) -> Decision {
         let per = self.per.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
         let window = unix_now / per;
         let end = (window + 1).saturating_mul(per);
         let reset = u64::from(end - unix_now);
         // One new counter per key and window: one allocation per client (or user, …) per window.
-        let id = CounterKey::of(&[
-            b"rate-window",
-            self.name.as_bytes(),
-            key,
-            &window.to_be_bytes(),
-        ]);
+        let name = self.name.as_bytes();
+        let w = window.to_be_bytes();
+        let id = match tier {
+            None => CounterKey::of(&[b"rate-window", name, key, &w]),
+            Some(t) => CounterKey::of(&[b"rate-window-tier", name, t, key, &w]),
+        };
         let total = counters.total(&id, unix_now);
-        if total >= self.rate {
+        if total >= rate {
             return Decision::Deny { retry_after: reset };
         }
         counters.add(id, 1, end.saturating_add(per));
         Decision::Allow {
-            remaining: self.rate - total - 1,
+            remaining: rate - total - 1,
             reset,
         }
     }
@@ -223,34 +307,89 @@ mod tests {
     #[test]
     fn a_cluster_wide_window_counts_to_rate() {
         let counters = Counters::new(0, vec![], None);
-        let limit = RateLimit::build(&RateLimitConfig {
-            name: "api".into(),
-            key: "address".into(),
-            rate: 5,
-            per: Duration::from_secs(60),
-            burst: None,
-            cluster_wide: true,
-        });
+        let limit = RateLimit::build(
+            &RateLimitConfig {
+                name: "api".into(),
+                key: "address".into(),
+                rate: 5,
+                per: Duration::from_secs(60),
+                burst: None,
+                cluster_wide: true,
+                tiers: BTreeMap::new(),
+            },
+            &BTreeMap::new(),
+        );
         assert_eq!(&*limit.policy, "\"api\";q=5;w=60");
         let now = Instant::now();
         let allowed = (0..12)
             .filter(|_| {
                 matches!(
-                    limit.check(b"k", &counters, now, 120),
+                    limit.check(b"k", None, &counters, now, 120),
                     Decision::Allow { .. }
                 )
             })
             .count();
         assert_eq!(allowed, 5);
         assert_eq!(
-            limit.check(b"k", &counters, now, 150),
+            limit.check(b"k", None, &counters, now, 150),
             Decision::Deny { retry_after: 30 }
         );
         // The next window starts afresh.
         assert!(matches!(
-            limit.check(b"k", &counters, now, 180),
+            limit.check(b"k", None, &counters, now, 180),
             Decision::Allow { remaining: 4, .. }
         ));
+    }
+
+    #[test]
+    fn a_tier_has_its_own_rate_burst_and_buckets() {
+        let counters = Counters::new(0, vec![], None);
+        let pool = |tier: Option<&str>| PoolConfig {
+            tier: tier.map(String::from),
+            ..toml::from_str("").unwrap()
+        };
+        let pools: BTreeMap<String, PoolConfig> = [
+            ("a".to_string(), pool(Some("gold"))),
+            ("b".to_string(), pool(Some("free"))),
+            ("c".to_string(), pool(None)),
+            ("d".to_string(), pool(Some("silver"))),
+        ]
+        .into();
+        let limit = RateLimit::build(
+            &RateLimitConfig {
+                name: "t".into(),
+                key: "tenant".into(),
+                rate: 10,
+                per: Duration::from_secs(60),
+                burst: Some(20),
+                cluster_wide: false,
+                tiers: [("gold".to_string(), 30), ("free".to_string(), 2)].into(),
+            },
+            &pools,
+        );
+        // Pools in config order; a pool without a tier, or with one the limit does not list: `rate`.
+        let tiers: Vec<Option<usize>> = (0..5).map(|p| limit.tier_of(Some(p))).collect();
+        assert_eq!(tiers, [Some(1), Some(0), None, None, None]);
+        assert_eq!(limit.tier_of(None), None);
+        assert_eq!(limit.tiers[1].burst, 60);
+        assert_eq!(limit.tiers[0].burst, 4);
+        assert_eq!(limit.policy(Some(1)), "\"t\";q=30;w=60");
+        assert_eq!(limit.policy(None), "\"t\";q=10;w=60");
+        let now = Instant::now();
+        let admitted = |tier: Option<usize>| {
+            (0..100)
+                .filter(|_| {
+                    matches!(
+                        limit.check(b"k", tier, &counters, now, 0),
+                        Decision::Allow { .. }
+                    )
+                })
+                .count()
+        };
+        // Same key, separate buckets: gold 60, free 4, untiered 20.
+        assert_eq!(admitted(Some(1)), 60);
+        assert_eq!(admitted(Some(0)), 4);
+        assert_eq!(admitted(None), 20);
     }
 
     #[test]

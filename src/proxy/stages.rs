@@ -309,7 +309,7 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
 fn deny(r: &mut Request<'_>) -> Verdict {
     use crate::limits::{deny, rate::Decision};
     let list = &r.cx.snapshot.deny;
-    if list.rules.is_empty() || list.allows(r.cx.client) {
+    if !list.has_rules() || list.allows(r.cx.client) {
         return Verdict::Continue;
     }
     let Some(store) = r.cx.store else {
@@ -352,7 +352,8 @@ fn denied(retry_after: u64) -> Verdict {
 }
 
 /// Limits stage: the route's `rate_limits` in order, each keyed by the client's address, the login's
-/// user or tenant, the route, or a header; the first one over its limit answers 429 with `Retry-After`
+/// user or tenant, the route, or a header, at the rate of the tenant's tier when the limit lists it
+/// (`tiers`); the first one over its limit answers 429 with `Retry-After`
 /// and the `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers). No backend
 /// work happens before this. An admitted request allocates nothing (its bucket or window exists); only
 /// the 429 answer builds its headers.
@@ -368,6 +369,11 @@ fn limits(r: &mut Request<'_>) -> Verdict {
         return Verdict::Continue;
     }
     let (addr, len) = crate::limits::deny::address_key(r.cx.client);
+    // The request's tenant, for tiers: the logged-in session's pool, else the pool it is metered for.
+    let pool = match (&r.plan.login, &route.auth) {
+        (Some(_), Some(a)) => Some(a.pool),
+        _ => r.plan.tenant,
+    };
     for &i in route.rate_limits.iter() {
         let Some(limit) = snapshot.rate_limits.get(i) else {
             continue;
@@ -388,15 +394,16 @@ fn limits(r: &mut Request<'_>) -> Verdict {
                 None => continue,
             },
         };
+        let tier = limit.tier_of(pool);
         if let Decision::Deny { retry_after } =
-            limit.check(key, r.cx.counters, r.cx.now, r.cx.unix_now)
+            limit.check(key, tier, r.cx.counters, r.cx.now, r.cx.unix_now)
         {
             r.cx.metrics.rate_limited.inc();
             let mut reply = Reply::new(429, "text/plain", "too many requests\n");
             reply.headers.push(("Retry-After", retry_after.to_string()));
             reply
                 .headers
-                .push(("RateLimit-Policy", limit.policy.to_string()));
+                .push(("RateLimit-Policy", limit.policy(tier).to_string()));
             reply.headers.push((
                 "RateLimit",
                 format!("{:?};r=0;t={retry_after}", &*limit.name),

@@ -1,6 +1,8 @@
 //! `[[rate_limits]]`, the routes' `rate_limits`, and `[deny]`.
 
 use super::Validator;
+use crate::auth::users::check_name;
+use crate::config::names::quote_key;
 use crate::config::schema::Config;
 use crate::limits::deny::Cidr;
 use crate::limits::rate::LimitKey;
@@ -59,6 +61,25 @@ impl Validator {
                 ),
                 _ => {}
             }
+            for (tier, &rate) in &l.tiers {
+                let tkey = format!("{key}.tiers.{}", quote_key(tier));
+                if let Err(e) = check_name(tier) {
+                    self.error(tkey.clone(), format!("tier name {e}"));
+                }
+                if rate == 0 {
+                    self.error(tkey, "must be at least 1");
+                }
+            }
+        }
+        for (name, pool) in &config.pools {
+            if let Some(tier) = &pool.tier {
+                if let Err(e) = check_name(tier) {
+                    self.error(
+                        format!("pools.{}.tier", quote_key(name)),
+                        format!("tier name {e}"),
+                    );
+                }
+            }
         }
         for (i, r) in config.routes.iter().enumerate() {
             for (j, name) in r.rate_limits.iter().enumerate() {
@@ -83,9 +104,26 @@ impl Validator {
             }
         }
         for (i, r) in config.deny.rules.iter().enumerate() {
-            if r.requests_per_sec == 0 {
+            match (r.requests_per_sec, r.bad_requests_per_min) {
+                (Some(_), Some(_)) => self.error(
+                    format!("deny.rules[{i}].bad_requests_per_min"),
+                    "a rule counts one thing: requests_per_sec or bad_requests_per_min; make two rules",
+                ),
+                (None, None) => self.error(
+                    format!("deny.rules[{i}]"),
+                    "needs requests_per_sec or bad_requests_per_min",
+                ),
+                _ => {}
+            }
+            if r.requests_per_sec == Some(0) {
                 self.error(
                     format!("deny.rules[{i}].requests_per_sec"),
+                    "must be at least 1",
+                );
+            }
+            if r.bad_requests_per_min == Some(0) {
+                self.error(
+                    format!("deny.rules[{i}].bad_requests_per_min"),
                     "must be at least 1",
                 );
             }
@@ -108,7 +146,10 @@ mod tests {
         let text = format!(
             "{BASE}\n[[rate_limits]]\nname = \"api\"\nkey = \"cookie\"\nrate = 0\nper = \"0s\"\n\
              [[rate_limits]]\nname = \"api\"\nkey = \"address\"\nrate = 5\nper = \"1m\"\nburst = 3\ncluster_wide = true\n\
-             [deny]\nallow = [\"10.0.0.0/33\"]\ndeny = [\"127.0.0.2\"]\nrules = [{{ requests_per_sec = 0, ban = \"0s\" }}]\n"
+             tiers = {{ gold = 0, \"b d\" = 5 }}\n\
+             [deny]\nallow = [\"10.0.0.0/33\"]\ndeny = [\"127.0.0.2\"]\nrules = [{{ requests_per_sec = 0, ban = \"0s\" }}, \
+             {{ bad_requests_per_min = 0, ban = \"1m\" }}, {{ ban = \"1m\" }}, \
+             {{ requests_per_sec = 5, bad_requests_per_min = 5, ban = \"1m\" }}]\n"
         );
         let keys: Vec<String> = errors(&text).into_iter().map(|e| e.1).collect();
         assert_eq!(
@@ -119,9 +160,14 @@ mod tests {
                 "rate_limits[0].per",
                 "rate_limits[1].name",
                 "rate_limits[1].burst",
+                "rate_limits[1].tiers.\"b d\"",
+                "rate_limits[1].tiers.gold",
                 "deny.allow[0]",
                 "deny.rules[0].requests_per_sec",
                 "deny.rules[0].ban",
+                "deny.rules[1].bad_requests_per_min",
+                "deny.rules[2]",
+                "deny.rules[3].bad_requests_per_min",
             ]
         );
     }

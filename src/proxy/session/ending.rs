@@ -6,6 +6,7 @@ impl Session {
     /// Answers the client with a canned response for `term` (when nothing of a response was sent yet)
     /// and closes; the connection is never reused after an error.
     pub(crate) fn fail(&mut self, cx: &mut Ctx, term: Termination) {
+        self.count_bad_request(cx, term);
         self.x.termination = term;
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.upstreams.close(key);
@@ -38,6 +39,7 @@ impl Session {
 
     /// Cuts the client connection without an answer (one was already under way, or the client left).
     pub(crate) fn abort(&mut self, cx: &mut Ctx, term: Termination) {
+        self.count_bad_request(cx, term);
         self.x.termination = term;
         if let Some(key) = self.end_attempt(cx, outcome_of(term)) {
             cx.upstreams.close(key);
@@ -45,6 +47,39 @@ impl Session {
         stages::release_slot(&mut self.plan, &mut cx.wakers, cx.now);
         self.wait = None;
         self.phase = Phase::Closed;
+    }
+
+    /// A request refused as malformed (`Termination::BadRequest`: tether's own 4xx for bad input)
+    /// counts against `[deny]`'s `bad_requests_per_min` rules, in node-local buckets like the
+    /// `requests_per_sec` rules; the one past a rule bans the address on every node (a replicated deny
+    /// record), so its next connections are refused at accept.
+    fn count_bad_request(&self, cx: &mut Ctx, term: Termination) {
+        if !matches!(term, Termination::BadRequest(_)) {
+            return;
+        }
+        let ip = self.peer.ip().to_canonical();
+        let Some(rule) = cx
+            .snapshot
+            .deny
+            .bad_request(ip, cx.counters.buckets(), cx.now)
+        else {
+            return;
+        };
+        let Some(store) = &cx.store else {
+            return;
+        };
+        let ban = rule.ban.as_secs().min(u64::from(u32::MAX));
+        log::info!(
+            "deny list: {ip} exceeded {} bad requests/min; refused by every node for {ban}s",
+            rule.per_min
+        );
+        crate::limits::deny::ban(
+            store,
+            ip,
+            "bad_requests_per_min",
+            cx.unix_now.saturating_add(ban as u32),
+        );
+        cx.metrics.denied.inc();
     }
 
     pub(super) fn begin_closing(&mut self, cx: &mut Ctx) {
