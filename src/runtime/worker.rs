@@ -377,12 +377,12 @@ impl Worker {
                         accepted += 1;
                         if self.over_client_limit(peer) {
                             // Closed at once, unanswered: the client already holds its share.
-                            reset(stream);
+                            drop(stream);
                             continue;
                         }
                         if self.on_deny_list(peer) {
                             // Closed before a byte is read: denied on this node or by a peer's rule.
-                            reset(stream);
+                            drop(stream);
                             continue;
                         }
                         self.add_session(stream, peer, i as u16);
@@ -716,12 +716,4 @@ impl Worker {
     pub fn waker(&self) -> io::Result<Waker> {
         Waker::new(self.poll.registry(), WAKER)
     }
-}
-
-/// Closes a refused connection with a reset (`SO_LINGER` 0): no FIN exchange and no `TIME_WAIT` socket
-/// kept on our side for a connection we never served — a flood of refused connections then costs the
-/// kernel little more than the accept.
-fn reset(stream: mio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
