@@ -183,7 +183,7 @@ fn write_cookie_without(out: &mut Vec<u8>, value: &[u8], name: &[u8]) {
             .position(|&b| b == b'=')
             .is_some_and(|eq| pair[..eq].trim_ascii() == name)
     };
-    if !value.split(|&b| b == b';').any(named) {
+    if memchr::memmem::find(value, name).is_none() || !value.split(|&b| b == b';').any(named) {
         write_header(out, b"Cookie", value);
         return;
     }
