@@ -7,17 +7,14 @@
 
 mod common;
 
+use common::login::*;
+
 use common::cluster::*;
 use common::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// The example users file: alice (role user) and bob (role admin), password `tether-demo`.
-fn users_file() -> String {
-    format!("{}/configs/cluster/users.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Routes: `/mail/` needs a login, `/admin/` the admin role, `/` is open; a pool `demo` over the example
 /// users; `extra` appended.
@@ -58,51 +55,6 @@ fn field(body: &str, name: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{name}=")))
         .unwrap_or("")
         .to_string()
-}
-
-/// One request with a body on a new connection.
-fn post(addr: SocketAddr, path: &str, content_type: &str, body: &str, extra: &str) -> Response {
-    raw_exchange(
-        addr,
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-}
-
-/// A form login (as `curl -d username=… -d password=…` sends it).
-fn form_login(addr: SocketAddr, user: &str, password: &str) -> Response {
-    post(
-        addr,
-        "/.tether/login",
-        "application/x-www-form-urlencoded",
-        &format!("username={user}&password={password}"),
-        "",
-    )
-}
-
-/// The session cookie (`name=value`) a login response set.
-fn session_cookie(r: &Response) -> String {
-    r.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with("tether_session=") && c.len() > "tether_session=".len())
-        .unwrap_or_else(|| panic!("no session cookie in {:?}", r.headers))
-}
-
-/// A GET with extra header lines.
-fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Response {
-    raw_exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").as_bytes(),
-    )
-}
-
-fn json(r: &Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
 
 #[test]

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::login::*;
+
 use common::*;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -174,62 +176,6 @@ fn relay_config(backend: SocketAddr, auth: SocketAddr, upstream_extra: &str) -> 
          [[routes]]\ncluster = \"app\"\n\n\
          [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n"
     )
-}
-
-/// One request with a body on a new connection.
-fn post(addr: SocketAddr, path: &str, content_type: &str, body: &str, extra: &str) -> Response {
-    raw_exchange(
-        addr,
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-}
-
-/// A form login (as `curl -d username=… -d password=…` sends it).
-fn form_login(addr: SocketAddr, user: &str, password: &str) -> Response {
-    post(
-        addr,
-        "/.tether/login",
-        "application/x-www-form-urlencoded",
-        &format!("username={user}&password={password}"),
-        "",
-    )
-}
-
-/// An API login: JSON in, JSON out.
-fn json_login(addr: SocketAddr, user: &str, password: &str) -> Response {
-    post(
-        addr,
-        "/.tether/login",
-        "application/json",
-        &serde_json::json!({ "username": user, "password": password }).to_string(),
-        "Accept: application/json\r\n",
-    )
-}
-
-/// The session cookie (`name=value`) a login response set.
-fn session_cookie(r: &Response) -> String {
-    r.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with("tether_session=") && c.len() > "tether_session=".len())
-        .unwrap_or_else(|| panic!("no session cookie in {:?}", r.headers))
-}
-
-/// A GET with extra header lines, on a new connection.
-fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Response {
-    raw_exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").as_bytes(),
-    )
-}
-
-fn json(r: &Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
 
 /// Panics if any header or the body of `r` holds one of the upstream's tokens (`acc-…`, `ref-…`).

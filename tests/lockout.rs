@@ -6,43 +6,13 @@
 
 mod common;
 
+use common::login::*;
+
 use common::cluster::*;
 use common::*;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-/// The example users file: alice and bob, password `tether-demo`.
-fn users_file() -> String {
-    format!("{}/configs/cluster/users.toml", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn post(addr: SocketAddr, content_type: &str, body: &str) -> Response {
-    raw_exchange(
-        addr,
-        format!(
-            "POST /.tether/login HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-}
-
-fn form_login(addr: SocketAddr, user: &str, password: &str) -> Response {
-    post(
-        addr,
-        "application/x-www-form-urlencoded",
-        &format!("username={user}&password={password}"),
-    )
-}
-
-fn json_login(addr: SocketAddr, user: &str, password: &str) -> Response {
-    post(
-        addr,
-        "application/json",
-        &format!("{{\"username\":\"{user}\",\"password\":\"{password}\"}}"),
-    )
-}
 
 /// One node with the demo pool, an open route, and `lockout` as `[pools.demo.lockout]`.
 fn single(backend: SocketAddr, lockout: &str) -> String {

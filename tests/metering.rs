@@ -4,15 +4,13 @@
 
 mod common;
 
+use common::login::*;
+
 use common::cluster::*;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-fn users_file() -> String {
-    format!("{}/configs/cluster/users.toml", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Sends `request` on a new connection (it asks for `Connection: close`) and reads to the end: the bytes
 /// sent, the bytes received, and the status.
@@ -24,25 +22,6 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
     s.read_to_end(&mut got).unwrap();
     let status = std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap();
     (request.len() as u64, got.len() as u64, status)
-}
-
-fn login_cookie(addr: SocketAddr) -> String {
-    let body = "username=alice&password=tether-demo";
-    let r = raw_exchange(
-        addr,
-        format!(
-            "POST /.tether/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(r.status, 303, "{}", r.text());
-    r.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with("tether_session="))
-        .unwrap()
 }
 
 /// The usage report's figure (CSV: period,start,tenant,metric,value).
@@ -84,7 +63,7 @@ fn requests_over_three_nodes_with_one_killed_are_counted_exactly() {
     wait_peer(&nodes[0], "b", "up");
     wait_peer(&nodes[0], "c", "up");
     wait_peer(&nodes[1], "c", "up");
-    let cookie = login_cookie(nodes[0].addr);
+    let cookie = login_cookie_at(nodes[0].addr, "test");
 
     let (mut sent, mut received, mut count) = (0u64, 0u64, 0u64);
     let mut send = |addr: SocketAddr, i: usize| {
@@ -139,7 +118,7 @@ fn a_quota_refuses_the_request_over_it_and_names_the_quota() {
         backend.addr
     );
     let t = Tether::start(&config);
-    let cookie = login_cookie(t.addr);
+    let cookie = login_cookie_at(t.addr, "test");
     let mut ok = 0;
     for i in 0..5 {
         let r = raw_exchange(

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::login::*;
+
 use common::cluster::*;
 use common::*;
 use std::net::{IpAddr, SocketAddr};
@@ -189,26 +191,6 @@ fn an_address_banned_by_a_rule_at_one_node_is_refused_by_every_node() {
     }
 }
 
-/// Logs alice in at `host` (whose pool serves its `/.tether/` endpoints); returns her session cookie.
-fn login_cookie(addr: SocketAddr, host: &str) -> String {
-    let body = "username=alice&password=tether-demo";
-    let r = raw_exchange(
-        addr,
-        format!(
-            "POST /.tether/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(r.status, 303, "{}", r.text());
-    r.headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with("tether_session="))
-        .unwrap()
-}
-
 /// Sends `n` GETs for `/` at `host` with `cookie` on one keep-alive connection; returns (200s, 429s, the
 /// last 429).
 fn burst_as(
@@ -252,8 +234,8 @@ fn each_tenant_tier_is_limited_at_its_own_rate() {
         backend.addr
     );
     let t = Tether::start(&config);
-    let gold = login_cookie(t.addr, "gold.test");
-    let free = login_cookie(t.addr, "free.test");
+    let gold = login_cookie_at(t.addr, "gold.test");
+    let free = login_cookie_at(t.addr, "free.test");
     // 3× each tier's rate per minute, bucket = the tier's rate: 2× refused, less the few tokens that
     // refill while the test runs (gold: 1 per 0.6 s, free: 1 per 3 s). Within 5%.
     let (ok_g, limited_g, last_g) = burst_as(t.addr, "gold.test", &gold, 300);

@@ -985,3 +985,4 @@ impl Client {
 // ----- cluster helpers (nodes with [cluster], SIGUSR1 store and peer reports, a cutting relay) ----------
 
 pub mod cluster;
+pub mod login;
