@@ -964,14 +964,10 @@ fn logout(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ver
         .push(("Set-Cookie", clear_cookie(settings, r.cx.tls)));
     let cred = super::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes());
     let claims = cred.and_then(|c| {
-        let kind = match c {
-            Credential::Cookie(_) => TokenKind::Session,
-            Credential::Bearer(_) => TokenKind::Access,
-        };
         auth.keys
             .tokens()
             .open
-            .open(c.token(), u64::from(r.cx.unix_now), kind, &pool.tenant)
+            .open(c.token(), u64::from(r.cx.unix_now), c.kind(), &pool.tenant)
             .ok()
     });
     let Some(claims) = claims else {

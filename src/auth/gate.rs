@@ -96,10 +96,7 @@ impl AuthCache {
     ) -> Result<Verified, Refusal> {
         let store = store.ok_or(Refusal::NoStore)?;
         let token = cred.token();
-        let kind = match cred {
-            Credential::Cookie(_) => TokenKind::Session,
-            Credential::Bearer(_) => TokenKind::Access,
-        };
+        let kind = cred.kind();
         // The common case: a token this worker verified before, still within its expiry. One lookup.
         if let Some(entry) = self.tokens.get_mut(token) {
             if entry.kind == kind

@@ -250,6 +250,14 @@ pub enum Credential<'b> {
 }
 
 impl<'b> Credential<'b> {
+    /// The kind of token it must be: a cookie holds a session token, a bearer header an access token.
+    pub fn kind(self) -> super::token::TokenKind {
+        match self {
+            Credential::Cookie(_) => super::token::TokenKind::Session,
+            Credential::Bearer(_) => super::token::TokenKind::Access,
+        }
+    }
+
     /// The token's bytes.
     pub fn token(self) -> &'b [u8] {
         match self {

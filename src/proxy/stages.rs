@@ -576,7 +576,8 @@ fn quota(r: &mut Request<'_>) -> Verdict {
     let Some(pool_index) = r.plan.tenant else {
         return Verdict::Continue;
     };
-    let Some(settings) = r.plan.snapshot.as_ref().and_then(|s| s.auth.clone()) else {
+    // Borrowed from the pinned snapshot: an `Arc` clone here would bump a count every worker shares.
+    let Some(settings) = r.plan.snapshot.as_deref().and_then(|s| s.auth.as_deref()) else {
         return Verdict::Continue;
     };
     let Some(pool) = settings.pools.get(pool_index) else {
