@@ -3,8 +3,7 @@
 //! is bounded: a login storm gets "busy" answers at once instead of a queue that grows without end (the
 //! next issue's lockout and rate limits sit in front of it).
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::thread::JoinHandle;
+use crate::base::pool::TaskPool;
 
 /// What to check.
 pub enum Check {
@@ -35,86 +34,30 @@ pub struct Busy;
 
 /// Other argon2 work for the pool's threads: hashing a new password (self-registration), with the
 /// result handed back by the closure itself.
-pub type Task = Box<dyn FnOnce() + Send>;
+pub type Task = crate::base::pool::Task;
 
-/// What the pool's threads run.
-enum Job {
-    Check(Check, Done),
-    Task(Task),
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Job::Check(c, _) => c.fmt(f),
-            Job::Task(_) => f.write_str("Job::Task"),
-        }
-    }
-}
-
-/// The pool.
+/// The pool: the checks and tasks share its threads and its bounded queue.
 #[derive(Debug)]
 pub struct Checker {
-    jobs: Option<Sender<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    pool: TaskPool,
 }
 
 impl Checker {
-    /// `threads` checking threads (at least one), with room for `queue` checks waiting.
+    /// `threads` checking threads (at least one, named `password-N`), with room for `queue` checks waiting.
     pub fn start(threads: usize, queue: usize) -> std::io::Result<Checker> {
-        let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
-        let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
-            let rx: Receiver<Job> = rx.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("password-{i}"))
-                    .spawn(move || {
-                        for job in rx {
-                            match job {
-                                Job::Check(check, done) => done(run(check)),
-                                Job::Task(task) => task(),
-                            }
-                        }
-                    })?,
-            );
-        }
         Ok(Checker {
-            jobs: Some(tx),
-            threads: handles,
+            pool: TaskPool::start("password", threads, queue)?,
         })
     }
 
     /// Queues a check; `done` is called with the verdict on a pool thread. Never blocks.
     pub fn submit(&self, check: Check, done: Done) -> Result<(), Busy> {
-        let Some(jobs) = &self.jobs else {
-            return Err(Busy);
-        };
-        match jobs.try_send(Job::Check(check, done)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
-        }
+        self.submit_task(Box::new(move || done(run(check))))
     }
 
     /// Queues other argon2 work (hashing a new password) on the same threads and the same bounded queue.
     pub fn submit_task(&self, task: Task) -> Result<(), Busy> {
-        let Some(jobs) = &self.jobs else {
-            return Err(Busy);
-        };
-        match jobs.try_send(Job::Task(task)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
-        }
-    }
-}
-
-impl Drop for Checker {
-    /// Lets queued checks finish, then stops the threads.
-    fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.pool.submit(task).map_err(|_| Busy)
     }
 }
 

@@ -39,7 +39,7 @@
 //!
 //! Neither the password nor any token ever appears in an error, a log line or a `Debug` output.
 
-use crossbeam_channel::{Sender, TrySendError};
+use crate::base::pool::TaskPool;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -47,7 +47,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest answer read from the upstream, head and body together: a token answer is a few hundred bytes,
@@ -160,8 +159,7 @@ type Flights = Mutex<HashMap<[u8; 16], Vec<Done>>>;
 
 /// The relay's threads, their bounded queue, and the refreshes in flight.
 pub struct Relay {
-    jobs: Option<Sender<(Job, Done)>>,
-    threads: Vec<JoinHandle<()>>,
+    pool: TaskPool,
     flights: Arc<Flights>,
 }
 
@@ -169,8 +167,8 @@ impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Counts only: queued jobs hold passwords and tokens.
         f.debug_struct("Relay")
-            .field("threads", &self.threads.len())
-            .field("queued", &self.jobs.as_ref().map_or(0, Sender::len))
+            .field("threads", &self.pool.threads())
+            .field("queued", &self.pool.queued())
             // Not the sessions: a session id is a credential too.
             .field("refreshing", &self.flights.lock().len())
             .finish_non_exhaustive()
@@ -181,50 +179,18 @@ impl Relay {
     /// `threads` relay threads (at least one), named `auth-relay-N`, with room for `queue` jobs waiting.
     /// Each thread holds one upstream exchange at a time, blocking, for at most the upstream's timeout.
     pub fn start(threads: usize, queue: usize) -> std::io::Result<Relay> {
-        let (tx, rx) = crossbeam_channel::bounded::<(Job, Done)>(queue.max(1));
-        let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("auth-relay-{i}"))
-                .spawn(move || {
-                    for (job, done) in rx {
-                        // A panicking callback (a bug of the caller's) must not take a relay thread
-                        // with it.
-                        if catch_unwind(AssertUnwindSafe(move || done(run(job)))).is_err() {
-                            log::error!("an auth relay callback panicked");
-                        }
-                    }
-                });
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    // Stop the threads already started before reporting.
-                    drop(tx);
-                    for handle in handles {
-                        let _ = handle.join();
-                    }
-                    return Err(e);
-                }
-            }
-        }
         Ok(Relay {
-            jobs: Some(tx),
-            threads: handles,
+            pool: TaskPool::start("auth-relay", threads, queue)?,
             flights: Arc::default(),
         })
     }
 
-    /// Queues a job; `done` is called with the verdict on a relay thread. Never blocks. On `Err(Busy)`,
-    /// `done` is dropped uncalled.
+    /// Queues a job; `done` is called with the verdict on a relay thread (a panicking `done` is caught
+    /// and logged by the pool). Never blocks. On `Err(Busy)`, `done` is dropped uncalled.
     pub fn submit(&self, job: Job, done: Done) -> Result<(), Busy> {
-        let Some(jobs) = &self.jobs else {
-            return Err(Busy);
-        };
-        match jobs.try_send((job, done)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
-        }
+        self.pool
+            .submit(Box::new(move || done(run(job))))
+            .map_err(|_| Busy)
     }
 
     /// Single flight: refreshes the upstream token of login session `session` unless a refresh for it is
@@ -328,22 +294,6 @@ fn land(flights: &Flights, session: [u8; 16], verdict: Result<UpstreamToken, Rel
             log::error!(
                 "an auth relay refresh callback panicked; the other waiters were still answered"
             );
-        }
-    }
-}
-
-impl Drop for Relay {
-    /// Closes the queue, lets the queued jobs finish (each within its upstream's timeout), and joins the
-    /// threads.
-    fn drop(&mut self) {
-        self.jobs = None;
-        let me = std::thread::current().id();
-        for handle in self.threads.drain(..) {
-            // A callback that drops the last handle to the relay runs on a relay thread: joining itself
-            // would never return.
-            if handle.thread().id() != me {
-                let _ = handle.join();
-            }
         }
     }
 }
