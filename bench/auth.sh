@@ -22,6 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 DURATION=10s
 CONNECTIONS=50
@@ -40,51 +42,14 @@ done
 SECS=${DURATION%s}
 P_NGINX=$((PORT_BASE + 1)); P_LONE=$((PORT_BASE + 80)); P_A=$((PORT_BASE + 81)); P_B=$((PORT_BASE + 82))
 R_A=$((PORT_BASE + 181)); R_B=$((PORT_BASE + 182))
-for p in $P_NGINX $P_LONE $P_A $P_B $R_A $R_B; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "port $p is in use (another run?); try --port-base" >&2; exit 1
-  fi
-done
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$NGINX" ] || { echo "nginx is needed (apt-get install nginx)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+bench_ports_free $P_NGINX $P_LONE $P_A $P_B $R_A $R_B
+bench_tools
+bench_build
 
-echo "building release binaries" >&2
-cargo build --release -q -p tether -p tether-bench
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-TETHER="$TARGET_DIR/release/tether"
-BENCH="$TARGET_DIR/release/tether-bench"
-
-WORK=$(mktemp -d /tmp/tether-auth.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir auth
 
 "$TETHER" certs cluster --nodes a,b --out "$WORK/certs" >/dev/null
-mkdir -p "$WORK/backend"
-cat > "$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location / { default_type text/plain; return 200 "ok"; }
-  }
-}
-EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+bench_nginx $P_NGINX
 
 common() {
   cat <<EOF

@@ -25,6 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 DURATION=8s
 CONNECTIONS=50
@@ -41,50 +43,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 P_NGINX=$((PORT_BASE + 1)); P_FULL=$((PORT_BASE + 80)); P_PLAIN=$((PORT_BASE + 81))
-for p in $P_NGINX $P_FULL $P_PLAIN; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "port $p is in use (another run?); try --port-base" >&2; exit 1
-  fi
-done
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$NGINX" ] || { echo "nginx is needed (apt-get install nginx)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+bench_ports_free $P_NGINX $P_FULL $P_PLAIN
+bench_tools
+bench_build
 
-echo "building release binaries" >&2
-cargo build --release -q -p tether -p tether-bench
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-TETHER="$TARGET_DIR/release/tether"
-BENCH="$TARGET_DIR/release/tether-bench"
+bench_workdir limits
 
-WORK=$(mktemp -d /tmp/tether-limits.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mkdir -p "$WORK/backend"
-cat > "$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location / { default_type text/plain; return 200 "ok"; }
-  }
-}
-EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+bench_nginx $P_NGINX
 
 cat > "$WORK/plain.toml" <<EOF
 [workers]
@@ -238,4 +203,4 @@ print(f"rejected: {rejected} connections, tether CPU {(c1 - c0) / hz:.2f} s, {us
 print(f"served:   {served} requests on new connections, tether CPU {(c2 - c1) / hz:.2f} s, {us_srv:.1f} us each")
 print(f"a rejected connection costs {us_srv / max(us_rej, 0.001):.1f}x less than a served request")
 EOF
-grep -c "banned\|ban " "$WORK/full.log" | sed 's/^/ban log lines: /'
+grep -c "deny list: .* exceeded" "$WORK/full.log" | sed "s/^/bans logged: /" || true
