@@ -10,6 +10,7 @@ use common::login::*;
 use common::cluster::*;
 use common::*;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -34,18 +35,60 @@ fn burst(addr: SocketAddr, source: &str, path: &str, n: usize) -> (usize, usize,
     (ok, limited, last)
 }
 
-/// Whether a fresh connection from `source` gets an answer (a refused one is closed unanswered).
-fn answered(addr: SocketAddr, source: &str) -> bool {
-    let mut c = Client::connect_from(addr, ip(source));
+/// What becomes of a fresh connection from `source`.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Connected and answered.
+    Served,
+    /// Connected, then closed unanswered: refused at accept.
+    Closed,
+    /// Never connected: the kernel filter dropped its SYN (the connect timed out).
+    Dropped,
+}
+
+fn fate(addr: SocketAddr, source: &str) -> Fate {
+    let mut c = match Client::try_connect_from(addr, ip(source), Duration::from_millis(700)) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Fate::Dropped,
+        Err(e) => panic!("connect from {source} to {addr}: {e}"),
+    };
+    use std::io::{Read, Write};
     // The connection may already be closed: a failed write is a refusal too.
-    use std::io::Write;
     if c.stream
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         .is_err()
     {
-        return false;
+        return Fate::Closed;
     }
-    c.try_read_response(false).is_some()
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut first = [0u8; 12];
+    match c.stream.read(&mut first) {
+        Ok(n) if n > 0 && first[..n].starts_with(b"HTTP/1.1") => Fate::Served,
+        Ok(0) => Fate::Closed,
+        Ok(n) => panic!(
+            "unexpected answer {:?}",
+            String::from_utf8_lossy(&first[..n])
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Fate::Closed,
+        // A handshake the filter cut in the middle (its SYN passed before the filter came, its ACK
+        // did not): nothing ever comes. Counted as dropped.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Fate::Dropped
+        }
+        Err(e) => panic!("read from {addr}: {e}"),
+    }
+}
+
+/// Whether a fresh connection from `source` gets an answer.
+fn answered(addr: SocketAddr, source: &str) -> bool {
+    fate(addr, source) == Fate::Served
 }
 
 /// Waits until the wall clock is early enough in its minute that `span` seconds of test fit before the
@@ -179,9 +222,12 @@ fn an_address_banned_by_a_rule_at_one_node_is_refused_by_every_node() {
     // A flood at node a: past 20 requests/s the rule bans it (the rest of its requests get 429).
     let (_, limited, _) = burst(nodes[0].addr, "127.0.0.5", "/", 100);
     assert!(limited > 0, "the rule never fired");
-    // Every node refuses its new connections at accept, once the ban replicated.
+    // Every node refuses its new connections, once the ban replicated: its kernel filter drops their
+    // SYNs.
     for n in &nodes {
-        wait_until("the ban at every node", || !answered(n.addr, "127.0.0.5"));
+        wait_until("the ban in every node's kernel filter", || {
+            fate(n.addr, "127.0.0.5") == Fate::Dropped
+        });
     }
     // Other addresses are served; the allowed one is never banned, whatever its rate.
     for n in &nodes {
@@ -294,7 +340,9 @@ fn an_address_past_its_bad_requests_per_minute_is_refused_by_every_node() {
         assert_eq!(malformed(nodes[0].addr, "127.0.0.9"), 400);
     }
     for n in &nodes {
-        wait_until("the ban at every node", || !answered(n.addr, "127.0.0.9"));
+        wait_until("the ban in every node's kernel filter", || {
+            fate(n.addr, "127.0.0.9") == Fate::Dropped
+        });
     }
     // The address with five is still served by every node.
     for n in &nodes {
@@ -310,4 +358,58 @@ fn an_address_past_its_bad_requests_per_minute_is_refused_by_every_node() {
         nodes[0].count_log("127.0.0.9 exceeded 5 bad requests/min"),
         1
     );
+}
+
+fn deny_node(backend: SocketAddr, deny: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n\
+         [[routes]]\ncluster = \"app\"\n{deny}"
+    )
+}
+
+#[test]
+fn denied_addresses_syns_are_dropped_by_the_kernel_or_closed_at_accept_when_the_filter_is_off() {
+    let backend = Backend::named("app");
+    // The kernel filter (the default): a denied address never connects; a block's allowed part and
+    // other addresses are served.
+    let t = Tether::start(&deny_node(
+        backend.addr,
+        "[deny]\ndeny = [\"127.0.0.0/24\"]\nallow = [\"127.0.0.1\", \"127.0.0.20/30\"]\n",
+    ));
+    for denied in [
+        "127.0.0.9",
+        "127.0.0.2",
+        "127.0.0.19",
+        "127.0.0.24",
+        "127.0.0.255",
+    ] {
+        assert_eq!(fate(t.addr, denied), Fate::Dropped, "{denied}");
+    }
+    for served in ["127.0.0.1", "127.0.0.20", "127.0.0.23", "127.0.1.1"] {
+        assert_eq!(fate(t.addr, served), Fate::Served, "{served}");
+    }
+    // Nothing denied reached tether's accept: the kernel dropped it.
+    t.signal("USR1");
+    let stats = t.wait_log("rejected_denied=");
+    assert!(stats.contains(" rejected_denied=0 "), "{stats}");
+    // A reload that lifts the block detaches the filter.
+    t.write_config(&deny_node(backend.addr, ""));
+    t.signal("HUP");
+    wait_until("the filter lifted", || {
+        fate(t.addr, "127.0.0.9") == Fate::Served
+    });
+    drop(t);
+    // With the filter off, a denied address connects and is closed at accept, unanswered.
+    let t = Tether::start(&deny_node(
+        backend.addr,
+        "[deny]\nkernel_filter = false\ndeny = [\"127.0.0.7\"]\n",
+    ));
+    assert_eq!(fate(t.addr, "127.0.0.7"), Fate::Closed);
+    assert_eq!(fate(t.addr, "127.0.0.8"), Fate::Served);
+    t.signal("USR1");
+    let stats = t.wait_log("rejected_denied=");
+    assert!(stats.contains(" rejected_denied=1 "), "{stats}");
+    // Served: four before the reload, one after it, one with the filter off.
+    assert_eq!(backend.request_count(), 6);
 }

@@ -889,6 +889,7 @@ limits.max_headers = 5
         "rate_limits[].burst",
         "rate_limits[].cluster_wide",
         "rate_limits[].tiers",
+        "deny.kernel_filter",
         "deny.allow",
         "deny.deny",
         "deny.rules[].requests_per_sec",

@@ -884,15 +884,29 @@ pub struct RateLimitConfig {
 }
 
 /// `[deny]`: refusal at accept time, before any parsing.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DenyConfig {
+    /// IPv4 listeners drop denied addresses' SYNs in the kernel (a socket filter) instead of accepting
+    /// and closing their connections.
+    pub kernel_filter: bool,
     /// Addresses or CIDR blocks never limited: no rate limit, no deny rule, no deny entry applies.
     pub allow: Vec<String>,
     /// Addresses or CIDR blocks always refused at accept.
     pub deny: Vec<String>,
     /// Rules that put an address on the replicated deny list for a while.
     pub rules: Vec<DenyRule>,
+}
+
+impl Default for DenyConfig {
+    fn default() -> Self {
+        DenyConfig {
+            kernel_filter: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// One rule of `[deny] rules` (one of `requests_per_sec` and `bad_requests_per_min`): an address that

@@ -46,6 +46,16 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         bits128(ip) & mask(self.bits) == self.net
     }
+
+    /// The IPv4 addresses the block covers, first and last (IPv4 is the IPv4-mapped part of the
+    /// space: `::/0` covers it all, `2001:db8::/32` none of it).
+    pub fn v4_range(&self) -> Option<(u32, u32)> {
+        const MAPPED_FIRST: u128 = 0xffff << 32;
+        const MAPPED_LAST: u128 = MAPPED_FIRST | 0xffff_ffff;
+        let first = self.net.max(MAPPED_FIRST);
+        let last = (self.net | !mask(self.bits)).min(MAPPED_LAST);
+        (first <= last).then(|| ((first - MAPPED_FIRST) as u32, (last - MAPPED_FIRST) as u32))
+    }
 }
 
 fn bits128(ip: IpAddr) -> u128 {
@@ -80,6 +90,8 @@ pub struct BadRequestRule {
 /// `[deny]` compiled.
 #[derive(Debug, Clone, Default)]
 pub struct DenyList {
+    /// Compile the list into the listeners' kernel filter (`kernel_filter`).
+    pub kernel_filter: bool,
     pub allow: Box<[Cidr]>,
     pub deny: Box<[Cidr]>,
     /// The `requests_per_sec` rules.
@@ -92,6 +104,7 @@ impl DenyList {
     /// Compiles a validated `[deny]` (entries that do not parse were refused by validation).
     pub fn build(c: &DenyConfig) -> DenyList {
         DenyList {
+            kernel_filter: c.kernel_filter,
             allow: c.allow.iter().filter_map(|s| Cidr::parse(s)).collect(),
             deny: c.deny.iter().filter_map(|s| Cidr::parse(s)).collect(),
             rules: c
@@ -227,7 +240,7 @@ mod tests {
         let list = DenyList::build(&DenyConfig {
             allow: vec!["127.0.0.1".into()],
             deny: vec!["127.0.0.0/8".into()],
-            rules: vec![],
+            ..DenyConfig::default()
         });
         assert!(!list.refuses("127.0.0.1".parse().unwrap(), None, 0));
         assert!(list.refuses("127.0.0.5".parse().unwrap(), None, 0));
@@ -237,6 +250,7 @@ mod tests {
     #[test]
     fn the_bad_request_past_a_rule_bans() {
         let list = DenyList::build(&DenyConfig {
+            kernel_filter: true,
             allow: vec!["127.0.0.1".into()],
             deny: vec![],
             rules: vec![

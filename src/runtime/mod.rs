@@ -88,6 +88,8 @@ pub struct Server {
     counters: Arc<crate::limits::counters::Counters>,
     /// Writes `[metering] file` at the end of every minute.
     metering_reporter: Option<JoinHandle<()>>,
+    /// Compiles the deny list into the listeners' kernel filter.
+    deny_filter: Option<JoinHandle<()>>,
 }
 
 /// Store writers beyond the workers' own.
@@ -208,12 +210,14 @@ impl Server {
 
         let (exit_tx, exits) = unbounded();
         let mut workers = Vec::with_capacity(count);
+        let kernel_filter = Arc::new(crate::limits::kernel_filter::KernelFilter::default());
         let settings = WorkerSettings {
             max_connections: config.workers.max_connections,
             accept_batch: config.workers.accept_batch,
             busy_poll: config.workers.busy_poll,
             batch_window: config.workers.batch_window,
             batch_target: config.workers.batch_target,
+            kernel_filter: kernel_filter.clone(),
         };
         // Every worker's channel and waker exist before any worker starts: QoS grants cross workers.
         let mut polls = Vec::with_capacity(count);
@@ -371,6 +375,13 @@ impl Server {
                 auth_stop.clone(),
             )?);
         }
+        // The deny list's kernel filter follows the config and the store's bans on a thread of its own.
+        let deny_filter = Some(crate::limits::kernel_filter::start(
+            kernel_filter,
+            Arc::clone(&shared),
+            extra.as_ref().map(|e| e.store.clone()),
+            auth_stop.clone(),
+        )?);
         let auth = match snapshot.auth.as_deref() {
             Some(settings) => {
                 let Some((store, keys_writer, relay_writer)) = extra
@@ -504,6 +515,7 @@ impl Server {
             counters_flusher,
             counters,
             metering_reporter,
+            deny_filter,
         })
     }
 
@@ -849,6 +861,9 @@ impl Server {
         }
         if let Some(reporter) = self.metering_reporter.take() {
             let _ = reporter.join();
+        }
+        if let Some(filter) = self.deny_filter.take() {
+            let _ = filter.join();
         }
     }
 

@@ -49,11 +49,15 @@ pub struct WorkerSettings {
     pub batch_window: Duration,
     /// Ready connections that end a batch window early; also the requests in flight that count as load.
     pub batch_target: usize,
+    /// The deny list's kernel filter, attached to this worker's IPv4 listeners when it changes.
+    pub kernel_filter: Arc<crate::limits::kernel_filter::KernelFilter>,
 }
 
 /// A listening socket of this worker.
 struct WorkerListener {
     socket: Option<TcpListener>,
+    /// An IPv4 socket: the deny list's kernel filter applies to it.
+    ipv4: bool,
     /// Accepting may have more to give (edge-triggered: we must come back without a new event).
     pending: bool,
 }
@@ -84,6 +88,8 @@ pub struct Worker {
     /// Panics caught within the current window (all of them are counted in the metrics registry).
     panics_in_window: u32,
     panic_window_start: Instant,
+    /// The kernel filter generation attached to the listeners.
+    filter_generation: u64,
 }
 
 impl Worker {
@@ -97,16 +103,18 @@ impl Worker {
     ) -> io::Result<Self> {
         let mut out = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
+            let ipv4 = l.local_addr()?.is_ipv4();
             let mut socket = TcpListener::from_std(l);
             poll.registry()
                 .register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)?;
             out.push(WorkerListener {
                 socket: Some(socket),
+                ipv4,
                 pending: true,
             });
         }
         let max = settings.max_connections;
-        Ok(Worker {
+        let mut worker = Worker {
             poll,
             events: Events::with_capacity(1024),
             listeners: out,
@@ -124,7 +132,11 @@ impl Worker {
             per_client: HashMap::new(),
             panics_in_window: 0,
             panic_window_start: Instant::now(),
-        })
+            filter_generation: 0,
+        };
+        // Denied addresses are dropped from the first SYN the worker could accept.
+        worker.attach_kernel_filter();
+        Ok(worker)
     }
 
     /// Runs until shut down and drained.
@@ -151,6 +163,7 @@ impl Worker {
                     l.pending = true;
                 }
             }
+            self.attach_kernel_filter();
             self.accept();
             self.run_ready(&sessions);
             self.fire_timers(&sessions);
@@ -402,6 +415,31 @@ impl Worker {
                 }
             }
             self.listeners[i].pending = !drained;
+        }
+    }
+
+    /// Attaches the deny list's newest kernel filter to this worker's IPv4 listeners (one atomic load
+    /// when it did not change; the program was compiled on the `deny-filter` thread).
+    fn attach_kernel_filter(&mut self) {
+        let generation = self.settings.kernel_filter.generation();
+        if generation == self.filter_generation {
+            return;
+        }
+        self.filter_generation = generation;
+        let program = self.settings.kernel_filter.program();
+        for l in &self.listeners {
+            let (Some(socket), true) = (&l.socket, l.ipv4) else {
+                continue;
+            };
+            if let Err(e) =
+                crate::limits::kernel_filter::attach(socket2::SockRef::from(socket), &program)
+            {
+                // The accept-time check still refuses the addresses.
+                log::warn!(
+                    "worker {}: could not attach the deny list's kernel filter: {e}",
+                    self.cx.worker
+                );
+            }
         }
     }
 

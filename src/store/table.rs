@@ -98,6 +98,9 @@ pub struct Store {
     /// Records held per kind (indexed by the kind's byte), kept with inserts and removals so a report
     /// need not scan the store.
     by_kind: [std::sync::atomic::AtomicUsize; Kind::BOUND],
+    /// Changes applied per kind (inserts, replacements, removals), so a watcher of one kind (the deny
+    /// list's kernel filter) rescans only when that kind changed.
+    changes: [std::sync::atomic::AtomicU64; Kind::BOUND],
 }
 
 impl std::fmt::Debug for Store {
@@ -123,6 +126,7 @@ impl Store {
             map: papaya::HashMap::builder().capacity(capacity).build(),
             sum: AtomicSum::default(),
             by_kind: Default::default(),
+            changes: Default::default(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Store {
     /// touched while another thread refreshed or revoked it). `Stale` when it lost.
     pub fn apply_if_current(&self, record: Record, expected: super::record::Version) -> Applied {
         let hash = DigestSum::of(&record);
+        let kind = record.kind;
         let key = StoreKey {
             kind: record.kind,
             key: record.key.clone(),
@@ -156,6 +161,7 @@ impl Store {
                 new: (_, _),
             } => {
                 self.sum.add(hash - old.hash);
+                self.changed(kind);
                 Applied::Replaced
             }
             _ => Applied::Stale,
@@ -170,6 +176,9 @@ impl Store {
         self.sum.add(delta);
         if applied == Applied::Inserted {
             self.count(kind, true);
+        }
+        if applied != Applied::Stale {
+            self.changed(kind);
         }
         applied
     }
@@ -190,6 +199,9 @@ impl Store {
             let key = record.key.clone();
             let (applied, replaced, delta) = apply_pinned(&map, record, Some(hash), true);
             sum = sum + delta;
+            if applied != Applied::Stale {
+                self.changed(kind);
+            }
             match (applied, replaced) {
                 (Applied::Inserted, _) => {
                     if let Some(n) = inserted.get_mut(kind as usize) {
@@ -300,7 +312,21 @@ impl Store {
         removed
     }
 
+    /// Changes applied to records of `kind` so far (a generation: compare two readings).
+    pub fn changes_of(&self, kind: Kind) -> u64 {
+        self.changes
+            .get(kind as usize)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn changed(&self, kind: Kind) {
+        if let Some(c) = self.changes.get(kind as usize) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     fn count(&self, kind: Kind, up: bool) {
+        self.changed(kind);
         if let Some(c) = self.by_kind.get(kind as usize) {
             if up {
                 c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -595,6 +595,28 @@ impl Client {
         }
     }
 
+    /// Connects from `source`, giving up after `timeout` (a SYN the server's kernel drops times out).
+    pub fn try_connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        timeout: Duration,
+    ) -> std::io::Result<Client> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        socket.connect_timeout(&addr.into(), timeout)?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
