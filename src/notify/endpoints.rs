@@ -20,8 +20,8 @@ use std::time::Instant;
 /// A notification request's progress, kept in the plan across its waits.
 #[derive(Debug)]
 pub(crate) enum Progress {
-    /// A long poll waiting for a notification until `until`.
-    Polling { until: Instant },
+    /// A long poll waiting for a notification until `until`, registered with `ticket`.
+    Polling { until: Instant, ticket: Arc<Ticket> },
     /// A publish or an acknowledgement waiting for a replica; then `reply`.
     Syncing {
         ticket: Arc<Ticket>,
@@ -171,7 +171,7 @@ fn poll(r: &mut Request<'_>, settings: &Settings) -> Verdict {
     let (mut items, mut reset) = hub.pending_or_reset(store.store(), &q, after, now);
     if items.is_empty() && !reset && !wait.is_zero() {
         let until = match r.plan.notify.as_deref() {
-            Some(Progress::Polling { until }) => *until,
+            Some(Progress::Polling { until, .. }) => *until,
             _ => r.cx.now + wait,
         };
         if r.cx.now < until {
@@ -184,7 +184,10 @@ fn poll(r: &mut Request<'_>, settings: &Settings) -> Verdict {
             // Registered before looking again: a notification landing in between wakes the ticket.
             (items, reset) = hub.pending_or_reset(store.store(), &q, after, now);
             if items.is_empty() && !reset {
-                r.plan.notify = Some(Box::new(Progress::Polling { until }));
+                r.plan.notify = Some(Box::new(Progress::Polling {
+                    until,
+                    ticket: ticket.clone(),
+                }));
                 return Verdict::Wait(Wait::Ticket {
                     ticket,
                     until,
@@ -193,7 +196,13 @@ fn poll(r: &mut Request<'_>, settings: &Settings) -> Verdict {
             }
         }
     }
-    r.plan.notify = None;
+    if let Some(p) = r.plan.notify.take() {
+        if let Progress::Polling { ticket, .. } = *p {
+            // Answered: the hub may forget this request (it would otherwise keep the ticket until the
+            // queue's next notification).
+            ticket.cancel();
+        }
+    }
     let mut body = String::from("{\"notifications\":[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {

@@ -313,7 +313,9 @@ impl Hub {
         }
     }
 
-    /// Registers `ticket` to be completed when a notification lands in `q` (or its session ends).
+    /// Registers `ticket` to be completed when a notification lands in `q` (or its session ends). Tickets
+    /// already done or cancelled are dropped from the queue's list on the way, so a client that long-polls
+    /// an empty queue over and over leaves one entry, not one per poll.
     pub(crate) fn wait(&self, q: &QueueId, ticket: Arc<Ticket>) {
         self.waiters.pin().update_or_insert_with(
             *q,

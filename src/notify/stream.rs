@@ -36,6 +36,16 @@ pub(crate) enum Fill {
     Ended,
 }
 
+impl Drop for Stream {
+    /// The stream ended: its registration in the hub is dropped with the queue's next wake or
+    /// registration (the ticket reads as done).
+    fn drop(&mut self) {
+        if let Some(t) = &self.ticket {
+            t.cancel();
+        }
+    }
+}
+
 impl Stream {
     pub(crate) fn new(start: &StreamStart, now: Instant) -> Stream {
         Stream {

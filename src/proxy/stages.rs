@@ -131,6 +131,12 @@ impl Ticket {
         self.peer.wake(self.target);
     }
 
+    /// Marks the wait over without waking anyone: the request stopped waiting on its own (a long poll
+    /// that timed out, a stream that ended), so whoever still holds the ticket can drop it.
+    pub(crate) fn cancel(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }
