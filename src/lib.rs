@@ -28,6 +28,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod qos;
 pub mod replication;

@@ -31,6 +31,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Indices into the snapshot's `rate_limits`, in the route's order.
     pub rate_limits: Box<[usize]>,
+    /// Responses carry the login session's pending notifications (`notifications = true`).
+    pub notifications: bool,
 }
 
 /// A login route's policy (`auth = "login"`).
@@ -111,6 +113,7 @@ impl RouteTable {
                 on_backend_down: r.on_backend_down,
                 auth,
                 rate_limits: limits.into(),
+                notifications: r.notifications,
             };
             let index = table.routes.len();
             table.routes.push(route);

@@ -44,6 +44,8 @@ pub struct ConfigSnapshot {
     pub rate_limits: Vec<crate::limits::rate::RateLimit>,
     /// `[deny]` compiled.
     pub deny: crate::limits::deny::DenyList,
+    /// `[notifications]` compiled (queue bounds, delivery, the publish secret).
+    pub notifications: Option<Arc<crate::notify::Settings>>,
 }
 
 impl ConfigSnapshot {
@@ -135,6 +137,10 @@ impl ConfigSnapshot {
                 .map(|l| crate::limits::rate::RateLimit::build(l, &config.pools))
                 .collect(),
             deny: crate::limits::deny::DenyList::build(&config.deny),
+            notifications: config
+                .notifications
+                .as_ref()
+                .map(|n| Arc::new(crate::notify::Settings::build(n))),
         })
     }
 }

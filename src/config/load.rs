@@ -938,6 +938,21 @@ limits.max_headers = 5
         "pools.*.lockout.permanent_after",
         "pools.*.lockout.per_address",
         "pools.*.lockout.address_failures",
+        "routes[].notifications",
+        "notifications.publish_address",
+        "notifications.publish_secret",
+        "notifications.max_count",
+        "notifications.max_bytes",
+        "notifications.when_full",
+        "notifications.ttl",
+        "notifications.piggyback_bytes",
+        "notifications.delete_on",
+        "notifications.keepalive",
+        "notifications.max_wait",
+        "notifications.feeds[].name",
+        "notifications.feeds[].url",
+        "notifications.feeds[].delete_on",
+        "notifications.feeds[].max_backoff",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].
@@ -1059,6 +1074,7 @@ limits.max_headers = 5
                 groups: Vec::new(),
                 identity: true,
                 rate_limits: Vec::new(),
+                notifications: false,
             }]
         );
         assert_eq!(c.auth, None);

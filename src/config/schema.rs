@@ -55,6 +55,9 @@ pub struct Config {
     /// `[deny]`: addresses refused at accept (static, or banned by a rule), and addresses never limited.
     #[serde(default)]
     pub deny: DenyConfig,
+    /// `[notifications]`: per-session notification queues fed by upstreams (needs `[pools]`).
+    #[serde(default)]
+    pub notifications: Option<NotificationsConfig>,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -698,6 +701,10 @@ pub struct RouteConfig {
     /// limit answers 429).
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// With `[notifications]` and `auth = "login"`: responses carry the session's pending notifications
+    /// in the `Tether-Notifications` header (within `notifications.piggyback_bytes`).
+    #[serde(default)]
+    pub notifications: bool,
 }
 
 impl RouteConfig {
@@ -720,6 +727,7 @@ impl RouteConfig {
             groups: Vec::new(),
             identity: true,
             rate_limits: Vec::new(),
+            notifications: false,
         }
     }
 }
@@ -922,6 +930,97 @@ pub struct DenyRule {
     pub bad_requests_per_min: Option<u64>,
     #[serde(with = "duration")]
     pub ban: Duration,
+}
+
+/// `[notifications]`: per-session notification queues (docs/NOTIFICATIONS.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Address of the publish listener (`POST /publish`, bearer-authenticated); none: no publishing.
+    pub publish_address: Option<String>,
+    /// The publish listener's bearer secret (at least 16 bytes).
+    pub publish_secret: Option<String>,
+    /// Most notifications a session's queue holds.
+    pub max_count: usize,
+    /// Most bytes of notification data a session's queue holds.
+    pub max_bytes: usize,
+    /// What a publish to a full queue does: `"drop_oldest"` (with a marker) or `"refuse"` (507).
+    pub when_full: WhenFull,
+    /// How long an unacknowledged notification is kept.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Bytes of `Tether-Notifications` header a response of a `notifications = true` route may carry.
+    pub piggyback_bytes: usize,
+    /// When published notifications are deleted: `"ack"` or `"delivery"`.
+    pub delete_on: DeleteOn,
+    /// Interval of the keep-alive comment on an idle SSE stream.
+    #[serde(with = "duration")]
+    pub keepalive: Duration,
+    /// Longest long poll (`wait=`) a client may ask for.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
+    /// Upstream SSE feeds tether subscribes to.
+    pub feeds: Vec<FeedConfig>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            publish_address: None,
+            publish_secret: None,
+            max_count: 1000,
+            max_bytes: 1 << 20,
+            when_full: WhenFull::DropOldest,
+            ttl: Duration::from_secs(24 * 3600),
+            piggyback_bytes: 4096,
+            delete_on: DeleteOn::Ack,
+            keepalive: Duration::from_secs(15),
+            max_wait: Duration::from_secs(60),
+            feeds: Vec::new(),
+        }
+    }
+}
+
+/// What a publish to a full queue does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The oldest notifications make room; the next one delivered says how many were dropped.
+    #[default]
+    DropOldest,
+    /// The publish is refused with 507.
+    Refuse,
+}
+
+/// When a notification is deleted.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteOn {
+    /// When the client acknowledges it (`POST /.tether/notifications/ack`).
+    #[default]
+    Ack,
+    /// As soon as it is delivered once (in a header, a poll answer or a stream).
+    Delivery,
+}
+
+/// `[[notifications.feeds]]`: one upstream `text/event-stream` tether keeps a connection to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Used in logs.
+    pub name: String,
+    /// `http://host:port/path` of the upstream's event stream.
+    pub url: String,
+    /// When this feed's notifications are deleted (default: `notifications.delete_on`).
+    #[serde(default)]
+    pub delete_on: Option<DeleteOn>,
+    /// Longest pause between reconnections (the back-off doubles from 100 ms up to it).
+    #[serde(default = "default_feed_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+fn default_feed_backoff() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[qos]`: how waiting requests are ordered.

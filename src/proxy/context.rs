@@ -48,6 +48,8 @@ pub(crate) struct ListenerInfo {
     pub redirect_https: bool,
     /// TLS listener: what plain HTTP gets.
     pub plain_http: PlainHttpPolicy,
+    /// The notifications' publish listener: every request is a publish (or refused).
+    pub publish: bool,
 }
 
 /// Messages to a worker from other threads.
@@ -227,6 +229,8 @@ pub(crate) struct Ctx {
     pub counters: Arc<crate::limits::counters::Counters>,
     /// This worker's usage sums not yet handed to the counters.
     pub meter: crate::limits::metering::WorkerMeter,
+    /// The notification queues (with `[notifications]`).
+    pub notify: Option<Arc<crate::notify::Hub>>,
     next_id: u64,
 }
 
@@ -247,6 +251,7 @@ pub(crate) struct CtxParts {
     pub store: Option<crate::store::StoreWriter>,
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
     pub counters: Arc<crate::limits::counters::Counters>,
+    pub notify: Option<Arc<crate::notify::Hub>>,
 }
 
 impl Ctx {
@@ -295,6 +300,7 @@ impl Ctx {
             auth_cache: crate::auth::gate::AuthCache::default(),
             counters: p.counters,
             meter: crate::limits::metering::WorkerMeter::default(),
+            notify: p.notify,
             next_id: 1,
         }
     }

@@ -2,12 +2,13 @@
 //! the worker it needs, returning a verdict.
 //!
 //! ```text
-//!  request stages (once per request, with the parsed head):   test_endpoints → deny → auth_endpoints →
+//!  request stages (once per request, with the parsed head):   test_endpoints → deny → notifications →
+//!                                                              auth_endpoints →
 //!                                                              route → priority → auth → limits →
 //!                                                              stickiness
 //!  attempt stages (once per attempt; a retry runs them again): balance → qos
 //!  forward (the session's exchange)
-//!  response hooks (on the final response head):               sticky_cookie → [notifications] → [metering]
+//!  response hooks (on the final response head):               sticky_cookie → notifications
 //!  finish hooks (once per request, whatever its end):         access_log (in the session's `finish_request`)
 //! ```
 //!
@@ -58,6 +59,9 @@ pub(crate) enum Answer {
     /// A reply of tether's own (an endpoint under `/.tether/`): the connection stays open when the request
     /// allows it.
     Reply(Box<Reply>),
+    /// A stream of tether's own (an SSE stream of notifications): the head, then events for as long as
+    /// the client stays (the session's `Stream` phase); the connection closes when it ends.
+    Stream(Box<crate::notify::endpoints::StreamStart>),
 }
 
 /// A complete response written by tether.
@@ -125,6 +129,12 @@ impl Ticket {
     pub(crate) fn complete(&self) {
         self.done.store(true, Ordering::Release);
         self.peer.wake(self.target);
+    }
+
+    /// Marks the wait over without waking anyone: the request stopped waiting on its own (a long poll
+    /// that timed out, a stream that ended), so whoever still holds the ticket can drop it.
+    pub(crate) fn cancel(&self) {
+        self.done.store(true, Ordering::Release);
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -204,6 +214,10 @@ pub(crate) struct Plan {
     /// The login the auth stage verified (shared with the worker's cache: no copy), for limits keyed by
     /// user or tenant.
     pub login: Option<std::rc::Rc<crate::auth::session::LoginSession>>,
+    /// The verified login session's id (its notification queue), set with `login`.
+    pub login_id: Option<[u8; 16]>,
+    /// A poll, publish or acknowledgement of notifications under way (`notify::endpoints`).
+    pub notify: Option<Box<crate::notify::endpoints::Progress>>,
 }
 
 impl Plan {
@@ -266,6 +280,10 @@ pub(crate) struct RequestCx<'a> {
     pub tls: bool,
     /// Cluster-wide counters (limits, lockout, metering) and the node's rate-limit buckets.
     pub counters: &'a crate::limits::counters::Counters,
+    /// The notification queues (with `[notifications]`).
+    pub notify: Option<&'a crate::notify::Hub>,
+    /// The request came in on the publish listener.
+    pub publish: bool,
 }
 
 impl RequestCx<'_> {
@@ -293,6 +311,7 @@ pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
 pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("test_endpoints", crate::fault_injection::test_endpoints),
     ("deny", deny),
+    ("notifications", crate::notify::endpoints::serve),
     ("auth_endpoints", crate::auth::endpoints::serve),
     ("route", route),
     ("priority", priority),
@@ -565,6 +584,7 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     }
     r.plan.upstream_token = verified.upstream;
     r.plan.login = Some(verified.session);
+    r.plan.login_id = Some(verified.session_id);
     r.plan.strip_authorization =
         matches!(cred, crate::auth::session::Credential::Bearer(_)) || pool.upstream.is_some();
     Verdict::Continue
@@ -955,13 +975,18 @@ pub(crate) struct Response<'a> {
     pub unix_now: u32,
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub secure: bool,
+    /// The notification queues (with `[notifications]`), for the piggyback hook.
+    pub notify: Option<&'a crate::notify::Hub>,
 }
 
 /// A response hook.
 pub(crate) type ResponseHook = fn(&mut Response<'_>);
 
-/// The response hooks, in order. Notifications and metering (the next issues) go after `sticky_cookie`.
-pub(crate) const RESPONSE_HOOKS: &[(&str, ResponseHook)] = &[("sticky_cookie", sticky_cookie)];
+/// The response hooks, in order.
+pub(crate) const RESPONSE_HOOKS: &[(&str, ResponseHook)] = &[
+    ("sticky_cookie", sticky_cookie),
+    ("notifications", crate::notify::endpoints::piggyback),
+];
 
 /// Sticky-cookie hook: a fresh sealed session cookie (insert mode), or the backend's own session cookie
 /// learned and bound (learn mode).

@@ -90,10 +90,15 @@ pub struct Server {
     metering_reporter: Option<JoinHandle<()>>,
     /// Compiles the deny list into the listeners' kernel filter.
     deny_filter: Option<JoinHandle<()>>,
+    /// The notification queues (`[notifications]`), and the thread subscribed to upstream feeds.
+    notify: Option<Arc<crate::notify::Hub>>,
+    notify_feeds: Option<JoinHandle<()>>,
+    /// Where the publish listener ended up (port 0 resolved).
+    pub publish_address: Option<SocketAddr>,
 }
 
 /// Store writers beyond the workers' own.
-const EXTRA_WRITERS: usize = 3;
+const EXTRA_WRITERS: usize = 4;
 
 /// The store and the writers of the threads that write to it besides the workers.
 struct ExtraWriters {
@@ -101,6 +106,8 @@ struct ExtraWriters {
     keys: Option<crate::store::StoreWriter>,
     relay: Option<crate::store::StoreWriter>,
     counters: Option<crate::store::StoreWriter>,
+    /// The notification feeds' thread's.
+    feeds: Option<crate::store::StoreWriter>,
 }
 
 impl ExtraWriters {
@@ -109,6 +116,7 @@ impl ExtraWriters {
         store: Arc<crate::store::Store>,
         mut w: Vec<crate::store::StoreWriter>,
     ) -> (Vec<Option<crate::store::StoreWriter>>, ExtraWriters) {
+        let feeds = w.pop();
         let counters = w.pop();
         let relay = w.pop();
         let keys = w.pop();
@@ -119,6 +127,7 @@ impl ExtraWriters {
                 keys,
                 relay,
                 counters,
+                feeds,
             },
         )
     }
@@ -190,8 +199,50 @@ impl Server {
                 proto: if l.tls.is_some() { "https" } else { "http" },
                 redirect_https: l.redirect_https,
                 plain_http: l.tls.as_ref().map(|t| t.plain_http).unwrap_or_default(),
+                publish: false,
             });
         }
+        // The notifications' publish listener: one more listener on the workers (same parser, same
+        // keep-alive), whose every request is a publish; it comes after the client listeners.
+        let mut publish_address = None;
+        if let Some(a) = config
+            .notifications
+            .as_ref()
+            .and_then(|n| n.publish_address.as_ref())
+        {
+            let name = "publish".to_string();
+            let address: SocketAddr = a.parse().map_err(|_| StartError::Listen {
+                name: name.clone(),
+                address: a.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an ip:port"),
+            })?;
+            let (bound, sockets) =
+                listener::bind_all(address, 1024, count).map_err(|e| StartError::Listen {
+                    name: name.clone(),
+                    address: a.clone(),
+                    source: e,
+                })?;
+            for (w, s) in sockets.into_iter().enumerate() {
+                per_worker[w].push(s);
+            }
+            publish_address = Some(bound);
+            infos.push(ListenerInfo {
+                name,
+                trust_forwarded: false,
+                proto: "http",
+                redirect_https: false,
+                plain_http: Default::default(),
+                publish: true,
+            });
+        }
+        // The notification queues' indexes watch the store from its first record on.
+        let notify = config.notifications.as_ref().map(|_| {
+            let slot = config.cluster.as_ref().map_or(0, |c| {
+                let peers: Vec<&str> = c.peers.iter().map(|p| p.name.as_str()).collect();
+                crate::notify::queue::IdClock::slot_of(&c.node, &peers)
+            });
+            crate::notify::Hub::new(slot)
+        });
 
         // The replication listener is bound with the others, before anything starts.
         let replication =
@@ -253,6 +304,9 @@ impl Server {
             let store = Arc::new(crate::store::Store::with_capacity(
                 config.sessions.max_entries.min(1 << 20),
             ));
+            if let Some(hub) = &notify {
+                hub.watch(&store);
+            }
             let hlc = Arc::new(crate::store::Hlc::default());
             let (f, w) = crate::store::WriteFeed::new(
                 store.clone(),
@@ -329,6 +383,9 @@ impl Server {
         let limits = !config.rate_limits.is_empty() || !config.deny.rules.is_empty();
         if extra.is_none() && (snapshot.auth.is_some() || limits) {
             let store = Arc::new(crate::store::Store::new());
+            if let Some(hub) = &notify {
+                hub.watch(&store);
+            }
             let (_feed, w) = crate::store::WriteFeed::new(
                 store.clone(),
                 Arc::new(crate::store::Hlc::default()),
@@ -442,6 +499,7 @@ impl Server {
                 store,
                 auth: auth.clone(),
                 counters: counters.clone(),
+                notify: notify.clone(),
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);
@@ -494,6 +552,21 @@ impl Server {
                 if count == 1 { "" } else { "s" }
             );
         }
+        if let Some(addr) = publish_address {
+            log::info!("notifications: publish listener on {addr} (POST /publish)");
+        }
+        let mut notify_feeds = None;
+        if let (Some(hub), Some(n)) = (&notify, &config.notifications) {
+            if let Some(writer) = extra.as_mut().and_then(|e| e.feeds.take()) {
+                notify_feeds = crate::notify::feed::start(
+                    n.feeds.clone(),
+                    hub.clone(),
+                    writer,
+                    Arc::clone(&shared),
+                    auth_stop.clone(),
+                )?;
+            }
+        }
         Ok(Server {
             workers,
             shared,
@@ -516,6 +589,9 @@ impl Server {
             counters,
             metering_reporter,
             deny_filter,
+            notify,
+            notify_feeds,
+            publish_address,
         })
     }
 
@@ -561,6 +637,17 @@ impl Server {
             ("[access_log]", new.access_log != self.config.access_log),
             ("[tls]", new.tls != self.config.tls),
             ("[sessions]", new.sessions != self.config.sessions),
+            (
+                "notifications.publish_address, notifications.feeds",
+                new.notifications
+                    .as_ref()
+                    .map(|n| (&n.publish_address, &n.feeds))
+                    != self
+                        .config
+                        .notifications
+                        .as_ref()
+                        .map(|n| (&n.publish_address, &n.feeds)),
+            ),
         ] {
             if changed {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
@@ -702,6 +789,9 @@ impl Server {
     pub fn report(&self) {
         for line in crate::metrics::report_lines(&self.metrics.totals()) {
             log::info!("{line}");
+        }
+        if let Some(hub) = &self.notify {
+            log::info!("{} waiting={}", hub.stats.report_line(), hub.waiting());
         }
         let snapshot = self.shared.load();
         if let (Some(file), Some(settings)) = (&self.config.metering.file, snapshot.auth.as_deref())
@@ -864,6 +954,9 @@ impl Server {
         }
         if let Some(filter) = self.deny_filter.take() {
             let _ = filter.join();
+        }
+        if let Some(feeds) = self.notify_feeds.take() {
+            let _ = feeds.join();
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-/// What a record is about. Kinds 9–63 are reserved for the next stages (notification queues, uploads).
+/// What a record is about. Kinds 11–63 are reserved for the next stages (uploads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
@@ -24,11 +24,25 @@ pub enum Kind {
     Counter = 7,
     /// An address on the deny list (`limits`), refused at accept by every node until the record expires.
     Deny = 8,
+    /// One notification in a login session's queue (`notify`): key = session id and notification id.
+    Notification = 9,
+    /// How far a login session's queue is acknowledged (`notify`): key = session id, value = the id.
+    NotificationAck = 10,
 }
 
 impl Kind {
     /// One more than the highest kind: sizes per-kind tables.
-    pub const BOUND: usize = 9;
+    pub const BOUND: usize = 11;
+
+    /// Kinds whose changes the store reports to its watcher (see `Store::watch`): the ones the
+    /// notification queues index (login sessions by user, notifications by session). Every other kind
+    /// costs one comparison per apply.
+    pub fn watched(self) -> bool {
+        matches!(
+            self,
+            Kind::LoginSession | Kind::Notification | Kind::NotificationAck
+        )
+    }
 }
 
 impl Kind {
@@ -43,6 +57,8 @@ impl Kind {
             6 => Some(Kind::User),
             7 => Some(Kind::Counter),
             8 => Some(Kind::Deny),
+            9 => Some(Kind::Notification),
+            10 => Some(Kind::NotificationAck),
             _ => None,
         }
     }

@@ -101,7 +101,14 @@ pub struct Store {
     /// Changes applied per kind (inserts, replacements, removals), so a watcher of one kind (the deny
     /// list's kernel filter) rescans only when that kind changed.
     changes: [std::sync::atomic::AtomicU64; Kind::BOUND],
+    /// Told of every change to a record of a watched kind ([`Kind::watched`]), on the thread that
+    /// applied it: set once, at start, by the notification queues.
+    watch: std::sync::OnceLock<Watcher>,
 }
+
+/// Called with each record of a watched kind that changed the store (a worker's write, a peer's record
+/// applied by the replication thread, a snapshot's). Runs on the applying thread: it must not block.
+pub type Watcher = Arc<dyn Fn(&Record) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +134,21 @@ impl Store {
             sum: AtomicSum::default(),
             by_kind: Default::default(),
             changes: Default::default(),
+            watch: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the watcher told of changes to watched kinds (once; a second call is ignored).
+    pub fn watch(&self, watcher: Watcher) {
+        let _ = self.watch.set(watcher);
+    }
+
+    /// Tells the watcher about `record` when its kind is watched: one comparison otherwise.
+    fn notify_watcher(&self, record: &Record) {
+        if record.kind.watched() {
+            if let Some(w) = self.watch.get() {
+                w(record);
+            }
         }
     }
 
@@ -162,6 +184,7 @@ impl Store {
             } => {
                 self.sum.add(hash - old.hash);
                 self.changed(kind);
+                self.notify_watcher(&held.record);
                 Applied::Replaced
             }
             _ => Applied::Stale,
@@ -172,6 +195,7 @@ impl Store {
     /// snapshot hashed each record to check its digest).
     pub(super) fn apply_hashed(&self, record: Record, hash: Option<DigestSum>) -> Applied {
         let kind = record.kind;
+        let watched = kind.watched().then(|| record.clone());
         let (applied, _, delta) = apply_pinned(&self.map.pin(), record, hash, false);
         self.sum.add(delta);
         if applied == Applied::Inserted {
@@ -179,6 +203,9 @@ impl Store {
         }
         if applied != Applied::Stale {
             self.changed(kind);
+        }
+        if let (true, Some(r)) = (applied.changed(), watched) {
+            self.notify_watcher(&r);
         }
         applied
     }
@@ -197,10 +224,16 @@ impl Store {
             hashes = hashes + hash;
             let (kind, version) = (record.kind, record.version);
             let key = record.key.clone();
+            let watched = kind.watched().then(|| record.clone());
             let (applied, replaced, delta) = apply_pinned(&map, record, Some(hash), true);
             sum = sum + delta;
             if applied != Applied::Stale {
                 self.changed(kind);
+            }
+            // An undone snapshot leaves stale entries in the watcher's indexes: they are hints, checked
+            // against the store wherever they are read.
+            if let (true, Some(r)) = (applied.changed(), watched) {
+                self.notify_watcher(&r);
             }
             match (applied, replaced) {
                 (Applied::Inserted, _) => {

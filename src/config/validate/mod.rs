@@ -14,6 +14,7 @@ mod clusters;
 mod health;
 mod limits;
 mod listeners;
+mod notifications;
 mod qos;
 mod rate_limits;
 mod routes;
@@ -86,6 +87,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.cluster(&config);
     v.auth(&config);
     v.rate_limits(&config);
+    v.notifications(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {

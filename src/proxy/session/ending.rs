@@ -213,6 +213,10 @@ impl Session {
             }
             Phase::Reply => Some(self.last_client_io + t.client),
             Phase::Tunnel => Some(self.last_client_io.max(self.last_upstream_io) + t.tunnel),
+            // Bytes the client does not take within `client` end the stream; otherwise the next
+            // keep-alive comment is due.
+            Phase::Stream if self.resp_out_pending() > 0 => Some(self.last_client_io + t.client),
+            Phase::Stream => self.stream.as_ref().map(|s| s.keepalive_at),
             Phase::Closing => Some(self.closing_since + t.client.min(LINGER)),
             Phase::Closed => None,
         }
@@ -300,6 +304,12 @@ impl Session {
             }
             Phase::Reply => self.abort(cx, Termination::ClientTimeout),
             Phase::Tunnel => self.abort(cx, Termination::TunnelTimeout),
+            Phase::Stream => {
+                if self.resp_out_pending() > 0 && cx.now >= self.last_client_io + t.client {
+                    self.abort(cx, Termination::ClientTimeout);
+                }
+                // Otherwise the keep-alive is due: the drive below writes it.
+            }
             Phase::Closing | Phase::Closed => self.phase = Phase::Closed,
         }
         if self.phase != Phase::Closed && self.drive(cx, sessions) {
@@ -328,6 +338,7 @@ impl Session {
         // A record begun for a request that never came is simply dropped.
         self.log = None;
         self.tunnel = None;
+        self.stream = None;
         self.phase = Phase::Closed;
     }
 

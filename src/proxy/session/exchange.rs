@@ -283,6 +283,7 @@ impl Session {
                 worker: cx.worker,
                 unix_now: cx.unix_now,
                 secure: cx.listeners[self.listener as usize].proto == "https",
+                notify: cx.notify.as_deref(),
             };
             for (_, hook) in stages::RESPONSE_HOOKS {
                 hook(&mut response);

@@ -222,6 +222,8 @@ impl Session {
                     auth_cache: &mut cx.auth_cache,
                     tls: cx.listeners[self.listener as usize].proto == "https",
                     counters: &cx.counters,
+                    notify: cx.notify.as_deref(),
+                    publish: cx.listeners[self.listener as usize].publish,
                 },
             };
             match stage(&mut request) {
@@ -397,6 +399,7 @@ impl Session {
         let reply = match answer {
             Answer::Refuse(term) => return self.fail(cx, term),
             Answer::Reply(reply) => reply,
+            Answer::Stream(start) => return self.start_stream(cx, &start),
         };
         cx.metrics.answered.inc();
         // Whatever of the request is still in `in_buf` (its head, the body a stage read) is done with; a

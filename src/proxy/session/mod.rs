@@ -36,6 +36,7 @@ mod backend;
 mod ending;
 mod exchange;
 mod head;
+mod stream;
 mod tunnel;
 
 /// Where a client connection is in its life.
@@ -53,6 +54,9 @@ pub(crate) enum Phase {
     Reply,
     /// Protocol switched (101): raw bytes both ways until both sides close.
     Tunnel,
+    /// tether's own event stream (SSE notifications): events written as they land, until the client
+    /// leaves (`Session::stream` holds its state).
+    Stream,
     /// A final answer is being flushed; then the write side is shut and input drained until EOF.
     Closing,
     /// Done: the worker frees the session.
@@ -227,6 +231,8 @@ pub(crate) struct Session {
     wait: Option<Wait>,
     /// The tunnel after a protocol switch (`Phase::Tunnel`).
     tunnel: Option<tunnel::Tunnel>,
+    /// The event stream (`Phase::Stream`).
+    stream: Option<Box<crate::notify::stream::Stream>>,
     requests: u32,
     last_client_io: Instant,
     last_upstream_io: Instant,
@@ -288,6 +294,7 @@ impl Session {
             x: Transfer::new(now),
             wait: None,
             tunnel: None,
+            stream: None,
             requests: 0,
             last_client_io: now,
             last_upstream_io: now,
@@ -333,6 +340,7 @@ impl Session {
                 Phase::Exchange => self.step_exchange(cx),
                 Phase::Reply => self.step_reply(cx),
                 Phase::Tunnel => self.step_tunnel(cx),
+                Phase::Stream => self.step_stream(cx),
                 Phase::Closing => self.step_closing(cx),
                 Phase::Closed => false,
             };
