@@ -23,6 +23,8 @@ const MAX_CACHED: usize = 16_384;
 /// A verified token.
 #[derive(Debug)]
 struct Entry {
+    /// The whole token (the cache's key is only a part of it).
+    token: Box<[u8]>,
     /// How it was presented (a token is good only as the kind it was sealed as).
     kind: TokenKind,
     session_id: [u8; 16],
@@ -47,10 +49,25 @@ struct Identity {
     keys_generation: u64,
 }
 
-/// A worker's verified tokens.
+/// A worker's verified tokens, by [`mac_of`] their tokens.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    tokens: HashMap<Box<[u8]>, Entry>,
+    tokens: HashMap<[u8; MAC_KEY], Entry>,
+}
+
+/// Bytes of a token the cache hashes.
+const MAC_KEY: usize = 32;
+
+/// The cache's key for a token: the 32 characters before its footer — the end of the base64 of the
+/// token's MAC, different for every token — so a lookup hashes 32 bytes instead of the whole ~270 (the
+/// footer is the same for every token of a key). Only tokens that verified are ever inserted, so keys
+/// are MACs nobody chose; an entry is used only when its whole token matches.
+fn mac_of(token: &[u8]) -> [u8; MAC_KEY] {
+    let body = memchr::memrchr(b'.', token).map_or(token, |dot| &token[..dot]);
+    let tail = &body[body.len().saturating_sub(MAC_KEY)..];
+    let mut key = [0u8; MAC_KEY];
+    key[MAC_KEY - tail.len()..].copy_from_slice(tail);
+    key
 }
 
 /// Why a request's login was not accepted (logged at debug; the client gets the generic 401).
@@ -98,18 +115,19 @@ impl AuthCache {
         let token = cred.token();
         let kind = cred.kind();
         // The common case: a token this worker verified before, still within its expiry. One lookup.
-        if let Some(entry) = self.tokens.get_mut(token) {
+        let key = mac_of(token);
+        if let Some(entry) = self.tokens.get_mut(&key).filter(|e| *e.token == *token) {
             if entry.kind == kind
                 && entry.token_expires > u64::from(now)
                 && *entry.tenant == *pool.tenant
             {
                 let verified = entry.check(auth, settings, pool, store, now);
                 if verified.is_err() {
-                    self.tokens.remove(token);
+                    self.tokens.remove(&key);
                 }
                 return verified;
             }
-            self.tokens.remove(token);
+            self.tokens.remove(&key);
         }
         let claims = auth
             .keys
@@ -127,7 +145,10 @@ impl AuthCache {
         if self.tokens.len() >= MAX_CACHED {
             self.tokens.clear();
         }
-        let entry = self.tokens.entry(token.into()).or_insert(Entry {
+        // A verified token takes its key's place (another token there had the same 32 characters of
+        // MAC: never in practice).
+        let entry = self.tokens.entry(key).insert_entry(Entry {
+            token: token.into(),
             kind,
             session_id: claims.session,
             token_expires: claims.expires,
@@ -136,12 +157,15 @@ impl AuthCache {
             session: Rc::new(session),
             identity: None,
         });
-        entry.check(auth, settings, pool, store, now)
+        entry.into_mut().check(auth, settings, pool, store, now)
     }
 
     /// Forgets a token (its session was found revoked or was just revoked here).
     pub fn forget(&mut self, token: &[u8]) {
-        self.tokens.remove(token);
+        let key = mac_of(token);
+        if self.tokens.get(&key).is_some_and(|e| *e.token == *token) {
+            self.tokens.remove(&key);
+        }
     }
 }
 
@@ -278,4 +302,21 @@ pub fn touch(
         value: Some(s.encode().into()),
     };
     let _ = store.write_if_current(record, version);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_keyed_by_the_end_of_their_mac_not_their_shared_footer() {
+        let a = b"v4.local.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAmacOfA0123456789abcdefghijklmnop.eyJraWQiOiJrMSJ9";
+        let b = b"v4.local.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAmacOfB0123456789abcdefghijklmnop.eyJraWQiOiJrMSJ9";
+        assert_ne!(mac_of(a), mac_of(b));
+        assert_eq!(mac_of(a), *b"macOfA0123456789abcdefghijklmnop");
+        // Short or footer-less tokens still get a key (padded with zeros in front).
+        assert_eq!(mac_of(b"abc")[29..], *b"abc");
+        assert_eq!(mac_of(b"abc")[..29], [0u8; 29]);
+        assert_eq!(mac_of(b"x.abc")[31], b'x');
+    }
 }

@@ -177,27 +177,33 @@ pub fn write_request_head(
 /// A `Cookie` header with the pairs named `name` left out; nothing when no pair is left. Pairs keep their
 /// bytes and order, joined by `; ` (RFC 6265 §4.2.1). No allocation.
 fn write_cookie_without(out: &mut Vec<u8>, value: &[u8], name: &[u8]) {
-    let named = |pair: &[u8]| {
-        let pair = pair.trim_ascii();
-        pair.iter()
-            .position(|&b| b == b'=')
-            .is_some_and(|eq| pair[..eq].trim_ascii() == name)
-    };
-    if memchr::memmem::find(value, name).is_none() || !value.split(|&b| b == b';').any(named) {
-        write_header(out, b"Cookie", value);
-        return;
-    }
+    let start = out.len();
     let mut first = true;
-    for pair in value.split(|&b| b == b';') {
-        let pair = pair.trim_ascii();
-        if pair.is_empty() || named(pair) {
-            continue;
+    let mut dropped = false;
+    let mut rest = value;
+    loop {
+        let (piece, next) = match memchr::memchr(b';', rest) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let pair = piece.trim_ascii();
+        let named = memchr::memchr(b'=', pair).is_some_and(|eq| pair[..eq].trim_ascii() == name);
+        dropped |= named;
+        if !pair.is_empty() && !named {
+            out.extend_from_slice(if first { b"Cookie: " } else { b"; " });
+            out.extend_from_slice(pair);
+            first = false;
         }
-        out.extend_from_slice(if first { b"Cookie: " } else { b"; " });
-        out.extend_from_slice(pair);
-        first = false;
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
     }
-    if !first {
+    if !dropped {
+        // Nothing of tether's: the header goes on as the client wrote it.
+        out.truncate(start);
+        write_header(out, b"Cookie", value);
+    } else if !first {
         out.extend_from_slice(b"\r\n");
     }
 }

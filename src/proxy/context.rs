@@ -225,6 +225,8 @@ pub(crate) struct Ctx {
     /// Logins, with pools configured; and this worker's verified tokens.
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
     pub auth_cache: crate::auth::gate::AuthCache,
+    /// Sticky cookies this worker opened lately (a keep-alive client repeats its cookie).
+    pub opened_cookies: crate::sticky::cookie::OpenedCookies,
     /// Cluster-wide counters (limits, lockout, metering): this node's shares.
     pub counters: Arc<crate::limits::counters::Counters>,
     /// This worker's usage sums not yet handed to the counters.
@@ -298,6 +300,7 @@ impl Ctx {
             store: p.store,
             auth: p.auth,
             auth_cache: crate::auth::gate::AuthCache::default(),
+            opened_cookies: crate::sticky::cookie::OpenedCookies::default(),
             counters: p.counters,
             meter: crate::limits::metering::WorkerMeter::default(),
             notify: p.notify,

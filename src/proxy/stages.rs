@@ -276,6 +276,8 @@ pub(crate) struct RequestCx<'a> {
     /// Logins (with pools configured), and this worker's verified tokens.
     pub auth: Option<&'a crate::auth::runtime::Auth>,
     pub auth_cache: &'a mut crate::auth::gate::AuthCache,
+    /// This worker's recently opened sticky cookies.
+    pub opened_cookies: &'a mut crate::sticky::cookie::OpenedCookies,
     /// The client's listener speaks TLS (cookies get `Secure`).
     pub tls: bool,
     /// Cluster-wide counters (limits, lockout, metering) and the node's rate-limit buckets.
@@ -691,7 +693,14 @@ fn stickiness(r: &mut Request<'_>) -> Verdict {
     };
     let sticky = r.cx.sticky;
     let now = r.cx.unix_now;
-    r.plan.sticky = match sticky.identify(identity, r.head, r.bytes, r.cx.client, now) {
+    r.plan.sticky = match sticky.identify(
+        r.cx.opened_cookies,
+        identity,
+        r.head,
+        r.bytes,
+        r.cx.client,
+        now,
+    ) {
         Some(id) => {
             let binding = r.cx.sessions.lookup(r.cx.worker, id.key, now).or_else(|| {
                 replicated_binding(r.cx.store, sticky, cluster, r.cx.worker, id.key, now)

@@ -164,6 +164,70 @@ impl CookieSealer {
     }
 }
 
+/// Cookies a worker opened lately, by their exact value: a keep-alive client sends the same sealed
+/// cookie with every request, and opening it (base64, AES-GCM) costs more than comparing 95 bytes. A
+/// direct-mapped table indexed by the value's last characters (the GCM tag's encoding: uniformly spread
+/// for genuine cookies); a collision only evicts. Only values that opened are kept, so an entry proves
+/// the bytes were authenticated under this sealer's keys; each hit re-checks the expiry.
+pub struct OpenedCookies {
+    slots: Box<[Option<([u8; COOKIE_VALUE_LEN], CookieClaims)>]>,
+    /// The sealer the entries were opened with (an address): another one empties the table.
+    sealer: usize,
+}
+
+impl Default for OpenedCookies {
+    fn default() -> Self {
+        OpenedCookies {
+            slots: vec![None; OPENED_SLOTS].into_boxed_slice(),
+            sealer: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenedCookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedCookies")
+            .field("held", &self.slots.iter().flatten().count())
+            .finish()
+    }
+}
+
+/// Slots of a worker's [`OpenedCookies`] (a power of two): 1,024 × 136 bytes.
+const OPENED_SLOTS: usize = 1024;
+
+impl OpenedCookies {
+    /// [`CookieSealer::open`], answered from the table when this exact value opened before.
+    pub fn open(
+        &mut self,
+        sealer: &CookieSealer,
+        value: &[u8],
+        now: u32,
+    ) -> Result<CookieClaims, CookieError> {
+        let Ok(bytes) = <&[u8; COOKIE_VALUE_LEN]>::try_from(value) else {
+            return Err(CookieError::Malformed);
+        };
+        let id = std::ptr::from_ref(sealer) as usize;
+        if self.sealer != id {
+            self.slots.fill(None);
+            self.sealer = id;
+        }
+        let tail = u16::from_le_bytes([bytes[COOKIE_VALUE_LEN - 2], bytes[COOKIE_VALUE_LEN - 3]]);
+        let slot = &mut self.slots[usize::from(tail) % OPENED_SLOTS];
+        if let Some((held, claims)) = slot {
+            if held == bytes {
+                return if claims.expires > now {
+                    Ok(*claims)
+                } else {
+                    Err(CookieError::Expired)
+                };
+            }
+        }
+        let claims = sealer.open(value, now)?;
+        *slot = Some((*bytes, claims));
+        Ok(claims)
+    }
+}
+
 fn encode_plain(c: &CookieClaims, out: &mut [u8]) {
     out[0] = VERSION;
     out[1..17].copy_from_slice(&c.session.to_le_bytes());
@@ -239,6 +303,32 @@ mod tests {
         assert_eq!(s.open(b"short", 1_500), Err(CookieError::Malformed));
         assert_eq!(
             s.open(&[b'!'; COOKIE_VALUE_LEN], 1_500),
+            Err(CookieError::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_opened_cookie_table_answers_only_for_the_exact_bytes_that_opened() {
+        let s = CookieSealer::new(&[[7u8; 32]]);
+        let mut opened = OpenedCookies::default();
+        let mut v = Vec::new();
+        s.seal(&claims(), &mut v);
+        assert_eq!(opened.open(&s, &v, 1_500), Ok(claims()));
+        // Held now: the same answer, and expiry still applies.
+        assert_eq!(opened.open(&s, &v, 1_500), Ok(claims()));
+        assert_eq!(opened.open(&s, &v, 2_000), Err(CookieError::Expired));
+        // A value that shares the slot (same last characters) but differs elsewhere is opened, and
+        // refused: an entry never vouches for other bytes.
+        for i in 0..v.len() - 3 {
+            let mut t = v.clone();
+            t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+            assert!(opened.open(&s, &t, 1_500).is_err(), "byte {i}");
+        }
+        // Another sealer (other keys): nothing it did not open itself is honoured.
+        let other = CookieSealer::new(&[[8u8; 32]]);
+        assert_eq!(opened.open(&other, &v, 1_500), Err(CookieError::UnknownKey));
+        assert_eq!(
+            opened.open(&s, b"short", 1_500),
             Err(CookieError::Malformed)
         );
     }

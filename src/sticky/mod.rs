@@ -87,6 +87,7 @@ impl Stickiness {
     /// valid cookie — a tampered, foreign or expired one counts as none).
     pub fn identify(
         &self,
+        opened: &mut cookie::OpenedCookies,
         identity: &SessionIdentity,
         head: &RequestHead,
         bytes: &[u8],
@@ -103,7 +104,7 @@ impl Stickiness {
         match identity {
             SessionIdentity::Insert(name) => {
                 let value = request_cookie(&head.headers, bytes, name.as_bytes())?;
-                let claims = self.sealer.open(value, now).ok()?;
+                let claims = opened.open(&self.sealer, value, now).ok()?;
                 let half_life = self.table.ttl_secs() / 2;
                 Some(Identified {
                     key: claims.session,

@@ -220,6 +220,7 @@ impl Session {
                     metrics: &cx.metrics,
                     auth: cx.auth.as_deref(),
                     auth_cache: &mut cx.auth_cache,
+                    opened_cookies: &mut cx.opened_cookies,
                     tls: cx.listeners[self.listener as usize].proto == "https",
                     counters: &cx.counters,
                     notify: cx.notify.as_deref(),
