@@ -170,7 +170,7 @@ impl CookieSealer {
 /// for genuine cookies); a collision only evicts. Only values that opened are kept, so an entry proves
 /// the bytes were authenticated under this sealer's keys; each hit re-checks the expiry.
 pub struct OpenedCookies {
-    slots: Box<[Option<([u8; COOKIE_VALUE_LEN], CookieClaims)>]>,
+    slots: Box<[Option<Opened>]>,
     /// The sealer the entries were opened with (an address): another one empties the table.
     sealer: usize,
 }
@@ -191,6 +191,9 @@ impl std::fmt::Debug for OpenedCookies {
             .finish()
     }
 }
+
+/// A cookie value that opened, and what it said.
+type Opened = ([u8; COOKIE_VALUE_LEN], CookieClaims);
 
 /// Slots of a worker's [`OpenedCookies`] (a power of two): 1,024 × 136 bytes.
 const OPENED_SLOTS: usize = 1024;
