@@ -88,3 +88,8 @@ fn session_cookie_corpus() {
 fn login_form_corpus() {
     replay("login_form", tether::fuzzing::login_form);
 }
+
+#[test]
+fn notify_input_corpus() {
+    replay("notify_input", tether::fuzzing::notify_input);
+}
