@@ -15,6 +15,7 @@ mod health;
 mod limits;
 mod listeners;
 mod notifications;
+mod uploads;
 mod qos;
 mod rate_limits;
 mod routes;
@@ -88,6 +89,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.auth(&config);
     v.rate_limits(&config);
     v.notifications(&config);
+    v.uploads(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {
