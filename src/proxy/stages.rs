@@ -319,7 +319,10 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("deny", deny),
     ("notifications", crate::notify::endpoints::serve),
     ("auth_endpoints", crate::auth::endpoints::serve),
-    ("upload_resources", crate::spool::endpoints::upload_resources),
+    (
+        "upload_resources",
+        crate::spool::endpoints::upload_resources,
+    ),
     ("route", route),
     ("priority", priority),
     ("auth", auth),

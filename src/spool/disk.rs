@@ -58,7 +58,12 @@ impl Shared {
 
     /// Makes this node's file hold the acknowledged bytes `[0, upto)`: what it lacks (the appends other
     /// nodes took) is written from the replicated chunk records.
-    pub(crate) fn fill(&self, id: &UploadId, upto: u64, now: u32) -> Result<std::fs::File, SpoolError> {
+    pub(crate) fn fill(
+        &self,
+        id: &UploadId,
+        upto: u64,
+        now: u32,
+    ) -> Result<std::fs::File, SpoolError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
@@ -97,8 +102,8 @@ impl Shared {
             }
         }
         let file = self.fill(id, offset, now)?;
-        let chunks =
-            state::chunks_after_append(&self.store, id, offset, body, now).ok_or(SpoolError::Missing)?;
+        let chunks = state::chunks_after_append(&self.store, id, offset, body, now)
+            .ok_or(SpoolError::Missing)?;
         file.write_all_at(body, offset)?;
         Ok(chunks)
     }

@@ -129,8 +129,12 @@ fn tus_options(settings: &crate::config::UploadsConfig) -> Verdict {
     reply.headers.push(("Tus-Resumable", TUS_VERSION.into()));
     reply.headers.push(("Tus-Version", TUS_VERSION.into()));
     reply.headers.push(("Tus-Extension", TUS_EXTENSIONS.into()));
-    reply.headers.push(("Tus-Max-Size", settings.max_size.to_string()));
-    reply.headers.push(("Tus-Checksum-Algorithm", "sha256".into()));
+    reply
+        .headers
+        .push(("Tus-Max-Size", settings.max_size.to_string()));
+    reply
+        .headers
+        .push(("Tus-Checksum-Algorithm", "sha256".into()));
     reply.headers.push(("Upload-Limit", limit(settings)));
     answer(reply)
 }
@@ -181,7 +185,9 @@ pub(crate) fn upload_resources(r: &mut Request<'_>) -> Verdict {
         b"DELETE" => delete(r, spool, id, &upload),
         _ => {
             let mut reply = Reply::new(405, "text/plain", "method not allowed\n");
-            reply.headers.push(("Allow", "HEAD, PATCH, DELETE, OPTIONS".into()));
+            reply
+                .headers
+                .push(("Allow", "HEAD, PATCH, DELETE, OPTIONS".into()));
             answer(reply)
         }
     }
@@ -232,7 +238,9 @@ fn head(upload: &Upload, settings: &crate::config::UploadsConfig) -> Verdict {
     };
     let mut reply = Reply::new(status, "text/plain", Vec::new());
     reply.headers.push(("Cache-Control", "no-store".into()));
-    reply.headers.push(("Upload-Offset", upload.offset.to_string()));
+    reply
+        .headers
+        .push(("Upload-Offset", upload.offset.to_string()));
     if let Some(length) = upload.length {
         reply.headers.push(("Upload-Length", length.to_string()));
     }
@@ -240,7 +248,9 @@ fn head(upload: &Upload, settings: &crate::config::UploadsConfig) -> Verdict {
         Proto::Tus => {
             reply.headers.push(("Tus-Resumable", TUS_VERSION.into()));
             if !upload.metadata.is_empty() {
-                reply.headers.push(("Upload-Metadata", upload.metadata.clone()));
+                reply
+                    .headers
+                    .push(("Upload-Metadata", upload.metadata.clone()));
             }
             reply
                 .headers
@@ -379,7 +389,10 @@ fn append(
         });
     };
     let len = body.len() as u64;
-    if upload.length.is_some_and(|l| last && upload.offset + len != l) {
+    if upload
+        .length
+        .is_some_and(|l| last && upload.offset + len != l)
+    {
         return refuse(proto, 400, "Upload-Complete: ?1 before the declared length");
     }
     let Some(busy) = spool.claim(id) else {
@@ -446,7 +459,11 @@ fn resume(
     settings: &crate::config::UploadsConfig,
     p: Progress,
 ) -> Verdict {
-    let Progress { mut job, ticket, step } = p;
+    let Progress {
+        mut job,
+        ticket,
+        step,
+    } = p;
     let proto = job.upload.proto;
     match step {
         Step::Writing(slot) => {
@@ -459,7 +476,11 @@ fn resume(
                     return refuse(proto, 460, "Upload-Checksum does not match the body");
                 }
                 Err(SpoolError::DiskFull) => {
-                    return refuse(proto, 507, "the spool's disk is full: the offset is unchanged");
+                    return refuse(
+                        proto,
+                        507,
+                        "the spool's disk is full: the offset is unchanged",
+                    );
                 }
                 Err(e) => {
                     log::warn!("uploads: append to {} failed: {e}", state::hex(&job.id));
@@ -603,9 +624,10 @@ fn acknowledged(job: &Job) -> Verdict {
     let status = if job.created { 201 } else { 204 };
     let mut reply = Reply::new(status, "text/plain", Vec::new());
     if job.created {
-        reply
-            .headers
-            .push(("Location", format!("/.tether/uploads/{}", state::hex(&job.id))));
+        reply.headers.push((
+            "Location",
+            format!("/.tether/uploads/{}", state::hex(&job.id)),
+        ));
     }
     reply.headers.push(("Upload-Offset", u.offset.to_string()));
     match u.proto {
@@ -653,9 +675,10 @@ fn finished(job: &Job, backend: Backend) -> Verdict {
                 reply.headers.push(("Tether-Upload-Location", l));
             }
             if job.created {
-                reply
-                    .headers
-                    .push(("Location", format!("/.tether/uploads/{}", state::hex(&job.id))));
+                reply.headers.push((
+                    "Location",
+                    format!("/.tether/uploads/{}", state::hex(&job.id)),
+                ));
             }
             reply
         }
@@ -733,11 +756,17 @@ pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
             Err(reason) => return refuse(proto, 400, reason),
         },
     };
-    let declared = header(r, "content-length").and_then(state::parse_u64).unwrap_or(0);
+    let declared = header(r, "content-length")
+        .and_then(state::parse_u64)
+        .unwrap_or(0);
     if declared > 0 && proto == Proto::Tus {
         let ct = header(r, "content-type").map(<[u8]>::trim_ascii);
         if ct != Some(&b"application/offset+octet-stream"[..]) {
-            return refuse(proto, 415, "creation-with-upload needs application/offset+octet-stream");
+            return refuse(
+                proto,
+                415,
+                "creation-with-upload needs application/offset+octet-stream",
+            );
         }
     }
     let (user, session) = match (&r.plan.login, r.plan.login_id) {
@@ -758,7 +787,11 @@ pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
             .map(|u| u.length.unwrap_or(u.offset))
             .sum();
         if held.saturating_add(want) > settings.user_quota {
-            return refuse(proto, 413, "over the user's upload quota (uploads.user_quota)");
+            return refuse(
+                proto,
+                413,
+                "over the user's upload quota (uploads.user_quota)",
+            );
         }
     }
     let Some(body) = r.body else {

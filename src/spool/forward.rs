@@ -49,7 +49,10 @@ pub(crate) fn forward(shared: &Shared, job: &Job, now: u32) -> Result<Answer, Fo
     let mut last = String::from("no backend is eligible");
     let mut answer = None;
     for attempt in 0..job.attempts.max(1) {
-        let Some(&addr) = job.backends.get(attempt as usize % job.backends.len().max(1)) else {
+        let Some(&addr) = job
+            .backends
+            .get(attempt as usize % job.backends.len().max(1))
+        else {
             break;
         };
         match attempt_once(&file, length, addr, job) {

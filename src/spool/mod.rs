@@ -73,7 +73,9 @@ impl Spool {
                     std::thread::sleep(Duration::from_millis(500));
                     let n = sweeper.sweep(crate::sticky::unix_now());
                     if n > 0 {
-                        log::info!("uploads: swept {n} spool file(s) of finished or expired uploads");
+                        log::info!(
+                            "uploads: swept {n} spool file(s) of finished or expired uploads"
+                        );
                     }
                 }
             })?;

@@ -312,7 +312,12 @@ mod tests {
         assert_eq!(first.len(), 1);
         store.apply(Record {
             version: crate::store::Version { hlc: 1, node_id: 0 },
-            ..record(Kind::UploadChunk, &chunk_key(&id, 0), Some(first[0].1.clone()), 0)
+            ..record(
+                Kind::UploadChunk,
+                &chunk_key(&id, 0),
+                Some(first[0].1.clone()),
+                0,
+            )
         });
         let body = vec![2u8; CHUNK as usize];
         let next = chunks_after_append(&store, &id, 10, &body, 0).unwrap();

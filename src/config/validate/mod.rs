@@ -15,7 +15,6 @@ mod health;
 mod limits;
 mod listeners;
 mod notifications;
-mod uploads;
 mod qos;
 mod rate_limits;
 mod routes;
@@ -24,6 +23,7 @@ mod sessions;
 mod testing;
 mod timeouts;
 mod tls;
+mod uploads;
 mod workers;
 
 use super::schema::Config;

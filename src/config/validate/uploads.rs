@@ -16,11 +16,23 @@ impl Validator {
         if u.dir.trim().is_empty() {
             self.error("uploads.dir", "must name a directory");
         }
-        self.range("uploads.max_size", usize::try_from(u.max_size).unwrap_or(usize::MAX), 1, 1 << 40, "");
+        self.range(
+            "uploads.max_size",
+            usize::try_from(u.max_size).unwrap_or(usize::MAX),
+            1,
+            1 << 40,
+            "",
+        );
         // A chunk is held in memory while it is checked and written, and replicated as records.
         self.range("uploads.max_chunk", u.max_chunk, 1024, 64 << 20, "");
         self.range("uploads.threads", u.threads, 1, 64, "");
-        self.range("uploads.forward_attempts", u.forward_attempts as usize, 1, 10, "");
+        self.range(
+            "uploads.forward_attempts",
+            u.forward_attempts as usize,
+            1,
+            10,
+            "",
+        );
         if u.expiry.as_secs() < 1 {
             self.error("uploads.expiry", "must be at least 1s");
         }
