@@ -94,7 +94,7 @@ impl Shared {
         body: &[u8],
         checksum: Option<[u8; 32]>,
         now: u32,
-    ) -> Result<Vec<(u64, Arc<[u8]>)>, SpoolError> {
+    ) -> Result<state::Chunks, SpoolError> {
         use sha2::Digest;
         if let Some(expected) = checksum {
             if sha2::Sha256::digest(body).as_slice() != expected {

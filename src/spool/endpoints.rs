@@ -43,7 +43,7 @@ type Slot<T> = Arc<Mutex<Option<T>>>;
 
 enum Step {
     /// The spool's thread checks and writes the bytes; then the chunk records to replicate.
-    Writing(Slot<Result<Vec<(u64, Arc<[u8]>)>, SpoolError>>),
+    Writing(Slot<Result<state::Chunks, SpoolError>>),
     /// A replica acknowledges the new offset.
     Syncing,
     /// The spool's thread forwards the completed upload.

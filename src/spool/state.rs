@@ -9,6 +9,9 @@ use std::sync::Arc;
 /// `CHUNK` of them (well below the store's largest value, so a record is never refused).
 pub(crate) const CHUNK: u64 = 256 * 1024;
 
+/// Chunk records an append leaves: each touched chunk's index and its whole value.
+pub(crate) type Chunks = Vec<(u64, Arc<[u8]>)>;
+
 /// An upload's id: 16 random bytes, 32 lowercase hex digits in its URL.
 pub(crate) type UploadId = [u8; 16];
 
@@ -90,7 +93,7 @@ pub(crate) fn chunks_after_append(
     offset: u64,
     body: &[u8],
     now: u32,
-) -> Option<Vec<(u64, Arc<[u8]>)>> {
+) -> Option<Chunks> {
     let mut out = Vec::new();
     let mut at = offset;
     let mut rest = body;
