@@ -35,6 +35,7 @@ pub mod replication;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
+pub mod spool;
 pub mod sticky;
 pub mod store;
 pub mod tls;

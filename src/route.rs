@@ -33,6 +33,8 @@ pub struct Route {
     pub rate_limits: Box<[usize]>,
     /// Responses carry the login session's pending notifications (`notifications = true`).
     pub notifications: bool,
+    /// Resumable uploads are created on this route's path (`uploads = true`).
+    pub uploads: bool,
 }
 
 /// A login route's policy (`auth = "login"`).
@@ -114,6 +116,7 @@ impl RouteTable {
                 auth,
                 rate_limits: limits.into(),
                 notifications: r.notifications,
+                uploads: r.uploads,
             };
             let index = table.routes.len();
             table.routes.push(route);

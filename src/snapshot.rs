@@ -46,6 +46,8 @@ pub struct ConfigSnapshot {
     pub deny: crate::limits::deny::DenyList,
     /// `[notifications]` compiled (queue bounds, delivery, the publish secret).
     pub notifications: Option<Arc<crate::notify::Settings>>,
+    /// `[uploads]` as configured (spool bounds, forwarding).
+    pub uploads: Option<Arc<crate::config::UploadsConfig>>,
 }
 
 impl ConfigSnapshot {
@@ -141,6 +143,7 @@ impl ConfigSnapshot {
                 .notifications
                 .as_ref()
                 .map(|n| Arc::new(crate::notify::Settings::build(n))),
+            uploads: config.uploads.clone().map(Arc::new),
         })
     }
 }

@@ -939,6 +939,15 @@ limits.max_headers = 5
         "pools.*.lockout.per_address",
         "pools.*.lockout.address_failures",
         "routes[].notifications",
+        "routes[].uploads",
+        "uploads.dir",
+        "uploads.max_size",
+        "uploads.max_chunk",
+        "uploads.expiry",
+        "uploads.user_quota",
+        "uploads.threads",
+        "uploads.forward_attempts",
+        "uploads.forward_timeout",
         "notifications.publish_address",
         "notifications.publish_secret",
         "notifications.max_count",
@@ -1075,6 +1084,7 @@ limits.max_headers = 5
                 identity: true,
                 rate_limits: Vec::new(),
                 notifications: false,
+                uploads: false,
             }]
         );
         assert_eq!(c.auth, None);

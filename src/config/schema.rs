@@ -58,6 +58,9 @@ pub struct Config {
     /// `[notifications]`: per-session notification queues fed by upstreams (needs `[pools]`).
     #[serde(default)]
     pub notifications: Option<NotificationsConfig>,
+    /// `[uploads]`: the upload spool for `uploads = true` routes (docs/UPLOADS.md).
+    #[serde(default)]
+    pub uploads: Option<UploadsConfig>,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -705,6 +708,10 @@ pub struct RouteConfig {
     /// in the `Tether-Notifications` header (within `notifications.piggyback_bytes`).
     #[serde(default)]
     pub notifications: bool,
+    /// With `[uploads]`: the route accepts resumable uploads (tus 1.0 and the IETF draft) created on its
+    /// own path; a completed upload is forwarded to the route's cluster as one ordinary request.
+    #[serde(default)]
+    pub uploads: bool,
 }
 
 impl RouteConfig {
@@ -728,6 +735,7 @@ impl RouteConfig {
             identity: true,
             rate_limits: Vec::new(),
             notifications: false,
+            uploads: false,
         }
     }
 }
@@ -930,6 +938,45 @@ pub struct DenyRule {
     pub bad_requests_per_min: Option<u64>,
     #[serde(with = "duration")]
     pub ban: Duration,
+}
+
+/// `[uploads]`: the upload spool (docs/UPLOADS.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Directory the spool files live in (created at start; relative: to the config file's directory).
+    pub dir: String,
+    /// Largest upload (bytes); also what an upload of unknown length may reach.
+    pub max_size: u64,
+    /// Largest body one request may append (bytes); more is refused with 413 (`Upload-Limit`).
+    pub max_chunk: usize,
+    /// How long an upload may stay unfinished after its creation.
+    #[serde(with = "duration")]
+    pub expiry: Duration,
+    /// Bytes of unfinished uploads one user may hold at once (0: no limit).
+    pub user_quota: u64,
+    /// Threads writing spool files and forwarding completed uploads.
+    pub threads: usize,
+    /// Attempts at forwarding a completed upload to the route's backends before answering 502.
+    pub forward_attempts: u32,
+    /// How long a forward waits for the backend's answer.
+    #[serde(with = "duration")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            dir: "spool".into(),
+            max_size: 1 << 30,
+            max_chunk: 8 << 20,
+            expiry: Duration::from_secs(24 * 3600),
+            user_quota: 0,
+            threads: 2,
+            forward_attempts: 3,
+            forward_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[notifications]`: per-session notification queues (docs/NOTIFICATIONS.md).

@@ -127,6 +127,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         421 => "Misdirected Request",
         422 => "Unprocessable Content",
         423 => "Locked",
+        460 => "Checksum Mismatch",
         424 => "Failed Dependency",
         425 => "Too Early",
         426 => "Upgrade Required",

@@ -233,6 +233,8 @@ pub(crate) struct Ctx {
     pub meter: crate::limits::metering::WorkerMeter,
     /// The notification queues (with `[notifications]`).
     pub notify: Option<Arc<crate::notify::Hub>>,
+    /// The upload spool (with `[uploads]`).
+    pub spool: Option<Arc<crate::spool::Spool>>,
     next_id: u64,
 }
 
@@ -254,6 +256,7 @@ pub(crate) struct CtxParts {
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
     pub counters: Arc<crate::limits::counters::Counters>,
     pub notify: Option<Arc<crate::notify::Hub>>,
+    pub spool: Option<Arc<crate::spool::Spool>>,
 }
 
 impl Ctx {
@@ -304,6 +307,7 @@ impl Ctx {
             counters: p.counters,
             meter: crate::limits::metering::WorkerMeter::default(),
             notify: p.notify,
+            spool: p.spool,
             next_id: 1,
         }
     }

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!  request stages (once per request, with the parsed head):   test_endpoints → deny → notifications →
-//!                                                              auth_endpoints →
+//!                                                              auth_endpoints → upload_resources →
 //!                                                              route → priority → auth → limits →
-//!                                                              stickiness
+//!                                                              quota → upload_creation → stickiness
 //!  attempt stages (once per attempt; a retry runs them again): balance → qos
 //!  forward (the session's exchange)
 //!  response hooks (on the final response head):               sticky_cookie → notifications
@@ -218,6 +218,8 @@ pub(crate) struct Plan {
     pub login_id: Option<[u8; 16]>,
     /// A poll, publish or acknowledgement of notifications under way (`notify::endpoints`).
     pub notify: Option<Box<crate::notify::endpoints::Progress>>,
+    /// An upload's append, creation or forward under way (`spool::endpoints`).
+    pub upload: Option<Box<crate::spool::endpoints::Progress>>,
 }
 
 impl Plan {
@@ -286,6 +288,8 @@ pub(crate) struct RequestCx<'a> {
     pub notify: Option<&'a crate::notify::Hub>,
     /// The request came in on the publish listener.
     pub publish: bool,
+    /// The upload spool (with `[uploads]`).
+    pub spool: Option<&'a crate::spool::Spool>,
 }
 
 impl RequestCx<'_> {
@@ -315,11 +319,16 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("deny", deny),
     ("notifications", crate::notify::endpoints::serve),
     ("auth_endpoints", crate::auth::endpoints::serve),
+    (
+        "upload_resources",
+        crate::spool::endpoints::upload_resources,
+    ),
     ("route", route),
     ("priority", priority),
     ("auth", auth),
     ("limits", limits),
     ("quota", quota),
+    ("upload_creation", crate::spool::endpoints::upload_creation),
     ("stickiness", stickiness),
 ];
 

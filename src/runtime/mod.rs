@@ -381,7 +381,7 @@ impl Server {
         // Rate limits and deny rules keep their node-local buckets beside the counters (swept by the
         // counters' flusher, which runs with a store) and their bans in the store.
         let limits = !config.rate_limits.is_empty() || !config.deny.rules.is_empty();
-        if extra.is_none() && (snapshot.auth.is_some() || limits) {
+        if extra.is_none() && (snapshot.auth.is_some() || limits || config.uploads.is_some()) {
             let store = Arc::new(crate::store::Store::new());
             if let Some(hub) = &notify {
                 hub.watch(&store);
@@ -413,6 +413,21 @@ impl Server {
             peer_ids,
             extra.as_ref().map(|e| e.store.clone()),
         ));
+        // The upload spool: its directory, threads and sweeper, over the store its records live in.
+        let spool = match (&config.uploads, extra.as_ref()) {
+            (Some(u), Some(e)) => Some(
+                crate::spool::Spool::start(
+                    config.resolve_path(&u.dir),
+                    u.threads,
+                    e.store.clone(),
+                    auth_stop.clone(),
+                )
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("uploads.dir {:?}: {e}", u.dir))
+                })?,
+            ),
+            _ => None,
+        };
         let mut counters_flusher = None;
         if let Some(e) = extra.as_mut() {
             if let Some(w) = e.counters.take() {
@@ -500,6 +515,7 @@ impl Server {
                 auth: auth.clone(),
                 counters: counters.clone(),
                 notify: notify.clone(),
+                spool: spool.clone(),
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-/// What a record is about. Kinds 11–63 are reserved for the next stages (uploads).
+/// What a record is about. Kinds 13–63 are reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
@@ -28,11 +28,17 @@ pub enum Kind {
     Notification = 9,
     /// How far a login session's queue is acknowledged (`notify`): key = session id, value = the id.
     NotificationAck = 10,
+    /// A resumable upload's state (`spool`): key = upload id, value = its metadata and acknowledged
+    /// offset (JSON).
+    Upload = 11,
+    /// An upload's bytes (`spool`): key = upload id and chunk index, value = up to 256 KiB from
+    /// `index * 256 KiB` (a later version holds more of the same chunk).
+    UploadChunk = 12,
 }
 
 impl Kind {
     /// One more than the highest kind: sizes per-kind tables.
-    pub const BOUND: usize = 11;
+    pub const BOUND: usize = 13;
 
     /// Kinds whose changes the store reports to its watcher (see `Store::watch`): the ones the
     /// notification queues index (login sessions by user, notifications by session). Every other kind
@@ -59,6 +65,8 @@ impl Kind {
             8 => Some(Kind::Deny),
             9 => Some(Kind::Notification),
             10 => Some(Kind::NotificationAck),
+            11 => Some(Kind::Upload),
+            12 => Some(Kind::UploadChunk),
             _ => None,
         }
     }

@@ -23,6 +23,7 @@ mod sessions;
 mod testing;
 mod timeouts;
 mod tls;
+mod uploads;
 mod workers;
 
 use super::schema::Config;
@@ -88,6 +89,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.auth(&config);
     v.rate_limits(&config);
     v.notifications(&config);
+    v.uploads(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {

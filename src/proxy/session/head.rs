@@ -225,6 +225,7 @@ impl Session {
                     counters: &cx.counters,
                     notify: cx.notify.as_deref(),
                     publish: cx.listeners[self.listener as usize].publish,
+                    spool: cx.spool.as_deref(),
                 },
             };
             match stage(&mut request) {
