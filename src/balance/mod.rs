@@ -17,7 +17,9 @@ mod backend;
 pub mod ewma;
 pub mod maglev;
 
-pub use backend::{AttemptOutcome, BackendId, BackendState, clock_ms, clock_us, ramped_weight};
+pub use backend::{
+    AdminState, AttemptOutcome, BackendId, BackendState, clock_ms, clock_us, ramped_weight,
+};
 
 use crate::config::{BalanceAlgorithm, ClusterConfig, HashOn, HealthCheckConfig};
 use crate::http::RequestHead;
@@ -92,10 +94,10 @@ pub struct ClusterBackend {
 }
 
 impl ClusterBackend {
-    /// May take a new request: up and not draining.
+    /// May take a new request: up, not draining by config, and not drained or disabled by the operator.
     #[inline]
     pub fn eligible(&self) -> bool {
-        !self.drain && self.state.is_up()
+        !self.drain && self.state.is_up() && self.state.admitted()
     }
 }
 

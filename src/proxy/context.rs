@@ -50,6 +50,8 @@ pub(crate) struct ListenerInfo {
     pub plain_http: PlainHttpPolicy,
     /// The notifications' publish listener: every request is a publish (or refused).
     pub publish: bool,
+    /// The admin listener: every request is an admin call (or refused).
+    pub admin: bool,
 }
 
 /// Messages to a worker from other threads.
@@ -233,6 +235,8 @@ pub(crate) struct Ctx {
     pub meter: crate::limits::metering::WorkerMeter,
     /// The notification queues (with `[notifications]`).
     pub notify: Option<Arc<crate::notify::Hub>>,
+    /// The admin API (with `[admin]`).
+    pub admin: Option<Arc<crate::admin::Admin>>,
     next_id: u64,
 }
 
@@ -254,6 +258,7 @@ pub(crate) struct CtxParts {
     pub auth: Option<Arc<crate::auth::runtime::Auth>>,
     pub counters: Arc<crate::limits::counters::Counters>,
     pub notify: Option<Arc<crate::notify::Hub>>,
+    pub admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Ctx {
@@ -304,6 +309,7 @@ impl Ctx {
             counters: p.counters,
             meter: crate::limits::metering::WorkerMeter::default(),
             notify: p.notify,
+            admin: p.admin,
             next_id: 1,
         }
     }

@@ -2,7 +2,8 @@
 //! the worker it needs, returning a verdict.
 //!
 //! ```text
-//!  request stages (once per request, with the parsed head):   test_endpoints → deny → notifications →
+//!  request stages (once per request, with the parsed head):   admin → test_endpoints → deny →
+//!                                                              notifications →
 //!                                                              auth_endpoints →
 //!                                                              route → priority → auth → limits →
 //!                                                              stickiness
@@ -218,6 +219,8 @@ pub(crate) struct Plan {
     pub login_id: Option<[u8; 16]>,
     /// A poll, publish or acknowledgement of notifications under way (`notify::endpoints`).
     pub notify: Option<Box<crate::notify::endpoints::Progress>>,
+    /// An admin call waiting for the main thread or a replica (`admin::api`).
+    pub admin: Option<Box<crate::admin::api::Progress>>,
 }
 
 impl Plan {
@@ -286,6 +289,10 @@ pub(crate) struct RequestCx<'a> {
     pub notify: Option<&'a crate::notify::Hub>,
     /// The request came in on the publish listener.
     pub publish: bool,
+    /// The request came in on the admin listener (the `admin` stage answers it, and nothing else sees it).
+    pub admin_listener: bool,
+    /// The admin API's shared state (with `[admin]`).
+    pub admin: Option<&'a crate::admin::Admin>,
 }
 
 impl RequestCx<'_> {
@@ -311,6 +318,7 @@ pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
 
 /// The request stages, in order.
 pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
+    ("admin", crate::admin::api::serve),
     ("test_endpoints", crate::fault_injection::test_endpoints),
     ("deny", deny),
     ("notifications", crate::notify::endpoints::serve),

@@ -225,6 +225,8 @@ impl Session {
                     counters: &cx.counters,
                     notify: cx.notify.as_deref(),
                     publish: cx.listeners[self.listener as usize].publish,
+                    admin_listener: cx.listeners[self.listener as usize].admin,
+                    admin: cx.admin.as_deref(),
                 },
             };
             match stage(&mut request) {

@@ -1,0 +1,639 @@
+//! The `admin` request stage: every request of the admin listener is answered here (bearer token first),
+//! and nothing else looks at it. `GET /metrics` and the REST API under `/api/` (docs/ADMIN.md).
+//!
+//! Like `notify::endpoints`, this is written against the stages' types, so it belongs with `proxy`. On a
+//! client listener the stage costs one boolean. Work that must not run on a worker — a config reload,
+//! a scan of the store — is handed to the main thread as a [`Job`]; the call waits on a ticket.
+
+use super::{Admin, Job, JobKind, JobSlot, Outcome, parse_session, session_hex};
+use crate::error::Termination;
+use crate::http::Method;
+use crate::proxy::stages::{Answer, Reply, Request, Verdict, Wait};
+use crate::store::{Kind, Record};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest body an admin call takes (they are small JSON objects).
+const MAX_BODY: usize = 64 * 1024;
+/// How long a call waits for the main thread (a reload parses and checks certificates).
+const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An admin call's progress, kept in the plan across its waits.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// Waiting for the main thread; then `then`.
+    Job { slot: Arc<JobSlot>, then: Then },
+    /// Waiting for a replica to hold a revocation; then `reply`.
+    Syncing { reply: Box<Reply> },
+}
+
+/// What a call does with its job's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    Reload,
+    ListLogins,
+    RevokeLogins,
+}
+
+/// The request stage.
+pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
+    if !r.cx.admin_listener {
+        return Verdict::Continue;
+    }
+    let Some(admin) = r.cx.admin else {
+        return error(503, "unavailable", "the admin API is not running");
+    };
+    if let Some(p) = r.plan.admin.take() {
+        return resume(r, admin, *p);
+    }
+    let now = r.cx.now;
+    if admin.limited(r.cx.client, now) {
+        let mut reply = reply(
+            429,
+            json!({"error": "too_many_failures", "message": "too many failed calls from this address"}),
+        );
+        let after = admin.retry_after(r.cx.client, now);
+        reply.headers.push(("Retry-After", after.to_string()));
+        return answer(reply);
+    }
+    let presented = r
+        .head
+        .header(r.bytes, "authorization")
+        .and_then(crate::auth::session::bearer);
+    match presented {
+        None => return refuse(r, admin, "missing bearer token"),
+        Some(t) if !admin.token_matches(t) => return refuse(r, admin, "wrong bearer token"),
+        Some(_) => {}
+    }
+    route(r, admin)
+}
+
+fn answer(reply: Reply) -> Verdict {
+    Verdict::Answer(Answer::Reply(Box::new(reply)))
+}
+
+fn reply(status: u16, body: serde_json::Value) -> Reply {
+    let mut text = body.to_string();
+    text.push('\n');
+    Reply::new(status, "application/json", text)
+}
+
+fn ok(body: serde_json::Value) -> Verdict {
+    answer(reply(200, body))
+}
+
+/// A one-line JSON error.
+fn error(status: u16, error: &str, message: &str) -> Verdict {
+    answer(reply(status, json!({ "error": error, "message": message })))
+}
+
+fn not_found(message: &str) -> Verdict {
+    error(404, "not_found", message)
+}
+
+fn method_not_allowed(allow: &'static str) -> Verdict {
+    let mut reply = reply(
+        405,
+        json!({"error": "method_not_allowed", "message": format!("use {allow}")}),
+    );
+    reply.headers.push(("Allow", allow.into()));
+    answer(reply)
+}
+
+/// A refused call: 401, counted against the address and logged — address, method, path and reason,
+/// never what was presented. Past the limit, one line says the address is cut off for the window.
+fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
+    let n = admin.refused(r.cx.client, r.cx.now);
+    if n <= super::MAX_REFUSALS {
+        let path = String::from_utf8_lossy(r.head.path.of(r.bytes));
+        let path: String = path.chars().take(200).collect();
+        log::warn!(
+            "admin: refused {} {:?} {path:?}: {reason}",
+            r.cx.client,
+            r.head.method
+        );
+        if n == super::MAX_REFUSALS {
+            log::warn!(
+                "admin: {} failed {n} times; its calls are refused (429) for the rest of the minute",
+                r.cx.client
+            );
+        }
+    }
+    let mut reply = reply(401, json!({"error": "unauthorized", "message": reason}));
+    reply
+        .headers
+        .push(("WWW-Authenticate", "Bearer realm=\"tether-admin\"".into()));
+    answer(reply)
+}
+
+/// An audit line: which token (its fingerprint), from where, what changed.
+fn audit(r: &Request<'_>, admin: &Admin, what: &str) {
+    log::info!(
+        "admin audit: token {} from {}: {what}",
+        admin.fingerprint,
+        r.cx.client
+    );
+}
+
+/// The query's decoded `name=value` pairs.
+fn query(r: &Request<'_>) -> Vec<(String, String)> {
+    let target = r.head.target.of(r.bytes);
+    let q = match target.iter().position(|&b| b == b'?') {
+        Some(i) => &target[i + 1..],
+        None => b"",
+    };
+    let decode = |s: &[u8]| {
+        // `+` is a space in a query (as HTML forms and curl --data-urlencode write it).
+        let s: Vec<u8> = s
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    q.split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&b| b == b'=') {
+            Some(i) => (decode(&p[..i]), decode(&p[i + 1..])),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn param(q: &[(String, String)], name: &str) -> Option<String> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// The body as a JSON object, or the 400 for it (the stage asks for the body first).
+fn body_json(r: &Request<'_>) -> Result<serde_json::Map<String, serde_json::Value>, Verdict> {
+    let body = r.body.unwrap_or(b"");
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(
+            400,
+            "malformed_json",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(error(400, "malformed_json", &e.to_string())),
+    }
+}
+
+fn string_field(m: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
+    m.get(name).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
+    let Ok(path) = std::str::from_utf8(r.head.path.of(r.bytes)) else {
+        return not_found("no such path");
+    };
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = r.head.method;
+    let get = method == Method::Get || method == Method::Head;
+    let post = method == Method::Post;
+    match segments.as_slice() {
+        ["metrics"] if get => metrics(r, admin),
+        ["metrics"] => method_not_allowed("GET"),
+        ["api", "backends"] if get => ok(backends_json(r)),
+        ["api", "backends"] => method_not_allowed("GET"),
+        ["api", "backends", cluster, address, action] if post => {
+            backend_action(r, admin, cluster, address, action)
+        }
+        ["api", "backends", _, _, _] => method_not_allowed("POST"),
+        ["api", "cluster"] if get => ok(cluster_json(admin)),
+        ["api", "cluster"] => method_not_allowed("GET"),
+        ["api", "config"] if get => {
+            let text = admin.config_json();
+            answer(Reply::new(
+                200,
+                "application/json",
+                format!("{{\"config\":{text}}}\n"),
+            ))
+        }
+        ["api", "config"] => method_not_allowed("GET"),
+        ["api", "config", "reload"] if post => {
+            audit(r, admin, "config reload asked");
+            submit(r, admin, JobKind::Reload, Then::Reload)
+        }
+        ["api", "config", "reload"] => method_not_allowed("POST"),
+        ["api", "usage"] if get => usage(r),
+        ["api", "usage"] => method_not_allowed("GET"),
+        ["api", "logins"] if get => {
+            let q = query(r);
+            match user_of(r, param(&q, "user"), param(&q, "tenant")) {
+                Ok((tenant, user)) => {
+                    submit(r, admin, JobKind::Logins { tenant, user }, Then::ListLogins)
+                }
+                Err(v) => v,
+            }
+        }
+        ["api", "logins"] => method_not_allowed("GET"),
+        ["api", "logins", "revoke"] if post => revoke(r, admin),
+        ["api", "logins", "revoke"] => method_not_allowed("POST"),
+        ["api", "logins", session] if method == Method::Delete => {
+            let session = session.to_string();
+            revoke_one(r, admin, &session)
+        }
+        ["api", "logins", _] => method_not_allowed("DELETE"),
+        ["api", "lockout", "lift"] if post => lift(r, admin),
+        ["api", "lockout", "lift"] => method_not_allowed("POST"),
+        _ => not_found("no such path (docs/ADMIN.md lists the API)"),
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+fn metrics(r: &Request<'_>, admin: &Admin) -> Verdict {
+    let text = super::exposition::render(admin, r.cx.snapshot, r.cx.unix_now);
+    answer(Reply::new(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text,
+    ))
+}
+
+/// A backend's admin state as the API names it.
+fn state_name(b: &crate::balance::ClusterBackend) -> &'static str {
+    use crate::balance::AdminState;
+    match b.state.admin_state() {
+        AdminState::Disabled => "disabled",
+        AdminState::Draining => "draining",
+        AdminState::Enabled if b.drain => "draining (config)",
+        AdminState::Enabled => "enabled",
+    }
+}
+
+fn backend_json(b: &crate::balance::ClusterBackend) -> serde_json::Value {
+    let q = b.state.queue.report();
+    json!({
+        "address": b.state.address.to_string(),
+        "health": if b.state.is_up() { "up" } else { "down" },
+        "state": state_name(b),
+        "eligible": b.eligible(),
+        "in_flight": b.state.inflight(),
+        "queue": q.waiting.iter().map(|&n| u64::from(n)).sum::<u64>(),
+        "weight": b.weight,
+        "requests": b.state.requests.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// `GET /api/backends`: per cluster, each backend's health, load and state.
+fn backends_json(r: &Request<'_>) -> serde_json::Value {
+    let clusters: Vec<serde_json::Value> =
+        r.cx.snapshot
+            .clusters
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "max_inflight": c.max_inflight,
+                    "backends": c.backends.iter().map(backend_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+    json!({ "clusters": clusters })
+}
+
+/// `POST /api/backends/{cluster}/{address}/drain|enable|disable`. The state belongs to the address (one
+/// live state per backend address, shared by every cluster that lists it, as health is) and survives
+/// reloads; the cluster in the path must list the address.
+fn backend_action(
+    r: &Request<'_>,
+    admin: &Admin,
+    cluster: &str,
+    address: &str,
+    action: &str,
+) -> Verdict {
+    use crate::balance::AdminState;
+    let snapshot = r.cx.snapshot;
+    let Some(c) = snapshot.clusters.iter().find(|c| c.name == cluster) else {
+        return not_found(&format!("no cluster {cluster:?}"));
+    };
+    let Some(b) = address
+        .parse()
+        .ok()
+        .and_then(|a: std::net::SocketAddr| c.backend_at(a))
+    else {
+        return not_found(&format!("cluster {cluster:?} has no backend {address:?}"));
+    };
+    let state = match action {
+        "drain" => AdminState::Draining,
+        "enable" => AdminState::Enabled,
+        "disable" => AdminState::Disabled,
+        _ => return not_found(&format!("no action {action:?}: drain, enable or disable")),
+    };
+    let before = b.state.admin_state();
+    b.state.set_admin_state(state);
+    audit(
+        r,
+        admin,
+        &format!(
+            "backend {} of cluster {}: {action} (was {before:?})",
+            b.state.address, c.name
+        ),
+    );
+    ok(json!({ "cluster": c.name, "backend": backend_json(b) }))
+}
+
+/// `GET /api/cluster`: this node, its store, and each peer's link, epoch, lag and resyncs.
+fn cluster_json(admin: &Admin) -> serde_json::Value {
+    let Some(c) = admin.registry.cluster_figures() else {
+        return json!({ "node": null, "peers": [] });
+    };
+    let peers: Vec<serde_json::Value> = c
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "address": p.address,
+                "state": p.state,
+                "epoch": p.epoch,
+                "links_up": p.links_up,
+                "refused": p.refused,
+                "sent": p.sent,
+                "acked": p.acked,
+                "applied": p.applied,
+                "lag_records": p.lag_records,
+                "lag_ms": p.lag_ms,
+                "resyncs_in": p.snapshots_in,
+                "resyncs_out": p.snapshots_out,
+                "bytes_in": p.bytes_in,
+                "bytes_out": p.bytes_out,
+                "last_reason": p.last_reason,
+            })
+        })
+        .collect();
+    json!({
+        "node": c.node,
+        "records": c.records,
+        "bindings": c.bindings,
+        "stream_last": c.stream_last,
+        "peers": peers,
+    })
+}
+
+/// `GET /api/usage[?tenant=T]`: the metering's figures for the current periods.
+fn usage(r: &Request<'_>) -> Verdict {
+    let Some(settings) = r.cx.snapshot.auth.as_deref() else {
+        return not_found("no tenants: usage is metered per pool ([pools])");
+    };
+    let tenants: Vec<Box<str>> = match param(&query(r), "tenant") {
+        Some(t) => match settings.tenants.iter().find(|x| &***x == t.as_str()) {
+            Some(x) => vec![x.clone()],
+            None => return not_found(&format!("no tenant {t:?}")),
+        },
+        None => settings.tenants.clone(),
+    };
+    let text = crate::limits::metering::report_json(r.cx.counters, &tenants, r.cx.unix_now);
+    answer(Reply::new(200, "application/json", text))
+}
+
+/// The (tenant, user) a call names: `tenant` may be left out when one pool is configured.
+fn user_of(
+    r: &Request<'_>,
+    user: Option<String>,
+    tenant: Option<String>,
+) -> Result<(String, String), Verdict> {
+    let Some(settings) = r.cx.snapshot.auth.as_deref() else {
+        return Err(not_found("no logins: configure [pools]"));
+    };
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Err(error(400, "invalid_request", "name a user"));
+    };
+    let tenant = match tenant {
+        Some(t) if settings.tenants.iter().any(|x| &**x == t.as_str()) => t,
+        Some(t) => return Err(not_found(&format!("no tenant {t:?}"))),
+        None if settings.tenants.len() == 1 => settings.tenants[0].to_string(),
+        None => return Err(error(400, "invalid_request", "name the user's tenant")),
+    };
+    Ok((tenant, user))
+}
+
+/// Hands `kind` to the main thread and parks the call until it is done.
+fn submit(r: &mut Request<'_>, admin: &Admin, kind: JobKind, then: Then) -> Verdict {
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let slot = Arc::new(JobSlot {
+        ticket: ticket.clone(),
+        outcome: parking_lot::Mutex::new(None),
+    });
+    if !admin.submit(Job {
+        kind,
+        slot: slot.clone(),
+    }) {
+        return error(503, "unavailable", "the balancer is stopping");
+    }
+    r.plan.admin = Some(Box::new(Progress::Job { slot, then }));
+    Verdict::Wait(Wait::Ticket {
+        ticket,
+        until: r.cx.now + JOB_TIMEOUT,
+        on_timeout: Some(Termination::WaitTimeout),
+    })
+}
+
+/// A woken call: the job's outcome, or the replica's acknowledgement.
+fn resume(r: &mut Request<'_>, admin: &Admin, p: Progress) -> Verdict {
+    match p {
+        Progress::Syncing { reply, .. } => answer(*reply),
+        Progress::Job { slot, then } => {
+            let Some(outcome) = slot.outcome.lock().take() else {
+                // Woken before the outcome (cannot happen: it is left before the ticket completes).
+                return error(503, "unavailable", "no outcome");
+            };
+            match (then, outcome) {
+                (Then::Reload, Outcome::Reloaded { generation }) => {
+                    audit(
+                        r,
+                        admin,
+                        &format!("config reloaded (generation {generation})"),
+                    );
+                    ok(json!({ "reloaded": true, "generation": generation }))
+                }
+                (Then::Reload, Outcome::Refused(errors)) => {
+                    audit(
+                        r,
+                        admin,
+                        &format!("config reload refused ({} error(s))", errors.len()),
+                    );
+                    let list: Vec<serde_json::Value> = errors
+                        .iter()
+                        .map(|e| {
+                            json!({"file": e.file, "line": e.line, "key": e.key, "message": e.message})
+                        })
+                        .collect();
+                    answer(reply(
+                        422,
+                        json!({
+                            "error": "invalid_config",
+                            "message": "the running configuration stays",
+                            "errors": list,
+                        }),
+                    ))
+                }
+                (Then::ListLogins, Outcome::Logins(list)) => ok(json!({
+                    "sessions": list.iter().map(|(id, created, seen, expires)| json!({
+                        "session": session_hex(id),
+                        "created": created,
+                        "last_seen": seen,
+                        "expires": expires,
+                    })).collect::<Vec<_>>(),
+                })),
+                (Then::RevokeLogins, Outcome::Logins(list)) => {
+                    let ids: Vec<[u8; 16]> = list.iter().map(|l| l.0).collect();
+                    audit(
+                        r,
+                        admin,
+                        &format!("revoked every login session of a user ({})", ids.len()),
+                    );
+                    revoke_ids(r, &ids)
+                }
+                _ => error(500, "internal", "unexpected outcome"),
+            }
+        }
+    }
+}
+
+/// `POST /api/logins/revoke` with `{"session": HEX}` or `{"user": NAME[, "tenant": T]}` (all of the
+/// user's sessions).
+fn revoke(r: &mut Request<'_>, admin: &Admin) -> Verdict {
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    if let Some(s) = string_field(&m, "session") {
+        return revoke_one(r, admin, &s);
+    }
+    match user_of(r, string_field(&m, "user"), string_field(&m, "tenant")) {
+        Ok((tenant, user)) => submit(
+            r,
+            admin,
+            JobKind::Logins { tenant, user },
+            Then::RevokeLogins,
+        ),
+        Err(v) => v,
+    }
+}
+
+/// Revokes one session by id (hex).
+fn revoke_one(r: &mut Request<'_>, admin: &Admin, session: &str) -> Verdict {
+    let Some(id) = parse_session(session) else {
+        return error(400, "invalid_request", "a session id is 32 hex digits");
+    };
+    let Some(store) = r.cx.store else {
+        return not_found("no login sessions on this node");
+    };
+    if store.get(Kind::LoginSession, &id, r.cx.unix_now).is_none() {
+        return not_found(&format!("no live session {session}"));
+    }
+    audit(r, admin, &format!("revoked login session {session}"));
+    revoke_ids(r, &[id])
+}
+
+/// Writes a tombstone for each session (a revocation every node honours) and answers once a replica
+/// holds the last one: a node's records reach a peer in order, so it then holds them all.
+fn revoke_ids(r: &mut Request<'_>, ids: &[[u8; 16]]) -> Verdict {
+    let body = json!({ "revoked": ids.len() });
+    let Some(store) = r.cx.store else {
+        return ok(body);
+    };
+    let Some((last, rest)) = ids.split_last() else {
+        return ok(body);
+    };
+    // Past any value's expiry: sessions end at most `max_lifetime` after they start.
+    let expires = r.cx.unix_now.saturating_add(
+        r.cx.snapshot
+            .auth
+            .as_ref()
+            .map_or(86_400, |s| s.max_lifetime.saturating_add(60)),
+    );
+    let tombstone = |id: &[u8; 16]| Record {
+        kind: Kind::LoginSession,
+        key: id.as_slice().into(),
+        version: store.version(),
+        expires,
+        value: None,
+    };
+    for id in rest {
+        let _ = store.write(tombstone(id));
+    }
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let done = ticket.clone();
+    let _ = store.write_sync(tombstone(last), Arc::new(move || done.complete()));
+    r.plan.admin = Some(Box::new(Progress::Syncing {
+        reply: Box::new(reply(200, body)),
+    }));
+    let snapshot = r.cx.snapshot;
+    Verdict::Wait(Wait::Ticket {
+        ticket,
+        until: r.cx.now + snapshot.sync_timeout,
+        on_timeout: (!snapshot.sync_degrade).then_some(Termination::WaitTimeout),
+    })
+}
+
+/// `POST /api/lockout/lift` with `{"user": NAME[, "tenant": T]}` or `{"address": IP}`: the subject's
+/// failures so far no longer count, on every node (a temporary or a permanent lock ends).
+fn lift(r: &mut Request<'_>, admin: &Admin) -> Verdict {
+    use crate::limits::lockout::{Ledger, Subject, now_ms};
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let ledger = Ledger {
+        counters: r.cx.counters,
+    };
+    let now = now_ms();
+    if let Some(a) = string_field(&m, "address") {
+        let Ok(ip) = a.parse::<std::net::IpAddr>() else {
+            return error(400, "invalid_request", "address must be an IP address");
+        };
+        let (bytes, len) = crate::limits::deny::address_key(ip);
+        ledger.lift(
+            &Subject {
+                kind: b"address",
+                scope: b"",
+                name: &bytes[..len],
+            },
+            now,
+        );
+        audit(r, admin, &format!("lockout lifted for address {ip}"));
+        return ok(json!({ "lifted": { "address": ip.to_string() } }));
+    }
+    match user_of(r, string_field(&m, "user"), string_field(&m, "tenant")) {
+        Ok((tenant, user)) => {
+            ledger.lift(
+                &Subject {
+                    kind: b"user",
+                    scope: tenant.as_bytes(),
+                    name: user.as_bytes(),
+                },
+                now,
+            );
+            audit(
+                r,
+                admin,
+                &format!("lockout lifted for user {user:?} of {tenant}"),
+            );
+            ok(json!({ "lifted": { "tenant": tenant, "user": user } }))
+        }
+        Err(v) => v,
+    }
+}

@@ -1,0 +1,545 @@
+//! The admin listener end to end, over real sockets against the real binary: the bearer token and each
+//! refusal, `/metrics` (parsed strictly; counters equal the requests made), backends (drain, enable,
+//! disable: a drained backend gets no new request while its in-flight one finishes), the cluster view,
+//! the config (secrets masked) and its reload through the API (a broken file's errors come back as JSON
+//! and the old config keeps serving), usage, login revocation, lockout lift, and `tether ctl`.
+//!
+//! Counts and outcomes only, never durations.
+
+mod common;
+
+use common::login::*;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Command;
+
+const TOKEN: &str = "test-admin-token-0123";
+
+fn admin_section() -> String {
+    format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
+}
+
+/// The admin listener's address, from the start-up log.
+fn admin_addr(t: &Tether) -> SocketAddr {
+    let line = t.wait_log("admin API on http://");
+    line.split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// One admin call with `token` (none: no Authorization header).
+fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw_exchange(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
+    call(addr, method, path, Some(TOKEN), body)
+}
+
+/// A one-line JSON error with `error` = `code`.
+#[track_caller]
+fn assert_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.text().trim_end().lines().count(), 1, "{}", r.text());
+    assert_eq!(json(r)["error"], code, "{}", r.text());
+}
+
+/// A strict check of the text exposition format: every line a `# HELP`, a `# TYPE` (once per family,
+/// before its samples) or a sample of a typed family (`name{label="value",…} number`), counters named
+/// `_total`, no series twice. Returns the samples by `name{labels}`.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = HashMap::new();
+    let mut helped = HashSet::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(name_ok(name), "bad name in {line:?}");
+            assert!(helped.insert(name.to_string()), "HELP twice: {line:?}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap_or(""));
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line:?}"
+            );
+            assert!(parts.next().is_none(), "{line:?}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter without _total: {line:?}");
+            }
+            assert!(name.starts_with("tether_"), "{line:?}");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line:?}"
+            );
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "{line:?}");
+        // name, optional {labels}, one space, value.
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = match series.find('{') {
+            Some(i) => {
+                let labels = &series[i + 1..];
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("{line:?}"));
+                // label="value" pairs, values with \\, \" and \n escapes only.
+                let mut rest = labels;
+                while !rest.is_empty() {
+                    let eq = rest.find("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(name_ok(&rest[..eq]), "bad label in {line:?}");
+                    let mut chars = rest[eq + 2..].char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((_, '\\')) => {
+                                let (_, c) = chars.next().unwrap();
+                                assert!(matches!(c, '\\' | '"' | 'n'), "{line:?}");
+                            }
+                            Some((j, '"')) => break eq + 2 + j,
+                            Some(_) => {}
+                            None => panic!("unterminated label in {line:?}"),
+                        }
+                    };
+                    rest = &rest[end + 1..];
+                    rest = rest.strip_prefix(',').unwrap_or(rest);
+                }
+                &series[..i]
+            }
+            None => series,
+        };
+        assert!(name_ok(name), "{line:?}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family),
+            "sample before its TYPE: {line:?}"
+        );
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "series twice: {line:?}"
+        );
+    }
+    samples
+}
+
+#[test]
+fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&config_for(&[backend.addr], &admin_section()));
+    let a = admin_addr(&t);
+
+    assert_error(&call(a, "GET", "/metrics", None, ""), 401, "unauthorized");
+    let wrong = call(a, "GET", "/api/backends", Some("not-the-token"), "");
+    assert_error(&wrong, 401, "unauthorized");
+    assert!(wrong.header("www-authenticate").is_some());
+    t.wait_log("admin: refused 127.0.0.1 Get \"/api/backends\": wrong bearer token");
+    assert!(
+        !t.log_lines()
+            .iter()
+            .any(|l| l.contains(TOKEN) || l.contains("not-the-token")),
+        "a token in the log"
+    );
+    assert_eq!(admin(a, "GET", "/api/backends", "").status, 200);
+    // Unknown paths and wrong methods, as JSON.
+    assert_error(&admin(a, "GET", "/api/nothing", ""), 404, "not_found");
+    let r = admin(a, "POST", "/metrics", "");
+    assert_error(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_error(
+        &admin(a, "POST", "/api/lockout/lift", "{not json"),
+        400,
+        "malformed_json",
+    );
+    assert_error(
+        &admin(a, "POST", "/api/logins/revoke", "[1]"),
+        400,
+        "malformed_json",
+    );
+
+    // Nothing of a client route is reachable from the admin listener...
+    assert_error(&admin(a, "GET", "/", ""), 404, "not_found");
+    assert_eq!(backend.request_count(), 0);
+    // ... and nothing of the admin API from the client listener: those paths go to the backend.
+    for path in ["/metrics", "/api/backends"] {
+        let r = get_with(t.addr, path, &format!("Authorization: Bearer {TOKEN}\r\n"));
+        assert_eq!((r.status, r.text().as_str()), (200, "app"));
+    }
+    assert_eq!(backend.request_count(), 2);
+
+    // Past 10 failures in a minute, the address is refused even with the right token.
+    // Two failures so far; eight more make ten.
+    for _ in 0..8 {
+        assert_eq!(call(a, "GET", "/metrics", Some("wrong"), "").status, 401);
+    }
+    let limited = admin(a, "GET", "/metrics", "");
+    assert_error(&limited, 429, "too_many_failures");
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(t.count_log("failed 10 times"), 1);
+}
+
+#[test]
+fn metrics_parse_and_counters_equal_the_requests_made() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&config_for(&[backend.addr], &admin_section()));
+    let a = admin_addr(&t);
+    const N: usize = 17;
+    let mut c = Client::connect(t.addr);
+    for _ in 0..N {
+        assert_eq!(c.get("/x").status, 200);
+    }
+    let r = admin(a, "GET", "/metrics", "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let m = parse_exposition(&r.text());
+    let backend_series = format!(
+        "tether_backend_requests_total{{cluster=\"app\",backend=\"{}\"}}",
+        backend.addr
+    );
+    for (series, want) in [
+        ("tether_cluster_requests_total{cluster=\"app\"}", N),
+        (
+            "tether_listener_connections_total{listener=\"127.0.0.1:0\"}",
+            1,
+        ),
+        (backend_series.as_str(), N),
+        ("tether_request_duration_seconds_count", N),
+    ] {
+        assert_eq!(m.get(series).copied(), Some(want as f64), "{series}");
+    }
+    assert_eq!(
+        m.get(&format!(
+            "tether_backend_eligible{{cluster=\"app\",backend=\"{}\"}}",
+            backend.addr
+        )),
+        Some(&1.0)
+    );
+    // promtool, where installed, agrees.
+    if let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&r.body).unwrap();
+        assert!(child.wait().unwrap().success(), "promtool check metrics");
+    }
+}
+
+#[test]
+fn a_drained_backend_gets_no_new_requests_while_its_in_flight_one_finishes() {
+    let gate = Gate::default();
+    let handler = |name: &'static str, gate: Gate| {
+        move |req: &ReceivedRequest, _: &mut std::net::TcpStream| {
+            if req.path == "/slow" {
+                gate.wait();
+            }
+            Some(Reply::text(200, name))
+        }
+    };
+    let one = Backend::start(handler("one", gate.clone()));
+    let two = Backend::start(handler("two", gate.clone()));
+    let t = Tether::start(&config_for(&[one.addr, two.addr], &admin_section()));
+    let a = admin_addr(&t);
+
+    let list = json(&admin(a, "GET", "/api/backends", ""));
+    let backends = list["clusters"][0]["backends"].as_array().unwrap().clone();
+    assert_eq!(backends.len(), 2);
+    for b in &backends {
+        assert_eq!(
+            (b["health"].as_str(), b["state"].as_str()),
+            (Some("up"), Some("enabled"))
+        );
+    }
+
+    // A request in flight on one backend ...
+    let addr = t.addr;
+    let slow = std::thread::spawn(move || get(addr, "/slow"));
+    wait_until("the slow request reaches a backend", || {
+        one.request_count() + two.request_count() == 1
+    });
+    let (busy, idle) = if one.request_count() == 1 {
+        (&one, &two)
+    } else {
+        (&two, &one)
+    };
+    let list = json(&admin(a, "GET", "/api/backends", ""));
+    let in_flight: u64 = list["clusters"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["in_flight"].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_flight, 1);
+
+    // ... is drained: no new request reaches it, the one in flight finishes.
+    let path = format!("/api/backends/app/{}/drain", busy.addr);
+    let r = admin(a, "POST", &path, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["backend"]["state"], "draining");
+    t.wait_log("admin audit: token ");
+    assert_eq!(
+        t.count_log(&format!("backend {} of cluster app: drain", busy.addr)),
+        1
+    );
+    let before = idle.request_count();
+    for _ in 0..10 {
+        assert_eq!(get(t.addr, "/").status, 200);
+    }
+    assert_eq!(
+        busy.request_count(),
+        1,
+        "a drained backend got a new request"
+    );
+    assert_eq!(idle.request_count(), before + 10);
+    gate.open();
+    let done = slow.join().unwrap();
+    assert_eq!(done.status, 200, "the in-flight request finished");
+
+    // Disabled: the same for balancing; enabled again: it takes requests.
+    let path = format!("/api/backends/app/{}/disable", busy.addr);
+    assert_eq!(
+        json(&admin(a, "POST", &path, ""))["backend"]["state"],
+        "disabled"
+    );
+    for _ in 0..4 {
+        get(t.addr, "/");
+    }
+    assert_eq!(busy.request_count(), 1);
+    let path = format!("/api/backends/app/{}/enable", busy.addr);
+    assert_eq!(
+        json(&admin(a, "POST", &path, ""))["backend"]["state"],
+        "enabled"
+    );
+    for _ in 0..4 {
+        get(t.addr, "/");
+    }
+    assert!(busy.request_count() > 1, "enabled again, it takes requests");
+
+    // Unknown backend, cluster, action; a GET on an action.
+    let ghost = dead_addr();
+    assert_error(
+        &admin(a, "POST", &format!("/api/backends/app/{ghost}/drain"), ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(
+            a,
+            "POST",
+            &format!("/api/backends/nope/{}/drain", one.addr),
+            "",
+        ),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(
+            a,
+            "POST",
+            &format!("/api/backends/app/{}/explode", one.addr),
+            "",
+        ),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(
+            a,
+            "GET",
+            &format!("/api/backends/app/{}/drain", one.addr),
+            "",
+        ),
+        405,
+        "method_not_allowed",
+    );
+}
+
+#[test]
+fn reload_through_the_api_returns_errors_and_keeps_serving() {
+    let backend = Backend::named("app");
+    let good = config_for(&[backend.addr], &admin_section());
+    let t = Tether::start(&good);
+    let a = admin_addr(&t);
+
+    // The running config, token masked.
+    let r = admin(a, "GET", "/api/config", "");
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains(TOKEN), "{}", r.text());
+    assert_eq!(json(&r)["config"]["admin"]["token"], "********");
+
+    // A broken file: its errors come back as JSON, the old config stays and serves.
+    t.write_config(&good.replace(
+        "[[routes]]\ncluster = \"app\"",
+        "[[routes]]\ncluster = \"nowhere\"",
+    ));
+    let r = admin(a, "POST", "/api/config/reload", "");
+    assert_eq!(r.status, 422, "{}", r.text());
+    let body = json(&r);
+    assert_eq!(body["error"], "invalid_config");
+    let errors = body["errors"].as_array().unwrap();
+    assert!(!errors.is_empty());
+    assert!(
+        errors.iter().any(|e| e["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("routes[0]"))),
+        "{body}"
+    );
+    assert!(errors[0]["line"].as_u64().unwrap() > 0, "{body}");
+    assert_eq!(get(t.addr, "/").status, 200, "still serving the old config");
+    t.wait_log("admin audit: token");
+    assert_eq!(t.count_log("config reload refused"), 1);
+
+    // A good one applies: the next generation.
+    t.write_config(&good.replace("format = \"json\"", "format = \"json\"\nenabled = true"));
+    let r = admin(a, "POST", "/api/config/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["generation"], 2);
+    assert_eq!(get(t.addr, "/").status, 200);
+
+    // No cluster configured: the cluster view says so.
+    let c = json(&admin(a, "GET", "/api/cluster", ""));
+    assert_eq!(
+        (c["node"].is_null(), c["peers"].as_array().map(Vec::len)),
+        (true, Some(0))
+    );
+}
+
+/// A node with the demo pool (alice and bob), a login-only `/mail/` route, lockout after 2 failures.
+fn logins_config(backend: SocketAddr) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [pools.demo]\nusers = \"{}\"\n\n[pools.demo.lockout]\nfailures = 2\nwait_increment = \"1h\"\nmax_wait = \"1h\"\n\n\
+         [[routes]]\npath_prefix = \"/mail/\"\ncluster = \"app\"\nauth = \"login\"\n\n\
+         [[routes]]\ncluster = \"app\"\n\n\
+         [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n\n{}",
+        users_file(),
+        admin_section()
+    )
+}
+
+#[test]
+fn logins_are_listed_and_revoked_usage_shown_lockouts_lifted() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&logins_config(backend.addr));
+    let a = admin_addr(&t);
+
+    let cookie = login_cookie_at(t.addr, "test");
+    let other = login_cookie_at(t.addr, "test");
+    let with = |c: &str| {
+        get_with(
+            t.addr,
+            "/mail/inbox",
+            &format!("Cookie: {c}\r\nAccept: application/json\r\n"),
+        )
+    };
+    assert_eq!(with(&cookie).status, 200);
+
+    let list = json(&admin(a, "GET", "/api/logins?user=alice", ""));
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{list}");
+    let id = sessions[0]["session"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+
+    // One session revoked: its cookie no longer works; the other one does, until all are revoked.
+    let r = admin(a, "DELETE", &format!("/api/logins/{id}"), "");
+    assert_eq!(
+        (r.status, json(&r)["revoked"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    assert_error(
+        &admin(a, "DELETE", &format!("/api/logins/{id}"), ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/logins/xyz", ""),
+        400,
+        "invalid_request",
+    );
+    let still: Vec<u16> = [&cookie, &other].iter().map(|c| with(c).status).collect();
+    assert_eq!(still.iter().filter(|&&s| s == 200).count(), 1, "{still:?}");
+    let r = admin(a, "POST", "/api/logins/revoke", r#"{"user":"alice"}"#);
+    assert_eq!(
+        (r.status, json(&r)["revoked"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    for c in [&cookie, &other] {
+        assert_ne!(with(c).status, 200, "revoked");
+    }
+    assert_eq!(t.count_log("admin audit: token"), 2);
+    assert_error(
+        &admin(a, "GET", "/api/logins?user=alice&tenant=nope", ""),
+        404,
+        "not_found",
+    );
+
+    // Usage per tenant: alice's two logins.
+    let u = json(&admin(a, "GET", "/api/usage?tenant=demo", ""));
+    assert!(u["tenants"]["demo"].is_object(), "{u}");
+    assert_error(
+        &admin(a, "GET", "/api/usage?tenant=nope", ""),
+        404,
+        "not_found",
+    );
+
+    // Locked after two failures (for an hour) ... lifted by the API.
+    for _ in 0..2 {
+        assert_eq!(form_login(t.addr, "bob", "wrong").status, 401);
+    }
+    assert_eq!(
+        form_login(t.addr, "bob", "tether-demo").status,
+        401,
+        "locked"
+    );
+    // The account and (when the pool locks addresses) the address.
+    let r = admin(a, "POST", "/api/lockout/lift", r#"{"user":"bob"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin(a, "POST", "/api/lockout/lift", r#"{"address":"127.0.0.1"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        form_login(t.addr, "bob", "tether-demo").status,
+        303,
+        "lifted"
+    );
+    assert_error(
+        &admin(a, "POST", "/api/lockout/lift", r#"{"address":"nope"}"#),
+        400,
+        "invalid_request",
+    );
+}
