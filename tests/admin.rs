@@ -543,3 +543,84 @@ fn logins_are_listed_and_revoked_usage_shown_lockouts_lifted() {
         "invalid_request",
     );
 }
+
+/// `tether ctl ARGS` with the admin address and token from the environment: (exit code, stdout, stderr).
+fn ctl(a: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
+    c.arg("ctl").args(args).env("TETHER_ADMIN", a.to_string());
+    match token {
+        Some(t) => c.env("TETHER_ADMIN_TOKEN", t),
+        None => c.env_remove("TETHER_ADMIN_TOKEN"),
+    };
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_shows_tables_json_and_errors() {
+    let one = Backend::named("one");
+    let two = Backend::named("two");
+    let good = config_for(&[one.addr, two.addr], &admin_section());
+    let t = Tether::start(&good);
+    let a = admin_addr(&t);
+
+    let (code, out, err) = ctl(a, Some(TOKEN), &["backends"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("CLUSTER"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.contains(&one.addr.to_string()) && out.contains("enabled"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(a, Some(TOKEN), &["backends", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clusters"][0]["backends"].as_array().unwrap().len(), 2);
+
+    // A backend by its address alone (one cluster lists it), or as CLUSTER/ADDRESS; flags beat the env.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["drain", &one.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("draining"), "{out}");
+    let flags = ["--admin", &a.to_string(), "--token", TOKEN, "enable"];
+    let target = format!("app/{}", one.addr);
+    let (code, out, err) = ctl(
+        "127.0.0.1:1".parse().unwrap(),
+        None,
+        &[&flags[..], &[target.as_str()]].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enabled"), "{out}");
+    let (code, _, err) = ctl(a, Some(TOKEN), &["drain", "app/127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    // Refusals: no token at all, a wrong one.
+    assert_eq!(ctl(a, None, &["backends"]).0, 2);
+    let (code, _, err) = ctl(a, Some("wrong-token-wrong-token"), &["backends"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+
+    // Reload: a broken file's errors, then a good one.
+    t.write_config(&good.replace(
+        "[[routes]]\ncluster = \"app\"",
+        "[[routes]]\ncluster = \"nowhere\"",
+    ));
+    let (code, _, err) = ctl(a, Some(TOKEN), &["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("routes[0]"), "{err}");
+    t.write_config(&good);
+    let (code, out, err) = ctl(a, Some(TOKEN), &["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "reloaded: generation 2");
+
+    let (code, out, _) = ctl(a, Some(TOKEN), &["cluster"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("node - "), "{out}");
+    let (code, out, _) = ctl(a, Some(TOKEN), &["metrics"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("tether_requests_total"), "{out}");
+}
