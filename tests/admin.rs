@@ -172,6 +172,27 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
         "a token in the log"
     );
     assert_eq!(admin(a, "GET", "/api/backends", "").status, 200);
+    // The log level, read and changed (an audit line); a level that is none is refused.
+    assert_eq!(json(&admin(a, "GET", "/api/log", ""))["level"], "debug");
+    let r = admin(a, "POST", "/api/log", r#"{"level":"info"}"#);
+    assert_eq!((r.status, json(&r)["level"].as_str()), (200, Some("info")));
+    t.wait_log("log level DEBUG -> INFO");
+    assert_error(
+        &admin(a, "POST", "/api/log", r#"{"level":"loud"}"#),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &admin(
+            a,
+            "GET",
+            &format!("/api/notifications/{}", "0".repeat(32)),
+            "",
+        ),
+        404,
+        "not_found",
+    );
+
     // Unknown paths and wrong methods, as JSON.
     assert_error(&admin(a, "GET", "/api/nothing", ""), 404, "not_found");
     let r = admin(a, "POST", "/metrics", "");
@@ -443,11 +464,14 @@ fn logins_config(backend: SocketAddr) -> String {
          [pools.demo]\nusers = \"{}\"\n\n[pools.demo.lockout]\nfailures = 2\nwait_increment = \"1h\"\nmax_wait = \"1h\"\n\n\
          [[routes]]\npath_prefix = \"/mail/\"\ncluster = \"app\"\nauth = \"login\"\n\n\
          [[routes]]\ncluster = \"app\"\n\n\
-         [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n\n{}",
+         [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n\n\
+         [notifications]\npublish_address = \"127.0.0.1:0\"\npublish_secret = \"{PUBLISH_SECRET}\"\n\n{}",
         users_file(),
         admin_section()
     )
 }
+
+const PUBLISH_SECRET: &str = "test-publish-secret-0123";
 
 #[test]
 fn logins_are_listed_and_revoked_usage_shown_lockouts_lifted() {
@@ -471,6 +495,33 @@ fn logins_are_listed_and_revoked_usage_shown_lockouts_lifted() {
     assert_eq!(sessions.len(), 2, "{list}");
     let id = sessions[0]["session"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
+
+    // A notification for alice: one in each of her sessions' queues.
+    let line = t.wait_log("notifications: publish listener on ");
+    let p: SocketAddr = line
+        .split("publish listener on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = post(
+        p,
+        "/publish",
+        "application/json",
+        r#"{"user":"alice","data":1}"#,
+        &format!("Authorization: Bearer {PUBLISH_SECRET}\r\n"),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let q = json(&admin(a, "GET", &format!("/api/notifications/{id}"), ""));
+    assert_eq!(q["queued"], 1, "{q}");
+    assert_error(
+        &admin(a, "GET", "/api/notifications/nothex", ""),
+        400,
+        "invalid_request",
+    );
 
     // One session revoked: its cookie no longer works; the other one does, until all are revoked.
     let r = admin(a, "DELETE", &format!("/api/logins/{id}"), "");

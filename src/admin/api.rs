@@ -245,6 +245,16 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             revoke_one(r, admin, &session)
         }
         ["api", "logins", _] => method_not_allowed("DELETE"),
+        ["api", "log"] if get => {
+            ok(json!({ "level": log::max_level().to_string().to_lowercase() }))
+        }
+        ["api", "log"] if post => log_level(r, admin),
+        ["api", "log"] => method_not_allowed("GET, POST"),
+        ["api", "notifications", session] if get => {
+            let session = session.to_string();
+            notifications(r, &session)
+        }
+        ["api", "notifications", _] => method_not_allowed("GET"),
         ["api", "lockout", "lift"] if post => lift(r, admin),
         ["api", "lockout", "lift"] => method_not_allowed("POST"),
         _ => not_found("no such path (docs/ADMIN.md lists the API)"),
@@ -636,4 +646,42 @@ fn lift(r: &mut Request<'_>, admin: &Admin) -> Verdict {
         }
         Err(v) => v,
     }
+}
+
+/// `POST /api/log` with `{"level": "error|warn|info|debug|trace"}`: the process log's level from now on
+/// (until the next change or a restart).
+fn log_level(r: &mut Request<'_>, admin: &Admin) -> Verdict {
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let Some(level) = string_field(&m, "level").and_then(|l| l.parse::<log::LevelFilter>().ok())
+    else {
+        return error(
+            400,
+            "invalid_request",
+            "level must be off, error, warn, info, debug or trace",
+        );
+    };
+    let before = log::max_level();
+    // Logged at the level in force before the change, so a change to `error` is still on record.
+    audit(r, admin, &format!("log level {before} -> {level}"));
+    log::set_max_level(level);
+    ok(json!({ "level": level.to_string().to_lowercase() }))
+}
+
+/// `GET /api/notifications/{session}`: how many notifications this node holds for a login session's
+/// queue (the index the hub keeps; acknowledged ones leave it as acknowledgements arrive).
+fn notifications(r: &Request<'_>, session: &str) -> Verdict {
+    let Some(id) = parse_session(session) else {
+        return error(400, "invalid_request", "a session id is 32 hex digits");
+    };
+    let Some(hub) = r.cx.notify else {
+        return not_found("notifications are not configured");
+    };
+    let queued = hub.entries(&id).map_or(0, |e| e.len());
+    ok(json!({ "session": session, "queued": queued }))
 }
