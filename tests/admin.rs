@@ -227,6 +227,7 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
     let limited = admin(a, "GET", "/metrics", "");
     assert_error(&limited, 429, "too_many_failures");
     assert!(limited.header("retry-after").is_some());
+    t.wait_log("failed 10 times");
     assert_eq!(t.count_log("failed 10 times"), 1);
 }
 
@@ -329,7 +330,7 @@ fn a_drained_backend_gets_no_new_requests_while_its_in_flight_one_finishes() {
     let r = admin(a, "POST", &path, "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["backend"]["state"], "draining");
-    t.wait_log("admin audit: token ");
+    t.wait_log(&format!("backend {} of cluster app: drain", busy.addr));
     assert_eq!(
         t.count_log(&format!("backend {} of cluster app: drain", busy.addr)),
         1
@@ -440,6 +441,7 @@ fn reload_through_the_api_returns_errors_and_keeps_serving() {
     assert!(errors[0]["line"].as_u64().unwrap() > 0, "{body}");
     assert_eq!(get(t.addr, "/").status, 200, "still serving the old config");
     t.wait_log("admin audit: token");
+    t.wait_log("config reload refused");
     assert_eq!(t.count_log("config reload refused"), 1);
 
     // A good one applies: the next generation.
@@ -553,6 +555,7 @@ fn logins_are_listed_and_revoked_usage_shown_lockouts_lifted() {
     for c in [&cookie, &other] {
         assert_ne!(with(c).status, 200, "revoked");
     }
+    t.wait_log("revoked every login session of a user (1)");
     assert_eq!(t.count_log("admin audit: token"), 2);
     assert_error(
         &admin(a, "GET", "/api/logins?user=alice&tenant=nope", ""),
@@ -674,4 +677,50 @@ fn ctl_shows_tables_json_and_errors() {
     let (code, out, _) = ctl(a, Some(TOKEN), &["metrics"]);
     assert_eq!(code, 0);
     assert!(out.contains("tether_requests_total"), "{out}");
+}
+
+#[test]
+fn a_learned_session_is_looked_up_and_unbound() {
+    let backend = Backend::start(|_, _| {
+        Some(Reply::raw(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: APPSESSION=s3cr3t-session\r\nContent-Length: 2\r\n\r\nok",
+        ))
+    });
+    let config = config_for(&[backend.addr], &admin_section()).replace(
+        "[[routes]]\ncluster = \"app\"",
+        "[[routes]]\ncluster = \"app\"\nclass = \"secure\"\nsession = \"learn:APPSESSION\"",
+    );
+    let t = Tether::start(&config);
+    let a = admin_addr(&t);
+    assert_error(
+        &admin(a, "GET", "/api/sessions/s3cr3t-session", ""),
+        404,
+        "not_found",
+    );
+    assert_eq!(get(t.addr, "/").status, 200);
+    let r = admin(a, "GET", "/api/sessions/s3cr3t-session", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["backend"], backend.addr.to_string());
+    let r = admin(a, "DELETE", "/api/sessions/s3cr3t-session", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_error(
+        &admin(a, "GET", "/api/sessions/s3cr3t-session", ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/sessions/s3cr3t-session", ""),
+        404,
+        "not_found",
+    );
+    t.wait_log("session unbound from backend");
+    assert_eq!(
+        call(a, "GET", "/api/sessions/s3cr3t-session", None, "").status,
+        401
+    );
+    t.wait_log("admin: refused");
+    assert!(
+        !t.log_lines().iter().any(|l| l.contains("s3cr3t")),
+        "a session's value in the log"
+    );
 }

@@ -107,7 +107,13 @@ fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
     let n = admin.refused(r.cx.client, r.cx.now);
     if n <= super::MAX_REFUSALS {
         let path = String::from_utf8_lossy(r.head.path.of(r.bytes));
-        let path: String = path.chars().take(200).collect();
+        let mut path: String = path.chars().take(200).collect();
+        // A session's id or a backend's session cookie in a path is a credential: not in the log.
+        for prefix in ["/api/sessions/", "/api/logins/", "/api/notifications/"] {
+            if path.starts_with(prefix) && path.len() > prefix.len() {
+                path = format!("{prefix}…");
+            }
+        }
         log::warn!(
             "admin: refused {} {:?} {path:?}: {reason}",
             r.cx.client,
@@ -255,6 +261,15 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             notifications(r, &session)
         }
         ["api", "notifications", _] => method_not_allowed("GET"),
+        ["api", "sessions", value] if get => {
+            let value = value.to_string();
+            session_lookup(r, &value)
+        }
+        ["api", "sessions", value] if method == Method::Delete => {
+            let value = value.to_string();
+            session_unbind(r, admin, &value)
+        }
+        ["api", "sessions", _] => method_not_allowed("GET, DELETE"),
         ["api", "lockout", "lift"] if post => lift(r, admin),
         ["api", "lockout", "lift"] => method_not_allowed("POST"),
         _ => not_found("no such path (docs/ADMIN.md lists the API)"),
@@ -684,4 +699,61 @@ fn notifications(r: &Request<'_>, session: &str) -> Verdict {
     };
     let queued = hub.entries(&id).map_or(0, |e| e.len());
     ok(json!({ "session": session, "queued": queued }))
+}
+
+/// A learned session's binding (`session = "learn:COOKIE"`; `value` is the cookie's value): the
+/// backend's address from this node's session table, else from the replicated store.
+fn binding_of(
+    r: &Request<'_>,
+    value: &str,
+) -> (crate::sticky::table::SessionKey, Option<String>, bool) {
+    let key = r.cx.sticky.learned_key(value.as_bytes());
+    let now = r.cx.unix_now;
+    let in_table =
+        r.cx.sessions
+            .lookup(r.cx.worker, key, now)
+            .map(|b| b.backend);
+    let from_table = in_table.and_then(|id| {
+        r.cx.snapshot
+            .clusters
+            .iter()
+            .flat_map(|c| &c.backends)
+            .find(|b| b.state.id == id)
+            .map(|b| b.state.address.to_string())
+    });
+    let from_store = || {
+        let record =
+            r.cx.store?
+                .get(Kind::SessionBinding, &key.to_be_bytes(), now)?;
+        Some(String::from_utf8_lossy(record.value.as_deref()?).into_owned())
+    };
+    (key, from_table.or_else(from_store), in_table.is_some())
+}
+
+/// `GET /api/sessions/{value}`: the backend a learned session is bound to.
+fn session_lookup(r: &Request<'_>, value: &str) -> Verdict {
+    match binding_of(r, value) {
+        (_, Some(backend), in_table) => ok(json!({
+            "session": value,
+            "backend": backend,
+            "in_table": in_table,
+        })),
+        (_, None, _) => not_found("no binding for that session"),
+    }
+}
+
+/// `DELETE /api/sessions/{value}`: unbinds a learned session on every node (a tombstone of its binding
+/// record, which peers apply to their tables); its next request is balanced afresh.
+fn session_unbind(r: &Request<'_>, admin: &Admin, value: &str) -> Verdict {
+    let (key, backend, _) = binding_of(r, value);
+    let Some(backend) = backend else {
+        return not_found("no binding for that session");
+    };
+    r.cx.sticky.table.remove(key);
+    if let Some(store) = r.cx.store {
+        let expires = r.cx.unix_now.saturating_add(r.cx.sticky.table.ttl_secs());
+        let _ = store.delete(Kind::SessionBinding, &key.to_be_bytes(), expires);
+    }
+    audit(r, admin, &format!("session unbound from backend {backend}"));
+    ok(json!({ "session": value, "unbound": backend }))
 }
