@@ -210,7 +210,9 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
     );
 
     // Nothing of a client route is reachable from the admin listener...
-    assert_error(&admin(a, "GET", "/", ""), 404, "not_found");
+    for path in ["/x", "/app/page", "/.tether/login"] {
+        assert_error(&admin(a, "GET", path, ""), 404, "not_found");
+    }
     assert_eq!(backend.request_count(), 0);
     // ... and nothing of the admin API from the client listener: those paths go to the backend.
     for path in ["/metrics", "/api/backends"] {
@@ -220,8 +222,8 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
     assert_eq!(backend.request_count(), 2);
 
     // Past 10 failures in a minute, the address is refused even with the right token.
-    // Two failures so far; eight more make ten.
-    for _ in 0..8 {
+    // One wrong token so far (a missing one is not counted: a browser asks without first); nine more.
+    for _ in 0..9 {
         assert_eq!(call(a, "GET", "/metrics", Some("wrong"), "").status, 401);
     }
     let limited = admin(a, "GET", "/metrics", "");
@@ -722,5 +724,53 @@ fn a_learned_session_is_looked_up_and_unbound() {
     assert!(
         !t.log_lines().iter().any(|l| l.contains("s3cr3t")),
         "a session's value in the log"
+    );
+}
+
+#[test]
+fn the_status_page_is_one_self_contained_file_behind_basic_auth() {
+    use base64::Engine;
+    let backend = Backend::named("app");
+    let t = Tether::start(&config_for(&[backend.addr], &admin_section()));
+    let a = admin_addr(&t);
+    let page = |auth: &str| get_with(a, "/", auth);
+    // A browser asks without credentials first, and is asked for Basic ones (not counted as a failure).
+    let r = page("");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate").unwrap().starts_with("Basic "),
+        "{:?}",
+        r.headers
+    );
+    let basic = |password: &str| {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("ops:{password}"));
+        format!("Authorization: Basic {b}\r\n")
+    };
+    assert_eq!(page(&basic("wrong-token")).status, 401);
+    let r = page(&basic(TOKEN));
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    let html = r.text();
+    assert!(
+        html.contains("/api/backends")
+            && html.contains("/api/cluster")
+            && html.contains("/metrics")
+    );
+    // No external asset: no URL of another origin, no linked script, style or image.
+    for needle in [
+        "http://",
+        "https://",
+        "<script src",
+        "<link",
+        "<img",
+        "@import",
+    ] {
+        assert!(!html.contains(needle), "the page refers to {needle}");
+    }
+    // The API takes the same Basic credentials (the page's fetches send them).
+    let r = get_with(a, "/api/backends", &basic(TOKEN));
+    assert_eq!(
+        json(&r)["clusters"][0]["backends"][0]["address"],
+        backend.addr.to_string()
     );
 }

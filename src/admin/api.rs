@@ -14,6 +14,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The live status page: one HTML file with its script and styles inline, reading the API.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 /// The longest body an admin call takes (they are small JSON objects).
 const MAX_BODY: usize = 64 * 1024;
 /// How long a call waits for the main thread (a reload parses and checks certificates).
@@ -57,16 +60,32 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
         reply.headers.push(("Retry-After", after.to_string()));
         return answer(reply);
     }
-    let presented = r
-        .head
-        .header(r.bytes, "authorization")
-        .and_then(crate::auth::session::bearer);
-    match presented {
+    match presented(r) {
         None => return refuse(r, admin, "missing bearer token"),
-        Some(t) if !admin.token_matches(t) => return refuse(r, admin, "wrong bearer token"),
+        Some(t) if !admin.token_matches(&t) => return refuse(r, admin, "wrong bearer token"),
         Some(_) => {}
     }
     route(r, admin)
+}
+
+/// The token a call presents: `Authorization: Bearer TOKEN`, or — for a browser on the status page,
+/// which can only send what it prompts for — `Authorization: Basic` with the token as the password (any
+/// user name).
+fn presented(r: &Request<'_>) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let value = r.head.header(r.bytes, "authorization")?;
+    if let Some(t) = crate::auth::session::bearer(value) {
+        return Some(t.to_vec());
+    }
+    let rest = value
+        .get(..6)
+        .filter(|s| s.eq_ignore_ascii_case(b"basic "))
+        .map(|_| value[6..].trim_ascii())?;
+    let pair = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()?;
+    let colon = pair.iter().position(|&b| b == b':')?;
+    Some(pair[colon + 1..].to_vec())
 }
 
 fn answer(reply: Reply) -> Verdict {
@@ -101,10 +120,17 @@ fn method_not_allowed(allow: &'static str) -> Verdict {
     answer(reply)
 }
 
-/// A refused call: 401, counted against the address and logged — address, method, path and reason,
-/// never what was presented. Past the limit, one line says the address is cut off for the window.
+/// A refused call: 401, logged — address, method, path and reason, never what was presented — and, for a
+/// wrong token, counted against the address (a missing one guesses nothing: a browser asks for the
+/// status page without credentials before it prompts). Past the limit, one line says the address is
+/// cut off for the window.
 fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
-    let n = admin.refused(r.cx.client, r.cx.now);
+    let missing = reason.starts_with("missing");
+    let n = if missing {
+        0
+    } else {
+        admin.refused(r.cx.client, r.cx.now)
+    };
     if n <= super::MAX_REFUSALS {
         let path = String::from_utf8_lossy(r.head.path.of(r.bytes));
         let mut path: String = path.chars().take(200).collect();
@@ -127,9 +153,13 @@ fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
         }
     }
     let mut reply = reply(401, json!({"error": "unauthorized", "message": reason}));
-    reply
-        .headers
-        .push(("WWW-Authenticate", "Bearer realm=\"tether-admin\"".into()));
+    // The status page asks the browser for Basic credentials (it prompts); API clients get Bearer.
+    let challenge = if r.head.path.of(r.bytes) == b"/" {
+        "Basic realm=\"tether-admin\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"tether-admin\""
+    };
+    reply.headers.push(("WWW-Authenticate", challenge.into()));
     answer(reply)
 }
 
@@ -208,6 +238,16 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
     let get = method == Method::Get || method == Method::Head;
     let post = method == Method::Post;
     match segments.as_slice() {
+        [] if get => {
+            let mut reply = Reply::new(200, "text/html; charset=utf-8", STATUS_PAGE);
+            reply.headers.push(("Cache-Control", "no-store".into()));
+            reply.headers.push((
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'".into(),
+            ));
+            answer(reply)
+        }
+        [] => method_not_allowed("GET"),
         ["metrics"] if get => metrics(r, admin),
         ["metrics"] => method_not_allowed("GET"),
         ["api", "backends"] if get => ok(backends_json(r)),
