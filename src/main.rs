@@ -122,6 +122,8 @@ enum CtlCall {
     Enable { backend: String },
     /// BACKEND takes no requests (maintenance).
     Disable { backend: String },
+    /// BACKEND's weight in weighted picks (1–1000), or `config` for the configured one.
+    Weight { backend: String, weight: String },
     /// This node's peers: link state, epoch, lag, resyncs.
     Cluster,
     /// Usage of TENANT (every tenant without one) in the current periods.
@@ -473,6 +475,26 @@ fn ctl(c: Ctl) -> ExitCode {
                 }
             }
         }
+        CtlCall::Weight { backend, weight } => {
+            let value = if weight == "config" {
+                "null".to_string()
+            } else {
+                match weight.parse::<u32>() {
+                    Ok(w) => w.to_string(),
+                    Err(_) => {
+                        eprintln!("error: a weight is a number (1 to 1000) or `config`");
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            match backend_path(backend, "weight") {
+                Ok(p) => ("POST", p, Some(format!("{{\"weight\":{value}}}"))),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         CtlCall::Cluster => ("GET", "/api/cluster".into(), None),
         CtlCall::Usage { tenant } => (
             "GET",
@@ -495,7 +517,7 @@ fn ctl(c: Ctl) -> ExitCode {
         CtlCall::Config => ("GET", "/api/config".into(), None),
         CtlCall::Metrics => ("GET", "/metrics".into(), None),
     };
-    let answer = match client.call(method, &path, body) {
+    let answer = match client.call(method, &path, body.as_deref()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -571,7 +593,10 @@ fn ctl(c: Ctl) -> ExitCode {
             }
             table(&header, &rows)
         }
-        CtlCall::Drain { .. } | CtlCall::Enable { .. } | CtlCall::Disable { .. } => {
+        CtlCall::Drain { .. }
+        | CtlCall::Enable { .. }
+        | CtlCall::Disable { .. }
+        | CtlCall::Weight { .. } => {
             table(&header, &[backend_row(&s(&v["cluster"]), &v["backend"])])
         }
         CtlCall::Cluster => {

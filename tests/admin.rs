@@ -650,6 +650,9 @@ fn ctl_shows_tables_json_and_errors() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("enabled"), "{out}");
+    let (code, out, err) = ctl(a, Some(TOKEN), &["weight", &one.addr.to_string(), "7"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).unwrap().contains(" 7 "), "{out}");
     let (code, _, err) = ctl(a, Some(TOKEN), &["drain", "app/127.0.0.1:1"]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
@@ -772,5 +775,41 @@ fn the_status_page_is_one_self_contained_file_behind_basic_auth() {
     assert_eq!(
         json(&r)["clusters"][0]["backends"][0]["address"],
         backend.addr.to_string()
+    );
+}
+
+#[test]
+fn a_backend_weight_set_through_the_api_shapes_the_traffic() {
+    let one = Backend::named("one");
+    let two = Backend::named("two");
+    let t = Tether::start(&config_for(&[one.addr, two.addr], &admin_section()));
+    let a = admin_addr(&t);
+    let path = format!("/api/backends/app/{}/weight", one.addr);
+    let r = admin(a, "POST", &path, r#"{"weight":3}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["backend"]["weight"], 3);
+    assert_eq!(json(&r)["backend"]["configured_weight"], 1);
+    for _ in 0..8 {
+        assert_eq!(get(t.addr, "/").status, 200);
+    }
+    assert_eq!((one.request_count(), two.request_count()), (6, 2));
+    // Back to the configured weights.
+    let r = admin(a, "POST", &path, r#"{"weight":null}"#);
+    assert_eq!(json(&r)["backend"]["weight"], 1);
+    for _ in 0..8 {
+        get(t.addr, "/");
+    }
+    assert_eq!((one.request_count(), two.request_count()), (10, 6));
+    assert_error(
+        &admin(a, "POST", &path, r#"{"weight":0}"#),
+        400,
+        "invalid_request",
+    );
+    assert_error(&admin(a, "POST", &path, "weight=3"), 400, "malformed_json");
+    let ghost = format!("/api/backends/app/{}/weight", dead_addr());
+    assert_error(
+        &admin(a, "POST", &ghost, r#"{"weight":2}"#),
+        404,
+        "not_found",
     );
 }

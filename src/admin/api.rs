@@ -252,6 +252,10 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
         ["metrics"] => method_not_allowed("GET"),
         ["api", "backends"] if get => ok(backends_json(r)),
         ["api", "backends"] => method_not_allowed("GET"),
+        ["api", "backends", cluster, address, "weight"] if post => {
+            let (cluster, address) = (cluster.to_string(), address.to_string());
+            backend_weight(r, admin, &cluster, &address)
+        }
         ["api", "backends", cluster, address, action] if post => {
             backend_action(r, admin, cluster, address, action)
         }
@@ -346,7 +350,8 @@ fn backend_json(b: &crate::balance::ClusterBackend) -> serde_json::Value {
         "eligible": b.eligible(),
         "in_flight": b.state.inflight(),
         "queue": q.waiting.iter().map(|&n| u64::from(n)).sum::<u64>(),
-        "weight": b.weight,
+        "weight": b.weight(),
+        "configured_weight": b.weight,
         "requests": b.state.requests.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
@@ -403,6 +408,48 @@ fn backend_action(
         admin,
         &format!(
             "backend {} of cluster {}: {action} (was {before:?})",
+            b.state.address, c.name
+        ),
+    );
+    ok(json!({ "cluster": c.name, "backend": backend_json(b) }))
+}
+
+/// `POST /api/backends/{cluster}/{address}/weight` with `{"weight": N}` (1–1000) or `{"weight": null}`
+/// (back to the config's): the address's weight in weighted picks from the next request on, on this node.
+fn backend_weight(r: &mut Request<'_>, admin: &Admin, cluster: &str, address: &str) -> Verdict {
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let weight = match m.get("weight") {
+        Some(serde_json::Value::Null) => None,
+        Some(w) => match w.as_u64().filter(|w| (1..=1000).contains(w)) {
+            Some(w) => Some(w as u32),
+            None => return error(400, "invalid_request", "weight must be 1 to 1000, or null"),
+        },
+        None => return error(400, "invalid_request", "give a weight (1 to 1000, or null)"),
+    };
+    let snapshot = r.cx.snapshot;
+    let Some(c) = snapshot.clusters.iter().find(|c| c.name == cluster) else {
+        return not_found(&format!("no cluster {cluster:?}"));
+    };
+    let Some(b) = address
+        .parse()
+        .ok()
+        .and_then(|a: std::net::SocketAddr| c.backend_at(a))
+    else {
+        return not_found(&format!("cluster {cluster:?} has no backend {address:?}"));
+    };
+    b.state.set_weight(weight);
+    let shown = weight.map_or("the configured one".to_string(), |w| w.to_string());
+    audit(
+        r,
+        admin,
+        &format!(
+            "backend {} of cluster {}: weight {shown}",
             b.state.address, c.name
         ),
     );

@@ -78,6 +78,8 @@ pub struct BackendState {
     /// The operator's say ([`AdminState`] as a byte), apart from the health bits so that a health
     /// transition never overwrites it; set through the admin API, kept across reloads.
     admin: AtomicU8,
+    /// The operator's weight for the address (the admin API), 0: each cluster's configured weight.
+    weight: AtomicU32,
 }
 
 /// What an operator said about a backend (the admin API): enabled, or taking no new requests while
@@ -122,6 +124,7 @@ impl BackendState {
             count_5xx: AtomicBool::new(passive.count_5xx),
             queue: crate::qos::BackendQueue::default(),
             admin: AtomicU8::new(0),
+            weight: AtomicU32::new(0),
         }
     }
 
@@ -163,6 +166,20 @@ impl BackendState {
             AdminState::Disabled => 2,
         };
         self.admin.store(v, Relaxed);
+    }
+
+    /// The operator's weight, if one is set (one relaxed load: weighted picks read it).
+    #[inline]
+    pub fn weight_override(&self) -> Option<u32> {
+        match self.weight.load(Relaxed) {
+            0 => None,
+            w => Some(w),
+        }
+    }
+
+    /// Sets the operator's weight (`None`: back to the configured weights).
+    pub fn set_weight(&self, weight: Option<u32>) {
+        self.weight.store(weight.unwrap_or(0), Relaxed);
     }
 
     /// Attempts in flight on this backend, over all workers.
