@@ -697,36 +697,47 @@ fn a_learned_session_is_looked_up_and_unbound() {
     );
     let t = Tether::start(&config);
     let a = admin_addr(&t);
+    let body = r#"{"session":"s3cr3t-session"}"#;
     assert_error(
-        &admin(a, "GET", "/api/sessions/s3cr3t-session", ""),
+        &admin(a, "POST", "/api/sessions/lookup", body),
         404,
         "not_found",
     );
     assert_eq!(get(t.addr, "/").status, 200);
-    let r = admin(a, "GET", "/api/sessions/s3cr3t-session", "");
+    let r = admin(a, "POST", "/api/sessions/lookup", body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["backend"], backend.addr.to_string());
-    let r = admin(a, "DELETE", "/api/sessions/s3cr3t-session", "");
+    let r = admin(a, "POST", "/api/sessions/unbind", body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_error(
-        &admin(a, "GET", "/api/sessions/s3cr3t-session", ""),
+        &admin(a, "POST", "/api/sessions/lookup", body),
         404,
         "not_found",
     );
     assert_error(
-        &admin(a, "DELETE", "/api/sessions/s3cr3t-session", ""),
+        &admin(a, "POST", "/api/sessions/unbind", body),
         404,
         "not_found",
     );
-    t.wait_log("session unbound from backend");
-    assert_eq!(
-        call(a, "GET", "/api/sessions/s3cr3t-session", None, "").status,
-        401
+    assert_error(
+        &admin(a, "POST", "/api/sessions/lookup", "{}"),
+        400,
+        "invalid_request",
     );
-    t.wait_log("admin: refused");
+    assert_error(
+        &admin(a, "GET", "/api/sessions/lookup", ""),
+        405,
+        "method_not_allowed",
+    );
+    t.wait_log("session unbound from backend");
+    // The session's value is in no log: not the process log, not the access log.
+    let access = t.access_lines(8);
     assert!(
-        !t.log_lines().iter().any(|l| l.contains("s3cr3t")),
-        "a session's value in the log"
+        !t.log_lines()
+            .iter()
+            .chain(&access)
+            .any(|l| l.contains("s3cr3t")),
+        "a session's value in a log"
     );
 }
 

@@ -134,8 +134,8 @@ fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
     if n <= super::MAX_REFUSALS {
         let path = String::from_utf8_lossy(r.head.path.of(r.bytes));
         let mut path: String = path.chars().take(200).collect();
-        // A session's id or a backend's session cookie in a path is a credential: not in the log.
-        for prefix in ["/api/sessions/", "/api/logins/", "/api/notifications/"] {
+        // A login session's id in a path: not in the log.
+        for prefix in ["/api/logins/", "/api/notifications/"] {
             if path.starts_with(prefix) && path.len() > prefix.len() {
                 path = format!("{prefix}…");
             }
@@ -305,15 +305,11 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             notifications(r, &session)
         }
         ["api", "notifications", _] => method_not_allowed("GET"),
-        ["api", "sessions", value] if get => {
-            let value = value.to_string();
-            session_lookup(r, &value)
-        }
-        ["api", "sessions", value] if method == Method::Delete => {
-            let value = value.to_string();
-            session_unbind(r, admin, &value)
-        }
-        ["api", "sessions", _] => method_not_allowed("GET, DELETE"),
+        // The session's value travels in the body: it is the backend's credential, and a path ends up in
+        // the access log.
+        ["api", "sessions", "lookup"] if post => session_call(r, admin, false),
+        ["api", "sessions", "unbind"] if post => session_call(r, admin, true),
+        ["api", "sessions", "lookup" | "unbind"] => method_not_allowed("POST"),
         ["api", "lockout", "lift"] if post => lift(r, admin),
         ["api", "lockout", "lift"] => method_not_allowed("POST"),
         _ => not_found("no such path (docs/ADMIN.md lists the API)"),
@@ -817,7 +813,30 @@ fn binding_of(
     (key, from_table.or_else(from_store), in_table.is_some())
 }
 
-/// `GET /api/sessions/{value}`: the backend a learned session is bound to.
+/// `POST /api/sessions/lookup|unbind` with `{"session": VALUE}`.
+fn session_call(r: &mut Request<'_>, admin: &Admin, unbind: bool) -> Verdict {
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let Some(value) = string_field(&m, "session").filter(|v| !v.is_empty()) else {
+        return error(
+            400,
+            "invalid_request",
+            "give the session's value as \"session\"",
+        );
+    };
+    if unbind {
+        session_unbind(r, admin, &value)
+    } else {
+        session_lookup(r, &value)
+    }
+}
+
+/// The backend a learned session is bound to.
 fn session_lookup(r: &Request<'_>, value: &str) -> Verdict {
     match binding_of(r, value) {
         (_, Some(backend), in_table) => ok(json!({
@@ -829,7 +848,7 @@ fn session_lookup(r: &Request<'_>, value: &str) -> Verdict {
     }
 }
 
-/// `DELETE /api/sessions/{value}`: unbinds a learned session on every node (a tombstone of its binding
+/// Unbinds a learned session on every node (a tombstone of its binding
 /// record, which peers apply to their tables); its next request is balanced afresh.
 fn session_unbind(r: &Request<'_>, admin: &Admin, value: &str) -> Verdict {
     let (key, backend, _) = binding_of(r, value);
