@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::cluster::*;
 use common::login::*;
 use common::*;
 use std::collections::{HashMap, HashSet};
@@ -823,4 +824,59 @@ fn a_backend_weight_set_through_the_api_shapes_the_traffic() {
         404,
         "not_found",
     );
+}
+
+/// Two nodes: `/api/cluster` shows the peer up, and a login session revoked through one node's API is
+/// refused at the other.
+#[test]
+fn the_cluster_view_and_a_revocation_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster_certs(dir.path(), "a,b");
+    let backend = Backend::named("app");
+    let configs: Vec<String> = mesh_configs(&["a", "b"], dir.path(), &[backend.addr])
+        .into_iter()
+        .map(|c| {
+            format!(
+                "{c}\n[pools.demo]\nusers = \"{}\"\n\n[[routes]]\npath_prefix = \"/mail/\"\ncluster = \"app\"\n\
+                 auth = \"login\"\n\n{}",
+                users_file(),
+                admin_section()
+            )
+        })
+        .collect();
+    let nodes: Vec<Tether> = configs.iter().map(|c| Tether::start(c)).collect();
+    let admins: Vec<SocketAddr> = nodes.iter().map(admin_addr).collect();
+    wait_until("the peer link is up in the API", || {
+        let c = json(&admin(admins[0], "GET", "/api/cluster", ""));
+        c["peers"][0]["state"] == "up"
+    });
+    let c = json(&admin(admins[0], "GET", "/api/cluster", ""));
+    assert_eq!(
+        (c["node"].as_str(), c["peers"][0]["name"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    assert!(c["peers"][0]["epoch"].is_u64(), "{c}");
+
+    let cookie = login_cookie_at(nodes[0].addr, "test");
+    let at = |n: &Tether| {
+        get_with(
+            n.addr,
+            "/mail/",
+            &format!("Cookie: {cookie}\r\nAccept: application/json\r\n"),
+        )
+        .status
+    };
+    assert_eq!(at(&nodes[0]), 200);
+    // Node b lists the session once it has it (a sync write: already there), and revokes it.
+    let list = json(&admin(admins[1], "GET", "/api/logins?user=alice", ""));
+    let id = list["sessions"][0]["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{list}"))
+        .to_string();
+    let r = admin(admins[1], "DELETE", &format!("/api/logins/{id}"), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until("node a refuses the revoked session", || {
+        at(&nodes[0]) != 200
+    });
+    assert_ne!(at(&nodes[1]), 200);
 }
