@@ -880,3 +880,97 @@ fn the_cluster_view_and_a_revocation_across_nodes() {
     });
     assert_ne!(at(&nodes[1]), 200);
 }
+
+#[test]
+fn users_are_added_changed_and_removed_through_the_api() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&logins_config(backend.addr));
+    let a = admin_addr(&t);
+    let carol = r#"{"password":"carol-Secret-passphrase-1","roles":["user"]}"#;
+    let r = admin(a, "PUT", "/api/users/carol", carol);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["roles"][0], "user");
+    assert_eq!(
+        form_login(t.addr, "carol", "carol-Secret-passphrase-1").status,
+        303
+    );
+    // Roles change, the password stays; a new password replaces the old one.
+    let r = admin(a, "PUT", "/api/users/carol", r#"{"roles":["admin"]}"#);
+    assert_eq!(
+        (r.status, json(&r)["roles"][0].as_str()),
+        (200, Some("admin"))
+    );
+    assert_eq!(
+        form_login(t.addr, "carol", "carol-Secret-passphrase-1").status,
+        303
+    );
+    let r = admin(
+        a,
+        "PUT",
+        "/api/users/carol",
+        r#"{"password":"another-Long-passphrase-2"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        form_login(t.addr, "carol", "another-Long-passphrase-2").status,
+        303
+    );
+    assert!(
+        !t.log_lines().iter().any(|l| l.contains("passphrase")),
+        "a password in the log"
+    );
+    t.wait_log("admin audit: token");
+    // Refusals: a users-file user, no password for a new one, a weak one, a bad name, bad JSON.
+    assert_error(
+        &admin(a, "PUT", "/api/users/alice", carol),
+        409,
+        "in_users_file",
+    );
+    assert_error(
+        &admin(a, "PUT", "/api/users/dave", r#"{"roles":[]}"#),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &admin(a, "PUT", "/api/users/dave", r#"{"password":"dave"}"#),
+        400,
+        "weak_password",
+    );
+    assert_error(
+        &admin(a, "PUT", "/api/users/no%20spaces", carol),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &admin(a, "PUT", "/api/users/dave", "{"),
+        400,
+        "malformed_json",
+    );
+    assert_error(
+        &admin(
+            a,
+            "PUT",
+            "/api/users/dave?x",
+            r#"{"tenant":"nope","password":"x"}"#,
+        ),
+        404,
+        "not_found",
+    );
+    // Removed: no more logins.
+    let r = admin(a, "DELETE", "/api/users/carol", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        form_login(t.addr, "carol", "another-Long-passphrase-2").status,
+        401
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/users/carol", ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/users/alice", ""),
+        409,
+        "in_users_file",
+    );
+}

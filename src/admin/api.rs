@@ -27,8 +27,17 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Progress {
     /// Waiting for the main thread; then `then`.
     Job { slot: Arc<JobSlot>, then: Then },
-    /// Waiting for a replica to hold a revocation; then `reply`.
-    Syncing { reply: Box<Reply> },
+    /// Waiting for a replica to hold a write; then `reply`.
+    Syncing {
+        ticket: Arc<crate::proxy::stages::Ticket>,
+        reply: Box<Reply>,
+    },
+    /// Waiting for the password checker's threads to hash a user's new password.
+    Hashing {
+        hash: Arc<parking_lot::Mutex<Option<String>>>,
+        user: Box<crate::auth::users::User>,
+        pool: usize,
+    },
 }
 
 /// What a call does with its job's outcome.
@@ -310,6 +319,15 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
         ["api", "sessions", "lookup"] if post => session_call(r, admin, false),
         ["api", "sessions", "unbind"] if post => session_call(r, admin, true),
         ["api", "sessions", "lookup" | "unbind"] => method_not_allowed("POST"),
+        ["api", "users", name] if method == Method::Put => {
+            let name = name.to_string();
+            put_user(r, admin, &name)
+        }
+        ["api", "users", name] if method == Method::Delete => {
+            let name = name.to_string();
+            delete_user(r, admin, &name)
+        }
+        ["api", "users", _] => method_not_allowed("PUT, DELETE"),
         ["api", "lockout", "lift"] if post => lift(r, admin),
         ["api", "lockout", "lift"] => method_not_allowed("POST"),
         _ => not_found("no such path (docs/ADMIN.md lists the API)"),
@@ -553,7 +571,25 @@ fn submit(r: &mut Request<'_>, admin: &Admin, kind: JobKind, then: Then) -> Verd
 /// A woken call: the job's outcome, or the replica's acknowledgement.
 fn resume(r: &mut Request<'_>, admin: &Admin, p: Progress) -> Verdict {
     match p {
-        Progress::Syncing { reply, .. } => answer(*reply),
+        Progress::Syncing { ticket, reply } => {
+            if !ticket.is_done() {
+                // `on_sync_timeout = "degrade"`: answered without a replica, and counted.
+                r.cx.metrics.degraded_writes.inc();
+                log::warn!("admin: answered without a replica's acknowledgement (degraded)");
+            }
+            answer(*reply)
+        }
+        Progress::Hashing {
+            hash,
+            mut user,
+            pool,
+        } => {
+            let Some(h) = hash.lock().take() else {
+                return error(503, "unavailable", "could not hash the password; try again");
+            };
+            user.hash = h;
+            write_user(r, admin, pool, *user, true)
+        }
         Progress::Job { slot, then } => {
             let Some(outcome) = slot.outcome.lock().take() else {
                 // Woken before the outcome (cannot happen: it is left before the ticket completes).
@@ -683,8 +719,18 @@ fn revoke_ids(r: &mut Request<'_>, ids: &[[u8; 16]]) -> Verdict {
     };
     let done = ticket.clone();
     let _ = store.write_sync(tombstone(last), Arc::new(move || done.complete()));
+    wait_sync(r, ticket, reply(200, body))
+}
+
+/// Parks the call until a replica holds its write (`[cluster] sync_timeout`), then answers `reply`.
+fn wait_sync(
+    r: &mut Request<'_>,
+    ticket: Arc<crate::proxy::stages::Ticket>,
+    reply: Reply,
+) -> Verdict {
     r.plan.admin = Some(Box::new(Progress::Syncing {
-        reply: Box::new(reply(200, body)),
+        ticket: ticket.clone(),
+        reply: Box::new(reply),
     }));
     let snapshot = r.cx.snapshot;
     Verdict::Wait(Wait::Ticket {
@@ -862,4 +908,218 @@ fn session_unbind(r: &Request<'_>, admin: &Admin, value: &str) -> Verdict {
     }
     audit(r, admin, &format!("session unbound from backend {backend}"));
     ok(json!({ "session": value, "unbound": backend }))
+}
+
+/// The pool of `tenant` (or the only one), by index in the pinned snapshot's `[pools]`.
+fn pool_of(r: &Request<'_>, tenant: Option<String>) -> Result<usize, Verdict> {
+    let Some(settings) = r.cx.snapshot.auth.as_deref() else {
+        return Err(not_found("no logins: configure [pools]"));
+    };
+    match tenant {
+        Some(t) => settings
+            .pools
+            .iter()
+            .position(|p| *p.tenant == *t)
+            .ok_or_else(|| not_found(&format!("no tenant {t:?}"))),
+        None if settings.pools.len() == 1 => Ok(0),
+        None => Err(error(400, "invalid_request", "name the user's tenant")),
+    }
+}
+
+/// A user kept in the store: the record's key, `TENANT/NAME` (as the login endpoint reads it).
+fn user_key(tenant: &str, name: &str) -> Vec<u8> {
+    format!("{tenant}/{name}").into_bytes()
+}
+
+fn string_list(
+    m: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<Result<Vec<String>, ()>> {
+    let v = m.get(name)?;
+    Some(v.as_array().ok_or(()).and_then(|a| {
+        a.iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or(()))
+            .collect()
+    }))
+}
+
+/// `PUT /api/users/{name}` with `{"tenant"?, "password"?, "roles"?, "groups"?}`: creates a user of the
+/// pool (a password is required), or changes a user added this way — a new password (the hash is made on
+/// the password checker's threads), roles, groups. Users of a users file are changed in the file. The
+/// user is a replicated record (sync): every node can log the user in.
+fn put_user(r: &mut Request<'_>, admin: &Admin, name: &str) -> Verdict {
+    if r.body.is_none() {
+        return Verdict::Wait(Wait::Body { limit: MAX_BODY });
+    }
+    let m = match body_json(r) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let pool_index = match pool_of(r, string_field(&m, "tenant")) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let (Some(settings), Some(store), Some(auth)) =
+        (r.cx.snapshot.auth.as_deref(), r.cx.store, r.cx.auth)
+    else {
+        return error(503, "unavailable", "logins are not running");
+    };
+    let pool = &settings.pools[pool_index];
+    if let Err(e) = crate::auth::users::check_name(name) {
+        return error(400, "invalid_request", &format!("user name {e}"));
+    }
+    if pool.users.get(name).is_some() {
+        return error(
+            409,
+            "in_users_file",
+            "the user is in the pool's users file: change it there",
+        );
+    }
+    let existing: Option<crate::auth::users::User> = store
+        .get(Kind::User, &user_key(&pool.tenant, name), r.cx.unix_now)
+        .and_then(|rec| serde_json::from_slice(rec.value.as_deref()?).ok());
+    let mut user = existing.clone().unwrap_or(crate::auth::users::User {
+        name: name.to_string(),
+        hash: String::new(),
+        roles: Vec::new(),
+        groups: Vec::new(),
+    });
+    for (field, list) in [("roles", &mut user.roles), ("groups", &mut user.groups)] {
+        match string_list(&m, field) {
+            Some(Ok(v)) => *list = v,
+            Some(Err(())) => {
+                return error(
+                    400,
+                    "invalid_request",
+                    &format!("{field} is a list of names"),
+                );
+            }
+            None => {}
+        }
+    }
+    match string_field(&m, "password") {
+        Some(password) => {
+            if let Err(e) = pool.rules.check(&password, name) {
+                return error(400, "weak_password", &e.to_string());
+            }
+            let Some(ticket) = r.cx.ticket() else {
+                return Verdict::Answer(Answer::Refuse(Termination::Internal(
+                    "no wake-up channel",
+                )));
+            };
+            let hash = Arc::new(parking_lot::Mutex::new(None));
+            let (slot, done) = (hash.clone(), ticket.clone());
+            let task = Box::new(move || {
+                *slot.lock() = crate::auth::password::hash(&password).ok();
+                done.complete();
+            });
+            if auth.checker.submit_task(task).is_err() {
+                return error(
+                    503,
+                    "unavailable",
+                    "the password checker is busy; try again",
+                );
+            }
+            r.plan.admin = Some(Box::new(Progress::Hashing {
+                hash,
+                user: Box::new(user),
+                pool: pool_index,
+            }));
+            Verdict::Wait(Wait::Ticket {
+                ticket,
+                until: r.cx.now + JOB_TIMEOUT,
+                on_timeout: Some(Termination::WaitTimeout),
+            })
+        }
+        None if existing.is_some() => write_user(r, admin, pool_index, user, false),
+        None => error(400, "invalid_request", "a new user needs a password"),
+    }
+}
+
+/// Writes a user's record (sync) and answers once a replica holds it.
+fn write_user(
+    r: &mut Request<'_>,
+    admin: &Admin,
+    pool: usize,
+    user: crate::auth::users::User,
+    password: bool,
+) -> Verdict {
+    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
+        return error(503, "unavailable", "logins are not running");
+    };
+    let Some(pool) = settings.pools.get(pool) else {
+        return error(503, "unavailable", "the pools changed; try again");
+    };
+    let Ok(value) = serde_json::to_vec(&user) else {
+        return error(500, "internal", "user encoding");
+    };
+    let tenant = pool.tenant.to_string();
+    let record = Record {
+        kind: Kind::User,
+        key: user_key(&tenant, &user.name).into(),
+        version: store.version(),
+        expires: 0,
+        value: Some(value.into()),
+    };
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let done = ticket.clone();
+    let _ = store.write_sync(record, Arc::new(move || done.complete()));
+    audit(
+        r,
+        admin,
+        &format!(
+            "user {:?} of {tenant} written (roles {:?}{})",
+            user.name,
+            user.roles,
+            if password { ", new password" } else { "" }
+        ),
+    );
+    let body =
+        json!({ "tenant": tenant, "user": user.name, "roles": user.roles, "groups": user.groups });
+    wait_sync(r, ticket, reply(200, body))
+}
+
+/// `DELETE /api/users/{name}[?tenant=T]`: removes a user added through the API (it can no longer log
+/// in; its sessions stay until revoked: `POST /api/logins/revoke {"user": …}`).
+fn delete_user(r: &mut Request<'_>, admin: &Admin, name: &str) -> Verdict {
+    let pool_index = match pool_of(r, param(&query(r), "tenant")) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
+        return error(503, "unavailable", "logins are not running");
+    };
+    let pool = &settings.pools[pool_index];
+    if pool.users.get(name).is_some() {
+        return error(
+            409,
+            "in_users_file",
+            "the user is in the pool's users file: change it there",
+        );
+    }
+    let key = user_key(&pool.tenant, name);
+    if store.get(Kind::User, &key, r.cx.unix_now).is_none() {
+        return not_found(&format!("no user {name:?} added through the API"));
+    }
+    let tenant = pool.tenant.to_string();
+    let record = Record {
+        kind: Kind::User,
+        key: key.into(),
+        version: store.version(),
+        expires: 0,
+        value: None,
+    };
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let done = ticket.clone();
+    let _ = store.write_sync(record, Arc::new(move || done.complete()));
+    audit(r, admin, &format!("user {name:?} of {tenant} removed"));
+    wait_sync(
+        r,
+        ticket,
+        reply(200, json!({ "tenant": tenant, "removed": name })),
+    )
 }
