@@ -569,6 +569,78 @@ pub fn login_form(data: &[u8]) {
     }
 }
 
+/// Notification input (`notify::parse`, `notify::sse`, `notify::queue`): the input as a publish body, an
+/// acknowledgement (JSON, form and query), a poll's query, an upstream feed's event stream, a record key
+/// and record values.
+///
+/// Invariants: it never panics; refusals are one line; an accepted publish carries `data` that is JSON;
+/// ids accepted are at most 2^53 − 1 and waits at most the maximum; the event-stream parser gives the same
+/// events and the same last id whether the bytes come in one piece or two (split where the last byte
+/// says); a record value that decodes encodes back to one that decodes the same.
+pub fn notify_input(data: &[u8]) {
+    use crate::notify::parse::{ack_body, poll_query, publish_body};
+    use crate::notify::queue::{MAX_ID, Notification, read_ack, split_key};
+    use crate::notify::sse::Parser;
+    let one_line = |e: &dyn std::fmt::Display| assert!(!e.to_string().contains('\n'));
+    match publish_body(data) {
+        Ok(p) => {
+            assert!(serde_json::from_str::<serde_json::Value>(&p.data).is_ok());
+        }
+        Err(e) => one_line(&e),
+    }
+    for content_type in [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "",
+        "text/plain",
+    ] {
+        match ack_body(content_type, data, b"") {
+            Ok(id) => assert!(id <= MAX_ID),
+            Err(e) => one_line(&e),
+        }
+    }
+    match ack_body("", b"", data) {
+        Ok(id) => assert!(id <= MAX_ID),
+        Err(e) => one_line(&e),
+    }
+    let max_wait = std::time::Duration::from_secs(30);
+    match poll_query(data, max_wait) {
+        Ok((after, wait)) => assert!(after <= MAX_ID && wait <= max_wait),
+        Err(e) => one_line(&e),
+    }
+
+    type Seen = (Vec<(String, String, Option<String>)>, Option<String>);
+    let parse = |pieces: &[&[u8]]| -> Option<Seen> {
+        let mut p = Parser::new(4096);
+        let mut events = Vec::new();
+        for piece in pieces {
+            p.feed(piece, |e| events.push((e.event, e.data, e.id)))
+                .ok()?;
+        }
+        Some((events, p.last_id().map(str::to_owned)))
+    };
+    let at = data
+        .last()
+        .map_or(0, |b| usize::from(*b) % (data.len() + 1));
+    let (a, b) = data.split_at(at);
+    if let (Some(whole), Some(split)) = (parse(&[data]), parse(&[a, b])) {
+        assert_eq!(whole, split, "split at {at}");
+    }
+
+    let _ = split_key(data);
+    if let Some(n) = Notification::decode(data) {
+        let again = Notification {
+            flags: n.flags,
+            dropped: n.dropped,
+            data: n.data,
+        }
+        .encode();
+        let m = Notification::decode(&again).expect("an encoded notification decodes");
+        assert_eq!((m.flags, m.dropped, m.data), (n.flags, n.dropped, n.data));
+    }
+    let _ = read_ack(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,73 +746,4 @@ mod tests {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
     }
-}
-
-/// Notification input (`notify::parse`, `notify::sse`, `notify::queue`): the input as a publish body, an
-/// acknowledgement (JSON, form and query), a poll's query, an upstream feed's event stream, a record key
-/// and record values.
-///
-/// Invariants: it never panics; refusals are one line; an accepted publish carries `data` that is JSON;
-/// ids accepted are at most 2^53 − 1 and waits at most the maximum; the event-stream parser gives the same
-/// events and the same last id whether the bytes come in one piece or two (split where the last byte
-/// says); a record value that decodes encodes back to one that decodes the same.
-pub fn notify_input(data: &[u8]) {
-    use crate::notify::parse::{ack_body, poll_query, publish_body};
-    use crate::notify::queue::{MAX_ID, Notification, read_ack, split_key};
-    use crate::notify::sse::Parser;
-    let one_line = |e: &dyn std::fmt::Display| assert!(!e.to_string().contains('\n'));
-    match publish_body(data) {
-        Ok(p) => {
-            assert!(serde_json::from_str::<serde_json::Value>(&p.data).is_ok());
-        }
-        Err(e) => one_line(&e),
-    }
-    for content_type in [
-        "application/json",
-        "application/x-www-form-urlencoded",
-        "",
-        "text/plain",
-    ] {
-        match ack_body(content_type, data, b"") {
-            Ok(id) => assert!(id <= MAX_ID),
-            Err(e) => one_line(&e),
-        }
-    }
-    match ack_body("", b"", data) {
-        Ok(id) => assert!(id <= MAX_ID),
-        Err(e) => one_line(&e),
-    }
-    let max_wait = std::time::Duration::from_secs(30);
-    match poll_query(data, max_wait) {
-        Ok((after, wait)) => assert!(after <= MAX_ID && wait <= max_wait),
-        Err(e) => one_line(&e),
-    }
-
-    type Seen = (Vec<(String, String, Option<String>)>, Option<String>);
-    let parse = |pieces: &[&[u8]]| -> Option<Seen> {
-        let mut p = Parser::new(4096);
-        let mut events = Vec::new();
-        for piece in pieces {
-            p.feed(piece, |e| events.push((e.event, e.data, e.id))).ok()?;
-        }
-        Some((events, p.last_id().map(str::to_owned)))
-    };
-    let at = data.last().map_or(0, |b| usize::from(*b) % (data.len() + 1));
-    let (a, b) = data.split_at(at);
-    if let (Some(whole), Some(split)) = (parse(&[data]), parse(&[a, b])) {
-        assert_eq!(whole, split, "split at {at}");
-    }
-
-    let _ = split_key(data);
-    if let Some(n) = Notification::decode(data) {
-        let again = Notification {
-            flags: n.flags,
-            dropped: n.dropped,
-            data: n.data,
-        }
-        .encode();
-        let m = Notification::decode(&again).expect("an encoded notification decodes");
-        assert_eq!((m.flags, m.dropped, m.data), (n.flags, n.dropped, n.data));
-    }
-    let _ = read_ack(data);
 }

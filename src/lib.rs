@@ -15,6 +15,7 @@
 #![warn(unreachable_pub)]
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod base;

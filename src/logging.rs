@@ -4,13 +4,13 @@ use log::{LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 use std::time::SystemTime;
 
-struct StderrLogger {
-    level: LevelFilter,
-}
+/// The level lives in `log`'s global maximum (one atomic), so the admin API can change it at run time
+/// (`POST /api/log`).
+struct StderrLogger;
 
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record<'_>) {
@@ -34,7 +34,7 @@ pub fn init(default: LevelFilter) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default);
-    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+    if log::set_boxed_logger(Box::new(StderrLogger)).is_ok() {
         log::set_max_level(level);
     }
 }

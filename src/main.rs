@@ -1,4 +1,4 @@
-//! The `tether` command: run, check, demo, certs, users.
+//! The `tether` command: run, check, demo, certs, users, ctl.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -87,6 +87,62 @@ enum Command {
     /// Manage a users file (a pool of users with argon2id password hashes, roles and groups).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Operate a running balancer through its admin API (docs/ADMIN.md): tables for people, `--json` for
+    /// scripts.
+    #[command(after_help = "Examples:\n  \
+        export TETHER_ADMIN=127.0.0.1:9181 TETHER_ADMIN_TOKEN=demo-admin-token\n  \
+        tether ctl backends\n  tether ctl drain app/127.0.0.1:9001\n  tether ctl cluster --json\n  \
+        tether ctl usage demo\n  tether ctl sessions alice\n  tether ctl revoke 0123…cdef\n  tether ctl reload")]
+    Ctl(Ctl),
+}
+
+#[derive(clap::Args)]
+struct Ctl {
+    /// The admin listener's address (host:port). Default: $TETHER_ADMIN, else 127.0.0.1:9180.
+    #[arg(long, value_name = "ADDR", global = true)]
+    admin: Option<String>,
+    /// The admin token. Default: $TETHER_ADMIN_TOKEN (better: a flag shows in the process list).
+    #[arg(long, value_name = "TOKEN", global = true)]
+    token: Option<String>,
+    /// Print the API's JSON as it comes, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    call: CtlCall,
+}
+
+#[derive(Subcommand)]
+enum CtlCall {
+    /// Every cluster's backends: health, state, in flight, queue, weight, requests.
+    Backends,
+    /// No new requests to BACKEND (CLUSTER/ADDRESS, or ADDRESS when one cluster lists it); in-flight
+    /// ones finish.
+    Drain { backend: String },
+    /// BACKEND takes requests again.
+    Enable { backend: String },
+    /// BACKEND takes no requests (maintenance).
+    Disable { backend: String },
+    /// BACKEND's weight in weighted picks (1–1000), or `config` for the configured one.
+    Weight { backend: String, weight: String },
+    /// This node's peers: link state, epoch, lag, resyncs.
+    Cluster,
+    /// Usage of TENANT (every tenant without one) in the current periods.
+    Usage { tenant: Option<String> },
+    /// The live login sessions of USER.
+    Sessions {
+        user: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke login session SESSION (32 hex digits, from `ctl sessions`), on every node.
+    Revoke { session: String },
+    /// Re-read the config file (as SIGHUP); a broken file's errors are printed and the running config
+    /// stays.
+    Reload,
+    /// The running config (secrets masked), as JSON.
+    Config,
+    /// The Prometheus exposition.
+    Metrics,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +199,7 @@ fn main() -> ExitCode {
     tether::fault_injection::init_from_env();
     let cli = Cli::parse();
     match cli.command {
+        Command::Ctl(c) => ctl(c),
         Command::Check { config } => check(&config),
         Command::Run { config, workers } => {
             let cfg = match config::load_file(&config) {
@@ -343,4 +400,281 @@ fn wait(server: Server) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tether ctl`: one admin API call, its answer as a table (or JSON with `--json`); exit 1 on an error.
+fn ctl(c: Ctl) -> ExitCode {
+    use tether::admin::client::{Client, table};
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(token) = c.token.or_else(|| env("TETHER_ADMIN_TOKEN")) else {
+        eprintln!("error: no admin token: pass --token or set TETHER_ADMIN_TOKEN");
+        return ExitCode::from(2);
+    };
+    let client = Client {
+        address: c
+            .admin
+            .or_else(|| env("TETHER_ADMIN"))
+            .unwrap_or_else(|| "127.0.0.1:9180".into()),
+        token,
+    };
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let backend_path = |backend: &str, action: &str| -> Result<String, String> {
+        if let Some((cluster, address)) = backend.split_once('/') {
+            return Ok(format!(
+                "/api/backends/{}/{}/{action}",
+                enc(cluster),
+                enc(address)
+            ));
+        }
+        // An address alone: the cluster that lists it, when only one does.
+        let list = client
+            .call("GET", "/api/backends", None)
+            .map_err(|e| e.to_string())?
+            .json();
+        let clusters: Vec<String> = list["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|b| b["address"] == backend)
+            })
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        match clusters.as_slice() {
+            [one] => Ok(format!(
+                "/api/backends/{}/{}/{action}",
+                enc(one),
+                enc(backend)
+            )),
+            [] => Err(format!("no cluster lists backend {backend}")),
+            _ => Err(format!(
+                "backend {backend} is in clusters {}: name one as CLUSTER/{backend}",
+                clusters.join(", ")
+            )),
+        }
+    };
+    let (method, path, body) = match &c.call {
+        CtlCall::Backends => ("GET", "/api/backends".to_string(), None),
+        CtlCall::Drain { backend } | CtlCall::Enable { backend } | CtlCall::Disable { backend } => {
+            let action = match c.call {
+                CtlCall::Drain { .. } => "drain",
+                CtlCall::Enable { .. } => "enable",
+                _ => "disable",
+            };
+            match backend_path(backend, action) {
+                Ok(p) => ("POST", p, None),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        CtlCall::Weight { backend, weight } => {
+            let value = if weight == "config" {
+                "null".to_string()
+            } else {
+                match weight.parse::<u32>() {
+                    Ok(w) => w.to_string(),
+                    Err(_) => {
+                        eprintln!("error: a weight is a number (1 to 1000) or `config`");
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            match backend_path(backend, "weight") {
+                Ok(p) => ("POST", p, Some(format!("{{\"weight\":{value}}}"))),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        CtlCall::Cluster => ("GET", "/api/cluster".into(), None),
+        CtlCall::Usage { tenant } => (
+            "GET",
+            match tenant {
+                Some(t) => format!("/api/usage?tenant={}", enc(t)),
+                None => "/api/usage".into(),
+            },
+            None,
+        ),
+        CtlCall::Sessions { user, tenant } => (
+            "GET",
+            match tenant {
+                Some(t) => format!("/api/logins?user={}&tenant={}", enc(user), enc(t)),
+                None => format!("/api/logins?user={}", enc(user)),
+            },
+            None,
+        ),
+        CtlCall::Revoke { session } => ("DELETE", format!("/api/logins/{}", enc(session)), None),
+        CtlCall::Reload => ("POST", "/api/config/reload".into(), None),
+        CtlCall::Config => ("GET", "/api/config".into(), None),
+        CtlCall::Metrics => ("GET", "/metrics".into(), None),
+    };
+    let answer = match client.call(method, &path, body.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let v = answer.json();
+    if !(200..300).contains(&answer.status) {
+        if c.json {
+            println!("{}", answer.text().trim_end());
+        }
+        eprintln!(
+            "error: {} {}",
+            answer.status,
+            v["message"].as_str().unwrap_or(answer.text().trim_end())
+        );
+        for e in v["errors"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  {}:{}: {}: {}",
+                e["file"].as_str().unwrap_or(""),
+                e["line"],
+                e["key"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+        return ExitCode::FAILURE;
+    }
+    if c.json || matches!(c.call, CtlCall::Metrics | CtlCall::Config) {
+        let text = answer.text();
+        println!("{}", text.trim_end());
+        return ExitCode::SUCCESS;
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let backend_row = |cluster: &str, b: &serde_json::Value| -> Vec<String> {
+        let mut row = vec![cluster.to_string()];
+        row.extend(
+            [
+                "address",
+                "health",
+                "state",
+                "in_flight",
+                "queue",
+                "weight",
+                "requests",
+            ]
+            .iter()
+            .map(|k| s(&b[*k])),
+        );
+        row
+    };
+    let header = [
+        "CLUSTER",
+        "BACKEND",
+        "HEALTH",
+        "STATE",
+        "IN FLIGHT",
+        "QUEUE",
+        "WEIGHT",
+        "REQUESTS",
+    ];
+    let out = match &c.call {
+        CtlCall::Backends => {
+            let mut rows = Vec::new();
+            for cl in v["clusters"].as_array().into_iter().flatten() {
+                let name = s(&cl["name"]);
+                for b in cl["backends"].as_array().into_iter().flatten() {
+                    rows.push(backend_row(&name, b));
+                }
+            }
+            table(&header, &rows)
+        }
+        CtlCall::Drain { .. }
+        | CtlCall::Enable { .. }
+        | CtlCall::Disable { .. }
+        | CtlCall::Weight { .. } => {
+            table(&header, &[backend_row(&s(&v["cluster"]), &v["backend"])])
+        }
+        CtlCall::Cluster => {
+            let rows: Vec<Vec<String>> = v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    [
+                        "name",
+                        "address",
+                        "state",
+                        "epoch",
+                        "lag_records",
+                        "lag_ms",
+                        "resyncs_in",
+                        "resyncs_out",
+                    ]
+                    .iter()
+                    .map(|k| s(&p[*k]))
+                    .collect()
+                })
+                .collect();
+            format!(
+                "node {} ({} records)\n{}",
+                s(&v["node"]),
+                s(&v["records"]),
+                table(
+                    &[
+                        "PEER",
+                        "ADDRESS",
+                        "LINK",
+                        "EPOCH",
+                        "LAG RECORDS",
+                        "LAG MS",
+                        "RESYNCS IN",
+                        "RESYNCS OUT"
+                    ],
+                    &rows
+                )
+            )
+        }
+        CtlCall::Usage { .. } => {
+            let mut rows = Vec::new();
+            for (tenant, periods) in v["tenants"].as_object().into_iter().flatten() {
+                for (period, figures) in periods.as_object().into_iter().flatten() {
+                    for (metric, value) in figures.as_object().into_iter().flatten() {
+                        if metric != "start" {
+                            rows.push(vec![
+                                tenant.clone(),
+                                format!("{period} {}", s(&figures["start"])),
+                                metric.clone(),
+                                s(value),
+                            ]);
+                        }
+                    }
+                }
+            }
+            table(&["TENANT", "PERIOD", "METRIC", "VALUE"], &rows)
+        }
+        CtlCall::Sessions { .. } => {
+            let rows: Vec<Vec<String>> = v["sessions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    ["session", "created", "last_seen", "expires"]
+                        .iter()
+                        .map(|k| s(&x[*k]))
+                        .collect()
+                })
+                .collect();
+            table(&["SESSION", "CREATED", "LAST SEEN", "EXPIRES"], &rows)
+        }
+        CtlCall::Revoke { .. } => format!("revoked {} session(s)\n", s(&v["revoked"])),
+        CtlCall::Reload => format!("reloaded: generation {}\n", s(&v["generation"])),
+        CtlCall::Metrics | CtlCall::Config => String::new(),
+    };
+    print!("{out}");
+    ExitCode::SUCCESS
 }

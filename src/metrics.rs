@@ -328,6 +328,11 @@ impl Registry {
         let _ = self.cluster.set(source);
     }
 
+    /// The replication figures, read live (`None` without `[cluster]`).
+    pub fn cluster_figures(&self) -> Option<ClusterFigures> {
+        self.cluster.get().map(|c| c.figures())
+    }
+
     /// Sums every worker's slot.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();

@@ -75,6 +75,21 @@ pub struct BackendState {
     count_5xx: AtomicBool,
     /// Requests waiting for a slot when the cluster limits requests in flight (QoS).
     pub queue: crate::qos::BackendQueue,
+    /// The operator's say ([`AdminState`] as a byte), apart from the health bits so that a health
+    /// transition never overwrites it; set through the admin API, kept across reloads.
+    admin: AtomicU8,
+    /// The operator's weight for the address (the admin API), 0: each cluster's configured weight.
+    weight: AtomicU32,
+}
+
+/// What an operator said about a backend (the admin API): enabled, or taking no new requests while
+/// those in flight finish — draining, or disabled (the same for balancing; disabled says "out for
+/// maintenance", draining "on its way out").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Enabled,
+    Draining,
+    Disabled,
 }
 
 /// How one attempt on a backend ended.
@@ -108,6 +123,8 @@ impl BackendState {
             cool_down_ms: AtomicU64::new(passive.cool_down.as_millis() as u64),
             count_5xx: AtomicBool::new(passive.count_5xx),
             queue: crate::qos::BackendQueue::default(),
+            admin: AtomicU8::new(0),
+            weight: AtomicU32::new(0),
         }
     }
 
@@ -124,6 +141,45 @@ impl BackendState {
     #[inline]
     pub fn is_up(&self) -> bool {
         self.health.load(Relaxed) == 0
+    }
+
+    /// Whether the operator lets the backend take new requests (one relaxed load, on every pick).
+    #[inline]
+    pub fn admitted(&self) -> bool {
+        self.admin.load(Relaxed) == 0
+    }
+
+    /// The operator's state of the backend.
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin.load(Relaxed) {
+            0 => AdminState::Enabled,
+            1 => AdminState::Draining,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    /// Sets the operator's state; picks on every worker see it on their next request.
+    pub fn set_admin_state(&self, state: AdminState) {
+        let v = match state {
+            AdminState::Enabled => 0,
+            AdminState::Draining => 1,
+            AdminState::Disabled => 2,
+        };
+        self.admin.store(v, Relaxed);
+    }
+
+    /// The operator's weight, if one is set (one relaxed load: weighted picks read it).
+    #[inline]
+    pub fn weight_override(&self) -> Option<u32> {
+        match self.weight.load(Relaxed) {
+            0 => None,
+            w => Some(w),
+        }
+    }
+
+    /// Sets the operator's weight (`None`: back to the configured weights).
+    pub fn set_weight(&self, weight: Option<u32>) {
+        self.weight.store(weight.unwrap_or(0), Relaxed);
     }
 
     /// Attempts in flight on this backend, over all workers.

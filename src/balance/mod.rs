@@ -17,7 +17,9 @@ mod backend;
 pub mod ewma;
 pub mod maglev;
 
-pub use backend::{AttemptOutcome, BackendId, BackendState, clock_ms, clock_us, ramped_weight};
+pub use backend::{
+    AdminState, AttemptOutcome, BackendId, BackendState, clock_ms, clock_us, ramped_weight,
+};
 
 use crate::config::{BalanceAlgorithm, ClusterConfig, HashOn, HealthCheckConfig};
 use crate::http::RequestHead;
@@ -92,10 +94,17 @@ pub struct ClusterBackend {
 }
 
 impl ClusterBackend {
-    /// May take a new request: up and not draining.
+    /// The weight picks use: the operator's (admin API), else the configured one. (The Maglev table of
+    /// `consistent_hash` is built from the configured weights.)
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.state.weight_override().unwrap_or(self.weight)
+    }
+
+    /// May take a new request: up, not draining by config, and not drained or disabled by the operator.
     #[inline]
     pub fn eligible(&self) -> bool {
-        !self.drain && self.state.is_up()
+        !self.drain && self.state.is_up() && self.state.admitted()
     }
 }
 
@@ -182,7 +191,12 @@ impl Cluster {
     /// when slow start is on.
     #[inline]
     fn share(&self, b: &ClusterBackend, now_ms: u64) -> u64 {
-        ramped_weight(b.weight, b.state.up_since_ms(), self.slow_start_ms, now_ms)
+        ramped_weight(
+            b.weight(),
+            b.state.up_since_ms(),
+            self.slow_start_ms,
+            now_ms,
+        )
     }
 
     /// The clock for [`Cluster::share`]: read only when slow start is configured.

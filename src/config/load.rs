@@ -962,6 +962,9 @@ limits.max_headers = 5
         "notifications.feeds[].url",
         "notifications.feeds[].delete_on",
         "notifications.feeds[].max_backoff",
+        "admin.address",
+        "admin.token",
+        "admin.token_file",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

@@ -61,6 +61,9 @@ pub struct Config {
     /// `[uploads]`: the upload spool for `uploads = true` routes (docs/UPLOADS.md).
     #[serde(default)]
     pub uploads: Option<UploadsConfig>,
+    /// `[admin]`: the admin listener (REST API, `/metrics`), bearer-authenticated (absent: none).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -975,6 +978,47 @@ impl Default for UploadsConfig {
             threads: 2,
             forward_attempts: 3,
             forward_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[admin]`: the admin listener (docs/ADMIN.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Default: loopback, `127.0.0.1:9180`.
+    pub address: String,
+    /// The bearer token every admin call presents (at least 16 bytes); or `token_file`.
+    pub token: Option<String>,
+    /// A file holding the token (its first line), so the token stays out of the config file; empty: none.
+    pub token_file: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: "127.0.0.1:9180".into(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token: `token`, or the first line of `token_file` (resolved against the config's directory).
+    pub fn read_token(&self, config: &Config) -> Result<String, String> {
+        // An empty `token_file` is none (configs/full.toml writes every key).
+        let file = self.token_file.as_ref().filter(|f| !f.is_empty());
+        match (&self.token, file) {
+            (Some(t), None) => Ok(t.clone()),
+            (None, Some(f)) => {
+                let path = config.resolve_path(f);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Ok(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (Some(_), Some(_)) => Err("set token or token_file, not both".into()),
+            (None, None) => Err("the admin listener needs a token (or token_file)".into()),
         }
     }
 }

@@ -182,9 +182,11 @@ impl Ledger<'_> {
     pub fn read(&self, subject: &Subject<'_>, now: u64) -> Record {
         let secs = secs(now);
         let c = self.counters;
-        let permanent = c.highest(&subject.key(b"permanent", None), secs) > 0;
+        // An administrator's lift: failures (and a permanent lock) up to then no longer count.
+        let lifted = c.highest(&subject.key(b"lifted", None), secs);
+        let permanent = c.highest(&subject.key(b"permanent", None), secs) > lifted;
         let last_failure = c.highest(&subject.key(b"last", None), secs);
-        if last_failure == 0 {
+        if last_failure == 0 || last_failure <= lifted {
             return Record {
                 permanent,
                 ..Record::default()
@@ -217,11 +219,20 @@ impl Ledger<'_> {
             c.add(subject.key(b"lockouts", Some(f.series)), 1, expires);
         }
         if f.permanent {
-            // Never expires: lifted only by an administrator.
-            c.raise(subject.key(b"permanent", None), 1, 0);
+            // Never expires: lifted only by an administrator (a lift at or after this time).
+            c.raise(subject.key(b"permanent", None), now, 0);
         }
         c.raise(subject.key(b"last", None), now, expires);
         self.read(subject, now)
+    }
+}
+
+impl Ledger<'_> {
+    /// An administrator lifts the subject's lock at `now` (milliseconds): its failures so far no longer
+    /// count, on every node (a high-water mark like the others: counters only grow), and a permanent
+    /// lock ends. Kept for good, like a permanent lock.
+    pub fn lift(&self, subject: &Subject<'_>, now: u64) {
+        self.counters.raise(subject.key(b"lifted", None), now, 0);
     }
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct ListenerInfo {
     pub plain_http: PlainHttpPolicy,
     /// The notifications' publish listener: every request is a publish (or refused).
     pub publish: bool,
+    /// The admin listener: every request is an admin call (or refused).
+    pub admin: bool,
 }
 
 /// Messages to a worker from other threads.
@@ -235,6 +237,8 @@ pub(crate) struct Ctx {
     pub notify: Option<Arc<crate::notify::Hub>>,
     /// The upload spool (with `[uploads]`).
     pub spool: Option<Arc<crate::spool::Spool>>,
+    /// The admin API (with `[admin]`).
+    pub admin: Option<Arc<crate::admin::Admin>>,
     next_id: u64,
 }
 
@@ -257,6 +261,7 @@ pub(crate) struct CtxParts {
     pub counters: Arc<crate::limits::counters::Counters>,
     pub notify: Option<Arc<crate::notify::Hub>>,
     pub spool: Option<Arc<crate::spool::Spool>>,
+    pub admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Ctx {
@@ -308,6 +313,7 @@ impl Ctx {
             meter: crate::limits::metering::WorkerMeter::default(),
             notify: p.notify,
             spool: p.spool,
+            admin: p.admin,
             next_id: 1,
         }
     }

@@ -2,8 +2,9 @@
 //! the worker it needs, returning a verdict.
 //!
 //! ```text
-//!  request stages (once per request, with the parsed head):   test_endpoints → deny → notifications →
-//!                                                              auth_endpoints → upload_resources →
+//!  request stages (once per request, with the parsed head):   admin → test_endpoints → deny →
+//!                                                              notifications → auth_endpoints →
+//!                                                              upload_resources →
 //!                                                              route → priority → auth → limits →
 //!                                                              quota → upload_creation → stickiness
 //!  attempt stages (once per attempt; a retry runs them again): balance → qos
@@ -220,6 +221,8 @@ pub(crate) struct Plan {
     pub notify: Option<Box<crate::notify::endpoints::Progress>>,
     /// An upload's append, creation or forward under way (`spool::endpoints`).
     pub upload: Option<Box<crate::spool::endpoints::Progress>>,
+    /// An admin call waiting for the main thread or a replica (`admin::api`).
+    pub admin: Option<Box<crate::admin::api::Progress>>,
 }
 
 impl Plan {
@@ -290,6 +293,10 @@ pub(crate) struct RequestCx<'a> {
     pub publish: bool,
     /// The upload spool (with `[uploads]`).
     pub spool: Option<&'a crate::spool::Spool>,
+    /// The request came in on the admin listener (the `admin` stage answers it, and nothing else sees it).
+    pub admin_listener: bool,
+    /// The admin API's shared state (with `[admin]`).
+    pub admin: Option<&'a crate::admin::Admin>,
 }
 
 impl RequestCx<'_> {
@@ -315,6 +322,7 @@ pub(crate) type RequestStage = fn(&mut Request<'_>) -> Verdict;
 
 /// The request stages, in order.
 pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
+    ("admin", crate::admin::api::serve),
     ("test_endpoints", crate::fault_injection::test_endpoints),
     ("deny", deny),
     ("notifications", crate::notify::endpoints::serve),

@@ -24,11 +24,7 @@ pub(crate) fn top_up(cx: &mut Ctx) {
         if tls.min_idle == 0 {
             continue;
         }
-        for b in cluster
-            .backends
-            .iter()
-            .filter(|b| !b.drain && b.state.is_up())
-        {
+        for b in cluster.backends.iter().filter(|b| b.eligible()) {
             let id = b.state.id;
             while cx.upstreams.pool.idle_count(id) + cx.upstreams.pool.warming_count(id)
                 < tls.min_idle

@@ -38,6 +38,9 @@ pub enum StartError {
     /// `[cluster]` could not be set up (replication listener, link certificates).
     #[error("{0}")]
     Cluster(String),
+    /// `[admin]` could not be set up (its token).
+    #[error("admin: {0}")]
+    Admin(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +98,12 @@ pub struct Server {
     notify_feeds: Option<JoinHandle<()>>,
     /// Where the publish listener ended up (port 0 resolved).
     pub publish_address: Option<SocketAddr>,
+    /// The admin API (`[admin]`), the jobs its calls hand the main thread, and where it listens.
+    admin: Option<Arc<crate::admin::Admin>>,
+    admin_jobs: Option<Receiver<crate::admin::Job>>,
+    pub admin_address: Option<SocketAddr>,
+    /// The store (with `[cluster]` or logins), for the admin API's scans on the main thread.
+    store: Option<Arc<crate::store::Store>>,
 }
 
 /// Store writers beyond the workers' own.
@@ -200,6 +209,7 @@ impl Server {
                 redirect_https: l.redirect_https,
                 plain_http: l.tls.as_ref().map(|t| t.plain_http).unwrap_or_default(),
                 publish: false,
+                admin: false,
             });
         }
         // The notifications' publish listener: one more listener on the workers (same parser, same
@@ -233,6 +243,37 @@ impl Server {
                 redirect_https: false,
                 plain_http: Default::default(),
                 publish: true,
+                admin: false,
+            });
+        }
+        // The admin listener: one more listener on the workers, whose every request is an admin call
+        // (answered by the `admin` stage before anything else); it comes after the others.
+        let mut admin_address = None;
+        if let Some(a) = &config.admin {
+            let name = "admin".to_string();
+            let address: SocketAddr = a.address.parse().map_err(|_| StartError::Listen {
+                name: name.clone(),
+                address: a.address.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an ip:port"),
+            })?;
+            let (bound, sockets) =
+                listener::bind_all(address, 128, count).map_err(|e| StartError::Listen {
+                    name: name.clone(),
+                    address: a.address.clone(),
+                    source: e,
+                })?;
+            for (w, s) in sockets.into_iter().enumerate() {
+                per_worker[w].push(s);
+            }
+            admin_address = Some(bound);
+            infos.push(ListenerInfo {
+                name,
+                trust_forwarded: false,
+                proto: "http",
+                redirect_https: false,
+                plain_http: Default::default(),
+                publish: false,
+                admin: true,
             });
         }
         // The notification queues' indexes watch the store from its first record on.
@@ -491,6 +532,27 @@ impl Server {
             }
             None => None,
         };
+        let (admin, admin_jobs) = match &config.admin {
+            Some(a) => {
+                let token = a.read_token(&config).map_err(StartError::Admin)?;
+                let config_text = options
+                    .config_path
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok());
+                let (admin, jobs) = crate::admin::Admin::new(crate::admin::AdminParts {
+                    token,
+                    registry: Arc::clone(&metrics),
+                    counters: counters.clone(),
+                    notify: notify.clone(),
+                    sticky: sticky.clone(),
+                    tls: tls.stats.clone(),
+                    config_text,
+                });
+                (Some(admin), Some(jobs))
+            }
+            None => (None, None),
+        };
+        let store = extra.as_ref().map(|e| e.store.clone());
         for (index, (((listeners, poll), rx), store)) in per_worker
             .into_iter()
             .zip(polls)
@@ -516,6 +578,7 @@ impl Server {
                 counters: counters.clone(),
                 notify: notify.clone(),
                 spool: spool.clone(),
+                admin: admin.clone(),
             };
             let settings = settings.clone();
             let shared = Arc::clone(&shared);
@@ -571,6 +634,13 @@ impl Server {
         if let Some(addr) = publish_address {
             log::info!("notifications: publish listener on {addr} (POST /publish)");
         }
+        if let (Some(addr), Some(a)) = (admin_address, &admin) {
+            // The token's fingerprint, never the token: audit lines name it the same way.
+            log::info!(
+                "admin API on http://{addr} (token {}; /api/, /metrics)",
+                a.fingerprint
+            );
+        }
         let mut notify_feeds = None;
         if let (Some(hub), Some(n)) = (&notify, &config.notifications) {
             if let Some(writer) = extra.as_mut().and_then(|e| e.feeds.take()) {
@@ -608,17 +678,46 @@ impl Server {
             notify,
             notify_feeds,
             publish_address,
+            admin,
+            admin_jobs,
+            admin_address,
+            store,
         })
     }
 
     /// Re-reads the config file and publishes it; a file with errors is refused and the running config
-    /// stays.
+    /// stays (SIGHUP).
     pub fn reload(&mut self) {
+        let _ = self.try_reload();
+    }
+
+    /// [`Server::reload`], saying how it went: the new generation, or every error (each logged too).
+    pub fn try_reload(&mut self) -> Result<u64, Vec<config::ConfigError>> {
         let Some(path) = self.options.config_path.clone() else {
             log::warn!("reload: running on an embedded config, nothing to re-read");
-            return;
+            return Err(vec![config::ConfigError {
+                file: String::new(),
+                line: 0,
+                key: String::new(),
+                message: "running on an embedded config, nothing to re-read".into(),
+            }]);
         };
-        let new = match config::load_file(&path) {
+        let file = path.display().to_string();
+        let refused = |key: &str, message: String| {
+            log::error!("reload: {message}");
+            log::error!("reload refused (1 error); the running configuration stays");
+            Err(vec![config::ConfigError {
+                file: file.clone(),
+                line: 0,
+                key: key.to_string(),
+                message,
+            }])
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return refused("", format!("cannot read the configuration file: {e}")),
+        };
+        let new = match config::load_str(&text, &file) {
             Ok(c) => c,
             Err(errors) => {
                 for e in &errors.0 {
@@ -629,7 +728,7 @@ impl Server {
                     errors.0.len(),
                     if errors.0.len() == 1 { "" } else { "s" }
                 );
-                return;
+                return Err(errors.0);
             }
         };
         // Listener TLS settings (certificates, SNI) reload; addresses and the rest need a restart.
@@ -669,13 +768,15 @@ impl Server {
                 log::warn!("reload: changes to {section} need a restart and are ignored");
             }
         }
+        if new.admin != self.config.admin {
+            log::warn!("reload: changes to [admin] need a restart and are ignored");
+        }
         // Logins: the checker's threads and the key keeper were set up at start; pools and routes reload.
         if self.auth_keeper.is_none() && !new.pools.is_empty() {
-            log::error!(
-                "reload: [pools] added to a balancer started without any: logins need a restart"
+            return refused(
+                "pools",
+                "[pools] added to a balancer started without any: logins need a restart".into(),
             );
-            log::error!("reload refused (1 error); the running configuration stays");
-            return;
         }
         let (old_auth, new_auth) = (
             self.config.auth.clone().unwrap_or_default(),
@@ -709,11 +810,7 @@ impl Server {
         }
         let cluster = match cluster_reload::merge(&self.config.cluster, new.cluster.clone()) {
             Ok(c) => c,
-            Err(e) => {
-                log::error!("reload: {e}");
-                log::error!("reload refused (1 error); the running configuration stays");
-                return;
-            }
+            Err(e) => return refused("cluster", e.to_string()),
         };
         match cluster.restart.as_slice() {
             [] => {}
@@ -737,6 +834,7 @@ impl Server {
             tls: self.config.tls.clone(),
             sessions: self.config.sessions.clone(),
             cluster: cluster.cluster,
+            admin: self.config.admin.clone(),
             ..new
         };
         let snapshot = match ConfigSnapshot::build(
@@ -747,11 +845,7 @@ impl Server {
             &self.metrics.names,
         ) {
             Ok(s) => s,
-            Err(e) => {
-                log::error!("reload: {e}");
-                log::error!("reload refused (1 error); the running configuration stays");
-                return;
-            }
+            Err(e) => return refused("", e.to_string()),
         };
         self.generation += 1;
         let backends: usize = snapshot.clusters.iter().map(|c| c.backends.len()).sum();
@@ -780,6 +874,44 @@ impl Server {
                     .collect(),
             );
         }
+        if let Some(admin) = &self.admin {
+            admin.set_config_text(Some(&text));
+        }
+        Ok(self.generation)
+    }
+
+    /// Does what an admin call handed the main thread, and wakes the call.
+    fn admin_job(&mut self, job: crate::admin::Job) {
+        use crate::admin::{JobKind, Outcome};
+        let outcome = match &job.kind {
+            JobKind::Reload => match self.try_reload() {
+                Ok(generation) => Outcome::Reloaded { generation },
+                Err(errors) => Outcome::Refused(errors),
+            },
+            JobKind::Logins { tenant, user } => {
+                Outcome::Logins(self.logins_of(tenant, user, crate::sticky::unix_now()))
+            }
+        };
+        job.slot.finish(outcome);
+    }
+
+    /// The live login sessions of `user` of `tenant`: a scan of the store's sessions (here, never on
+    /// a worker). (id, created, last seen, expires).
+    fn logins_of(&self, tenant: &str, user: &str, now: u32) -> Vec<([u8; 16], u32, u32, u32)> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let reader = store.reader();
+        reader
+            .iter(Some(crate::store::Kind::LoginSession))
+            .filter(|r| r.expires == 0 || r.expires > now)
+            .filter_map(|r| {
+                let s = crate::auth::session::LoginSession::decode(r.value.as_deref()?).ok()?;
+                let id: [u8; 16] = r.key.as_ref().try_into().ok()?;
+                (s.user == user && s.tenant == tenant)
+                    .then(|| (id, s.created, s.last_seen, s.expires()))
+            })
+            .collect()
     }
 
     /// Asks every worker to stop accepting and finish within `grace`.
@@ -895,6 +1027,10 @@ impl Server {
         let mut stopping = false;
         let mut healthy = true;
         let mut running = self.workers.len();
+        let jobs = self
+            .admin_jobs
+            .take()
+            .unwrap_or_else(crossbeam_channel::never);
         while running > 0 {
             select! {
                 recv(signals) -> sig => match sig {
@@ -916,6 +1052,11 @@ impl Server {
                     _ => {}
                 },
                 recv(sweep) -> _ => self.sticky.table.sweep(crate::sticky::unix_now()),
+                recv(jobs) -> job => {
+                    if let Ok(job) = job {
+                        self.admin_job(job);
+                    }
+                }
                 recv(rotation) -> _ => {
                     // In a cluster the replication thread rotates them (every node seals alike).
                     if self.replication.is_none() {

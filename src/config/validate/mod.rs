@@ -8,6 +8,7 @@
 
 mod access_log;
 mod address;
+mod admin;
 mod auth;
 mod cluster;
 mod clusters;
@@ -90,6 +91,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.rate_limits(&config);
     v.notifications(&config);
     v.uploads(&config);
+    v.admin(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {

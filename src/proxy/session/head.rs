@@ -226,6 +226,8 @@ impl Session {
                     notify: cx.notify.as_deref(),
                     publish: cx.listeners[self.listener as usize].publish,
                     spool: cx.spool.as_deref(),
+                    admin_listener: cx.listeners[self.listener as usize].admin,
+                    admin: cx.admin.as_deref(),
                 },
             };
             match stage(&mut request) {
