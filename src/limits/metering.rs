@@ -280,20 +280,42 @@ pub fn report_json(counters: &Counters, tenants: &[Box<str>], unix: u32) -> Stri
     serde_json::json!({ "at": unix, "tenants": root }).to_string()
 }
 
-/// The usage as Prometheus text: `tether_tenant_usage{tenant,metric,period}` for the current periods.
+/// The usage as Prometheus text: one gauge family per metric in base units (`tether_tenant_requests`,
+/// `_received_bytes`, `_sent_bytes`, `_backend_seconds`, `_logins`), by tenant and current period.
 pub fn prometheus(counters: &Counters, tenants: &[Box<str>], unix: u32) -> String {
-    let mut out = String::from(
-        "# HELP tether_tenant_usage Usage per tenant in the current period, cluster-wide.\n\
-         # TYPE tether_tenant_usage gauge\n",
-    );
-    for tenant in tenants {
-        for period in Period::ALL {
-            for m in Metric::ALL {
+    let mut out = String::new();
+    for m in Metric::ALL {
+        // One family per metric, in base units (Prometheus conventions): seconds, not microseconds.
+        let (family, help, scale) = match m {
+            Metric::Requests => ("tether_tenant_requests", "Requests", 1.0),
+            Metric::BytesIn => (
+                "tether_tenant_received_bytes",
+                "Bytes received from clients",
+                1.0,
+            ),
+            Metric::BytesOut => ("tether_tenant_sent_bytes", "Bytes sent to clients", 1.0),
+            Metric::BackendMicros => (
+                "tether_tenant_backend_seconds",
+                "Time spent at backends",
+                1e-6,
+            ),
+            Metric::Logins => ("tether_tenant_logins", "Logins", 1.0),
+        };
+        out.push_str(&format!(
+            "# HELP {family} {help} per tenant in the current period (minute, hour, day, month), cluster-wide.\n\
+             # TYPE {family} gauge\n"
+        ));
+        for tenant in tenants {
+            for period in Period::ALL {
+                let v = total(counters, tenant, m, period, unix);
+                let value = if scale == 1.0 {
+                    v.to_string()
+                } else {
+                    (v as f64 * scale).to_string()
+                };
                 out.push_str(&format!(
-                    "tether_tenant_usage{{tenant=\"{tenant}\",metric=\"{}\",period=\"{}\"}} {}\n",
-                    m.name(),
+                    "{family}{{tenant=\"{tenant}\",period=\"{}\"}} {value}\n",
                     period.name(),
-                    total(counters, tenant, m, period, unix)
                 ));
             }
         }
@@ -419,8 +441,11 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&report_json(&counters, &tenants, unix)).unwrap();
         assert_eq!(json["tenants"]["globex"]["month"]["requests"], 1);
-        assert!(prometheus(&counters, &tenants, unix).contains(
-            "tether_tenant_usage{tenant=\"acme\",metric=\"bytes_in\",period=\"hour\"} 110"
-        ));
+        let text = prometheus(&counters, &tenants, unix);
+        assert!(
+            text.contains("tether_tenant_received_bytes{tenant=\"acme\",period=\"hour\"} 110"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tether_tenant_backend_seconds gauge\n"));
     }
 }
