@@ -18,8 +18,11 @@
 #      them (100/s each), so 10,000 notifications/s are 10,000 deliveries/s; the other 9,900 streams (100
 #      sessions / channels, 99 streams each) stay open and idle throughout. tether runs with
 #      delete_on = "delivery" here (a streamed notification is deleted once written, as Pushpin keeps
-#      nothing); Pushpin's handler with message_rate raised from its default 2,500/s (which would queue
-#      and then drop at this rate) to 100,000/s.
+#      nothing); Pushpin's handler with message_rate = 0 (its publish rate limiter off): with the limiter on,
+#      at its default 2,500/s or raised to 100,000/s, Pushpin 1.36 held every message of a steady stream
+#      of publishes (even 200/s) until the publishing paused — seconds of latency that are the limiter's,
+#      not the delivery's. Pushpin's publish listener answers every request with Connection: close, so its
+#      publisher opens a connection per publish (tether's keeps 32 alive).
 #      Both targets are restarted every round (fresh processes, so RSS deltas are not flattered by freed
 #      memory being reused), and their order alternates between rounds.
 #   3. Piggybacking: tether-bench closed loop (--connections, one thread) with a session cookie on three
@@ -29,7 +32,7 @@
 #      three, ~120 bytes of header, inside piggyback_bytes). Interleaved, --rounds rounds; medians and
 #      ratios to /plain/.
 #
-# Usage: bench/notify.sh [--duration 8s] [--rounds 3] [--streams 10000] [--rate 10000] [--connections 50]
+# Usage: bench/notify.sh [--duration 8s] [--rounds 3] [--streams 10000] [--rates 10000,2000] [--connections 50]
 #                        [--port-base 19700] [--no-pushpin]
 # Needs nginx, python3 and pushpin (apt-get install pushpin), and a hard open-file limit above the stream
 # count for the shell (`ulimit -Hn`; 20000 is enough for 10,000 streams: the client and each server are
@@ -44,7 +47,7 @@ ROOT=$(pwd)
 DURATION=8s
 ROUNDS=3
 STREAMS=10000
-RATE=10000
+RATES="10000 2000"
 CONNECTIONS=50
 PORT_BASE=19700
 PUSHPIN=1
@@ -53,7 +56,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --streams) STREAMS=$2; shift 2 ;;
-    --rate) RATE=$2; shift 2 ;;
+    --rate|--rates) RATES=${2//,/ }; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --port-base) PORT_BASE=$2; shift 2 ;;
     --no-pushpin) PUSHPIN=0; shift ;;
@@ -222,8 +225,7 @@ pushpin_conf() {
       -e "s|^push_in_spec=.*|push_in_spec=tcp://127.0.0.1:$P_PP_ZMQ|" \
       -e "s|^push_in_sub_specs=.*|push_in_sub_specs=tcp://127.0.0.1:$((P_PP_ZMQ + 1))|" \
       -e "s|^command_spec=tcp.*|command_spec=tcp://127.0.0.1:$((P_PP_ZMQ + 2))|" \
-      -e "s|^message_rate=.*|message_rate=100000|" \
-      -e "s|^message_hwm=.*|message_hwm=1000000|" \
+      -e "s|^message_rate=.*|message_rate=0|" \
       -e "s|^routesfile=.*|routesfile=$WORK/pushpin/routes|" \
       -e "s|^stats_connection_ttl=.*|stats_connection_ttl=120|" \
       -e "s|^services=.*|services=condure,zurl,pushpin-proxy,pushpin-handler|" \
@@ -247,9 +249,9 @@ start_pushpin() { # -> PUSHPIN_PID, PUSHPIN_PIDS (runner and children)
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-fanout() { # target plan connect publish path pids header out
+fanout() { # target plan connect publish path pids header out rate
   "$FANOUT" --target "$1" --plan "$2" --connect "$3" --publish "$4" --publish-path "$5" --pids "$6" \
-    ${7:+--publish-header "$7"} --rate "$RATE" --duration "$DURATION" --warmup 1s --settle 2s \
+    ${7:+--publish-header "$7"} --rate "$9" --duration "$DURATION" --warmup 1s --settle 2s --open-batch 64 \
     > "$8" 2> "$8.err" || { echo "sse-fanout $1 failed:" >&2; cat "$8.err" >&2; exit 1; }
 }
 
@@ -272,55 +274,62 @@ EOF
 
 [ "$PUSHPIN" = 1 ] && pushpin_conf
 pushpin_plan > "$WORK/pushpin.plan"
-echo "== SSE fan-out: $STREAMS streams ($ACTIVE active, $IDLE_STREAMS idle), $RATE publishes/s for $DURATION (after 1s), $ROUNDS rounds =="
+echo "== SSE fan-out: $STREAMS streams ($ACTIVE active, $IDLE_STREAMS idle), publishing at $RATES /s for $DURATION (after 1s), $ROUNDS rounds =="
 : > "$WORK/sse.txt"
-run_tether() { # round
+run_tether() { # round rate
   start_tether sse
   login $P_SSE $((ACTIVE + IDLE_SESSIONS)) > "$WORK/sessions.txt"
   tether_plan "$WORK/sessions.txt" > "$WORK/tether.plan"
   fanout tether "$WORK/tether.plan" 127.0.0.1:$P_SSE 127.0.0.1:$P_SSE_PUB /publish "$TETHER_PID" \
-    "Authorization: Bearer $SECRET" "$WORK/t$1.json"
-  summary "$WORK/t$1.json" tether
-  echo "tether $WORK/t$1.json" >> "$WORK/sse.txt"
+    "Authorization: Bearer $SECRET" "$WORK/t$1-$2.json" "$2"
+  summary "$WORK/t$1-$2.json" tether
+  echo "tether $2 $WORK/t$1-$2.json" >> "$WORK/sse.txt"
   kill -USR1 "$TETHER_PID"; sleep 0.2
   grep 'stats: notifications' "$WORK/sse.log" | tail -1 | sed 's/^/         /'
   stop_pid "$TETHER_PID"
 }
-run_pushpin() { # round
+run_pushpin() { # round rate
   start_pushpin
   fanout pushpin "$WORK/pushpin.plan" 127.0.0.1:$P_PP 127.0.0.1:$P_PP_PUB /publish/ "$PUSHPIN_PIDS" "" \
-    "$WORK/p$1.json"
-  summary "$WORK/p$1.json" pushpin
-  echo "pushpin $WORK/p$1.json" >> "$WORK/sse.txt"
+    "$WORK/p$1-$2.json" "$2"
+  summary "$WORK/p$1-$2.json" pushpin
+  echo "pushpin $2 $WORK/p$1-$2.json" >> "$WORK/sse.txt"
   stop_pid "$PUSHPIN_PID"
   sleep 1
 }
 for round in $(seq "$ROUNDS"); do
-  echo "-- round $round"
-  if [ $((round % 2)) = 1 ] || [ "$PUSHPIN" = 0 ]; then
-    run_tether "$round"; [ "$PUSHPIN" = 1 ] && run_pushpin "$round"
-  else
-    run_pushpin "$round"; run_tether "$round"
-  fi
+  for rate in $RATES; do
+    echo "-- round $round, $rate publishes/s"
+    if [ $((round % 2)) = 1 ] || [ "$PUSHPIN" = 0 ]; then
+      run_tether "$round" "$rate"; [ "$PUSHPIN" = 0 ] || run_pushpin "$round" "$rate"
+    else
+      run_pushpin "$round" "$rate"; run_tether "$round" "$rate"
+    fi
+  done
 done
 python3 - "$WORK/sse.txt" <<'EOF'
 import json, statistics, sys
 by = {}
 for line in open(sys.argv[1]):
-    name, path = line.split()
-    by.setdefault(name, []).append(json.load(open(path)))
+    name, rate, path = line.split()
+    by.setdefault((name, int(rate)), []).append(json.load(open(path)))
 med = {}
-for name, runs in by.items():
+for (name, rate), runs in sorted(by.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
     m = lambda f: statistics.median(f(r) for r in runs)
-    med[name] = dict(bps=m(lambda r: r["bytes_per_stream"]), p50=m(lambda r: r["latency_us"].get("p50", 0)),
-                     p99=m(lambda r: r["latency_us"].get("p99", 0)),
-                     deliv=m(lambda r: r["delivered_measured"] / max(r["publish"]["expected_deliveries"], 1)))
-    print(f"{name:8s} median of {len(runs)}: {med[name]['bps']:.0f} B per idle stream, latency p50 "
-          f"{med[name]['p50']/1000:.2f} ms, p99 {med[name]['p99']/1000:.2f} ms, delivered {100*med[name]['deliv']:.1f}%")
-if "tether" in med and "pushpin" in med:
-    t, p = med["tether"], med["pushpin"]
-    print(f"tether / pushpin: memory per stream {t['bps']/max(p['bps'],1):.2f}x, p50 {t['p50']/max(p['p50'],1):.2f}x, "
-          f"p99 {t['p99']/max(p['p99'],1):.2f}x")
+    med[name, rate] = d = dict(
+        bps=m(lambda r: r["bytes_per_stream"]), p50=m(lambda r: r["latency_us"].get("p50", 0)),
+        p99=m(lambda r: r["latency_us"].get("p99", 0)),
+        sent=m(lambda r: (r["publish"]["sent"]) / (r["duration_secs"] + 1)),
+        deliv=m(lambda r: r["delivered_measured"] / max(r["publish"]["expected_deliveries"], 1)),
+        opened=min(r["streams_open"] for r in runs))
+    print(f"{name:8s} {rate:6d}/s, median of {len(runs)}: {d['bps']:.0f} B per idle stream (fewest open "
+          f"{d['opened']}), published {d['sent']:.0f}/s, latency p50 {d['p50']/1000:.2f} ms, p99 "
+          f"{d['p99']/1000:.2f} ms, delivered {100*d['deliv']:.1f}% of the accepted publishes")
+for (name, rate), t in med.items():
+    p = med.get(("pushpin", rate))
+    if name == "tether" and p:
+        print(f"tether / pushpin at {rate}/s: memory per stream {t['bps']/max(p['bps'],1):.2f}x, "
+              f"p50 {t['p50']/max(p['p50'],1):.2f}x, p99 {t['p99']/max(p['p99'],1):.2f}x")
 EOF
 
 echo "== piggybacking: tether-bench -t1 -c$CONNECTIONS -d$DURATION, lone node, 1 worker, $ROUNDS rounds =="
