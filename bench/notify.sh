@@ -161,8 +161,17 @@ start_tether() { # name -> TETHER_PID
   TETHER_LOG=info "$TETHER" run -c "$WORK/$1.toml" > "$WORK/$1.log" 2>&1 &
   TETHER_PID=$!
   PIDS+=($TETHER_PID)
-  for _ in $(seq 200); do grep -q "listening on" "$WORK/$1.log" 2>/dev/null && break; sleep 0.05; done
-  grep -q "listening on" "$WORK/$1.log" || { echo "tether $1 did not start:" >&2; tail -5 "$WORK/$1.log" >&2; exit 1; }
+  local t0=$SECONDS
+  for _ in $(seq 1800); do
+    grep -q "listening on" "$WORK/$1.log" 2>/dev/null && break
+    kill -0 "$TETHER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  grep -q "listening on" "$WORK/$1.log" || {
+    echo "tether $1 did not start ($(kill -0 "$TETHER_PID" 2>/dev/null && echo running || echo exited)):" >&2
+    tail -5 "$WORK/$1.log" >&2; exit 1; }
+  # Seen twice right after Pushpin (10,000 connections) was stopped: tether logged nothing for over 10 s.
+  [ $((SECONDS - t0)) -lt 5 ] || echo "         (tether $1 took $((SECONDS - t0)) s to start)"
 }
 
 # Logs in N sessions of alice at a port; prints "cookie sid" per line.
