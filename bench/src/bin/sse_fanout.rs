@@ -363,7 +363,15 @@ fn run(args: Args) -> Result<(), String> {
     );
     let settle_end = Instant::now() + args.settle;
     while Instant::now() < settle_end {
-        pump(&mut poll, &mut events, &mut subs, &groups, &mut rbuf, &mut ctx, 50)?;
+        pump(
+            &mut poll,
+            &mut events,
+            &mut subs,
+            &groups,
+            &mut rbuf,
+            &mut ctx,
+            50,
+        )?;
     }
     let rss_open = rss_kib(&pids);
     let open_now = subs.iter().filter(|s| s.state == State::Streaming).count();
@@ -392,13 +400,29 @@ fn run(args: Args) -> Result<(), String> {
     };
     let report_pub = if let Some(h) = publisher {
         while !h.is_finished() {
-            pump(&mut poll, &mut events, &mut subs, &groups, &mut rbuf, &mut ctx, 5)?;
+            pump(
+                &mut poll,
+                &mut events,
+                &mut subs,
+                &groups,
+                &mut rbuf,
+                &mut ctx,
+                5,
+            )?;
         }
         let r = h.join().map_err(|_| "publisher panicked")??;
         // Late deliveries of the last publishes.
         let drain_end = Instant::now() + Duration::from_secs(2);
         while Instant::now() < drain_end {
-            pump(&mut poll, &mut events, &mut subs, &groups, &mut rbuf, &mut ctx, 20)?;
+            pump(
+                &mut poll,
+                &mut events,
+                &mut subs,
+                &groups,
+                &mut rbuf,
+                &mut ctx,
+                20,
+            )?;
         }
         r
     } else {
@@ -409,12 +433,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut lat = BTreeMap::new();
     if !hist.is_empty() {
-        for (name, q) in [
-            ("p50", 0.5),
-            ("p90", 0.9),
-            ("p99", 0.99),
-            ("p999", 0.999),
-        ] {
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
             lat.insert(name.to_string(), hist.value_at_quantile(q));
         }
         lat.insert("max".into(), hist.max());
@@ -441,7 +460,10 @@ fn run(args: Args) -> Result<(), String> {
         delivered_total,
         latency_us: lat,
     };
-    println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
@@ -522,7 +544,8 @@ fn drive(sub: &mut Sub, groups: &[Group], rbuf: &mut [u8], ctx: &mut Ctx) {
                         }
                         continue;
                     };
-                    let ok = sub.buf.starts_with(b"HTTP/1.1 200") || sub.buf.starts_with(b"HTTP/1.0 200");
+                    let ok = sub.buf.starts_with(b"HTTP/1.1 200")
+                        || sub.buf.starts_with(b"HTTP/1.0 200");
                     if !ok {
                         if ctx.errors.status == 0 {
                             eprintln!(
@@ -795,7 +818,9 @@ fn publish(
             if next > now {
                 let gap = next - now;
                 if gap > Duration::from_micros(60) {
-                    std::thread::sleep(gap.min(Duration::from_millis(1)) - Duration::from_micros(50));
+                    std::thread::sleep(
+                        gap.min(Duration::from_millis(1)) - Duration::from_micros(50),
+                    );
                 } else {
                     std::thread::yield_now();
                 }
