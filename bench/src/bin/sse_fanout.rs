@@ -905,8 +905,8 @@ mod tests {
     #[test]
     fn answers_parse() {
         let a = b"HTTP/1.1 202 Accepted\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1";
-        assert_eq!(parse_answer(a), Some((202, 48, false)));
-        assert_eq!(parse_answer(&a[..45]), None);
+        assert_eq!(parse_answer(a), Some((202, 49, false)));
+        assert_eq!(parse_answer(&a[..48]), None);
         let b = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(parse_answer(b), Some((200, b.len(), true)));
     }
