@@ -253,10 +253,5 @@ fn sync_write(r: &mut crate::proxy::stages::Request<'_>) -> crate::proxy::stages
     let done = ticket.clone();
     let _ = store.write_sync(record, std::sync::Arc::new(move || done.complete()));
     r.plan.ticket = Some(ticket.clone());
-    let snapshot = r.cx.snapshot;
-    Verdict::Wait(Wait::Ticket {
-        ticket,
-        until: r.cx.now + snapshot.sync_timeout,
-        on_timeout: (!snapshot.sync_degrade).then_some(crate::error::Termination::WaitTimeout),
-    })
+    Verdict::Wait(Wait::replica(ticket, &r.cx))
 }

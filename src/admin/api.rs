@@ -387,6 +387,29 @@ fn backends_json(r: &Request<'_>) -> serde_json::Value {
     json!({ "clusters": clusters })
 }
 
+/// The cluster named in a path and its backend at `address`; 404 for either unknown.
+fn backend_in<'s>(
+    snapshot: &'s crate::snapshot::ConfigSnapshot,
+    cluster: &str,
+    address: &str,
+) -> Result<
+    (
+        &'s crate::balance::Cluster,
+        &'s crate::balance::ClusterBackend,
+    ),
+    Verdict,
+> {
+    let Some(c) = snapshot.clusters.iter().find(|c| c.name == cluster) else {
+        return Err(not_found(&format!("no cluster {cluster:?}")));
+    };
+    address
+        .parse()
+        .ok()
+        .and_then(|a: std::net::SocketAddr| c.backend_at(a))
+        .map(|b| (&**c, b))
+        .ok_or_else(|| not_found(&format!("cluster {cluster:?} has no backend {address:?}")))
+}
+
 /// `POST /api/backends/{cluster}/{address}/drain|enable|disable`. The state belongs to the address (one
 /// live state per backend address, shared by every cluster that lists it, as health is) and survives
 /// reloads; the cluster in the path must list the address.
@@ -399,15 +422,9 @@ fn backend_action(
 ) -> Verdict {
     use crate::balance::AdminState;
     let snapshot = r.cx.snapshot;
-    let Some(c) = snapshot.clusters.iter().find(|c| c.name == cluster) else {
-        return not_found(&format!("no cluster {cluster:?}"));
-    };
-    let Some(b) = address
-        .parse()
-        .ok()
-        .and_then(|a: std::net::SocketAddr| c.backend_at(a))
-    else {
-        return not_found(&format!("cluster {cluster:?} has no backend {address:?}"));
+    let (c, b) = match backend_in(snapshot, cluster, address) {
+        Ok(found) => found,
+        Err(v) => return v,
     };
     let state = match action {
         "drain" => AdminState::Draining,
@@ -447,15 +464,9 @@ fn backend_weight(r: &mut Request<'_>, admin: &Admin, cluster: &str, address: &s
         None => return error(400, "invalid_request", "give a weight (1 to 1000, or null)"),
     };
     let snapshot = r.cx.snapshot;
-    let Some(c) = snapshot.clusters.iter().find(|c| c.name == cluster) else {
-        return not_found(&format!("no cluster {cluster:?}"));
-    };
-    let Some(b) = address
-        .parse()
-        .ok()
-        .and_then(|a: std::net::SocketAddr| c.backend_at(a))
-    else {
-        return not_found(&format!("cluster {cluster:?} has no backend {address:?}"));
+    let (c, b) = match backend_in(snapshot, cluster, address) {
+        Ok(found) => found,
+        Err(v) => return v,
     };
     b.state.set_weight(weight);
     let shown = weight.map_or("the configured one".to_string(), |w| w.to_string());
@@ -732,12 +743,7 @@ fn wait_sync(
         ticket: ticket.clone(),
         reply: Box::new(reply),
     }));
-    let snapshot = r.cx.snapshot;
-    Verdict::Wait(Wait::Ticket {
-        ticket,
-        until: r.cx.now + snapshot.sync_timeout,
-        on_timeout: (!snapshot.sync_degrade).then_some(Termination::WaitTimeout),
-    })
+    Verdict::Wait(Wait::replica(ticket, &r.cx))
 }
 
 /// `POST /api/lockout/lift` with `{"user": NAME[, "tenant": T]}` or `{"address": IP}`: the subject's

@@ -929,12 +929,7 @@ fn write_then_answer(r: &mut Request<'_>, record: Option<Record>, reply: Reply) 
         ticket: ticket.clone(),
         reply: Box::new(reply),
     }));
-    let snapshot = r.cx.snapshot;
-    Verdict::Wait(Wait::Ticket {
-        ticket,
-        until: r.cx.now + snapshot.sync_timeout,
-        on_timeout: (!snapshot.sync_degrade).then_some(Termination::WaitTimeout),
-    })
+    Verdict::Wait(Wait::replica(ticket, &r.cx))
 }
 
 /// `POST /.tether/logout`: revokes the session the request presents (sync), and deletes the cookie.

@@ -110,30 +110,9 @@ fn login(r: &mut Request<'_>) -> Result<QueueId, Verdict> {
             "notifications belong to a login session: send its cookie or bearer token",
         )
     };
-    let (Some(settings), Some(auth)) = (r.cx.snapshot.auth.clone(), r.cx.auth) else {
-        return Err(required());
-    };
-    let host = r.head.authority.map_or(&b""[..], |a| a.of(r.bytes));
-    let Some(pool) = settings
-        .pool_for_host(host)
-        .or(Some(0))
-        .and_then(|i| settings.pools.get(i))
-    else {
-        return Err(required());
-    };
-    let Some(cred) =
-        crate::auth::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes())
-    else {
-        return Err(required());
-    };
-    match r
-        .cx
-        .auth_cache
-        .verify(auth, &settings, pool, r.cx.store, cred, r.cx.unix_now)
-    {
-        Ok(v) => Ok(v.session_id),
-        Err(_) => Err(required()),
-    }
+    crate::proxy::stages::host_login(r)
+        .map(|v| v.session_id)
+        .ok_or_else(required)
 }
 
 /// `GET /.tether/notifications?after=ID[&wait=30s]`, or with `Accept: text/event-stream` an SSE
@@ -342,12 +321,7 @@ fn wait_sync(r: &mut Request<'_>, ticket: Arc<Ticket>, reply: Reply) -> Verdict 
         ticket: ticket.clone(),
         reply: Box::new(reply),
     }));
-    let snapshot = r.cx.snapshot;
-    Verdict::Wait(Wait::Ticket {
-        ticket,
-        until: r.cx.now + snapshot.sync_timeout,
-        on_timeout: (!snapshot.sync_degrade).then_some(Termination::WaitTimeout),
-    })
+    Verdict::Wait(Wait::replica(ticket, &r.cx))
 }
 
 /// A sync write's wait is over: acknowledged, or timed out under the `degrade` policy.

@@ -106,6 +106,18 @@ pub(crate) enum Wait {
     },
 }
 
+impl Wait {
+    /// Waiting for a replica to acknowledge a `sync` write: until `[cluster] sync_timeout`, after
+    /// which the request fails with `WaitTimeout` — or, with `on_sync_timeout = "degrade"`, goes on.
+    pub(crate) fn replica(ticket: Arc<Ticket>, cx: &RequestCx<'_>) -> Wait {
+        Wait::Ticket {
+            ticket,
+            until: cx.now + cx.snapshot.sync_timeout,
+            on_timeout: (!cx.snapshot.sync_degrade).then_some(Termination::WaitTimeout),
+        }
+    }
+}
+
 /// A parked request's wake-up call, for another thread: `complete` marks it done and wakes the worker
 /// that holds the request (through its command channel and waker). Completing twice is harmless, and a
 /// ticket whose request is gone wakes nobody (the session id no longer matches).
@@ -339,6 +351,24 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("upload_creation", crate::spool::endpoints::upload_creation),
     ("stickiness", stickiness),
 ];
+
+/// The login the request presents (session cookie or bearer access token) to the pool serving its host,
+/// verified as the auth stage does; for tether's own endpoints that are not routes (notifications,
+/// uploads). `None` without logins, a credential, or a valid one.
+pub(crate) fn host_login(r: &mut Request<'_>) -> Option<crate::auth::gate::Verified> {
+    let (Some(settings), Some(auth)) = (r.cx.snapshot.auth.clone(), r.cx.auth) else {
+        return None;
+    };
+    let host = r.head.authority.map_or(&b""[..], |a| a.of(r.bytes));
+    let pool = settings
+        .pools
+        .get(settings.pool_for_host(host).unwrap_or(0))?;
+    let cred =
+        crate::auth::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes())?;
+    r.cx.auth_cache
+        .verify(auth, &settings, pool, r.cx.store, cred, r.cx.unix_now)
+        .ok()
+}
 
 /// Deny stage: the `[deny] rules` count every request of an address that is not allowed (in node-local
 /// buckets: no allocation once the address has one); one over a rule bans the address on every node

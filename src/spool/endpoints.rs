@@ -205,30 +205,9 @@ fn proto_of(r: &Request<'_>) -> Proto {
 /// Whether the request's login (cookie or bearer token, verified as the auth stage does) is the
 /// upload's owner: the same user and the same login session.
 fn owner(r: &mut Request<'_>, upload: &Upload) -> bool {
-    let (Some(settings), Some(auth)) = (r.cx.snapshot.auth.clone(), r.cx.auth) else {
-        return false;
-    };
-    let host = r.head.authority.map_or(&b""[..], |a| a.of(r.bytes));
-    let Some(pool) = settings
-        .pool_for_host(host)
-        .or(Some(0))
-        .and_then(|i| settings.pools.get(i))
-    else {
-        return false;
-    };
-    let Some(cred) =
-        crate::auth::session::credential(&r.head.headers, r.bytes, settings.cookie.as_bytes())
-    else {
-        return false;
-    };
-    match r
-        .cx
-        .auth_cache
-        .verify(auth, &settings, pool, r.cx.store, cred, r.cx.unix_now)
-    {
-        Ok(v) => v.session.user == upload.user && state::hex(&v.session_id) == upload.session,
-        Err(_) => false,
-    }
+    crate::proxy::stages::host_login(r).is_some_and(|v| {
+        v.session.user == upload.user && state::hex(&v.session_id) == upload.session
+    })
 }
 
 fn head(upload: &Upload, settings: &crate::config::UploadsConfig) -> Verdict {
