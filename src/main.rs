@@ -64,6 +64,10 @@ enum Command {
         /// Run the three-node cluster of configs/cluster/ (child processes) in front of a built-in webmail.
         #[arg(long)]
         cluster: bool,
+        /// With --cluster: leave out [cluster], so the nodes share nothing (what a balancer without
+        /// continuity loses, for comparison).
+        #[arg(long, requires = "cluster")]
+        no_replication: bool,
         #[command(subcommand)]
         action: Option<DemoAction>,
         /// Worker threads (default: one per core).
@@ -298,7 +302,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { cluster: true, .. } => match tether::demo::cluster::run() {
+        Command::Demo {
+            cluster: true,
+            no_replication,
+            ..
+        } => match tether::demo::cluster::run(!no_replication) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tether demo --cluster: {e}");

@@ -192,8 +192,22 @@ impl Nodes {
     }
 }
 
-/// Runs the demo cluster until SIGINT or SIGTERM.
-pub fn run() -> Result<(), String> {
+/// The example's file `name` as the demo writes it: as is, or without `[cluster]` (every node alone, its
+/// store its own: what a balancer without continuity is, for the failover benchmark to compare).
+fn file_text(name: &str, text: &str, replicated: bool) -> Result<String, String> {
+    if replicated || !name.ends_with(".toml") || name == "users.toml" {
+        return Ok(text.to_string());
+    }
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().map_err(|e| format!("embedded {name}: {e}"))?;
+    doc.remove("cluster");
+    Ok(format!(
+        "# Written by `tether demo --cluster --no-replication`: the example without [cluster].\n{doc}"
+    ))
+}
+
+/// Runs the demo cluster until SIGINT or SIGTERM; with `replicated` false, the nodes share nothing.
+pub fn run(replicated: bool) -> Result<(), String> {
     let dir = directory();
     std::fs::create_dir_all(dir.join("certs"))
         .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
@@ -204,7 +218,7 @@ pub fn run() -> Result<(), String> {
         ));
     }
     for (name, text) in FILES {
-        std::fs::write(dir.join(name), text)
+        std::fs::write(dir.join(name), file_text(name, text, replicated)?)
             .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))?;
     }
 
@@ -294,7 +308,7 @@ pub fn run() -> Result<(), String> {
         }
     }
     let ready = wait_serving(Duration::from_secs(20));
-    print_tour(&dir, &ready);
+    print_tour(&dir, &ready, replicated);
     {
         // Lines typed in the demo's terminal work like `tether demo …` (stdin may be closed: then nothing).
         let nodes = nodes.clone();
@@ -334,7 +348,7 @@ fn wait_serving(limit: Duration) -> Vec<bool> {
     up
 }
 
-fn print_tour(dir: &Path, ready: &[bool]) {
+fn print_tour(dir: &Path, ready: &[bool], replicated: bool) {
     let state = |i: usize| {
         if ready[i] {
             "serving"
@@ -346,6 +360,12 @@ fn print_tour(dir: &Path, ready: &[bool]) {
         "tether demo --cluster: three nodes in front of a webmail (two backend instances on {} and {})\n",
         BACKENDS[0], BACKENDS[1]
     );
+    if !replicated {
+        println!(
+            "  --no-replication: the nodes share nothing (no [cluster]): a killed node's logins, bindings,\n  \
+             notifications and uploads are gone with it. Compare with the demo without this flag.\n"
+        );
+    }
     for (i, node) in NODES.iter().enumerate() {
         println!(
             "  node {}  http://{}  admin http://{}  ({})",
@@ -413,6 +433,25 @@ mod tests {
             for backend in BACKENDS {
                 assert!(text.contains(backend), "{name} lists {backend}");
             }
+        }
+    }
+
+    #[test]
+    fn without_replication_the_nodes_have_no_cluster_and_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+        for (name, text) in FILES {
+            std::fs::write(dir.path().join(name), file_text(name, text, false).unwrap()).unwrap();
+        }
+        for (name, client, ..) in NODES {
+            let cfg = crate::config::load_file(&dir.path().join(format!("{name}.toml")))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(cfg.cluster.is_none(), "{name}");
+            assert_eq!(cfg.listeners[0].address, client);
+            assert!(
+                cfg.uploads.is_some() && cfg.admin.is_some(),
+                "{name} keeps the rest"
+            );
         }
     }
 
