@@ -106,11 +106,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
     match run(&args) {
         Ok(report) => {
             println!("{}", text(&report));
-            if let Some(path) = &args.json {
-                if let Err(e) = std::fs::write(path, format!("{report:#}\n")) {
-                    eprintln!("tether-bench failover: {}: {e}", path.display());
-                    return ExitCode::from(2);
-                }
+            if let Some(path) = &args.json
+                && let Err(e) = std::fs::write(path, format!("{report:#}\n"))
+            {
+                eprintln!("tether-bench failover: {}: {e}", path.display());
+                return ExitCode::from(2);
             }
             ExitCode::SUCCESS
         }
@@ -563,15 +563,14 @@ impl<'a> User<'a> {
         }
         if let Some(last) = last {
             let body = format!("up_to={last}");
-            if let Some(a) = self.authed(
+            let acked = self.authed(
                 "POST",
                 "/.tether/notifications/ack",
                 "Content-Type: application/x-www-form-urlencoded\r\n",
                 body.as_bytes(),
-            ) {
-                if a.status == 200 {
-                    self.after = last;
-                }
+            );
+            if acked.is_some_and(|a| a.status == 200) {
+                self.after = last;
             }
         }
         list.len()
