@@ -945,6 +945,7 @@ limits.max_headers = 5
         "uploads.max_chunk",
         "uploads.expiry",
         "uploads.user_quota",
+        "uploads.tenant_quota",
         "uploads.threads",
         "uploads.forward_attempts",
         "uploads.forward_timeout",
