@@ -23,16 +23,7 @@ fn single(backend: SocketAddr, extra: &str) -> String {
 
 /// Deterministic, non-repeating test bytes.
 fn data(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    common::uploads::data(len, 0)
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Response {
