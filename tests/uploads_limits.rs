@@ -120,6 +120,12 @@ fn an_ietf_creation_gets_104_with_its_location_before_the_body_and_a_cut_client_
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.header("location"), interim[0].header("location"));
     assert_eq!(r.header("upload-offset"), Some("1000"));
+    // An HTTP/1.0 client gets no interim answer (it could take it for the final one).
+    let r = raw_exchange(
+        t.addr,
+        b"POST /up/mail HTTP/1.0\r\nHost: files.test\r\nUpload-Complete: ?0\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
     // tus has no interim answer.
     let (interim, r) = exchange(
         t.addr,

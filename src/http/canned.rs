@@ -170,6 +170,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_interim_head_has_no_length_and_no_line_breaks_from_its_values() {
+        let mut out = Vec::new();
+        write_interim(
+            &mut out,
+            104,
+            &[("Location", "/.tether/uploads/ab"), ("X", "a\r\nb")],
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 104 Upload Resumption Supported\r\nLocation: /.tether/uploads/ab\r\nX: a  b\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn bad_request_close() {
         let mut out = b"prefix".to_vec();
         write_canned(&mut out, 400, "invalid header name", true, &[]);

@@ -11,7 +11,7 @@
 //! What an upload holds is its declared length, or (IETF, length not known yet) the bytes it has. Two
 //! creations of one user on this node cannot both slip under the cap: the check and the reservation
 //! it leaves are one step under the ledger's lock, and the reservation counts until the upload's
-//! record is in the store (or the creation ended). Creations on two nodes at once can: the quota is
+//! record is in the store (or the creation ended); from then on the record counts, as long as it lives. Creations on two nodes at once can: the quota is
 //! exact per node and eventually consistent across the cluster (docs/UPLOADS.md).
 
 use super::state::{Upload, UploadId};
@@ -107,9 +107,10 @@ pub(crate) fn check(
             count(&u.user, &u.tenant, held(&u));
         }
     }
-    // A reservation whose record is in the store was counted above already.
+    // A reservation whose record is in the store was counted above already — or, once that record is
+    // a tombstone (forwarded, deleted) or expired, holds nothing any more.
     for r in reserved.iter() {
-        if reader.get(Kind::Upload, &r.id, now).is_none() {
+        if reader.get_raw(Kind::Upload, &r.id).is_none() {
             count(&r.user, &r.tenant, r.bytes);
         }
     }
@@ -200,6 +201,11 @@ mod tests {
         // The reservation's record arrives: counted once, not twice.
         put(&store, 9, &upload("ann", "acme", Some(40), 0));
         assert!(check(&store, &ledger, &claim(13, "cy", "acme", 20), 200).is_ok());
+        // Forwarded or deleted (a tombstone) while its creation's request still runs: nothing held.
+        let mut gone = state::record(Kind::Upload, &[9; 16], None, 1000);
+        gone.version.hlc = 1;
+        store.apply(gone);
+        assert!(check(&store, &ledger, &claim(14, "ann", "acme", 40), 200).is_ok());
         drop(held);
     }
 
