@@ -168,6 +168,13 @@ fn bodies_over_max_chunk_or_the_declared_length_get_413_and_leave_the_offset() {
     );
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.header("location"), None);
+    // A chunked creation-with-upload: its size is unknown until read, so it is not taken.
+    let r = raw_exchange(
+        t.addr,
+        b"POST /up/files HTTP/1.1\r\nHost: files.test\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 5\r\n\
+          Content-Type: application/offset+octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 411, "{}", r.text());
     // IETF: a creation over max_chunk is refused before anything is recorded (no 104, no 100).
     let (interim, r) =
         refused_before_body(t.addr, "POST", "/up/mail", "Upload-Complete: ?0\r\n", over);

@@ -27,6 +27,7 @@ use super::state::{self, Proto, Upload, UploadId};
 use super::{BusyGuard, Spool};
 use crate::config::UploadsConfig;
 use crate::error::Termination;
+use crate::http::BodyFraming;
 use crate::proxy::stages::{Reply, Request, Ticket, Verdict, Wait};
 use crate::store::Kind;
 use parking_lot::Mutex;
@@ -117,7 +118,8 @@ pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
         // An ordinary POST: proxied as usual.
         return Verdict::Continue;
     };
-    let creation = match checked(r, &settings, proto) {
+    let route = snapshot.routes.get(r.plan.route).map_or("", |x| &*x.name);
+    let creation = match checked(r, &settings, proto, route) {
         Ok(c) => c,
         Err(refusal) => return refusal,
     };
@@ -142,6 +144,7 @@ fn checked(
     r: &Request<'_>,
     settings: &UploadsConfig,
     proto: Proto,
+    route: &str,
 ) -> Result<Box<Creation>, Verdict> {
     if proto == Proto::Tus && header(r, "tus-resumable") != Some(TUS_VERSION.as_bytes()) {
         return Err(refuse(proto, 412, "Tus-Resumable: 1.0.0 is required"));
@@ -183,9 +186,18 @@ fn checked(
             Err(reason) => return Err(refuse(proto, 400, reason)),
         },
     };
-    let declared = header(r, "content-length")
-        .and_then(state::parse_u64)
-        .unwrap_or(0);
+    let declared = match r.head.framing {
+        BodyFraming::None => 0,
+        BodyFraming::Length(n) => n,
+        // The spool takes bounded bodies (held while checked): a chunked one's size is known too late.
+        BodyFraming::Chunked => {
+            return Err(refuse(
+                proto,
+                411,
+                "a chunked body is not taken: send Content-Length",
+            ));
+        }
+    };
     if declared > 0 && proto == Proto::Tus {
         let ct = header(r, "content-type").map(<[u8]>::trim_ascii);
         if ct != Some(&b"application/offset+octet-stream"[..]) {
@@ -211,16 +223,6 @@ fn checked(
         (Some(l), Some(id)) => (l.user.clone(), l.tenant.clone(), state::hex(&id)),
         _ => (String::new(), String::new(), String::new()),
     };
-    let snapshot = r.cx.snapshot;
-    let route = r
-        .plan
-        .snapshot
-        .as_ref()
-        .unwrap_or(snapshot)
-        .routes
-        .get(r.plan.route)
-        .map(|x| x.name.to_string())
-        .unwrap_or_default();
     let identity = r
         .plan
         .identity
@@ -232,7 +234,7 @@ fn checked(
         proto,
         user,
         session,
-        route,
+        route: route.to_string(),
         host: header(r, "host")
             .map(|h| String::from_utf8_lossy(h).into_owned())
             .unwrap_or_else(|| "localhost".into()),
