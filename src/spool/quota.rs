@@ -6,7 +6,10 @@
 //! does) while [`check`] scans the upload records of the replicated store. A scan rather than running
 //! held-bytes counters because the store is the one truth every node shares: records arrive from
 //! peers, expire, and turn into tombstones in places this module does not see, and counters kept
-//! beside it would drift; a scan of one kind of record per creation is cheap off the worker.
+//! beside it would drift. The cost: the store's map is walked whole (it has no index by kind), under
+//! the ledger's lock, once per creation that a quota applies to — nothing on a worker, but creations
+//! with quotas are serialized on one node at the pace of that walk. A per-kind index in the store (or
+//! counters fed by its watcher) is the step after this if that pace ever matters.
 //!
 //! What an upload holds is its declared length, or (IETF, length not known yet) the bytes it has. Two
 //! creations of one user on this node cannot both slip under the cap: the check and the reservation
