@@ -101,7 +101,7 @@ pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
         return endpoints::resume(r, spool, &settings, *p);
     }
     if let Some(c) = r.plan.creation.take() {
-        return resume(r, spool, &settings, *c);
+        return resume(r, spool, &settings, c);
     }
     let method = r.head.method_span.of(r.bytes);
     if method == b"OPTIONS" && header(r, "tus-resumable").is_some() {
@@ -294,7 +294,7 @@ fn resume(
     r: &mut Request<'_>,
     spool: &Spool,
     settings: &UploadsConfig,
-    mut c: Creation,
+    mut c: Box<Creation>,
 ) -> Verdict {
     let proto = c.upload.proto;
     match std::mem::replace(&mut c.step, Step::Handed) {
@@ -310,7 +310,7 @@ fn resume(
             }
             Some(Ok(reservation)) => {
                 c._reservation = Some(reservation);
-                proceed(r, spool, settings, Box::new(c))
+                proceed(r, spool, settings, c)
             }
         },
         Step::Registering(ticket) => {
@@ -319,9 +319,9 @@ fn resume(
                 log::warn!("uploads: an upload recorded without a replica (degraded)");
             }
             r.plan.interim = Some(Box::new(resumption_supported(r, settings, &c)));
-            body_then_append(r, spool, settings, Box::new(c))
+            body_then_append(r, spool, settings, c)
         }
-        Step::Body => body_then_append(r, spool, settings, Box::new(c)),
+        Step::Body => body_then_append(r, spool, settings, c),
         // The append path holds the request (`plan.upload`) whenever the stage runs again.
         Step::Handed => endpoints::internal(),
     }
