@@ -13,13 +13,22 @@ use std::process::Command;
 
 /// Uploads `argv[2]` to the tus endpoint `argv[1]` in chunks of `argv[3]` bytes, up to offset `argv[4]`
 /// (0: the whole file); `argv[5]`, when not empty, is a stored upload URL to resume; `argv[6]` a
-/// `Cookie` value. Prints `url offset-at-start offset-at-end`.
+/// `Cookie` value; `argv[7]`, when not empty, sends each resumed chunk with `Upload-Checksum` (sha256).
+/// Prints `url offset-at-start offset-at-end`.
 const SCRIPT: &str = r#"
-import sys
+import hashlib, sys
 from tusclient import client
-url, path, chunk, stop, resume, cookie = sys.argv[1:7]
+from tusclient.uploader import Uploader
+url, path, chunk, stop, resume, cookie, checksum = sys.argv[1:8]
+
+class Sha256Uploader(Uploader):
+    # tuspy's checksum extension speaks sha1; tether's, sha256 (Tus-Checksum-Algorithm).
+    CHECKSUM_ALGORITHM_PAIR = ("sha256", hashlib.sha256)
+
 c = client.TusClient(url, headers={"Cookie": cookie} if cookie else {})
-if resume:
+if resume and checksum:
+    up = Sha256Uploader(file_path=path, client=c, url=resume, chunk_size=int(chunk), upload_checksum=True)
+elif resume:
     up = c.uploader(file_path=path, url=resume, chunk_size=int(chunk))
 else:
     up = c.uploader(file_path=path, chunk_size=int(chunk), metadata={"filename": "report.pdf"})
@@ -42,6 +51,7 @@ fn tus_py(
     stop: usize,
     resume: &str,
     cookie: &str,
+    checksum: bool,
 ) -> Run {
     // The interpreter scripts/test installed tuspy for.
     let python = std::env::var("TETHER_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -60,6 +70,7 @@ fn tus_py(
         .args(["-c", SCRIPT, endpoint])
         .arg(file)
         .args([&chunk.to_string(), &stop.to_string(), resume, cookie])
+        .arg(if checksum { "sha256" } else { "" })
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -101,7 +112,7 @@ fn tus_py_client_uploads_5_mib_in_1_mib_chunks_and_the_backend_gets_the_exact_by
     let backend = stored_backend();
     let t = node(backend.addr, "", "");
     let (_dir, path, bytes) = file(1);
-    let run = tus_py(&t.url("/up/files"), &path, MIB, 0, "", "");
+    let run = tus_py(&t.url("/up/files"), &path, MIB, 0, "", "", false);
     assert!(run.url.contains("/.tether/uploads/"), "{}", run.url);
     assert_eq!((run.start, run.end), (0, bytes.len()));
     let got = backend.received();
@@ -133,11 +144,28 @@ fn tus_py_client_resumes_from_a_stored_url_in_a_new_process() {
     let cookie = session_cookie(&r);
     let (_dir, path, bytes) = file(2);
     // The first process stops after 2.5 MiB (three PATCHes); nothing reaches the backend yet.
-    let first = tus_py(&t.url("/up/files"), &path, MIB, 5 * MIB / 2, "", &cookie);
+    let first = tus_py(
+        &t.url("/up/files"),
+        &path,
+        MIB,
+        5 * MIB / 2,
+        "",
+        &cookie,
+        false,
+    );
     assert_eq!(first.end, 5 * MIB / 2);
     assert_eq!(backend.request_count(), 0);
-    // A new process with the stored URL asks for the offset and sends the rest.
-    let second = tus_py(&t.url("/up/files"), &path, MIB, 0, &first.url, &cookie);
+    // A new process with the stored URL asks for the offset and sends the rest, each chunk with its
+    // sha256 in Upload-Checksum.
+    let second = tus_py(
+        &t.url("/up/files"),
+        &path,
+        MIB,
+        0,
+        &first.url,
+        &cookie,
+        true,
+    );
     assert_eq!(second.url, first.url);
     assert_eq!((second.start, second.end), (first.end, bytes.len()));
     let got = backend.received();
