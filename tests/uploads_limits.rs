@@ -386,9 +386,10 @@ fn cookie_of(addr: SocketAddr, user: &str) -> String {
 #[test]
 fn user_and_tenant_quotas_refuse_the_upload_that_would_pass_them_and_freed_bytes_count_again() {
     let backend = stored_backend();
+    // acme's own cap (1500) rather than every tenant's (1 MB).
     let t = Tether::start(&login_config(
         backend.addr,
-        "user_quota = 1000\ntenant_quota = 1500",
+        "user_quota = 1000\ntenant_quota = 1000000\ntenant_quotas = { acme = 1500 }",
     ));
     let (alice, bob) = (cookie_of(t.addr, "alice"), cookie_of(t.addr, "bob"));
     let a1 = tus_created(t.addr, 600, &alice);

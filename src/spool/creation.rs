@@ -131,7 +131,11 @@ pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
         // by max_size, not re-checked.
         bytes: creation.upload.length.unwrap_or(creation.declared),
         user_quota: settings.user_quota,
-        tenant_quota: settings.tenant_quota,
+        tenant_quota: settings
+            .tenant_quotas
+            .get(&creation.upload.tenant)
+            .copied()
+            .unwrap_or(settings.tenant_quota),
     };
     if !claim.limited() {
         return proceed(r, spool, &settings, creation);
