@@ -5,12 +5,15 @@
 //! request, streamed from the spool. docs/UPLOADS.md is the client's and the backend's side.
 //!
 //! Parts: `state` (the records and header parsers), `disk` (spool files, fill from records, sweep),
-//! `forward` (the request to the backend), `endpoints` (the request stages). Disk I/O, hashing and
+//! `forward` (the request to the backend), `endpoints` (the upload resource's request stage, appends),
+//! `creation` (the creation stage), `quota` (the per-user and per-tenant caps, checked off the worker). Disk I/O, hashing and
 //! forwarding run on the spool's own threads (`spool-N`, a [`TaskPool`]); the request waits on a ticket.
 
+pub(crate) mod creation;
 pub(crate) mod disk;
 pub(crate) mod endpoints;
 pub(crate) mod forward;
+pub(crate) mod quota;
 pub(crate) mod state;
 
 use crate::base::pool::TaskPool;
@@ -27,6 +30,8 @@ pub struct Spool {
     /// Uploads with an append or a forward under way on this node: a second one is refused (409), so
     /// bytes of two requests never interleave.
     busy: Arc<Mutex<HashSet<state::UploadId>>>,
+    /// Creations that passed the quota check and are not in the store yet.
+    pub(crate) quota: Arc<quota::Ledger>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -83,6 +88,7 @@ impl Spool {
             shared,
             pool,
             busy: Arc::new(Mutex::new(HashSet::new())),
+            quota: Arc::default(),
         }))
     }
 
