@@ -133,6 +133,9 @@ enum Phase {
 struct Tally {
     latency: [Histogram<u64>; 3],
     errors: BTreeMap<&'static str, u64>,
+    errors_by_phase: [u64; 3],
+    /// Notifications a full queue dropped, as the poll answers reported (`"dropped": N`).
+    dropped_reported: u64,
     logins: u64,
     forced_relogins: u64,
     failovers: u64,
@@ -156,6 +159,8 @@ impl Tally {
         Tally {
             latency: [h(), h(), h()],
             errors: BTreeMap::new(),
+            errors_by_phase: [0; 3],
+            dropped_reported: 0,
             logins: 0,
             forced_relogins: 0,
             failovers: 0,
@@ -181,6 +186,10 @@ impl Tally {
         for (k, v) in &o.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        for (a, b) in self.errors_by_phase.iter_mut().zip(&o.errors_by_phase) {
+            *a += b;
+        }
+        self.dropped_reported += o.dropped_reported;
         self.logins += o.logins;
         self.forced_relogins += o.forced_relogins;
         self.failovers += o.failovers;
@@ -381,6 +390,7 @@ impl<'a> User<'a> {
 
     fn error(&mut self, kind: &'static str) {
         *self.tally.errors.entry(kind).or_default() += 1;
+        self.tally.errors_by_phase[self.clock.phase(Instant::now()) as usize] += 1;
     }
 
     fn move_on(&mut self) {
@@ -553,10 +563,13 @@ impl<'a> User<'a> {
         }
         let j = r.json();
         let list = j["notifications"].as_array().cloned().unwrap_or_default();
+        self.tally.dropped_reported += j["dropped"].as_u64().unwrap_or(0);
         let mut last = None;
         for n in &list {
             let Some(id) = n["id"].as_u64() else { continue };
-            if !self.seen.insert(id) {
+            // Delivered again after its acknowledgement was confirmed: a duplicate. (One delivered again
+            // because the client's ack never got an answer is at-least-once doing its job.)
+            if !self.seen.insert(id) && id <= self.after {
                 self.tally.duplicates += 1;
             }
             last = Some(id);
@@ -673,7 +686,12 @@ impl<'a> User<'a> {
                         up.acked = offset;
                         self.upload = Some(up);
                     }
-                    _ => {
+                    status => {
+                        self.error(if status == 404 {
+                            "upload_head_404"
+                        } else {
+                            "upload_head_other"
+                        });
                         self.tally.lost_bytes += up.acked as u64;
                         self.tally.uploads_restarted += 1;
                     }
@@ -681,6 +699,7 @@ impl<'a> User<'a> {
             }
             404 => {
                 // The upload is gone (its node died with it): everything acknowledged is lost.
+                self.error("upload_patch_404");
                 self.tally.lost_bytes += up.acked as u64;
                 self.tally.uploads_restarted += 1;
             }
@@ -714,8 +733,11 @@ impl<'a> User<'a> {
     }
 
     fn run(&mut self) {
-        // Stagger the starts over the first second.
-        std::thread::sleep(Duration::from_millis(self.random() % 1000));
+        // Stagger the logins (each is a password hash on the node): 10 ms per user, within the first half
+        // of the time before the kill.
+        let spread = (self.args.users as u64 * 10)
+            .clamp(1000, (self.args.kill_at.as_millis() as u64 / 2).max(1000));
+        std::thread::sleep(Duration::from_millis(self.random() % spread));
         while !self.login() {
             if Instant::now() >= self.clock.end {
                 return;
@@ -736,12 +758,13 @@ impl<'a> User<'a> {
             std::thread::sleep(self.args.think / 2 + Duration::from_millis(jitter / 2));
         }
         // Drain: what was acknowledged to the publisher must arrive; and the attachments must be checked.
-        for _ in 0..20 {
+        let drain_until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < drain_until {
             if self.notifications() == 0 && self.to_verify.is_empty() {
                 break;
             }
             self.inbox();
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
         self.tally.delivered = self.seen.len() as u64;
     }
@@ -926,6 +949,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
         t.merge(tally);
         // Every notification acknowledged to the publisher for this account, sent a second after this user
         // logged in (its session was on every node by then), must have reached it.
+        let mut missing = 0u64;
         if let Some(login) = first_login {
             for p in published
                 .iter()
@@ -933,7 +957,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
             {
                 t.expected_notifications += 1;
                 if !seen.contains(&p.id) {
-                    t.lost_notifications += 1;
+                    missing += 1;
                     if lost_sample.len() < 20 {
                         lost_sample.push(json!({
                             "id": p.id,
@@ -945,6 +969,8 @@ pub fn run(args: &Args) -> Result<Value, String> {
                 }
             }
         }
+        // What a full queue dropped was reported to the client, and is counted apart.
+        t.lost_notifications = missing.saturating_sub(tally.dropped_reported);
         total.merge(&t);
     }
     let phase = |p: Phase, secs: f64| {
@@ -979,6 +1005,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
             "delivered": total.delivered,
             "lost": total.lost_notifications,
             "duplicates": total.duplicates,
+            "dropped_full_reported": total.dropped_reported,
             "lost_sample": lost_sample,
         },
         "uploads": {
@@ -991,6 +1018,11 @@ pub fn run(args: &Args) -> Result<Value, String> {
         },
         "mails_sent": total.mails_sent,
         "errors": total.errors,
+        "errors_by_phase": {
+            "before": total.errors_by_phase[0],
+            "during": total.errors_by_phase[1],
+            "after": total.errors_by_phase[2],
+        },
         "phases": {
             "before": phase(Phase::Before, before),
             "during": phase(Phase::During, during),
@@ -1016,11 +1048,11 @@ fn text(r: &Value) -> String {
         "{label}: {users} users, {dur} s, chaos {chaos}\n\
          losses (target: all zero)\n  \
            forced re-logins            {relogin}\n  \
-           notifications lost          {nlost} of {nexp} expected ({dups} delivered twice; {ndrop} publishes found no session)\n  \
+           notifications lost          {nlost} of {nexp} expected ({dups} delivered twice; {full} dropped by full queues, reported; {ndrop} publishes found no session)\n  \
            upload bytes lost           {blost} of {backed} acknowledged ({corrupt} attachments wrong, {restarted} uploads gone)\n  \
            binding violations          {bind}\n\
          work: {logins} logins, {done} attachments completed ({verified} checked byte-exact), {mails} mails, {fo} failovers\n\
-         errors: {errors}\n{} \n{}\n{}",
+         errors: {errors} (before/during/after: {eph})\n{} \n{}\n{}",
         p("before"),
         p("during"),
         p("after"),
@@ -1032,6 +1064,7 @@ fn text(r: &Value) -> String {
         nlost = r["notifications"]["lost"],
         nexp = r["notifications"]["expected"],
         dups = r["notifications"]["duplicates"],
+        full = r["notifications"]["dropped_full_reported"],
         ndrop = r["notifications"]["dropped_no_session"],
         blost = r["uploads"]["lost_bytes"],
         backed = r["uploads"]["acknowledged_bytes"],
@@ -1044,5 +1077,6 @@ fn text(r: &Value) -> String {
         mails = r["mails_sent"],
         fo = r["failovers"],
         errors = r["errors"],
+        eph = r["errors_by_phase"],
     )
 }
