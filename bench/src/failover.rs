@@ -134,7 +134,7 @@ struct Tally {
     latency: [Histogram<u64>; 3],
     errors: BTreeMap<&'static str, u64>,
     errors_by_phase: [u64; 3],
-    /// Notifications a full queue dropped, as the poll answers reported (`"dropped": N`).
+    /// Notifications a full queue dropped, as the poll answers reported (`"dropped": N` on the next one).
     dropped_reported: u64,
     logins: u64,
     forced_relogins: u64,
@@ -563,9 +563,10 @@ impl<'a> User<'a> {
         }
         let j = r.json();
         let list = j["notifications"].as_array().cloned().unwrap_or_default();
-        self.tally.dropped_reported += j["dropped"].as_u64().unwrap_or(0);
         let mut last = None;
         for n in &list {
+            // A full queue dropped this many before this one (and says so on it).
+            self.tally.dropped_reported += n["dropped"].as_u64().unwrap_or(0);
             let Some(id) = n["id"].as_u64() else { continue };
             // Delivered again after its acknowledgement was confirmed: a duplicate. (One delivered again
             // because the client's ack never got an answer is at-least-once doing its job.)
