@@ -282,18 +282,7 @@ fn bad_input_gets_the_protocols_answers() {
 #[test]
 fn a_node_killed_mid_patch_leaves_an_acknowledged_offset_another_node_resumes() {
     let backend = stored_backend();
-    let certs = tempfile::tempdir().unwrap();
-    cluster_certs(certs.path(), "a,b,c");
-    let configs: Vec<String> = mesh_configs(&["a", "b", "c"], certs.path(), &[backend.addr])
-        .into_iter()
-        .map(|c| {
-            c.replacen(
-                "[[routes]]",
-                "[[routes]]\npath_prefix = \"/up/\"\ncluster = \"app\"\nuploads = true\n[[routes]]",
-                1,
-            ) + "\n[uploads]\nmax_chunk = 4194304\n"
-        })
-        .collect();
+    let (_certs, configs) = upload_mesh(&["a", "b", "c"], backend.addr, "");
     let mut a = Tether::start(&configs[0]);
     let b = Tether::start(&configs[1]);
     // A third node: the replica that acknowledges b's appends once a is gone.
@@ -353,6 +342,16 @@ fn upload_mesh(
     (certs, configs)
 }
 
+/// Two linked nodes of an upload mesh over `backend`.
+fn upload_pair(backend: SocketAddr) -> (tempfile::TempDir, Tether, Tether) {
+    let (certs, configs) = upload_mesh(&["a", "b"], backend, "");
+    let a = Tether::start(&configs[0]);
+    let b = Tether::start(&configs[1]);
+    wait_peer(&a, "b", "up");
+    wait_peer(&b, "a", "up");
+    (certs, a, b)
+}
+
 /// A process's resident memory in KiB (`VmRSS` in /proc/PID/status).
 fn rss_kib(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -366,11 +365,7 @@ fn rss_kib(pid: u32) -> usize {
 #[test]
 fn a_64_mib_upload_through_two_nodes_is_held_on_disk_not_in_memory() {
     let backend = stored_backend();
-    let (_certs, configs) = upload_mesh(&["a", "b"], backend.addr, "");
-    let a = Tether::start(&configs[0]);
-    let b = Tether::start(&configs[1]);
-    wait_peer(&a, "b", "up");
-    wait_peer(&b, "a", "up");
+    let (_certs, a, b) = upload_pair(backend.addr);
     // Warm both up (a first upload, so steady-state buffers exist), then measure a second one.
     let warm = data(8 * MIB);
     let location = tus_create(a.addr, warm.len());
@@ -489,11 +484,7 @@ fn a_sync_write_made_while_a_large_upload_streams_is_acknowledged() {
 #[test]
 fn concurrent_appends_on_two_nodes_let_one_win_and_never_interleave() {
     let backend = stored_backend();
-    let (_certs, configs) = upload_mesh(&["a", "b"], backend.addr, "");
-    let a = Tether::start(&configs[0]);
-    let b = Tether::start(&configs[1]);
-    wait_peer(&a, "b", "up");
-    wait_peer(&b, "a", "up");
+    let (_certs, a, b) = upload_pair(backend.addr);
     const ROUNDS: usize = 4;
     const CHUNK: usize = 256 * 1024;
     let location = tus_create(a.addr, ROUNDS * CHUNK);

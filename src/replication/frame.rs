@@ -565,14 +565,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         }
         SPOOL_ACK => {
             let id = r.array()?;
-            let offset = r.u64()?;
-            let len = r.u32()?;
-            if len == 0 || len as usize > MAX_SPOOL_BYTES {
-                return Err(FrameError::BadSpoolLength(len));
-            }
-            if offset.checked_add(u64::from(len)).is_none() {
-                return Err(FrameError::BadSpoolRange);
-            }
+            let (offset, len) = spool_range(&mut r)?;
             let written = match r.u8()? {
                 0 => true,
                 1 => false,
@@ -625,9 +618,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     Ok(Some((frame, HEADER_LEN + len as usize)))
 }
 
-/// The offset, length and bytes that end `SPOOL_DATA` and `SPOOL_PART`: 1 ..= 256 KiB of them, whose
-/// range does not pass the end of the offsets.
-fn spool_bytes(r: &mut Reader<'_>) -> Result<(u64, Vec<u8>), FrameError> {
+/// An offset and a length of upload bytes (`SPOOL_DATA`, `SPOOL_PART`, `SPOOL_ACK`): 1 ..= 256 KiB, a
+/// range that does not pass the end of the offsets.
+fn spool_range(r: &mut Reader<'_>) -> Result<(u64, u32), FrameError> {
     let offset = r.u64()?;
     let len = r.u32()?;
     if len == 0 || len as usize > MAX_SPOOL_BYTES {
@@ -636,6 +629,12 @@ fn spool_bytes(r: &mut Reader<'_>) -> Result<(u64, Vec<u8>), FrameError> {
     if offset.checked_add(u64::from(len)).is_none() {
         return Err(FrameError::BadSpoolRange);
     }
+    Ok((offset, len))
+}
+
+/// The offset, length and bytes that end `SPOOL_DATA` and `SPOOL_PART`.
+fn spool_bytes(r: &mut Reader<'_>) -> Result<(u64, Vec<u8>), FrameError> {
+    let (offset, len) = spool_range(r)?;
     Ok((offset, r.take(len as usize)?.to_vec()))
 }
 
@@ -933,7 +932,7 @@ mod tests {
                 tag: 1,
                 prev: 0,
                 offset: 0,
-                bytes: vec![0xab; MAX_SPOOL_BYTES],
+                bytes: vec![0xab; 300],
             },
             Frame::SpoolData {
                 id: [0; 16],
@@ -1070,6 +1069,21 @@ mod tests {
             records: vec![rec(Kind::TicketKeys, b"k", 1, Some(&value)); 3],
         };
         let bytes = encoded(&f);
+        assert_eq!(decode(&bytes), Ok(Some((f, bytes.len()))));
+    }
+
+    #[test]
+    fn largest_spool_frame_round_trips() {
+        // Apart from `samples`: the stream tests split their stream at every byte.
+        let f = Frame::SpoolData {
+            id: [7; 16],
+            tag: 1,
+            prev: 0,
+            offset: 0,
+            bytes: vec![0xab; MAX_SPOOL_BYTES],
+        };
+        let bytes = encoded(&f);
+        assert_eq!(bytes.len(), HEADER_LEN + SPOOL_DATA_HEAD + MAX_SPOOL_BYTES);
         assert_eq!(decode(&bytes), Ok(Some((f, bytes.len()))));
     }
 

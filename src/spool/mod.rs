@@ -112,19 +112,25 @@ struct SpoolInbox {
     busy: Arc<Mutex<HashSet<state::UploadId>>>,
 }
 
-impl SpoolInbox {
-    fn ack(&self, peer: usize, id: state::UploadId, offset: u64, len: usize, written: bool) {
-        if let Some(side) = &self.shared.side {
-            side.send(crate::replication::side::Command::Control {
-                peer,
-                frame: crate::replication::frame::Frame::SpoolAck {
-                    id,
-                    offset,
-                    len: len as u32,
-                    written,
-                },
-            });
-        }
+/// Tells `peer` whether the `len` bytes at `offset` it sent are in this node's file (`SPOOL_ACK`).
+fn ack(
+    shared: &disk::Shared,
+    peer: usize,
+    id: state::UploadId,
+    offset: u64,
+    len: usize,
+    written: bool,
+) {
+    if let Some(side) = &shared.side {
+        side.send(crate::replication::side::Command::Control {
+            peer,
+            frame: crate::replication::frame::Frame::SpoolAck {
+                id,
+                offset,
+                len: len as u32,
+                written,
+            },
+        });
     }
 }
 
@@ -142,27 +148,17 @@ impl crate::replication::side::Inbox for SpoolInbox {
         let len = bytes.len();
         let task = Box::new(move || {
             let written = shared.receive(&id, tag, prev, offset, &bytes);
-            if let Some(side) = &shared.side {
-                side.send(crate::replication::side::Command::Control {
-                    peer,
-                    frame: crate::replication::frame::Frame::SpoolAck {
-                        id,
-                        offset,
-                        len: len as u32,
-                        written,
-                    },
-                });
-            }
+            ack(&shared, peer, id, offset, len, written);
         });
         if self.rx.submit(task).is_err() {
-            self.ack(peer, id, offset, len, false);
+            ack(&self.shared, peer, id, offset, len, false);
         }
     }
 
     fn part(&self, peer: usize, id: state::UploadId, offset: u64, bytes: Vec<u8>) {
         let len = bytes.len();
         if !self.shared.fetched_part(peer, &id, offset, bytes) {
-            self.ack(peer, id, offset, len, false);
+            ack(&self.shared, peer, id, offset, len, false);
         }
     }
 
