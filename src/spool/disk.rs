@@ -392,12 +392,13 @@ impl Shared {
         let mut waiting = std::collections::VecDeque::new();
         let mut at = from;
         while at < upto {
+            // A window's worth in flight: the oldest piece must be written there first.
             if waiting.len() >= most {
-                let rx: crossbeam_channel::Receiver<bool> = waiting
-                    .pop_front()
-                    .unwrap_or_else(|| crossbeam_channel::bounded(1).1);
-                if !rx.recv_timeout(FETCH_IDLE).unwrap_or(false) {
-                    return;
+                if let Some(rx) = waiting.pop_front() {
+                    let rx: crossbeam_channel::Receiver<bool> = rx;
+                    if !rx.recv_timeout(FETCH_IDLE).unwrap_or(false) {
+                        return;
+                    }
                 }
             }
             let len = ((upto - at) as usize).min(MAX_SPOOL_BYTES);
