@@ -382,8 +382,11 @@ impl Shared {
                 frame: Frame::SpoolMissing { id: *id, from },
             })
         };
-        let holds = state::Upload::get(&self.store, id, now)
-            .is_some_and(|u| u.offset >= upto && self.covers(id, u.offset, u.tag));
+        // The file holds acknowledged bytes up to this node's offset, or at least up to `upto` (tag 0 names
+        // no append: that asks only whether `upto` is within the known prefix).
+        let holds = state::Upload::get(&self.store, id, now).is_some_and(|u| {
+            u.offset >= upto && (self.covers(id, u.offset, u.tag) || self.covers(id, upto, 0))
+        });
         let file = match std::fs::File::open(self.path(id)) {
             Ok(f) if holds => f,
             _ => return missing(),
