@@ -73,6 +73,8 @@ common() {
 count = 1
 [access_log]
 enabled = false
+[sessions]
+cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
 [clusters.app]
 backends = [{ address = "127.0.0.1:$P_BACKEND" }]
 [[routes]]
@@ -146,11 +148,11 @@ def tus(port):
             t = time.perf_counter()
             c.request("PATCH", loc, body=chunk, headers={"Tus-Resumable": "1.0.0", "Upload-Offset": str(off),
                       "Content-Type": "application/offset+octet-stream", "Content-Length": str(len(chunk))})
-            r = c.getresponse(); r.read()
+            r = c.getresponse(); resp_body = r.read()
             off += len(chunk)
             if off < size:
                 lat.append(time.perf_counter() - t)
-            assert r.status == 204, (r.status, off)
+            assert r.status == 204, (r.status, off, r.getheader("Content-Length"), resp_body)
     assert r.getheader("Tether-Upload-Status") == "201", r.getheader("Tether-Upload-Status")
     return lat
 

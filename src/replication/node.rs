@@ -517,6 +517,9 @@ struct Thread {
     updates: crossbeam_channel::Receiver<ClusterUpdate>,
     /// The spool's side channel: per peer, upload bytes queued behind the store's frames.
     side: Option<super::side::SideLinks>,
+    /// Links that got a spool reply while their frames were being handled: driven by `spool_side` in
+    /// the same turn (else the reply would wait for the link's next event, a heartbeat at worst).
+    spool_flush: Vec<usize>,
 }
 
 impl Thread {
@@ -577,6 +580,7 @@ impl Thread {
             bytes_done: vec![(0, 0); n],
             updates,
             side,
+            spool_flush: Vec::new(),
         })
     }
 
@@ -1015,6 +1019,7 @@ impl Thread {
                         },
                         now,
                     );
+                    self.spool_flush.push(key);
                 }
             }
             Frame::SpoolData {
@@ -1039,6 +1044,7 @@ impl Thread {
                     None => {
                         if let Some(link) = self.links.get_mut(key) {
                             link.send(&Frame::SpoolMissing { id, from }, now);
+                            self.spool_flush.push(key);
                         }
                     }
                 }
@@ -1069,6 +1075,7 @@ impl Thread {
                 },
                 now,
             );
+            self.spool_flush.push(key);
         }
     }
 
@@ -1089,7 +1096,7 @@ impl Thread {
         side.set_up(up.clone());
         let mut control = Vec::new();
         side.take_commands(&mut control);
-        let mut touched = Vec::new();
+        let mut touched = std::mem::take(&mut self.spool_flush);
         for (peer, frame) in control {
             if let Some(key) = self.dials.get(peer).and_then(|d| d.link) {
                 if let Some(link) = self.links.get_mut(key) {
@@ -1110,6 +1117,7 @@ impl Thread {
             }
         }
         self.side = Some(side);
+        touched.sort_unstable();
         touched.dedup();
         for key in touched {
             self.drive(key, now);
