@@ -8,6 +8,7 @@
 #   3. the same tus upload through that lone node (no cluster): the median PATCH of an 8 MiB chunk there
 #      against the cluster's is the latency the replica copy adds per acknowledged chunk.
 # Usage: bench/uploads.sh [--size-mib N] [--port-base P]
+# PERF_LONE=FILE records the lone node's tus run with `perf record -g` into FILE.
 # Needs python3 (the client and the backend); writes into a temporary directory (the file, the spools), removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -182,9 +183,16 @@ c0 = cpu(pid_lone); t0 = time.perf_counter()
 straight(p_lone)
 t_straight = time.perf_counter() - t0; c_straight = cpu(pid_lone) - c0
 
+if os.environ.get("PERF_LONE"):
+    import subprocess
+    perf = subprocess.Popen(["perf", "record", "-g", "-o", os.environ["PERF_LONE"], "-p", str(pid_lone)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
 c0 = cpu(pid_lone); t0 = time.perf_counter()
 lat_lone = tus(p_lone)
 t_lone = time.perf_counter() - t0; c_lone = cpu(pid_lone) - c0
+if os.environ.get("PERF_LONE"):
+    perf.send_signal(2); perf.wait()
 
 ms = lambda xs, q: 1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 print(f"size: {mib:.0f} MiB; PATCH chunks of 8 MiB ({len(lat_cluster)} timed, the completing one not)")
