@@ -1266,6 +1266,9 @@ mod tests {
                 other => panic!("{reason}: {other:?}"),
             }
         }
+        // A retired upload-chunk record (kind 12) from an older peer still decodes: it is held, unused.
+        let old = updates(1, 1, 1, &raw_record(12, 0, &[0; 24], Some((1, b"v"))));
+        assert!(matches!(decode(&old), Ok(Some((Frame::Updates { .. }, _)))));
         // The borrowed-slice encoders write what `encode` writes.
         let mut a = Vec::new();
         encode_spool_part(&id, 4, b"abc", &mut a);
