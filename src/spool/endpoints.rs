@@ -45,11 +45,10 @@ impl std::fmt::Debug for Progress {
 type Slot<T> = Arc<Mutex<Option<T>>>;
 
 enum Step {
-    /// The peers answer the claim; the body waits in memory (at most `max_chunk`).
+    /// The peers answer the claim; then the append or the forward.
     Claiming {
         answer: Slot<ClaimAnswer>,
-        body: Arc<[u8]>,
-        checksum: Option<[u8; 32]>,
+        then: Then,
     },
     /// The spool's thread checks and writes the bytes, and a peer writes them too; then the append's
     /// tag.
@@ -58,6 +57,17 @@ enum Step {
     Syncing,
     /// The spool's thread forwards the completed upload.
     Forwarding(Slot<Result<Backend, ForwardError>>),
+}
+
+/// What a granted claim goes on to.
+enum Then {
+    /// Write the body (held in memory meanwhile, at most `max_chunk`).
+    Write {
+        body: Arc<[u8]>,
+        checksum: Option<[u8; 32]>,
+    },
+    /// Forward the complete upload again.
+    Forward,
 }
 
 struct Job {
@@ -350,6 +360,10 @@ fn patch(
             created: false,
             _busy: busy,
         };
+        // Another node may be forwarding it right now: asked first, as for an append.
+        if spool.shared.side.is_some() {
+            return claim(r, spool, job, ticket, Then::Forward);
+        }
         return start_forward(r, spool, settings, job, ticket);
     }
     append(r, spool, settings, id, upload, checksum, last, false)
@@ -410,27 +424,30 @@ fn append(
         created,
         _busy: busy,
     };
-    match &spool.shared.side {
-        // A new upload's id is known to no other node yet: nothing to claim.
-        Some(side) if !created => {
-            let answer: Slot<ClaimAnswer> = Arc::new(Mutex::new(None));
-            let (out, done) = (answer.clone(), ticket.clone());
-            side.send(Command::Claim {
-                id,
-                done: Box::new(move |a| {
-                    *out.lock() = Some(a);
-                    done.complete();
-                }),
-            });
-            let step = Step::Claiming {
-                answer,
-                body,
-                checksum,
-            };
-            wait(r, job, ticket, step, r.cx.snapshot.sync_timeout)
-        }
-        _ => write(r, spool, job, body, checksum, ticket),
+    // A new upload's id is known to no other node yet: nothing to claim.
+    if spool.shared.side.is_some() && !created {
+        return claim(r, spool, job, ticket, Then::Write { body, checksum });
     }
+    write(r, spool, job, body, checksum, ticket)
+}
+
+/// Asks every up peer whether the upload may be appended to (or forwarded) here; the request waits for
+/// the answers (docs/UPLOADS.md, "Concurrent appends").
+fn claim(r: &mut Request<'_>, spool: &Spool, job: Job, ticket: Arc<Ticket>, then: Then) -> Verdict {
+    let Some(side) = &spool.shared.side else {
+        return internal();
+    };
+    let answer: Slot<ClaimAnswer> = Arc::new(Mutex::new(None));
+    let (out, done) = (answer.clone(), ticket.clone());
+    side.send(Command::Claim {
+        id: job.id,
+        done: Box::new(move |a| {
+            *out.lock() = Some(a);
+            done.complete();
+        }),
+    });
+    let step = Step::Claiming { answer, then };
+    wait(r, job, ticket, step, r.cx.snapshot.sync_timeout)
 }
 
 /// Hands the bytes to the spool's thread: it writes this node's file and pushes them to the peers; the
@@ -519,11 +536,7 @@ fn resume(
     } = p;
     let proto = job.upload.proto;
     match step {
-        Step::Claiming {
-            answer,
-            body,
-            checksum,
-        } => {
+        Step::Claiming { answer, then } => {
             let Some(answer) = answer.lock().take() else {
                 return refuse(
                     proto,
@@ -541,12 +554,15 @@ fn resume(
             if current != job.upload.offset {
                 return mismatch(proto, current, job.upload.offset);
             }
-            // The claim's ticket is spent: the write waits on a new one.
+            // The claim's ticket is spent: what follows waits on a new one.
             drop(ticket);
             let Some(ticket) = r.cx.ticket() else {
                 return internal();
             };
-            write(r, spool, job, body, checksum, ticket)
+            match then {
+                Then::Write { body, checksum } => write(r, spool, job, body, checksum, ticket),
+                Then::Forward => start_forward(r, spool, settings, job, ticket),
+            }
         }
         Step::Writing(slot) => {
             let Some(result) = slot.lock().take() else {
