@@ -16,6 +16,22 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+/// What `SideLinks::pump` needs of a link: how much waits in its buffer, and a way to add a frame.
+pub trait Outbox {
+    fn queued(&self) -> usize;
+    fn send_with(&mut self, now: Instant, write: &mut dyn FnMut(&mut Vec<u8>));
+}
+
+impl Outbox for Link {
+    fn queued(&self) -> usize {
+        Link::queued(self)
+    }
+
+    fn send_with(&mut self, now: Instant, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        Link::send_with(self, now, write)
+    }
+}
+
 /// A run of bytes shared with the append that holds them (no copy per piece).
 #[derive(Clone)]
 pub struct Bytes {
@@ -375,7 +391,7 @@ impl SideLinks {
 
     /// Moves queued spool frames for `peer` onto its link while its window has room and less than one
     /// spool frame waits in the link's buffer (store frames, queued before this, go first).
-    pub fn pump(&mut self, peer: usize, link: &mut Link, now: Instant) {
+    pub fn pump(&mut self, peer: usize, link: &mut impl Outbox, now: Instant) {
         let window = self.side.window;
         let Some(ps) = self.peers.get_mut(peer) else {
             return;
@@ -390,7 +406,7 @@ impl SideLinks {
             let Some(out) = ps.queue.pop_front() else {
                 break;
             };
-            link.send_with(now, |buf| match out.append {
+            link.send_with(now, &mut |buf| match out.append {
                 Some((tag, prev)) => {
                     encode_spool_data(&out.id, tag, prev, out.offset, out.bytes.as_slice(), buf)
                 }
@@ -483,5 +499,185 @@ impl SideLinks {
         }
         self.up.retain(|&p| p != peer);
         *self.side.up.lock() = self.up.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A link's buffer that the test drains by hand: `queued` is what was sent and not yet taken.
+    #[derive(Default)]
+    struct Buffer {
+        bytes: Vec<u8>,
+    }
+
+    impl Outbox for Buffer {
+        fn queued(&self) -> usize {
+            self.bytes.len()
+        }
+        fn send_with(&mut self, _now: Instant, write: &mut dyn FnMut(&mut Vec<u8>)) {
+            write(&mut self.bytes)
+        }
+    }
+
+    /// The frames in `buf` (taken out of it): (id, offset, len) of each spool frame.
+    fn take_frames(buf: &mut Buffer) -> Vec<(SpoolId, u64, u32)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((f, n))) = super::super::frame::decode(&buf.bytes[at..]) {
+            match f {
+                Frame::SpoolData {
+                    id, offset, bytes, ..
+                }
+                | Frame::SpoolPart { id, offset, bytes } => {
+                    out.push((id, offset, bytes.len() as u32))
+                }
+                other => panic!("{other:?}"),
+            }
+            at += n;
+        }
+        buf.bytes.clear();
+        out
+    }
+
+    fn pieces(n: usize) -> Vec<Piece> {
+        let data: Arc<[u8]> = Arc::from(vec![7u8; n * MAX_SPOOL_BYTES]);
+        (0..n)
+            .map(|i| Piece {
+                offset: (i * MAX_SPOOL_BYTES) as u64,
+                prev: 0,
+                bytes: Bytes {
+                    data: data.clone(),
+                    start: i * MAX_SPOOL_BYTES,
+                    len: MAX_SPOOL_BYTES,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_link_never_has_more_than_a_window_unacknowledged_and_one_peer_is_enough() {
+        let side = SpoolSide::new(1 << 20);
+        let mut links = SideLinks::new(side.clone(), 2);
+        links.set_up(vec![0, 1]);
+        let outcome = Arc::new(Mutex::new(None));
+        let o = outcome.clone();
+        side.send(Command::Push {
+            id: [1; 16],
+            tag: 9,
+            pieces: pieces(10),
+            done: Box::new(move |how| *o.lock() = Some(how)),
+        });
+        links.take_commands(&mut Vec::new());
+        let now = Instant::now();
+        let (mut to_a, mut to_b) = (Buffer::default(), Buffer::default());
+        let mut sent_to_a = 0;
+        loop {
+            links.pump(0, &mut to_a, now);
+            links.pump(1, &mut to_b, now);
+            // b never answers; a answers everything it got.
+            let frames = take_frames(&mut to_a);
+            let _ = take_frames(&mut to_b);
+            if frames.is_empty() {
+                break;
+            }
+            // Never more than the window in flight (4 frames of 256 KiB).
+            assert!(frames.len() <= 4, "{} frames at once", frames.len());
+            for (id, offset, len) in frames {
+                sent_to_a += 1;
+                links.on_ack(0, id, offset, len, true);
+            }
+        }
+        assert_eq!(sent_to_a, 10);
+        assert_eq!(*outcome.lock(), Some(Pushed::Replicated));
+        // b's window is full and stays full: nothing more goes to it until it answers.
+        links.pump(1, &mut to_b, now);
+        assert!(take_frames(&mut to_b).is_empty());
+        assert!(links.pending(1));
+    }
+
+    #[test]
+    fn a_push_fails_when_every_peer_fails_and_a_link_with_a_full_buffer_gets_nothing() {
+        let side = SpoolSide::new(0);
+        assert_eq!(side.window, MAX_SPOOL_BYTES, "at least one frame");
+        let mut links = SideLinks::new(side.clone(), 2);
+        let outcome = Arc::new(Mutex::new(Vec::new()));
+        for up in [vec![], vec![0, 1]] {
+            links.set_up(up);
+            let o = outcome.clone();
+            side.send(Command::Push {
+                id: [2; 16],
+                tag: 3,
+                pieces: pieces(2),
+                done: Box::new(move |how| o.lock().push(how)),
+            });
+            links.take_commands(&mut Vec::new());
+        }
+        assert_eq!(*outcome.lock(), vec![Pushed::NoPeer]);
+        // Store frames waiting in the link's buffer: spool data waits behind them.
+        let mut busy = Buffer {
+            bytes: vec![0; MAX_SPOOL_BYTES],
+        };
+        links.pump(0, &mut busy, Instant::now());
+        assert_eq!(busy.bytes.len(), MAX_SPOOL_BYTES);
+        let mut to_b = Buffer::default();
+        links.pump(1, &mut to_b, Instant::now());
+        let frames = take_frames(&mut to_b);
+        assert_eq!(frames.len(), 1);
+        let (id, offset, len) = frames[0];
+        links.on_ack(1, id, offset, len, false);
+        assert_eq!(outcome.lock().len(), 1, "a still may write it");
+        links.peer_down(0);
+        assert_eq!(*outcome.lock(), vec![Pushed::NoPeer, Pushed::Failed]);
+    }
+
+    #[test]
+    fn a_claim_is_granted_only_if_every_up_peer_grants_it() {
+        let side = SpoolSide::new(1 << 20);
+        let mut links = SideLinks::new(side.clone(), 3);
+        links.set_up(vec![0, 1, 2]);
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            let (a, c) = (answers.clone(), calls.clone());
+            side.send(Command::Claim {
+                id: [4; 16],
+                done: Box::new(move |answer| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    a.lock().push(answer);
+                }),
+            });
+        }
+        let mut control = Vec::new();
+        links.take_commands(&mut control);
+        assert_eq!(control.len(), 6, "each claim asks every up peer");
+        let nonce = |i: usize| match control[i].1 {
+            Frame::SpoolClaim { nonce, .. } => nonce,
+            _ => unreachable!(),
+        };
+        let (first, second) = (nonce(0), nonce(3));
+        links.on_claimed(0, first, true, 10);
+        links.on_claimed(1, first, false, 0);
+        assert_eq!(calls.load(Ordering::Relaxed), 0, "peer 2 has not answered");
+        links.on_claimed(2, first, true, 12);
+        links.on_claimed(0, second, true, 0);
+        links.on_claimed(1, second, true, 0);
+        // Peer 2 goes down before answering the second claim: it is not waited for.
+        links.peer_down(2);
+        assert_eq!(
+            *answers.lock(),
+            vec![
+                ClaimAnswer {
+                    granted: false,
+                    offset: 12
+                },
+                ClaimAnswer {
+                    granted: true,
+                    offset: 0
+                }
+            ]
+        );
     }
 }
