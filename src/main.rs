@@ -50,12 +50,26 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Start three built-in backends on loopback and a balancer in front of them. Ctrl-C stops all.
+    /// Start three built-in backends on loopback and a balancer in front of them; or, with `--cluster`,
+    /// the three-node example of configs/cluster/ in front of a built-in webmail. Ctrl-C stops all.
     #[command(
-        after_help = "Example:\n  tether demo\n  curl -i http://127.0.0.1:8080/\n  \
-                            tether demo --tls   # also HTTPS on 127.0.0.1:8443 with a development CA"
+        after_help = "Examples:\n  tether demo\n  curl -i http://127.0.0.1:8080/\n  \
+                            tether demo --tls   # also HTTPS on 127.0.0.1:8443 with a development CA\n  \
+                            tether demo --cluster   # three nodes, a webmail, and a tour\n  \
+                            tether demo kill a      # (another terminal) SIGKILL node a of the demo cluster\n  \
+                            tether demo restart a",
+        args_conflicts_with_subcommands = true
     )]
     Demo {
+        /// Run the three-node cluster of configs/cluster/ (child processes) in front of a built-in webmail.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: leave out [cluster], so the nodes share nothing (what a balancer without
+        /// continuity loses, for comparison).
+        #[arg(long, requires = "cluster")]
+        no_replication: bool,
+        #[command(subcommand)]
+        action: Option<DemoAction>,
         /// Worker threads (default: one per core).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
@@ -94,6 +108,23 @@ enum Command {
         tether ctl backends\n  tether ctl drain app/127.0.0.1:9001\n  tether ctl cluster --json\n  \
         tether ctl usage demo\n  tether ctl sessions alice\n  tether ctl revoke 0123…cdef\n  tether ctl reload")]
     Ctl(Ctl),
+}
+
+/// What `tether demo kill|restart|status` asks a running `tether demo --cluster`.
+#[derive(clap::Subcommand)]
+enum DemoAction {
+    /// Kill a node of the running demo cluster with SIGKILL.
+    Kill {
+        /// a, b or c
+        node: String,
+    },
+    /// Start a killed node of the running demo cluster again.
+    Restart {
+        /// a, b or c
+        node: String,
+    },
+    /// Which nodes of the running demo cluster run.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -252,10 +283,42 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo {
+            action: Some(action),
+            ..
+        } => {
+            let command = match action {
+                DemoAction::Kill { node } => format!("kill {node}"),
+                DemoAction::Restart { node } => format!("restart {node}"),
+                DemoAction::Status => "status".into(),
+            };
+            match tether::demo::cluster::control(&command) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tether demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo {
+            cluster: true,
+            no_replication,
+            ..
+        } => match tether::demo::cluster::run(!no_replication) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether demo --cluster: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo {
             workers,
             listen,
             tls,
             tls_listen,
+            ..
         } => {
             let tls_listen = tls.then_some(tls_listen.as_str());
             let (cfg, backends) = match tether::demo::start(&listen, tls_listen) {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cookie;
+mod failover;
 mod parser;
 mod request;
 mod sched;
@@ -25,6 +26,11 @@ use crate::request::{RequestSpec, Template};
 use crate::stats::{Progress, RunInfo, Stats};
 
 fn main() -> ExitCode {
+    // `tether-bench failover …`: the mail failover scenario (issue #19), its own flags.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("failover") {
+        return failover::main(argv[1..].to_vec());
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

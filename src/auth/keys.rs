@@ -115,8 +115,12 @@ pub struct KeyKeeper {
     token_ids: Vec<String>,
     identity_ids: Vec<String>,
     generation: u64,
-    /// Key records of each kind at the last scan (a change calls for a new scan), and the values found.
-    counts: (usize, usize),
+    /// The store's change generation of each key kind at the last scan (a change calls for a new scan),
+    /// and the values found. Changes, not counts: a peer's key replacing ours under the same slot (last
+    /// writer wins) changes no count, and a scan kept from before it would still seal with our lost key —
+    /// tokens no other node opens (found by the failover benchmark: every user of the node killed was
+    /// logged out).
+    counts: (u64, u64),
     scanned: (Vec<KeyValue>, Vec<KeyValue>),
     /// The last round's fingerprint of the key records, and when the rings change next by time alone.
     fingerprint: u64,
@@ -131,7 +135,7 @@ impl KeyKeeper {
             token_ids: Vec::new(),
             identity_ids: Vec::new(),
             generation: 0,
-            counts: (usize::MAX, usize::MAX),
+            counts: (u64::MAX, u64::MAX),
             scanned: (Vec::new(), Vec::new()),
             fingerprint: 0,
             recheck_at: 0,
@@ -189,13 +193,13 @@ impl KeyKeeper {
             ((self.times.identity_signs + self.times.identity_ttl).as_secs() / rot + 1)
                 .min(MAX_SLOTS);
         let counts = (
-            store.len_of(Kind::TokenKey),
-            store.len_of(Kind::IdentityKey),
+            store.changes_of(Kind::TokenKey),
+            store.changes_of(Kind::IdentityKey),
         );
         // Nothing to do unless a key record changed, or a key matured or retired since the last round:
         // a fingerprint of the counts and of the slot records' versions, read without allocating (the
         // keeper runs twice a second beside workers that allocate nothing in steady state).
-        let mut fingerprint = (counts.0 as u64) << 32 | counts.1 as u64;
+        let mut fingerprint = counts.0 << 32 ^ counts.1;
         for (kind, n) in [
             (Kind::TokenKey, token_slots),
             (Kind::IdentityKey, identity_slots),
@@ -422,6 +426,45 @@ mod tests {
         assert!(
             generation >= 2,
             "the signing identity key changed: {generation}"
+        );
+    }
+
+    #[test]
+    fn a_key_that_lost_its_slot_to_a_peers_neither_seals_nor_opens() {
+        // Nodes a and c start in the same second: each makes a key for the slot before the other's
+        // arrives. c's (written later) wins on both; a must then seal with c's key, not its own.
+        let (store_a, writer_a) = setup();
+        let (store_c, writer_c) = setup();
+        let mut a = KeyKeeper::new(times());
+        let mut c = KeyKeeper::new(times());
+        a.tick(&store_a, &writer_a, T0);
+        std::thread::sleep(Duration::from_millis(2));
+        c.tick(&store_c, &writer_c, T0);
+        let reader = store_c.reader();
+        let theirs: Vec<Record> = reader.iter(None).cloned().collect();
+        drop(reader);
+        for record in theirs {
+            store_a.apply(record);
+        }
+        a.tick(&store_a, &writer_a, T0 + MATURITY);
+        c.tick(&store_c, &writer_c, T0 + MATURITY);
+        let (ka, kc) = (a.keys(), c.keys());
+        let ids = |k: &Arc<AuthKeys>| -> Vec<String> {
+            k.tokens()
+                .open
+                .keys()
+                .iter()
+                .map(|k| k.id().to_string())
+                .collect()
+        };
+        assert_eq!(ids(&ka), ids(&kc), "a opens exactly the keys c opens");
+        assert_eq!(
+            ka.tokens().seal.keys()[0].id(),
+            kc.tokens().seal.keys()[0].id()
+        );
+        assert_eq!(
+            ka.identity().sign.keys()[0].kid(),
+            kc.identity().sign.keys()[0].kid()
         );
     }
 

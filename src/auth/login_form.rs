@@ -803,10 +803,13 @@ pub struct LoginPage<'a> {
 /// must work before any backend is reachable, and loads nothing another origin could change).
 pub fn render_login_page(page: &LoginPage<'_>) -> String {
     let mut out = String::with_capacity(2048);
+    // Referrer policy `same-origin`, not `no-referrer`: under `no-referrer` a browser sends `Origin: null`
+    // with the form's own POST, which the cross-site check rightly refuses (found by a real browser).
+    // Cross-origin requests still carry no referrer, so the page's query never leaks.
     out.push_str(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-        "<meta name=\"referrer\" content=\"no-referrer\">\n<title>Sign in</title>\n<style>\n",
+        "<meta name=\"referrer\" content=\"same-origin\">\n<title>Sign in</title>\n<style>\n",
         "body{font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2430;margin:0}\n",
         "main{max-width:22rem;margin:10vh auto;background:#fff;padding:2rem;border-radius:8px;",
         "box-shadow:0 1px 4px rgba(0,0,0,.15)}\n",

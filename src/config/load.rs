@@ -945,6 +945,8 @@ limits.max_headers = 5
         "uploads.max_chunk",
         "uploads.expiry",
         "uploads.user_quota",
+        "uploads.tenant_quota",
+        "uploads.tenant_quotas",
         "uploads.threads",
         "uploads.forward_attempts",
         "uploads.forward_timeout",
@@ -976,6 +978,8 @@ limits.max_headers = 5
             "pools" => "pools.*".to_string(),
             // A table of tier names: the key is `tiers`, whatever the names.
             "rate_limits[].tiers" => path.to_string(),
+            // A table of tenant names, likewise.
+            "uploads.tenant_quotas" => path.to_string(),
             _ => format!("{path}.{k}"),
         };
         match node {

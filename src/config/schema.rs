@@ -958,6 +958,11 @@ pub struct UploadsConfig {
     pub expiry: Duration,
     /// Bytes of unfinished uploads one user may hold at once (0: no limit).
     pub user_quota: u64,
+    /// Bytes of unfinished uploads the users of one tenant (a pool's `tenant`) may hold at once, for
+    /// every tenant not in `tenant_quotas` (0: no limit).
+    pub tenant_quota: u64,
+    /// Tenants whose cap differs from `tenant_quota`, by tenant name (0: no limit for that tenant).
+    pub tenant_quotas: BTreeMap<String, u64>,
     /// Threads writing spool files and forwarding completed uploads.
     pub threads: usize,
     /// Attempts at forwarding a completed upload to the route's backends before answering 502.
@@ -978,6 +983,8 @@ impl Default for UploadsConfig {
             max_chunk: 8 << 20,
             expiry: Duration::from_secs(24 * 3600),
             user_quota: 0,
+            tenant_quota: 0,
+            tenant_quotas: BTreeMap::new(),
             threads: 2,
             forward_attempts: 3,
             forward_timeout: Duration::from_secs(60),

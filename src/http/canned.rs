@@ -63,6 +63,20 @@ pub fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends an interim (1xx) head tether writes itself (`104 Upload Resumption Supported`): the status
+/// line, the headers (CR and LF written as spaces), the blank line — no `Content-Length`, no body.
+pub fn write_interim(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)]) {
+    debug_assert!((102..200).contains(&status), "not an interim status");
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (name, value) in headers {
+        extend_one_line(out, name.as_bytes());
+        out.extend_from_slice(b": ");
+        extend_one_line(out, value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 fn extend_one_line(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend(
         bytes
@@ -87,6 +101,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         101 => "Switching Protocols",
         102 => "Processing",
         103 => "Early Hints",
+        104 => "Upload Resumption Supported",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
@@ -153,6 +168,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interim_head_has_no_length_and_no_line_breaks_from_its_values() {
+        let mut out = Vec::new();
+        write_interim(
+            &mut out,
+            104,
+            &[("Location", "/.tether/uploads/ab"), ("X", "a\r\nb")],
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 104 Upload Resumption Supported\r\nLocation: /.tether/uploads/ab\r\nX: a  b\r\n\r\n"
+        );
+    }
 
     #[test]
     fn bad_request_close() {

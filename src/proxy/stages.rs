@@ -233,6 +233,11 @@ pub(crate) struct Plan {
     pub notify: Option<Box<crate::notify::endpoints::Progress>>,
     /// An upload's append, creation or forward under way (`spool::endpoints`).
     pub upload: Option<Box<crate::spool::endpoints::Progress>>,
+    /// An upload's creation under way (`spool::creation`): its quota check, record or first bytes.
+    pub creation: Option<Box<crate::spool::creation::Creation>>,
+    /// An interim (1xx) head a stage wants sent before the final answer (HTTP/1.1 clients only): the
+    /// session writes it when the request parks or is answered.
+    pub interim: Option<Box<Reply>>,
     /// An admin call waiting for the main thread or a replica (`admin::api`).
     pub admin: Option<Box<crate::admin::api::Progress>>,
 }
@@ -348,7 +353,7 @@ pub(crate) const REQUEST_STAGES: &[(&str, RequestStage)] = &[
     ("auth", auth),
     ("limits", limits),
     ("quota", quota),
-    ("upload_creation", crate::spool::endpoints::upload_creation),
+    ("upload_creation", crate::spool::creation::upload_creation),
     ("stickiness", stickiness),
 ];
 

@@ -498,6 +498,9 @@ struct Thread {
     gate: Arc<Gate>,
     sent: Vec<Option<u64>>,
     ack_due: Vec<bool>,
+    /// Per peer: its link is up and it has acknowledged this node's stream since (not still taking a
+    /// snapshot). A sync write waits for every such peer.
+    streaming: Vec<bool>,
     incoming: Vec<Option<Incoming>>,
     /// Writes dropped by full worker queues, as last seen; per peer, a snapshot is owed (those writes are
     /// in the store but not in the stream, so only a snapshot carries them).
@@ -569,6 +572,7 @@ impl Thread {
             synced,
             gate,
             sent: vec![None; n],
+            streaming: vec![false; n],
             ack_due: vec![false; n],
             incoming: (0..n).map(|_| None).collect(),
             dropped_seen: 0,
@@ -925,12 +929,8 @@ impl Thread {
             },
             Frame::Ack { epoch, seq } if epoch == self.me.epoch => {
                 self.status.lock()[peer].acked = seq;
-                // A sync write is acknowledged once any peer applied it.
-                while self.pending_sync.front().is_some_and(|(s, _)| *s <= seq) {
-                    if let Some((_, f)) = self.pending_sync.pop_front() {
-                        f();
-                    }
-                }
+                self.streaming[peer] = true;
+                self.release_syncs();
             }
             Frame::Resume { epoch, seq } if epoch == self.me.epoch => {
                 // Sent again from the backlog, or by a snapshot on the next link if it is gone.
@@ -1128,6 +1128,32 @@ impl Thread {
     fn abandon_incoming(&mut self, peer: usize) {
         if let Some(incoming) = self.incoming[peer].take() {
             incoming.abandon(&self.gate);
+        }
+    }
+
+    /// Acknowledges the sync writes that every streaming peer has applied (at least one peer: with none,
+    /// they wait, and the request's `sync_timeout` decides). Every peer, not any: with a third node, a
+    /// write acknowledged by one peer only could be missing on the other when this node dies — origins'
+    /// streams are not relayed — and a client that fails over there would find its login, offset or
+    /// notification gone. A peer still taking a snapshot is not waited for: the write reaches it in the
+    /// stream that follows.
+    fn release_syncs(&mut self) {
+        let upto = {
+            let st = self.status.lock();
+            self.streaming
+                .iter()
+                .enumerate()
+                .filter(|(_, streaming)| **streaming)
+                .map(|(i, _)| st[i].acked)
+                .min()
+        };
+        let Some(upto) = upto else {
+            return;
+        };
+        while self.pending_sync.front().is_some_and(|(s, _)| *s <= upto) {
+            if let Some((_, f)) = self.pending_sync.pop_front() {
+                f();
+            }
         }
     }
 
@@ -1413,6 +1439,7 @@ impl Thread {
                     // What the peer holds is asked again in the next greeting; a snapshot cut off
                     // midway is dropped (the store keeps its old state).
                     self.sent[i] = None;
+                    self.streaming[i] = false;
                     if let Some(side) = &mut self.side {
                         side.peer_down(i);
                     }
@@ -1425,6 +1452,8 @@ impl Thread {
                 }
             }
         }
+        // The peers left may hold what the one gone was waited for.
+        self.release_syncs();
     }
 
     /// Copies link counters and phases into the shared status, and each peer's lag: how long ago the
@@ -1555,6 +1584,7 @@ impl Thread {
         remap(&mut self.streams, from, |_| PeerStream::new());
         remap(&mut self.sent, from, |_| None);
         remap(&mut self.ack_due, from, |_| false);
+        remap(&mut self.streaming, from, |_| false);
         remap(&mut self.incoming, from, |_| None);
         remap(&mut self.resync, from, |_| false);
         remap(&mut self.bytes_done, from, |_| (0, 0));

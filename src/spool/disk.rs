@@ -451,12 +451,18 @@ impl Shared {
                 .get(crate::store::Kind::Upload, &id, now)
                 .is_none()
             {
-                // Bytes pushed for an upload whose record has not arrived yet are young: kept a while.
+                // Bytes pushed for an upload whose record has not arrived at all yet (neither live nor
+                // expired nor a tombstone) are young: kept a while.
+                let unheard = self
+                    .store
+                    .reader()
+                    .get_raw(crate::store::Kind::Upload, &id)
+                    .is_none();
                 let young = entry
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < Duration::from_secs(30)));
-                if young && self.held.lock().contains_key(&id) {
+                if unheard && young && self.held.lock().contains_key(&id) {
                     continue;
                 }
                 self.remove(&id);

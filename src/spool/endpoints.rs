@@ -1,7 +1,6 @@
 //! Where uploads meet the request path: the `upload_resources` request stage (before `route`) answers
-//! `/.tether/uploads/ID` — `HEAD`, `PATCH`, `DELETE`, `OPTIONS` — and the `upload_creation` stage (after
-//! `quota`, so the route and the login are known) takes a `POST` that creates an upload on an
-//! `uploads = true` route's path (tus: `Tus-Resumable`; the IETF draft: `Upload-Complete`).
+//! `/.tether/uploads/ID` — `HEAD`, `PATCH`, `DELETE`, `OPTIONS`; the append, the record of a new upload
+//! and the forward of a completed one, which the creation stage (`creation`) also hands its uploads to.
 //!
 //! An append waits up to four times without holding its worker, each on a ticket: in a cluster, the
 //! peers grant the claim (no append to the upload under way on another node); the spool's thread checks
@@ -24,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const PREFIX: &[u8] = b"/.tether/uploads/";
-const TUS_VERSION: &str = "1.0.0";
+pub(super) const TUS_VERSION: &str = "1.0.0";
 const TUS_EXTENSIONS: &str = "creation,creation-with-upload,expiration,checksum,termination";
 
 /// An append (or a creation with bytes, or a completed upload's forward) under way, kept in the plan.
@@ -85,16 +84,16 @@ fn answer(reply: Reply) -> Verdict {
     Verdict::Answer(Answer::Reply(Box::new(reply)))
 }
 
-fn header<'b>(r: &Request<'b>, name: &str) -> Option<&'b [u8]> {
+pub(super) fn header<'b>(r: &Request<'b>, name: &str) -> Option<&'b [u8]> {
     r.head.header(r.bytes, name)
 }
 
-fn spool<'a>(r: &Request<'a>) -> Option<(&'a Spool, Arc<crate::config::UploadsConfig>)> {
+pub(super) fn spool<'a>(r: &Request<'a>) -> Option<(&'a Spool, Arc<crate::config::UploadsConfig>)> {
     Some((r.cx.spool?, r.cx.snapshot.uploads.clone()?))
 }
 
 /// A refusal in the upload's protocol: tus gets text and `Tus-Resumable`, the IETF draft problem JSON.
-fn refuse(proto: Proto, status: u16, reason: &str) -> Verdict {
+pub(super) fn refuse(proto: Proto, status: u16, reason: &str) -> Verdict {
     let mut reply = match proto {
         Proto::Tus => {
             let mut reply = Reply::new(status, "text/plain", format!("{reason}\n"));
@@ -144,7 +143,7 @@ fn mismatch(proto: Proto, expected: u64, provided: u64) -> Verdict {
     }
 }
 
-fn tus_options(settings: &crate::config::UploadsConfig) -> Verdict {
+pub(super) fn tus_options(settings: &crate::config::UploadsConfig) -> Verdict {
     let mut reply = Reply::new(204, "text/plain", Vec::new());
     reply.headers.push(("Tus-Resumable", TUS_VERSION.into()));
     reply.headers.push(("Tus-Version", TUS_VERSION.into()));
@@ -159,7 +158,7 @@ fn tus_options(settings: &crate::config::UploadsConfig) -> Verdict {
     answer(reply)
 }
 
-fn limit(settings: &crate::config::UploadsConfig) -> String {
+pub(super) fn limit(settings: &crate::config::UploadsConfig) -> String {
     format!(
         "max-size={}, max-append-size={}, expires={}",
         settings.max_size,
@@ -369,13 +368,13 @@ fn patch(
     append(r, spool, settings, id, upload, checksum, last, false)
 }
 
-fn internal() -> Verdict {
+pub(super) fn internal() -> Verdict {
     Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")))
 }
 
 /// Takes the request's body (waiting for it first) and hands it to the spool's thread.
 #[allow(clippy::too_many_arguments)]
-fn append(
+pub(super) fn append(
     r: &mut Request<'_>,
     spool: &Spool,
     settings: &crate::config::UploadsConfig,
@@ -523,7 +522,7 @@ fn wait(r: &mut Request<'_>, job: Job, ticket: Arc<Ticket>, step: Step, for_: Du
 }
 
 /// A waiting append or forward woke.
-fn resume(
+pub(super) fn resume(
     r: &mut Request<'_>,
     spool: &Spool,
     settings: &crate::config::UploadsConfig,
@@ -801,187 +800,41 @@ fn finished(job: &Job, backend: Backend) -> Verdict {
     answer(reply)
 }
 
-/// The request stage that creates uploads on `uploads = true` routes (after auth, limits and quotas).
-pub(crate) fn upload_creation(r: &mut Request<'_>) -> Verdict {
-    let Some(snapshot) = r.plan.snapshot.clone() else {
-        return Verdict::Continue;
-    };
-    if !snapshot.routes.get(r.plan.route).is_some_and(|x| x.uploads) {
-        return Verdict::Continue;
-    }
-    let Some((spool, settings)) = spool(r) else {
-        return Verdict::Continue;
-    };
-    if let Some(p) = r.plan.upload.take() {
-        return resume(r, spool, &settings, *p);
-    }
-    let method = r.head.method_span.of(r.bytes);
-    if method == b"OPTIONS" && header(r, "tus-resumable").is_some() {
-        return tus_options(&settings);
-    }
-    if method != b"POST" {
-        return Verdict::Continue;
-    }
-    let proto = if header(r, "tus-resumable").is_some() {
-        Proto::Tus
-    } else if header(r, "upload-complete").is_some() {
-        Proto::Ietf
-    } else {
-        // An ordinary POST: proxied as usual.
-        return Verdict::Continue;
-    };
-    if proto == Proto::Tus && header(r, "tus-resumable") != Some(TUS_VERSION.as_bytes()) {
-        return refuse(proto, 412, "Tus-Resumable: 1.0.0 is required");
-    }
-    let length = match header(r, "upload-length") {
-        Some(v) => match state::parse_u64(v) {
-            Some(n) => Some(n),
-            None => return refuse(proto, 400, "Upload-Length is not a number"),
-        },
-        None if proto == Proto::Tus => {
-            if header(r, "upload-defer-length").is_some() {
-                return refuse(proto, 400, "Upload-Defer-Length is not supported");
-            }
-            return refuse(proto, 400, "Upload-Length is required");
-        }
-        None => None,
-    };
-    if length.is_some_and(|l| l > settings.max_size) {
-        return refuse(proto, 413, "Upload-Length is over uploads.max_size");
-    }
-    let last = match proto {
-        Proto::Tus => false,
-        Proto::Ietf => match header(r, "upload-complete").and_then(state::parse_sf_bool) {
-            Some(v) => v,
-            None => return refuse(proto, 400, "Upload-Complete must be ?0 or ?1"),
-        },
-    };
-    let metadata = match header(r, "upload-metadata") {
-        Some(v) if proto == Proto::Tus => match state::parse_metadata(v) {
-            Ok(m) => m,
-            Err(e) => return refuse(proto, 400, &e.to_string()),
-        },
-        _ => String::new(),
-    };
-    let checksum = match header(r, "upload-checksum") {
-        None => None,
-        Some(v) => match state::parse_checksum(v) {
-            Ok(c) => Some(c),
-            Err(reason) => return refuse(proto, 400, reason),
-        },
-    };
-    let declared = header(r, "content-length")
-        .and_then(state::parse_u64)
-        .unwrap_or(0);
-    if declared > 0 && proto == Proto::Tus {
-        let ct = header(r, "content-type").map(<[u8]>::trim_ascii);
-        if ct != Some(&b"application/offset+octet-stream"[..]) {
-            return refuse(
-                proto,
-                415,
-                "creation-with-upload needs application/offset+octet-stream",
-            );
-        }
-    }
-    let (user, session) = match (&r.plan.login, r.plan.login_id) {
-        (Some(l), Some(id)) => (l.user.clone(), state::hex(&id)),
-        _ => (String::new(), String::new()),
-    };
-    let now = r.cx.unix_now;
-    if settings.user_quota > 0 && !user.is_empty() {
-        let want = length.unwrap_or(declared);
-        let held: u64 = spool
-            .shared
-            .store
-            .reader()
-            .iter(Some(Kind::Upload))
-            .filter(|rec| crate::store::table::live(rec, now))
-            .filter_map(|rec| Upload::decode(rec.value.as_deref()?))
-            .filter(|u| u.user == user)
-            .map(|u| u.length.unwrap_or(u.offset))
-            .sum();
-        if held.saturating_add(want) > settings.user_quota {
-            return refuse(
-                proto,
-                413,
-                "over the user's upload quota (uploads.user_quota)",
-            );
-        }
-    }
-    let Some(body) = r.body else {
-        // The body (the first bytes, possibly none) first; the checks above run again with it.
-        if declared > settings.max_chunk as u64 {
-            return refuse(proto, 413, "the body is larger than uploads.max_chunk");
-        }
-        return Verdict::Wait(Wait::Body {
-            limit: settings.max_chunk,
-        });
-    };
-    if length.is_some_and(|l| body.len() as u64 > l) {
-        return refuse(proto, 413, "the body goes beyond Upload-Length");
-    }
-    let route = snapshot
-        .routes
-        .get(r.plan.route)
-        .map(|x| x.name.to_string())
-        .unwrap_or_default();
-    let identity = r
-        .plan
-        .identity
-        .as_deref()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default();
-    let upload = Upload {
-        proto,
-        user,
-        session,
-        route,
-        host: header(r, "host")
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .unwrap_or_else(|| "localhost".into()),
-        path: String::from_utf8_lossy(r.head.path.of(r.bytes)).into_owned(),
-        metadata,
-        length,
-        offset: 0,
-        tag: 0,
-        created: now,
-        expires: now.saturating_add(settings.expiry.as_secs().min(u64::from(u32::MAX)) as u32),
-        identity,
-    };
-    let id = state::new_id();
+/// A creation without bytes: the upload's record alone, acknowledged by a replica; then 201 with its
+/// `Location` (the `Syncing` step's answer). `creation` calls it.
+pub(super) fn created(
+    r: &mut Request<'_>,
+    id: UploadId,
+    upload: Upload,
+    busy: BusyGuard,
+) -> Verdict {
+    let proto = upload.proto;
     let Some(store) = r.cx.store else {
         return refuse(proto, 503, "no store");
     };
-    if body.is_empty() && !last {
-        // A creation without bytes: the record alone, acknowledged by a replica.
-        let Some(busy) = spool.claim(id) else {
-            return internal();
-        };
-        let Some(ticket) = r.cx.ticket() else {
-            return internal();
-        };
-        let done = ticket.clone();
-        let record = state::record(
-            Kind::Upload,
-            &id,
-            Some(Arc::from(upload.encode())),
-            upload.expires,
-        );
-        if store
-            .write_sync(record, Arc::new(move || done.complete()))
-            .is_err()
-        {
-            return refuse(proto, 503, "the replication queue is full: try again");
-        }
-        let job = Job {
-            id,
-            upload,
-            len: 0,
-            last: false,
-            created: true,
-            _busy: busy,
-        };
-        return wait(r, job, ticket, Step::Syncing, Duration::ZERO);
+    let Some(ticket) = r.cx.ticket() else {
+        return internal();
+    };
+    let done = ticket.clone();
+    let record = state::record(
+        Kind::Upload,
+        &id,
+        Some(Arc::from(upload.encode())),
+        upload.expires,
+    );
+    if store
+        .write_sync(record, Arc::new(move || done.complete()))
+        .is_err()
+    {
+        return refuse(proto, 503, "the replication queue is full: try again");
     }
-    append(r, spool, &settings, id, upload, checksum, last, true)
+    let job = Job {
+        id,
+        upload,
+        len: 0,
+        last: false,
+        created: true,
+        _busy: busy,
+    };
+    wait(r, job, ticket, Step::Syncing, Duration::ZERO)
 }

@@ -7,14 +7,17 @@
 //! docs/UPLOADS.md is the client's and the backend's side.
 //!
 //! Parts: `state` (the records and header parsers), `disk` (spool files, pushed bytes, fetches, sweep),
-//! `forward` (the request to the backend), `endpoints` (the request stages), and [`SpoolInbox`] (what
-//! the replication thread hands over). Disk I/O, hashing and forwarding run on the spool's own threads
-//! (`spool-N`, a [`TaskPool`]; bytes pushed by peers are written by `spool-rx-N`, so a forward or a
-//! fetch cannot hold them up); the request waits on a ticket.
+//! `forward` (the request to the backend), `endpoints` (the upload resource's request stage, appends),
+//! `creation` (the creation stage), `quota` (the per-user and per-tenant caps, checked off the worker),
+//! and [`SpoolInbox`] (what the replication thread hands over). Disk I/O, hashing and forwarding run on
+//! the spool's own threads (`spool-N`, a [`TaskPool`]; bytes pushed by peers are written by
+//! `spool-rx-N`, so a forward or a fetch cannot hold them up); the request waits on a ticket.
 
+pub(crate) mod creation;
 pub(crate) mod disk;
 pub(crate) mod endpoints;
 pub(crate) mod forward;
+pub(crate) mod quota;
 pub(crate) mod state;
 
 use crate::base::pool::TaskPool;
@@ -31,6 +34,8 @@ pub struct Spool {
     /// Uploads with an append or a forward under way on this node: a second one is refused (409), so
     /// bytes of two requests never interleave.
     busy: Arc<Mutex<HashSet<state::UploadId>>>,
+    /// Creations that passed the quota check and are not in the store yet.
+    pub(crate) quota: Arc<quota::Ledger>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -90,7 +95,12 @@ impl Spool {
                     }
                 }
             })?;
-        Ok(Arc::new(Spool { shared, pool, busy }))
+        Ok(Arc::new(Spool {
+            shared,
+            pool,
+            busy,
+            quota: Arc::default(),
+        }))
     }
 
     /// Marks `id` busy on this node; `None` when another request holds it.

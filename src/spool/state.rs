@@ -46,6 +46,10 @@ pub(crate) struct Upload {
     pub expires: u32,
     /// The identity header lines the backend gets (as the auth stage made them at creation).
     pub identity: String,
+    /// The owner's tenant (the login's pool `tenant`), for `uploads.tenant_quota`; empty without logins.
+    /// Optional in the encoding, so records written before it was added still decode.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
 }
 
 impl Upload {

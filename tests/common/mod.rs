@@ -1008,3 +1008,4 @@ impl Client {
 
 pub mod cluster;
 pub mod login;
+pub mod uploads;

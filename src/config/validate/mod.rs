@@ -62,7 +62,7 @@ fn online_cpus() -> usize {
     #[cfg(unix)]
     {
         // SAFETY: sysconf only reads a system setting.
-        // The crate's one `unsafe`: a plain libc query with no pointers; `sysconf` is thread-safe.
+        // One of the crate's two `unsafe` (the other: the demo cluster's SIGTERM): a plain libc query with no pointers; `sysconf` is thread-safe.
         #[allow(unsafe_code)]
         let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         if n > 0 {

@@ -287,6 +287,7 @@ impl Session {
 
     /// Parks the request: it waits (no CPU spent) until it is woken or its deadline passes.
     pub(super) fn park(&mut self, cx: &mut Ctx, wait: Wait) {
+        self.queue_interim(cx);
         if let Wait::Body { limit } = wait {
             let framing = match self.x.req_body {
                 Body::Done => 0,
@@ -400,6 +401,7 @@ impl Session {
     /// tether answers the request itself: a refusal closes the connection; a reply of its own is written
     /// and the connection goes on to the next request when the request allows it.
     pub(super) fn answer(&mut self, cx: &mut Ctx, answer: Answer) {
+        self.queue_interim(cx);
         let reply = match answer {
             Answer::Refuse(term) => return self.fail(cx, term),
             Answer::Reply(reply) => reply,
@@ -439,6 +441,25 @@ impl Session {
         self.x.response_started = true;
         self.x.response_us = Some(self.x.micros_since_start(cx.now));
         self.phase = Phase::Reply;
+    }
+
+    /// Queues the interim head a stage left in the plan (`104 Upload Resumption Supported`) ahead of
+    /// whatever comes next: written with a body wait's `100 Continue`, or with the final answer. An
+    /// HTTP/1.0 client gets none (RFC 9110 §15.2: it might take it for the answer).
+    fn queue_interim(&mut self, cx: &mut Ctx) {
+        let Some(interim) = self.plan.interim.take() else {
+            return;
+        };
+        if self.x.version != Version::Http11 || self.x.response_started {
+            return;
+        }
+        let out = self.resp_out.get_or_insert_with(|| cx.io.take_vec());
+        let headers: Vec<(&str, &str)> = interim
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        crate::http::canned::write_interim(out, interim.status, &headers);
     }
 
     /// Writes tether's own reply; then the next request (or closing).

@@ -23,10 +23,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The embedded demo configuration (also `configs/demo.toml`).
-pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
 /// Largest request head a demo backend reads (larger: 431 and close).
 const MAX_HEAD: usize = 64 * 1024;
@@ -39,9 +40,30 @@ const MAX_BUFFERED: usize = MAX_HEAD + MAX_BODY;
 const IDLE: Duration = Duration::from_secs(120);
 /// How often idle connections are looked for.
 const SWEEP: Duration = Duration::from_secs(10);
-/// Tokens below this are the listeners (backend `i + 1` is `Token(i)`); connection `key` is
+/// Tokens below this are the listeners (backend `i` of a loop is `Token(i)`); connection `key` is
 /// `Token(LISTENERS + key)`.
-const LISTENERS: usize = 3;
+const LISTENERS: usize = 64;
+
+pub mod cluster;
+pub mod webmail;
+
+/// What a demo backend answers: the hello backends of `tether demo`, the webmail of `tether demo --cluster`.
+/// Called on the backends' event-loop thread with a whole request; it must not block.
+pub(crate) trait Service: Send + Sync {
+    fn answer(&self, request: &Request<'_>, now: Instant) -> Answer;
+}
+
+/// The hello backends: `/headers`, `/echo`, `/slow`, and a hello.
+struct Hello {
+    number: usize,
+    address: SocketAddr,
+}
+
+impl Service for Hello {
+    fn answer(&self, request: &Request<'_>, now: Instant) -> Answer {
+        answer(request, self.number, self.address, now)
+    }
+}
 
 /// Starts the demo backends; returns the config to run the balancer with (listening on `listen`) and the
 /// backends' addresses.
@@ -79,30 +101,16 @@ pub fn start(listen: &str, tls_listen: Option<&str>) -> Result<(Config, Vec<Sock
     for (i, port) in [9101u16, 9102, 9103].into_iter().enumerate() {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("cannot start demo backend: {e}"))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
-        backends.push(Backend {
-            listener: TcpListener::from_std(listener),
+        let service = Arc::new(Hello {
             number: i + 1,
             address,
         });
+        backends.push(Backend::new(listener, i + 1, service)?);
     }
     let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
-    let poll = Poll::new().map_err(|e| format!("cannot start demo backends: {e}"))?;
-    for (i, b) in backends.iter_mut().enumerate() {
-        poll.registry()
-            .register(&mut b.listener, Token(i), Interest::READABLE)
-            .map_err(|e| format!("cannot start demo backends: {e}"))?;
-    }
-    std::thread::Builder::new()
-        .name("demo-backends".into())
-        .spawn(move || {
-            if let Err(e) = run(poll, &backends) {
-                log::error!("demo backends stopped: {e}");
-            }
-        })
-        .map_err(|e| format!("cannot start demo backends: {e}"))?;
+    serve(backends, "demo-backends")?;
 
     let cluster = cfg
         .clusters
@@ -153,14 +161,53 @@ pub fn print_banner(
     println!("Access log below (one line per request):");
 }
 
-/// One demo backend: its listener, its number (1 to 3, in `X-Backend`) and its address.
-struct Backend {
+/// One demo backend: its listener, its number (in `X-Backend`), its address and what it answers.
+pub(crate) struct Backend {
     listener: TcpListener,
     number: usize,
     address: SocketAddr,
+    service: Arc<dyn Service>,
 }
 
-/// The event loop of all three backends; runs until an error of the poll itself.
+impl Backend {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        number: usize,
+        service: Arc<dyn Service>,
+    ) -> Result<Backend, String> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot start demo backend: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Backend {
+            listener: TcpListener::from_std(listener),
+            number,
+            address,
+            service,
+        })
+    }
+}
+
+/// Runs `backends` (at most `LISTENERS`) on one event-loop thread named `name`.
+pub(crate) fn serve(mut backends: Vec<Backend>, name: &str) -> Result<(), String> {
+    let poll = Poll::new().map_err(|e| format!("cannot start demo backends: {e}"))?;
+    for (i, b) in backends.iter_mut().take(LISTENERS).enumerate() {
+        poll.registry()
+            .register(&mut b.listener, Token(i), Interest::READABLE)
+            .map_err(|e| format!("cannot start demo backends: {e}"))?;
+    }
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = run(poll, &backends) {
+                log::error!("demo backends stopped: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start demo backends: {e}"))?;
+    Ok(())
+}
+
+/// The event loop of a set of backends; runs until an error of the poll itself.
 fn run(mut poll: Poll, backends: &[Backend]) -> io::Result<()> {
     let mut events = Events::with_capacity(256);
     let mut conns: Slab<Conn> = Slab::new();
@@ -185,7 +232,11 @@ fn run(mut poll: Poll, backends: &[Backend]) -> io::Result<()> {
         let now = Instant::now();
         for event in &events {
             match event.token() {
-                Token(i) if i < LISTENERS => accept(&poll, &backends[i], &mut conns, now),
+                Token(i) if i < LISTENERS => {
+                    if let Some(b) = backends.get(i) {
+                        accept(&poll, b, &mut conns, now);
+                    }
+                }
                 Token(t) => due.push(t - LISTENERS),
             }
         }
@@ -241,7 +292,7 @@ fn accept(poll: &Poll, backend: &Backend, conns: &mut Slab<Conn>, now: Instant) 
         // back until the previous one is acknowledged.
         let _ = stream.set_nodelay(true);
         let entry = conns.vacant_entry();
-        let mut conn = Conn::new(stream, backend.number, backend.address, now);
+        let mut conn = Conn::new(stream, backend.number, backend.service.clone(), now);
         // Registering reports data that arrived before it, so the first event drives the connection.
         let token = Token(LISTENERS + entry.key());
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -275,7 +326,7 @@ struct Parked {
 struct Conn {
     stream: TcpStream,
     number: usize,
-    address: SocketAddr,
+    service: Arc<dyn Service>,
     input: Vec<u8>,
     output: Vec<u8>,
     /// Bytes of `output` already written.
@@ -290,11 +341,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, number: usize, address: SocketAddr, now: Instant) -> Conn {
+    fn new(stream: TcpStream, number: usize, service: Arc<dyn Service>, now: Instant) -> Conn {
         Conn {
             stream,
             number,
-            address,
+            service,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -326,7 +377,7 @@ impl Conn {
                 let answer = match parse(&self.input) {
                     Parsed::Partial => break,
                     Parsed::Complete(len, request) => {
-                        let answer = answer(&request, self.number, self.address, now);
+                        let answer = self.service.answer(&request, now);
                         self.input.drain(..len);
                         answer
                     }
@@ -421,13 +472,23 @@ impl Conn {
 
 /// A request at the start of a connection's input, borrowing from it.
 #[derive(Debug)]
-struct Request<'a> {
-    method: &'a str,
-    path: &'a str,
+pub(crate) struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
     /// Every header as `Name: value` lines, as received (`/headers` shows them).
-    headers: String,
-    body: &'a [u8],
-    keep_alive: bool,
+    pub headers: String,
+    pub body: &'a [u8],
+    pub keep_alive: bool,
+}
+
+impl Request<'_> {
+    /// The first header `name`'s value (case-insensitive name).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }
 
 /// What the start of a connection's input holds.
@@ -485,11 +546,11 @@ fn parse(input: &[u8]) -> Parsed<'_> {
 }
 
 /// A response, built whole, and when it may leave.
-struct Answer {
-    response: Vec<u8>,
-    close: bool,
+pub(crate) struct Answer {
+    pub response: Vec<u8>,
+    pub close: bool,
     /// Not before this (`/slow`).
-    at: Option<Instant>,
+    pub at: Option<Instant>,
 }
 
 /// The demo endpoints: `/headers`, `/echo`, `/slow?ms=N` (at most a minute), and a hello for anything else.
@@ -528,12 +589,33 @@ fn answer(request: &Request<'_>, number: usize, address: SocketAddr, now: Instan
 
 /// Appends a whole response, head and body, to `out` (one buffer, so it leaves in one write).
 fn write_response(out: &mut Vec<u8>, status: u16, body: &[u8], keep_alive: bool, number: usize) {
+    write_full_response(
+        out,
+        status,
+        "text/plain; charset=utf-8",
+        "",
+        body,
+        keep_alive,
+        number,
+    );
+}
+
+/// Appends a whole response with `content_type` and `extra` header lines (each ending in CRLF).
+pub(crate) fn write_full_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+    keep_alive: bool,
+    number: usize,
+) {
     let reason = crate::http::canned::reason_phrase(status);
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         X-Backend: {number}\r\nConnection: {connection}\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         X-Backend: {number}\r\n{extra}Connection: {connection}\r\n\r\n",
         body.len()
     );
     out.extend_from_slice(body);
