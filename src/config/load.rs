@@ -950,6 +950,7 @@ limits.max_headers = 5
         "uploads.threads",
         "uploads.forward_attempts",
         "uploads.forward_timeout",
+        "uploads.window",
         "notifications.publish_address",
         "notifications.publish_secret",
         "notifications.max_count",

@@ -970,6 +970,9 @@ pub struct UploadsConfig {
     /// How long a forward waits for the backend's answer.
     #[serde(with = "duration")]
     pub forward_timeout: Duration,
+    /// Per replication link, upload bytes sent to the peer and not yet acknowledged (flow control of
+    /// the spool's side channel; at least 256 KiB is used).
+    pub window: usize,
 }
 
 impl Default for UploadsConfig {
@@ -985,6 +988,7 @@ impl Default for UploadsConfig {
             threads: 2,
             forward_attempts: 3,
             forward_timeout: Duration::from_secs(60),
+            window: 1 << 20,
         }
     }
 }

@@ -40,6 +40,21 @@ const SNAPSHOT_BEGIN: u8 = 0x20;
 const SNAPSHOT_RECORDS: u8 = 0x21;
 const SNAPSHOT_END: u8 = 0x22;
 const HEARTBEAT: u8 = 0x30;
+const SPOOL_DATA: u8 = 0x40;
+const SPOOL_ACK: u8 = 0x41;
+const SPOOL_FETCH: u8 = 0x42;
+const SPOOL_PART: u8 = 0x43;
+const SPOOL_MISSING: u8 = 0x44;
+const SPOOL_CLAIM: u8 = 0x45;
+const SPOOL_CLAIMED: u8 = 0x46;
+/// Most upload bytes in one `SPOOL_DATA` or `SPOOL_PART` frame (256 KiB).
+pub const MAX_SPOOL_BYTES: usize = 256 * 1024;
+/// Bytes of a `SPOOL_DATA` payload before its upload bytes: id, tag, prev, offset, length.
+pub const SPOOL_DATA_HEAD: usize = 16 + 8 + 8 + 8 + 4;
+/// Bytes of a `SPOOL_PART` payload before its upload bytes: id, offset, length.
+pub const SPOOL_PART_HEAD: usize = 16 + 8 + 4;
+/// An upload id on the side channel (`spool::state::UploadId`).
+pub type SpoolId = [u8; 16];
 
 /// One frame of a replication link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +93,44 @@ pub enum Frame {
     SnapshotEnd { count: u64, digest: [u8; 32] },
     /// Liveness and clocks: the sender's clock and the last sequence it streamed on this link.
     Heartbeat { hlc: u64, sent: u64 },
+    /// The spool's side channel (docs/PROTOCOL.md, "Upload bytes"): bytes `offset ..` of upload `id`,
+    /// part of the append `tag` (non-zero, random per append) that starts where the append `prev`
+    /// (0: the upload's creation) ended. Answered with `SpoolAck` once written to the receiver's file.
+    SpoolData {
+        id: SpoolId,
+        tag: u64,
+        prev: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// The receiver wrote (`written`) or could not write the `len` bytes at `offset` of a `SpoolData` or
+    /// `SpoolPart`: either way they leave the sender's window.
+    SpoolAck {
+        id: SpoolId,
+        offset: u64,
+        len: u32,
+        written: bool,
+    },
+    /// Send me the acknowledged bytes `from .. upto` of upload `id` (as `SpoolPart`s, or `SpoolMissing`).
+    SpoolFetch { id: SpoolId, from: u64, upto: u64 },
+    /// An answer to `SpoolFetch`: acknowledged bytes of upload `id` from `offset`.
+    SpoolPart {
+        id: SpoolId,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// An answer to `SpoolFetch`: this node cannot send the bytes from `from` on.
+    SpoolMissing { id: SpoolId, from: u64 },
+    /// The sender wants to append to upload `id` (its attempt `nonce`): may it?
+    SpoolClaim { id: SpoolId, nonce: u64 },
+    /// The answer to `SpoolClaim`: `granted` unless an append to `id` is under way here; `offset` is the
+    /// upload's acknowledged offset as this node's store holds it.
+    SpoolClaimed {
+        id: SpoolId,
+        nonce: u64,
+        granted: bool,
+        offset: u64,
+    },
 }
 
 /// A `WELCOME`'s status byte.
@@ -162,6 +215,14 @@ pub enum FrameError {
     BadKey,
     #[error("record value too large")]
     ValueTooLarge,
+    #[error("upload bytes empty or over 256 KiB ({0})")]
+    BadSpoolLength(u32),
+    #[error("upload byte range out of bounds")]
+    BadSpoolRange,
+    #[error("append tag is zero")]
+    ZeroTag,
+    #[error("bad flag byte {0}")]
+    BadFlag(u8),
 }
 
 impl Frame {
@@ -177,6 +238,13 @@ impl Frame {
             Frame::SnapshotRecords { .. } => SNAPSHOT_RECORDS,
             Frame::SnapshotEnd { .. } => SNAPSHOT_END,
             Frame::Heartbeat { .. } => HEARTBEAT,
+            Frame::SpoolData { .. } => SPOOL_DATA,
+            Frame::SpoolAck { .. } => SPOOL_ACK,
+            Frame::SpoolFetch { .. } => SPOOL_FETCH,
+            Frame::SpoolPart { .. } => SPOOL_PART,
+            Frame::SpoolMissing { .. } => SPOOL_MISSING,
+            Frame::SpoolClaim { .. } => SPOOL_CLAIM,
+            Frame::SpoolClaimed { .. } => SPOOL_CLAIMED,
         }
     }
 }
@@ -273,6 +341,55 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&hlc.to_be_bytes());
             out.extend_from_slice(&sent.to_be_bytes());
         }
+        Frame::SpoolData {
+            id,
+            tag,
+            prev,
+            offset,
+            bytes,
+        } => {
+            out.truncate(at);
+            return encode_spool_data(id, *tag, *prev, *offset, bytes, out);
+        }
+        Frame::SpoolPart { id, offset, bytes } => {
+            out.truncate(at);
+            return encode_spool_part(id, *offset, bytes, out);
+        }
+        Frame::SpoolAck {
+            id,
+            offset,
+            len,
+            written,
+        } => {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.push(u8::from(!*written));
+        }
+        Frame::SpoolFetch { id, from, upto } => {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&from.to_be_bytes());
+            out.extend_from_slice(&upto.to_be_bytes());
+        }
+        Frame::SpoolMissing { id, from } => {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&from.to_be_bytes());
+        }
+        Frame::SpoolClaim { id, nonce } => {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&nonce.to_be_bytes());
+        }
+        Frame::SpoolClaimed {
+            id,
+            nonce,
+            granted,
+            offset,
+        } => {
+            out.extend_from_slice(id);
+            out.extend_from_slice(&nonce.to_be_bytes());
+            out.push(u8::from(*granted));
+            out.extend_from_slice(&offset.to_be_bytes());
+        }
     }
     let len = out.len() - at - HEADER_LEN;
     debug_assert!(len <= MAX_PAYLOAD, "frame payload of {len} bytes");
@@ -307,6 +424,38 @@ pub fn encode_snapshot_records(records: &[&Record], out: &mut Vec<u8>) {
     out[at + 1..at + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
+/// Appends a `SPOOL_DATA` frame, byte for byte what [`encode`] writes for `Frame::SpoolData`, from a
+/// borrowed slice: an append's bytes go onto the link without a copy into a frame first.
+pub fn encode_spool_data(
+    id: &SpoolId,
+    tag: u64,
+    prev: u64,
+    offset: u64,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
+    debug_assert!((1..=MAX_SPOOL_BYTES).contains(&bytes.len()) && tag != 0);
+    out.push(SPOOL_DATA);
+    out.extend_from_slice(&((SPOOL_DATA_HEAD + bytes.len()) as u32).to_be_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&tag.to_be_bytes());
+    out.extend_from_slice(&prev.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a `SPOOL_PART` frame from a borrowed slice (see [`encode_spool_data`]).
+pub fn encode_spool_part(id: &SpoolId, offset: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    debug_assert!((1..=MAX_SPOOL_BYTES).contains(&bytes.len()));
+    out.push(SPOOL_PART);
+    out.extend_from_slice(&((SPOOL_PART_HEAD + bytes.len()) as u32).to_be_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// Decodes the frame at the start of `buf`: `Ok(None)` when more bytes are needed, `Ok(Some((frame,
 /// consumed)))` when one is complete (the caller drops `consumed` bytes and calls again), or the reason the
 /// bytes are not a frame (the link is then closed).
@@ -329,6 +478,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             | SNAPSHOT_RECORDS
             | SNAPSHOT_END
             | HEARTBEAT
+            | SPOOL_DATA
+            | SPOOL_ACK
+            | SPOOL_FETCH
+            | SPOOL_PART
+            | SPOOL_MISSING
+            | SPOOL_CLAIM
+            | SPOOL_CLAIMED
     ) {
         return Err(FrameError::UnknownType(kind));
     }
@@ -386,12 +542,100 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             hlc: r.u64()?,
             sent: r.u64()?,
         },
+        SPOOL_DATA => {
+            let id = r.array()?;
+            let tag = r.u64()?;
+            if tag == 0 {
+                return Err(FrameError::ZeroTag);
+            }
+            let prev = r.u64()?;
+            let (offset, bytes) = spool_bytes(&mut r)?;
+            Frame::SpoolData {
+                id,
+                tag,
+                prev,
+                offset,
+                bytes,
+            }
+        }
+        SPOOL_PART => {
+            let id = r.array()?;
+            let (offset, bytes) = spool_bytes(&mut r)?;
+            Frame::SpoolPart { id, offset, bytes }
+        }
+        SPOOL_ACK => {
+            let id = r.array()?;
+            let (offset, len) = spool_range(&mut r)?;
+            let written = match r.u8()? {
+                0 => true,
+                1 => false,
+                b => return Err(FrameError::BadFlag(b)),
+            };
+            Frame::SpoolAck {
+                id,
+                offset,
+                len,
+                written,
+            }
+        }
+        SPOOL_FETCH => {
+            let id = r.array()?;
+            let from = r.u64()?;
+            let upto = r.u64()?;
+            if from >= upto {
+                return Err(FrameError::BadSpoolRange);
+            }
+            Frame::SpoolFetch { id, from, upto }
+        }
+        SPOOL_MISSING => Frame::SpoolMissing {
+            id: r.array()?,
+            from: r.u64()?,
+        },
+        SPOOL_CLAIM => Frame::SpoolClaim {
+            id: r.array()?,
+            nonce: r.u64()?,
+        },
+        SPOOL_CLAIMED => {
+            let id = r.array()?;
+            let nonce = r.u64()?;
+            let granted = match r.u8()? {
+                0 => false,
+                1 => true,
+                b => return Err(FrameError::BadFlag(b)),
+            };
+            Frame::SpoolClaimed {
+                id,
+                nonce,
+                granted,
+                offset: r.u64()?,
+            }
+        }
         _ => return Err(FrameError::UnknownType(kind)),
     };
     if !r.0.is_empty() {
         return Err(FrameError::Trailing);
     }
     Ok(Some((frame, HEADER_LEN + len as usize)))
+}
+
+/// An offset and a length of upload bytes (`SPOOL_DATA`, `SPOOL_PART`, `SPOOL_ACK`): 1 ..= 256 KiB, a
+/// range that does not pass the end of the offsets.
+fn spool_range(r: &mut Reader<'_>) -> Result<(u64, u32), FrameError> {
+    let offset = r.u64()?;
+    let len = r.u32()?;
+    if len == 0 || len as usize > MAX_SPOOL_BYTES {
+        return Err(FrameError::BadSpoolLength(len));
+    }
+    if offset.checked_add(u64::from(len)).is_none() {
+        return Err(FrameError::BadSpoolRange);
+    }
+    Ok((offset, len))
+}
+
+/// The offset, length and bytes that end `SPOOL_DATA` and `SPOOL_PART`.
+fn spool_bytes(r: &mut Reader<'_>) -> Result<(u64, Vec<u8>), FrameError> {
+    let (offset, len) = spool_range(r)?;
+    Ok((offset, r.take(len as usize)?.to_vec()))
 }
 
 fn hello(r: &mut Reader<'_>) -> Result<Frame, FrameError> {
@@ -683,6 +927,62 @@ mod tests {
                 hlc: 1 << 40,
                 sent: 3,
             },
+            Frame::SpoolData {
+                id: [7; 16],
+                tag: 1,
+                prev: 0,
+                offset: 0,
+                bytes: vec![0xab; 300],
+            },
+            Frame::SpoolData {
+                id: [0; 16],
+                tag: u64::MAX,
+                prev: 9,
+                offset: u64::MAX - 1,
+                bytes: vec![1],
+            },
+            Frame::SpoolAck {
+                id: [1; 16],
+                offset: 5,
+                len: 1,
+                written: true,
+            },
+            Frame::SpoolAck {
+                id: [1; 16],
+                offset: 0,
+                len: MAX_SPOOL_BYTES as u32,
+                written: false,
+            },
+            Frame::SpoolFetch {
+                id: [2; 16],
+                from: 0,
+                upto: u64::MAX,
+            },
+            Frame::SpoolPart {
+                id: [3; 16],
+                offset: 1 << 20,
+                bytes: b"part".to_vec(),
+            },
+            Frame::SpoolMissing {
+                id: [4; 16],
+                from: 3,
+            },
+            Frame::SpoolClaim {
+                id: [5; 16],
+                nonce: 77,
+            },
+            Frame::SpoolClaimed {
+                id: [5; 16],
+                nonce: 77,
+                granted: true,
+                offset: 1 << 30,
+            },
+            Frame::SpoolClaimed {
+                id: [5; 16],
+                nonce: 0,
+                granted: false,
+                offset: 0,
+            },
         ]
     }
 
@@ -744,7 +1044,10 @@ mod tests {
         types.dedup();
         assert_eq!(
             types,
-            [0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x30]
+            [
+                0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x30, 0x40, 0x41, 0x42, 0x43, 0x44,
+                0x45, 0x46
+            ]
         );
         for f in frames {
             let bytes = encoded(&f);
@@ -766,6 +1069,21 @@ mod tests {
             records: vec![rec(Kind::TicketKeys, b"k", 1, Some(&value)); 3],
         };
         let bytes = encoded(&f);
+        assert_eq!(decode(&bytes), Ok(Some((f, bytes.len()))));
+    }
+
+    #[test]
+    fn largest_spool_frame_round_trips() {
+        // Apart from `samples`: the stream tests split their stream at every byte.
+        let f = Frame::SpoolData {
+            id: [7; 16],
+            tag: 1,
+            prev: 0,
+            offset: 0,
+            bytes: vec![0xab; MAX_SPOOL_BYTES],
+        };
+        let bytes = encoded(&f);
+        assert_eq!(bytes.len(), HEADER_LEN + SPOOL_DATA_HEAD + MAX_SPOOL_BYTES);
         assert_eq!(decode(&bytes), Ok(Some((f, bytes.len()))));
     }
 
@@ -825,6 +1143,141 @@ mod tests {
         ]);
         want.extend_from_slice(&[0, 0, 0, 6, 0, 0, 0, 1, b'v']);
         assert_eq!(ups, want);
+        let data = encoded(&Frame::SpoolData {
+            id: [0x11; 16],
+            tag: 2,
+            prev: 1,
+            offset: 3,
+            bytes: b"xy".to_vec(),
+        });
+        let mut want = vec![0x40, 0, 0, 0, 46];
+        want.extend_from_slice(&[0x11; 16]);
+        want.extend_from_slice(&two(2, 1));
+        want.extend_from_slice(&3u64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 0, 2, b'x', b'y']);
+        assert_eq!(data, want);
+        let ack = encoded(&Frame::SpoolAck {
+            id: [0x11; 16],
+            offset: 3,
+            len: 2,
+            written: false,
+        });
+        let mut want = vec![0x41, 0, 0, 0, 29];
+        want.extend_from_slice(&[0x11; 16]);
+        want.extend_from_slice(&3u64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 0, 2, 1]);
+        assert_eq!(ack, want);
+        let claimed = encoded(&Frame::SpoolClaimed {
+            id: [0x11; 16],
+            nonce: 4,
+            granted: true,
+            offset: 5,
+        });
+        let mut want = vec![0x46, 0, 0, 0, 33];
+        want.extend_from_slice(&[0x11; 16]);
+        want.extend_from_slice(&4u64.to_be_bytes());
+        want.push(1);
+        want.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(claimed, want);
+    }
+
+    /// A `SPOOL_DATA` payload: id, tag, prev, offset, a length and the bytes given.
+    fn spool_data(tag: u64, offset: u64, len: u32, bytes: &[u8]) -> Vec<u8> {
+        let p = [
+            &[9u8; 16][..],
+            &two(tag, 0),
+            &offset.to_be_bytes(),
+            &len.to_be_bytes(),
+            bytes,
+        ]
+        .concat();
+        frame(SPOOL_DATA, &p)
+    }
+
+    #[test]
+    fn spool_frames_refuse_bad_lengths_ranges_and_flags() {
+        let big = vec![0u8; MAX_SPOOL_BYTES + 1];
+        let id = [9u8; 16];
+        let ack = |offset: u64, len: u32, flag: u8| {
+            let p = [&id[..], &offset.to_be_bytes(), &len.to_be_bytes(), &[flag]].concat();
+            frame(SPOOL_ACK, &p)
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (spool_data(0, 0, 1, b"x"), "append tag is zero"),
+            (
+                spool_data(1, 0, 0, b""),
+                "upload bytes empty or over 256 KiB (0)",
+            ),
+            (
+                spool_data(1, 0, big.len() as u32, &big),
+                "upload bytes empty or over 256 KiB (262145)",
+            ),
+            (
+                spool_data(1, u64::MAX, 1, b"x"),
+                "upload byte range out of bounds",
+            ),
+            (spool_data(1, 0, 2, b"x"), "truncated field"),
+            (spool_data(1, 0, 1, b"xy"), "trailing bytes in frame"),
+            (
+                spool_data(1, 0, u32::MAX, b""),
+                "upload bytes empty or over 256 KiB (4294967295)",
+            ),
+            (frame(SPOOL_DATA, &id[..10]), "truncated field"),
+            (
+                frame(
+                    SPOOL_PART,
+                    &[&id[..], &0u64.to_be_bytes(), &0u32.to_be_bytes()].concat(),
+                ),
+                "upload bytes empty or over 256 KiB (0)",
+            ),
+            (ack(0, 1, 2), "bad flag byte 2"),
+            (ack(0, 0, 0), "upload bytes empty or over 256 KiB (0)"),
+            (ack(u64::MAX, 1, 0), "upload byte range out of bounds"),
+            (
+                frame(SPOOL_FETCH, &[&id[..], &two(5, 5)].concat()),
+                "upload byte range out of bounds",
+            ),
+            (
+                frame(SPOOL_FETCH, &[&id[..], &two(6, 5)].concat()),
+                "upload byte range out of bounds",
+            ),
+            (frame(SPOOL_MISSING, &id), "truncated field"),
+            (
+                frame(SPOOL_CLAIM, &[&id[..], &two(1, 1)].concat()),
+                "trailing bytes in frame",
+            ),
+            (
+                frame(
+                    SPOOL_CLAIMED,
+                    &[&id[..], &1u64.to_be_bytes(), &[7], &1u64.to_be_bytes()].concat(),
+                ),
+                "bad flag byte 7",
+            ),
+            (frame(0x47, &[]), "unknown frame type 0x47"),
+        ];
+        for (bytes, reason) in cases {
+            match decode(&bytes) {
+                Err(e) => assert_eq!(
+                    e.to_string(),
+                    reason,
+                    "{:02x?}",
+                    &bytes[..bytes.len().min(64)]
+                ),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+        // A retired upload-chunk record (kind 12) from an older peer still decodes: it is held, unused.
+        let old = updates(1, 1, 1, &raw_record(12, 0, &[0; 24], Some((1, b"v"))));
+        assert!(matches!(decode(&old), Ok(Some((Frame::Updates { .. }, _)))));
+        // The borrowed-slice encoders write what `encode` writes.
+        let mut a = Vec::new();
+        encode_spool_part(&id, 4, b"abc", &mut a);
+        let b = encoded(&Frame::SpoolPart {
+            id,
+            offset: 4,
+            bytes: b"abc".to_vec(),
+        });
+        assert_eq!(a, b);
     }
 
     #[test]

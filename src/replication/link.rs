@@ -151,6 +151,13 @@ impl Link {
         self.last_sent = now;
     }
 
+    /// Queues a frame encoded by `write` straight into the link's buffer (spool data, from a borrowed
+    /// slice).
+    pub fn send_with(&mut self, now: Instant, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.output);
+        self.last_sent = now;
+    }
+
     /// Queues frames already encoded (a snapshot's chunk).
     pub fn send_encoded(&mut self, bytes: &[u8], now: Instant) {
         self.output.extend_from_slice(bytes);

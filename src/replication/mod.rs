@@ -5,6 +5,7 @@ pub mod frame;
 pub mod link;
 pub mod link_tls;
 pub mod node;
+pub mod side;
 mod snapshot_recv;
 mod snapshot_send;
 

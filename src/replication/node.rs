@@ -244,6 +244,9 @@ pub struct Feed {
     pub ticket_rotation: Duration,
     /// How long a starting node waits for a peer before it makes keys of its own.
     pub ready_timeout: Duration,
+    /// The upload spool's side channel (with `[uploads]`): upload bytes, fetches and claims ride the
+    /// links beside the store's stream.
+    pub spool: Option<Arc<super::side::SpoolSide>>,
 }
 
 /// Records per `UPDATES` frame, and per `SNAPSHOT_RECORDS` frame.
@@ -343,6 +346,9 @@ impl Replication {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         feed.feed.set_waker(waker.clone());
+        if let Some(side) = &feed.spool {
+            side.set_waker(waker.clone());
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(
             setup
@@ -512,6 +518,11 @@ struct Thread {
     bytes_done: Vec<(u64, u64)>,
     /// Reloaded peer lists and heartbeats (see [`Thread::reconfigure`]).
     updates: crossbeam_channel::Receiver<ClusterUpdate>,
+    /// The spool's side channel: per peer, upload bytes queued behind the store's frames.
+    side: Option<super::side::SideLinks>,
+    /// Links that got a spool reply while their frames were being handled: driven by `spool_side` in
+    /// the same turn (else the reply would wait for the link's next event, a heartbeat at worst).
+    spool_flush: Vec<usize>,
 }
 
 impl Thread {
@@ -530,6 +541,10 @@ impl Thread {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
         let setup_epoch = setup.identity.epoch;
+        let side = feed
+            .spool
+            .clone()
+            .map(|s| super::side::SideLinks::new(s, n));
         let dials = setup
             .identity
             .peers
@@ -568,6 +583,8 @@ impl Thread {
             started: now,
             bytes_done: vec![(0, 0); n],
             updates,
+            side,
+            spool_flush: Vec::new(),
         })
     }
 
@@ -636,6 +653,7 @@ impl Thread {
             self.ticket_keys(now);
             self.pump_snapshots(now);
             self.stream(now);
+            self.spool_side(now);
             self.reap();
             self.publish(now);
         }
@@ -964,11 +982,145 @@ impl Thread {
                     }
                 }
             }
+            Frame::SpoolAck {
+                id,
+                offset,
+                len,
+                written,
+            } => {
+                if let Some(side) = &mut self.side {
+                    side.on_ack(peer, id, offset, len, written);
+                }
+            }
+            Frame::SpoolClaimed {
+                nonce,
+                granted,
+                offset,
+                ..
+            } => {
+                if let Some(side) = &mut self.side {
+                    side.on_claimed(peer, nonce, granted, offset);
+                }
+            }
+            Frame::SpoolClaim { id, nonce } => {
+                // No spool here: nothing is appended here, so the claim is granted.
+                let (granted, offset) = self
+                    .side
+                    .as_ref()
+                    .and_then(|s| s.side.inbox())
+                    .map_or((true, 0), |inbox| inbox.claim(id));
+                if let Some(link) = self.links.get_mut(key) {
+                    link.send(
+                        &Frame::SpoolClaimed {
+                            id,
+                            nonce,
+                            granted,
+                            offset,
+                        },
+                        now,
+                    );
+                    self.spool_flush.push(key);
+                }
+            }
+            Frame::SpoolData {
+                id,
+                tag,
+                prev,
+                offset,
+                bytes,
+            } => match self.side.as_ref().and_then(|s| s.side.inbox()) {
+                Some(inbox) => inbox.data(peer, id, tag, prev, offset, bytes),
+                None => self.spool_refused(key, id, offset, bytes.len(), now),
+            },
+            Frame::SpoolPart { id, offset, bytes } => {
+                match self.side.as_ref().and_then(|s| s.side.inbox()) {
+                    Some(inbox) => inbox.part(peer, id, offset, bytes),
+                    None => self.spool_refused(key, id, offset, bytes.len(), now),
+                }
+            }
+            Frame::SpoolFetch { id, from, upto } => {
+                match self.side.as_ref().and_then(|s| s.side.inbox()) {
+                    Some(inbox) => inbox.fetch(peer, id, from, upto),
+                    None => {
+                        if let Some(link) = self.links.get_mut(key) {
+                            link.send(&Frame::SpoolMissing { id, from }, now);
+                            self.spool_flush.push(key);
+                        }
+                    }
+                }
+            }
+            Frame::SpoolMissing { id, from } => {
+                if let Some(inbox) = self.side.as_ref().and_then(|s| s.side.inbox()) {
+                    inbox.missing(peer, id, from);
+                }
+            }
             other => log::debug!(
                 "replication: {}: frame 0x{:02x} ignored",
                 self.me.peers[peer],
                 other.frame_type()
             ),
+        }
+    }
+
+    /// Upload bytes this node has no spool for: acknowledged as not written, so they leave the
+    /// sender's window (and its append counts on other peers only).
+    fn spool_refused(&mut self, key: usize, id: [u8; 16], offset: u64, len: usize, now: Instant) {
+        if let Some(link) = self.links.get_mut(key) {
+            link.send(
+                &Frame::SpoolAck {
+                    id,
+                    offset,
+                    len: len as u32,
+                    written: false,
+                },
+                now,
+            );
+            self.spool_flush.push(key);
+        }
+    }
+
+    /// The spool's side channel: which peers are up, the spool's commands (control frames out at
+    /// once), and spool data onto each up link behind the store frames `stream` queued.
+    fn spool_side(&mut self, now: Instant) {
+        let Some(mut side) = self.side.take() else {
+            return;
+        };
+        let up: Vec<usize> = (0..self.dials.len())
+            .filter(|&p| {
+                self.dials[p]
+                    .link
+                    .and_then(|k| self.links.get(k))
+                    .is_some_and(|l| l.phase == LinkPhase::Up)
+            })
+            .collect();
+        side.set_up(up.clone());
+        let mut control = Vec::new();
+        side.take_commands(&mut control);
+        let mut touched = std::mem::take(&mut self.spool_flush);
+        for (peer, frame) in control {
+            if let Some(key) = self.dials.get(peer).and_then(|d| d.link) {
+                if let Some(link) = self.links.get_mut(key) {
+                    link.send(&frame, now);
+                    touched.push(key);
+                }
+            }
+        }
+        for peer in up {
+            if !side.pending(peer) {
+                continue;
+            }
+            if let Some(key) = self.dials[peer].link {
+                if let Some(link) = self.links.get_mut(key) {
+                    side.pump(peer, link, now);
+                    touched.push(key);
+                }
+            }
+        }
+        self.side = Some(side);
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            self.drive(key, now);
         }
     }
 
@@ -1307,6 +1459,9 @@ impl Thread {
                     // midway is dropped (the store keeps its old state).
                     self.sent[i] = None;
                     self.streaming[i] = false;
+                    if let Some(side) = &mut self.side {
+                        side.peer_down(i);
+                    }
                     if let Some(incoming) = self.incoming[i].take() {
                         incoming.abandon(&self.gate);
                     }
@@ -1429,6 +1584,14 @@ impl Thread {
         now: Instant,
     ) {
         let me = self.me.node.clone();
+        // Spool frames queued or in flight are failed (their appends are tried again by clients) rather
+        // than moved with the peers' new positions.
+        if let Some(side) = &mut self.side {
+            for p in 0..from.len().max(to.len()) {
+                side.peer_down(p);
+            }
+            side.resize(peers.len());
+        }
         // A snapshot from a removed peer will not finish: undo what it applied in place.
         for (old, new) in to.iter().enumerate() {
             if new.is_none() {

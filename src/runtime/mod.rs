@@ -334,6 +334,11 @@ impl Server {
         let mut writers: Vec<Option<crate::store::StoreWriter>> =
             (0..count).map(|_| None).collect();
         let mut feed = None;
+        // With `[cluster]` and `[uploads]`: the side channel upload bytes take to the peers.
+        let spool_side = match (&replication, &config.uploads) {
+            (Some(_), Some(u)) => Some(crate::replication::side::SpoolSide::new(u.window)),
+            _ => None,
+        };
         // Three more writers than workers: the auth key keeper's, the auth relay's and the counters'
         // flusher's threads.
         let auth_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -372,6 +377,7 @@ impl Server {
                     .cluster
                     .as_ref()
                     .map_or(Duration::ZERO, |c| c.ready_timeout),
+                spool: spool_side.clone(),
             });
         }
         if config.sessions.cookie_keys.is_empty()
@@ -461,6 +467,7 @@ impl Server {
                     config.resolve_path(&u.dir),
                     u.threads,
                     e.store.clone(),
+                    spool_side.clone(),
                     auth_stop.clone(),
                 )
                 .map_err(|e| {

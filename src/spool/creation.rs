@@ -246,6 +246,7 @@ fn checked(
         metadata,
         length,
         offset: 0,
+        tag: 0,
         created: now,
         expires: now.saturating_add(settings.expiry.as_secs().min(u64::from(u32::MAX)) as u32),
         identity,

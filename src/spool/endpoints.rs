@@ -2,18 +2,21 @@
 //! `/.tether/uploads/ID` — `HEAD`, `PATCH`, `DELETE`, `OPTIONS`; the append, the record of a new upload
 //! and the forward of a completed one, which the creation stage (`creation`) also hands its uploads to.
 //!
-//! An append waits three times without holding its worker, each on a ticket: the spool's thread checks
-//! the checksum and writes the file; a replica acknowledges the chunk records and the new offset (a sync
-//! write); and, once the upload is complete, the spool's thread forwards it to a backend. Written against
+//! An append waits up to four times without holding its worker, each on a ticket: in a cluster, the
+//! peers grant the claim (no append to the upload under way on another node); the spool's thread checks
+//! the checksum, writes the file and pushes the bytes to the peers, the ticket completing when one
+//! peer wrote them all; a replica acknowledges the new offset (a sync write); and, once the upload is
+//! complete, the spool's thread forwards it to a backend. Written against
 //! the stages' types, so it belongs with `proxy`. A plain request costs one prefix comparison (resources)
 //! and one boolean (creation).
 
 use super::disk::SpoolError;
 use super::forward::{self, Answer as Backend, ForwardError};
-use super::state::{self, CHUNK, Proto, Upload, UploadId};
+use super::state::{self, Proto, Upload, UploadId};
 use super::{BusyGuard, Spool};
 use crate::error::Termination;
 use crate::proxy::stages::{Answer, Reply, Request, Ticket, Verdict, Wait};
+use crate::replication::side::{ClaimAnswer, Command, Pushed};
 use crate::store::Kind;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -41,12 +44,29 @@ impl std::fmt::Debug for Progress {
 type Slot<T> = Arc<Mutex<Option<T>>>;
 
 enum Step {
-    /// The spool's thread checks and writes the bytes; then the chunk records to replicate.
-    Writing(Slot<Result<state::Chunks, SpoolError>>),
+    /// The peers answer the claim; then the append or the forward.
+    Claiming {
+        answer: Slot<ClaimAnswer>,
+        then: Then,
+    },
+    /// The spool's thread checks and writes the bytes, and a peer writes them too; then the append's
+    /// tag.
+    Writing(Slot<Result<u64, SpoolError>>),
     /// A replica acknowledges the new offset.
     Syncing,
     /// The spool's thread forwards the completed upload.
     Forwarding(Slot<Result<Backend, ForwardError>>),
+}
+
+/// What a granted claim goes on to.
+enum Then {
+    /// Write the body (held in memory meanwhile, at most `max_chunk`).
+    Write {
+        body: Arc<[u8]>,
+        checksum: Option<[u8; 32]>,
+    },
+    /// Forward the complete upload again.
+    Forward,
 }
 
 struct Job {
@@ -179,7 +199,10 @@ pub(crate) fn upload_resources(r: &mut Request<'_>) -> Verdict {
         return refuse(proto, 404, "no such upload");
     }
     match method {
-        b"HEAD" => head(&upload, &settings),
+        b"HEAD" => {
+            prefetch(spool, id, &upload);
+            head(&upload, &settings)
+        }
         b"PATCH" => patch(r, spool, &settings, id, upload),
         b"DELETE" => delete(r, spool, id, &upload),
         _ => {
@@ -207,6 +230,20 @@ fn owner(r: &mut Request<'_>, upload: &Upload) -> bool {
     crate::proxy::stages::host_login(r).is_some_and(|v| {
         v.session.user == upload.user && state::hex(&v.session_id) == upload.session
     })
+}
+
+/// A node whose file lacks acknowledged bytes (appends other nodes took while it was away) starts
+/// fetching them from a peer when a client asks for the offset: the `PATCH` that follows finds them.
+fn prefetch(spool: &Spool, id: UploadId, upload: &Upload) {
+    if spool.shared.side.is_none() || spool.shared.covers(&id, upload.offset, upload.tag) {
+        return;
+    }
+    let (shared, offset, tag) = (spool.shared.clone(), upload.offset, upload.tag);
+    let _ = spool.pool.submit(Box::new(move || {
+        if let Err(e) = shared.fill(&id, offset, tag) {
+            log::info!("uploads: prefetch of {} failed: {e}", state::hex(&id));
+        }
+    }));
 }
 
 fn head(upload: &Upload, settings: &crate::config::UploadsConfig) -> Verdict {
@@ -262,17 +299,11 @@ fn remove_records(r: &Request<'_>, id: &UploadId, upload: &Upload) {
     let Some(store) = r.cx.store else {
         return;
     };
-    let expires = upload.expires;
-    let bytes = upload.length.unwrap_or(upload.offset).max(upload.offset);
-    for index in 0..bytes.div_ceil(CHUNK) {
-        let _ = store.write(state::record(
-            Kind::UploadChunk,
-            &state::chunk_key(id, index),
-            None,
-            expires,
-        ));
-    }
-    let _ = store.write(state::record(Kind::Upload, id, None, expires));
+    // Stamped with the writer's clock: a tombstone must win over every offset record before it.
+    let _ = store.write(crate::store::Record {
+        version: store.version(),
+        ..state::record(Kind::Upload, id, None, upload.expires)
+    });
 }
 
 /// `PATCH /.tether/uploads/ID`: an append at the acknowledged offset.
@@ -328,6 +359,10 @@ fn patch(
             created: false,
             _busy: busy,
         };
+        // Another node may be forwarding it right now: asked first, as for an append.
+        if spool.shared.side.is_some() {
+            return claim(r, spool, job, ticket, Then::Forward);
+        }
         return start_forward(r, spool, settings, job, ticket);
     }
     append(r, spool, settings, id, upload, checksum, last, false)
@@ -379,23 +414,7 @@ pub(super) fn append(
     let Some(ticket) = r.cx.ticket() else {
         return internal();
     };
-    let slot: Slot<_> = Arc::new(Mutex::new(None));
-    let (shared, done, out, offset) = (
-        spool.shared.clone(),
-        ticket.clone(),
-        slot.clone(),
-        upload.offset,
-    );
-    let bytes = body.to_vec();
-    let now = r.cx.unix_now;
-    let task = Box::new(move || {
-        let result = shared.append(&id, offset, &bytes, checksum, now);
-        *out.lock() = Some(result);
-        done.complete();
-    });
-    if spool.pool.submit(task).is_err() {
-        return refuse(proto, 503, "the spool is busy: try again");
-    }
+    let body: Arc<[u8]> = Arc::from(body);
     let job = Job {
         id,
         upload,
@@ -404,7 +423,79 @@ pub(super) fn append(
         created,
         _busy: busy,
     };
-    wait(r, job, ticket, Step::Writing(slot), Duration::from_secs(30))
+    // A new upload's id is known to no other node yet: nothing to claim.
+    if spool.shared.side.is_some() && !created {
+        return claim(r, spool, job, ticket, Then::Write { body, checksum });
+    }
+    write(r, spool, job, body, checksum, ticket)
+}
+
+/// Asks every up peer whether the upload may be appended to (or forwarded) here; the request waits for
+/// the answers (docs/UPLOADS.md, "Concurrent appends").
+fn claim(r: &mut Request<'_>, spool: &Spool, job: Job, ticket: Arc<Ticket>, then: Then) -> Verdict {
+    let Some(side) = &spool.shared.side else {
+        return internal();
+    };
+    let answer: Slot<ClaimAnswer> = Arc::new(Mutex::new(None));
+    let (out, done) = (answer.clone(), ticket.clone());
+    side.send(Command::Claim {
+        id: job.id,
+        done: Box::new(move |a| {
+            *out.lock() = Some(a);
+            done.complete();
+        }),
+    });
+    let step = Step::Claiming { answer, then };
+    wait(r, job, ticket, step, r.cx.snapshot.sync_timeout)
+}
+
+/// Hands the bytes to the spool's thread: it writes this node's file and pushes them to the peers; the
+/// ticket completes once a peer wrote them all (at once without a cluster).
+fn write(
+    r: &mut Request<'_>,
+    spool: &Spool,
+    job: Job,
+    body: Arc<[u8]>,
+    checksum: Option<[u8; 32]>,
+    ticket: Arc<Ticket>,
+) -> Verdict {
+    let slot: Slot<_> = Arc::new(Mutex::new(None));
+    let (shared, done, out) = (spool.shared.clone(), ticket.clone(), slot.clone());
+    let (id, offset, prev, tag) = (job.id, job.upload.offset, job.upload.tag, state::new_tag());
+    let task = Box::new(move || {
+        let pieces = match shared.append(&id, offset, prev, tag, &body, checksum) {
+            Ok(p) => p,
+            Err(e) => {
+                *out.lock() = Some(Err(e));
+                return done.complete();
+            }
+        };
+        match &shared.side {
+            Some(side) if !pieces.is_empty() => side.send(Command::Push {
+                id,
+                tag,
+                pieces,
+                done: Box::new(move |how| {
+                    *out.lock() = Some(match how {
+                        Pushed::Replicated => Ok(tag),
+                        Pushed::NoPeer => Err(SpoolError::NoReplica),
+                        Pushed::Failed => Err(SpoolError::NotReplicated),
+                    });
+                    done.complete();
+                }),
+            }),
+            _ => {
+                *out.lock() = Some(Ok(tag));
+                done.complete();
+            }
+        }
+    });
+    if spool.pool.submit(task).is_err() {
+        return refuse(job.upload.proto, 503, "the spool is busy: try again");
+    }
+    // Room for a fetch of missing bytes and the peers' writes.
+    let limit = Duration::from_secs(30) + r.cx.snapshot.sync_timeout;
+    wait(r, job, ticket, Step::Writing(slot), limit)
 }
 
 fn wait(r: &mut Request<'_>, job: Job, ticket: Arc<Ticket>, step: Step, for_: Duration) -> Verdict {
@@ -444,12 +535,58 @@ pub(super) fn resume(
     } = p;
     let proto = job.upload.proto;
     match step {
+        Step::Claiming { answer, then } => {
+            let Some(answer) = answer.lock().take() else {
+                return refuse(
+                    proto,
+                    503,
+                    "the cluster's nodes did not answer the claim in time",
+                );
+            };
+            if !answer.granted {
+                return refuse(proto, 409, "another node is appending to this upload");
+            }
+            // Another node's append finished since this request read the offset.
+            let now = r.cx.unix_now;
+            let held = Upload::get(&spool.shared.store, &job.id, now).map_or(0, |u| u.offset);
+            let current = answer.offset.max(held);
+            if current != job.upload.offset {
+                return mismatch(proto, current, job.upload.offset);
+            }
+            // The claim's ticket is spent: what follows waits on a new one.
+            drop(ticket);
+            let Some(ticket) = r.cx.ticket() else {
+                return internal();
+            };
+            match then {
+                Then::Write { body, checksum } => write(r, spool, job, body, checksum, ticket),
+                Then::Forward => start_forward(r, spool, settings, job, ticket),
+            }
+        }
         Step::Writing(slot) => {
             let Some(result) = slot.lock().take() else {
                 return refuse(proto, 503, "the spool did not answer in time");
             };
-            let chunks = match result {
-                Ok(c) => c,
+            let tag = match result {
+                Ok(tag) => tag,
+                Err(e @ (SpoolError::NoReplica | SpoolError::NotReplicated))
+                    if r.cx.snapshot.sync_degrade =>
+                {
+                    r.cx.metrics.degraded_writes.inc();
+                    log::warn!(
+                        "uploads: bytes of {} acknowledged without a replica (degraded): {e}",
+                        state::hex(&job.id)
+                    );
+                    state::new_tag()
+                }
+                Err(e @ (SpoolError::NoReplica | SpoolError::NotReplicated)) => {
+                    log::warn!("uploads: append to {} refused: {e}", state::hex(&job.id));
+                    return refuse(
+                        proto,
+                        503,
+                        "no replica took the bytes: the offset is unchanged",
+                    );
+                }
                 Err(SpoolError::ChecksumMismatch) => {
                     return refuse(proto, 460, "Upload-Checksum does not match the body");
                 }
@@ -469,15 +606,8 @@ pub(super) fn resume(
                 return refuse(proto, 503, "no store");
             };
             let expires = job.upload.expires;
-            for (index, bytes) in chunks {
-                let _ = store.write(state::record(
-                    Kind::UploadChunk,
-                    &state::chunk_key(&job.id, index),
-                    Some(bytes),
-                    expires,
-                ));
-            }
             job.upload.offset += job.len;
+            job.upload.tag = tag;
             if job.last {
                 job.upload.length = Some(job.upload.offset);
             }
@@ -485,14 +615,17 @@ pub(super) fn resume(
                 return internal();
             };
             let done = ticket.clone();
-            // Written after the chunks on the same stream: a replica's acknowledgement of this record
-            // means it holds them too.
-            let record = state::record(
-                Kind::Upload,
-                &job.id,
-                Some(Arc::from(job.upload.encode())),
-                expires,
-            );
+            // A peer wrote the bytes already: the new offset may now count. Stamped with the writer's
+            // clock, so the newer offset wins over the older one everywhere (last writer wins).
+            let record = crate::store::Record {
+                version: store.version(),
+                ..state::record(
+                    Kind::Upload,
+                    &job.id,
+                    Some(Arc::from(job.upload.encode())),
+                    expires,
+                )
+            };
             if store
                 .write_sync(record, Arc::new(move || done.complete()))
                 .is_err()
@@ -506,7 +639,9 @@ pub(super) fn resume(
                 r.cx.metrics.degraded_writes.inc();
                 log::warn!("uploads: an offset acknowledged without a replica (degraded)");
             }
-            spool.shared.set_good(&job.id, job.upload.offset);
+            spool
+                .shared
+                .set_good(&job.id, job.upload.offset, job.upload.tag);
             if job.upload.complete() {
                 let Some(ticket) = r.cx.ticket() else {
                     return internal();

@@ -43,9 +43,9 @@ pub(crate) enum ForwardError {
 
 /// Forwards `job`: the first answer that is not a gateway error wins; connection failures and 502, 503,
 /// 504 are tried again on the next backend, up to `attempts`.
-pub(crate) fn forward(shared: &Shared, job: &Job, now: u32) -> Result<Answer, ForwardError> {
+pub(crate) fn forward(shared: &Shared, job: &Job, _now: u32) -> Result<Answer, ForwardError> {
     let length = job.upload.length.unwrap_or(job.upload.offset);
-    let file = shared.fill(&job.id, length, now)?;
+    let file = shared.fill(&job.id, length, job.upload.tag)?;
     let mut last = String::from("no backend is eligible");
     let mut answer = None;
     for attempt in 0..job.attempts.max(1) {

@@ -153,6 +153,7 @@ mod tests {
             metadata: String::new(),
             length,
             offset,
+            tag: 0,
             created: 100,
             expires: 1000,
             identity: String::new(),

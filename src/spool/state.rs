@@ -1,16 +1,10 @@
-//! An upload's replicated state (record kind 11, JSON) and its bytes as chunk records (kind 12): the
-//! encodings, the id, and the small parsers of the protocols' header values.
+//! An upload's replicated state (record kind 11, JSON; its bytes are never records: they live in spool
+//! files, see `disk`): the encoding, the id, the append tags, and the small parsers of the protocols'
+//! header values.
 
 use crate::store::{Kind, Record, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Bytes per chunk record: a chunk's record holds the upload's bytes from `index * CHUNK`, up to
-/// `CHUNK` of them (well below the store's largest value, so a record is never refused).
-pub(crate) const CHUNK: u64 = 256 * 1024;
-
-/// Chunk records an append leaves: each touched chunk's index and its whole value.
-pub(crate) type Chunks = Vec<(u64, Arc<[u8]>)>;
 
 /// An upload's id: 16 random bytes, 32 lowercase hex digits in its URL.
 pub(crate) type UploadId = [u8; 16];
@@ -43,6 +37,10 @@ pub(crate) struct Upload {
     pub length: Option<u64>,
     /// Bytes acknowledged: held by this node and a replica.
     pub offset: u64,
+    /// The append that made `offset` (a random non-zero tag; 0: none yet). A node takes bytes peers
+    /// pushed as acknowledged ones only through a chain of tags back to what it knows (`disk`).
+    #[serde(default)]
+    pub tag: u64,
     /// Seconds since the Unix epoch.
     pub created: u32,
     pub expires: u32,
@@ -72,52 +70,6 @@ impl Upload {
         let record = store.get(Kind::Upload, id, now)?;
         Upload::decode(record.value.as_deref()?)
     }
-}
-
-/// The key of chunk `index` of upload `id`.
-pub(crate) fn chunk_key(id: &UploadId, index: u64) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..16].copy_from_slice(id);
-    key[16..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
-/// Chunk `index`'s bytes as the store holds them.
-pub(crate) fn chunk(store: &Store, id: &UploadId, index: u64, now: u32) -> Option<Arc<[u8]>> {
-    store
-        .get(Kind::UploadChunk, &chunk_key(id, index), now)?
-        .value
-}
-
-/// The chunk values an append of `body` at `offset` leaves: each touched chunk's bytes before `offset`
-/// (from the store) followed by its part of `body`. `None` when a chunk before `offset` is missing.
-pub(crate) fn chunks_after_append(
-    store: &Store,
-    id: &UploadId,
-    offset: u64,
-    body: &[u8],
-    now: u32,
-) -> Option<Chunks> {
-    let mut out = Vec::new();
-    let mut at = offset;
-    let mut rest = body;
-    while !rest.is_empty() {
-        let index = at / CHUNK;
-        let start = index * CHUNK;
-        let keep = (at - start) as usize;
-        let room = (CHUNK - (at - start)) as usize;
-        let take = room.min(rest.len());
-        let mut value = Vec::with_capacity(keep + take);
-        if keep > 0 {
-            let old = chunk(store, id, index, now)?;
-            value.extend_from_slice(old.get(..keep)?);
-        }
-        value.extend_from_slice(&rest[..take]);
-        out.push((index, Arc::from(value)));
-        rest = &rest[take..];
-        at += take as u64;
-    }
-    Some(out)
 }
 
 /// A record of `kind` at `key` (the writer stamps the version).
@@ -158,6 +110,14 @@ pub(crate) fn parse_id(s: &[u8]) -> Option<UploadId> {
 
 pub(crate) fn new_id() -> UploadId {
     crate::auth::session::new_session_id()
+}
+
+/// A new append's tag: random and never 0 (0 is the creation).
+pub(crate) fn new_tag() -> u64 {
+    let id = new_id();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id[..8]);
+    u64::from_be_bytes(b).max(1)
 }
 
 /// A non-negative decimal (`Upload-Offset`, `Upload-Length`): digits only, at most 15 of them.
@@ -309,29 +269,5 @@ mod tests {
         assert!(parse_checksum(b"sha256 AAAA").is_err());
         assert_eq!(parse_sf_bool(b"?1"), Some(true));
         assert_eq!(parse_sf_bool(b"1"), None);
-    }
-
-    #[test]
-    fn appends_extend_the_chunk_they_start_in() {
-        let store = Store::new();
-        let id = new_id();
-        let first = chunks_after_append(&store, &id, 0, &[1u8; 10], 0).unwrap();
-        assert_eq!(first.len(), 1);
-        store.apply(Record {
-            version: crate::store::Version { hlc: 1, node_id: 0 },
-            ..record(
-                Kind::UploadChunk,
-                &chunk_key(&id, 0),
-                Some(first[0].1.clone()),
-                0,
-            )
-        });
-        let body = vec![2u8; CHUNK as usize];
-        let next = chunks_after_append(&store, &id, 10, &body, 0).unwrap();
-        assert_eq!(next.len(), 2);
-        assert_eq!(next[0].1.len(), CHUNK as usize);
-        assert_eq!(&next[0].1[..11], &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]);
-        assert_eq!(next[1].1.len(), 10);
-        assert!(chunks_after_append(&store, &id, CHUNK + 5, &[0], 0).is_none());
     }
 }
