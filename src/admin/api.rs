@@ -71,20 +71,38 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
     }
     match presented(r) {
         None => return refuse(r, admin, "missing bearer token"),
-        Some(t) if !admin.token_matches(&t) => return refuse(r, admin, "wrong bearer token"),
+        Some((t, _)) if !admin.token_matches(&t) => {
+            return refuse(r, admin, "wrong bearer token");
+        }
+        // A browser sends Basic credentials it holds by itself, also on a form another site posts to the
+        // admin listener: Basic only reads (the status page); changes need the bearer token (no CSRF).
+        Some((_, Scheme::Basic)) if !matches!(r.head.method, Method::Get | Method::Head) => {
+            return refuse(
+                r,
+                admin,
+                "basic credentials only read: changes need a bearer token",
+            );
+        }
         Some(_) => {}
     }
     route(r, admin)
 }
 
+/// How a call presented the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Basic,
+}
+
 /// The token a call presents: `Authorization: Bearer TOKEN`, or — for a browser on the status page,
 /// which can only send what it prompts for — `Authorization: Basic` with the token as the password (any
 /// user name).
-fn presented(r: &Request<'_>) -> Option<Vec<u8>> {
+fn presented(r: &Request<'_>) -> Option<(Vec<u8>, Scheme)> {
     use base64::Engine;
     let value = r.head.header(r.bytes, "authorization")?;
     if let Some(t) = crate::auth::session::bearer(value) {
-        return Some(t.to_vec());
+        return Some((t.to_vec(), Scheme::Bearer));
     }
     let rest = value
         .get(..6)
@@ -94,7 +112,7 @@ fn presented(r: &Request<'_>) -> Option<Vec<u8>> {
         .decode(rest)
         .ok()?;
     let colon = pair.iter().position(|&b| b == b':')?;
-    Some(pair[colon + 1..].to_vec())
+    Some((pair[colon + 1..].to_vec(), Scheme::Basic))
 }
 
 fn answer(reply: Reply) -> Verdict {
@@ -134,7 +152,8 @@ fn method_not_allowed(allow: &'static str) -> Verdict {
 /// status page without credentials before it prompts). Past the limit, one line says the address is
 /// cut off for the window.
 fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
-    let missing = reason.starts_with("missing");
+    // Neither a missing token nor the right one in Basic guesses anything: not counted.
+    let missing = reason.starts_with("missing") || reason.starts_with("basic");
     let n = if missing {
         0
     } else {

@@ -185,6 +185,30 @@ fn backends(out: &mut String, snapshot: &ConfigSnapshot) {
             |b| u64::from(b.eligible()),
         ),
     ];
+    let name = "tether_backend_responses_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Responses a backend answered by status class (the address's, over every cluster).",
+    );
+    for c in &snapshot.clusters {
+        for b in &c.backends {
+            for (class, n) in crate::metrics::STATUS_CLASSES
+                .iter()
+                .zip(&b.state.responses)
+                .skip(1)
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",backend=\"{}\",class=\"{class}\"}} {}",
+                    label(&c.name),
+                    b.state.address,
+                    n.load(Relaxed)
+                );
+            }
+        }
+    }
     for (name, kind, help, f) in series {
         family(out, name, kind, help);
         for c in &snapshot.clusters {
