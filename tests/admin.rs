@@ -234,52 +234,133 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
     assert_eq!(t.count_log("failed 10 times"), 1);
 }
 
+/// `promtool check metrics` on an exposition: it must exit 0 and print nothing (no lint). promtool is not
+/// Rust: `scripts/test` installs it (Debian's `prometheus`); without it this fails, it never skips.
+fn promtool_check(body: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is not installed ({e}): run the tests with scripts/test, which installs \
+                 Debian's prometheus package"
+            )
+        });
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{said}"
+    );
+    assert!(said.trim().is_empty(), "promtool lint:\n{said}");
+}
+
 #[test]
 fn metrics_parse_and_counters_equal_the_requests_made() {
-    let backend = Backend::named("app");
-    let t = Tether::start(&config_for(&[backend.addr], &admin_section()));
+    let backend = Backend::start(|req, _| {
+        Some(if req.path.starts_with("/missing") {
+            Reply::text(404, "no")
+        } else {
+            Reply::text(200, "ok")
+        })
+    });
+    let t = Tether::start(&logins_config(backend.addr));
     let a = admin_addr(&t);
     const N: usize = 17;
+    const MISSING: usize = 3;
     let mut c = Client::connect(t.addr);
     for _ in 0..N {
         assert_eq!(c.get("/x").status, 200);
+    }
+    for _ in 0..MISSING {
+        assert_eq!(c.get("/missing").status, 404);
+    }
+    // Logins: one good; two wrong passwords (the pool locks after 2); then one refused by the lock.
+    assert_eq!(form_login(t.addr, "alice", "tether-demo").status, 303);
+    for _ in 0..3 {
+        assert_ne!(form_login(t.addr, "bob", "wrong-password").status, 303);
     }
     let r = admin(a, "GET", "/metrics", "");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     let m = parse_exposition(&r.text());
-    let backend_series = format!(
-        "tether_backend_requests_total{{cluster=\"app\",backend=\"{}\"}}",
-        backend.addr
-    );
+    let b = format!("cluster=\"app\",backend=\"{}\"", backend.addr);
+    let route = "route=\"* /\"";
+    let routed = N + MISSING;
     for (series, want) in [
-        ("tether_cluster_requests_total{cluster=\"app\"}", N),
         (
-            "tether_listener_connections_total{listener=\"127.0.0.1:0\"}",
+            "tether_cluster_requests_total{cluster=\"app\"}".to_string(),
+            routed,
+        ),
+        (
+            "tether_listener_connections_total{listener=\"127.0.0.1:0\"}".into(),
+            5,
+        ),
+        // The keep-alive connection's requests, and one login each on its own connection.
+        (
+            "tether_listener_requests_total{listener=\"127.0.0.1:0\"}".into(),
+            routed + 4,
+        ),
+        (format!("tether_backend_requests_total{{{b}}}"), routed),
+        (
+            format!("tether_backend_responses_total{{{b},class=\"2xx\"}}"),
+            N,
+        ),
+        (
+            format!("tether_backend_responses_total{{{b},class=\"4xx\"}}"),
+            MISSING,
+        ),
+        (format!("tether_route_requests_total{{{route}}}"), routed),
+        (
+            format!("tether_route_responses_total{{{route},class=\"2xx\"}}"),
+            N,
+        ),
+        (
+            format!("tether_route_responses_total{{{route},class=\"4xx\"}}"),
+            MISSING,
+        ),
+        (
+            format!("tether_route_request_duration_seconds_count{{{route}}}"),
+            routed,
+        ),
+        (
+            format!("tether_route_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"),
+            routed,
+        ),
+        (
+            "tether_cluster_responses_total{cluster=\"app\",class=\"2xx\"}".into(),
+            N,
+        ),
+        ("tether_logins_total{outcome=\"succeeded\"}".into(), 1),
+        ("tether_logins_total{outcome=\"failed\"}".into(), 2),
+        ("tether_logins_total{outcome=\"locked\"}".into(), 1),
+        (
+            "tether_tenant_logins{tenant=\"demo\",period=\"hour\"}".into(),
             1,
         ),
-        (backend_series.as_str(), N),
-        ("tether_request_duration_seconds_count", N),
+        // The store's records by kind: alice's one login session; no upload.
+        (
+            "tether_store_kind_records{kind=\"login_session\"}".into(),
+            1,
+        ),
+        ("tether_store_kind_records{kind=\"upload\"}".into(), 0),
     ] {
-        assert_eq!(m.get(series).copied(), Some(want as f64), "{series}");
+        assert_eq!(m.get(&series).copied(), Some(want as f64), "{series}");
     }
     assert_eq!(
-        m.get(&format!(
-            "tether_backend_eligible{{cluster=\"app\",backend=\"{}\"}}",
-            backend.addr
-        )),
+        m.get(&format!("tether_backend_eligible{{{b}}}")),
         Some(&1.0)
     );
-    // promtool, where installed, agrees.
-    if let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&r.body).unwrap();
-        assert!(child.wait().unwrap().success(), "promtool check metrics");
-    }
+    promtool_check(&r.body);
 }
 
 #[test]
@@ -788,6 +869,21 @@ fn the_status_page_is_one_self_contained_file_behind_basic_auth() {
         json(&r)["clusters"][0]["backends"][0]["address"],
         backend.addr.to_string()
     );
+    // But Basic only reads: a change needs the bearer token (a browser holding Basic credentials can be
+    // made to post by another site's page).
+    let r = raw_exchange(
+        a,
+        format!(
+            "POST /api/backends/app/{}/disable HTTP/1.1\r\nHost: admin\r\n{}Content-Length: 0\r\n\r\n",
+            backend.addr,
+            basic(TOKEN)
+        )
+        .as_bytes(),
+    );
+    assert_error(&r, 401, "unauthorized");
+    assert!(r.text().contains("bearer"), "{}", r.text());
+    let r = get_with(a, "/api/backends", &basic(TOKEN));
+    assert_eq!(json(&r)["clusters"][0]["backends"][0]["state"], "enabled");
 }
 
 #[test]

@@ -355,7 +355,8 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
 
 /// `GET /metrics`: the Prometheus text exposition.
 fn metrics(r: &Request<'_>, admin: &Admin) -> Verdict {
-    let text = super::exposition::render(admin, r.cx.snapshot, r.cx.unix_now);
+    let store = r.cx.store.map(|s| s.store());
+    let text = super::exposition::render(admin, r.cx.snapshot, store, r.cx.unix_now);
     answer(Reply::new(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
