@@ -139,6 +139,14 @@ enum CtlCall {
     /// Re-read the config file (as SIGHUP); a broken file's errors are printed and the running config
     /// stays.
     Reload,
+    /// The uploads in progress (every node's, from the replicated store).
+    Uploads,
+    /// Cancel upload ID (32 hex digits, from `ctl uploads`) on every node, as a client's DELETE would.
+    CancelUpload { id: String },
+    /// The TLS certificates the running config names, with their expiry.
+    Certs,
+    /// Re-read every TLS certificate (a config reload).
+    TlsReload,
     /// The running config (secrets masked), as JSON.
     Config,
     /// The Prometheus exposition.
@@ -514,6 +522,10 @@ fn ctl(c: Ctl) -> ExitCode {
         ),
         CtlCall::Revoke { session } => ("DELETE", format!("/api/logins/{}", enc(session)), None),
         CtlCall::Reload => ("POST", "/api/config/reload".into(), None),
+        CtlCall::Uploads => ("GET", "/api/uploads".into(), None),
+        CtlCall::CancelUpload { id } => ("DELETE", format!("/api/uploads/{}", enc(id)), None),
+        CtlCall::Certs => ("GET", "/api/tls/certificates".into(), None),
+        CtlCall::TlsReload => ("POST", "/api/tls/reload".into(), None),
         CtlCall::Config => ("GET", "/api/config".into(), None),
         CtlCall::Metrics => ("GET", "/metrics".into(), None),
     };
@@ -672,7 +684,52 @@ fn ctl(c: Ctl) -> ExitCode {
             table(&["SESSION", "CREATED", "LAST SEEN", "EXPIRES"], &rows)
         }
         CtlCall::Revoke { .. } => format!("revoked {} session(s)\n", s(&v["revoked"])),
-        CtlCall::Reload => format!("reloaded: generation {}\n", s(&v["generation"])),
+        CtlCall::Reload | CtlCall::TlsReload => {
+            format!("reloaded: generation {}\n", s(&v["generation"]))
+        }
+        CtlCall::Uploads => {
+            let rows: Vec<Vec<String>> = v["uploads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    [
+                        "id", "protocol", "user", "route", "offset", "length", "expires",
+                    ]
+                    .iter()
+                    .map(|k| s(&u[*k]))
+                    .collect()
+                })
+                .collect();
+            table(
+                &[
+                    "UPLOAD", "PROTOCOL", "USER", "ROUTE", "OFFSET", "LENGTH", "EXPIRES",
+                ],
+                &rows,
+            )
+        }
+        CtlCall::CancelUpload { .. } => format!(
+            "cancelled upload {} at offset {}\n",
+            s(&v["cancelled"]),
+            s(&v["offset"])
+        ),
+        CtlCall::Certs => {
+            let rows: Vec<Vec<String>> = v["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let names: Vec<String> =
+                        c["names"].as_array().into_iter().flatten().map(s).collect();
+                    let expires = match &c["error"] {
+                        serde_json::Value::String(e) => format!("error: {e}"),
+                        _ => format!("{} days", s(&c["days_left"])),
+                    };
+                    vec![s(&c["used_by"]), names.join(","), expires, s(&c["file"])]
+                })
+                .collect();
+            table(&["USED BY", "NAMES", "EXPIRES IN", "FILE"], &rows)
+        }
         CtlCall::Metrics | CtlCall::Config => String::new(),
     };
     print!("{out}");

@@ -1070,3 +1070,236 @@ fn users_are_added_changed_and_removed_through_the_api() {
         "in_users_file",
     );
 }
+
+/// One request on its own connection with `headers` (lines ending in CRLF) and a body.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    let mut bytes = format!(
+        "{method} {path} HTTP/1.1\r\nHost: files.test\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    c.send(&bytes);
+    c.read_response(method == "HEAD")
+}
+
+#[test]
+fn uploads_are_listed_and_cancelled_and_certificates_listed_and_reloaded() {
+    let backend = Backend::named("app");
+    let certs = format!("{}/configs/certs", env!("CARGO_MANIFEST_DIR"));
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"secure\"\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
+         certificates = [{{ cert = \"{certs}/localhost.crt\", key = \"{certs}/localhost.key\" }}]\n\n\
+         [clusters.app]\nbackends = [{{ address = \"{}\" }}]\n\n\
+         [[routes]]\npath_prefix = \"/up/\"\ncluster = \"app\"\nuploads = true\n\n[[routes]]\ncluster = \"app\"\n\n\
+         [uploads]\ndir = \"{}\"\n\n{}",
+        backend.addr,
+        spool.path().display(),
+        admin_section()
+    );
+    let t = Tether::start(&config);
+    let a = admin_addr(&t);
+
+    // Two uploads, one with 5 bytes appended.
+    let tus = "Tus-Resumable: 1.0.0\r\n";
+    let create = || {
+        let r = request(
+            t.addr,
+            "POST",
+            "/up/files",
+            &format!("{tus}Upload-Length: 10\r\n"),
+            b"",
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.header("location").unwrap().to_string()
+    };
+    let first = create();
+    let second = create();
+    let r = request(
+        t.addr,
+        "PATCH",
+        &first,
+        &format!("{tus}Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"),
+        b"hello",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let id_of = |loc: &str| loc.rsplit('/').next().unwrap().to_string();
+    let list = json(&admin(a, "GET", "/api/uploads", ""));
+    let uploads = list["uploads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(uploads.len(), 2, "{list}");
+    let one = uploads
+        .iter()
+        .find(|u| u["id"] == id_of(&first))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(
+        (one["offset"].as_u64(), one["length"].as_u64()),
+        (Some(5), Some(10))
+    );
+    assert_eq!(one["protocol"], "tus");
+
+    // Cancel the first: gone from the list, and the client's next HEAD finds nothing.
+    let r = admin(a, "DELETE", &format!("/api/uploads/{}", id_of(&first)), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["offset"], 5);
+    t.wait_log(&format!(
+        "upload {} of user \"\" cancelled at offset 5",
+        id_of(&first)
+    ));
+    let list = json(&admin(a, "GET", "/api/uploads", ""));
+    assert_eq!(list["uploads"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["uploads"][0]["id"], id_of(&second));
+    let r = request(t.addr, "HEAD", &first, tus, b"");
+    assert_eq!(r.status, 404);
+    // Refusals: the same again (gone), a malformed id, a wrong method.
+    assert_error(
+        &admin(a, "DELETE", &format!("/api/uploads/{}", id_of(&first)), ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/uploads/xyz", ""),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &admin(a, "POST", "/api/uploads", ""),
+        405,
+        "method_not_allowed",
+    );
+
+    // ctl: the uploads table, and a cancel.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["uploads"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.starts_with("UPLOAD") && out.contains(&id_of(&second)),
+        "{out}"
+    );
+    let (code, out, err) = ctl(a, Some(TOKEN), &["cancel-upload", &id_of(&second)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("cancelled upload {} at offset 0", id_of(&second))
+    );
+    let (code, _, err) = ctl(a, Some(TOKEN), &["cancel-upload", &id_of(&second)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    // Certificates: the TLS listener's, with its names and expiry; then a reload re-reads them.
+    let list = json(&admin(a, "GET", "/api/tls/certificates", ""));
+    let certs_list = list["certificates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(certs_list.len(), 1, "{list}");
+    let c = &certs_list[0];
+    assert_eq!(c["used_by"], "listener secure");
+    assert!(
+        c["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "localhost"),
+        "{c}"
+    );
+    assert!(c["error"].is_null(), "{c}");
+    assert!(c["not_after"].as_i64().unwrap() > c["not_before"].as_i64().unwrap());
+    let (code, out, err) = ctl(a, Some(TOKEN), &["certs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("listener secure") && out.contains("localhost") && out.contains(" days"),
+        "{out}"
+    );
+    let r = admin(a, "POST", "/api/tls/reload", "");
+    assert_eq!(
+        (r.status, json(&r)["generation"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        r.text()
+    );
+    t.wait_log("TLS certificates reload asked (a config reload)");
+    assert_error(
+        &admin(a, "GET", "/api/tls/reload", ""),
+        405,
+        "method_not_allowed",
+    );
+    // Without a token, nothing.
+    assert_error(
+        &call(a, "GET", "/api/uploads", None, ""),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &call(a, "GET", "/api/tls/certificates", Some("wrong"), ""),
+        401,
+        "unauthorized",
+    );
+}
+
+#[test]
+fn ctl_lists_sessions_revokes_one_and_shows_usage() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&logins_config(backend.addr));
+    let a = admin_addr(&t);
+    let cookie = login_cookie_at(t.addr, "test");
+    let _ = login_cookie_at(t.addr, "test");
+    let inbox = || {
+        get_with(
+            t.addr,
+            "/mail/inbox",
+            &format!("Cookie: {cookie}\r\nAccept: application/json\r\n"),
+        )
+        .status
+    };
+    assert_eq!(inbox(), 200);
+
+    let (code, out, err) = ctl(a, Some(TOKEN), &["sessions", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SESSION"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let (code, out, _) = ctl(a, Some(TOKEN), &["sessions", "alice", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<String> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // Revoke every session shown, one by one: the cookie stops working.
+    for id in &ids {
+        let (code, out, err) = ctl(a, Some(TOKEN), &["revoke", id]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), "revoked 1 session(s)");
+    }
+    assert_ne!(inbox(), 200);
+    let (code, out, _) = ctl(a, Some(TOKEN), &["sessions", "alice"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    let (code, _, err) = ctl(a, Some(TOKEN), &["revoke", &ids[0]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    // No session id is in the log beyond its first 8 digits.
+    t.wait_log(&format!("revoked login session {}…", &ids[0][..8]));
+    assert!(
+        !t.log_lines().iter().any(|l| l.contains(&ids[0])),
+        "a session id in the log"
+    );
+
+    // Usage of the tenant: two logins, the requests.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["usage", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("TENANT"), "{out}");
+    let logins_hour = out
+        .lines()
+        .find(|l| l.starts_with("demo") && l.contains("hour") && l.contains(" logins "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(logins_hour.trim_end().ends_with(" 2"), "{logins_hour}");
+    let (code, _, err) = ctl(a, Some(TOKEN), &["usage", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+}

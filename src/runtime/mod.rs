@@ -891,6 +891,13 @@ impl Server {
             JobKind::Logins { tenant, user } => {
                 Outcome::Logins(self.logins_of(tenant, user, crate::sticky::unix_now()))
             }
+            JobKind::Uploads => Outcome::Uploads(self.store.as_ref().map_or_else(Vec::new, |s| {
+                crate::admin::inventory::uploads(s, crate::sticky::unix_now())
+            })),
+            JobKind::Certificates => Outcome::Certificates(crate::admin::inventory::certificates(
+                &self.config,
+                i64::from(crate::sticky::unix_now()),
+            )),
         };
         job.slot.finish(outcome);
     }
