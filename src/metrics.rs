@@ -32,6 +32,10 @@ impl Counter {
 
     #[inline]
     pub fn add(&self, n: u64) {
+        // The `skip-metrics` build measures what this costs (bench/RESULTS.md).
+        if cfg!(feature = "skip-metrics") {
+            return;
+        }
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
@@ -58,6 +62,9 @@ pub struct Histogram {
 impl Histogram {
     #[inline]
     pub fn observe(&self, us: u64) {
+        if cfg!(feature = "skip-metrics") {
+            return;
+        }
         let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
         self.buckets[i].inc();
         self.sum_us.add(us);

@@ -217,7 +217,9 @@ impl BackendState {
         match outcome {
             AttemptOutcome::Response { status, latency_us } => {
                 self.requests.fetch_add(1, Relaxed);
-                self.responses[crate::metrics::status_class(status)].fetch_add(1, Relaxed);
+                if !cfg!(feature = "skip-metrics") {
+                    self.responses[crate::metrics::status_class(status)].fetch_add(1, Relaxed);
+                }
                 self.latency.observe(latency_us, clock_us());
                 if status >= 500 && self.count_5xx.load(Relaxed) {
                     self.request_failed("5xx response");
