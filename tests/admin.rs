@@ -1303,3 +1303,117 @@ fn ctl_lists_sessions_revokes_one_and_shows_usage() {
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 }
+
+/// One admin call over TLS with `client` (its certificate, if any), the token given: the status, or the
+/// handshake's (or the connection's) error.
+fn tls_call(
+    addr: SocketAddr,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+    token: Option<&str>,
+) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("admin.test").unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+#[test]
+fn mutual_tls_on_the_admin_listener_refuses_a_client_without_a_certificate_of_its_ca() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use tether::tls::generate::DevCa;
+    let ca = DevCa::new("admin CA").unwrap();
+    let rogue = DevCa::new("another CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let server = ca.server(&["admin.test"]).unwrap();
+    let (cert, key) = (
+        write("admin.crt", &server.cert_pem),
+        write("admin.key", &server.key_pem),
+    );
+    let client_ca = write("clients.crt", &ca.cert_pem());
+    let backend = Backend::named("app");
+    let t = Tether::start(&config_for(
+        &[backend.addr],
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             client_ca = \"{client_ca}\"\n"
+        ),
+    ));
+    let line = t.wait_log("admin API on https://");
+    assert!(line.contains("client certificates required"), "{line}");
+    let a: SocketAddr = line
+        .split("https://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+            r.add(c.unwrap()).unwrap();
+        }
+        Arc::new(r)
+    };
+    let provider = || Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+    };
+    let with_cert = |issued: &tether::tls::generate::Issued| {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        Arc::new(builder().with_client_auth_cert(chain, key).unwrap())
+    };
+    let ops = with_cert(&ca.client("ops").unwrap());
+    let stranger = with_cert(&rogue.client("ops").unwrap());
+    let anonymous = Arc::new(builder().with_no_client_auth());
+
+    // A certificate of the admin CA and the token: served. The certificate alone is not enough.
+    assert_eq!(tls_call(a, &ops, "/api/backends", Some(TOKEN)), Ok(200));
+    assert_eq!(tls_call(a, &ops, "/metrics", Some(TOKEN)), Ok(200));
+    assert_eq!(tls_call(a, &ops, "/api/backends", None), Ok(401));
+    // No certificate, or one of another CA: the handshake fails, no HTTP answer at all — the token
+    // does not help.
+    for (who, client) in [("anonymous", &anonymous), ("stranger", &stranger)] {
+        let r = tls_call(a, client, "/api/backends", Some(TOKEN));
+        assert!(r.is_err(), "{who}: {r:?}");
+    }
+    // Plain HTTP on the admin port gets no answer from the API either.
+    let plain = raw_exchange(
+        a,
+        format!("GET /api/backends HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_ne!(plain.status, 200);
+}

@@ -269,7 +269,11 @@ impl Server {
             infos.push(ListenerInfo {
                 name,
                 trust_forwarded: false,
-                proto: "http",
+                proto: if a.tls_files().0.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 redirect_https: false,
                 plain_http: Default::default(),
                 publish: false,
@@ -635,9 +639,14 @@ impl Server {
             log::info!("notifications: publish listener on {addr} (POST /publish)");
         }
         if let (Some(addr), Some(a)) = (admin_address, &admin) {
+            let (scheme, mutual) = match config.admin.as_ref().map(|c| c.tls_files()) {
+                Some((Some(_), _, Some(_))) => ("https", ", client certificates required"),
+                Some((Some(_), _, None)) => ("https", ""),
+                _ => ("http", ""),
+            };
             // The token's fingerprint, never the token: audit lines name it the same way.
             log::info!(
-                "admin API on http://{addr} (token {}; /api/, /metrics)",
+                "admin API on {scheme}://{addr} (token {}; /api/, /metrics{mutual})",
                 a.fingerprint
             );
         }
