@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::admin::*;
 use common::cluster::*;
 use common::login::*;
 use common::*;
@@ -19,16 +20,6 @@ const TOKEN: &str = "test-admin-token-0123";
 
 fn admin_section() -> String {
     format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
-}
-
-/// The admin listener's address, from the start-up log.
-fn admin_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("admin API on http://");
-    line.split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 /// One admin call with `token` (none: no Authorization header).

@@ -10,12 +10,13 @@
 
 mod common;
 
+use common::admin::*;
 use common::cluster::*;
 use common::login::*;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -278,15 +279,6 @@ fn artifacts_dir() -> PathBuf {
     let dir = target.join("test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn admin_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("admin API on http://");
-    line.split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 #[test]
