@@ -185,6 +185,8 @@ impl Browser {
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
                          "--disable-dev-shm-usage", "--window-size=1440,900",
+                         // No crash handler: it starts its own session, out of the group killed on drop.
+                         "--disable-crash-reporter", "--disable-breakpad",
                          format!("--user-data-dir={}", data_dir.display())],
             },
         }}});
