@@ -130,8 +130,11 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
         let family = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                name.strip_suffix(s).filter(|f| {
+                    types
+                        .get(*f)
+                        .is_some_and(|k| k == "histogram" || k == "summary")
+                })
             })
             .unwrap_or(name);
         assert!(
@@ -943,6 +946,14 @@ fn the_cluster_view_and_a_revocation_across_nodes() {
         (Some("a"), Some("b"))
     );
     assert!(c["peers"][0]["epoch"].is_u64(), "{c}");
+    // A cluster node's exposition (peers, store, tenants) parses strictly and passes promtool too.
+    let r = admin(admins[0], "GET", "/metrics", "");
+    let m = parse_exposition(&r.text());
+    assert_eq!(m.get("tether_cluster_peer_up{peer=\"b\"}"), Some(&1.0));
+    assert!(m.contains_key("tether_cluster_peer_lag_seconds{peer=\"b\"}"));
+    assert!(m.contains_key("tether_cluster_peer_resyncs_total{peer=\"b\",direction=\"in\"}"));
+    assert!(m.contains_key("tether_store_kind_records{kind=\"session_binding\"}"));
+    promtool_check(&r.body);
 
     let cookie = login_cookie_at(nodes[0].addr, "test");
     let at = |n: &Tether| {
