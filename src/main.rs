@@ -107,6 +107,19 @@ struct Ctl {
     /// Print the API's JSON as it comes, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// HTTPS to the admin listener (`[admin] cert`): the CA bundle its certificate chains to. Default:
+    /// $TETHER_ADMIN_CACERT; none: plain HTTP.
+    #[arg(long, value_name = "FILE", global = true)]
+    cacert: Option<PathBuf>,
+    /// The name in the admin listener's certificate. Default: the address's host.
+    #[arg(long, value_name = "NAME", global = true)]
+    server_name: Option<String>,
+    /// Mutual TLS (`[admin] client_ca`): this client's certificate chain and key (PEM). Default:
+    /// $TETHER_ADMIN_CERT and $TETHER_ADMIN_KEY.
+    #[arg(long, value_name = "FILE", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     call: CtlCall,
 }
@@ -418,12 +431,28 @@ fn ctl(c: Ctl) -> ExitCode {
         eprintln!("error: no admin token: pass --token or set TETHER_ADMIN_TOKEN");
         return ExitCode::from(2);
     };
+    let path_env = |name: &str| env(name).map(PathBuf::from);
+    let tls = c
+        .cacert
+        .or_else(|| path_env("TETHER_ADMIN_CACERT"))
+        .map(|cacert| tether::admin::client::TlsOptions {
+            cacert,
+            server_name: c.server_name.clone(),
+            cert: match (
+                c.cert.or_else(|| path_env("TETHER_ADMIN_CERT")),
+                c.key.or_else(|| path_env("TETHER_ADMIN_KEY")),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => None,
+            },
+        });
     let client = Client {
         address: c
             .admin
             .or_else(|| env("TETHER_ADMIN"))
             .unwrap_or_else(|| "127.0.0.1:9180".into()),
         token,
+        tls,
     };
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()

@@ -1397,7 +1397,8 @@ fn mutual_tls_on_the_admin_listener_refuses_a_client_without_a_certificate_of_it
         let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
         Arc::new(builder().with_client_auth_cert(chain, key).unwrap())
     };
-    let ops = with_cert(&ca.client("ops").unwrap());
+    let ops_issued = ca.client("ops").unwrap();
+    let ops = with_cert(&ops_issued);
     let stranger = with_cert(&rogue.client("ops").unwrap());
     let anonymous = Arc::new(builder().with_no_client_auth());
 
@@ -1411,6 +1412,30 @@ fn mutual_tls_on_the_admin_listener_refuses_a_client_without_a_certificate_of_it
         let r = tls_call(a, client, "/api/backends", Some(TOKEN));
         assert!(r.is_err(), "{who}: {r:?}");
     }
+    // tether ctl over HTTPS: the CA, the listener's name, and the client's certificate.
+    let ca_file = write("ca.crt", &ca.cert_pem());
+    let (ops_cert, ops_key) = (
+        write("ops.crt", &ops_issued.cert_pem),
+        write("ops.key", &ops_issued.key_pem),
+    );
+    let tls_flags = ["--cacert", &ca_file, "--server-name", "admin.test"];
+    let mutual = [
+        &tls_flags[..],
+        &["--cert", &ops_cert, "--key", &ops_key, "backends"],
+    ]
+    .concat();
+    let (code, out, err) = ctl(a, Some(TOKEN), &mutual);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("CLUSTER") && out.contains(&backend.addr.to_string()),
+        "{out}"
+    );
+    // Without its certificate, or over plain HTTP, ctl gets nothing and says so.
+    let (code, _, err) = ctl(a, Some(TOKEN), &[&tls_flags[..], &["backends"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: "), "{err}");
+    let (code, _, _) = ctl(a, Some(TOKEN), &["backends"]);
+    assert_eq!(code, 1);
     // Plain HTTP on the admin port gets no answer from the API either.
     let plain = raw_exchange(
         a,
