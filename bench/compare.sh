@@ -66,8 +66,9 @@ esac
 
 echo "building release binaries" >&2
 cargo build --release -q -p tether -p tether-bench
-TETHER="$ROOT/target/release/tether"
-BENCH="$ROOT/target/release/tether-bench"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TETHER="$TARGET_DIR/release/tether"
+BENCH="$TARGET_DIR/release/tether-bench"
 
 WORK=$(mktemp -d /tmp/tether-compare.XXXXXX)
 # mktemp makes the directory 0700; nginx workers run as an unprivileged user and must read the 16 KiB file

@@ -138,6 +138,19 @@ struct Ctl {
     /// Print the API's JSON as it comes, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// HTTPS to the admin listener (`[admin] cert`): the CA bundle its certificate chains to. Default:
+    /// $TETHER_ADMIN_CACERT; none: plain HTTP.
+    #[arg(long, value_name = "FILE", global = true)]
+    cacert: Option<PathBuf>,
+    /// The name in the admin listener's certificate. Default: the address's host.
+    #[arg(long, value_name = "NAME", global = true)]
+    server_name: Option<String>,
+    /// Mutual TLS (`[admin] client_ca`): this client's certificate chain and key (PEM). Default:
+    /// $TETHER_ADMIN_CERT and $TETHER_ADMIN_KEY.
+    #[arg(long, value_name = "FILE", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     call: CtlCall,
 }
@@ -170,6 +183,14 @@ enum CtlCall {
     /// Re-read the config file (as SIGHUP); a broken file's errors are printed and the running config
     /// stays.
     Reload,
+    /// The uploads in progress (every node's, from the replicated store).
+    Uploads,
+    /// Cancel upload ID (32 hex digits, from `ctl uploads`) on every node, as a client's DELETE would.
+    CancelUpload { id: String },
+    /// The TLS certificates the running config names, with their expiry.
+    Certs,
+    /// Re-read every TLS certificate (a config reload).
+    TlsReload,
     /// The running config (secrets masked), as JSON.
     Config,
     /// The Prometheus exposition.
@@ -473,12 +494,28 @@ fn ctl(c: Ctl) -> ExitCode {
         eprintln!("error: no admin token: pass --token or set TETHER_ADMIN_TOKEN");
         return ExitCode::from(2);
     };
+    let path_env = |name: &str| env(name).map(PathBuf::from);
+    let tls = c
+        .cacert
+        .or_else(|| path_env("TETHER_ADMIN_CACERT"))
+        .map(|cacert| tether::admin::client::TlsOptions {
+            cacert,
+            server_name: c.server_name.clone(),
+            cert: match (
+                c.cert.or_else(|| path_env("TETHER_ADMIN_CERT")),
+                c.key.or_else(|| path_env("TETHER_ADMIN_KEY")),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => None,
+            },
+        });
     let client = Client {
         address: c
             .admin
             .or_else(|| env("TETHER_ADMIN"))
             .unwrap_or_else(|| "127.0.0.1:9180".into()),
         token,
+        tls,
     };
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -577,6 +614,10 @@ fn ctl(c: Ctl) -> ExitCode {
         ),
         CtlCall::Revoke { session } => ("DELETE", format!("/api/logins/{}", enc(session)), None),
         CtlCall::Reload => ("POST", "/api/config/reload".into(), None),
+        CtlCall::Uploads => ("GET", "/api/uploads".into(), None),
+        CtlCall::CancelUpload { id } => ("DELETE", format!("/api/uploads/{}", enc(id)), None),
+        CtlCall::Certs => ("GET", "/api/tls/certificates".into(), None),
+        CtlCall::TlsReload => ("POST", "/api/tls/reload".into(), None),
         CtlCall::Config => ("GET", "/api/config".into(), None),
         CtlCall::Metrics => ("GET", "/metrics".into(), None),
     };
@@ -735,7 +776,52 @@ fn ctl(c: Ctl) -> ExitCode {
             table(&["SESSION", "CREATED", "LAST SEEN", "EXPIRES"], &rows)
         }
         CtlCall::Revoke { .. } => format!("revoked {} session(s)\n", s(&v["revoked"])),
-        CtlCall::Reload => format!("reloaded: generation {}\n", s(&v["generation"])),
+        CtlCall::Reload | CtlCall::TlsReload => {
+            format!("reloaded: generation {}\n", s(&v["generation"]))
+        }
+        CtlCall::Uploads => {
+            let rows: Vec<Vec<String>> = v["uploads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    [
+                        "id", "protocol", "user", "route", "offset", "length", "expires",
+                    ]
+                    .iter()
+                    .map(|k| s(&u[*k]))
+                    .collect()
+                })
+                .collect();
+            table(
+                &[
+                    "UPLOAD", "PROTOCOL", "USER", "ROUTE", "OFFSET", "LENGTH", "EXPIRES",
+                ],
+                &rows,
+            )
+        }
+        CtlCall::CancelUpload { .. } => format!(
+            "cancelled upload {} at offset {}\n",
+            s(&v["cancelled"]),
+            s(&v["offset"])
+        ),
+        CtlCall::Certs => {
+            let rows: Vec<Vec<String>> = v["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let names: Vec<String> =
+                        c["names"].as_array().into_iter().flatten().map(s).collect();
+                    let expires = match &c["error"] {
+                        serde_json::Value::String(e) => format!("error: {e}"),
+                        _ => format!("{} days", s(&c["days_left"])),
+                    };
+                    vec![s(&c["used_by"]), names.join(","), expires, s(&c["file"])]
+                })
+                .collect();
+            table(&["USED BY", "NAMES", "EXPIRES IN", "FILE"], &rows)
+        }
         CtlCall::Metrics | CtlCall::Config => String::new(),
     };
     print!("{out}");

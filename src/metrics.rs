@@ -32,6 +32,10 @@ impl Counter {
 
     #[inline]
     pub fn add(&self, n: u64) {
+        // The `skip-metrics` build measures what this costs (bench/RESULTS.md).
+        if cfg!(feature = "skip-metrics") {
+            return;
+        }
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
@@ -58,6 +62,9 @@ pub struct Histogram {
 impl Histogram {
     #[inline]
     pub fn observe(&self, us: u64) {
+        if cfg!(feature = "skip-metrics") {
+            return;
+        }
         let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
         self.buckets[i].inc();
         self.sum_us.add(us);
@@ -123,9 +130,43 @@ pub struct WorkerMetrics {
     pub queue_us: Histogram,
     /// Connections accepted per listener (config order; listeners do not change on reload).
     pub listener_accepted: Box<[Counter]>,
-    /// Requests per route and per cluster, by metric id.
+    /// Request heads parsed per listener (config order).
+    pub listener_requests: Box<[Counter]>,
+    /// Requests forwarded per route and per cluster, by metric id.
     pub route_requests: Box<[Counter]>,
     pub cluster_requests: Box<[Counter]>,
+    /// Routed requests (forwarded or answered by tether after routing) by status class, per route and
+    /// per cluster metric id; and per route, first request byte to the end of the request (so a route's
+    /// p99 is derivable from `/metrics`).
+    pub route_responses: Box<[[Counter; 6]]>,
+    pub cluster_responses: Box<[[Counter; 6]]>,
+    pub route_request_us: Box<[Histogram]>,
+    /// Logins at the balancer by outcome ([`LoginOutcome`]).
+    pub logins: [Counter; LoginOutcome::ALL.len()],
+}
+
+/// How a login attempt at the balancer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// The password (or the upstream auth service) said yes; a login session was created.
+    Succeeded,
+    /// A wrong password or unknown user.
+    Failed,
+    /// Refused before the password was looked at: the account or the address is locked.
+    Locked,
+}
+
+impl LoginOutcome {
+    pub const ALL: [LoginOutcome; 3] = [Self::Succeeded, Self::Failed, Self::Locked];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Locked => "locked",
+        }
+    }
 }
 
 impl Default for WorkerMetrics {
@@ -148,26 +189,65 @@ impl Default for WorkerMetrics {
             request_us: Histogram::default(),
             queue_us: Histogram::default(),
             listener_accepted: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
+            listener_requests: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
             route_requests: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
             cluster_requests: (0..MAX_NAMED).map(|_| Counter::default()).collect(),
+            route_responses: (0..MAX_NAMED).map(|_| Default::default()).collect(),
+            cluster_responses: (0..MAX_NAMED).map(|_| Default::default()).collect(),
+            route_request_us: (0..MAX_NAMED).map(|_| Histogram::default()).collect(),
+            logins: Default::default(),
         }
     }
 }
 
 impl WorkerMetrics {
-    /// Counts a finished request: its termination, status class and duration.
+    /// Counts a finished request: its termination, status class and duration; and, for a routed
+    /// request, the same per route and cluster (metric ids). Indexes preallocated slots: no allocation,
+    /// no lock, no atomic read-modify-write on the hot path.
     #[inline]
-    pub fn request_finished(&self, term: Termination, status: u16, total_us: u64) {
+    pub fn request_finished(
+        &self,
+        term: Termination,
+        status: u16,
+        total_us: u64,
+        routed: Option<(usize, usize)>,
+    ) {
         self.terminations[term.index()].inc();
-        let class = if (100..600).contains(&status) {
-            (status / 100) as usize
-        } else {
-            0
-        };
+        let class = status_class(status);
         self.status[class].inc();
         self.request_us.observe(total_us);
+        if let Some((route, cluster)) = routed {
+            if let Some(c) = self.route_responses.get(route) {
+                c[class].inc();
+            }
+            if let Some(h) = self.route_request_us.get(route) {
+                h.observe(total_us);
+            }
+            if let Some(c) = self.cluster_responses.get(cluster) {
+                c[class].inc();
+            }
+        }
+    }
+
+    /// Counts a login attempt's outcome.
+    #[inline]
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins[outcome as usize].inc();
     }
 }
+
+/// A status code's class: 1–5 for 1xx–5xx, 0 for none (no response, or out of range).
+#[inline]
+pub fn status_class(status: u16) -> usize {
+    if (100..600).contains(&status) {
+        (status / 100) as usize
+    } else {
+        0
+    }
+}
+
+/// The label values of the status classes, by [`status_class`].
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Stable metric ids for route and cluster names (assigned when a snapshot is built, never on a worker).
 #[derive(Debug, Default)]
@@ -302,9 +382,17 @@ pub struct Totals {
     pub queue_us: HistogramTotals,
     /// (name, connections accepted) per listener.
     pub listeners: Vec<(String, u64)>,
-    /// (name, requests) per route and per cluster that saw any.
+    /// (name, requests) per listener.
+    pub listener_requests: Vec<(String, u64)>,
+    /// (name, requests forwarded) per route and per cluster that saw any.
     pub routes: Vec<(String, u64)>,
     pub clusters: Vec<(String, u64)>,
+    /// Per route and cluster that finished any request: responses by status class; per route, latency.
+    pub route_responses: Vec<(String, [u64; 6])>,
+    pub cluster_responses: Vec<(String, [u64; 6])>,
+    pub route_latency: Vec<(String, HistogramTotals)>,
+    /// Login attempts by [`LoginOutcome`].
+    pub logins: [u64; LoginOutcome::ALL.len()],
     /// With `[cluster]`: the replication figures, read live.
     pub cluster: Option<ClusterFigures>,
 }
@@ -339,8 +427,31 @@ impl Registry {
         let mut routes = vec![0u64; MAX_NAMED];
         let mut clusters = vec![0u64; MAX_NAMED];
         let mut listeners = vec![0u64; self.listeners.len().min(MAX_NAMED)];
+        let mut listener_requests = listeners.clone();
+        let mut route_responses = vec![[0u64; 6]; MAX_NAMED];
+        let mut cluster_responses = vec![[0u64; 6]; MAX_NAMED];
+        let mut route_latency = vec![HistogramTotals::default(); MAX_NAMED];
         for w in &self.workers {
             for (a, c) in listeners.iter_mut().zip(w.listener_accepted.iter()) {
+                *a += c.get();
+            }
+            for (a, c) in listener_requests.iter_mut().zip(w.listener_requests.iter()) {
+                *a += c.get();
+            }
+            for (sums, slot) in [
+                (&mut route_responses, &w.route_responses),
+                (&mut cluster_responses, &w.cluster_responses),
+            ] {
+                for (a, c) in sums.iter_mut().zip(slot.iter()) {
+                    for (a, c) in a.iter_mut().zip(c) {
+                        *a += c.get();
+                    }
+                }
+            }
+            for (a, h) in route_latency.iter_mut().zip(w.route_request_us.iter()) {
+                a.add(h);
+            }
+            for (a, c) in t.logins.iter_mut().zip(&w.logins) {
                 *a += c.get();
             }
             t.accepted += w.accepted.get();
@@ -378,8 +489,32 @@ impl Registry {
                 .collect::<Vec<_>>()
         };
         t.listeners = self.listeners.iter().cloned().zip(listeners).collect();
-        t.routes = named(MetricNames::names(&self.names.routes), routes);
-        t.clusters = named(MetricNames::names(&self.names.clusters), clusters);
+        t.listener_requests = self
+            .listeners
+            .iter()
+            .cloned()
+            .zip(listener_requests)
+            .collect();
+        let route_names = MetricNames::names(&self.names.routes);
+        let cluster_names = MetricNames::names(&self.names.clusters);
+        let seen = |names: &[String], counts: Vec<[u64; 6]>| {
+            names
+                .iter()
+                .cloned()
+                .zip(counts)
+                .filter(|(_, n)| n.iter().any(|&n| n > 0))
+                .collect::<Vec<_>>()
+        };
+        t.route_responses = seen(&route_names, route_responses);
+        t.cluster_responses = seen(&cluster_names, cluster_responses);
+        t.route_latency = route_names
+            .iter()
+            .cloned()
+            .zip(route_latency)
+            .filter(|(_, h)| h.count() > 0)
+            .collect();
+        t.routes = named(route_names, routes);
+        t.clusters = named(cluster_names, clusters);
         t.cluster = self.cluster.get().map(|c| c.figures());
         t
     }
@@ -470,18 +605,49 @@ fn cluster_report_lines(c: &ClusterFigures, lines: &mut Vec<String>) {
 /// Appends a Prometheus histogram (cumulative buckets in seconds).
 fn prometheus_histogram(out: &mut String, name: &str, help: &str, h: &HistogramTotals) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    histogram_series(out, name, "", h);
+}
+
+/// One histogram's samples; `labels` (`route="x",`) go before `le` in every bucket.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &HistogramTotals) {
     let mut cumulative = 0;
     for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&h.buckets) {
         cumulative += n;
         let _ = writeln!(
             out,
-            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}",
             *bound as f64 / 1e6
         );
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
-    let _ = writeln!(out, "{name}_sum {}", h.sum_us as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {}", h.count());
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", h.count());
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count());
+}
+
+/// Appends a counter family by a name label and status class.
+fn prometheus_by_class(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label_name: &str,
+    list: &[(String, [u64; 6])],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, classes) in list {
+        for (class, n) in STATUS_CLASSES.iter().zip(classes) {
+            let _ = writeln!(
+                out,
+                "{name}{{{label_name}=\"{}\",class=\"{class}\"}} {n}",
+                label(value)
+            );
+        }
+    }
 }
 
 /// Escapes a Prometheus label value.
@@ -605,9 +771,28 @@ pub fn prometheus(t: &Totals) -> String {
         "tether_responses_total",
         "Responses by status class.",
         "class",
-        ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .into_iter()
-            .zip(t.status),
+        STATUS_CLASSES.into_iter().zip(t.status),
+    );
+    prometheus_counter(
+        &mut out,
+        "tether_logins_total",
+        "Login attempts at the balancer by outcome (locked: refused before the password was checked).",
+        "outcome",
+        LoginOutcome::ALL.iter().map(|o| o.label()).zip(t.logins),
+    );
+    prometheus_by_class(
+        &mut out,
+        "tether_route_responses_total",
+        "Routed requests by route and status class (forwarded, or answered by tether after routing).",
+        "route",
+        &t.route_responses,
+    );
+    prometheus_by_class(
+        &mut out,
+        "tether_cluster_responses_total",
+        "Routed requests by cluster and status class.",
+        "cluster",
+        &t.cluster_responses,
     );
     for (name, help, label_name, list) in [
         (
@@ -617,6 +802,12 @@ pub fn prometheus(t: &Totals) -> String {
             &t.listeners,
         ),
         (
+            "tether_listener_requests_total",
+            "Request heads parsed per listener.",
+            "listener",
+            &t.listener_requests,
+        ),
+        (
             "tether_cluster_requests_total",
             "Requests routed to a cluster.",
             "cluster",
@@ -624,7 +815,7 @@ pub fn prometheus(t: &Totals) -> String {
         ),
         (
             "tether_route_requests_total",
-            "Requests matched by a route.",
+            "Requests matched by a route and forwarded to its cluster.",
             "route",
             &t.routes,
         ),
@@ -643,6 +834,14 @@ pub fn prometheus(t: &Totals) -> String {
         "First request byte to the end of the request.",
         &t.request_us,
     );
+    let name = "tether_route_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} First request byte to the end of the request, per route.\n# TYPE {name} histogram"
+    );
+    for (route, h) in &t.route_latency {
+        histogram_series(&mut out, name, &format!("route=\"{}\",", label(route)), h);
+    }
     prometheus_histogram(
         &mut out,
         "tether_qos_queue_wait_seconds",
@@ -826,8 +1025,8 @@ mod tests {
         r.workers[0].cluster_requests[a].add(3);
         r.workers[1].cluster_requests[a].add(2);
         r.workers[1].cluster_requests[b].inc();
-        r.workers[0].request_finished(Termination::Completed, 200, 150);
-        r.workers[1].request_finished(Termination::NoRoute, 404, 20_000_000);
+        r.workers[0].request_finished(Termination::Completed, 200, 150, Some((0, a)));
+        r.workers[1].request_finished(Termination::NoRoute, 404, 20_000_000, None);
         let t = r.totals();
         assert_eq!(t.clusters, vec![("app".into(), 5), ("api".into(), 1)]);
         assert_eq!((t.status[2], t.status[4]), (1, 1));

@@ -71,6 +71,22 @@ impl ConfigSnapshot {
                 None => None,
             });
         }
+        // The publish and the admin listener follow the client listeners (the runtime binds them in this
+        // order): the publish listener is plain; the admin listener speaks TLS with `[admin] cert`.
+        if config
+            .notifications
+            .as_ref()
+            .and_then(|n| n.publish_address.as_ref())
+            .is_some()
+        {
+            listener_tls.push(None);
+        }
+        if let Some(a) = &config.admin {
+            listener_tls.push(
+                crate::tls::server::admin_server_config(a, config)
+                    .map_err(|e| format!("admin: {e}"))?,
+            );
+        }
         let mut cluster_tls = Vec::with_capacity(config.clusters.len());
         for (name, c) in &config.clusters {
             cluster_tls.push(match &c.tls {

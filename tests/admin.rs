@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::admin::*;
 use common::cluster::*;
 use common::login::*;
 use common::*;
@@ -19,16 +20,6 @@ const TOKEN: &str = "test-admin-token-0123";
 
 fn admin_section() -> String {
     format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
-}
-
-/// The admin listener's address, from the start-up log.
-fn admin_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("admin API on http://");
-    line.split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 /// One admin call with `token` (none: no Authorization header).
@@ -139,8 +130,11 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
         let family = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                name.strip_suffix(s).filter(|f| {
+                    types
+                        .get(*f)
+                        .is_some_and(|k| k == "histogram" || k == "summary")
+                })
             })
             .unwrap_or(name);
         assert!(
@@ -234,52 +228,133 @@ fn every_call_needs_the_token_and_refusals_are_json_limited_and_logged() {
     assert_eq!(t.count_log("failed 10 times"), 1);
 }
 
+/// `promtool check metrics` on an exposition: it must exit 0 and print nothing (no lint). promtool is not
+/// Rust: `scripts/test` installs it (Debian's `prometheus`); without it this fails, it never skips.
+fn promtool_check(body: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is not installed ({e}): run the tests with scripts/test, which installs \
+                 Debian's prometheus package"
+            )
+        });
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{said}"
+    );
+    assert!(said.trim().is_empty(), "promtool lint:\n{said}");
+}
+
 #[test]
 fn metrics_parse_and_counters_equal_the_requests_made() {
-    let backend = Backend::named("app");
-    let t = Tether::start(&config_for(&[backend.addr], &admin_section()));
+    let backend = Backend::start(|req, _| {
+        Some(if req.path.starts_with("/missing") {
+            Reply::text(404, "no")
+        } else {
+            Reply::text(200, "ok")
+        })
+    });
+    let t = Tether::start(&logins_config(backend.addr));
     let a = admin_addr(&t);
     const N: usize = 17;
+    const MISSING: usize = 3;
     let mut c = Client::connect(t.addr);
     for _ in 0..N {
         assert_eq!(c.get("/x").status, 200);
+    }
+    for _ in 0..MISSING {
+        assert_eq!(c.get("/missing").status, 404);
+    }
+    // Logins: one good; two wrong passwords (the pool locks after 2); then one refused by the lock.
+    assert_eq!(form_login(t.addr, "alice", "tether-demo").status, 303);
+    for _ in 0..3 {
+        assert_ne!(form_login(t.addr, "bob", "wrong-password").status, 303);
     }
     let r = admin(a, "GET", "/metrics", "");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     let m = parse_exposition(&r.text());
-    let backend_series = format!(
-        "tether_backend_requests_total{{cluster=\"app\",backend=\"{}\"}}",
-        backend.addr
-    );
+    let b = format!("cluster=\"app\",backend=\"{}\"", backend.addr);
+    let route = "route=\"* /\"";
+    let routed = N + MISSING;
     for (series, want) in [
-        ("tether_cluster_requests_total{cluster=\"app\"}", N),
         (
-            "tether_listener_connections_total{listener=\"127.0.0.1:0\"}",
+            "tether_cluster_requests_total{cluster=\"app\"}".to_string(),
+            routed,
+        ),
+        (
+            "tether_listener_connections_total{listener=\"127.0.0.1:0\"}".into(),
+            5,
+        ),
+        // The keep-alive connection's requests, and one login each on its own connection.
+        (
+            "tether_listener_requests_total{listener=\"127.0.0.1:0\"}".into(),
+            routed + 4,
+        ),
+        (format!("tether_backend_requests_total{{{b}}}"), routed),
+        (
+            format!("tether_backend_responses_total{{{b},class=\"2xx\"}}"),
+            N,
+        ),
+        (
+            format!("tether_backend_responses_total{{{b},class=\"4xx\"}}"),
+            MISSING,
+        ),
+        (format!("tether_route_requests_total{{{route}}}"), routed),
+        (
+            format!("tether_route_responses_total{{{route},class=\"2xx\"}}"),
+            N,
+        ),
+        (
+            format!("tether_route_responses_total{{{route},class=\"4xx\"}}"),
+            MISSING,
+        ),
+        (
+            format!("tether_route_request_duration_seconds_count{{{route}}}"),
+            routed,
+        ),
+        (
+            format!("tether_route_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"),
+            routed,
+        ),
+        (
+            "tether_cluster_responses_total{cluster=\"app\",class=\"2xx\"}".into(),
+            N,
+        ),
+        ("tether_logins_total{outcome=\"succeeded\"}".into(), 1),
+        ("tether_logins_total{outcome=\"failed\"}".into(), 2),
+        ("tether_logins_total{outcome=\"locked\"}".into(), 1),
+        (
+            "tether_tenant_logins{tenant=\"demo\",period=\"hour\"}".into(),
             1,
         ),
-        (backend_series.as_str(), N),
-        ("tether_request_duration_seconds_count", N),
+        // The store's records by kind: alice's one login session; no upload.
+        (
+            "tether_store_kind_records{kind=\"login_session\"}".into(),
+            1,
+        ),
+        ("tether_store_kind_records{kind=\"upload\"}".into(), 0),
     ] {
-        assert_eq!(m.get(series).copied(), Some(want as f64), "{series}");
+        assert_eq!(m.get(&series).copied(), Some(want as f64), "{series}");
     }
     assert_eq!(
-        m.get(&format!(
-            "tether_backend_eligible{{cluster=\"app\",backend=\"{}\"}}",
-            backend.addr
-        )),
+        m.get(&format!("tether_backend_eligible{{{b}}}")),
         Some(&1.0)
     );
-    // promtool, where installed, agrees.
-    if let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&r.body).unwrap();
-        assert!(child.wait().unwrap().success(), "promtool check metrics");
-    }
+    promtool_check(&r.body);
 }
 
 #[test]
@@ -788,6 +863,21 @@ fn the_status_page_is_one_self_contained_file_behind_basic_auth() {
         json(&r)["clusters"][0]["backends"][0]["address"],
         backend.addr.to_string()
     );
+    // But Basic only reads: a change needs the bearer token (a browser holding Basic credentials can be
+    // made to post by another site's page).
+    let r = raw_exchange(
+        a,
+        format!(
+            "POST /api/backends/app/{}/disable HTTP/1.1\r\nHost: admin\r\n{}Content-Length: 0\r\n\r\n",
+            backend.addr,
+            basic(TOKEN)
+        )
+        .as_bytes(),
+    );
+    assert_error(&r, 401, "unauthorized");
+    assert!(r.text().contains("bearer"), "{}", r.text());
+    let r = get_with(a, "/api/backends", &basic(TOKEN));
+    assert_eq!(json(&r)["clusters"][0]["backends"][0]["state"], "enabled");
 }
 
 #[test]
@@ -856,6 +946,14 @@ fn the_cluster_view_and_a_revocation_across_nodes() {
         (Some("a"), Some("b"))
     );
     assert!(c["peers"][0]["epoch"].is_u64(), "{c}");
+    // A cluster node's exposition (peers, store, tenants) parses strictly and passes promtool too.
+    let r = admin(admins[0], "GET", "/metrics", "");
+    let m = parse_exposition(&r.text());
+    assert_eq!(m.get("tether_cluster_peer_up{peer=\"b\"}"), Some(&1.0));
+    assert!(m.contains_key("tether_cluster_peer_lag_seconds{peer=\"b\"}"));
+    assert!(m.contains_key("tether_cluster_peer_resyncs_total{peer=\"b\",direction=\"in\"}"));
+    assert!(m.contains_key("tether_store_kind_records{kind=\"session_binding\"}"));
+    promtool_check(&r.body);
 
     let cookie = login_cookie_at(nodes[0].addr, "test");
     let at = |n: &Tether| {
@@ -973,4 +1071,376 @@ fn users_are_added_changed_and_removed_through_the_api() {
         409,
         "in_users_file",
     );
+}
+
+/// One request on its own connection with `headers` (lines ending in CRLF) and a body.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    let mut bytes = format!(
+        "{method} {path} HTTP/1.1\r\nHost: files.test\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    c.send(&bytes);
+    c.read_response(method == "HEAD")
+}
+
+#[test]
+fn uploads_are_listed_and_cancelled_and_certificates_listed_and_reloaded() {
+    let backend = Backend::named("app");
+    let certs = format!("{}/configs/certs", env!("CARGO_MANIFEST_DIR"));
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"secure\"\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
+         certificates = [{{ cert = \"{certs}/localhost.crt\", key = \"{certs}/localhost.key\" }}]\n\n\
+         [clusters.app]\nbackends = [{{ address = \"{}\" }}]\n\n\
+         [[routes]]\npath_prefix = \"/up/\"\ncluster = \"app\"\nuploads = true\n\n[[routes]]\ncluster = \"app\"\n\n\
+         [uploads]\ndir = \"{}\"\n\n{}",
+        backend.addr,
+        spool.path().display(),
+        admin_section()
+    );
+    let t = Tether::start(&config);
+    let a = admin_addr(&t);
+
+    // Two uploads, one with 5 bytes appended.
+    let tus = "Tus-Resumable: 1.0.0\r\n";
+    let create = || {
+        let r = request(
+            t.addr,
+            "POST",
+            "/up/files",
+            &format!("{tus}Upload-Length: 10\r\n"),
+            b"",
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.header("location").unwrap().to_string()
+    };
+    let first = create();
+    let second = create();
+    let r = request(
+        t.addr,
+        "PATCH",
+        &first,
+        &format!("{tus}Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"),
+        b"hello",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let id_of = |loc: &str| loc.rsplit('/').next().unwrap().to_string();
+    let list = json(&admin(a, "GET", "/api/uploads", ""));
+    let uploads = list["uploads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(uploads.len(), 2, "{list}");
+    let one = uploads
+        .iter()
+        .find(|u| u["id"] == id_of(&first))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(
+        (one["offset"].as_u64(), one["length"].as_u64()),
+        (Some(5), Some(10))
+    );
+    assert_eq!(one["protocol"], "tus");
+
+    // Cancel the first: gone from the list, and the client's next HEAD finds nothing.
+    let r = admin(a, "DELETE", &format!("/api/uploads/{}", id_of(&first)), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["offset"], 5);
+    t.wait_log(&format!(
+        "upload {} of user \"\" cancelled at offset 5",
+        id_of(&first)
+    ));
+    let list = json(&admin(a, "GET", "/api/uploads", ""));
+    assert_eq!(list["uploads"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["uploads"][0]["id"], id_of(&second));
+    let r = request(t.addr, "HEAD", &first, tus, b"");
+    assert_eq!(r.status, 404);
+    // Refusals: the same again (gone), a malformed id, a wrong method.
+    assert_error(
+        &admin(a, "DELETE", &format!("/api/uploads/{}", id_of(&first)), ""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "DELETE", "/api/uploads/xyz", ""),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &admin(a, "POST", "/api/uploads", ""),
+        405,
+        "method_not_allowed",
+    );
+
+    // ctl: the uploads table, and a cancel.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["uploads"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.starts_with("UPLOAD") && out.contains(&id_of(&second)),
+        "{out}"
+    );
+    let (code, out, err) = ctl(a, Some(TOKEN), &["cancel-upload", &id_of(&second)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("cancelled upload {} at offset 0", id_of(&second))
+    );
+    let (code, _, err) = ctl(a, Some(TOKEN), &["cancel-upload", &id_of(&second)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    // Certificates: the TLS listener's, with its names and expiry; then a reload re-reads them.
+    let list = json(&admin(a, "GET", "/api/tls/certificates", ""));
+    let certs_list = list["certificates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(certs_list.len(), 1, "{list}");
+    let c = &certs_list[0];
+    assert_eq!(c["used_by"], "listener secure");
+    assert!(
+        c["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "localhost"),
+        "{c}"
+    );
+    assert!(c["error"].is_null(), "{c}");
+    assert!(c["not_after"].as_i64().unwrap() > c["not_before"].as_i64().unwrap());
+    let (code, out, err) = ctl(a, Some(TOKEN), &["certs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("listener secure") && out.contains("localhost") && out.contains(" days"),
+        "{out}"
+    );
+    let r = admin(a, "POST", "/api/tls/reload", "");
+    assert_eq!(
+        (r.status, json(&r)["generation"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        r.text()
+    );
+    t.wait_log("TLS certificates reload asked (a config reload)");
+    assert_error(
+        &admin(a, "GET", "/api/tls/reload", ""),
+        405,
+        "method_not_allowed",
+    );
+    // Without a token, nothing.
+    assert_error(
+        &call(a, "GET", "/api/uploads", None, ""),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &call(a, "GET", "/api/tls/certificates", Some("wrong"), ""),
+        401,
+        "unauthorized",
+    );
+}
+
+#[test]
+fn ctl_lists_sessions_revokes_one_and_shows_usage() {
+    let backend = Backend::named("app");
+    let t = Tether::start(&logins_config(backend.addr));
+    let a = admin_addr(&t);
+    let cookie = login_cookie_at(t.addr, "test");
+    let _ = login_cookie_at(t.addr, "test");
+    let inbox = || {
+        get_with(
+            t.addr,
+            "/mail/inbox",
+            &format!("Cookie: {cookie}\r\nAccept: application/json\r\n"),
+        )
+        .status
+    };
+    assert_eq!(inbox(), 200);
+
+    let (code, out, err) = ctl(a, Some(TOKEN), &["sessions", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("SESSION"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let (code, out, _) = ctl(a, Some(TOKEN), &["sessions", "alice", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<String> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // Revoke every session shown, one by one: the cookie stops working.
+    for id in &ids {
+        let (code, out, err) = ctl(a, Some(TOKEN), &["revoke", id]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), "revoked 1 session(s)");
+    }
+    assert_ne!(inbox(), 200);
+    let (code, out, _) = ctl(a, Some(TOKEN), &["sessions", "alice"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    let (code, _, err) = ctl(a, Some(TOKEN), &["revoke", &ids[0]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    // No session id is in the log beyond its first 8 digits.
+    t.wait_log(&format!("revoked login session {}…", &ids[0][..8]));
+    assert!(
+        !t.log_lines().iter().any(|l| l.contains(&ids[0])),
+        "a session id in the log"
+    );
+
+    // Usage of the tenant: two logins, the requests.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["usage", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("TENANT"), "{out}");
+    let logins_hour = out
+        .lines()
+        .find(|l| l.starts_with("demo") && l.contains("hour") && l.contains(" logins "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(logins_hour.trim_end().ends_with(" 2"), "{logins_hour}");
+    let (code, _, err) = ctl(a, Some(TOKEN), &["usage", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+}
+
+/// One admin call over TLS with `client` (its certificate, if any), the token given: the status, or the
+/// handshake's (or the connection's) error.
+fn tls_call(
+    addr: SocketAddr,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+    token: Option<&str>,
+) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("admin.test").unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+#[test]
+fn mutual_tls_on_the_admin_listener_refuses_a_client_without_a_certificate_of_its_ca() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use tether::tls::generate::DevCa;
+    let ca = DevCa::new("admin CA").unwrap();
+    let rogue = DevCa::new("another CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let server = ca.server(&["admin.test"]).unwrap();
+    let (cert, key) = (
+        write("admin.crt", &server.cert_pem),
+        write("admin.key", &server.key_pem),
+    );
+    let client_ca = write("clients.crt", &ca.cert_pem());
+    let backend = Backend::named("app");
+    let t = Tether::start(&config_for(
+        &[backend.addr],
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             client_ca = \"{client_ca}\"\n"
+        ),
+    ));
+    let line = t.wait_log("admin API on https://");
+    assert!(line.contains("client certificates required"), "{line}");
+    let a: SocketAddr = line
+        .split("https://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+            r.add(c.unwrap()).unwrap();
+        }
+        Arc::new(r)
+    };
+    let provider = || Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+    };
+    let with_cert = |issued: &tether::tls::generate::Issued| {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        Arc::new(builder().with_client_auth_cert(chain, key).unwrap())
+    };
+    let ops_issued = ca.client("ops").unwrap();
+    let ops = with_cert(&ops_issued);
+    let stranger = with_cert(&rogue.client("ops").unwrap());
+    let anonymous = Arc::new(builder().with_no_client_auth());
+
+    // A certificate of the admin CA and the token: served. The certificate alone is not enough.
+    assert_eq!(tls_call(a, &ops, "/api/backends", Some(TOKEN)), Ok(200));
+    assert_eq!(tls_call(a, &ops, "/metrics", Some(TOKEN)), Ok(200));
+    assert_eq!(tls_call(a, &ops, "/api/backends", None), Ok(401));
+    // No certificate, or one of another CA: the handshake fails, no HTTP answer at all — the token
+    // does not help.
+    for (who, client) in [("anonymous", &anonymous), ("stranger", &stranger)] {
+        let r = tls_call(a, client, "/api/backends", Some(TOKEN));
+        assert!(r.is_err(), "{who}: {r:?}");
+    }
+    // tether ctl over HTTPS: the CA, the listener's name, and the client's certificate.
+    let ca_file = write("ca.crt", &ca.cert_pem());
+    let (ops_cert, ops_key) = (
+        write("ops.crt", &ops_issued.cert_pem),
+        write("ops.key", &ops_issued.key_pem),
+    );
+    let tls_flags = ["--cacert", &ca_file, "--server-name", "admin.test"];
+    let mutual = [
+        &tls_flags[..],
+        &["--cert", &ops_cert, "--key", &ops_key, "backends"],
+    ]
+    .concat();
+    let (code, out, err) = ctl(a, Some(TOKEN), &mutual);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("CLUSTER") && out.contains(&backend.addr.to_string()),
+        "{out}"
+    );
+    // Without its certificate, or over plain HTTP, ctl gets nothing and says so.
+    let (code, _, err) = ctl(a, Some(TOKEN), &[&tls_flags[..], &["backends"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: "), "{err}");
+    let (code, _, _) = ctl(a, Some(TOKEN), &["backends"]);
+    assert_eq!(code, 1);
+    // Plain HTTP on the admin port gets no answer from the API either.
+    let plain = raw_exchange(
+        a,
+        format!("GET /api/backends HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_ne!(plain.status, 200);
 }

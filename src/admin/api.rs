@@ -46,6 +46,8 @@ pub(crate) enum Then {
     Reload,
     ListLogins,
     RevokeLogins,
+    ListUploads,
+    ListCertificates,
 }
 
 /// The request stage.
@@ -71,20 +73,38 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
     }
     match presented(r) {
         None => return refuse(r, admin, "missing bearer token"),
-        Some(t) if !admin.token_matches(&t) => return refuse(r, admin, "wrong bearer token"),
+        Some((t, _)) if !admin.token_matches(&t) => {
+            return refuse(r, admin, "wrong bearer token");
+        }
+        // A browser sends Basic credentials it holds by itself, also on a form another site posts to the
+        // admin listener: Basic only reads (the status page); changes need the bearer token (no CSRF).
+        Some((_, Scheme::Basic)) if !matches!(r.head.method, Method::Get | Method::Head) => {
+            return refuse(
+                r,
+                admin,
+                "basic credentials only read: changes need a bearer token",
+            );
+        }
         Some(_) => {}
     }
     route(r, admin)
 }
 
+/// How a call presented the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Basic,
+}
+
 /// The token a call presents: `Authorization: Bearer TOKEN`, or — for a browser on the status page,
 /// which can only send what it prompts for — `Authorization: Basic` with the token as the password (any
 /// user name).
-fn presented(r: &Request<'_>) -> Option<Vec<u8>> {
+fn presented(r: &Request<'_>) -> Option<(Vec<u8>, Scheme)> {
     use base64::Engine;
     let value = r.head.header(r.bytes, "authorization")?;
     if let Some(t) = crate::auth::session::bearer(value) {
-        return Some(t.to_vec());
+        return Some((t.to_vec(), Scheme::Bearer));
     }
     let rest = value
         .get(..6)
@@ -94,7 +114,7 @@ fn presented(r: &Request<'_>) -> Option<Vec<u8>> {
         .decode(rest)
         .ok()?;
     let colon = pair.iter().position(|&b| b == b':')?;
-    Some(pair[colon + 1..].to_vec())
+    Some((pair[colon + 1..].to_vec(), Scheme::Basic))
 }
 
 fn answer(reply: Reply) -> Verdict {
@@ -134,7 +154,8 @@ fn method_not_allowed(allow: &'static str) -> Verdict {
 /// status page without credentials before it prompts). Past the limit, one line says the address is
 /// cut off for the window.
 fn refuse(r: &Request<'_>, admin: &Admin, reason: &str) -> Verdict {
-    let missing = reason.starts_with("missing");
+    // Neither a missing token nor the right one in Basic guesses anything: not counted.
+    let missing = reason.starts_with("missing") || reason.starts_with("basic");
     let n = if missing {
         0
     } else {
@@ -328,6 +349,28 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             delete_user(r, admin, &name)
         }
         ["api", "users", _] => method_not_allowed("PUT, DELETE"),
+        ["api", "uploads"] if get => {
+            if r.cx.spool.is_none() {
+                return not_found("uploads are not configured ([uploads])");
+            }
+            submit(r, admin, JobKind::Uploads, Then::ListUploads)
+        }
+        ["api", "uploads"] => method_not_allowed("GET"),
+        ["api", "uploads", id] if method == Method::Delete => {
+            let id = id.to_string();
+            cancel_upload(r, admin, &id)
+        }
+        ["api", "uploads", _] => method_not_allowed("DELETE"),
+        ["api", "tls", "certificates"] if get => {
+            submit(r, admin, JobKind::Certificates, Then::ListCertificates)
+        }
+        ["api", "tls", "certificates"] => method_not_allowed("GET"),
+        // Certificates are read when a config snapshot is built: a reload re-reads every file.
+        ["api", "tls", "reload"] if post => {
+            audit(r, admin, "TLS certificates reload asked (a config reload)");
+            submit(r, admin, JobKind::Reload, Then::Reload)
+        }
+        ["api", "tls", "reload"] => method_not_allowed("POST"),
         ["api", "lockout", "lift"] if post => lift(r, admin),
         ["api", "lockout", "lift"] => method_not_allowed("POST"),
         _ => not_found("no such path (docs/ADMIN.md lists the API)"),
@@ -336,7 +379,8 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
 
 /// `GET /metrics`: the Prometheus text exposition.
 fn metrics(r: &Request<'_>, admin: &Admin) -> Verdict {
-    let text = super::exposition::render(admin, r.cx.snapshot, r.cx.unix_now);
+    let store = r.cx.store.map(|s| s.store());
+    let text = super::exposition::render(admin, r.cx.snapshot, store, r.cx.unix_now);
     answer(Reply::new(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -653,6 +697,10 @@ fn resume(r: &mut Request<'_>, admin: &Admin, p: Progress) -> Verdict {
                     );
                     revoke_ids(r, &ids)
                 }
+                (Then::ListUploads, Outcome::Uploads(list)) => ok(json!({ "uploads": list })),
+                (Then::ListCertificates, Outcome::Certificates(list)) => {
+                    ok(json!({ "certificates": list }))
+                }
                 _ => error(500, "internal", "unexpected outcome"),
             }
         }
@@ -694,7 +742,9 @@ fn revoke_one(r: &mut Request<'_>, admin: &Admin, session: &str) -> Verdict {
     if store.get(Kind::LoginSession, &id, r.cx.unix_now).is_none() {
         return not_found(&format!("no live session {session}"));
     }
-    audit(r, admin, &format!("revoked login session {session}"));
+    // The id's first 8 digits name it in the log (as refusals leave ids out of logged paths).
+    let short = session.get(..8).unwrap_or(session);
+    audit(r, admin, &format!("revoked login session {short}…"));
     revoke_ids(r, &[id])
 }
 
@@ -744,6 +794,39 @@ fn wait_sync(
         reply: Box::new(reply),
     }));
     Verdict::Wait(Wait::replica(ticket, &r.cx))
+}
+
+/// `DELETE /api/uploads/{id}`: cancels an upload as a client's `DELETE` would (the spool's own
+/// function): its records become tombstones on every node and the files are swept. 409 while an append
+/// holds it.
+fn cancel_upload(r: &mut Request<'_>, admin: &Admin, id: &str) -> Verdict {
+    use crate::spool::state;
+    let Some(spool) = r.cx.spool else {
+        return not_found("uploads are not configured ([uploads])");
+    };
+    let Some(parsed) = state::parse_id(id.as_bytes()) else {
+        return error(400, "invalid_request", "an upload id is 32 hex digits");
+    };
+    let Some(store) = r.cx.store else {
+        return not_found("no uploads on this node");
+    };
+    let Some(upload) = state::Upload::get(store.store(), &parsed, r.cx.unix_now) else {
+        return not_found(&format!("no upload {id}"));
+    };
+    if !crate::spool::endpoints::cancel(r, spool, parsed, &upload) {
+        return error(409, "busy", "the upload is being appended to; try again");
+    }
+    audit(
+        r,
+        admin,
+        &format!(
+            "upload {} of user {:?} cancelled at offset {}",
+            state::hex(&parsed),
+            upload.user,
+            upload.offset
+        ),
+    );
+    ok(json!({ "cancelled": state::hex(&parsed), "offset": upload.offset }))
 }
 
 /// `POST /api/lockout/lift` with `{"user": NAME[, "tenant": T]}` or `{"address": IP}`: the subject's

@@ -1,8 +1,11 @@
 //! The admin API from the command line (`tether ctl`): a blocking HTTP/1.1 client over std::net (one
-//! call per connection, `Connection: close`), and the tables people read.
+//! call per connection, `Connection: close`), over TLS with rustls when the admin listener speaks it
+//! (`[admin] cert`, and with `client_ca` the client's certificate), and the tables people read.
 
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a call failed before an answer came.
@@ -17,6 +20,57 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the admin API's answer is not HTTP: {0}")]
     Malformed(&'static str),
+    #[error("TLS to the admin API: {0}")]
+    Tls(String),
+}
+
+/// How to reach an HTTPS admin listener: the CAs its certificate chains to, the name to check it
+/// against, and for mutual TLS this client's certificate.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    pub cacert: std::path::PathBuf,
+    /// The name in the admin listener's certificate; default: the host of the address.
+    pub server_name: Option<String>,
+    /// Certificate chain and key (PEM) for mutual TLS.
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsOptions {
+    fn connector(
+        &self,
+        address: &str,
+    ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ClientError> {
+        let tls = |e: String| ClientError::Tls(e);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::tls::certs::load_chain(&self.cacert).map_err(|e| tls(e.to_string()))? {
+            roots.add(c).map_err(|e| tls(e.to_string()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::server::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &self.cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = crate::tls::certs::load_chain(cert).map_err(|e| tls(e.to_string()))?;
+                let key = crate::tls::certs::load_key(key).map_err(|e| tls(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls(e.to_string()))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let host = match &self.server_name {
+            Some(n) => n.clone(),
+            None => address
+                .rsplit_once(':')
+                .map_or(address, |(h, _)| h)
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string(),
+        };
+        let name = ServerName::try_from(host).map_err(|e| tls(e.to_string()))?;
+        Ok((Arc::new(config), name))
+    }
 }
 
 /// An answer: status and body.
@@ -42,6 +96,8 @@ impl Answer {
 pub struct Client {
     pub address: String,
     pub token: String,
+    /// HTTPS (`[admin] cert`); `None`: plain HTTP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Client {
@@ -84,9 +140,26 @@ impl Client {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        s.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        match &self.tls {
+            None => {
+                s.write_all(req.as_bytes())?;
+                s.read_to_end(&mut raw)?;
+            }
+            Some(options) => {
+                let (config, name) = options.connector(&self.address)?;
+                let conn = rustls::ClientConnection::new(config, name)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                tls.write_all(req.as_bytes())?;
+                match tls.read_to_end(&mut raw) {
+                    Ok(_) => {}
+                    // The listener may close without close_notify once its answer is complete.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         parse_answer(&raw)
     }
 }

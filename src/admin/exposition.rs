@@ -21,9 +21,17 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The whole exposition.
-pub(super) fn render(admin: &Admin, snapshot: &ConfigSnapshot, unix_now: u32) -> String {
+pub(super) fn render(
+    admin: &Admin,
+    snapshot: &ConfigSnapshot,
+    store: Option<&crate::store::Store>,
+    unix_now: u32,
+) -> String {
     let mut out = crate::metrics::prometheus(&admin.registry.totals());
     backends(&mut out, snapshot);
+    if let Some(store) = store {
+        store_kinds(&mut out, store);
+    }
     let t = admin.sticky.table.totals();
     family(
         &mut out,
@@ -142,6 +150,35 @@ pub(super) fn render(admin: &Admin, snapshot: &ConfigSnapshot, unix_now: u32) ->
     out
 }
 
+/// Records of each kind in this node's store, counted by the store as it applies them (no scan): login
+/// sessions, notifications and their acknowledgements, uploads and their chunks (the spool), and the rest.
+fn store_kinds(out: &mut String, store: &crate::store::Store) {
+    use crate::store::Kind;
+    let name = "tether_store_kind_records";
+    family(
+        out,
+        name,
+        "gauge",
+        "Records of a kind in this node's store (tombstones and expired ones not yet removed included).",
+    );
+    for (kind, label) in [
+        (Kind::SessionBinding, "session_binding"),
+        (Kind::TicketKeys, "ticket_keys"),
+        (Kind::LoginSession, "login_session"),
+        (Kind::TokenKey, "token_key"),
+        (Kind::IdentityKey, "identity_key"),
+        (Kind::User, "user"),
+        (Kind::Counter, "counter"),
+        (Kind::Deny, "deny"),
+        (Kind::Notification, "notification"),
+        (Kind::NotificationAck, "notification_ack"),
+        (Kind::Upload, "upload"),
+        (Kind::UploadChunk, "upload_chunk"),
+    ] {
+        let _ = writeln!(out, "{name}{{kind=\"{label}\"}} {}", store.len_of(kind));
+    }
+}
+
 /// Per backend and cluster: requests, in flight, queued, up, eligible.
 fn backends(out: &mut String, snapshot: &ConfigSnapshot) {
     type Figure = fn(&crate::balance::ClusterBackend) -> u64;
@@ -185,6 +222,30 @@ fn backends(out: &mut String, snapshot: &ConfigSnapshot) {
             |b| u64::from(b.eligible()),
         ),
     ];
+    let name = "tether_backend_responses_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Responses a backend answered by status class (the address's, over every cluster).",
+    );
+    for c in &snapshot.clusters {
+        for b in &c.backends {
+            for (class, n) in crate::metrics::STATUS_CLASSES
+                .iter()
+                .zip(&b.state.responses)
+                .skip(1)
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",backend=\"{}\",class=\"{class}\"}} {}",
+                    label(&c.name),
+                    b.state.address,
+                    n.load(Relaxed)
+                );
+            }
+        }
+    }
     for (name, kind, help, f) in series {
         family(out, name, kind, help);
         for c in &snapshot.clusters {

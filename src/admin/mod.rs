@@ -11,6 +11,7 @@
 pub mod api;
 pub mod client;
 mod exposition;
+pub mod inventory;
 
 use crate::proxy::stages::Ticket;
 use parking_lot::Mutex;
@@ -41,6 +42,10 @@ pub(crate) enum JobKind {
     Reload,
     /// The live login sessions of `user` of `tenant` (a scan of the store: never on a worker).
     Logins { tenant: String, user: String },
+    /// The uploads in the store (a scan).
+    Uploads,
+    /// The certificates the running config names (files read and parsed).
+    Certificates,
 }
 
 /// Where the main thread leaves a job's outcome, then completes the ticket.
@@ -59,6 +64,10 @@ pub enum Outcome {
     Refused(Vec<crate::config::ConfigError>),
     /// The login sessions found: (session id, created, last seen, expires).
     Logins(Vec<([u8; 16], u32, u32, u32)>),
+    /// The uploads found.
+    Uploads(Vec<inventory::UploadRow>),
+    /// The certificates found.
+    Certificates(Vec<inventory::CertificateRow>),
 }
 
 impl JobSlot {

@@ -367,6 +367,7 @@ fn login(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verd
                 "login refused: user {:?} or its address is locked ({decision:?})",
                 form.username
             );
+            r.cx.metrics.login(crate::metrics::LoginOutcome::Locked);
             let retry = json.then(|| decision.retry_after(now)).flatten();
             return login_failed(r, settings, auth, pool, json, &return_to, retry);
         }
@@ -729,6 +730,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 }
                 Some(Verdict2::Password(false)) | Some(Verdict2::Upstream(Err(_))) => {
                     log::info!("login failed for user {:?}", login.username);
+                    r.cx.metrics.login(crate::metrics::LoginOutcome::Failed);
                     if let Some(lockout) = &pool.lockout {
                         count_failure(r, lockout, pool, &login.username);
                     }
@@ -790,6 +792,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 session.user,
                 session.tenant
             );
+            r.cx.metrics.login(crate::metrics::LoginOutcome::Succeeded);
             if settings.metering {
                 crate::limits::metering::add(
                     r.cx.counters,

@@ -58,6 +58,9 @@ pub struct BackendState {
     health: AtomicU8,
     /// Requests answered (any status), for observability.
     pub requests: AtomicU64,
+    /// The same by status class (`metrics::status_class`: index 1–5 for 1xx–5xx), counted beside
+    /// `requests` (one more relaxed increment per response).
+    pub responses: [AtomicU64; 6],
     /// Attempts assigned and not yet finished, over all workers (and the QoS aging step): the part of a
     /// backend the QoS queue works with.
     pub slots: crate::qos::Slots,
@@ -114,6 +117,7 @@ impl BackendState {
             address,
             health: AtomicU8::new(0),
             requests: AtomicU64::new(0),
+            responses: Default::default(),
             slots: crate::qos::Slots::default(),
             latency: Ewma::default(),
             failures: AtomicU32::new(0),
@@ -213,6 +217,9 @@ impl BackendState {
         match outcome {
             AttemptOutcome::Response { status, latency_us } => {
                 self.requests.fetch_add(1, Relaxed);
+                if !cfg!(feature = "skip-metrics") {
+                    self.responses[crate::metrics::status_class(status)].fetch_add(1, Relaxed);
+                }
                 self.latency.observe(latency_us, clock_us());
                 if status >= 500 && self.count_5xx.load(Relaxed) {
                     self.request_failed("5xx response");

@@ -968,6 +968,9 @@ limits.max_headers = 5
         "admin.address",
         "admin.token",
         "admin.token_file",
+        "admin.cert",
+        "admin.key",
+        "admin.client_ca",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

@@ -1003,6 +1003,12 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// A file holding the token (its first line), so the token stays out of the config file; empty: none.
     pub token_file: Option<String>,
+    /// PEM certificate chain and key: the admin listener speaks TLS (HTTPS); empty: plain HTTP.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// PEM bundle of CAs: with it, a client must present a certificate chaining to one of them (mutual
+    /// TLS) before any call, and still the token. Needs `cert` and `key`; empty: none.
+    pub client_ca: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -1011,11 +1017,23 @@ impl Default for AdminConfig {
             address: "127.0.0.1:9180".into(),
             token: None,
             token_file: None,
+            cert: None,
+            key: None,
+            client_ca: None,
         }
     }
 }
 
 impl AdminConfig {
+    /// The TLS files set (an empty value is none, as configs/full.toml writes every key): (cert, key,
+    /// client CA).
+    pub fn tls_files(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|v| !v.is_empty())
+        }
+        (set(&self.cert), set(&self.key), set(&self.client_ca))
+    }
+
     /// The token: `token`, or the first line of `token_file` (resolved against the config's directory).
     pub fn read_token(&self, config: &Config) -> Result<String, String> {
         // An empty `token_file` is none (configs/full.toml writes every key).

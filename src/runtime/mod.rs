@@ -269,7 +269,11 @@ impl Server {
             infos.push(ListenerInfo {
                 name,
                 trust_forwarded: false,
-                proto: "http",
+                proto: if a.tls_files().0.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 redirect_https: false,
                 plain_http: Default::default(),
                 publish: false,
@@ -642,9 +646,14 @@ impl Server {
             log::info!("notifications: publish listener on {addr} (POST /publish)");
         }
         if let (Some(addr), Some(a)) = (admin_address, &admin) {
+            let (scheme, mutual) = match config.admin.as_ref().map(|c| c.tls_files()) {
+                Some((Some(_), _, Some(_))) => ("https", ", client certificates required"),
+                Some((Some(_), _, None)) => ("https", ""),
+                _ => ("http", ""),
+            };
             // The token's fingerprint, never the token: audit lines name it the same way.
             log::info!(
-                "admin API on http://{addr} (token {}; /api/, /metrics)",
+                "admin API on {scheme}://{addr} (token {}; /api/, /metrics{mutual})",
                 a.fingerprint
             );
         }
@@ -898,6 +907,13 @@ impl Server {
             JobKind::Logins { tenant, user } => {
                 Outcome::Logins(self.logins_of(tenant, user, crate::sticky::unix_now()))
             }
+            JobKind::Uploads => Outcome::Uploads(self.store.as_ref().map_or_else(Vec::new, |s| {
+                crate::admin::inventory::uploads(s, crate::sticky::unix_now())
+            })),
+            JobKind::Certificates => Outcome::Certificates(crate::admin::inventory::certificates(
+                &self.config,
+                i64::from(crate::sticky::unix_now()),
+            )),
         };
         job.slot.finish(outcome);
     }

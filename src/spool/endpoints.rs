@@ -280,6 +280,19 @@ fn head(upload: &Upload, settings: &crate::config::UploadsConfig) -> Verdict {
     answer(reply)
 }
 
+/// The admin API's cancel (`DELETE /api/uploads/ID`): what a client's `DELETE` does — the records become
+/// tombstones everywhere, every node's sweep removes its file — on the admin call's request. `false` while
+/// an append or a forward holds the upload.
+pub(crate) fn cancel(r: &Request<'_>, spool: &Spool, id: UploadId, upload: &Upload) -> bool {
+    let Some(_busy) = spool.claim(id) else {
+        return false;
+    };
+    remove_records(r, &id, upload);
+    let shared = spool.shared.clone();
+    let _ = spool.pool.submit(Box::new(move || shared.remove(&id)));
+    true
+}
+
 /// `DELETE`: the upload's records become tombstones everywhere; every node's sweep removes its file.
 fn delete(r: &mut Request<'_>, spool: &Spool, id: UploadId, upload: &Upload) -> Verdict {
     let Some(_busy) = spool.claim(id) else {

@@ -79,3 +79,56 @@ pub fn server_config(
     server.max_early_data_size = 0;
     Ok(Arc::new(server))
 }
+
+/// The admin listener's server config (`[admin] cert`, `key`, optional `client_ca`): one certificate, and
+/// with a client CA, mutual TLS — a client without a certificate chaining to it fails the handshake, before
+/// any byte of HTTP. Read when a snapshot is built, so a reload picks up replaced files.
+pub fn admin_server_config(
+    admin: &crate::config::AdminConfig,
+    config: &Config,
+) -> Result<Option<Arc<ServerConfig>>, String> {
+    let (Some(cert), Some(key), client_ca) = admin.tls_files() else {
+        return Ok(None);
+    };
+    let certified = load_certified_key(&config.resolve_path(cert), &config.resolve_path(key))
+        .map_err(|e| e.to_string())?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let path = config.resolve_path(ca);
+            let mut roots = rustls::RootCertStore::empty();
+            for c in super::certs::load_chain(&path).map_err(|e| e.to_string())? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(SingleCert(certified)));
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.max_early_data_size = 0;
+    Ok(Some(Arc::new(server)))
+}
+
+/// One certificate for every handshake (the admin listener has no SNI names to choose by).
+#[derive(Debug)]
+struct SingleCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for SingleCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}

@@ -1006,6 +1006,7 @@ impl Client {
 
 // ----- cluster helpers (nodes with [cluster], SIGUSR1 store and peer reports, a cutting relay) ----------
 
+pub mod admin;
 pub mod cluster;
 pub mod login;
 pub mod uploads;

@@ -36,6 +36,15 @@ impl Validator {
             ),
             Ok(_) => {}
         }
+        match a.tls_files() {
+            (Some(_), Some(_), _) | (None, None, None) => {}
+            (Some(_), None, _) => self.error("admin.key", "admin.cert needs admin.key"),
+            (None, Some(_), _) => self.error("admin.cert", "admin.key needs admin.cert"),
+            (None, None, Some(_)) => self.error(
+                "admin.client_ca",
+                "mutual TLS needs the admin listener's own cert and key",
+            ),
+        }
         let listeners = config.listeners.iter().map(|l| (&l.address, "listeners"));
         let publish = config
             .notifications
@@ -76,5 +85,13 @@ mod tests {
             "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef\"",
         ));
         assert!(found.is_empty(), "{found:?}");
+        let found = errors(&before(
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef\"\nclient_ca = \"ca.crt\"",
+        ));
+        assert!(found.iter().any(|i| i.1 == "admin.client_ca"), "{found:?}");
+        let found = errors(&before(
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef\"\ncert = \"a.crt\"",
+        ));
+        assert!(found.iter().any(|i| i.1 == "admin.key"), "{found:?}");
     }
 }

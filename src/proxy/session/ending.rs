@@ -147,8 +147,15 @@ impl Session {
         self.x.started = false;
         self.requests += 1;
         let total_us = self.x.micros_since_start(cx.now);
+        // Routed (the route stage pinned a snapshot): counted per route and cluster too.
+        let routed = self.plan.snapshot.as_ref().and_then(|s| {
+            Some((
+                *s.route_metric.get(self.plan.route)?,
+                *s.cluster_metric.get(self.plan.cluster)?,
+            ))
+        });
         cx.metrics
-            .request_finished(self.x.termination, self.x.status, total_us);
+            .request_finished(self.x.termination, self.x.status, total_us, routed);
         if let Some(q) = self.plan.queue_us {
             cx.metrics.queue_us.observe(q);
         }

@@ -133,6 +133,9 @@ impl Session {
         // The head was read whatever its verdict: the log says how big it was and what it asked for.
         self.x.bytes_in = head_len as u64;
         cx.metrics.requests.inc();
+        if let Some(c) = cx.metrics.listener_requests.get(usize::from(self.listener)) {
+            c.inc();
+        }
         if let Some(log) = &mut self.log {
             let method = head.method_span.of(bytes);
             if parsed.is_ok() || !method.is_empty() {
