@@ -5,11 +5,16 @@
 //! backend gets exactly the file; a mail to bob reaches him as a notification at node c; `tether demo
 //! restart a` brings node a back, serving the same session.
 //!
+//! The same run drives the demo's page in headless Chromium: alice logs in through node a's login page,
+//! and when node a dies the open page moves to another node by itself — same backend, same inbox, no
+//! re-login — and a fresh load through node b shows the same inbox without a login.
+//!
 //! It uses the example's fixed ports (8181-8183, 7181-7183, 7281-7283, 9181-9183, 9001-9002): no other
 //! test starts the example cluster.
 
 mod common;
 
+use common::browser::*;
 use common::*;
 use sha2::Digest;
 use std::io::{BufRead, BufReader};
@@ -176,9 +181,47 @@ fn patch(
     request(node, jar, "PATCH", path, &extra, bytes)
 }
 
+/// What the page shows: node, backend, re-logins, and the inbox's subjects.
+fn page_state(b: &Browser) -> (String, String, String, Vec<String>) {
+    let v = b.run(
+        "return [document.getElementById('node').textContent, document.getElementById('backend').textContent,\
+         document.getElementById('relogins').textContent,\
+         [...document.querySelectorAll('#inbox li .subj')].map(e => e.textContent)];",
+    );
+    let text = |i: usize| v[i].as_str().unwrap_or("").to_string();
+    let subjects = v[3]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (text(0), text(1), text(2), subjects)
+}
+
 #[test]
 fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
+    // Before anything starts: a missing browser fails here, naming scripts/test.
+    let browser = Browser::start();
     let demo = Demo::start();
+
+    // In the browser: the page at node a sends alice to tether's login page; she logs in and the page
+    // shows her inbox.
+    browser.open(&format!("http://{NODE_A}/mail/"));
+    wait_page("the login form", &browser, |b| {
+        b.run("return !!document.querySelector('input[name=password]');") == true
+    });
+    browser.run(
+        "document.querySelector('input[name=username]').value = 'alice';\
+         document.querySelector('input[name=password]').value = 'tether-demo';\
+         document.querySelector('form').submit(); return true;",
+    );
+    wait_page("the inbox through node a", &browser, |b| {
+        let (node, backend, _, inbox) = page_state(b);
+        node.starts_with('a') && backend.parse::<u32>().is_ok() && !inbox.is_empty()
+    });
+    let (_, page_backend, _, page_inbox) = page_state(&browser);
 
     // Alice at node a: her inbox (the welcome mail), her backend, a draft.
     let mut alice = login(NODE_A, "alice");
@@ -264,6 +307,34 @@ fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
         std::net::TcpStream::connect(addr(NODE_A)).is_err(),
         "node a still answers"
     );
+
+    // The open page moved on by itself: another node, the same backend and inbox, no re-login.
+    wait_page("the page on another node", &browser, |b| {
+        let (node, ..) = page_state(b);
+        node.starts_with('b') || node.starts_with('c')
+    });
+    let (_, backend_now, relogins, inbox_now) = page_state(&browser);
+    assert_eq!(
+        (backend_now.as_str(), relogins.as_str()),
+        (page_backend.as_str(), "0")
+    );
+    assert!(
+        page_inbox.iter().all(|s| inbox_now.contains(s)),
+        "{page_inbox:?} → {inbox_now:?}"
+    );
+    std::fs::write(
+        artifacts_dir().join("demo-failover.png"),
+        browser.screenshot(),
+    )
+    .unwrap();
+    // A fresh load through node b: the inbox at once, no login page.
+    browser.open(&format!("http://{NODE_B}/mail/"));
+    wait_page("the inbox through node b", &browser, |b| {
+        let (node, backend, _, inbox) = page_state(b);
+        node.starts_with('b') && backend == page_backend && !inbox.is_empty()
+    });
+    let url = browser.run("return location.pathname;");
+    assert_eq!(url, "/mail/");
 
     // Through node b: still logged in, the same backend, the same app session and draft.
     let inbox = json(&request(

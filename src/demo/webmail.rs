@@ -57,6 +57,9 @@ pub struct MailSystem {
     mailboxes: Mutex<HashMap<String, Vec<Message>>>,
     /// Received attachments by id, with their owner; taken into a message when it is sent.
     attachments: Mutex<HashMap<u64, (String, Attachment)>>,
+    /// Attachments received for an app session, not yet in its draft: tether forwards a completed upload
+    /// to any backend instance, and the one holding the session picks them up on its next request.
+    pending: Mutex<HashMap<String, Vec<u64>>>,
     next_id: AtomicU64,
 }
 
@@ -254,8 +257,17 @@ impl Webmail {
         (id, cookie.is_some(), set)
     }
 
+    /// Moves the attachments received for app session `id` into its draft.
+    fn take_pending(&self, id: &str) {
+        let arrived = self.mail.pending.lock().remove(id).unwrap_or_default();
+        if let Some(s) = self.sessions.lock().get_mut(id) {
+            s.draft.attachments.extend(arrived);
+        }
+    }
+
     fn inbox(&self, request: &Request<'_>, user: &str) -> (u16, Value, String) {
         let (id, lost, set) = self.session(request, user);
+        self.take_pending(&id);
         let sessions = self.sessions.lock();
         let s = &sessions[&id];
         let attachments: Vec<Value> = {
@@ -303,6 +315,7 @@ impl Webmail {
 
     fn send(&self, request: &Request<'_>, user: &str) -> (u16, Value, String) {
         let (id, _, set) = self.session(request, user);
+        self.take_pending(&id);
         let draft = {
             let mut sessions = self.sessions.lock();
             let s = sessions.get_mut(&id).expect("just made");
@@ -351,9 +364,9 @@ impl Webmail {
         )
     }
 
-    /// `POST /mail/attach`: a completed upload, forwarded by tether's spool. Hashed, counted, and added to
-    /// the draft of the app session the page names (the upload's metadata `session`), else kept for the
-    /// user's next send.
+    /// `POST /mail/attach`: a completed upload, forwarded by tether's spool to either instance. Hashed,
+    /// counted, and queued for the draft of the app session the page names (the upload's metadata
+    /// `session`).
     fn attach(&self, request: &Request<'_>, user: &str) -> (u16, Value, String) {
         use sha2::Digest;
         let metadata = request.header("x-tether-upload-metadata").unwrap_or("");
@@ -382,11 +395,13 @@ impl Webmail {
             sha256: hex(&sha2::Sha256::digest(request.body)),
         };
         let session = field("session");
-        {
-            let mut sessions = self.sessions.lock();
-            if let Some(s) = sessions.get_mut(&session).filter(|s| s.user == user) {
-                s.draft.attachments.push(attachment.id);
-            }
+        if !session.is_empty() {
+            self.mail
+                .pending
+                .lock()
+                .entry(session)
+                .or_default()
+                .push(attachment.id);
         }
         self.mail
             .attachments
@@ -611,6 +626,38 @@ mod tests {
             now,
         ));
         assert!(nobody.starts_with("HTTP/1.1 400"), "{nobody}");
+    }
+
+    #[test]
+    fn an_upload_forwarded_to_the_other_instance_reaches_the_sessions_draft() {
+        let mail = MailSystem::new();
+        let publisher = Publisher::start(Vec::new(), String::new()).unwrap();
+        let one = Webmail::new(1, mail.clone(), publisher.clone(), Vec::new());
+        let two = Webmail::new(2, mail, publisher, Vec::new());
+        let now = Instant::now();
+        let first = text(&one.answer(
+            &request("GET", "/mail/api/inbox", "X-Tether-User: alice\n", b""),
+            now,
+        ));
+        let sid = first
+            .split("\"id\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        use base64::Engine;
+        let meta = format!(
+            "X-Tether-User: alice\nX-Tether-Upload-Metadata: filename {},session {}\n",
+            base64::engine::general_purpose::STANDARD.encode("a.txt"),
+            base64::engine::general_purpose::STANDARD.encode(&sid)
+        );
+        let attached = text(&two.answer(&request("POST", "/mail/attach", &meta, b"x"), now));
+        assert!(attached.starts_with("HTTP/1.1 201"), "{attached}");
+        let headers = format!("X-Tether-User: alice\nCookie: APPSESSION={sid}\n");
+        let inbox = text(&one.answer(&request("GET", "/mail/api/inbox", &headers, b""), now));
+        assert!(inbox.contains("\"name\":\"a.txt\""), "{inbox}");
     }
 
     #[test]

@@ -1007,6 +1007,7 @@ impl Client {
 // ----- cluster helpers (nodes with [cluster], SIGUSR1 store and peer reports, a cutting relay) ----------
 
 pub mod admin;
+pub mod browser;
 pub mod cluster;
 pub mod login;
 pub mod uploads;
