@@ -180,6 +180,27 @@ enum CtlCall {
     },
     /// Revoke login session SESSION (32 hex digits, from `ctl sessions`), on every node.
     Revoke { session: String },
+    /// No more logins for USER (a users-file user or one added through the API), on every node.
+    DisableUser {
+        user: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// USER may log in again.
+    EnableUser {
+        user: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Lift the lockout of an account (`--user`) or a client address (`--address`), on every node.
+    LiftLockout {
+        #[arg(long, conflicts_with = "address", required_unless_present = "address")]
+        user: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Re-read the config file (as SIGHUP); a broken file's errors are printed and the running config
     /// stays.
     Reload,
@@ -613,6 +634,33 @@ fn ctl(c: Ctl) -> ExitCode {
             None,
         ),
         CtlCall::Revoke { session } => ("DELETE", format!("/api/logins/{}", enc(session)), None),
+        CtlCall::DisableUser { user, tenant } | CtlCall::EnableUser { user, tenant } => {
+            let verb = if matches!(c.call, CtlCall::DisableUser { .. }) {
+                "disable"
+            } else {
+                "enable"
+            };
+            let query = tenant
+                .as_ref()
+                .map(|t| format!("?tenant={}", enc(t)))
+                .unwrap_or_default();
+            (
+                "POST",
+                format!("/api/users/{}/{verb}{query}", enc(user)),
+                None,
+            )
+        }
+        CtlCall::LiftLockout {
+            user,
+            address,
+            tenant,
+        } => {
+            let body = match (user, address) {
+                (Some(u), _) => serde_json::json!({ "user": u, "tenant": tenant }),
+                (None, a) => serde_json::json!({ "address": a }),
+            };
+            ("POST", "/api/lockout/lift".into(), Some(body.to_string()))
+        }
         CtlCall::Reload => ("POST", "/api/config/reload".into(), None),
         CtlCall::Uploads => ("GET", "/api/uploads".into(), None),
         CtlCall::CancelUpload { id } => ("DELETE", format!("/api/uploads/{}", enc(id)), None),
@@ -776,6 +824,15 @@ fn ctl(c: Ctl) -> ExitCode {
             table(&["SESSION", "CREATED", "LAST SEEN", "EXPIRES"], &rows)
         }
         CtlCall::Revoke { .. } => format!("revoked {} session(s)\n", s(&v["revoked"])),
+        CtlCall::DisableUser { .. } | CtlCall::EnableUser { .. } => {
+            let state = if v["disabled"] == true {
+                "disabled"
+            } else {
+                "enabled"
+            };
+            format!("user {} of {}: {state}\n", s(&v["user"]), s(&v["tenant"]))
+        }
+        CtlCall::LiftLockout { .. } => format!("lockout lifted: {}\n", v["lifted"]),
         CtlCall::Reload | CtlCall::TlsReload => {
             format!("reloaded: generation {}\n", s(&v["generation"]))
         }

@@ -1054,6 +1054,31 @@ fn users_are_added_changed_and_removed_through_the_api() {
         404,
         "not_found",
     );
+    // Disabled and enabled again: a users-file user and one added through the API.
+    for (user, password) in [
+        ("alice", "tether-demo"),
+        ("carol", "another-Long-passphrase-2"),
+    ] {
+        let r = admin(a, "POST", &format!("/api/users/{user}/disable"), "");
+        assert_eq!(
+            (r.status, json(&r)["disabled"].as_bool()),
+            (200, Some(true)),
+            "{}",
+            r.text()
+        );
+        assert_eq!(form_login(t.addr, user, password).status, 401, "{user}");
+        let r = admin(a, "POST", &format!("/api/users/{user}/enable"), "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(form_login(t.addr, user, password).status, 303, "{user}");
+    }
+    t.wait_log("login refused: user \"alice\" is disabled");
+    t.wait_log("user \"carol\" of demo disabled");
+    assert_error(
+        &admin(a, "POST", "/api/users/nobody/disable", ""),
+        404,
+        "not_found",
+    );
+    assert_eq!(admin(a, "GET", "/api/users/alice/disable", "").status, 405);
     // Removed: no more logins.
     let r = admin(a, "DELETE", "/api/users/carol", "");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1302,6 +1327,31 @@ fn ctl_lists_sessions_revokes_one_and_shows_usage() {
         .unwrap_or_else(|| panic!("{out}"));
     assert!(logins_hour.trim_end().ends_with(" 2"), "{logins_hour}");
     let (code, _, err) = ctl(a, Some(TOKEN), &["usage", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    // Users and lockouts: bob disabled (no login), enabled again; a lockout lifted.
+    let (code, out, err) = ctl(a, Some(TOKEN), &["disable-user", "bob"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "user bob of demo: disabled"),
+        "{err}"
+    );
+    assert_eq!(form_login(t.addr, "bob", "tether-demo").status, 401);
+    let (code, out, err) = ctl(a, Some(TOKEN), &["enable-user", "bob"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "user bob of demo: enabled"),
+        "{err}"
+    );
+    assert_eq!(form_login(t.addr, "bob", "tether-demo").status, 303);
+    let (code, out, err) = ctl(a, Some(TOKEN), &["lift-lockout", "--user", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("lockout lifted: ") && out.contains("\"bob\""),
+        "{out}"
+    );
+    let (code, _, err) = ctl(a, Some(TOKEN), &["disable-user", "nobody"]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 }

@@ -348,6 +348,11 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             let name = name.to_string();
             delete_user(r, admin, &name)
         }
+        ["api", "users", name, verb @ ("disable" | "enable")] if post => {
+            let (name, disable) = (name.to_string(), *verb == "disable");
+            set_disabled(r, admin, &name, disable)
+        }
+        ["api", "users", _, "disable" | "enable"] => method_not_allowed("POST"),
         ["api", "users", _] => method_not_allowed("PUT, DELETE"),
         ["api", "uploads"] if get => {
             if r.cx.spool.is_none() {
@@ -1072,6 +1077,7 @@ fn put_user(r: &mut Request<'_>, admin: &Admin, name: &str) -> Verdict {
         hash: String::new(),
         roles: Vec::new(),
         groups: Vec::new(),
+        disabled: false,
     });
     for (field, list) in [("roles", &mut user.roles), ("groups", &mut user.groups)] {
         match string_list(&m, field) {
@@ -1172,6 +1178,66 @@ fn write_user(
 
 /// `DELETE /api/users/{name}[?tenant=T]`: removes a user added through the API (it can no longer log
 /// in; its sessions stay until revoked: `POST /api/logins/revoke {"user": …}`).
+/// `POST /api/users/{name}/disable` (or `enable`): no more logins for the user (sessions already open
+/// stay: revoke them with `POST /api/logins/revoke`). A users-file user gets a stored record of its name
+/// that says only that (enable removes it); a user added through the API has the flag in its record. A
+/// sync write: every node refuses the user once the call answers.
+fn set_disabled(r: &mut Request<'_>, admin: &Admin, name: &str, disable: bool) -> Verdict {
+    let pool_index = match pool_of(r, param(&query(r), "tenant")) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
+        return error(503, "unavailable", "logins are not running");
+    };
+    let pool = &settings.pools[pool_index];
+    let key = user_key(&pool.tenant, name);
+    let stored: Option<crate::auth::users::User> = store
+        .get(Kind::User, &key, r.cx.unix_now)
+        .and_then(|rec| serde_json::from_slice(rec.value.as_deref()?).ok());
+    let value = if pool.users.get(name).is_some() {
+        // A users-file user: the record is only the operator's disable.
+        disable.then(|| crate::auth::users::User {
+            name: name.to_string(),
+            hash: String::new(),
+            roles: Vec::new(),
+            groups: Vec::new(),
+            disabled: true,
+        })
+    } else {
+        match stored {
+            Some(mut u) => {
+                u.disabled = disable;
+                Some(u)
+            }
+            None => return not_found(&format!("no user {name:?} in the pool")),
+        }
+    };
+    let tenant = pool.tenant.to_string();
+    let record = Record {
+        kind: Kind::User,
+        key: key.into(),
+        version: store.version(),
+        expires: 0,
+        value: value.map(|u| Arc::from(serde_json::to_vec(&u).unwrap_or_default())),
+    };
+    let Some(ticket) = r.cx.ticket() else {
+        return Verdict::Answer(Answer::Refuse(Termination::Internal("no wake-up channel")));
+    };
+    let done = ticket.clone();
+    let _ = store.write_sync(record, Arc::new(move || done.complete()));
+    let verb = if disable { "disabled" } else { "enabled" };
+    audit(r, admin, &format!("user {name:?} of {tenant} {verb}"));
+    wait_sync(
+        r,
+        ticket,
+        reply(
+            200,
+            json!({ "tenant": tenant, "user": name, "disabled": disable }),
+        ),
+    )
+}
+
 fn delete_user(r: &mut Request<'_>, admin: &Admin, name: &str) -> Verdict {
     let pool_index = match pool_of(r, param(&query(r), "tenant")) {
         Ok(p) => p,

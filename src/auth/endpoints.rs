@@ -398,7 +398,13 @@ fn login(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Verd
             )
             .is_ok()
     } else {
-        let user = find_user(r, pool, &form.username);
+        // A disabled user is checked like an unknown one: the same work, the same answer.
+        let user = find_user(r, pool, &form.username).filter(|u| {
+            if u.disabled {
+                log::info!("login refused: user {:?} is disabled", u.name);
+            }
+            !u.disabled
+        });
         let check = match &user {
             Some(u) => {
                 pending.roles = u.roles.clone();
@@ -542,14 +548,21 @@ fn count_failure(r: &Request<'_>, lockout: &Lockout, pool: &Pool, username: &str
     }
 }
 
-/// A user of the pool: from its users file, else from the store (users added through the admin API).
+/// A user of the pool: from its users file, else from the store (users added through the admin API). A
+/// users-file user an operator disabled has a stored record of its name saying so (and nothing else).
 fn find_user(r: &Request<'_>, pool: &Pool, name: &str) -> Option<super::users::User> {
+    let stored =
+        r.cx.store
+            .and_then(|store| store.get(Kind::User, user_key(pool, name).as_bytes(), r.cx.unix_now))
+            .and_then(|record| {
+                serde_json::from_slice::<super::users::User>(record.value.as_deref()?).ok()
+            });
     if let Some(u) = pool.users.get(name) {
-        return Some(u.clone());
+        let mut u = u.clone();
+        u.disabled |= stored.is_some_and(|s| s.disabled);
+        return Some(u);
     }
-    let store = r.cx.store?;
-    let record = store.get(Kind::User, user_key(pool, name).as_bytes(), r.cx.unix_now)?;
-    serde_json::from_slice(record.value.as_deref()?).ok()
+    stored
 }
 
 /// A stored user's record key: `TENANT/NAME`.
@@ -676,6 +689,7 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
                 hash: hash.clone(),
                 roles: Vec::new(),
                 groups: Vec::new(),
+                disabled: false,
             };
             let Some(store) = r.cx.store else {
                 return Verdict::Answer(Answer::Refuse(Termination::Internal("no store")));

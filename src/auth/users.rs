@@ -33,6 +33,10 @@ pub struct User {
     pub roles: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// No logins (an operator's `POST /api/users/NAME/disable`, or `disabled = true` in the file); sessions
+    /// already open stay until they end or are revoked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// The file as written: a single array of tables.
@@ -177,6 +181,7 @@ impl UsersFile {
             hash: hash.to_string(),
             roles: roles.to_vec(),
             groups: groups.to_vec(),
+            disabled: false,
         };
         match self.users.iter_mut().find(|u| u.name == name) {
             Some(existing) => {

@@ -854,12 +854,26 @@ pub fn wait_until(what: &str, pred: impl Fn() -> bool) {
     }
 }
 
-/// An address nothing listens on (bound, then released).
+/// An address nothing listens on: a privileged port (900–1023) that refuses connections now. Not a port
+/// bound and released: the kernel hands such a port to the next `bind(0)` — another test's backend, which
+/// then answered for the "dead" one (a test saw 200 where 502 was due). Ports below 1024 are never handed
+/// out by `bind(0)`, and no test listens on one. Each call gives another port.
 pub fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(900);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            port < 1024,
+            "no refusing privileged port left for dead_addr"
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused {
+            return addr;
+        }
+    }
 }
 
 /// A gate that backend handlers wait on until the test opens it.
