@@ -77,20 +77,7 @@ EOF
 }
 node() { # name listen-port repl-port peer peer-repl-port
   common
-  cat <<EOF
-[[listeners]]
-address = "127.0.0.1:$2"
-[cluster]
-name = "bench"
-node = "$1"
-listen = "127.0.0.1:$3"
-ready_timeout = "3s"
-peers = [{ name = "$4", address = "127.0.0.1:$5" }]
-[cluster.tls]
-ca = "$WORK/certs/ca.crt"
-cert = "$WORK/certs/$1.crt"
-key = "$WORK/certs/$1.key"
-EOF
+  bench_cluster_node "$@" 3s
 }
 { common; printf '[[listeners]]\naddress = "127.0.0.1:%s"\n' $P_LONE; } > "$WORK/lone.toml"
 node a $P_A $R_A b $R_B > "$WORK/a.toml"

@@ -66,3 +66,23 @@ CONF
   "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
   PIDS+=($!)
 }
+
+# Prints the cluster part of a two-node bench node's config — its client listener, [cluster] (named
+# $CLUSTER_NAME, default "bench") and [cluster.tls] with the certificates in $WORK/certs: name, client port,
+# replication port, peer's name, peer's replication port, ready_timeout.
+bench_cluster_node() {
+  cat <<EOF
+[[listeners]]
+address = "127.0.0.1:$2"
+[cluster]
+name = "${CLUSTER_NAME:-bench}"
+node = "$1"
+listen = "127.0.0.1:$3"
+ready_timeout = "$6"
+peers = [{ name = "$4", address = "127.0.0.1:$5" }]
+[cluster.tls]
+ca = "$WORK/certs/ca.crt"
+cert = "$WORK/certs/$1.crt"
+key = "$WORK/certs/$1.key"
+EOF
+}

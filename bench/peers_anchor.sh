@@ -24,6 +24,8 @@
 # Needs haproxy (apt-get install haproxy) and python3. Ports 29080-29199 on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROOT=$(pwd)
 
 ROUNDS=3
@@ -278,19 +280,8 @@ backends = [{ address = "127.0.0.1:29199" }]
 [[routes]]
 path_prefix = "/"
 cluster = "app"
-[[listeners]]
-address = "127.0.0.1:$2"
-[cluster]
-name = "anchor"
-node = "$1"
-listen = "127.0.0.1:$3"
-ready_timeout = "120s"
-peers = [{ name = "$4", address = "127.0.0.1:$5" }]
-[cluster.tls]
-ca = "$WORK/certs/ca.crt"
-cert = "$WORK/certs/$1.crt"
-key = "$WORK/certs/$1.key"
 EOF
+  CLUSTER_NAME=anchor bench_cluster_node "$@" 120s
 }
 node a 29080 29181 b 29182 > "$WORK/a.toml"
 node b 29081 29182 a 29181 > "$WORK/b.toml"

@@ -43,6 +43,8 @@
 # KEEP_WORK=1 keeps the work directory (configs, logs, JSON reports) in /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROOT=$(pwd)
 
 DURATION=10s
@@ -155,20 +157,7 @@ EOF
 }
 node() { # name listen-port repl-port peer peer-repl-port
   common
-  cat <<EOF
-[[listeners]]
-address = "127.0.0.1:$2"
-[cluster]
-name = "bench"
-node = "$1"
-listen = "127.0.0.1:$3"
-ready_timeout = "60s"
-peers = [{ name = "$4", address = "127.0.0.1:$5" }]
-[cluster.tls]
-ca = "$WORK/certs/ca.crt"
-cert = "$WORK/certs/$1.crt"
-key = "$WORK/certs/$1.key"
-EOF
+  bench_cluster_node "$@" 60s
 }
 node a $P_A $R_A b $R_B > "$WORK/a.toml"
 node b $P_B $R_B a $R_A > "$WORK/b.toml"

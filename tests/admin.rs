@@ -11,6 +11,7 @@ mod common;
 use common::admin::*;
 use common::cluster::*;
 use common::login::*;
+use common::uploads::request;
 use common::*;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -1096,19 +1097,6 @@ fn users_are_added_changed_and_removed_through_the_api() {
         409,
         "in_users_file",
     );
-}
-
-/// One request on its own connection with `headers` (lines ending in CRLF) and a body.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Response {
-    let mut c = Client::connect(addr);
-    let mut bytes = format!(
-        "{method} {path} HTTP/1.1\r\nHost: files.test\r\n{headers}Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body);
-    c.send(&bytes);
-    c.read_response(method == "HEAD")
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 use common::cluster::*;
+use common::uploads::request;
 use common::*;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -24,24 +25,6 @@ fn single(backend: SocketAddr, extra: &str) -> String {
 /// Deterministic, non-repeating test bytes.
 fn data(len: usize) -> Vec<u8> {
     common::uploads::data(len, 0)
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Response {
-    let mut c = Client::connect(addr);
-    let mut bytes = format!(
-        "{method} {path} HTTP/1.1\r\nHost: files.test\r\n{headers}Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body);
-    c.send(&bytes);
-    // The final answer (an IETF creation's `104` comes first; tests/uploads_limits.rs checks it).
-    loop {
-        let r = c.read_response(method == "HEAD");
-        if r.status >= 200 {
-            return r;
-        }
-    }
 }
 
 const TUS: &str = "Tus-Resumable: 1.0.0\r\n";

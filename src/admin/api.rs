@@ -1176,19 +1176,33 @@ fn write_user(
     wait_sync(r, ticket, reply(200, body))
 }
 
-/// `DELETE /api/users/{name}[?tenant=T]`: removes a user added through the API (it can no longer log
-/// in; its sessions stay until revoked: `POST /api/logins/revoke {"user": …}`).
+/// The pool the request's `?tenant=` names (the first pool without one), the auth settings and the store
+/// — or the refusal to answer.
+fn pool_and_store<'a>(
+    r: &Request<'a>,
+) -> Result<
+    (
+        &'a crate::auth::settings::AuthSettings,
+        &'a crate::store::StoreWriter,
+        usize,
+    ),
+    Verdict,
+> {
+    let pool_index = pool_of(r, param(&query(r), "tenant"))?;
+    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
+        return Err(error(503, "unavailable", "logins are not running"));
+    };
+    Ok((settings, store, pool_index))
+}
+
 /// `POST /api/users/{name}/disable` (or `enable`): no more logins for the user (sessions already open
 /// stay: revoke them with `POST /api/logins/revoke`). A users-file user gets a stored record of its name
 /// that says only that (enable removes it); a user added through the API has the flag in its record. A
 /// sync write: every node refuses the user once the call answers.
 fn set_disabled(r: &mut Request<'_>, admin: &Admin, name: &str, disable: bool) -> Verdict {
-    let pool_index = match pool_of(r, param(&query(r), "tenant")) {
-        Ok(p) => p,
+    let (settings, store, pool_index) = match pool_and_store(r) {
+        Ok(t) => t,
         Err(v) => return v,
-    };
-    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
-        return error(503, "unavailable", "logins are not running");
     };
     let pool = &settings.pools[pool_index];
     let key = user_key(&pool.tenant, name);
@@ -1238,13 +1252,12 @@ fn set_disabled(r: &mut Request<'_>, admin: &Admin, name: &str, disable: bool) -
     )
 }
 
+/// `DELETE /api/users/{name}[?tenant=T]`: removes a user added through the API (it can no longer log
+/// in; its sessions stay until revoked: `POST /api/logins/revoke {"user": …}`).
 fn delete_user(r: &mut Request<'_>, admin: &Admin, name: &str) -> Verdict {
-    let pool_index = match pool_of(r, param(&query(r), "tenant")) {
-        Ok(p) => p,
+    let (settings, store, pool_index) = match pool_and_store(r) {
+        Ok(t) => t,
         Err(v) => return v,
-    };
-    let (Some(settings), Some(store)) = (r.cx.snapshot.auth.as_deref(), r.cx.store) else {
-        return error(503, "unavailable", "logins are not running");
     };
     let pool = &settings.pools[pool_index];
     if pool.users.get(name).is_some() {

@@ -537,6 +537,16 @@ mod tests {
         )
     }
 
+    /// The app session id an inbox answer names.
+    fn session_id(inbox: &str) -> String {
+        inbox
+            .split("\"id\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no session id in {inbox}"))
+            .to_string()
+    }
+
     fn text(a: &Answer) -> String {
         String::from_utf8_lossy(&a.response).into_owned()
     }
@@ -578,14 +588,7 @@ mod tests {
         let now = Instant::now();
         let alice = "X-Tether-User: alice\n";
         let first = text(&w.answer(&request("GET", "/mail/api/inbox", alice, b""), now));
-        let sid = first
-            .split("\"id\":\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string();
+        let sid = session_id(&first);
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let meta = format!(
@@ -639,14 +642,7 @@ mod tests {
             &request("GET", "/mail/api/inbox", "X-Tether-User: alice\n", b""),
             now,
         ));
-        let sid = first
-            .split("\"id\":\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string();
+        let sid = session_id(&first);
         use base64::Engine;
         let meta = format!(
             "X-Tether-User: alice\nX-Tether-Upload-Metadata: filename {},session {}\n",
