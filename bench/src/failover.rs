@@ -327,6 +327,8 @@ struct Clock {
     kill_at: Duration,
     restart_at: Duration,
     end: Instant,
+    /// The publisher has had the answer to its last publish: the drain may end.
+    published: AtomicBool,
 }
 
 impl Clock {
@@ -758,10 +760,13 @@ impl<'a> User<'a> {
             let jitter = self.random() % (self.args.think.as_millis() as u64 + 1);
             std::thread::sleep(self.args.think / 2 + Duration::from_millis(jitter / 2));
         }
-        // Drain: what was acknowledged to the publisher must arrive; and the attachments must be checked.
-        let drain_until = Instant::now() + Duration::from_secs(10);
+        // Drain: what was acknowledged to the publisher must arrive, and the attachments must be checked.
+        // It ends with an empty poll made after the publisher had its last answer (a publish answered
+        // late, under load, must not be counted lost because the user stopped polling first).
+        let drain_until = Instant::now() + Duration::from_secs(15);
         while Instant::now() < drain_until {
-            if self.notifications() == 0 && self.to_verify.is_empty() {
+            let published = self.clock.published.load(Ordering::Acquire);
+            if self.notifications() == 0 && self.to_verify.is_empty() && published {
                 break;
             }
             self.inbox();
@@ -859,6 +864,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
         kill_at: args.kill_at,
         restart_at: args.restart_at,
         end: start + args.duration,
+        published: AtomicBool::new(false),
     };
     let stop_publishing = AtomicBool::new(false);
     let published = Mutex::new(Vec::new());
@@ -936,6 +942,7 @@ pub fn run(args: &Args) -> Result<Value, String> {
         std::thread::sleep(args.duration.saturating_sub(start.elapsed()));
         stop_publishing.store(true, Ordering::Relaxed);
         let publisher = publisher.join().expect("publisher");
+        clock.published.store(true, Ordering::Release);
         let tallies: Vec<_> = users.into_iter().map(|u| u.join().expect("user")).collect();
         (tallies, publisher)
     });
