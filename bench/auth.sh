@@ -52,13 +52,8 @@ bench_workdir auth
 bench_nginx $P_NGINX
 
 common() {
+  bench_node_base
   cat <<EOF
-[workers]
-count = 1
-[access_log]
-enabled = false
-[sessions]
-cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
 [auth]
 hash_threads = 1
 hash_queue = 64

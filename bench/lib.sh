@@ -86,3 +86,16 @@ cert = "$WORK/certs/$1.crt"
 key = "$WORK/certs/$1.key"
 EOF
 }
+
+# Prints what every bench node's config starts with: one worker, no access log, the benches' cookie key
+# (the rest of [sessions] may follow).
+bench_node_base() {
+  cat <<EOF
+[workers]
+count = 1
+[access_log]
+enabled = false
+[sessions]
+cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
+EOF
+}

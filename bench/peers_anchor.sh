@@ -267,13 +267,8 @@ echo "haproxy: ha filled in $HA_FILL_MS ms; hb holds them $(cut -d' ' -f1 <<<"$H
 # tether: nodes a and b, one worker each; the bindings name the one (absent) backend.
 "$TETHER" certs cluster --nodes a,b --out "$WORK/certs" >/dev/null
 node() { # name listen-port repl-port peer peer-repl-port
+  bench_node_base
   cat <<EOF
-[workers]
-count = 1
-[access_log]
-enabled = false
-[sessions]
-cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
 max_entries = 4000000
 [clusters.app]
 backends = [{ address = "127.0.0.1:29199" }]

@@ -134,13 +134,8 @@ EOF
 PIDS+=($!)
 
 common() {
+  bench_node_base
   cat <<EOF
-[workers]
-count = 1
-[access_log]
-enabled = false
-[sessions]
-cookie_keys = ["kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE="]
 max_entries = 4000000
 [clusters.app]
 backends = [{ address = "127.0.0.1:$P_NGINX" }]

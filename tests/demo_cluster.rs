@@ -141,6 +141,11 @@ fn request(
     r
 }
 
+/// The webmail's inbox (JSON) of the user whose cookies `jar` holds, through `node`.
+fn inbox_at(node: &str, jar: &mut Vec<(String, String)>) -> serde_json::Value {
+    json(&request(node, jar, "GET", "/mail/api/inbox", "", b""))
+}
+
 fn json(r: &Response) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {} {}", r.status, r.text()))
 }
@@ -225,14 +230,7 @@ fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
 
     // Alice at node a: her inbox (the welcome mail), her backend, a draft.
     let mut alice = login(NODE_A, "alice");
-    let inbox = json(&request(
-        NODE_A,
-        &mut alice,
-        "GET",
-        "/mail/api/inbox",
-        "",
-        b"",
-    ));
+    let inbox = inbox_at(NODE_A, &mut alice);
     let backend = inbox["backend"].as_u64().unwrap();
     let session = inbox["session"]["id"].as_str().unwrap().to_string();
     assert!(alice.iter().any(|(n, _)| n == "APPSESSION"), "{alice:?}");
@@ -337,14 +335,7 @@ fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
     assert_eq!(url, "/mail/");
 
     // Through node b: still logged in, the same backend, the same app session and draft.
-    let inbox = json(&request(
-        NODE_B,
-        &mut alice,
-        "GET",
-        "/mail/api/inbox",
-        "",
-        b"",
-    ));
+    let inbox = inbox_at(NODE_B, &mut alice);
     assert_eq!(inbox["backend"].as_u64(), Some(backend));
     assert_eq!(inbox["session"]["id"], session.as_str());
     assert_eq!(inbox["session"]["lost"], false);
@@ -375,14 +366,7 @@ fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
     );
 
     // The backend got exactly the file, attached to the draft.
-    let inbox = json(&request(
-        NODE_B,
-        &mut alice,
-        "GET",
-        "/mail/api/inbox",
-        "",
-        b"",
-    ));
+    let inbox = inbox_at(NODE_B, &mut alice);
     let attachment = &inbox["draft"]["attachments"][0];
     assert_eq!(attachment["name"], "report.bin");
     assert_eq!(attachment["size"].as_u64(), Some(file.len() as u64));
@@ -422,14 +406,7 @@ fn a_user_of_the_demo_cluster_loses_nothing_when_their_node_is_killed() {
         "no notification for bob: {got}"
     );
     assert_eq!(got["notifications"][0]["data"]["subject"], "the report");
-    let bobs = json(&request(
-        NODE_C,
-        &mut bob,
-        "GET",
-        "/mail/api/inbox",
-        "",
-        b"",
-    ));
+    let bobs = inbox_at(NODE_C, &mut bob);
     assert_eq!(bobs["messages"][0]["subject"], "the report");
     assert_eq!(
         bobs["messages"][0]["attachments"][0]["sha256"],
