@@ -2,13 +2,14 @@
 //! and installs their keys — replicated through the store like TLS ticket keys, so a token sealed on one
 //! node opens on every other.
 //!
-//! Keys live in the store under their rotation *slot* (`created / rotation`, 8 bytes big-endian), not their
-//! id: the keeper finds the few slots that can still hold a live key with plain lookups, and two nodes that
-//! both make a key for the same slot converge on one (last writer wins) long before either key seals
-//! anything. Keys under other slot numbers — made with another `key_rotation`, before a restart or by a
-//! peer configured differently — are found by a scan of the store, run only when the number of key
-//! records changes (a key made, arrived or expired: a few times a rotation), so changing `key_rotation`
-//! logs nobody out. A key seals (or signs) only once it is *mature* — made at least
+//! Keys live in the store under their rotation *slot* (`created / rotation`, 8 bytes big-endian) and the
+//! maker's node id (2 bytes): each node makes its own key for a slot, so two nodes starting together never
+//! overwrite each other's (with one record per slot, last writer wins left the loser sealing, until the
+//! records converged, tokens no other node opens — every user of a killed node was logged out, in the
+//! failover benchmark). The keeper finds every key by a scan of the store, run whenever a key record
+//! changes (a key made, arrived or expired: a few times a rotation); keys made with another
+//! `key_rotation`, before a restart or by a peer configured differently are found the same way, so changing
+//! `key_rotation` logs nobody out. A key seals (or signs) only once it is *mature* — made at least
 //! [`MATURITY`] ago, time enough to reach every peer — except while no key is mature (a first start):
 //! then the newest does. Every key found opens (or is published in the JWKS) until it retires.
 //!
@@ -157,7 +158,11 @@ impl KeyKeeper {
     pub fn tick(&mut self, store: &Store, writer: &StoreWriter, unix: u64) {
         let now32 = unix.min(u64::from(u32::MAX)) as u32;
         let slot = self.slot(unix);
-        let slot_key = slot.to_be_bytes();
+        // This node's key record for the slot: the slot and the node's id. Each node makes its own, so
+        // two nodes starting together never overwrite each other's key (last writer wins would leave the
+        // loser sealing, for a moment, tokens no other node opens); every node's keys open everywhere
+        // (found by the scan below).
+        let slot_key = own_key(writer, slot);
         let rot = self.times.rotation.as_secs();
         if store.get(Kind::TokenKey, &slot_key, now32).is_none() {
             let retires = unix + self.times.token_retire.as_secs();
@@ -323,10 +328,18 @@ fn mature<K>(keys: &[K], unix: u64, created: impl Fn(&K) -> u64) -> Option<usize
         .or((!keys.is_empty()).then_some(0))
 }
 
+/// A node's key record key for `slot`: the slot (8 bytes, big-endian), then the writer's node id.
+fn own_key(writer: &StoreWriter, slot: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..8].copy_from_slice(&slot.to_be_bytes());
+    key[8..].copy_from_slice(&writer.version().node_id.to_be_bytes());
+    key
+}
+
 fn key_record(writer: &StoreWriter, kind: Kind, slot: u64, value: &[u8], expires: u64) -> Record {
     Record {
         kind,
-        key: slot.to_be_bytes().as_slice().into(),
+        key: own_key(writer, slot).as_slice().into(),
         version: writer.version(),
         expires: expires.min(u64::from(u32::MAX)) as u32,
         value: Some(value.into()),

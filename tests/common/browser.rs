@@ -236,7 +236,7 @@ pub fn wait_page(what: &str, b: &Browser, mut pred: impl FnMut(&Browser) -> bool
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let text = b.run("return document.body.innerText;");
+    let text = b.run("return location.href + '\\n' + document.body.innerText;");
     panic!(
         "the page never showed {what}; it shows:\n{}",
         text.as_str().unwrap_or("")
