@@ -13,7 +13,7 @@
 //! [`MATURITY`] ago, time enough to reach every peer — except while no key is mature (a first start):
 //! then the newest does. Every key found opens (or is published in the JWKS) until it retires.
 //!
-//! The keeper runs on its own thread (never a worker), every half second; workers read the rings through
+//! The keeper runs on its own thread (never a worker), every 100 ms; workers read the rings through
 //! `arc-swap` (one atomic load, no lock).
 
 use super::identity::{IdentityKey, IdentityKeyring};
@@ -164,7 +164,21 @@ impl KeyKeeper {
         // (found by the scan below).
         let slot_key = own_key(writer, slot);
         let rot = self.times.rotation.as_secs();
-        if store.get(Kind::TokenKey, &slot_key, now32).is_none() {
+        // A key for this slot another node made (and this one holds) serves as well: a node that starts
+        // after its peers makes none (the usual case), only nodes that start together make one each.
+        let made = |kind: Kind, created: &dyn Fn(&[u8]) -> Option<u64>| -> bool {
+            store.get(kind, &slot_key, now32).is_some() || {
+                let reader = store.reader();
+                reader
+                    .iter(Some(kind))
+                    .filter(|r| crate::store::table::live(r, now32))
+                    .filter_map(|r| r.value.as_deref())
+                    .any(|v| created(v).is_some_and(|c| c / rot == slot))
+            }
+        };
+        if !made(Kind::TokenKey, &|v| {
+            TokenKey::from_value(v).map(|k| k.created)
+        }) {
             let retires = unix + self.times.token_retire.as_secs();
             match TokenKey::generate(unix, retires) {
                 Ok(key) => {
@@ -175,7 +189,9 @@ impl KeyKeeper {
                 Err(e) => log::error!("auth: cannot make a token key: {e}"),
             }
         }
-        if store.get(Kind::IdentityKey, &slot_key, now32).is_none() {
+        if !made(Kind::IdentityKey, &|v| {
+            IdentityKey::from_value(v).map(|k| k.created)
+        }) {
             let retires = unix + self.times.identity_signs.as_secs();
             match IdentityKey::generate(unix, retires) {
                 Ok(key) => {
@@ -347,7 +363,7 @@ fn key_record(writer: &StoreWriter, kind: Kind, slot: u64, value: &[u8], expires
 }
 
 /// Starts the keeper's thread: one round now (so the rings hold keys before any worker serves), then one
-/// a second until `stop`.
+/// every 100 ms until `stop`.
 pub fn start_keeper(
     mut keeper: KeyKeeper,
     store: Arc<Store>,
@@ -359,7 +375,9 @@ pub fn start_keeper(
         .name("auth-keys".into())
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(500));
+                // Often: a peer's new key opens here within this much of arriving (a round that finds
+                // nothing changed costs a few lookups and no allocation).
+                std::thread::sleep(Duration::from_millis(100));
                 keeper.tick(&store, &writer, unix_now());
             }
         })
@@ -493,7 +511,8 @@ mod tests {
             Duration::from_secs(12 * 3600),
             Duration::from_secs(300),
         ));
-        after.tick(&store, &writer, T0 + 5);
+        // (A key made in the current slot serves as it is: tick in the next 7-minute slot.)
+        after.tick(&store, &writer, T0 + 420);
         let keys = after.keys();
         assert!(keys.tokens().open.keys().iter().any(|k| k.id() == old));
         assert_eq!(
