@@ -3,8 +3,8 @@
 //! node opens on every other.
 //!
 //! Keys live in the store under their rotation *slot* (`created / rotation`, 8 bytes big-endian) and the
-//! maker's node id (2 bytes): each node makes its own key for a slot, so two nodes starting together never
-//! overwrite each other's (with one record per slot, last writer wins left the loser sealing, until the
+//! maker's node id (2 bytes): a node makes a key for a slot only when it holds none (so a node starting
+//! after its peers uses theirs), and two nodes starting together never overwrite each other's (with one record per slot, last writer wins left the loser sealing, until the
 //! records converged, tokens no other node opens — every user of a killed node was logged out, in the
 //! failover benchmark). The keeper finds every key by a scan of the store, run whenever a key record
 //! changes (a key made, arrived or expired: a few times a rotation); keys made with another
