@@ -45,7 +45,8 @@ bench_cleanup() {
   [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 
-# Starts nginx on 127.0.0.1:$1 answering 200 "ok" to everything, keep-alive without limit.
+# Starts nginx on 127.0.0.1:$1 answering 200 "ok" to everything, keep-alive without limit; $2 (optional):
+# more `location` blocks, matched before that.
 bench_nginx() {
   mkdir -p "$WORK/backend"
   cat > "$WORK/backend/nginx.conf" <<CONF
@@ -59,6 +60,7 @@ http {
   keepalive_requests 10000000;
   server {
     listen 127.0.0.1:$1;
+${2:-}
     location / { default_type text/plain; return 200 "ok"; }
   }
 }

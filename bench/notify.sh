@@ -87,31 +87,13 @@ bench_workdir notify
 
 # nginx: 200 "ok"; /whoami/ echoes the identity JWT tether adds (its sid claim names the session, which a
 # per-session publish addresses); /stream/ holds a Pushpin stream on channel ?ch=.
-mkdir -p "$WORK/backend"
-cat > "$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location /whoami/ { default_type text/plain; return 200 "\$http_x_tether_identity"; }
+bench_nginx "$P_NGINX" "    location /whoami/ { default_type text/plain; return 200 \"\$http_x_tether_identity\"; }
     location /stream/ {
       default_type text/event-stream;
       add_header Grip-Hold stream;
       add_header Grip-Channel \$arg_ch;
-      return 200 "";
-    }
-    location / { default_type text/plain; return 200 "ok"; }
-  }
-}
-CONF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" &
-PIDS+=($!)
+      return 200 \"\";
+    }"
 
 tether_conf() { # listen publish delete_on
   cat <<EOF

@@ -780,17 +780,7 @@ fn publish(
                     }
                 }
             }
-            if let Some((status, used, close)) = parse_answer(&c.inbuf) {
-                c.inbuf.drain(..used);
-                rep.answered += 1;
-                *rep.status.entry(status).or_default() += 1;
-                if let Some((t, key_i)) = c.inflight.take()
-                    && (200..300).contains(&status)
-                    && t >= measure_from_us
-                {
-                    rep.accepted_measured += 1;
-                    rep.expected_deliveries += cfg.fanout[&cfg.keys[key_i]];
-                }
+            if let Some(close) = take_answer(c, &mut rep, &cfg, measure_from_us) {
                 if close {
                     dead = true;
                 }
@@ -844,21 +834,32 @@ fn publish(
                 }
                 c.inbuf.extend_from_slice(&rbuf[..n]);
             }
-            if let Some((status, used, _)) = parse_answer(&c.inbuf) {
-                c.inbuf.drain(..used);
-                rep.answered += 1;
-                *rep.status.entry(status).or_default() += 1;
-                if let Some((t, key_i)) = c.inflight.take()
-                    && (200..300).contains(&status)
-                    && t >= measure_from_us
-                {
-                    rep.accepted_measured += 1;
-                    rep.expected_deliveries += cfg.fanout[&cfg.keys[key_i]];
-                }
-            }
+            take_answer(c, &mut rep, &cfg, measure_from_us);
         }
     }
     Ok(rep)
+}
+
+/// Takes a whole answer off the connection's input, if one is there, and counts it (and, for an accepted
+/// publish sent in the measured period, the deliveries it owes). Returns whether it closes the connection.
+fn take_answer(
+    c: &mut PubConn,
+    rep: &mut PublishReport,
+    cfg: &PubConfig,
+    measure_from_us: u64,
+) -> Option<bool> {
+    let (status, used, close) = parse_answer(&c.inbuf)?;
+    c.inbuf.drain(..used);
+    rep.answered += 1;
+    *rep.status.entry(status).or_default() += 1;
+    if let Some((t, key_i)) = c.inflight.take()
+        && (200..300).contains(&status)
+        && t >= measure_from_us
+    {
+        rep.accepted_measured += 1;
+        rep.expected_deliveries += cfg.fanout[&cfg.keys[key_i]];
+    }
+    Some(close)
 }
 
 /// Writes what is left of the connection's request; false on a write error.
