@@ -90,6 +90,12 @@ pub struct Hub {
     users: papaya::HashMap<Box<[u8]>, Arc<[QueueId]>>,
     /// Requests waiting for a notification in a queue; all woken (and forgotten) when one lands.
     waiters: papaya::HashMap<QueueId, Arc<[Arc<Ticket>]>>,
+    /// Queues holding a notification not deliverable yet (at or above the delivery bound), with the
+    /// smallest such id: woken when the bound passes it.
+    held: papaya::HashMap<QueueId, u64>,
+    /// The smallest promise of the peers linked to this node (the replication thread sets it; `u64::MAX`
+    /// with none): every id below it that a peer will make has reached this node.
+    peers_promise: AtomicU64,
     pub ids: IdClock,
     pub stats: Stats,
 }
@@ -119,6 +125,8 @@ impl Hub {
             queues: papaya::HashMap::new(),
             users: papaya::HashMap::new(),
             waiters: papaya::HashMap::new(),
+            held: papaya::HashMap::new(),
+            peers_promise: AtomicU64::new(u64::MAX),
             ids: IdClock::new(slot),
             stats: Stats::default(),
         })
@@ -269,6 +277,10 @@ impl Hub {
         let reader = store.reader();
         let mut items = Vec::new();
         let mut known = after == 0 || after <= acked;
+        // Delivered in id order only below the bound: an id at or above it could still be preceded by a
+        // smaller one not here yet, which the client's cursor and cumulative ack would then skip.
+        let bound = self.deliverable();
+        let mut held = None;
         for e in list {
             if e.id <= acked {
                 continue;
@@ -280,6 +292,10 @@ impl Hub {
                 known = true;
             }
             if e.id <= after {
+                continue;
+            }
+            if e.id >= bound {
+                held.get_or_insert(e.id);
                 continue;
             }
             let Some(value) = r.value.as_ref() else {
@@ -295,7 +311,56 @@ impl Hub {
                 });
             }
         }
+        if let Some(id) = held {
+            self.hold(q, id);
+        }
         (items, !known)
+    }
+
+    /// The delivery bound: every notification below it that will ever exist is here (this node's own
+    /// promise and its linked peers'; docs/NOTIFICATIONS.md, "Delivery order").
+    pub fn deliverable(&self) -> u64 {
+        self.ids.promise().min(self.peers_promise.load(Relaxed))
+    }
+
+    /// The linked peers' smallest promise changed (the replication thread): wakes what it releases.
+    pub fn set_peers_promise(&self, promise: u64) {
+        if self.peers_promise.swap(promise, Relaxed) != promise {
+            self.release_held();
+        }
+    }
+
+    /// Notes that `q` holds `id`, not deliverable yet; wakes it at once should the bound have passed it
+    /// meanwhile (a [`release_held`](Self::release_held) that ran before this note missed it).
+    fn hold(&self, q: &QueueId, id: u64) {
+        self.held
+            .pin()
+            .update_or_insert(*q, |old| (*old).min(id), id);
+        if id < self.deliverable() {
+            self.release_held();
+        }
+    }
+
+    /// Wakes every queue whose held notification the bound now passes. Cheap when nothing is held (one
+    /// length read): it runs after every publish and on every promise from a peer.
+    pub fn release_held(&self) {
+        let held = self.held.pin();
+        if held.is_empty() {
+            return;
+        }
+        let bound = self.deliverable();
+        let due: Vec<QueueId> = held
+            .iter()
+            .filter(|(_, id)| **id < bound)
+            .map(|(q, _)| *q)
+            .collect();
+        for q in due {
+            let _ = held.compute(q, |current| match current {
+                Some((_, id)) if *id < bound => papaya::Operation::Remove,
+                _ => papaya::Operation::Abort(()),
+            });
+            self.wake(&q);
+        }
     }
 
     /// [`pending`](Self::pending) for a client: on a reset, everything not acknowledged instead.
@@ -393,7 +458,9 @@ impl Hub {
             Stats::add(&self.stats.dropped_no_session, 1);
             return Enqueued::NoSession;
         }
-        let id = self.ids.next(queue::unix_ms());
+        // Held until every write below is done: the promise stays at or below `id` meanwhile.
+        let reservation = self.ids.reserve();
+        let id = reservation.id;
         let expires = now.saturating_add(settings.ttl);
         let len = data.len().min(u32::MAX as usize) as u32;
         let mut writes: Vec<(QueueId, u32)> = Vec::with_capacity(sessions.len());
@@ -434,6 +501,8 @@ impl Hub {
         }
         if writes.is_empty() {
             Stats::add(&self.stats.refused_full, 1);
+            drop(reservation);
+            self.release_held();
             return Enqueued::Full;
         }
         let n = writes.len();
@@ -449,6 +518,9 @@ impl Hub {
             let _ = queue::write_notification(writer, &q, id, value, expires, ack);
         }
         Stats::add(&self.stats.queued, n as u64);
+        // Written: the promise may pass `id` now, and what waited for that is woken.
+        drop(reservation);
+        self.release_held();
         Enqueued::Queued {
             id,
             queues: n,
@@ -487,7 +559,7 @@ mod tests {
     }
 
     fn publish(w: &crate::store::StoreWriter, hub: &Hub, q: &QueueId, data: &str) -> u64 {
-        let id = hub.ids.next(queue::unix_ms());
+        let id = hub.ids.reserve().id;
         let v = Notification {
             flags: 0,
             dropped: 0,
@@ -527,6 +599,44 @@ mod tests {
         // A tombstone removes one.
         queue::delete(&w, &q, ids[3], u32::MAX).unwrap();
         assert_eq!(hub.pending(&store, &q, 0, 1).0.len(), 1);
+    }
+
+    #[test]
+    fn nothing_at_or_above_the_delivery_bound_is_delivered_until_it_passes() {
+        let (store, w, hub) = setup();
+        let q = [2u8; 16];
+        // A worker took an id and has not written it yet; another publish after it is written.
+        let slow = hub.ids.reserve();
+        let fast = publish(&w, &hub, &q, "fast");
+        assert!(fast > slow.id);
+        // Delivering `fast` now would let its acknowledgement cover `slow`, unseen: held back.
+        assert!(hub.pending(&store, &q, 0, 1).0.is_empty());
+        let v = Notification {
+            flags: 0,
+            dropped: 0,
+            data: b"slow",
+        }
+        .encode();
+        queue::write_notification(&w, &q, slow.id, v, u32::MAX, None).unwrap();
+        let slow_id = slow.id;
+        drop(slow);
+        let ids: Vec<u64> = hub
+            .pending(&store, &q, 0, 1)
+            .0
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, [slow_id, fast]);
+
+        // A linked peer that has not promised past an id holds it back too, and releases it.
+        let later = publish(&w, &hub, &q, "later");
+        hub.set_peers_promise(later);
+        let (items, _) = hub.pending(&store, &q, fast, 1);
+        assert!(items.is_empty());
+        assert_eq!(hub.held.pin().get(&q).copied(), Some(later));
+        hub.set_peers_promise(later + 1);
+        assert!(hub.held.pin().get(&q).is_none(), "released once passed");
+        assert_eq!(hub.pending(&store, &q, fast, 1).0.len(), 1);
     }
 
     #[test]

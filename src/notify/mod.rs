@@ -2,7 +2,9 @@
 //! listener and subscribed SSE feeds), delivered on the session's responses, by poll (long poll) and by
 //! an SSE stream, and deleted on acknowledgement — docs/NOTIFICATIONS.md is the backend author's side.
 //!
-//! - [`queue`]: the records (kinds 9 and 10), notification ids, and the writes (publish, ack, delete).
+//! - [`queue`]: the records (kinds 9 and 10) and the writes (publish, ack, delete).
+//! - [`ids`]: notification ids, and the promise that lets a node deliver only what nothing smaller can
+//!   still precede.
 //! - [`hub`]: what every thread shares: the indexes of queues and of users' sessions, fed by the store's
 //!   watcher, the waiting requests to wake, the id clock and the counters.
 //! - [`parse`]: publish bodies, ack bodies, query parameters (untrusted input: never panics).
@@ -15,6 +17,7 @@
 pub(crate) mod endpoints;
 pub mod feed;
 pub mod hub;
+pub mod ids;
 pub mod parse;
 pub mod queue;
 pub mod settings;

@@ -8,75 +8,15 @@
 //! notification that reaches a node after the acknowledgement did.
 
 use crate::store::{Kind, Record, StoreWriter};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A queue's id: the login session's id.
 pub type QueueId = [u8; 16];
 
-/// Milliseconds since the Unix epoch of 2024-01-01T00:00:00Z: ids count from there, so 42 bits of
-/// milliseconds last until 2163 and every id stays below 2^53 (exact in a JSON number, JavaScript's too).
-const ID_EPOCH_MS: u64 = 1_704_067_200_000;
-/// Low bits of an id: 7 bits of counter within a millisecond, then 4 bits naming the node.
-const SLOT_BITS: u32 = 4;
-const LOW_BITS: u32 = 11;
-/// Largest id ever handed out (2^53 − 1).
-pub const MAX_ID: u64 = (1 << 53) - 1;
+pub use super::ids::{IdClock, MAX_ID};
 
 /// Bit 0 of a value's flags: delete the notification once delivered (no acknowledgement needed).
 pub const FLAG_DELETE_ON_DELIVERY: u8 = 1;
 const FORMAT: u8 = 1;
-
-/// Hands out notification ids: `milliseconds since 2024 << 11 | counter << 4 | node slot`, strictly
-/// increasing on this node, and above every id this node has seen from a peer (so a notification
-/// published after another one reached this node gets a larger id: causal order). The node slot (the
-/// node's place among the cluster's sorted node names) keeps two nodes from ever making the same id.
-#[derive(Debug)]
-pub struct IdClock {
-    last: AtomicU64,
-    slot: u64,
-}
-
-impl IdClock {
-    /// A clock for the node in `slot` (0–15).
-    pub fn new(slot: u8) -> IdClock {
-        IdClock {
-            last: AtomicU64::new(0),
-            slot: u64::from(slot) & ((1 << SLOT_BITS) - 1),
-        }
-    }
-
-    /// The node's slot: its name's place among every node name of the cluster, sorted (mod 16).
-    pub fn slot_of(node: &str, peers: &[&str]) -> u8 {
-        let mut names: Vec<&str> = peers.to_vec();
-        names.push(node);
-        names.sort_unstable();
-        names.dedup();
-        (names.iter().position(|n| *n == node).unwrap_or(0) % 16) as u8
-    }
-
-    /// The next id, at wall-clock `now_ms` (milliseconds since the Unix epoch).
-    pub fn next(&self, now_ms: u64) -> u64 {
-        let base = (now_ms.saturating_sub(ID_EPOCH_MS) << LOW_BITS) | self.slot;
-        let mut last = self.last.load(Ordering::Relaxed);
-        loop {
-            // One past the last id in the counter bits, with this node's slot.
-            let after = (((last >> SLOT_BITS) + 1) << SLOT_BITS) | self.slot;
-            let id = base.max(after).min(MAX_ID);
-            match self
-                .last
-                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return id,
-                Err(now) => last = now,
-            }
-        }
-    }
-
-    /// An id seen in a peer's record: later ids of this node are larger.
-    pub fn observe(&self, id: u64) {
-        self.last.fetch_max(id.min(MAX_ID), Ordering::Relaxed);
-    }
-}
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -226,34 +166,6 @@ pub fn write_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_increase_stay_below_2_53_and_carry_the_slot() {
-        let c = IdClock::new(3);
-        let now = ID_EPOCH_MS + 86_400_000 * 365 * 2;
-        let mut last = 0;
-        for _ in 0..1000 {
-            let id = c.next(now);
-            assert!(id > last && id <= MAX_ID);
-            assert_eq!(id & 0xf, 3);
-            last = id;
-        }
-        // A peer's larger id pushes this node's next one above it.
-        c.observe(last + 1000);
-        assert!(c.next(now) > last + 1000);
-        // Far in the future the ids saturate at 2^53 - 1 rather than leave exact JSON range.
-        assert!(IdClock::new(0).next(u64::MAX / 2) <= MAX_ID);
-        // Two nodes in the same millisecond never make the same id.
-        let (a, b) = (IdClock::new(0), IdClock::new(1));
-        assert_ne!(a.next(now), b.next(now));
-    }
-
-    #[test]
-    fn slots_follow_the_sorted_names() {
-        assert_eq!(IdClock::slot_of("a", &["b", "c"]), 0);
-        assert_eq!(IdClock::slot_of("c", &["a", "b"]), 2);
-        assert_eq!(IdClock::slot_of("b", &["c", "a"]), 1);
-    }
 
     #[test]
     fn values_round_trip_and_bad_ones_are_refused() {

@@ -1,4 +1,4 @@
-//! The frames of the replication protocol (docs/PROTOCOL.md, version 1): an owned [`Frame`] per frame type,
+//! The frames of the replication protocol (docs/PROTOCOL.md, version 2): an owned [`Frame`] per frame type,
 //! [`encode`] into a buffer and an incremental [`decode`] of untrusted bytes.
 //!
 //! The decoder refuses anything the protocol document does not allow, with the one-line reason it lists
@@ -21,7 +21,8 @@ pub const MAX_PAYLOAD: usize = 16 << 20;
 /// `HELLO`'s magic number, "TTHR".
 pub const MAGIC: u32 = 0x5454_4852;
 /// The protocol version this module speaks.
-pub const VERSION: u16 = 1;
+/// 2: `PROMISE` frames, which a node with notifications waits for from every linked peer.
+pub const VERSION: u16 = 2;
 /// Longest node or cluster name (bytes).
 pub const MAX_NAME: usize = 64;
 /// Longest `WELCOME` reason (bytes).
@@ -40,6 +41,7 @@ const SNAPSHOT_BEGIN: u8 = 0x20;
 const SNAPSHOT_RECORDS: u8 = 0x21;
 const SNAPSHOT_END: u8 = 0x22;
 const HEARTBEAT: u8 = 0x30;
+const PROMISE: u8 = 0x31;
 const SPOOL_DATA: u8 = 0x40;
 const SPOOL_ACK: u8 = 0x41;
 const SPOOL_FETCH: u8 = 0x42;
@@ -93,6 +95,9 @@ pub enum Frame {
     SnapshotEnd { count: u64, digest: [u8; 32] },
     /// Liveness and clocks: the sender's clock and the last sequence it streamed on this link.
     Heartbeat { hlc: u64, sent: u64 },
+    /// Notification ids (docs/PROTOCOL.md, `PROMISE`): every id below `below` that the sender will ever
+    /// make is in the frames it sent before this one. `u64::MAX` from a node without notifications.
+    Promise { below: u64 },
     /// The spool's side channel (docs/PROTOCOL.md, "Upload bytes"): bytes `offset ..` of upload `id`,
     /// part of the append `tag` (non-zero, random per append) that starts where the append `prev`
     /// (0: the upload's creation) ended. Answered with `SpoolAck` once written to the receiver's file.
@@ -238,6 +243,7 @@ impl Frame {
             Frame::SnapshotRecords { .. } => SNAPSHOT_RECORDS,
             Frame::SnapshotEnd { .. } => SNAPSHOT_END,
             Frame::Heartbeat { .. } => HEARTBEAT,
+            Frame::Promise { .. } => PROMISE,
             Frame::SpoolData { .. } => SPOOL_DATA,
             Frame::SpoolAck { .. } => SPOOL_ACK,
             Frame::SpoolFetch { .. } => SPOOL_FETCH,
@@ -341,6 +347,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&hlc.to_be_bytes());
             out.extend_from_slice(&sent.to_be_bytes());
         }
+        Frame::Promise { below } => out.extend_from_slice(&below.to_be_bytes()),
         Frame::SpoolData {
             id,
             tag,
@@ -478,6 +485,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             | SNAPSHOT_RECORDS
             | SNAPSHOT_END
             | HEARTBEAT
+            | PROMISE
             | SPOOL_DATA
             | SPOOL_ACK
             | SPOOL_FETCH
@@ -542,6 +550,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             hlc: r.u64()?,
             sent: r.u64()?,
         },
+        PROMISE => Frame::Promise { below: r.u64()? },
         SPOOL_DATA => {
             let id = r.array()?;
             let tag = r.u64()?;
@@ -927,6 +936,8 @@ mod tests {
                 hlc: 1 << 40,
                 sent: 3,
             },
+            Frame::Promise { below: 0 },
+            Frame::Promise { below: u64::MAX },
             Frame::SpoolData {
                 id: [7; 16],
                 tag: 1,
@@ -1045,8 +1056,8 @@ mod tests {
         assert_eq!(
             types,
             [
-                0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x30, 0x40, 0x41, 0x42, 0x43, 0x44,
-                0x45, 0x46
+                0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x30, 0x31, 0x40, 0x41, 0x42, 0x43,
+                0x44, 0x45, 0x46
             ]
         );
         for f in frames {
@@ -1100,6 +1111,10 @@ mod tests {
                 0x30, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 3
             ]
         );
+        assert_eq!(
+            encoded(&Frame::Promise { below: 0x0a0b }),
+            [0x31, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x0a, 0x0b]
+        );
         let hello = encoded(&Frame::Hello {
             cluster: "c".into(),
             node: "n".into(),
@@ -1108,7 +1123,7 @@ mod tests {
             resume: Some((1, 5)),
         });
         let mut want = vec![0x01, 0, 0, 0, 43];
-        want.extend_from_slice(b"TTHR\x00\x01\x01c\x01n");
+        want.extend_from_slice(b"TTHR\x00\x02\x01c\x01n");
         want.extend_from_slice(&two(1, 2));
         want.push(1);
         want.extend_from_slice(&two(1, 5));
@@ -1282,7 +1297,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_its_reason() {
-        let good_hello = hello_payload(MAGIC, 1, b"c", b"n");
+        let good_hello = hello_payload(MAGIC, VERSION, b"c", b"n");
         let hello_with = |tail: &[u8]| frame(HELLO, &[&good_hello[..], tail].concat());
         let welcome = |status: u8, reason: &[u8], tail: &[u8]| {
             let p = [&[status, reason.len() as u8][..], reason, tail].concat();
@@ -1308,7 +1323,7 @@ mod tests {
             (hello_with(&[]), "truncated field"),
             (hello_with(&[1, 0, 0, 0, 0, 0, 0, 0, 1]), "truncated field"),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, b"c", b"n")[..8]),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, b"c", b"n")[..8]),
                 "truncated field",
             ),
             // A length that points past the frame: the key, the value, the reason, the records.
@@ -1349,36 +1364,36 @@ mod tests {
                 "bad magic",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 2, b"c", b"n")),
-                "unsupported version 2",
+                frame(HELLO, &hello_payload(MAGIC, 3, b"c", b"n")),
+                "unsupported version 3",
             ),
             (
                 frame(HELLO, &hello_payload(MAGIC, 0, b"c", b"n")),
                 "unsupported version 0",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, b"", b"n")),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, b"", b"n")),
                 "name not allowed",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, b"c", &[b'n'; 65])),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, b"c", &[b'n'; 65])),
                 "name not allowed",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, b"a b", b"n")),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, b"a b", b"n")),
                 "name not allowed",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, b"c", b"n/1")),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, b"c", b"n/1")),
                 "name not allowed",
             ),
             (
-                frame(HELLO, &hello_payload(MAGIC, 1, "é".as_bytes(), b"n")),
+                frame(HELLO, &hello_payload(MAGIC, VERSION, "é".as_bytes(), b"n")),
                 "name not allowed",
             ),
             (
                 {
-                    let mut p = hello_payload(MAGIC, 1, b"c", b"n");
+                    let mut p = hello_payload(MAGIC, VERSION, b"c", b"n");
                     p[10..18].copy_from_slice(&[0; 8]);
                     p.push(0);
                     frame(HELLO, &p)

@@ -247,6 +247,9 @@ pub struct Feed {
     /// The upload spool's side channel (with `[uploads]`): upload bytes, fetches and claims ride the
     /// links beside the store's stream.
     pub spool: Option<Arc<super::side::SpoolSide>>,
+    /// The notification queues (with `[notifications]`): this thread sends their id clock's promise to
+    /// every peer, after the records it covers, and tells them the peers' smallest promise.
+    pub notify: Option<Arc<crate::notify::Hub>>,
 }
 
 /// Records per `UPDATES` frame, and per `SNAPSHOT_RECORDS` frame.
@@ -523,6 +526,13 @@ struct Thread {
     /// Links that got a spool reply while their frames were being handled: driven by `spool_side` in
     /// the same turn (else the reply would wait for the link's next event, a heartbeat at worst).
     spool_flush: Vec<usize>,
+    /// Notification promises (docs/PROTOCOL.md, `PROMISE`): this node's, with the stream sequence each
+    /// follows (sent to a peer once its updates reach that sequence); the id clock's version when last
+    /// read; per peer, the last one sent on its current link and the largest received on it (0: none).
+    promises: std::collections::VecDeque<(u64, u64)>,
+    promise_version: Option<u64>,
+    promise_sent: Vec<u64>,
+    promise_in: Vec<u64>,
 }
 
 impl Thread {
@@ -585,6 +595,10 @@ impl Thread {
             updates,
             side,
             spool_flush: Vec::new(),
+            promises: std::collections::VecDeque::new(),
+            promise_version: None,
+            promise_sent: vec![0; n],
+            promise_in: vec![0; n],
         })
     }
 
@@ -982,6 +996,12 @@ impl Thread {
                     }
                 }
             }
+            Frame::Promise { below } => {
+                if self.dials[peer].link == Some(key) {
+                    self.promise_in[peer] = self.promise_in[peer].max(below);
+                    self.update_peers_promise();
+                }
+            }
             Frame::SpoolAck {
                 id,
                 offset,
@@ -1218,6 +1238,12 @@ impl Thread {
     /// Moves the workers' writes into this node's stream and sends what each up peer has not had yet;
     /// owed acks go out.
     fn stream(&mut self, now: Instant) {
+        // Read before the drain: every id below it is in a worker's queue by now, so in the stream
+        // after the drain (docs/PROTOCOL.md, `PROMISE`).
+        let promise = match &self.feed.notify {
+            Some(h) => (Some(h.ids.version()), h.ids.promise()),
+            None => (None, u64::MAX),
+        };
         let origin = &mut self.origin;
         let pending = &mut self.pending_sync;
         self.feed.feed.drain_with_acks(65_536, |r, on_ack| {
@@ -1245,6 +1271,7 @@ impl Thread {
         self.origin.evict(now);
         self.origin_last
             .store(self.origin.last(), Ordering::Relaxed);
+        self.note_promise(promise);
         let epoch = self.me.epoch;
         for peer in 0..self.dials.len() {
             let Some(key) = self.dials[peer].link else {
@@ -1310,6 +1337,67 @@ impl Thread {
             self.sent[peer] = Some(sent + n);
             self.status.lock()[peer].sent = sent + n;
             self.drive(key, now);
+        }
+        self.send_promises(now);
+    }
+
+    /// Records this node's notification promise (`(clock version, promise)`, read before the drain
+    /// that just ran) against the stream position it follows, when the clock moved. Without
+    /// notifications the promise is `u64::MAX`, recorded once. Kept increasing: a smaller one (a
+    /// reservation taken meanwhile) is implied by the last.
+    fn note_promise(&mut self, (version, promise): (Option<u64>, u64)) {
+        if self.promise_version.is_some() && self.promise_version == version {
+            return;
+        }
+        self.promise_version = version.or(Some(0));
+        let at = self.origin.last();
+        match self.promises.back_mut() {
+            Some((_, p)) if *p >= promise => {}
+            Some((a, p)) if *a == at => *p = promise,
+            _ => self.promises.push_back((at, promise)),
+        }
+    }
+
+    /// Sends each up peer, not taking a snapshot from this node, the largest promise whose stream
+    /// position its updates have reached, if larger than the last it got; forgets promises every
+    /// linked peer is past.
+    fn send_promises(&mut self, now: Instant) {
+        let mut slowest = u64::MAX;
+        for peer in 0..self.dials.len() {
+            let (Some(key), Some(sent)) = (self.dials[peer].link, self.sent[peer]) else {
+                continue;
+            };
+            slowest = slowest.min(sent);
+            let Some(link) = self.links.get_mut(key) else {
+                continue;
+            };
+            if link.phase != LinkPhase::Up || link.snapshot.is_some() {
+                continue;
+            }
+            let Some(&(_, below)) = self.promises.iter().rev().find(|(at, _)| *at <= sent) else {
+                continue;
+            };
+            if below > self.promise_sent[peer] {
+                link.send(&Frame::Promise { below }, now);
+                self.promise_sent[peer] = below;
+                self.drive(key, now);
+            }
+        }
+        while self.promises.len() > 1 && self.promises[1].0 <= slowest {
+            self.promises.pop_front();
+        }
+    }
+
+    /// Tells the notification hub the smallest promise of the linked peers (0 for one linked and not
+    /// heard from yet: what it still has to send may hold smaller ids).
+    fn update_peers_promise(&self) {
+        if let Some(h) = &self.feed.notify {
+            let min = (0..self.dials.len())
+                .filter(|&p| self.dials[p].link.is_some())
+                .map(|p| self.promise_in[p])
+                .min()
+                .unwrap_or(u64::MAX);
+            h.set_peers_promise(min);
         }
     }
 
@@ -1383,6 +1471,11 @@ impl Thread {
                     }
                     self.dials[peer].link = Some(key);
                     self.dials[peer].backoff = MIN_BACKOFF;
+                    // Promises are per link: until this one brings the peer's, nothing above what
+                    // is here may be delivered.
+                    self.promise_in[peer] = 0;
+                    self.promise_sent[peer] = 0;
+                    self.update_peers_promise();
                     log::info!(
                         "cluster {}: link with {name} up (peer epoch {epoch:016x})",
                         self.me.cluster
@@ -1459,6 +1552,7 @@ impl Thread {
                     // midway is dropped (the store keeps its old state).
                     self.sent[i] = None;
                     self.streaming[i] = false;
+                    self.promise_in[i] = 0;
                     if let Some(side) = &mut self.side {
                         side.peer_down(i);
                     }
@@ -1474,6 +1568,7 @@ impl Thread {
         // The peers left may hold what the one gone was waited for.
         self.release_syncs();
         self.check_synced();
+        self.update_peers_promise();
     }
 
     /// Copies link counters and phases into the shared status, and each peer's lag: how long ago the
@@ -1605,6 +1700,8 @@ impl Thread {
         remap(&mut self.sent, from, |_| None);
         remap(&mut self.ack_due, from, |_| false);
         remap(&mut self.streaming, from, |_| false);
+        remap(&mut self.promise_sent, from, |_| 0);
+        remap(&mut self.promise_in, from, |_| 0);
         remap(&mut self.incoming, from, |_| None);
         remap(&mut self.resync, from, |_| false);
         remap(&mut self.bytes_done, from, |_| (0, 0));
@@ -1615,6 +1712,7 @@ impl Thread {
             link.peer = link.peer.and_then(|old| to.get(old).copied().flatten());
         }
         self.me.peers = peers.iter().map(|(n, _)| n.clone()).collect();
+        self.update_peers_promise();
     }
 }
 

@@ -382,6 +382,7 @@ impl Server {
                     .as_ref()
                     .map_or(Duration::ZERO, |c| c.ready_timeout),
                 spool: spool_side.clone(),
+                notify: notify.clone(),
             });
         }
         if config.sessions.cookie_keys.is_empty()
