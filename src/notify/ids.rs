@@ -225,30 +225,47 @@ mod tests {
 
     #[test]
     fn concurrent_takers_never_hand_out_an_id_below_a_promise_made_before() {
-        let c = std::sync::Arc::new(IdClock::new(2));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let takers: Vec<_> = (0..4)
+        use std::sync::Arc;
+        // A global order of events: a promise finished at tick t, a reservation begun at tick u > t must
+        // get an id at or above it.
+        let c = Arc::new(IdClock::new(2));
+        let ticks = Arc::new(AtomicU64::new(0));
+        let takers: Vec<_> = (0..3)
             .map(|_| {
-                let (c, stop) = (c.clone(), stop.clone());
+                let (c, ticks) = (c.clone(), ticks.clone());
                 std::thread::spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(SeqCst) {
-                        let r = c.reserve();
-                        std::hint::black_box(r.id);
-                        n += 1;
-                    }
-                    n
+                    // Paced, so that ids follow the wall clock rather than run ahead of it on the counter.
+                    (0..3_000)
+                        .map(|_| {
+                            std::thread::sleep(std::time::Duration::from_micros(20));
+                            let began = ticks.fetch_add(1, SeqCst);
+                            let r = c.reserve();
+                            (began, r.id)
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        // Each promise is checked against the ids taken after it: none may be below it.
-        for _ in 0..2_000 {
+        let mut promises = Vec::new();
+        while !takers.iter().all(|t| t.is_finished()) {
             let p = c.promise();
-            let r = c.reserve();
-            assert!(r.id >= p, "id {} below promise {p}", r.id);
+            promises.push((ticks.fetch_add(1, SeqCst), p));
+            std::thread::yield_now();
         }
-        stop.store(true, SeqCst);
-        let taken: u64 = takers.into_iter().map(|t| t.join().unwrap()).sum();
-        assert!(taken > 0);
+        let taken: Vec<(u64, u64)> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        // For each reservation, the largest promise finished before it began.
+        let mut best = Vec::with_capacity(promises.len());
+        let mut max = 0;
+        for &(t, p) in &promises {
+            max = max.max(p);
+            best.push((t, max));
+        }
+        for (began, id) in taken {
+            let i = best.partition_point(|(t, _)| *t < began);
+            if i > 0 {
+                let (_, p) = best[i - 1];
+                assert!(id >= p, "id {id} taken after promise {p}");
+            }
+        }
     }
 }

@@ -21,7 +21,8 @@ pub const MAX_PAYLOAD: usize = 16 << 20;
 /// `HELLO`'s magic number, "TTHR".
 pub const MAGIC: u32 = 0x5454_4852;
 /// The protocol version this module speaks.
-/// 2: `PROMISE` frames, which a node with notifications waits for from every linked peer.
+/// 2: `PROMISE` frames, which a node with notifications waits for from every linked peer, and
+/// `SYNC_POINT`, which a starting node waits for before it serves.
 pub const VERSION: u16 = 2;
 /// Longest node or cluster name (bytes).
 pub const MAX_NAME: usize = 64;
@@ -37,6 +38,7 @@ const WELCOME: u8 = 0x02;
 const UPDATES: u8 = 0x10;
 const ACK: u8 = 0x11;
 const RESUME: u8 = 0x12;
+const SYNC_POINT: u8 = 0x13;
 const SNAPSHOT_BEGIN: u8 = 0x20;
 const SNAPSHOT_RECORDS: u8 = 0x21;
 const SNAPSHOT_END: u8 = 0x22;
@@ -87,6 +89,10 @@ pub enum Frame {
     Ack { epoch: u64, seq: u64 },
     /// A gap: send the stream again from `seq`.
     Resume { epoch: u64, seq: u64 },
+    /// The sender now waits for the receiver's acknowledgements before it acknowledges a sync write; every
+    /// write it acknowledged before is at or below `seq` of its stream (`epoch`). A starting receiver
+    /// serves once it has applied that far.
+    SyncPoint { epoch: u64, seq: u64 },
     /// A copy of the sender's store, taken at stream sequence `at`, follows.
     SnapshotBegin { epoch: u64, at: u64 },
     /// Part of a snapshot (1 ..= 65,536 records).
@@ -239,6 +245,7 @@ impl Frame {
             Frame::Updates { .. } => UPDATES,
             Frame::Ack { .. } => ACK,
             Frame::Resume { .. } => RESUME,
+            Frame::SyncPoint { .. } => SYNC_POINT,
             Frame::SnapshotBegin { .. } => SNAPSHOT_BEGIN,
             Frame::SnapshotRecords { .. } => SNAPSHOT_RECORDS,
             Frame::SnapshotEnd { .. } => SNAPSHOT_END,
@@ -330,7 +337,9 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&first.to_be_bytes());
             put_records(out, records.iter());
         }
-        Frame::Ack { epoch, seq } | Frame::Resume { epoch, seq } => {
+        Frame::Ack { epoch, seq }
+        | Frame::Resume { epoch, seq }
+        | Frame::SyncPoint { epoch, seq } => {
             out.extend_from_slice(&epoch.to_be_bytes());
             out.extend_from_slice(&seq.to_be_bytes());
         }
@@ -481,6 +490,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             | UPDATES
             | ACK
             | RESUME
+            | SYNC_POINT
             | SNAPSHOT_BEGIN
             | SNAPSHOT_RECORDS
             | SNAPSHOT_END
@@ -531,6 +541,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         RESUME => Frame::Resume {
             epoch: epoch(&mut r)?,
             seq: sequence(&mut r)?,
+        },
+        SYNC_POINT => Frame::SyncPoint {
+            epoch: epoch(&mut r)?,
+            seq: r.u64()?,
         },
         SNAPSHOT_BEGIN => Frame::SnapshotBegin {
             epoch: epoch(&mut r)?,
@@ -924,6 +938,7 @@ mod tests {
             Frame::Ack { epoch: 9, seq: 0 },
             Frame::Ack { epoch: 9, seq: 3 },
             Frame::Resume { epoch: 9, seq: 4 },
+            Frame::SyncPoint { epoch: 9, seq: 0 },
             Frame::SnapshotBegin { epoch: 9, at: 0 },
             Frame::SnapshotRecords {
                 records: vec![rec(Kind::SessionBinding, b"s", 1, Some(&[0, 1, 2, 255]))],
@@ -1056,8 +1071,8 @@ mod tests {
         assert_eq!(
             types,
             [
-                0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x30, 0x31, 0x40, 0x41, 0x42, 0x43,
-                0x44, 0x45, 0x46
+                0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22, 0x30, 0x31, 0x40, 0x41, 0x42,
+                0x43, 0x44, 0x45, 0x46
             ]
         );
         for f in frames {
@@ -1308,7 +1323,7 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0x7f], "unknown frame type 0x7f"),
             (vec![0x00, 0, 0], "unknown frame type 0x00"),
-            (frame(0x13, &[]), "unknown frame type 0x13"),
+            (frame(0x14, &[]), "unknown frame type 0x14"),
             (
                 vec![0x21, 0x01, 0, 0, 1],
                 "frame too large (16777217 bytes)",

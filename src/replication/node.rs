@@ -533,6 +533,12 @@ struct Thread {
     promise_version: Option<u64>,
     promise_sent: Vec<u64>,
     promise_in: Vec<u64>,
+    /// Per peer joining (acknowledging, not yet counted for sync writes): the stream position its
+    /// acknowledgements must reach before it is (see [`Thread::on_ack`]).
+    join_target: Vec<Option<u64>>,
+    /// Per peer, on its current link: the `SYNC_POINT` it sent (this node serves, when starting, once
+    /// it applied that far of the peer's stream).
+    sync_point: Vec<Option<u64>>,
 }
 
 impl Thread {
@@ -599,6 +605,8 @@ impl Thread {
             promise_version: None,
             promise_sent: vec![0; n],
             promise_in: vec![0; n],
+            join_target: vec![None; n],
+            sync_point: vec![None; n],
         })
     }
 
@@ -925,6 +933,7 @@ impl Thread {
                         self.apply(r);
                     }
                     self.ack_due[peer] = true;
+                    self.check_synced();
                     let now_ms = crate::store::hlc::wall_ms();
                     let mut st = self.status.lock();
                     for r in fresh {
@@ -941,10 +950,12 @@ impl Thread {
                 }
                 Batch::OtherEpoch { .. } => self.close_link(key, "updates of another epoch"),
             },
-            Frame::Ack { epoch, seq } if epoch == self.me.epoch => {
-                self.status.lock()[peer].acked = seq;
-                self.streaming[peer] = true;
-                self.release_syncs();
+            Frame::Ack { epoch, seq } if epoch == self.me.epoch => self.on_ack(key, peer, seq, now),
+            Frame::SyncPoint { epoch, seq } => {
+                if self.streams[peer].held().is_some_and(|(e, _)| e == epoch) {
+                    self.sync_point[peer] = Some(seq);
+                    self.check_synced();
+                }
             }
             Frame::Resume { epoch, seq } if epoch == self.me.epoch => {
                 // Sent again from the backlog, or by a snapshot on the next link if it is gone.
@@ -1151,11 +1162,39 @@ impl Thread {
         }
     }
 
-    /// A starting node serves once it merged a snapshot from **every** peer whose link is up (at least
-    /// one), not from the first: until the others' are in, what they wrote after the first snapshot was
-    /// taken may be missing here — under load, long enough for a client that fails over to this node to
-    /// be answered from stale state (found by the failover benchmark: uploads answered 404, notifications
-    /// delivered again after their acknowledgement). A peer whose link goes down is not waited for.
+    /// A peer acknowledged this node's stream up to `seq`. A peer that was not streaming (its link is new:
+    /// it took a snapshot, or resumed) joins in two steps: its acknowledgements must first reach the
+    /// stream position this node had at its first one, so that a restarted peer catching up under load
+    /// is not waited for by every sync write meanwhile (each would time out: 504s); then it counts for
+    /// sync writes, and gets a `SYNC_POINT` naming this node's stream head — every write acknowledged
+    /// without it is at or below that, and it serves only once it has applied that far.
+    fn on_ack(&mut self, key: usize, peer: usize, seq: u64, now: Instant) {
+        self.status.lock()[peer].acked = seq;
+        if !self.streaming[peer] {
+            let target = *self.join_target[peer].get_or_insert(self.origin.last());
+            if seq >= target {
+                self.streaming[peer] = true;
+                self.join_target[peer] = None;
+                let point = Frame::SyncPoint {
+                    epoch: self.me.epoch,
+                    seq: self.origin.last(),
+                };
+                if let Some(link) = self.links.get_mut(key) {
+                    link.send(&point, now);
+                }
+                self.drive(key, now);
+            }
+        }
+        self.release_syncs();
+    }
+
+    /// A starting node serves once, from **every** peer whose link is up (at least one), it merged a
+    /// snapshot and applied the stream that followed up to the peer's `SYNC_POINT`: not from the first
+    /// peer only, and not at the snapshot's end — until then what the peers acknowledged to clients
+    /// without this node may be missing here, under load for seconds, and a client that fails over to it
+    /// would be answered from stale state (found by the failover benchmark: uploads answered 404,
+    /// notifications delivered again after their acknowledgement). A peer whose link goes down is not
+    /// waited for.
     fn check_synced(&mut self) {
         if self.synced.load(Ordering::Acquire) {
             return;
@@ -1163,7 +1202,15 @@ impl Thread {
         let ready = {
             let st = self.status.lock();
             st.iter().any(|p| p.snapshots_in > 0)
-                && st.iter().all(|p| p.state != "up" || p.snapshots_in > 0)
+                && st.iter().enumerate().all(|(i, p)| {
+                    p.state != "up"
+                        || (p.snapshots_in > 0
+                            && self.sync_point[i].is_some_and(|point| {
+                                self.streams[i]
+                                    .held()
+                                    .is_some_and(|(_, applied)| applied >= point)
+                            }))
+                })
         };
         if ready {
             self.synced.store(true, Ordering::Release);
@@ -1476,6 +1523,8 @@ impl Thread {
                     self.promise_in[peer] = 0;
                     self.promise_sent[peer] = 0;
                     self.update_peers_promise();
+                    self.join_target[peer] = None;
+                    self.sync_point[peer] = None;
                     log::info!(
                         "cluster {}: link with {name} up (peer epoch {epoch:016x})",
                         self.me.cluster
@@ -1553,6 +1602,8 @@ impl Thread {
                     self.sent[i] = None;
                     self.streaming[i] = false;
                     self.promise_in[i] = 0;
+                    self.join_target[i] = None;
+                    self.sync_point[i] = None;
                     if let Some(side) = &mut self.side {
                         side.peer_down(i);
                     }
@@ -1702,6 +1753,8 @@ impl Thread {
         remap(&mut self.streaming, from, |_| false);
         remap(&mut self.promise_sent, from, |_| 0);
         remap(&mut self.promise_in, from, |_| 0);
+        remap(&mut self.join_target, from, |_| None);
+        remap(&mut self.sync_point, from, |_| None);
         remap(&mut self.incoming, from, |_| None);
         remap(&mut self.resync, from, |_| false);
         remap(&mut self.bytes_done, from, |_| (0, 0));
