@@ -1124,7 +1124,8 @@ impl Thread {
                     .is_some_and(|l| l.phase == LinkPhase::Up)
             })
             .collect();
-        side.set_up(up.clone());
+        let claimers = up.iter().copied().filter(|&p| self.streaming[p]).collect();
+        side.set_up(up.clone(), claimers);
         let mut control = Vec::new();
         side.take_commands(&mut control);
         let mut touched = std::mem::take(&mut self.spool_flush);
