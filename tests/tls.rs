@@ -560,24 +560,45 @@ fn session_cookies_issued_over_tls_are_secure() {
 
 /// A client offering exactly `suites`, in that order, and only the protocol version they belong to.
 fn client_offering(ca_pem: &str, suites: &[rustls::SupportedCipherSuite]) -> Arc<ClientConfig> {
+    let version = suites[0].version();
+    client_with(ca_pem, suites, None, &[version])
+}
+
+/// A client offering `suites` (and `groups`, default rustls's) for `versions`.
+fn client_with(
+    ca_pem: &str,
+    suites: &[rustls::SupportedCipherSuite],
+    groups: Option<&[&'static dyn rustls::crypto::SupportedKxGroup]>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
         .unwrap();
     let mut offering = rustls::crypto::aws_lc_rs::default_provider();
     offering.cipher_suites = suites.to_vec();
-    let version = suites[0].version();
+    if let Some(g) = groups {
+        offering.kx_groups = g.to_vec();
+    }
     Arc::new(
         ClientConfig::builder_with_provider(Arc::new(offering))
-            .with_protocol_versions(&[version])
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
 }
 
-/// The cipher suite a fresh handshake with `cfg` negotiates (after one request, so the handshake is done).
-fn negotiated_suite(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> rustls::CipherSuite {
+/// What a fresh handshake with `cfg` negotiates (after one request, so the handshake is done): the
+/// version, the cipher suite and the key-exchange group.
+fn negotiated(
+    addr: SocketAddr,
+    cfg: &Arc<ClientConfig>,
+) -> (
+    rustls::ProtocolVersion,
+    rustls::CipherSuite,
+    rustls::NamedGroup,
+) {
     let name = ServerName::try_from("a.test".to_string()).unwrap();
     let conn = ClientConnection::new(cfg.clone(), name).unwrap();
     let sock = TcpStream::connect(addr).unwrap();
@@ -592,10 +613,18 @@ fn negotiated_suite(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> rustls::Cipher
         "{}",
         String::from_utf8_lossy(&raw)
     );
-    tls.conn
-        .negotiated_cipher_suite()
-        .expect("handshake completed")
-        .suite()
+    (
+        tls.conn.protocol_version().expect("handshake completed"),
+        tls.conn.negotiated_cipher_suite().expect("suite").suite(),
+        tls.conn
+            .negotiated_key_exchange_group()
+            .expect("group")
+            .name(),
+    )
+}
+
+fn negotiated_suite(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> rustls::CipherSuite {
+    negotiated(addr, cfg).1
 }
 
 #[test]
@@ -606,50 +635,124 @@ fn the_server_cipher_order_decides_not_the_clients() {
     let b = Backend::named("plain");
     let t = Tether::start(&config_with(&tls_listener(&s, ""), b.addr, ""));
     let ca = s.ca.cert_pem();
-    // The provider's own order, which the server follows: AES-256-GCM before AES-128-GCM (a.test has an
-    // ECDSA certificate, so the ECDHE_ECDSA suites apply for TLS 1.2).
-    let order: Vec<Cs> = tether::tls::server::provider()
-        .cipher_suites
-        .iter()
-        .map(|cs| cs.suite())
-        .collect();
-    let position = |cs: Cs| order.iter().position(|&o| o == cs).unwrap();
-    assert!(
-        position(Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
-            < position(Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
-    );
-    assert!(position(Cs::TLS13_AES_256_GCM_SHA384) < position(Cs::TLS13_AES_128_GCM_SHA256));
-
-    // TLS 1.2, the client listing AES-128 (and ChaCha20) first: the server still picks AES-256.
+    // The default order, which the server follows: AES-128-GCM before AES-256-GCM before ChaCha20 (a.test
+    // has an ECDSA certificate, so the ECDHE_ECDSA suites apply for TLS 1.2).
+    // TLS 1.2, the client listing AES-256 (and ChaCha20) first: the server still picks AES-128.
     let tls12 = client_offering(
         &ca,
         &[
-            suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
             suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         ],
     );
     assert_eq!(
         negotiated_suite(t.addr, &tls12),
-        Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
     );
     // TLS 1.3 the same way.
     let tls13 = client_offering(
         &ca,
         &[
-            suites::TLS13_AES_128_GCM_SHA256,
             suites::TLS13_CHACHA20_POLY1305_SHA256,
             suites::TLS13_AES_256_GCM_SHA384,
+            suites::TLS13_AES_128_GCM_SHA256,
         ],
     );
     assert_eq!(
         negotiated_suite(t.addr, &tls13),
-        Cs::TLS13_AES_256_GCM_SHA384
+        Cs::TLS13_AES_128_GCM_SHA256
     );
     // A client that offers only a suite the server ranks lower still gets it (preference, not refusal).
-    let only_128 = client_offering(&ca, &[suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]);
+    let only_256 = client_offering(&ca, &[suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]);
     assert_eq!(
-        negotiated_suite(t.addr, &only_128),
-        Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        negotiated_suite(t.addr, &only_256),
+        Cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    // With rustls's default groups a client gets the post-quantum hybrid, the listener's first choice.
+    let default_client = client_with(
+        &ca,
+        rustls::crypto::aws_lc_rs::DEFAULT_CIPHER_SUITES,
+        None,
+        &[&rustls::version::TLS13],
+    );
+    assert_eq!(
+        negotiated(t.addr, &default_client).2,
+        rustls::NamedGroup::X25519MLKEM768
+    );
+}
+
+#[test]
+fn a_listener_offers_the_versions_groups_and_suites_its_config_names() {
+    use rustls::crypto::aws_lc_rs::{DEFAULT_CIPHER_SUITES as ALL, kx_group};
+    use rustls::{CipherSuite as Cs, NamedGroup as G, ProtocolVersion as V};
+    let s = setup();
+    let b = Backend::named("plain");
+    let both = [&rustls::version::TLS13, &rustls::version::TLS12];
+    // P-384 only, AES-256 first; copied OpenSSL spellings accepted.
+    let t = Tether::start(&config_with(
+        &tls_listener(
+            &s,
+            "groups = [\"P-384\"]\ncipher_suites = [\"TLS_AES_256_GCM_SHA384\", \"TLS13_AES_128_GCM_SHA256\", \"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]",
+        ),
+        b.addr,
+        "",
+    ));
+    let ca = s.ca.cert_pem();
+    let client = client_with(&ca, ALL, None, &both);
+    assert_eq!(
+        negotiated(t.addr, &client),
+        (V::TLSv1_3, Cs::TLS13_AES_256_GCM_SHA384, G::secp384r1)
+    );
+    // A client without P-384 cannot agree on a group: the handshake fails, nothing is proxied.
+    let x25519_only = client_with(&ca, ALL, Some(&[kx_group::X25519]), &both);
+    let name = ServerName::try_from("a.test".to_string()).unwrap();
+    let conn = ClientConnection::new(x25519_only, name).unwrap();
+    let sock = TcpStream::connect(t.addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = StreamOwned::new(conn, sock);
+    let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let mut raw = Vec::new();
+    assert!(tls.read_to_end(&mut raw).is_err() || raw.is_empty());
+
+    // max_version = "1.2": a client offering both gets TLS 1.2, with the listener's TLS 1.2 order.
+    let t12 = Tether::start(&config_with(
+        &tls_listener(&s, "max_version = \"1.2\"\ngroups = [\"X25519\"]"),
+        b.addr,
+        "",
+    ));
+    assert_eq!(
+        negotiated(t12.addr, &client),
+        (
+            V::TLSv1_2,
+            Cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            G::X25519
+        )
+    );
+}
+
+#[test]
+fn a_bad_tls_setting_names_its_file_line_and_key() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let listener = tls_listener(&s, "groups = [\"X25519\", \"curve9\"]");
+    let text = config_with(&listener, "127.0.0.1:9".parse().unwrap(), "");
+    std::fs::write(&path, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("groups")).unwrap() + 1;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("bad.toml:{line}")) && err.contains("listeners[0].tls.groups"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown key-exchange group \"curve9\""),
+        "{err}"
     );
 }

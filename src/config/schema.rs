@@ -119,12 +119,37 @@ pub struct ListenerTls {
     /// Oldest protocol version accepted: `"1.2"` or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Newest protocol version offered: `"1.3"` or `"1.2"`.
+    #[serde(default = "newest_tls")]
+    pub max_version: TlsVersion,
+    /// Key-exchange groups in preference order (`crate::tls::settings::DEFAULT_GROUPS` when absent).
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// Cipher suites in preference order, the server's deciding (`DEFAULT_SUITES` when absent).
+    #[serde(default)]
+    pub cipher_suites: Option<Vec<String>>,
     /// ALPN protocols offered, in preference order.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
     /// What a plain-HTTP request on this TLS port gets: `"reject"` (400) or `"redirect"` (308 to https).
     #[serde(default)]
     pub plain_http: PlainHttpPolicy,
+}
+
+fn newest_tls() -> TlsVersion {
+    TlsVersion::Tls13
+}
+
+impl ListenerTls {
+    /// The versions, groups and suites chosen, for `tls::settings`.
+    pub fn choice(&self) -> crate::tls::settings::Choice<'_> {
+        crate::tls::settings::Choice {
+            min_version: self.min_version,
+            max_version: self.max_version,
+            groups: self.groups.as_deref(),
+            cipher_suites: self.cipher_suites.as_deref(),
+        }
+    }
 }
 
 fn default_alpn() -> Vec<String> {
@@ -144,7 +169,7 @@ pub struct CertificateConfig {
     pub names: Option<Vec<String>>,
 }
 
-/// Lowest TLS version a listener accepts.
+/// A TLS protocol version (a listener's or cluster's lowest or highest).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 pub enum TlsVersion {
     #[default]
@@ -184,6 +209,27 @@ pub struct ClusterTls {
     /// Pre-established TLS connections kept ready per backend per worker (the warm SSL contexts).
     #[serde(default)]
     pub min_idle: usize,
+    /// Versions, groups and suites offered to the backends, as on a listener.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    #[serde(default = "newest_tls")]
+    pub max_version: TlsVersion,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub cipher_suites: Option<Vec<String>>,
+}
+
+impl ClusterTls {
+    /// The versions, groups and suites chosen, for `tls::settings`.
+    pub fn choice(&self) -> crate::tls::settings::Choice<'_> {
+        crate::tls::settings::Choice {
+            min_version: self.min_version,
+            max_version: self.max_version,
+            groups: self.groups.as_deref(),
+            cipher_suites: self.cipher_suites.as_deref(),
+        }
+    }
 }
 
 fn default_true() -> bool {

@@ -90,7 +90,10 @@ pub fn start(listen: &str, tls_listen: Option<&str>) -> Result<(Config, Vec<Sock
                 names: None,
             }],
             strict_sni: false,
-            min_version: config::TlsVersion::default(),
+            min_version: config::TlsVersion::Tls12,
+            max_version: config::TlsVersion::Tls13,
+            groups: None,
+            cipher_suites: None,
             alpn: vec!["http/1.1".into()],
             plain_http: config::PlainHttpPolicy::Redirect,
         });

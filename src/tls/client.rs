@@ -31,8 +31,13 @@ impl UpstreamTls {
 
 /// Builds the client side of a cluster's backend TLS.
 pub fn upstream_tls(tls: &ClusterTls, config: &Config) -> Result<UpstreamTls, String> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let choice = tls.choice();
+    let chosen = super::settings::provider(&choice).map_err(|e| format!("{}: {e}", e.key()))?;
+    let builder = ClientConfig::builder_with_provider(chosen)
+        .with_protocol_versions(&super::settings::versions(
+            choice.min_version,
+            choice.max_version,
+        ))
         .map_err(|e| e.to_string())?;
     let builder = if tls.verify {
         let mut roots = RootCertStore::empty();

@@ -1,11 +1,11 @@
-//! The rustls server configuration of a TLS listener: certificates by SNI, versions, ALPN, and the
-//! process-wide ticket keys and session cache.
+//! The rustls server configuration of a TLS listener: certificates by SNI, versions, groups and suites
+//! (`settings`), ALPN, and the process-wide ticket keys and session cache.
 
 use super::certs::{dns_names, load_certified_key};
 use super::session_cache::SessionCache;
 use super::sni::SniResolver;
 use super::tickets::TicketKeyring;
-use crate::config::{Config, ListenerTls, TlsVersion};
+use crate::config::{Config, ListenerTls};
 use rustls::ServerConfig;
 use std::sync::Arc;
 
@@ -58,19 +58,17 @@ pub fn server_config(
         };
         resolver.add(key, &names);
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
-    };
-    let mut server = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
+    let choice = tls.choice();
+    let chosen = super::settings::provider(&choice).map_err(|e| format!("{}: {e}", e.key()))?;
+    let versions = super::settings::versions(choice.min_version, choice.max_version);
+    let mut server = ServerConfig::builder_with_provider(chosen)
+        .with_protocol_versions(&versions)
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     // The server's cipher suite order decides, not the client's: rustls otherwise takes the first suite in
-    // the client's list that it supports, so a client listing AES-128-GCM or ChaCha20 first gets it even
-    // though the provider prefers AES-256-GCM. With this the provider's order (aws-lc-rs: AES-256-GCM,
-    // AES-128-GCM, ChaCha20-Poly1305) wins, for TLS 1.2 and 1.3 alike; testssl.sh checks for exactly this.
+    // the client's list that it supports. With this the listener's `cipher_suites` order (default: AES-128-GCM,
+    // AES-256-GCM, ChaCha20-Poly1305) wins, for TLS 1.2 and 1.3 alike; testssl.sh checks for exactly this.
     server.ignore_client_order = true;
     server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     server.ticketer = shared.tickets.clone();

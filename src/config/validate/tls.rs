@@ -75,6 +75,9 @@ impl Validator {
                     }
                 }
             }
+            if let Err(e) = crate::tls::settings::provider(&tls.choice()) {
+                self.error(format!("{key}.tls.{}", e.key()), e.to_string());
+            }
             if tls.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
                 self.error(
                     format!("{key}.tls.alpn"),
@@ -123,6 +126,9 @@ impl Validator {
                         format!("{sni:?} is not a valid server name"),
                     );
                 }
+            }
+            if let Err(e) = crate::tls::settings::provider(&tls.choice()) {
+                self.error(format!("{key}.{}", e.key()), e.to_string());
             }
             if tls.min_idle > config.workers.upstream_idle_pool {
                 self.error(
