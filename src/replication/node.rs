@@ -337,7 +337,9 @@ impl Replication {
             self.gate.serve();
             return ReadyState::Alone;
         }
-        if self.gate.wait_ready(&self.synced, timeout) {
+        let status = self.view.status.clone();
+        let engaged = move || status.lock().iter().any(|p| p.links_up > 0);
+        if self.gate.wait_ready(&self.synced, timeout, engaged) {
             ReadyState::Synced
         } else {
             ReadyState::Alone
@@ -539,6 +541,11 @@ struct Thread {
     /// Per peer, on its current link: the `SYNC_POINT` it sent (this node serves, when starting, once
     /// it applied that far of the peer's stream).
     sync_point: Vec<Option<u64>>,
+    /// Per peer, while starting: linked since the start, and caught up with (its `SYNC_POINT` applied).
+    /// Kept across a dropped link: a peer that was linked is alive, and must be caught up with before
+    /// this node serves, even if the link dropped meanwhile.
+    start_linked: Vec<bool>,
+    start_done: Vec<bool>,
 }
 
 impl Thread {
@@ -607,6 +614,8 @@ impl Thread {
             promise_in: vec![0; n],
             join_target: vec![None; n],
             sync_point: vec![None; n],
+            start_linked: vec![false; n],
+            start_done: vec![false; n],
         })
     }
 
@@ -759,6 +768,23 @@ impl Thread {
         }
     }
 
+    /// A heartbeat on every up link now, sent out at once.
+    fn heartbeat_all(&mut self, now: Instant) {
+        let hlc = self.feed.hlc.now();
+        let keys: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.phase == LinkPhase::Up)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            if let Some(link) = self.links.get_mut(key) {
+                link.send(&Frame::Heartbeat { hlc, sent: 0 }, now);
+            }
+            self.drive(key, now);
+        }
+    }
+
     /// Heartbeats on idle up links; links silent for three heartbeats are closed.
     fn keep_alive(&mut self, now: Instant, ready: &mut Vec<usize>) {
         let dead_after = self.heartbeat * MISSED_HEARTBEATS;
@@ -768,7 +794,10 @@ impl Thread {
             if link.phase == LinkPhase::Closed {
                 continue;
             }
-            if now.saturating_duration_since(link.last_heard) >= dead_after {
+            // A link with bytes waiting to be read this turn is not silent: this thread was (a long
+            // snapshot merge), and reading them comes after this check.
+            if now.saturating_duration_since(link.last_heard) >= dead_after && !ready.contains(&key)
+            {
                 dead.push(key);
                 continue;
             }
@@ -977,6 +1006,9 @@ impl Thread {
                 let Some(incoming) = self.incoming[peer].take() else {
                     return self.close_link(key, "snapshot end without a beginning");
                 };
+                // Merging can hold this thread for seconds: every peer hears from it first, so that a
+                // merge shorter than the dead-link limit does not cost the links.
+                self.heartbeat_all(now);
                 match incoming.finish(&self.feed, &self.gate, count, digest) {
                     Ok(done) => {
                         for r in &done.ticket_keys {
@@ -1194,25 +1226,35 @@ impl Thread {
     /// peer only, and not at the snapshot's end — until then what the peers acknowledged to clients
     /// without this node may be missing here, under load for seconds, and a client that fails over to it
     /// would be answered from stale state (found by the failover benchmark: uploads answered 404,
-    /// notifications delivered again after their acknowledgement). A peer whose link goes down is not
-    /// waited for.
+    /// notifications delivered again after their acknowledgement). A peer linked since the start whose
+    /// link drops is still waited for (it was alive; under overload this node's own stall can drop the
+    /// links, and serving then, with half a store, answered logins with 401); a peer never linked is not.
     fn check_synced(&mut self) {
         if self.synced.load(Ordering::Acquire) {
             return;
         }
-        let ready = {
-            let st = self.status.lock();
-            st.iter().any(|p| p.snapshots_in > 0)
-                && st.iter().enumerate().all(|(i, p)| {
-                    p.state != "up"
-                        || (p.snapshots_in > 0
-                            && self.sync_point[i].is_some_and(|point| {
-                                self.streams[i]
-                                    .held()
-                                    .is_some_and(|(_, applied)| applied >= point)
-                            }))
+        let st = self.status.lock();
+        for (i, p) in st.iter().enumerate() {
+            if p.state == "up"
+                && p.snapshots_in > 0
+                && self.sync_point[i].is_some_and(|point| {
+                    self.streams[i]
+                        .held()
+                        .is_some_and(|(_, applied)| applied >= point)
                 })
-        };
+            {
+                self.start_done[i] = true;
+            }
+        }
+        // Every peer linked since the start is caught up with (its link may have dropped since: it was
+        // alive, so it is waited for until it is back — `ready_timeout` bounds the wait); one never
+        // linked and not up now is taken for down.
+        let ready = self.start_done.iter().any(|d| *d)
+            && st
+                .iter()
+                .enumerate()
+                .all(|(i, p)| self.start_done[i] || (!self.start_linked[i] && p.state != "up"));
+        drop(st);
         if ready {
             self.synced.store(true, Ordering::Release);
         }
@@ -1526,6 +1568,7 @@ impl Thread {
                     self.update_peers_promise();
                     self.join_target[peer] = None;
                     self.sync_point[peer] = None;
+                    self.start_linked[peer] = true;
                     log::info!(
                         "cluster {}: link with {name} up (peer epoch {epoch:016x})",
                         self.me.cluster
@@ -1756,6 +1799,8 @@ impl Thread {
         remap(&mut self.promise_in, from, |_| 0);
         remap(&mut self.join_target, from, |_| None);
         remap(&mut self.sync_point, from, |_| None);
+        remap(&mut self.start_linked, from, |_| false);
+        remap(&mut self.start_done, from, |_| false);
         remap(&mut self.incoming, from, |_| None);
         remap(&mut self.resync, from, |_| false);
         remap(&mut self.bytes_done, from, |_| (0, 0));

@@ -56,14 +56,33 @@ impl Gate {
     /// The main thread's wait before serving: until `synced` (a snapshot is in), or `timeout`. A snapshot
     /// being applied in place at the deadline is given up to one more `timeout` to finish (it is making
     /// progress, and serving from half of it is what the wait is for avoiding). Returns whether synced.
-    pub(crate) fn wait_ready(&self, synced: &AtomicBool, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// `engaged`: whether a peer has linked since the start. Past `timeout` with none, the node serves
+    /// alone; once one has, it waits up to [`ENGAGED_WAIT`] × `timeout` for the sync to finish (a node
+    /// that served half a store answered its clients' logins with 401: the failover benchmark's restarted
+    /// node, starved of CPU, took longer than `ready_timeout` to merge 900,000 records).
+    pub(crate) fn wait_ready(
+        &self,
+        synced: &AtomicBool,
+        timeout: Duration,
+        engaged: impl Fn() -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        let mut deadline = start + timeout;
         loop {
             if synced.load(Ordering::Acquire) {
                 self.0.store(SERVING, Ordering::Release);
                 return true;
             }
             let now = Instant::now();
+            if now >= deadline && deadline < start + timeout * ENGAGED_WAIT && engaged() {
+                deadline = start + timeout * ENGAGED_WAIT;
+                log::warn!(
+                    "cluster: not synced after {}: a peer is linked, waiting up to {} in all",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(timeout * ENGAGED_WAIT)
+                );
+                continue;
+            }
             if now >= deadline {
                 if self
                     .0
@@ -83,6 +102,9 @@ impl Gate {
         }
     }
 }
+
+/// How many `ready_timeout`s a starting node waits once a peer has linked (see [`Gate::wait_ready`]).
+pub(crate) const ENGAGED_WAIT: u32 = 10;
 
 /// What a peer's session-binding record means for the session table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
