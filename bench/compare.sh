@@ -17,13 +17,19 @@
 # (e.g. --tether-workers 'batch_window = "0s"').
 # --baseline PATH runs a second tether binary (an older build) with the same config, interleaved with the
 # others, and prints a table of this build against it (old against new in the same run).
-# Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed (default: all)
+# Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed tls12_full tls12_resumed
+#            tls_full_pq tls_resumed_pq tls_resumed_aes256 (default: all)
+# TLS rows compare like with like: the load generator offers one version, one group and one suite, so every
+# proxy negotiates exactly those (TLS 1.3: X25519 + TLS13_AES_128_GCM_SHA256; TLS 1.2: X25519 +
+# ECDHE-ECDSA-AES128-GCM-SHA256), and each run checks what was negotiated (a mismatch stops the script).
+# tls_*_pq and tls_resumed_aes256 are tether only: the price of the post-quantum hybrid group
+# (X25519MLKEM768, which Debian's nginx and HAProxy do not offer) and of AES-256-GCM's SHA-384.
 set -euo pipefail
 
 ROUNDS=3
 DURATION=10s
 CONNECTIONS=50
-WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed"
+WORKLOADS="ka_tiny,ka_16k,new_conn,sticky,tls_ka,tls_full,tls_resumed,tls12_full,tls12_resumed,tls_full_pq,tls_resumed_pq,tls_resumed_aes256"
 WRITE=0
 PLACEMENT=shared
 TETHER_WORKERS=""
@@ -38,7 +44,7 @@ while [ $# -gt 0 ]; do
     --tether-workers) TETHER_WORKERS=$2; shift 2 ;;
     --baseline) BASELINE=$2; shift 2 ;;
     --write) WRITE=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -194,6 +200,9 @@ http {
   upstream app { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive 128; }
   ssl_session_cache shared:SSL:10m;
   ssl_session_tickets on;
+  # Debian's nginx offers only TLS 1.2 without this: its "resumed" row was a TLS 1.2 ticket resumption
+  # (no key exchange) against the others' TLS 1.3 one.
+  ssl_protocols TLSv1.2 TLSv1.3;
   server {
     listen 127.0.0.1:19280;
     listen 127.0.0.1:19643 ssl;
@@ -224,10 +233,28 @@ for url in "${URLS[@]}"; do
   done
 done
 
+# --- TLS rows: what the client offers, and so what each handshake must negotiate ---------------------------
+tls_expected() {
+  case "$1" in
+    # A resumed TLS 1.2 handshake exchanges no key: rustls reports no group for it.
+    tls12_resumed) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 X25519|TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 none" ;;
+    tls12_*) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 X25519" ;;
+    *_pq) echo "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519MLKEM768" ;;
+    *_aes256) echo "TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519" ;;
+    *) echo "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519" ;;
+  esac
+}
+# tls_offer "VERSION SUITE GROUP[|…]" → the tether-bench flags offering exactly that (the first).
+tls_offer() {
+  local v suite group
+  read -r v suite group <<<"${1%%|*}"
+  echo "--tls-version 1.${v#TLSv1_} --tls-ciphers $suite --tls-groups $group"
+}
+
 # --- one measurement -------------------------------------------------------------------------------------
 # run TARGET WORKLOAD → prints "rps p50_us p99_us errors" (or "- - - -" when not applicable)
 run() {
-  local target=$1 workload=$2 port path scheme=http extra=()
+  local target=$1 workload=$2 port path scheme=http extra=() expect=
   case "$target" in
     tether) port=19080 ;; baseline) port=19081 ;; haproxy) port=19180 ;; nginx) port=19280 ;; direct) port=19001 ;;
   esac
@@ -239,13 +266,21 @@ run() {
     sticky)
       [ "$target" = nginx ] && { echo "- - - -"; return; }  # open-source nginx has no cookie insertion
       path=/sticky; extra+=(--sessions) ;;
-    tls_ka|tls_full|tls_resumed)
+    tls_*|tls12_*)
       [ "$target" = direct ] && { echo "- - - -"; return; }
+      case "$workload" in
+        *_pq|*_aes256) [ "$target" = tether ] || [ "$target" = baseline ] || { echo "- - - -"; return; } ;;
+      esac
       scheme=https
       case "$target" in tether) port=19443 ;; baseline) port=19444 ;; haproxy) port=19543 ;; nginx) port=19643 ;; esac
       extra+=(--cacert "$WORK/certs/ca.crt" --sni localhost)
-      [ "$workload" = tls_full ] && extra+=(--new-conn --no-resume)
-      [ "$workload" = tls_resumed ] && extra+=(--new-conn) ;;
+      case "$workload" in
+        *_full|*_full_pq) extra+=(--new-conn --no-resume) ;;
+        *_resumed|*_resumed_pq|*_resumed_aes256) extra+=(--new-conn) ;;
+      esac
+      expect=$(tls_expected "$workload")
+      read -r -a offer <<<"$(tls_offer "$expect")"
+      extra+=("${offer[@]}") ;;
   esac
   local json
   json=$(taskset -c $LOAD_CPU "$BENCH" -q -t1 -c"$CONNECTIONS" -d"$DURATION" --warmup 1s --json \
@@ -258,6 +293,21 @@ run() {
   local not_2xx
   not_2xx=$(awk '/"status": *\{/ {s=1; next} s && /\}/ {s=0} s {gsub(/[",:]/, " "); if ($1 !~ /^2/) n += $2} END {print n+0}' <<<"$json")
   errs=$((errs + not_2xx))
+  if [ -n "${expect:-}" ]; then
+    # Every handshake must have negotiated exactly what was offered: else this row compares other things.
+    local got bad=0 line
+    got=$(grep -o '"TLSv1_[23] [A-Za-z0-9_]* [A-Za-z0-9_]*"' <<<"$json" | tr -d '"' | LC_ALL=C sort -u)
+    [ -n "$got" ] || bad=1
+    while read -r line; do
+      [ -z "$line" ] || [[ "|$expect|" == *"|$line|"* ]] || bad=1
+    done <<<"$got"
+    if [ "$bad" = 1 ]; then
+      echo "$target $workload negotiated '$(paste -sd '|' <<<"$got")', expected '$expect': not a like-for-like run" >&2
+      touch "$WORK/mismatch"
+      echo "- - - -"
+      return
+    fi
+  fi
   printf '%.0f %s %s %s\n' "$rps" "$p50" "$p99" "$errs"
 }
 
@@ -271,6 +321,7 @@ for w in "${WL[@]}"; do
   for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
       read -r rps p50 p99 errs < <(run "$t" "$w")
+      [ -e "$WORK/mismatch" ] && { echo "stopping: a TLS row negotiated something else than offered" >&2; exit 1; }
       echo "round $r $w $t: ${rps} req/s p50=${p50}us p99=${p99}us errors=${errs}" >&2
       if [ "$rps" != "-" ]; then
         RPS[$w,$t]+="$rps "; P50[$w,$t]+="$p50 "; P99[$w,$t]+="$p99 "; ERR[$w,$t]+="$errs "
@@ -319,8 +370,11 @@ Latest run: $(date -u +%Y-%m-%dT%H:%MZ), load average before the run: $(cut -d' 
 Machine: $MACHINE. Versions: $VERSIONS.
 Command: \`$CMD\`. Each proxy: one worker/thread on CPU(s) $PROXY_CPU, keep-alive to two nginx backends
 (one worker) on CPU(s) $LOAD_CPU, load from \`tether-bench -t1 -c$CONNECTIONS -d$DURATION\` on CPU(s) $LOAD_CPU; rounds
-interleaved, medians of $ROUNDS. All three proxies set X-Forwarded-For, -Proto and -Host. TLS: the same ECDSA P-256 certificate for all three; \`tls_full\` = new connection per request without
-resumption, \`tls_resumed\` = new connection per request with resumption. nginx has no cookie insertion, so no
+interleaved, medians of $ROUNDS. All three proxies set X-Forwarded-For, -Proto and -Host. TLS: the same ECDSA P-256 certificate for all three; \`*_full\` = new connection per request without
+resumption, \`*_resumed\` = new connection per request with resumption. Like for like, checked on every
+handshake: \`tls_*\` rows negotiate TLS 1.3, X25519, TLS13_AES_128_GCM_SHA256; \`tls12_*\` rows TLS 1.2, X25519,
+ECDHE-ECDSA-AES128-GCM-SHA256; \`*_pq\` rows (tether only) X25519MLKEM768 instead of X25519, and
+\`tls_resumed_aes256\` (tether only) TLS13_AES_256_GCM_SHA384. nginx has no cookie insertion, so no
 sticky figure.
 
 $TABLE

@@ -114,6 +114,18 @@ pub struct Args {
     #[arg(long)]
     pub no_resume: bool,
 
+    /// Offer only this TLS version: 1.2 or 1.3 (default: both)
+    #[arg(long, value_name = "VERSION")]
+    pub tls_version: Option<String>,
+
+    /// Offer only these key-exchange groups, in order (rustls names: X25519, secp256r1, X25519MLKEM768, …)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub tls_groups: Vec<String>,
+
+    /// Offer only these cipher suites, in order (rustls names: TLS13_AES_128_GCM_SHA256, …)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub tls_ciphers: Vec<String>,
+
     /// Print one JSON object with all figures to stdout (instead of the text report)
     #[arg(long)]
     pub json: bool,

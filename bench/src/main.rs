@@ -99,6 +99,9 @@ fn run(args: Args) -> Result<(), String> {
             insecure: args.insecure,
             resume: !args.no_resume,
             connections: args.connections,
+            version: args.tls_version.as_deref(),
+            groups: &args.tls_groups,
+            ciphers: &args.tls_ciphers,
         })?;
         let name = tls::server_name(args.sni.as_deref().unwrap_or(&url.host))?;
         Some((cfg, name))

@@ -59,6 +59,9 @@ pub struct Stats {
     pub connections: u64,
     pub tls_handshakes: u64,
     pub tls_resumed: u64,
+    /// Handshakes by what they negotiated (`TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519`): a comparison
+    /// whose peers negotiate different things is not one (bench/compare.sh checks).
+    pub tls_negotiated: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for Stats {
@@ -72,6 +75,7 @@ impl Default for Stats {
             connections: 0,
             tls_handshakes: 0,
             tls_resumed: 0,
+            tls_negotiated: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -109,6 +113,9 @@ impl Stats {
         self.connections += o.connections;
         self.tls_handshakes += o.tls_handshakes;
         self.tls_resumed += o.tls_resumed;
+        for (k, n) in &o.tls_negotiated {
+            *self.tls_negotiated.entry(k.clone()).or_insert(0) += n;
+        }
     }
 }
 
@@ -161,6 +168,7 @@ pub struct LatencyReport {
 pub struct TlsReport {
     pub handshakes: u64,
     pub resumed: u64,
+    pub negotiated: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,6 +240,7 @@ pub fn build_report(info: RunInfo, s: &Stats, tls: bool) -> Report {
         tls: tls.then_some(TlsReport {
             handshakes: s.tls_handshakes,
             resumed: s.tls_resumed,
+            negotiated: s.tls_negotiated.clone(),
         }),
         info,
     }
@@ -323,6 +332,9 @@ pub fn text_report(r: &Report) -> String {
             ", TLS handshakes {} ({} resumed)",
             t.handshakes, t.resumed
         );
+        for (what, n) in &t.negotiated {
+            let _ = write!(o, "; {what}: {n}");
+        }
     }
     o.push('\n');
     o

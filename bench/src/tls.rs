@@ -15,6 +15,58 @@ pub struct TlsOptions<'a> {
     pub resume: bool,
     /// Number of virtual users, to size the session cache.
     pub connections: usize,
+    /// `"1.2"` or `"1.3"`: offer only that version.
+    pub version: Option<&'a str>,
+    /// Groups and suites to offer, in order (empty: rustls's defaults).
+    pub groups: &'a [String],
+    pub ciphers: &'a [String],
+}
+
+/// What a handshake negotiated, as rustls names it: `TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519`.
+pub fn negotiated(c: &rustls::ClientConnection) -> String {
+    format!(
+        "{:?} {:?} {}",
+        c.protocol_version()
+            .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+        c.negotiated_cipher_suite()
+            .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
+        c.negotiated_key_exchange_group()
+            .map_or("none".to_string(), |g| format!("{:?}", g.name())),
+    )
+}
+
+/// The provider offering `groups` and `ciphers` (by rustls's names, any case) in that order.
+fn offering(
+    groups: &[String],
+    ciphers: &[String],
+) -> Result<rustls::crypto::CryptoProvider, String> {
+    use rustls::crypto::aws_lc_rs::{ALL_CIPHER_SUITES, ALL_KX_GROUPS, default_provider};
+    let mut p = default_provider();
+    if !groups.is_empty() {
+        p.kx_groups = groups
+            .iter()
+            .map(|n| {
+                ALL_KX_GROUPS
+                    .iter()
+                    .copied()
+                    .find(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(n))
+                    .ok_or_else(|| format!("unknown TLS group {n:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if !ciphers.is_empty() {
+        p.cipher_suites = ciphers
+            .iter()
+            .map(|n| {
+                ALL_CIPHER_SUITES
+                    .iter()
+                    .copied()
+                    .find(|s| format!("{:?}", s.suite()).eq_ignore_ascii_case(n))
+                    .ok_or_else(|| format!("unknown TLS cipher suite {n:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(p)
 }
 
 /// Places where Debian, Fedora/RHEL and Alpine/macOS keep the system CA bundle.
@@ -25,9 +77,15 @@ const SYSTEM_BUNDLES: &[&str] = &[
 ];
 
 pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(offering(opts.groups, opts.ciphers)?);
+    let versions: &[&rustls::SupportedProtocolVersion] = match opts.version {
+        None => rustls::DEFAULT_VERSIONS,
+        Some("1.3") => &[&rustls::version::TLS13],
+        Some("1.2") => &[&rustls::version::TLS12],
+        Some(v) => return Err(format!("--tls-version {v:?}: 1.2 or 1.3")),
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| format!("TLS setup: {e}"))?;
     let mut cfg = if opts.insecure {
         builder

@@ -460,6 +460,12 @@ impl Ctx {
                 if tls.handshake_kind() == Some(HandshakeKind::Resumed) {
                     self.stats.tls_resumed += 1;
                 }
+                // One string per handshake: the load generator's cost, small beside the handshake's.
+                *self
+                    .stats
+                    .tls_negotiated
+                    .entry(crate::tls::negotiated(tls))
+                    .or_insert(0) += 1;
             }
             loop {
                 let cl = c.carry.len();

@@ -35,6 +35,42 @@ fn ca() -> String {
 }
 
 #[test]
+fn what_is_offered_is_what_is_negotiated_and_reported() {
+    let s = tls_server();
+    let url = format!("https://localhost:{}/", s.addr.port());
+    // Left alone: rustls's defaults, reported as negotiated (the hybrid group, AES-256 first).
+    let j = bench(&["-t", "1", "-c", "1", "--cacert", &ca(), &url]);
+    let got: Vec<&String> = j["tls"]["negotiated"].as_object().unwrap().keys().collect();
+    assert_eq!(got, ["TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519MLKEM768"]);
+    // One version, group and suite offered: exactly those, on every handshake.
+    let j = bench(&[
+        "-t",
+        "1",
+        "-c",
+        "2",
+        "--new-conn",
+        "--cacert",
+        &ca(),
+        "--tls-version",
+        "1.2",
+        "--tls-groups",
+        "secp256r1",
+        "--tls-ciphers",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        &url,
+    ]);
+    // A full handshake names its group; a resumed TLS 1.2 one has none (no key exchange at all).
+    let negotiated = j["tls"]["negotiated"].as_object().unwrap();
+    let suite = "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256";
+    let full = n(&negotiated[&format!("{suite} secp256r1")]);
+    let resumed = n(&negotiated[&format!("{suite} none")]);
+    assert_eq!(negotiated.len(), 2, "{negotiated:?}");
+    assert!(full >= 1 && resumed > full, "{negotiated:?}");
+    assert_eq!(full + resumed, n(&j["tls"]["handshakes"]));
+    assert_eq!(resumed, n(&j["tls"]["resumed"]));
+}
+
+#[test]
 fn keep_alive_over_tls() {
     let s = tls_server();
     let url = format!("https://localhost:{}/", s.addr.port());
