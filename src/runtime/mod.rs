@@ -410,6 +410,7 @@ impl Server {
                     setup,
                     feed.ok_or_else(|| StartError::Cluster("no store for the cluster".into()))?,
                 )?;
+                let waited = std::time::Instant::now();
                 match r.wait_ready(timeout, has_peers) {
                     crate::replication::node::ReadyState::Synced => log::info!(
                         "cluster: node {} synced from a peer ({} record(s)) before serving",
@@ -417,9 +418,9 @@ impl Server {
                         r.store_summary().0
                     ),
                     crate::replication::node::ReadyState::Alone => log::warn!(
-                        "cluster: node {} has no peer's snapshot after {}: serving alone, with an empty store",
+                        "cluster: node {} has no peer's snapshot after {} ms: serving alone, with an empty store",
                         r.node,
-                        humantime::format_duration(timeout)
+                        waited.elapsed().as_millis()
                     ),
                 }
                 // SIGUSR1 and the Prometheus rendering read the peers' figures from the thread's status.
