@@ -1024,4 +1024,5 @@ pub mod admin;
 pub mod browser;
 pub mod cluster;
 pub mod login;
+pub mod redis_server;
 pub mod uploads;

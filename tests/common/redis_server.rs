@@ -1,0 +1,121 @@
+//! A real `redis-server` per test, on a free loopback port with a directory of its own (never the
+//! system's service): started, stopped, restarted on the same port and data, killed. A machine without
+//! `redis-server` fails the test and names `scripts/test`, which installs it.
+
+use super::*;
+use std::path::{Path, PathBuf};
+
+/// One redis-server process.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    appendonly: bool,
+}
+
+impl RedisServer {
+    /// Starts a server with persistence by append-only file (`appendfsync always`) when `appendonly`,
+    /// and none at all otherwise (no RDB snapshots either).
+    pub fn start(appendonly: bool) -> RedisServer {
+        let port = super::cluster::repl_addr().port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            appendonly,
+        };
+        r.spawn();
+        r
+    }
+
+    /// `host:port` for `[store] addresses`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let program =
+            std::env::var("TETHER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&program)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--save", ""])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .args(["--daemonize", "no"])
+            .args(["--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {program:?} ({e}): the Redis backend's tests need redis-server \
+                     (Debian package redis-server); scripts/test installs it"
+                )
+            });
+        self.child = Some(child);
+        wait_until("redis-server answering PING", || self.ping());
+    }
+
+    /// Whether the server answers `PING`.
+    pub fn ping(&self) -> bool {
+        self.connection()
+            .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c).ok())
+            .is_some_and(|p| p == "PONG")
+    }
+
+    /// A connection for the test's own look at the server.
+    pub fn connection(&self) -> Option<::redis::Connection> {
+        ::redis::Client::open(format!("redis://{}/", self.address()))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()
+    }
+
+    /// Keys whose name matches `pattern`.
+    pub fn keys(&self, pattern: &str) -> usize {
+        let mut c = self.connection().expect("redis-server reachable");
+        ::redis::cmd("KEYS")
+            .arg(pattern)
+            .query::<Vec<String>>(&mut c)
+            .unwrap()
+            .len()
+    }
+
+    /// Stops the server as an operator would (SIGTERM: it writes out its append-only file) and waits.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let mut child = child;
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A config path helper: a file in the server's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
