@@ -3,8 +3,9 @@
 //! honoured at another and its logout refused everywhere; kill -9 of a node loses no acknowledged login
 //! or binding; a restart of the server with persistence loses nothing acknowledged, and without it the
 //! documented behaviour happens (running nodes write back what they hold; with none running it is gone);
-//! a stopped server gives the configured failure policy; a cluster-wide rate limit counts exactly across
-//! nodes.
+//! a stopped server gives the configured failure policy; a replica promoted after the primary's kill -9
+//! holds every acknowledged write; notifications acknowledged stay deleted and the rest survive kill -9
+//! of their node; a cluster-wide rate limit counts exactly across nodes.
 
 mod common;
 
@@ -17,21 +18,38 @@ use std::net::SocketAddr;
 /// `/mail/` behind a login and learning `APPSESSION`, a cluster-wide rate limit of 300 a minute on
 /// `/limited/`, `/` open; shared cookie keys.
 fn node_config(name: &str, redis: &RedisServer, backend: SocketAddr, store: &str) -> String {
+    node_config_at(name, &[redis], backend, store)
+}
+
+/// [`node_config`] with every server of `servers` in `store.addresses`, and notifications.
+fn node_config_at(
+    name: &str,
+    servers: &[&RedisServer],
+    backend: SocketAddr,
+    store: &str,
+) -> String {
+    let addresses: Vec<String> = servers
+        .iter()
+        .map(|s| format!("\"{}\"", s.address()))
+        .collect();
     format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n\
-         [store]\nbackend = \"redis\"\nnode = \"{name}\"\naddresses = [\"{}\"]\nprefix = \"t\"\n{store}\n\n\
+         [store]\nbackend = \"redis\"\nnode = \"{name}\"\naddresses = [{}]\nprefix = \"t\"\n{store}\n\n\
          [sessions]\ncookie_keys = [\"kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE=\"]\n\n\
          [pools.demo]\nusers = \"{}\"\n\n\
          [pools.demo.lockout]\nquick_login_check = \"0s\"\n\n\
-         [[routes]]\npath_prefix = \"/mail/\"\ncluster = \"app\"\nclass = \"secure\"\nauth = \"login\"\nsession = \"learn:APPSESSION\"\n\n\
+         [notifications]\npublish_address = \"127.0.0.1:0\"\npublish_secret = \"{SECRET}\"\n\n\
+         [[routes]]\npath_prefix = \"/mail/\"\ncluster = \"app\"\nclass = \"secure\"\nauth = \"login\"\nsession = \"learn:APPSESSION\"\nnotifications = true\n\n\
          [[routes]]\npath_prefix = \"/limited/\"\ncluster = \"app\"\nrate_limits = [\"shared\"]\n\n\
          [[routes]]\ncluster = \"app\"\n\n\
          [[rate_limits]]\nname = \"shared\"\nkey = \"route\"\nrate = 300\nper = \"1m\"\ncluster_wide = true\n\n\
          [clusters.app]\nbackends = [{{ address = \"{backend}\" }}]\n",
-        redis.address(),
+        addresses.join(", "),
         users_file(),
     )
 }
+
+const SECRET: &str = "test-publish-secret";
 
 /// Starts nodes `names` one after the other (each loads what the server holds before it serves).
 fn start_nodes(
@@ -258,4 +276,132 @@ fn a_cluster_wide_limit_of_300_per_minute_holds_across_three_nodes() {
     let origins: std::collections::BTreeSet<&str> =
         keys.iter().map(|k| &k[k.len() - 4..]).collect();
     assert_eq!(origins.len(), 3, "{keys:?}");
+}
+
+#[test]
+fn a_replica_promoted_after_the_primary_is_killed_holds_every_acknowledged_write() {
+    let mut primary = RedisServer::start(false);
+    let mut replica = RedisServer::replica_of(&primary);
+    let backend = Backend::named("app");
+    // A sync write is acknowledged only once a replica holds it too.
+    let store = "wait_replicas = 1\nsync_timeout = \"500ms\"";
+    let a = Tether::start(&node_config_at(
+        "a",
+        &[&primary, &replica],
+        backend.addr,
+        store,
+    ));
+    let b = Tether::start(&node_config_at(
+        "b",
+        &[&primary, &replica],
+        backend.addr,
+        store,
+    ));
+    let before: Vec<String> = (0..5).map(|_| login(&a)).collect();
+    primary.kill();
+    replica.promote();
+    // No replica is left to hold a sync write: fail closed until one is attached.
+    wait_until("b on the promoted replica, failing closed", || {
+        form_login(b.addr, "alice", "tether-demo").status == 503
+    });
+    let _spare = RedisServer::replica_of(&replica);
+    let after = std::cell::RefCell::new(String::new());
+    wait_until("sync writes acknowledged again", || {
+        let r = form_login(b.addr, "alice", "tether-demo");
+        if r.status == 303 {
+            *after.borrow_mut() = session_cookie(&r);
+        }
+        r.status == 303
+    });
+    let after = after.into_inner();
+    // A node started now loads everything from the promoted replica: every login acknowledged before
+    // and after the failover, none garbled.
+    let c = Tether::start(&node_config_at(
+        "c",
+        &[&primary, &replica],
+        backend.addr,
+        store,
+    ));
+    for cookie in before.iter().chain([&after]) {
+        assert_eq!(mail(&c, cookie), 200);
+    }
+    assert_eq!(mail(&c, "tether_session=garbage"), 401);
+}
+
+/// The publish listener's address, from the start-up log.
+fn publish_addr(t: &Tether) -> SocketAddr {
+    let line = t.wait_log("notifications: publish listener on ");
+    line.split("publish listener on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+fn publish(addr: SocketAddr, n: usize) -> u64 {
+    let r = post(
+        addr,
+        "/publish",
+        "application/json",
+        &serde_json::json!({ "user": "alice", "data": { "n": n } }).to_string(),
+        &format!("Authorization: Bearer {SECRET}\r\n"),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    json(&r)["id"].as_u64().unwrap()
+}
+
+/// `(id, n)` of the notifications a poll at `addr` lists after `after`.
+fn polled(addr: SocketAddr, cookie: &str, after: u64) -> Vec<(u64, u64)> {
+    let r = get_with(
+        addr,
+        &format!("/.tether/notifications?after={after}"),
+        &format!("Cookie: {cookie}\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(&r)["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap(),
+                n["data"]["n"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_notifications_stay_deleted_and_the_rest_survive_kill_9() {
+    let redis = RedisServer::start(true);
+    let backend = Backend::named("mail");
+    let mut nodes = start_nodes(&["a", "b"], &redis, backend.addr, "");
+    let p = publish_addr(&nodes[0]);
+    let cookie = login(&nodes[0]);
+    let ids: Vec<u64> = (0..100).map(|n| publish(p, n)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let r = post(
+        nodes[0].addr,
+        "/.tether/notifications/ack",
+        "application/x-www-form-urlencoded",
+        &format!("up_to={}", ids[39]),
+        &format!("Cookie: {cookie}\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Every publish and the acknowledgement were answered after the server held them: kill -9 now.
+    nodes[0].kill();
+    let want: Vec<(u64, u64)> = ids[40..].iter().zip(40..).map(|(&i, n)| (i, n)).collect();
+    wait_until("b lists what a acknowledged to publishers", || {
+        polled(nodes[1].addr, &cookie, 0).len() == want.len()
+    });
+    assert_eq!(polled(nodes[1].addr, &cookie, 0), want);
+    // A node started after a's death lists exactly the same.
+    let c = Tether::start(&node_config("c", &redis, backend.addr, ""));
+    assert_eq!(polled(c.addr, &cookie, 0), want);
+    // New ones go on from b's own publish listener.
+    let id = publish(publish_addr(&nodes[1]), 100);
+    assert!(id > ids[99]);
+    wait_until("the new one at c", || {
+        polled(c.addr, &cookie, ids[99]) == vec![(id, 100)]
+    });
 }

@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    /// `host:port` of the primary this server replicates (`--replicaof`), if it is a replica.
+    replica_of: Option<String>,
 }
 
 impl RedisServer {
@@ -23,9 +25,52 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             appendonly,
+            replica_of: None,
         };
         r.spawn();
         r
+    }
+
+    /// Starts a replica of `primary` (no persistence) and waits until its link to the primary is up.
+    pub fn replica_of(primary: &RedisServer) -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: super::cluster::repl_addr().port(),
+            dir: tempfile::tempdir().unwrap(),
+            appendonly: false,
+            replica_of: Some(primary.address()),
+        };
+        r.spawn();
+        wait_until("the replica in sync with its primary", || {
+            r.info("replication").contains("master_link_status:up")
+        });
+        r
+    }
+
+    /// `INFO section`.
+    pub fn info(&self, section: &str) -> String {
+        self.connection()
+            .and_then(|mut c| ::redis::cmd("INFO").arg(section).query(&mut c).ok())
+            .unwrap_or_default()
+    }
+
+    /// Makes a replica the primary (`REPLICAOF NO ONE`), as a failover does.
+    pub fn promote(&mut self) {
+        let mut c = self.connection().expect("replica reachable");
+        let _: String = ::redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut c)
+            .unwrap();
+        self.replica_of = None;
+    }
+
+    /// Kills the server with SIGKILL (no chance to write anything out).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `host:port` for `[store] addresses`.
@@ -40,7 +85,12 @@ impl RedisServer {
     fn spawn(&mut self) {
         let program =
             std::env::var("TETHER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        if let Some(primary) = &self.replica_of {
+            let (host, port) = primary.rsplit_once(':').unwrap();
+            command.args(["--replicaof", host, port]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
