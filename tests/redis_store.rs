@@ -101,6 +101,38 @@ fn a_login_at_a_is_honoured_at_b_and_its_logout_refused_everywhere() {
     // The server holds the session's tombstone under the test's prefix, nothing outside it.
     assert_eq!(redis.keys("{t}:r:3:*"), 1);
     assert_eq!(redis.keys("*") - redis.keys("{t}:*"), 0);
+    // SIGUSR1 reports the server link: b reached it, wrote its logout, applied a's login.
+    let line = redis_line(&nodes[1]);
+    assert_eq!(field(&line, "server"), redis.address(), "{line}");
+    assert_eq!(field(&line, "state"), "up", "{line}");
+    assert_eq!(field(&line, "stale"), "0", "{line}");
+    assert!(
+        field(&line, "written").parse::<u64>().unwrap() >= 1,
+        "{line}"
+    );
+    assert!(
+        field(&line, "applied").parse::<u64>().unwrap() >= 1,
+        "{line}"
+    );
+}
+
+/// A new SIGUSR1 `stats: store redis` line of `t`.
+fn redis_line(t: &Tether) -> String {
+    let is = |l: &String| l.contains("stats: store redis node ");
+    let before = t.log_lines().iter().filter(|l| is(l)).count();
+    t.signal("USR1");
+    wait_until("a new redis report", || {
+        t.log_lines().iter().filter(|l| is(l)).count() > before
+    });
+    t.log_lines().into_iter().rev().find(|l| is(l)).unwrap()
+}
+
+/// The value of ` key=` in a report line.
+fn field(line: &str, key: &str) -> String {
+    line.split(&format!(" {key}="))
+        .nth(1)
+        .map(|v| v.split(' ').next().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -162,6 +194,7 @@ fn a_restart_without_persistence_is_refilled_by_running_nodes_and_else_forgets()
     // The server comes back empty while a runs: a sees a new run_id and writes back what it holds.
     redis.restart();
     wait_until("a's records written back", || redis.keys("{t}:r:3:*") == 1);
+    assert_eq!(field(&redis_line(&nodes[0]), "writebacks"), "1");
     let b = Tether::start(&node_config("b", &redis, backend.addr, ""));
     assert_eq!(mail(&b, &kept), 200);
     // With no node running across the restart, what the server held is gone (documented).

@@ -459,6 +459,8 @@ impl Server {
                         humantime::format_duration(REDIS_READY_TIMEOUT)
                     );
                 }
+                // SIGUSR1 and the Prometheus rendering read the server link's figures and the store's.
+                metrics.set_cluster(r.view());
                 Some(r)
             }
             _ => None,

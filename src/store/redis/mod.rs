@@ -32,7 +32,7 @@ use layout::Layout;
 use mio::{Events, Poll, Token, Waker};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -296,6 +296,54 @@ pub struct RedisFeed {
     pub nodes: Vec<String>,
 }
 
+/// What the threads report (SIGUSR1, `/metrics`): updated as they go, read when a report is made.
+#[derive(Debug, Default)]
+struct Status {
+    server: Mutex<String>,
+    up: AtomicBool,
+    outbox: AtomicU64,
+    written: AtomicU64,
+    applied: AtomicU64,
+    loads: AtomicU64,
+    writebacks: AtomicU64,
+    degraded: AtomicU64,
+}
+
+/// The Redis backend as the metrics registry reads it.
+#[derive(Debug)]
+pub struct RedisView {
+    node: String,
+    store: Arc<Store>,
+    status: Arc<Status>,
+}
+
+impl crate::metrics::ClusterSource for RedisView {
+    fn figures(&self) -> crate::metrics::ClusterFigures {
+        let s = &self.status;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::metrics::ClusterFigures {
+            node: self.node.clone(),
+            records: self.store.len(),
+            bindings: self.store.len_of(Kind::SessionBinding),
+            ticket_keys: self.store.len_of(Kind::TicketKeys),
+            digest: self.store.digest(),
+            stream_last: 0,
+            peers: Vec::new(),
+            redis: Some(crate::metrics::RedisFigures {
+                server: s.server.lock().clone(),
+                up: s.up.load(Ordering::Relaxed),
+                outbox: n(&s.outbox),
+                written: n(&s.written),
+                applied: n(&s.applied),
+                loads: n(&s.loads),
+                writebacks: n(&s.writebacks),
+                degraded: n(&s.degraded),
+                stale: self.store.is_stale(),
+            }),
+        }
+    }
+}
+
 /// Whether the first load from the server is done (a node serves only after it, or a timeout).
 #[derive(Default)]
 struct Loaded {
@@ -312,6 +360,7 @@ pub struct RedisStore {
     counters: Arc<OnceLock<Arc<Counters>>>,
     pub node: String,
     store: Arc<Store>,
+    status: Arc<Status>,
 }
 
 impl RedisStore {
@@ -324,6 +373,7 @@ impl RedisStore {
         let stop = Arc::new(AtomicBool::new(false));
         let loaded = Arc::new(Loaded::default());
         let counters = Arc::new(OnceLock::new());
+        let status = Arc::new(Status::default());
         let me = setup.node_id();
         let mut known: BTreeSet<u16> = feed
             .nodes
@@ -345,6 +395,7 @@ impl RedisStore {
             last_id: None,
             fresh_at: Instant::now(),
             peers_given: false,
+            status: status.clone(),
         };
         let mut writer = Writer {
             setup: setup.clone(),
@@ -361,6 +412,7 @@ impl RedisStore {
             down_logged: false,
             dropped: 0,
             used_at: Instant::now(),
+            status: status.clone(),
         };
         let threads = vec![
             std::thread::Builder::new()
@@ -378,6 +430,16 @@ impl RedisStore {
             counters,
             node: setup.node.clone(),
             store: feed.store,
+            status,
+        })
+    }
+
+    /// What SIGUSR1 and the Prometheus rendering read.
+    pub fn view(&self) -> Arc<RedisView> {
+        Arc::new(RedisView {
+            node: self.node.clone(),
+            store: self.store.clone(),
+            status: self.status.clone(),
         })
     }
 
@@ -448,6 +510,7 @@ struct Writer {
     /// When the connection was last used: an idle one is checked with `PING` every [`HEARTBEAT`], so a
     /// restarted server is noticed (and given back its records) without waiting for a write.
     used_at: Instant,
+    status: Arc<Status>,
 }
 
 impl Writer {
@@ -494,6 +557,7 @@ impl Writer {
                 for p in self.outbox.iter_mut() {
                     if let Some(f) = p.on_ack.take() {
                         f();
+                        self.status.degraded.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -501,6 +565,10 @@ impl Writer {
                 self.store.remove_expired(crate::sticky::unix_now());
                 swept = now;
             }
+            self.status
+                .outbox
+                .store(self.outbox.len() as u64, Ordering::Relaxed);
+            self.status.up.store(self.conn.is_some(), Ordering::Relaxed);
             if stopping {
                 return;
             }
@@ -543,6 +611,7 @@ impl Writer {
                     self.republish();
                 }
                 self.run_id = Some(conn.run_id.clone());
+                *self.status.server.lock() = conn.address.clone();
                 self.conn = Some(conn);
                 self.sha = sha;
                 self.backoff = MIN_BACKOFF;
@@ -578,6 +647,7 @@ impl Writer {
 
     /// Queues every record of the local store (expired ones aside) to be written again.
     fn republish(&mut self) {
+        self.status.writebacks.fetch_add(1, Ordering::Relaxed);
         let now = crate::sticky::unix_now();
         let before = self.outbox.len();
         let reader = self.store.reader();
@@ -615,8 +685,7 @@ impl Writer {
                     .arg(&enc[..])
                     .arg(layout::version_offset(r))
                     .arg(r.expires)
-                    .arg(self.setup.stream_length)
-                    .ignore();
+                    .arg(self.setup.stream_length);
                 sync |= p.on_ack.is_some();
             }
             let wait = sync && self.setup.wait_replicas > 0;
@@ -631,7 +700,12 @@ impl Writer {
             self.used_at = now;
             match pipe.query::<Vec<i64>>(&mut conn.con) {
                 Ok(replies) => {
-                    let replicas = replies.first().copied().unwrap_or(0);
+                    // One reply per record (1: taken, 0: the server held it or newer), then WAIT's.
+                    let taken: i64 = replies.iter().take(n).sum();
+                    self.status
+                        .written
+                        .fetch_add(taken.max(0) as u64, Ordering::Relaxed);
+                    let replicas = replies.get(n).copied().unwrap_or(0);
                     let held = !wait || replicas >= i64::from(self.setup.wait_replicas);
                     if !held {
                         log::warn!(
@@ -685,6 +759,7 @@ struct Tail {
     fresh_at: Instant,
     /// The counters were given their peers (they are set after the threads start).
     peers_given: bool,
+    status: Arc<Status>,
 }
 
 impl Tail {
@@ -852,6 +927,7 @@ impl Tail {
         );
         self.last_id = Some(top);
         self.set_peers();
+        self.status.loads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -904,6 +980,7 @@ impl Tail {
         }
         let op = crate::replication::snapshot_recv::binding_in(&self.shared, &record, &mut None);
         if self.store.apply(record).changed() {
+            self.status.applied.fetch_add(1, Ordering::Relaxed);
             if let Some(op) = op {
                 crate::replication::snapshot_recv::apply_bindings_to(
                     &self.sticky,
