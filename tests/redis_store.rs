@@ -438,3 +438,34 @@ fn acknowledged_notifications_stay_deleted_and_the_rest_survive_kill_9() {
         polled(c.addr, &cookie, ids[99]) == vec![(id, 100)]
     });
 }
+
+#[test]
+fn tls_and_an_acl_user_reach_the_server() {
+    let certs = tempfile::tempdir().unwrap();
+    common::cluster::cluster_certs(certs.path(), "localhost");
+    let (redis, tls_port) = RedisServer::start_secured(certs.path());
+    std::fs::write(certs.path().join("redis.pass"), "s3cret\n").unwrap();
+    let backend = Backend::named("app");
+    let store = format!(
+        "tls = true\nca = \"{}\"\nusername = \"tether\"\npassword_file = \"{}\"",
+        certs.path().join("ca.crt").display(),
+        certs.path().join("redis.pass").display()
+    );
+    // Over the TLS port only: the plain one is in no node's addresses.
+    let config = |name: &str| {
+        node_config(name, &redis, backend.addr, &store).replace(
+            &format!("addresses = [\"{}\"]", redis.address()),
+            &format!("addresses = [\"localhost:{tls_port}\"]"),
+        )
+    };
+    let a = Tether::start(&config("a"));
+    let b = Tether::start(&config("b"));
+    let cookie = login(&a);
+    wait_until("the login at b", || mail(&b, &cookie) == 200);
+    assert_eq!(
+        field(&redis_line(&a), "server"),
+        format!("localhost:{tls_port}")
+    );
+    // Written as the ACL user (the default user is off), under the prefix.
+    assert_eq!(redis.keys("{t}:r:3:*"), 1);
+}

@@ -13,6 +13,9 @@ pub struct RedisServer {
     appendonly: bool,
     /// `host:port` of the primary this server replicates (`--replicaof`), if it is a replica.
     replica_of: Option<String>,
+    /// More arguments (TLS, ACL users), and the URL the test's own connections use.
+    extra: Vec<String>,
+    url: String,
 }
 
 impl RedisServer {
@@ -26,9 +29,57 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             appendonly,
             replica_of: None,
+            extra: Vec::new(),
+            url: format!("redis://127.0.0.1:{port}/"),
         };
         r.spawn();
         r
+    }
+
+    /// A server that speaks TLS on a second port (certificate `localhost.crt` and key from `certs`, as
+    /// `tether certs cluster --nodes localhost` writes them) and admits only the ACL user `tether` with
+    /// password `s3cret` (the `default` user is off). The plain port stays open, for the test's checks
+    /// (as that user).
+    pub fn start_secured(certs: &Path) -> (RedisServer, u16) {
+        let port = super::cluster::repl_addr().port();
+        let tls_port = super::cluster::repl_addr().port();
+        let c = |f: &str| certs.join(f).display().to_string();
+        let extra: Vec<String> = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &c("localhost.crt"),
+            "--tls-key-file",
+            &c("localhost.key"),
+            "--tls-ca-cert-file",
+            &c("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "tether",
+            "on",
+            ">s3cret",
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            appendonly: false,
+            replica_of: None,
+            extra,
+            url: format!("redis://tether:s3cret@127.0.0.1:{port}/"),
+        };
+        r.spawn();
+        (r, tls_port)
     }
 
     /// Starts a replica of `primary` (no persistence) and waits until its link to the primary is up.
@@ -39,7 +90,10 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             appendonly: false,
             replica_of: Some(primary.address()),
+            extra: Vec::new(),
+            url: String::new(),
         };
+        r.url = format!("redis://127.0.0.1:{}/", r.port);
         r.spawn();
         wait_until("the replica in sync with its primary", || {
             r.info("replication").contains("master_link_status:up")
@@ -100,6 +154,7 @@ impl RedisServer {
             .args(["--appendfsync", "always"])
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -122,7 +177,7 @@ impl RedisServer {
 
     /// A connection for the test's own look at the server.
     pub fn connection(&self) -> Option<::redis::Connection> {
-        ::redis::Client::open(format!("redis://{}/", self.address()))
+        ::redis::Client::open(self.url.as_str())
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()
