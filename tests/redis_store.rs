@@ -5,7 +5,8 @@
 //! documented behaviour happens (running nodes write back what they hold; with none running it is gone);
 //! a stopped server gives the configured failure policy; a replica promoted after the primary's kill -9
 //! holds every acknowledged write; notifications acknowledged stay deleted and the rest survive kill -9
-//! of their node; a cluster-wide rate limit counts exactly across nodes.
+//! of their node; usage metered over three nodes, one killed, adds up exactly, and a cluster-wide rate
+//! limit holds across nodes.
 
 mod common;
 
@@ -214,13 +215,13 @@ fn a_stopped_server_fails_sync_writes_closed_or_degrades_as_configured() {
         "a",
         &redis,
         backend.addr,
-        "sync_timeout = \"300ms\"\nmax_staleness = \"1h\"",
+        "sync_timeout = \"1s\"\nmax_staleness = \"1h\"",
     ));
     let degrade = Tether::start(&node_config(
         "b",
         &redis,
         backend.addr,
-        "sync_timeout = \"300ms\"\non_sync_timeout = \"degrade\"\nmax_staleness = \"1h\"",
+        "sync_timeout = \"1s\"\non_sync_timeout = \"degrade\"\nmax_staleness = \"1h\"",
     ));
     let before = login(&closed);
     redis.stop();
@@ -237,7 +238,9 @@ fn a_stopped_server_fails_sync_writes_closed_or_degrades_as_configured() {
         mail(&closed, &degraded) == 200
     });
     // And sync writes are acknowledged again.
-    login(&closed);
+    wait_until("sync writes acknowledged again", || {
+        form_login(closed.addr, "alice", "tether-demo").status == 303
+    });
 }
 
 #[test]
@@ -295,10 +298,11 @@ fn a_cluster_wide_limit_of_300_per_minute_holds_across_three_nodes() {
     eprintln!(
         "cluster-wide limit 300/min over three nodes on redis: {ok} admitted, {limited} refused"
     );
-    // Never fewer than the limit; more by at most what the other nodes admitted within one flush and
-    // one round trip through the server: 5% here.
+    // Never fewer than the limit; more by at most what the other nodes admitted within one flush, one
+    // round trip through the server and the feed's apply (a hop more than the mesh: 10% here, on a
+    // machine shared with other tests).
     assert!(
-        (300..=315).contains(&ok),
+        (300..=330).contains(&ok),
         "{ok} admitted cluster-wide for a limit of 300"
     );
     assert_eq!(backend.request_count(), ok);
@@ -468,4 +472,92 @@ fn tls_and_an_acl_user_reach_the_server() {
     );
     // Written as the ACL user (the default user is off), under the prefix.
     assert_eq!(redis.keys("{t}:r:3:*"), 1);
+}
+
+/// Sends `request` on a new connection (it asks for `Connection: close`) and reads to the end: the bytes
+/// sent, the bytes received, and the status.
+fn exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let status = std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap();
+    (request.len() as u64, got.len() as u64, status)
+}
+
+/// The usage report's figure (CSV: period,start,tenant,metric,value), if present.
+fn figure(csv: &str, period: &str, metric: &str) -> Option<u64> {
+    csv.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        (f.len() == 5 && f[0] == period && f[2] == "demo" && f[3] == metric)
+            .then(|| f[4].parse().unwrap())
+    })
+}
+
+/// Asks `t` for its usage report (SIGUSR1) and reads the file it writes.
+fn usage(t: &Tether, file: &std::path::Path) -> String {
+    let _ = std::fs::remove_file(file);
+    t.signal("USR1");
+    wait_until("the usage report", || file.exists());
+    // Written whole before it is renamed into place, or read again.
+    std::fs::read_to_string(file).unwrap_or_default()
+}
+
+#[test]
+fn usage_over_three_nodes_with_one_killed_adds_up_exactly() {
+    let redis = RedisServer::start(true);
+    let backend = Backend::named("inbox");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("usage.csv");
+    let mut nodes: Vec<Tether> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            Tether::start(&format!(
+                "{}\n[metering]\nfile = \"{}\"\n",
+                node_config(n, &redis, backend.addr, ""),
+                file.display()
+            ))
+        })
+        .collect();
+    let cookie = login(&nodes[0]);
+    let (mut sent, mut received, mut count) = (0u64, 0u64, 0u64);
+    let mut send = |addr: SocketAddr, i: usize| {
+        let body = "x".repeat(i % 50);
+        let request = format!(
+            "POST /mail/msg/{i} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (s, r, status) = exchange(addr, request.as_bytes());
+        assert_eq!(status, 200);
+        sent += s;
+        received += r;
+        count += 1;
+    };
+    for i in 0..60 {
+        send(nodes[i % 3].addr, i);
+    }
+    // c is killed once a holds every count of the first half (c's shares reached the server).
+    wait_until("the first half counted at a", || {
+        figure(&usage(&nodes[0], &file), "day", "requests") == Some(60)
+    });
+    nodes[2].kill();
+    for i in 60..120 {
+        send(nodes[i % 2].addr, i);
+    }
+    for t in [&nodes[0], &nodes[1]] {
+        wait_until("every request counted", || {
+            figure(&usage(t, &file), "day", "requests") == Some(count)
+        });
+        let csv = usage(t, &file);
+        for period in ["day", "month"] {
+            assert_eq!(figure(&csv, period, "requests"), Some(count), "{csv}");
+            assert_eq!(figure(&csv, period, "bytes_in"), Some(sent), "{csv}");
+            assert_eq!(figure(&csv, period, "bytes_out"), Some(received), "{csv}");
+            assert_eq!(figure(&csv, period, "logins"), Some(1), "{csv}");
+        }
+    }
+    assert_eq!(backend.request_count(), 120);
 }

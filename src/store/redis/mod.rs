@@ -412,6 +412,7 @@ impl RedisStore {
             down_logged: false,
             dropped: 0,
             used_at: Instant::now(),
+            tried_at: Instant::now(),
             status: status.clone(),
         };
         let threads = vec![
@@ -510,6 +511,8 @@ struct Writer {
     /// When the connection was last used: an idle one is checked with `PING` every [`HEARTBEAT`], so a
     /// restarted server is noticed (and given back its records) without waiting for a write.
     used_at: Instant,
+    /// When a connection was last tried.
+    tried_at: Instant,
     status: Arc<Status>,
 }
 
@@ -536,12 +539,18 @@ impl Writer {
             }
             let stopping = self.stop.load(Ordering::Acquire);
             let outbox = &mut self.outbox;
+            let mut sync = false;
             self.feed.drain_with_acks(usize::MAX, |record, on_ack| {
+                sync |= on_ack.is_some();
                 outbox.push_back(Pending { record, on_ack });
             });
             self.bound_outbox();
             let now = Instant::now();
-            if self.conn.is_none() && now >= self.next_try {
+            // A sync write waits for an answer within `sync_timeout`, which the back-off may exceed:
+            // it tries at once (a refused connection costs little), at most every `MIN_BACKOFF`.
+            let due = now >= self.next_try
+                || (sync && now.saturating_duration_since(self.tried_at) >= MIN_BACKOFF);
+            if self.conn.is_none() && due {
                 self.connect(now);
             }
             if self.conn.is_some() {
@@ -588,6 +597,7 @@ impl Writer {
     }
 
     fn connect(&mut self, now: Instant) {
+        self.tried_at = now;
         let result = self.setup.connect().and_then(|mut conn| {
             let sha: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
