@@ -422,9 +422,10 @@ impl Server {
             if let Some(hub) = &notify {
                 hub.watch(&store);
             }
+            let hlc = Arc::new(crate::store::Hlc::default());
             let (f, w) = crate::store::WriteFeed::new(
                 store.clone(),
-                Arc::new(crate::store::Hlc::default()),
+                hlc.clone(),
                 setup.node_id(),
                 count + EXTRA_WRITERS,
                 65_536,
@@ -434,6 +435,7 @@ impl Server {
             writers = w;
             redis_feed = Some(crate::store::redis::RedisFeed {
                 store,
+                hlc,
                 feed: f,
                 sticky: sticky.clone(),
                 shared: Arc::clone(&shared),

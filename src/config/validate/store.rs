@@ -61,6 +61,15 @@ impl Validator {
         if s.ca.as_deref().is_some_and(|c| !c.is_empty()) && !s.tls {
             self.error("store.ca", "needs store.tls = true");
         }
+        if config.sessions.cookie_keys.is_empty() {
+            // As with the mesh: learned session keys are digests keyed by the first cookie key, and
+            // cookies are sealed with it; nodes with different keys would not find each other's.
+            self.error(
+                "store.backend",
+                "\"redis\" needs sessions.cookie_keys, the same on every node (make one with \
+                 `head -c 32 /dev/urandom | base64`)",
+            );
+        }
         if config.cluster.is_some() {
             self.error(
                 "store.backend",
@@ -82,14 +91,17 @@ pub(crate) fn host_port(a: &str) -> Option<(&str, u16)> {
 mod tests {
     use super::super::testing::{BASE, errors, only};
 
+    const KEYS: &str =
+        "[sessions]\ncookie_keys = [\"kcMB/O5DuPOMn88OULhftFV4i5xS2kqBL4VHkYJk7aE=\"]\n";
+
     #[test]
-    fn redis_needs_a_node_and_an_address() {
+    fn redis_needs_a_node_an_address_and_cookie_keys() {
         let text = format!("[store]\nbackend = \"redis\"\n{BASE}");
         let errs = errors(&text);
-        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(errs.iter().all(|e| e.1 == "store.backend" && e.0 == 2));
         let ok = format!(
-            "[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"127.0.0.1:6379\"]\n{BASE}"
+            "{KEYS}[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"127.0.0.1:6379\"]\n{BASE}"
         );
         assert!(errors(&ok).is_empty());
     }
@@ -97,13 +109,13 @@ mod tests {
     #[test]
     fn bad_addresses_and_prefixes_are_named() {
         let text = format!(
-            "[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"nowhere\"]\n{BASE}"
+            "{KEYS}[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"nowhere\"]\n{BASE}"
         );
-        only(&text, 4, "store.addresses[0]");
+        only(&text, 6, "store.addresses[0]");
         let text = format!(
-            "[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"r:6379\"]\nprefix = \"{{x}}\"\n{BASE}"
+            "{KEYS}[store]\nbackend = \"redis\"\nnode = \"a\"\naddresses = [\"r:6379\"]\nprefix = \"{{x}}\"\n{BASE}"
         );
-        only(&text, 5, "store.prefix");
+        only(&text, 7, "store.prefix");
     }
 
     #[test]

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 /// Records per pipeline.
 const BATCH: usize = 512;
+/// Pipelines per turn of the writer, between two looks at the workers' queues.
+const FLUSH_BATCHES: usize = 16;
 /// Records waiting for the server beyond which the oldest asynchronous ones are dropped from the outbox
 /// (they stay in the local store, and are written back with everything else once the server returns).
 const MAX_OUTBOX: usize = 1 << 20;
@@ -287,6 +289,10 @@ impl Conn {
 /// applied besides the store (the session table, by backend address in the current config).
 pub struct RedisFeed {
     pub store: Arc<Store>,
+    /// The clock this node's writes are versioned with: it merges every version read from the server,
+    /// so a write made after reading another node's is newer than it (causality across nodes, whatever
+    /// their wall clocks say, within the clock's allowed skew).
+    pub hlc: Arc<crate::store::Hlc>,
     pub feed: WriteFeed,
     pub sticky: Arc<Stickiness>,
     pub shared: SharedSnapshot,
@@ -384,6 +390,7 @@ impl RedisStore {
         let mut tail = Tail {
             setup: setup.clone(),
             store: feed.store.clone(),
+            hlc: feed.hlc.clone(),
             sticky: feed.sticky,
             shared: feed.shared,
             slot: feed.slot,
@@ -524,7 +531,10 @@ impl Writer {
             let now = Instant::now();
             // Workers do not wake this thread for asynchronous writes (a system call per write would
             // cost more): it looks at their queues every 2 ms; a sync write rings the waker.
-            let tick = if self.conn.is_some() || self.outbox.is_empty() {
+            let tick = if self.conn.is_some() && !self.outbox.is_empty() {
+                // More to send than one turn sends: look at the queues and go on.
+                Duration::ZERO
+            } else if self.conn.is_some() || self.outbox.is_empty() {
                 Duration::from_millis(2)
             } else {
                 self.next_try
@@ -541,8 +551,14 @@ impl Writer {
             let outbox = &mut self.outbox;
             let mut sync = false;
             self.feed.drain_with_acks(usize::MAX, |record, on_ack| {
-                sync |= on_ack.is_some();
-                outbox.push_back(Pending { record, on_ack });
+                // A sync write goes first: someone waits for it, and the order in which records
+                // reach the server does not matter (the script keeps the newer of two versions).
+                if on_ack.is_some() {
+                    sync = true;
+                    outbox.push_front(Pending { record, on_ack });
+                } else {
+                    outbox.push_back(Pending { record, on_ack });
+                }
             });
             self.bound_outbox();
             let now = Instant::now();
@@ -675,11 +691,15 @@ impl Writer {
         );
     }
 
-    /// Sends the outbox in pipelines until it is empty or the connection fails.
+    /// Sends the outbox in pipelines until it is empty, the connection fails, or [`FLUSH_BATCHES`]
+    /// went out (a write-back of a whole store then leaves room for new sync writes between batches).
     fn flush(&mut self, now: Instant) {
         let stream = self.setup.layout.stream();
         let mut enc = Vec::new();
-        while !self.outbox.is_empty() {
+        for _ in 0..FLUSH_BATCHES {
+            if self.outbox.is_empty() {
+                return;
+            }
             let n = self.outbox.len().min(BATCH);
             let mut pipe = redis::pipe();
             let mut sync = false;
@@ -754,6 +774,7 @@ impl Writer {
 struct Tail {
     setup: Arc<RedisSetup>,
     store: Arc<Store>,
+    hlc: Arc<crate::store::Hlc>,
     sticky: Arc<Stickiness>,
     shared: SharedSnapshot,
     slot: usize,
@@ -983,6 +1004,9 @@ impl Tail {
     /// Applies another node's record (or this node's own, read back: then stale, a no-op) as the mesh
     /// applies a peer's. Returns whether it showed a node not seen before.
     fn apply(&mut self, record: Record) -> bool {
+        if let Err(e) = self.hlc.observe(record.version.hlc) {
+            log::debug!("store: a record from redis not merged into the clock: {e}");
+        }
         let mut new_peer = false;
         if record.kind == Kind::Counter && record.key.len() >= 2 {
             let k = &record.key[record.key.len() - 2..];
