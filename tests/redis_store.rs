@@ -156,6 +156,12 @@ fn kill_9_of_a_node_loses_no_acknowledged_login_and_no_binding() {
     let r = get_with(nodes[0].addr, "/mail/", &format!("Cookie: {cookie}\r\n"));
     assert_eq!(r.status, 200);
     wait_until("the binding on the server", || redis.keys("{t}:r:1:*") == 1);
+    // The server holds the session sealed: the user's name is nowhere in its bytes.
+    let mut c = redis.connection().unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("{t}:r:3:*").query(&mut c).unwrap();
+    assert_eq!(keys.len(), 1);
+    let value: Vec<u8> = ::redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(!value.windows(5).any(|w| w == b"alice"));
     // The login's answer left only after the server acknowledged the session: kill -9 at once.
     nodes[0].kill();
     wait_until("the login honoured at b", || {

@@ -22,6 +22,7 @@
 //!   store's records go through the same script, so what any live node holds is not lost.
 
 pub mod layout;
+pub mod seal;
 
 use crate::config::{Config, StoreConfig, SyncTimeoutPolicy};
 use crate::limits::counters::Counters;
@@ -90,6 +91,7 @@ pub struct RedisSetup {
     pub node: String,
     clients: Vec<(String, redis::Client)>,
     layout: Layout,
+    sealer: Arc<seal::Sealer>,
     connect_timeout: Duration,
     command_timeout: Duration,
     wait_replicas: u32,
@@ -174,10 +176,18 @@ impl RedisSetup {
             })?;
             clients.push((address.clone(), client));
         }
+        // Validation checked every cookie key; one that does not decode seals nothing here.
+        let cookie_keys: Vec<[u8; 32]> = config
+            .sessions
+            .cookie_keys
+            .iter()
+            .filter_map(|k| crate::sticky::cookie::CookieSealer::decode_key(k).ok())
+            .collect();
         Ok(Some(RedisSetup {
             node: s.node.clone().unwrap_or_default(),
             clients,
             layout: Layout::new(&s.prefix),
+            sealer: seal::Sealer::new(&cookie_keys, &s.prefix),
             connect_timeout: s.connect_timeout,
             command_timeout: s.command_timeout,
             wait_replicas: s.wait_replicas,
@@ -706,7 +716,7 @@ impl Writer {
             for p in self.outbox.iter().take(n) {
                 let r = &p.record;
                 enc.clear();
-                r.encode(&mut enc);
+                self.setup.sealer.seal(r, &mut enc);
                 pipe.cmd("EVALSHA")
                     .arg(&self.sha)
                     .arg(2)
@@ -938,7 +948,7 @@ impl Tail {
                 for (k, v) in keys.iter().zip(values) {
                     // Expired or deleted between the scan and the read.
                     let Some(v) = v else { continue };
-                    match crate::replication::frame::decode_record(&v) {
+                    match self.setup.sealer.open(&v) {
                         Ok(r) => {
                             self.apply(r);
                             count += 1;
@@ -985,7 +995,7 @@ impl Tail {
                     Some(redis::Value::BulkString(b)) => Some(b),
                     _ => None,
                 };
-                match bytes.map(|b| crate::replication::frame::decode_record(b)) {
+                match bytes.map(|b| self.setup.sealer.open(b)) {
                     Some(Ok(r)) => new_peer |= self.apply(r),
                     Some(Err(e)) => {
                         log::warn!("store: redis stream entry {}: ({e}): skipped", entry.id)
