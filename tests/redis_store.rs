@@ -269,21 +269,6 @@ fn a_feed_down_past_max_staleness_refuses_logins_until_it_is_back() {
     assert!(a.count_log("routes with logins answer 503") >= 1);
 }
 
-/// Waits until the wall clock is early enough in its minute that `span` seconds of test fit before the
-/// next one (cluster-wide windows are minutes numbered from the Unix epoch). Pacing, not an assertion.
-fn early_in_minute(span: u64) {
-    loop {
-        let s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        if s % 60 + span < 60 {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_cluster_wide_limit_of_300_per_minute_holds_across_three_nodes() {
     let redis = RedisServer::start(true);
@@ -480,20 +465,6 @@ fn tls_and_an_acl_user_reach_the_server() {
     assert_eq!(redis.keys("{t}:r:3:*"), 1);
 }
 
-/// Sends `request` on a new connection (it asks for `Connection: close`) and reads to the end: the bytes
-/// sent, the bytes received, and the status.
-fn exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    s.write_all(request).unwrap();
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    let status = std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap();
-    (request.len() as u64, got.len() as u64, status)
-}
-
 /// The usage report's figure (CSV: period,start,tenant,metric,value), if present.
 fn figure(csv: &str, period: &str, metric: &str) -> Option<u64> {
     csv.lines().find_map(|l| {
@@ -536,7 +507,7 @@ fn usage_over_three_nodes_with_one_killed_adds_up_exactly() {
             "POST /mail/msg/{i} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (s, r, status) = exchange(addr, request.as_bytes());
+        let (s, r, status) = close_exchange(addr, request.as_bytes());
         assert_eq!(status, 200);
         sent += s;
         received += r;

@@ -113,6 +113,40 @@ pub struct Server {
 
 /// Store writers beyond the workers' own.
 const EXTRA_WRITERS: usize = 4;
+/// A store mirrored with other nodes (by either backend): sized for the session table up front (growing
+/// a large lock-free map stalls whoever triggers the copy), watched by the notification queues from its
+/// first record on, its clock, and the writers of `count` workers and the extra threads.
+#[allow(clippy::type_complexity)]
+fn replicated_store(
+    config: &Config,
+    notify: Option<&Arc<crate::notify::Hub>>,
+    node_id: u16,
+    count: usize,
+) -> (
+    Arc<crate::store::Store>,
+    Arc<crate::store::Hlc>,
+    crate::store::WriteFeed,
+    Vec<Option<crate::store::StoreWriter>>,
+    ExtraWriters,
+) {
+    let store = Arc::new(crate::store::Store::with_capacity(
+        config.sessions.max_entries.min(1 << 20),
+    ));
+    if let Some(hub) = notify {
+        hub.watch(&store);
+    }
+    let hlc = Arc::new(crate::store::Hlc::default());
+    let (f, w) = crate::store::WriteFeed::new(
+        store.clone(),
+        hlc.clone(),
+        node_id,
+        count + EXTRA_WRITERS,
+        65_536,
+    );
+    let (w, e) = ExtraWriters::split(store.clone(), w);
+    (store, hlc, f, w, e)
+}
+
 /// How long a node with the Redis backend waits at start for the server's records before it serves
 /// with an empty store (and says so); it loads them when the server answers.
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -379,21 +413,12 @@ impl Server {
         if let Some(setup) = &replication {
             // Sized for the session table up front: growing a large lock-free map stalls whoever
             // triggers the copy.
-            let store = Arc::new(crate::store::Store::with_capacity(
-                config.sessions.max_entries.min(1 << 20),
-            ));
-            if let Some(hub) = &notify {
-                hub.watch(&store);
-            }
-            let hlc = Arc::new(crate::store::Hlc::default());
-            let (f, w) = crate::store::WriteFeed::new(
-                store.clone(),
-                hlc.clone(),
+            let (store, hlc, f, w, e) = replicated_store(
+                &config,
+                notify.as_ref(),
                 crate::store::node_id(setup.node()),
-                count + EXTRA_WRITERS,
-                65_536,
+                count,
             );
-            let (w, e) = ExtraWriters::split(store.clone(), w);
             extra = Some(e);
             writers = w;
             feed = Some(crate::replication::node::Feed {
@@ -416,21 +441,8 @@ impl Server {
         // Redis backend's threads instead of the replication thread.
         let mut redis_feed = None;
         if let (Some(setup), Some((_, nodes))) = (&redis_setup, &registered) {
-            let store = Arc::new(crate::store::Store::with_capacity(
-                config.sessions.max_entries.min(1 << 20),
-            ));
-            if let Some(hub) = &notify {
-                hub.watch(&store);
-            }
-            let hlc = Arc::new(crate::store::Hlc::default());
-            let (f, w) = crate::store::WriteFeed::new(
-                store.clone(),
-                hlc.clone(),
-                setup.node_id(),
-                count + EXTRA_WRITERS,
-                65_536,
-            );
-            let (w, e) = ExtraWriters::split(store.clone(), w);
+            let (store, hlc, f, w, e) =
+                replicated_store(&config, notify.as_ref(), setup.node_id(), count);
             extra = Some(e);
             writers = w;
             redis_feed = Some(crate::store::redis::RedisFeed {
