@@ -10,7 +10,7 @@
 #   2. Login latency (a sync write: answered once b, or the Redis server, acknowledged the session): 200
 #      sequential JSON logins at a and at ra; and 2000 sequential refreshes (POST /.tether/token: the same
 #      sync write of the session without argon2's 25 ms); p50 / p99.
-#   3. Publish-to-delivery latency across nodes: an SSE stream open at b (rb) for alice's session, 500
+#   3. Publish-to-delivery latency across nodes: an SSE stream open at b (rb) for bob's session, 500
 #      publishes one after the other at a's (ra's) publish listener, each timed from its send to the event's
 #      arrival on the stream at the other node; p50 / p99.
 #
@@ -100,11 +100,11 @@ for n in a b ra rb; do
 done
 for _ in $(seq 100); do grep -q "link with a up" "$WORK/b.log" 2>/dev/null && break; sleep 0.1; done
 
-cookie() { # port
-  python3 - "$1" <<'EOF'
+cookie() { # port [user]
+  python3 - "$1" "${2:-alice}" <<'EOF'
 import http.client, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-c.request("POST", "/.tether/login", "username=alice&password=tether-demo",
+c.request("POST", "/.tether/login", f"username={sys.argv[2]}&password=tether-demo",
           {"Content-Type": "application/x-www-form-urlencoded"})
 r = c.getresponse(); r.read()
 print([v.split(";")[0] for k, v in r.getheaders() if k.lower() == "set-cookie" and v.startswith("tether_session=")][0])
@@ -112,6 +112,10 @@ EOF
 }
 COOKIE_MESH=$(cookie $P_A)
 COOKIE_REDIS=$(cookie $P_RA)
+# bob's one session receives the notifications (alice has hundreds by then: a publish to her writes one
+# notification per session).
+BOB_MESH=$(cookie $P_A bob)
+BOB_REDIS=$(cookie $P_RA bob)
 
 run() { # label url cookie
   local out="$WORK/run.json"
@@ -182,7 +186,7 @@ for name, m, r in (("refresh", m_ref, r_ref), ("login", m_log, r_log)):
 EOF
 
 echo "== publish-to-delivery across nodes: publish at a (ra), SSE at b (rb), 500 one after the other =="
-python3 - "$P_B" "$PUB_A" "$COOKIE_MESH" "$P_RB" "$PUB_RA" "$COOKIE_REDIS" "$SECRET" <<'EOF'
+python3 - "$P_B" "$PUB_A" "$BOB_MESH" "$P_RB" "$PUB_RA" "$BOB_REDIS" "$SECRET" <<'EOF'
 import http.client, json, socket, sys, time
 secret = sys.argv[7]
 def pct(v, p):
@@ -199,7 +203,7 @@ def measure(stream_port, pub_port, cookie):
     times = []
     for i in range(550):
         t = time.perf_counter()
-        pub.request("POST", "/publish", json.dumps({"user": "alice", "data": {"i": i}}),
+        pub.request("POST", "/publish", json.dumps({"user": "bob", "data": {"i": i}}),
                     {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"})
         r = pub.getresponse(); r.read(); assert r.status == 202, r.status
         want = f'"i":{i}'.encode()
