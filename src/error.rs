@@ -82,6 +82,9 @@ pub enum Termination {
     LengthRequired,
     /// A request waited for another thread (a hash, a replica) past its deadline (503).
     WaitTimeout,
+    /// The route needs the replicated store and this node's copy may be stale: the Redis backend's feed
+    /// of other nodes' writes has been down past `[store] max_staleness` (503).
+    StoreStale,
 }
 
 /// Whether a failed attempt may be tried again on another backend (after Pingora's `RetryType`): the
@@ -125,6 +128,7 @@ impl Termination {
             Termination::BodyTooLarge => "body_too_large",
             Termination::LengthRequired => "length_required",
             Termination::WaitTimeout => "wait_timeout",
+            Termination::StoreStale => "store_stale",
         }
     }
 
@@ -132,7 +136,7 @@ impl Termination {
     pub const KINDS: usize = Self::ALL_LABELS.len();
 
     /// Every label, in [`Termination::index`] order.
-    pub const ALL_LABELS: [&'static str; 26] = [
+    pub const ALL_LABELS: [&'static str; 27] = [
         "completed",
         "bad_request",
         "head_timeout",
@@ -159,6 +163,7 @@ impl Termination {
         "body_too_large",
         "length_required",
         "wait_timeout",
+        "store_stale",
     ];
 
     /// A dense number per kind (the position of its label in [`Termination::ALL_LABELS`]).
@@ -190,6 +195,7 @@ impl Termination {
             Termination::BodyTooLarge => 23,
             Termination::LengthRequired => 24,
             Termination::WaitTimeout => 25,
+            Termination::StoreStale => 26,
         }
     }
 
@@ -222,6 +228,7 @@ impl Termination {
             Termination::BodyTooLarge => "request body too large for this endpoint",
             Termination::LengthRequired => "this endpoint needs a content-length",
             Termination::WaitTimeout => "timed out waiting for the answer",
+            Termination::StoreStale => "the store's copy here may be stale",
         }
     }
 
@@ -250,9 +257,10 @@ impl Termination {
             | Termination::SessionBackendDown
             | Termination::QueueFull
             | Termination::QueueTimeout => Some(Fault::Upstream),
-            Termination::Shutdown | Termination::Internal(_) | Termination::WaitTimeout => {
-                Some(Fault::Internal)
-            }
+            Termination::Shutdown
+            | Termination::Internal(_)
+            | Termination::WaitTimeout
+            | Termination::StoreStale => Some(Fault::Internal),
         }
     }
 
@@ -268,7 +276,7 @@ impl Termination {
             Termination::ClientTimeout => Some(408),
             Termination::BodyTooLarge => Some(413),
             Termination::LengthRequired => Some(411),
-            Termination::WaitTimeout => Some(503),
+            Termination::WaitTimeout | Termination::StoreStale => Some(503),
             Termination::PlainHttpOnTls => Some(400),
             Termination::RedirectHttps => Some(308),
             Termination::BadRequest(e) => Some(e.status),
@@ -339,6 +347,7 @@ mod tests {
             Termination::BodyTooLarge,
             Termination::LengthRequired,
             Termination::WaitTimeout,
+            Termination::StoreStale,
         ];
         assert_eq!(all.len(), Termination::KINDS);
         for t in all {

@@ -319,6 +319,30 @@ pub struct ClusterFigures {
     /// The last sequence of this node's stream.
     pub stream_last: u64,
     pub peers: Vec<PeerFigures>,
+    /// With `[store] backend = "redis"`: the server link's figures (no peers then).
+    pub redis: Option<RedisFigures>,
+}
+
+/// The Redis backend's figures (`store::redis`): its server, whether the writer reaches it, and counts
+/// since start.
+#[derive(Debug, Clone, Default)]
+pub struct RedisFigures {
+    /// The address last reached as the primary.
+    pub server: String,
+    pub up: bool,
+    /// Records waiting to be written.
+    pub outbox: u64,
+    /// Records the server took (newer than what it held), and other nodes' records applied here.
+    pub written: u64,
+    pub applied: u64,
+    /// Full loads of every record (start, or a feed that fell behind the stream), and write-backs of
+    /// this node's whole copy to a new server.
+    pub loads: u64,
+    pub writebacks: u64,
+    /// Sync writes answered without the server (`on_sync_timeout = "degrade"` while it was down).
+    pub degraded: u64,
+    /// The feed has been down past `max_staleness`.
+    pub stale: bool,
 }
 
 /// One peer of a cluster node (see `replication::node::PeerStatus`, which these are read from).
@@ -573,6 +597,22 @@ fn cluster_report_lines(c: &ClusterFigures, lines: &mut Vec<String>) {
         "stats: cluster node {} store records={} bindings={} ticket_keys={} digest={hex} stream_last={}",
         c.node, c.records, c.bindings, c.ticket_keys, c.stream_last
     ));
+    if let Some(r) = &c.redis {
+        lines.push(format!(
+            "stats: store redis node {} server={} state={} outbox={} written={} applied={} loads={} \
+             writebacks={} degraded={} stale={}",
+            c.node,
+            r.server,
+            if r.up { "up" } else { "down" },
+            r.outbox,
+            r.written,
+            r.applied,
+            r.loads,
+            r.writebacks,
+            r.degraded,
+            u8::from(r.stale)
+        ));
+    }
     for p in &c.peers {
         lines.push(format!(
             "stats: cluster node {} peer {} at {} state={} epoch={} links_up={} refused={} sent={} \
@@ -945,6 +985,56 @@ fn prometheus_cluster(out: &mut String, c: &ClusterFigures) {
     ] {
         prometheus_gauge(out, name, help, "", [("", v)]);
     }
+    if let Some(r) = &c.redis {
+        for (name, help, v) in [
+            (
+                "tether_store_redis_up",
+                "Whether the Redis backend's writer reaches the primary.",
+                u64::from(r.up),
+            ),
+            (
+                "tether_store_redis_outbox_records",
+                "Records waiting to be written to the Redis server.",
+                r.outbox,
+            ),
+            (
+                "tether_store_stale",
+                "Whether the feed of other nodes' writes is down past store.max_staleness.",
+                u64::from(r.stale),
+            ),
+        ] {
+            prometheus_gauge(out, name, help, "", [("", v)]);
+        }
+        for (name, help, v) in [
+            (
+                "tether_store_redis_written_total",
+                "Records the Redis server took from this node (newer than what it held).",
+                r.written,
+            ),
+            (
+                "tether_store_redis_applied_total",
+                "Other nodes' records applied here from the Redis server.",
+                r.applied,
+            ),
+            (
+                "tether_store_redis_loads_total",
+                "Loads of every record from the Redis server (at start, or after falling behind).",
+                r.loads,
+            ),
+            (
+                "tether_store_redis_writebacks_total",
+                "Write-backs of this node's whole copy to a new Redis server (restarted, failed over).",
+                r.writebacks,
+            ),
+            (
+                "tether_store_redis_degraded_total",
+                "Sync writes answered without the Redis server (on_sync_timeout = \"degrade\").",
+                r.degraded,
+            ),
+        ] {
+            prometheus_counter(out, name, help, "", [("", v)]);
+        }
+    }
     let peers: Vec<String> = c.peers.iter().map(|p| label(&p.name)).collect();
     let _ = writeln!(
         out,
@@ -1082,6 +1172,48 @@ mod tests {
             },
             ..PeerFigures::default()
         }
+    }
+
+    #[test]
+    fn the_redis_backend_reports_its_server_link() {
+        let r = Registry::new(1, vec![]);
+        let live = Arc::new(LiveCluster::default());
+        *live.0.lock() = ClusterFigures {
+            node: "a".into(),
+            records: 3,
+            redis: Some(RedisFigures {
+                server: "10.0.0.5:6379".into(),
+                up: true,
+                outbox: 2,
+                written: 7,
+                applied: 5,
+                loads: 1,
+                writebacks: 0,
+                degraded: 0,
+                stale: false,
+            }),
+            ..ClusterFigures::default()
+        };
+        r.set_cluster(live);
+        let text = prometheus(&r.totals());
+        for line in [
+            "tether_store_records 3",
+            "tether_store_redis_up 1",
+            "tether_store_redis_outbox_records 2",
+            "tether_store_stale 0",
+            "tether_store_redis_written_total 7",
+            "tether_store_redis_applied_total 5",
+            "tether_store_redis_loads_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        let lines = report_lines(&r.totals());
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "stats: store redis node a server=10.0.0.5:6379 state=up outbox=2 written=7 applied=5"
+            )),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -140,14 +140,23 @@ impl ConfigSnapshot {
                 .map(|h| h.to_ascii_lowercase()),
             route_metric,
             cluster_metric,
-            sync_timeout: config
-                .cluster
-                .as_ref()
-                .map_or(std::time::Duration::from_secs(1), |c| c.sync_timeout),
-            sync_degrade: config
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade),
+            // The store's backend sets how long a sync write waits: `[store]` on Redis, else `[cluster]`.
+            sync_timeout: if config.store.is_redis() {
+                config.store.sync_timeout
+            } else {
+                config
+                    .cluster
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(1), |c| c.sync_timeout)
+            },
+            sync_degrade: if config.store.is_redis() {
+                config.store.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade
+            } else {
+                config
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.on_sync_timeout == crate::config::SyncTimeoutPolicy::Degrade)
+            },
             auth,
             rate_limits: config
                 .rate_limits

@@ -8,21 +8,8 @@ use common::login::*;
 
 use common::cluster::*;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Sends `request` on a new connection (it asks for `Connection: close`) and reads to the end: the bytes
-/// sent, the bytes received, and the status.
-fn exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request).unwrap();
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    let status = std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap();
-    (request.len() as u64, got.len() as u64, status)
-}
 
 /// The usage report's figure (CSV: period,start,tenant,metric,value).
 fn figure(csv: &str, period: &str, tenant: &str, metric: &str) -> u64 {
@@ -72,7 +59,7 @@ fn requests_over_three_nodes_with_one_killed_are_counted_exactly() {
             "POST /mail/msg/{i} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (s, r, status) = exchange(addr, request.as_bytes());
+        let (s, r, status) = close_exchange(addr, request.as_bytes());
         assert_eq!(status, 200);
         sent += s;
         received += r;

@@ -91,21 +91,6 @@ fn answered(addr: SocketAddr, source: &str) -> bool {
     fate(addr, source) == Fate::Served
 }
 
-/// Waits until the wall clock is early enough in its minute that `span` seconds of test fit before the
-/// next one (cluster-wide windows are minutes numbered from the Unix epoch). Pacing, not an assertion.
-fn early_in_minute(span: u64) {
-    loop {
-        let s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        if s % 60 + span < 60 {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_client_at_three_times_its_limit_gets_the_right_429s_and_others_are_untouched() {
     let backend = Backend::named("app");

@@ -978,6 +978,21 @@ limits.max_headers = 5
         "admin.cert",
         "admin.key",
         "admin.client_ca",
+        "store.backend",
+        "store.node",
+        "store.addresses",
+        "store.tls",
+        "store.ca",
+        "store.username",
+        "store.password_file",
+        "store.prefix",
+        "store.connect_timeout",
+        "store.command_timeout",
+        "store.sync_timeout",
+        "store.on_sync_timeout",
+        "store.wait_replicas",
+        "store.stream_length",
+        "store.max_staleness",
     ];
 
     /// The leaf keys written in a document, as in [`ALL_KEYS`].

@@ -64,6 +64,10 @@ pub struct Config {
     /// `[admin]`: the admin listener (REST API, `/metrics`), bearer-authenticated (absent: none).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[store]`: where the replicated store lives — the mesh of `[cluster]` (the default) or a Redis
+    /// or Valkey server shared by every node.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Directory relative file paths (certificates, keys, CA bundles) are resolved against: the config
     /// file's directory. Not a key of the file.
     #[serde(skip)]
@@ -1544,6 +1548,93 @@ fn default_host() -> String {
 
 fn default_path_prefix() -> String {
     "/".to_string()
+}
+
+/// `[store]`: the replicated store's backend (docs/ARCHITECTURE.md, "The replicated store").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"mesh"`: nodes mirror each other over `[cluster]`'s links; `"redis"`: every node reads and
+    /// writes one Redis or Valkey server, and keeps a local copy as its cache.
+    pub backend: StoreBackend,
+    /// With `"redis"`: this node's name, unique among the nodes sharing `prefix`.
+    pub node: Option<String>,
+    /// With `"redis"`: `host:port` of the server, or of a primary and its replicas; the first that
+    /// answers as a primary (`ROLE`) is used, so a promoted replica is found after a failover.
+    pub addresses: Vec<String>,
+    /// Connect with TLS (`rediss`).
+    pub tls: bool,
+    /// PEM CA bundle to verify the server's certificate with (default: the system's roots).
+    pub ca: Option<String>,
+    /// ACL user (`AUTH username password`); without it, `AUTH password` (the `default` user).
+    pub username: Option<String>,
+    /// File holding the password (one line; trailing newline ignored).
+    pub password_file: Option<String>,
+    /// Every key tether writes starts with `{prefix}:` (a hash tag: one slot), so several tether
+    /// clusters share one server.
+    pub prefix: String,
+    /// Connecting to the server (TCP, TLS and `AUTH`).
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// One round trip (a pipeline of writes, a read of the load at start).
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// How long a `sync` write (a login, a revocation) waits for the server's acknowledgement.
+    #[serde(with = "duration")]
+    pub sync_timeout: Duration,
+    /// Past `sync_timeout`, or at once while the server is known unreachable: `"fail"` answers 503,
+    /// `"degrade"` serves and writes the record when the server is back.
+    pub on_sync_timeout: SyncTimeoutPolicy,
+    /// Replicas that must hold a `sync` write before it is acknowledged (`WAIT`); 0: the primary's
+    /// acknowledgement is enough.
+    pub wait_replicas: u32,
+    /// Entries kept in the change stream (`XADD MAXLEN ~`): how far a node that lost its feed can
+    /// catch up without loading everything again.
+    pub stream_length: u64,
+    /// Reads are served from the local copy; once the feed of other nodes' writes has been down this
+    /// long, the node stops answering requests that need the store (503) until it is back.
+    #[serde(with = "duration")]
+    pub max_staleness: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Mesh,
+            node: None,
+            addresses: Vec::new(),
+            tls: false,
+            ca: None,
+            username: None,
+            password_file: None,
+            prefix: "tether".to_string(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            sync_timeout: Duration::from_secs(1),
+            on_sync_timeout: SyncTimeoutPolicy::Fail,
+            wait_replicas: 0,
+            stream_length: 100_000,
+            max_staleness: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether the store lives on a Redis or Valkey server.
+    pub fn is_redis(&self) -> bool {
+        self.backend == StoreBackend::Redis
+    }
+}
+
+/// `[store] backend`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// Full mesh of tether nodes (`[cluster]`), 2–8 nodes.
+    #[default]
+    Mesh,
+    /// One Redis or Valkey server (standalone, or a primary with replicas).
+    Redis,
 }
 
 /// Serde adapter for humantime duration strings (`"10s"`, `"250ms"`, `"1h 30m"`).

@@ -557,6 +557,11 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     let Some(policy) = policy else {
         return Verdict::Continue;
     };
+    // A login checked against a copy that may miss a revocation is not honoured (`[store]
+    // max_staleness`, the Redis backend): one relaxed load.
+    if r.cx.store.is_some_and(|s| s.store().is_stale()) {
+        return Verdict::Answer(Answer::Refuse(Termination::StoreStale));
+    }
     let (Some(settings), Some(auth)) = (snapshot.auth.as_deref(), r.cx.auth) else {
         return Verdict::Answer(Answer::Refuse(Termination::Internal(
             "logins not configured",

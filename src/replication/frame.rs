@@ -427,6 +427,17 @@ fn put_records<'a>(out: &mut Vec<u8>, records: impl ExactSizeIterator<Item = &'a
     }
 }
 
+/// One record in its canonical encoding ([`Record::encode`]) and nothing after it: how a record is kept
+/// outside the wire protocol (the Redis backend's keys and change stream, docs/PROTOCOL.md "Redis layout").
+pub fn decode_record(bytes: &[u8]) -> Result<Record, FrameError> {
+    let mut r = Reader(bytes);
+    let record = record(&mut r, &mut None)?;
+    if !r.0.is_empty() {
+        return Err(FrameError::Trailing);
+    }
+    Ok(record)
+}
+
 /// Appends a `SNAPSHOT_RECORDS` frame of `records`, byte for byte what [`encode`] writes for
 /// `Frame::SnapshotRecords` of the same records, from references: a snapshot's sender encodes straight
 /// from its pinned view of the store, without cloning (and then dropping) each record.

@@ -6,7 +6,7 @@ pub mod link;
 pub mod link_tls;
 pub mod node;
 pub mod side;
-mod snapshot_recv;
+pub(crate) mod snapshot_recv;
 mod snapshot_send;
 
 pub use frame::{Frame, FrameError, Start, WelcomeStatus, decode, encode};

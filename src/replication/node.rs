@@ -316,6 +316,7 @@ impl crate::metrics::ClusterSource for ClusterView {
                 .iter()
                 .map(|p| p.figures(stream_last))
                 .collect(),
+            redis: None,
         }
     }
 }

@@ -108,7 +108,7 @@ pub(crate) const ENGAGED_WAIT: u32 = 10;
 
 /// What a peer's session-binding record means for the session table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BindingOp {
+pub(crate) enum BindingOp {
     /// Bind the session to the backend with this id.
     Bind { key: u128, backend: usize },
     /// A tombstone: forget the session.
@@ -385,6 +385,16 @@ pub(super) fn binding_of(
     record: &Record,
     last: &mut Option<(Arc<[u8]>, Option<usize>)>,
 ) -> Option<BindingOp> {
+    binding_in(&feed.shared, record, last)
+}
+
+/// [`binding_of`] for any thread that applies other nodes' records (the Redis backend's feed too), with
+/// the config snapshot whose backends the addresses are looked up in.
+pub(crate) fn binding_in(
+    shared: &crate::snapshot::SharedSnapshot,
+    record: &Record,
+    last: &mut Option<(Arc<[u8]>, Option<usize>)>,
+) -> Option<BindingOp> {
     if record.kind != Kind::SessionBinding {
         return None;
     }
@@ -398,7 +408,7 @@ pub(super) fn binding_of(
     let backend = match last {
         Some((v, id)) if **v == **value => *id,
         _ => {
-            let id = backend_at(feed, value);
+            let id = backend_at(shared, value);
             *last = Some((value.clone(), id));
             id
         }
@@ -407,7 +417,7 @@ pub(super) fn binding_of(
 }
 
 /// The id of the configured backend whose address `value` spells, if any.
-fn backend_at(feed: &Feed, value: &[u8]) -> Option<usize> {
+fn backend_at(shared: &crate::snapshot::SharedSnapshot, value: &[u8]) -> Option<usize> {
     let Some(address) = std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.parse::<SocketAddr>().ok())
@@ -415,7 +425,7 @@ fn backend_at(feed: &Feed, value: &[u8]) -> Option<usize> {
         log::debug!("replication: a session binding with an unreadable address");
         return None;
     };
-    let snapshot = feed.shared.load();
+    let snapshot = shared.load();
     snapshot
         .clusters
         .iter()
@@ -429,8 +439,17 @@ fn backend_at(feed: &Feed, value: &[u8]) -> Option<usize> {
 /// it then): a session it holds is moved or forgotten here; one it does not hold is left to that first
 /// lookup.
 pub(super) fn apply_bindings(feed: &Feed, ops: &[BindingOp]) {
+    apply_bindings_to(&feed.sticky, feed.slot, ops);
+}
+
+/// [`apply_bindings`] into `sticky`'s session table, counting in the table's slot `slot`.
+pub(crate) fn apply_bindings_to(
+    sticky: &crate::sticky::Stickiness,
+    slot: usize,
+    ops: &[BindingOp],
+) {
     let now = crate::sticky::unix_now();
-    let table = &feed.sticky.table;
+    let table = &sticky.table;
     for op in ops {
         match *op {
             BindingOp::Forget { key } => {
@@ -438,10 +457,10 @@ pub(super) fn apply_bindings(feed: &Feed, ops: &[BindingOp]) {
             }
             BindingOp::Bind { key, backend } => {
                 if table
-                    .lookup(feed.slot, key, now)
+                    .lookup(slot, key, now)
                     .is_some_and(|b| b.backend != backend)
                 {
-                    table.rebind(feed.slot, key, backend, now);
+                    table.rebind(slot, key, backend, now);
                 }
             }
         }

@@ -38,6 +38,9 @@ pub enum StartError {
     /// `[cluster]` could not be set up (replication listener, link certificates).
     #[error("{0}")]
     Cluster(String),
+    /// `[store] backend = "redis"` could not be set up (its password or CA file, an address).
+    #[error("{0}")]
+    Store(#[from] crate::store::redis::RedisStoreError),
     /// `[admin]` could not be set up (its token).
     #[error("admin: {0}")]
     Admin(String),
@@ -78,6 +81,8 @@ pub struct Server {
     metrics: Arc<crate::metrics::Registry>,
     /// The replication thread and its peer links (`[cluster]`).
     replication: Option<crate::replication::node::Replication>,
+    /// The Redis backend's writer and feed threads (`[store] backend = "redis"`).
+    redis: Option<crate::store::redis::RedisStore>,
     /// Active health checks and passive cool-downs, one thread for the process.
     prober: Option<crate::health::Prober>,
     /// Signal handling, set up before the workers accept anything: it needs descriptors, and a flood of
@@ -108,6 +113,43 @@ pub struct Server {
 
 /// Store writers beyond the workers' own.
 const EXTRA_WRITERS: usize = 4;
+/// A store mirrored with other nodes (by either backend): sized for the session table up front (growing
+/// a large lock-free map stalls whoever triggers the copy), watched by the notification queues from its
+/// first record on, its clock, and the writers of `count` workers and the extra threads.
+#[allow(clippy::type_complexity)]
+fn replicated_store(
+    config: &Config,
+    notify: Option<&Arc<crate::notify::Hub>>,
+    node_id: u16,
+    count: usize,
+) -> (
+    Arc<crate::store::Store>,
+    Arc<crate::store::Hlc>,
+    crate::store::WriteFeed,
+    Vec<Option<crate::store::StoreWriter>>,
+    ExtraWriters,
+) {
+    let store = Arc::new(crate::store::Store::with_capacity(
+        config.sessions.max_entries.min(1 << 20),
+    ));
+    if let Some(hub) = notify {
+        hub.watch(&store);
+    }
+    let hlc = Arc::new(crate::store::Hlc::default());
+    let (f, w) = crate::store::WriteFeed::new(
+        store.clone(),
+        hlc.clone(),
+        node_id,
+        count + EXTRA_WRITERS,
+        65_536,
+    );
+    let (w, e) = ExtraWriters::split(store.clone(), w);
+    (store, hlc, f, w, e)
+}
+
+/// How long a node with the Redis backend waits at start for the server's records before it serves
+/// with an empty store (and says so); it loads them when the server answers.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The store and the writers of the threads that write to it besides the workers.
 struct ExtraWriters {
@@ -280,12 +322,32 @@ impl Server {
                 admin: true,
             });
         }
+        // `[store] backend = "redis"`: the node registers with the server first — its slot among the
+        // nodes sharing the prefix keeps its notification ids apart from theirs.
+        let redis_setup = crate::store::redis::RedisSetup::from_config(&config)?;
+        let registered = redis_setup.as_ref().map(|r| match r.register() {
+            Ok((slot, nodes)) => {
+                if slot.is_none() {
+                    log::warn!(
+                        "store: more than 16 nodes share store.prefix: notification ids of two nodes may collide"
+                    );
+                }
+                (slot.unwrap_or((r.node_id() % 16) as u8), nodes)
+            }
+            Err(e) => {
+                log::warn!("store: cannot register node {} with redis: {e}", r.node);
+                ((r.node_id() % 16) as u8, Vec::new())
+            }
+        });
         // The notification queues' indexes watch the store from its first record on.
         let notify = config.notifications.as_ref().map(|_| {
-            let slot = config.cluster.as_ref().map_or(0, |c| {
-                let peers: Vec<&str> = c.peers.iter().map(|p| p.name.as_str()).collect();
-                crate::notify::queue::IdClock::slot_of(&c.node, &peers)
-            });
+            let slot = match &registered {
+                Some((slot, _)) => *slot,
+                None => config.cluster.as_ref().map_or(0, |c| {
+                    let peers: Vec<&str> = c.peers.iter().map(|p| p.name.as_str()).collect();
+                    crate::notify::queue::IdClock::slot_of(&c.node, &peers)
+                }),
+            };
             crate::notify::Hub::new(slot)
         });
 
@@ -351,21 +413,12 @@ impl Server {
         if let Some(setup) = &replication {
             // Sized for the session table up front: growing a large lock-free map stalls whoever
             // triggers the copy.
-            let store = Arc::new(crate::store::Store::with_capacity(
-                config.sessions.max_entries.min(1 << 20),
-            ));
-            if let Some(hub) = &notify {
-                hub.watch(&store);
-            }
-            let hlc = Arc::new(crate::store::Hlc::default());
-            let (f, w) = crate::store::WriteFeed::new(
-                store.clone(),
-                hlc.clone(),
+            let (store, hlc, f, w, e) = replicated_store(
+                &config,
+                notify.as_ref(),
                 crate::store::node_id(setup.node()),
-                count + EXTRA_WRITERS,
-                65_536,
+                count,
             );
-            let (w, e) = ExtraWriters::split(store.clone(), w);
             extra = Some(e);
             writers = w;
             feed = Some(crate::replication::node::Feed {
@@ -385,6 +438,48 @@ impl Server {
                 notify: notify.clone(),
             });
         }
+        // With `[store] backend = "redis"`: the same store and writers, mirrored with the server by the
+        // Redis backend's threads instead of the replication thread.
+        let mut redis_feed = None;
+        if let (Some(setup), Some((_, nodes))) = (&redis_setup, &registered) {
+            let (store, hlc, f, w, e) =
+                replicated_store(&config, notify.as_ref(), setup.node_id(), count);
+            extra = Some(e);
+            writers = w;
+            redis_feed = Some(crate::store::redis::RedisFeed {
+                store,
+                hlc,
+                feed: f,
+                sticky: sticky.clone(),
+                shared: Arc::clone(&shared),
+                slot: count,
+                nodes: nodes.clone(),
+            });
+        }
+        let redis = match (redis_setup, redis_feed) {
+            (Some(setup), Some(feed)) => {
+                let r = crate::store::redis::RedisStore::start(setup, feed)?;
+                // Served only once the server's records are in (a starting mesh node waits for a
+                // peer's snapshot alike); meanwhile connections wait in the listen backlog.
+                if r.wait_loaded(REDIS_READY_TIMEOUT) {
+                    log::info!(
+                        "store: node {} loaded {} record(s) from redis before serving",
+                        r.node,
+                        r.records()
+                    );
+                } else {
+                    log::warn!(
+                        "store: node {} could not load from redis within {}: serving with an empty store",
+                        r.node,
+                        humantime::format_duration(REDIS_READY_TIMEOUT)
+                    );
+                }
+                // SIGUSR1 and the Prometheus rendering read the server link's figures and the store's.
+                metrics.set_cluster(r.view());
+                Some(r)
+            }
+            _ => None,
+        };
         if config.sessions.cookie_keys.is_empty()
             && config
                 .routes
@@ -452,9 +547,11 @@ impl Server {
         }
         // Cluster-wide counters: this node's shares, flushed to the store (when there is one) by a
         // thread of their own; a lone node without a store counts alone.
-        let node_id = replication
-            .as_ref()
-            .map_or(0, |r| crate::store::node_id(&r.node));
+        let node_id = match (&replication, &redis) {
+            (Some(r), _) => crate::store::node_id(&r.node),
+            (None, Some(r)) => crate::store::node_id(&r.node),
+            (None, None) => 0,
+        };
         let peer_ids = config.cluster.as_ref().map_or_else(Vec::new, |c| {
             c.peers
                 .iter()
@@ -466,6 +563,10 @@ impl Server {
             peer_ids,
             extra.as_ref().map(|e| e.store.clone()),
         ));
+        // With Redis the peers are the nodes registered with the server, and any that writes a share.
+        if let Some(r) = &redis {
+            r.set_counters(counters.clone());
+        }
         // The upload spool: its directory, threads and sweeper, over the store its records live in.
         let spool = match (&config.uploads, extra.as_ref()) {
             (Some(u), Some(e)) => Some(
@@ -685,6 +786,7 @@ impl Server {
             sticky,
             metrics,
             replication,
+            redis,
             prober: Some(prober),
             signals,
             auth_keeper,
@@ -1139,6 +1241,11 @@ impl Server {
         }
         if let Some(feeds) = self.notify_feeds.take() {
             let _ = feeds.join();
+        }
+        // Last: the threads above may have written on their way out, and the writer sends what it
+        // holds before it stops.
+        if let Some(mut redis) = self.redis.take() {
+            redis.stop();
         }
     }
 

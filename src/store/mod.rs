@@ -4,6 +4,7 @@ pub use record::{Kind, Record, Version};
 
 pub mod digest;
 pub mod hlc;
+pub mod redis;
 pub mod snapshot;
 pub mod stream;
 pub mod table;

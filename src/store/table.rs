@@ -104,6 +104,10 @@ pub struct Store {
     /// Told of every change to a record of a watched kind ([`Kind::watched`]), on the thread that
     /// applied it: set once, at start, by the notification queues.
     watch: std::sync::OnceLock<Watcher>,
+    /// Set while this copy may miss other nodes' writes for longer than the backend allows (the Redis
+    /// backend's feed down past `[store] max_staleness`): requests that rely on the store are refused
+    /// rather than served from a stale copy. One relaxed load per check.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// Called with each record of a watched kind that changed the store (a worker's write, a peer's record
@@ -135,7 +139,20 @@ impl Store {
             by_kind: Default::default(),
             changes: Default::default(),
             watch: std::sync::OnceLock::new(),
+            stale: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks this copy stale (or fresh again): see [`is_stale`](Store::is_stale).
+    pub fn set_stale(&self, stale: bool) {
+        self.stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this copy may miss other nodes' writes beyond the configured bound. Never set with the
+    /// mesh backend (a node there serves only once synced, and peers stream to it).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the watcher told of changes to watched kinds (once; a second call is ignored).

@@ -1020,8 +1020,38 @@ impl Client {
 
 // ----- cluster helpers (nodes with [cluster], SIGUSR1 store and peer reports, a cutting relay) ----------
 
+// ----- pacing and exchanges shared by several test files --------------------------------------------
+
+/// Waits until the wall clock is early enough in its minute that `span` seconds of test fit before the
+/// next one (cluster-wide windows are minutes numbered from the Unix epoch). Pacing, not an assertion.
+pub fn early_in_minute(span: u64) {
+    loop {
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if s % 60 + span < 60 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Sends `request` on a new connection (it asks for `Connection: close`) and reads to the end: the bytes
+/// sent, the bytes received, and the status.
+pub fn close_exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let status = std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap();
+    (request.len() as u64, got.len() as u64, status)
+}
+
 pub mod admin;
 pub mod browser;
 pub mod cluster;
 pub mod login;
+pub mod redis_server;
 pub mod uploads;

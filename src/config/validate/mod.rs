@@ -20,6 +20,7 @@ mod qos;
 mod rate_limits;
 mod routes;
 mod sessions;
+mod store;
 #[cfg(test)]
 mod testing;
 mod timeouts;
@@ -92,6 +93,7 @@ pub(crate) fn validate(config: Config, machine: &Machine) -> Result<Config, Vec<
     v.notifications(&config);
     v.uploads(&config);
     v.admin(&config);
+    v.store(&config);
     if v.issues.is_empty() {
         Ok(config)
     } else {
