@@ -689,6 +689,7 @@ mod tests {
                     expires: TOKEN_T0 + 7200,
                     audience: TOKEN_AUDIENCE.into(),
                     generation: 0,
+                    grant: None,
                 })
                 .unwrap()
         };
