@@ -429,6 +429,26 @@ fn token_errors_follow_rfc_6749_pkce_redirect_uri_client_and_expiry() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // A secret accepted once is remembered (no argon2 per request), and a wrong one still refused.
+    let r = post(
+        t.addr,
+        "/.tether/introspect",
+        "application/x-www-form-urlencoded",
+        "token=x",
+        &format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(format!("webmail:{WEBMAIL_SECRET}"))
+        ),
+    );
+    assert_eq!((r.status, json(&r)["active"].clone()), (200, false.into()));
+    let r = post(
+        t.addr,
+        "/.tether/introspect",
+        "application/x-www-form-urlencoded",
+        &format!("token=x&client_id=webmail&client_secret={WEBMAIL_SECRET}x"),
+        "",
+    );
+    assert_eq!(r.status, 401);
 
     // A public client's code needs its verifier, and its id in the body.
     let code = code_for(t.addr, &cookie, "calendar", "http://cal.test/cb");

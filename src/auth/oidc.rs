@@ -47,6 +47,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 const REFRESH_GRACE: u32 = 10;
 /// Longest `nonce` carried into a code (it comes back in the ID token).
 const MAX_NONCE_LEN: usize = 512;
+/// Most accepted client secrets remembered (see `Auth::client_secrets`).
+const MAX_KNOWN_SECRETS: usize = 1024;
 /// A `SingleUse` record's value: why (below), then when (seconds, big-endian u32).
 const SPENT: u8 = 1;
 const REVOKED: u8 = 2;
@@ -421,6 +423,14 @@ pub(crate) fn client_endpoint(
         }
         (None, _) | (Some(_), None) => invalid_client(creds.basic),
         (Some(phc), Some(secret)) => {
+            use sha2::Digest;
+            let digest: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+            let known = auth.client_secrets.pin().get(&**phc).is_some_and(|d| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(d, &digest).is_ok()
+            });
+            if known {
+                return client_checked(r, settings, auth, Some(true), pending);
+            }
             let Some(ticket) = r.cx.ticket() else {
                 return Verdict::Answer(Answer::Refuse(Termination::Internal(
                     "no wake-up channel",
@@ -432,11 +442,19 @@ pub(crate) fn client_endpoint(
                 phc: phc.to_string(),
                 password: secret,
             };
-            if auth
-                .checker
-                .submit(check, Box::new(move |ok| o.set_password(ok)))
-                .is_err()
-            {
+            let (secrets, phc) = (auth.client_secrets.clone(), Box::<str>::from(&**phc));
+            let done = Box::new(move |ok: bool| {
+                if ok {
+                    let secrets = secrets.pin();
+                    // Bounded: one entry per client secret in use; hashes of old configs age out here.
+                    if secrets.len() >= MAX_KNOWN_SECRETS {
+                        secrets.clear();
+                    }
+                    secrets.insert(phc, digest);
+                }
+                o.set_password(ok);
+            });
+            if auth.checker.submit(check, done).is_err() {
                 let mut reply = oauth_error(503, "temporarily_unavailable", "too many requests");
                 reply.headers.push(("Retry-After", "1".into()));
                 return answer(reply);
