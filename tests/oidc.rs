@@ -605,9 +605,31 @@ fn a_code_is_redeemed_at_node_b_after_node_a_is_killed() {
 }
 
 #[test]
-fn discovery_and_jwks_describe_the_provider() {
+fn discovery_and_the_admin_api_describe_the_provider() {
     let backend = Backend::named("app");
-    let t = Tether::start(&sso_config(backend.addr, &secret_hash(WEBMAIL_SECRET)));
+    let hash = secret_hash(WEBMAIL_SECRET);
+    let t = Tether::start(&format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-admin-token-0123\"\n",
+        sso_config(backend.addr, &hash)
+    ));
+    // The admin API lists the applications, never a secret's hash.
+    let r = raw_exchange(
+        common::admin::admin_addr(&t),
+        b"GET /api/clients HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer test-admin-token-0123\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = json(&r);
+    let ids: Vec<&str> = list["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["webmail", "calendar", "quick"]);
+    assert_eq!(list["clients"][0]["confidential"], true);
+    assert_eq!(list["clients"][1]["confidential"], false);
+    assert_eq!(list["clients"][2]["code_ttl"], 1);
+    assert!(!r.text().contains("argon2"));
     let r = get(t.addr, "/.well-known/openid-configuration");
     assert_eq!(r.status, 200, "{}", r.text());
     let d = json(&r);

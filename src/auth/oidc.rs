@@ -823,33 +823,51 @@ fn token_response(
     Ok(reply)
 }
 
+/// Why an application's token is not live (logged, never shown: the client learns only "invalid").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum TokenRefusal {
+    #[error("{0}")]
+    Token(super::token::TokenError),
+    #[error("not an application's token")]
+    NotAnApplications,
+    #[error("token of another pool or of an application no longer registered")]
+    OtherPool,
+    #[error("token spent or revoked")]
+    Spent,
+    #[error("login session ended")]
+    SessionGone,
+}
+
 /// An application's token of `kind` that is live: it opens, belongs to a client of `pool`, its session
-/// is live and it was neither spent nor revoked. `Err`: why not (logged, never shown).
+/// is live and it was neither spent nor revoked.
 fn live_token(
     r: &Request<'_>,
     auth: &Auth,
     pool: &Pool,
     token: &[u8],
     kind: TokenKind,
-) -> Result<(Claims, LoginSession), &'static str> {
+) -> Result<(Claims, LoginSession), TokenRefusal> {
     let now = r.cx.unix_now;
     let claims = auth
         .keys
         .tokens()
         .open
         .open_any_audience(token, u64::from(now), kind)
-        .map_err(|_| "does not open")?;
-    let grant = claims.grant.as_deref().ok_or("not an application's")?;
+        .map_err(TokenRefusal::Token)?;
+    let grant = claims
+        .grant
+        .as_deref()
+        .ok_or(TokenRefusal::NotAnApplications)?;
     if claims.tenant != *pool.tenant
         || pool.client(&grant.client).is_none()
         || claims.audience != Client::audience(&grant.client)
     {
-        return Err("not of this pool");
+        return Err(TokenRefusal::OtherPool);
     }
     if single_use(r, &grant.id).is_some() {
-        return Err("spent or revoked");
+        return Err(TokenRefusal::Spent);
     }
-    let session = live_session(r, &claims.session).ok_or("session ended")?;
+    let session = live_session(r, &claims.session).ok_or(TokenRefusal::SessionGone)?;
     Ok((claims, session))
 }
 
@@ -888,7 +906,7 @@ pub(crate) fn userinfo(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth
     let (claims, session) = match live_token(r, auth, pool, token, TokenKind::Access) {
         Ok(t) => t,
         Err(why) => {
-            log::info!("userinfo refused: access token {why}");
+            log::info!("userinfo refused: {why}");
             return challenge(Some("invalid_token"));
         }
     };
