@@ -475,6 +475,7 @@ pub fn oauth_request(data: &[u8]) {
             ("code_challenge", &p.code_challenge),
             ("code_challenge_method", &p.code_challenge_method),
             ("nonce", &p.nonce),
+            ("prompt", &p.prompt),
             ("grant_type", &p.grant_type),
             ("code", &p.code),
             ("code_verifier", &p.code_verifier),

@@ -335,6 +335,27 @@ fn authorization_errors_follow_rfc_6749_and_never_redirect_to_an_unregistered_ur
         )),
         "invalid_scope"
     );
+    // prompt=none: a silent check; a signed-in user gets a code, a signed-out one login_required.
+    let silent = format!(
+        "{}&prompt=none",
+        code_query("calendar", "http://cal.test/cb")
+    );
+    let r = authorize(t.addr, &silent, Some(&cookie));
+    let location = r.header("location").unwrap();
+    assert!(param(location, "code").is_some(), "{location}");
+    assert_eq!(param(location, "iss").as_deref(), Some("http://test"));
+    let r = authorize(t.addr, &silent, None);
+    assert_eq!(
+        param(r.header("location").unwrap(), "error").as_deref(),
+        Some("login_required")
+    );
+    assert_eq!(
+        redirect(&format!(
+            "{}&prompt=login",
+            code_query("calendar", "http://cal.test/cb")
+        )),
+        "invalid_request"
+    );
     // A parameter twice is refused, before anything else (RFC 6749 §3.1).
     let r = authorize(
         t.addr,

@@ -217,6 +217,7 @@ pub(crate) fn discovery(r: &mut Request<'_>) -> Verdict {
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid", "azp",
             "preferred_username", "tenant", "roles"],
     })
@@ -305,7 +306,18 @@ pub(crate) fn authorize(r: &mut Request<'_>, settings: &AuthSettings, auth: &Aut
     {
         return fail("invalid_request", "nonce too long");
     }
+    // `prompt` (OpenID Connect Core §3.1.2.1): `none` asks for a silent answer (an application
+    // checking whether the user is still signed in); `login` and `consent` cannot be honoured here (no
+    // forced re-login, no consent screen), so they are refused rather than silently ignored.
+    let silent = match params.prompt.as_deref() {
+        None => false,
+        Some("none") => true,
+        Some(_) => return fail("invalid_request", "only prompt=none is supported"),
+    };
     let Some(verified) = crate::proxy::stages::host_login(r) else {
+        if silent {
+            return fail("login_required", "the user is not signed in");
+        }
         // No login yet: the login page, which comes back here once the user is in.
         let target = String::from_utf8_lossy(target);
         let encoded =
@@ -349,10 +361,13 @@ pub(crate) fn authorize(r: &mut Request<'_>, settings: &AuthSettings, auth: &Aut
         session.user,
         client.id
     );
+    // `iss` (RFC 9207): an application talking to several providers can tell which one answered.
+    let iss = issuer(r);
     let mut pairs = vec![("code", code.as_str())];
     if let Some(s) = state {
         pairs.push(("state", s));
     }
+    pairs.push(("iss", &iss));
     redirect_to(&with_query(redirect, &pairs))
 }
 
