@@ -438,6 +438,106 @@ pub fn token_open(data: &[u8]) {
     }
 }
 
+/// Single sign-on's requests (`auth::oauth`): the input as an authorization request's target (its query),
+/// as a token, introspection or revocation form body, and as an `Authorization` header for client
+/// authentication beside that body; then what tether does with the values (redirect-URI matching, scope
+/// granting, PKCE, the redirect it would build).
+///
+/// Invariants: it never panics; a refusal is one line; accepted parameters hold no control character,
+/// stay within the length limit, and parse again to themselves once re-encoded; a redirect URI is
+/// accepted only when it is registered, byte for byte; granted scopes are registered ones; a redirect
+/// built from a registered URI keeps it as its prefix and its parameters read back to the values given.
+pub fn oauth_request(data: &[u8]) {
+    use crate::auth::oauth::{
+        Client, MAX_VALUE_LEN, Params, client_auth, form_encode, pkce_matches, pkce_shaped,
+        with_query,
+    };
+    let client = Client {
+        id: "webmail".into(),
+        secret_hash: None,
+        redirect_uris: vec![
+            "https://app.example/cb".into(),
+            "http://127.0.0.1:5000/cb?x=1".into(),
+        ],
+        post_logout_redirect_uris: vec![],
+        scopes: vec!["openid".into(), "profile".into()],
+        code_ttl: 60,
+        access_ttl: 300,
+        refresh_ttl: 3600,
+    };
+    let check = |p: &Params| {
+        let fields = [
+            ("response_type", &p.response_type),
+            ("client_id", &p.client_id),
+            ("redirect_uri", &p.redirect_uri),
+            ("scope", &p.scope),
+            ("state", &p.state),
+            ("code_challenge", &p.code_challenge),
+            ("code_challenge_method", &p.code_challenge_method),
+            ("nonce", &p.nonce),
+            ("prompt", &p.prompt),
+            ("grant_type", &p.grant_type),
+            ("code", &p.code),
+            ("code_verifier", &p.code_verifier),
+            ("refresh_token", &p.refresh_token),
+            ("client_secret", &p.client_secret),
+            ("token", &p.token),
+            ("token_type_hint", &p.token_type_hint),
+            ("id_token_hint", &p.id_token_hint),
+            ("post_logout_redirect_uri", &p.post_logout_redirect_uri),
+        ];
+        let mut again = String::new();
+        for (name, value) in fields {
+            let Some(v) = value else { continue };
+            assert!(!v.is_empty() && v.len() <= MAX_VALUE_LEN);
+            assert!(!v.chars().any(char::is_control), "{name}: {v:?}");
+            again.push_str(&format!("{name}={}&", form_encode(v)));
+        }
+        assert_eq!(Params::parse(again.as_bytes()).as_ref(), Ok(p), "{again}");
+        if let Some(uri) = client.redirect_uri(p.redirect_uri.as_deref()) {
+            assert!(client.redirect_uris.iter().any(|r| **r == *uri));
+            if let Some(given) = &p.redirect_uri {
+                assert_eq!(given, uri);
+            }
+            let state = p.state.as_deref().unwrap_or("s");
+            let location = with_query(uri, &[("code", "c"), ("state", state)]);
+            assert!(location.starts_with(uri));
+            let back = Params::from_target(location.as_bytes()).expect("our own query parses");
+            assert_eq!(back.state.as_deref(), Some(state));
+            assert_eq!(back.code.as_deref(), Some("c"));
+        }
+        if let Ok(scope) = client.grant_scope(p.scope.as_deref()) {
+            for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                assert!(client.scopes.iter().any(|a| **a == *s), "{s}");
+            }
+        }
+        if let (Some(v), Some(c)) = (&p.code_verifier, &p.code_challenge) {
+            if pkce_matches(v, c) {
+                assert!(pkce_shaped(v) && pkce_shaped(c));
+            }
+        }
+    };
+    match Params::from_target(data) {
+        Ok(p) => check(&p),
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+    match Params::from_form("application/x-www-form-urlencoded", data) {
+        Ok(p) => {
+            check(&p);
+            // The same bytes as an Authorization header beside the body.
+            let line = data.split(|&b| b == b'\n').next().unwrap_or(b"");
+            match client_auth(Some(line), &p) {
+                Ok(a) => {
+                    assert!(!a.client_id.is_empty());
+                    assert!(a.basic || Some(&a.client_id) == p.client_id.as_ref());
+                }
+                Err(e) => assert!(!e.to_string().contains('\n')),
+            }
+        }
+        Err(e) => assert!(!e.to_string().contains('\n')),
+    }
+}
+
 /// Session cookies and records (`auth::session`): the input as the value of a request's `Cookie` header
 /// (the session cookie found in it is opened as a sealed session token), as an `Authorization` value (a
 /// bearer token found in it is opened as an access token), and as a login-session record value.
@@ -689,6 +789,7 @@ mod tests {
                     expires: TOKEN_T0 + 7200,
                     audience: TOKEN_AUDIENCE.into(),
                     generation: 0,
+                    grant: None,
                 })
                 .unwrap()
         };

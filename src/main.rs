@@ -101,6 +101,9 @@ enum Command {
     /// Manage a users file (a pool of users with argon2id password hashes, roles and groups).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Registered client applications (single sign-on, docs/AUTH.md "Single sign-on").
+    #[command(subcommand)]
+    Clients(ClientsCommand),
     /// Operate a running balancer through its admin API (docs/ADMIN.md): tables for people, `--json` for
     /// scripts.
     #[command(after_help = "Examples:\n  \
@@ -254,6 +257,20 @@ enum UsersCommand {
 }
 
 #[derive(Subcommand)]
+enum ClientsCommand {
+    /// Make a client secret and its argon2id hash: the secret goes to the application, the hash into
+    /// `[[pools.NAME.clients]] secret_hash`; tether never stores the secret itself.
+    #[command(
+        after_help = "Examples:\n  tether clients secret\n  echo \"$SECRET\" | tether clients secret --secret-stdin"
+    )]
+    Secret {
+        /// Hash the secret on the first line of standard input instead of making a random one.
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsKind {
     /// A cluster CA (`ca.crt`, `ca.key`) and a certificate per node (`NODE.crt`, `NODE.key`), each valid
     /// as both ends of a mutually authenticated replication link.
@@ -307,6 +324,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Users(UsersCommand::Check { file }) => users_check(&file),
+        Command::Clients(ClientsCommand::Secret { secret_stdin }) => {
+            match client_secret(secret_stdin) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tether clients secret: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Users(UsersCommand::Add {
             file,
             name,
@@ -406,6 +435,39 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tether clients secret`: a random secret (32 bytes, base64url) or one read from standard input, and
+/// its argon2id hash as a config line.
+fn client_secret(from_stdin: bool) -> Result<String, String> {
+    use base64::Engine;
+    let (secret, shown) = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the secret from standard input: {e}"))?;
+        let secret = line.trim_end_matches(['\r', '\n']).to_string();
+        if secret.len() < 16 {
+            return Err("a client secret must have at least 16 characters".into());
+        }
+        (secret, false)
+    } else {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "no system randomness".to_string())?;
+        (
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+            true,
+        )
+    };
+    let hash = tether::auth::password::hash(&secret).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    if shown {
+        out.push_str(&format!(
+            "# the client secret (give it to the application; it is shown once and never stored):\n# {secret}\n"
+        ));
+    }
+    out.push_str(&format!("secret_hash = \"{hash}\"\n"));
+    Ok(out)
 }
 
 fn users_check(path: &std::path::Path) -> ExitCode {

@@ -90,6 +90,11 @@ fn login_form_corpus() {
 }
 
 #[test]
+fn oauth_request_corpus() {
+    replay("oauth_request", tether::fuzzing::oauth_request);
+}
+
+#[test]
 fn notify_input_corpus() {
     replay("notify_input", tether::fuzzing::notify_input);
 }

@@ -90,6 +90,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub body_size: usize,
 
+    /// Send this exact body with Content-Length (a form a server must read: a token to introspect)
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["body_size", "scenario"])]
+    pub body: Option<String>,
+
     /// Weighted request mix from a scenario file (see README); replaces -m, the URL path and --body-size
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<String>,

@@ -78,7 +78,7 @@ fn run(args: Args) -> Result<(), String> {
             method: args.method.clone(),
             path: url.path.clone(),
             headers: Vec::new(),
-            body_size: args.body_size,
+            body_size: args.body.as_ref().map_or(args.body_size, String::len),
             weight: 1,
         }],
     };
@@ -86,10 +86,17 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("invalid method {:?}", specs[0].method));
     }
     let host = url.host_header();
-    let templates: Vec<Template> = specs
+    let mut templates: Vec<Template> = specs
         .iter()
         .map(|s| Template::build(s, &host, &extra, args.new_conn))
         .collect();
+    if let Some(body) = &args.body {
+        // The generated body of the same length, replaced by the text given (after the blank line).
+        for t in &mut templates {
+            t.tail.truncate(2);
+            t.tail.extend_from_slice(body.as_bytes());
+        }
+    }
     let weights: Vec<u32> = specs.iter().map(|s| s.weight).collect();
     let sequence = request::weighted_sequence(&weights);
 

@@ -290,6 +290,8 @@ fn route(r: &mut Request<'_>, admin: &Admin) -> Verdict {
             backend_action(r, admin, cluster, address, action)
         }
         ["api", "backends", _, _, _] => method_not_allowed("POST"),
+        ["api", "clients"] if get => ok(clients_json(r)),
+        ["api", "clients"] => method_not_allowed("GET"),
         ["api", "cluster"] if get => ok(cluster_json(admin)),
         ["api", "cluster"] => method_not_allowed("GET"),
         ["api", "config"] if get => {
@@ -420,6 +422,35 @@ fn backend_json(b: &crate::balance::ClusterBackend) -> serde_json::Value {
 }
 
 /// `GET /api/backends`: per cluster, each backend's health, load and state.
+/// `GET /api/clients`: the registered single sign-on applications of every pool, as the running config
+/// has them (never a secret's hash: only whether there is one).
+fn clients_json(r: &Request<'_>) -> serde_json::Value {
+    let pools =
+        r.cx.snapshot
+            .auth
+            .as_ref()
+            .map_or(&[][..], |a| &a.pools[..]);
+    let clients: Vec<serde_json::Value> = pools
+        .iter()
+        .flat_map(|p| p.clients.iter().map(move |c| (p, c)))
+        .map(|(pool, c)| {
+            json!({
+                "client_id": c.id,
+                "pool": pool.name,
+                "tenant": pool.tenant,
+                "confidential": c.secret_hash.is_some(),
+                "redirect_uris": c.redirect_uris,
+                "post_logout_redirect_uris": c.post_logout_redirect_uris,
+                "scopes": c.scopes,
+                "code_ttl": c.code_ttl,
+                "access_token_ttl": c.access_ttl,
+                "refresh_token_ttl": c.refresh_ttl,
+            })
+        })
+        .collect();
+    json!({ "clients": clients })
+}
+
 fn backends_json(r: &Request<'_>) -> serde_json::Value {
     let clusters: Vec<serde_json::Value> =
         r.cx.snapshot

@@ -174,6 +174,7 @@ fn store_kinds(out: &mut String, store: &crate::store::Store) {
         (Kind::NotificationAck, "notification_ack"),
         (Kind::Upload, "upload"),
         (Kind::UploadChunk, "upload_chunk"),
+        (Kind::SingleUse, "single_use"),
     ] {
         let _ = writeln!(out, "{name}{{kind=\"{label}\"}} {}", store.len_of(kind));
     }

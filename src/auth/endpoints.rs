@@ -46,6 +46,12 @@ pub(crate) enum Progress {
     },
     /// Waiting for a relayed upstream token's refresh (the auth stage).
     Refreshing { outcome: Arc<Outcome> },
+    /// Waiting for a client application's secret to be checked (single sign-on's token, introspection
+    /// and revocation endpoints).
+    Client {
+        outcome: Arc<Outcome>,
+        pending: Box<super::oidc::Pending>,
+    },
     /// Waiting for a new user's password hash (self-registration).
     Registering {
         outcome: Arc<Outcome>,
@@ -72,7 +78,7 @@ enum Verdict2 {
 }
 
 impl Outcome {
-    fn new(ticket: Arc<Ticket>) -> Arc<Outcome> {
+    pub(super) fn new(ticket: Arc<Ticket>) -> Arc<Outcome> {
         Arc::new(Outcome {
             ticket,
             verdict: OnceLock::new(),
@@ -82,6 +88,19 @@ impl Outcome {
     fn set(&self, v: Verdict2) {
         let _ = self.verdict.set(v);
         self.ticket.complete();
+    }
+
+    /// Hands the checker's verdict on a password (or a client secret) to the waiting request.
+    pub(super) fn set_password(&self, ok: bool) {
+        self.set(Verdict2::Password(ok));
+    }
+
+    /// The checker's verdict on a password, once it is in.
+    pub(super) fn password(&self) -> Option<bool> {
+        match self.verdict.get() {
+            Some(Verdict2::Password(ok)) => Some(*ok),
+            _ => None,
+        }
     }
 }
 
@@ -100,6 +119,9 @@ pub(crate) struct PendingLogin {
 /// The endpoint stage: answers `/.tether/…` when pools are configured; anything else goes on.
 pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
     let path = r.head.path.of(r.bytes);
+    if path == super::oidc::DISCOVERY_PATH {
+        return super::oidc::discovery(r);
+    }
     if !path.starts_with(b"/.tether/") {
         return Verdict::Continue;
     }
@@ -110,6 +132,15 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
         b"/.tether/login" => login(r, &settings, auth),
         b"/.tether/logout" => logout(r, &settings, auth),
         b"/.tether/token" => refresh(r, &settings, auth),
+        b"/.tether/authorize" => super::oidc::authorize(r, &settings, auth),
+        b"/.tether/userinfo" => super::oidc::userinfo(r, &settings, auth),
+        b"/.tether/introspect" => {
+            super::oidc::client_endpoint(r, &settings, auth, super::oidc::Endpoint::Introspect)
+        }
+        b"/.tether/revoke" => {
+            super::oidc::client_endpoint(r, &settings, auth, super::oidc::Endpoint::Revoke)
+        }
+        b"/.tether/end_session" => super::oidc::end_session(r, &settings, auth),
         b"/.tether/register" => register(r, &settings, auth),
         b"/.tether/jwks.json" => match r.head.method {
             crate::http::Method::Get | crate::http::Method::Head => {
@@ -126,17 +157,17 @@ pub(crate) fn serve(r: &mut Request<'_>) -> Verdict {
     }
 }
 
-fn answer(reply: Reply) -> Verdict {
+pub(super) fn answer(reply: Reply) -> Verdict {
     Verdict::Answer(Answer::Reply(Box::new(reply)))
 }
 
-fn method_not_allowed(allow: &'static str) -> Verdict {
+pub(super) fn method_not_allowed(allow: &'static str) -> Verdict {
     let mut reply = Reply::new(405, "text/plain", "method not allowed\n");
     reply.headers.push(("Allow", allow.into()));
     answer(reply)
 }
 
-fn text(status: u16, body: &str) -> Verdict {
+pub(super) fn text(status: u16, body: &str) -> Verdict {
     answer(Reply::new(status, "text/plain", format!("{body}\n")))
 }
 
@@ -145,7 +176,7 @@ fn json_error(status: u16, error: &str, message: &str) -> Reply {
     Reply::new(status, "application/json", body)
 }
 
-fn header<'b>(r: &Request<'b>, name: &str) -> Option<&'b str> {
+pub(super) fn header<'b>(r: &Request<'b>, name: &str) -> Option<&'b str> {
     r.head
         .header(r.bytes, name)
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -155,17 +186,17 @@ fn wants_json(r: &Request<'_>) -> bool {
     header(r, "accept").is_some_and(|a| a.contains("application/json"))
 }
 
-fn wants_html(r: &Request<'_>) -> bool {
+pub(super) fn wants_html(r: &Request<'_>) -> bool {
     header(r, "accept").is_some_and(|a| a.contains("text/html"))
 }
 
 /// The pool an endpoint serves (see the module docs); `usize::MAX` (no pool) when none fits.
-fn pool_of(r: &Request<'_>, settings: &AuthSettings) -> usize {
+pub(super) fn pool_of(r: &Request<'_>, settings: &AuthSettings) -> usize {
     let host = r.head.authority.map(|a| a.of(r.bytes)).unwrap_or(b"");
     settings.pool_for_host(host).unwrap_or(usize::MAX)
 }
 
-fn no_pool() -> Verdict {
+pub(super) fn no_pool() -> Verdict {
     text(
         404,
         "no user pool for this host (list it in pools.NAME.hosts)",
@@ -660,7 +691,12 @@ fn relay_upstream(up: &super::settings::UpstreamAuth) -> super::relay::Upstream 
 
 /// A woken login, logout or refresh: the checker's verdict is in, or the sync write is acknowledged (or
 /// timed out with the `degrade` policy).
-fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress) -> Verdict {
+pub(super) fn resume(
+    r: &mut Request<'_>,
+    settings: &AuthSettings,
+    auth: &Auth,
+    p: Progress,
+) -> Verdict {
     match p {
         Progress::Syncing { ticket, reply } => {
             if !ticket.is_done() {
@@ -672,6 +708,9 @@ fn resume(r: &mut Request<'_>, settings: &AuthSettings, auth: &Auth, p: Progress
         Progress::Refreshing { .. } => Verdict::Answer(Answer::Refuse(Termination::Internal(
             "refresh progress at an endpoint",
         ))),
+        Progress::Client { outcome, pending } => {
+            super::oidc::client_checked(r, settings, auth, outcome.password(), *pending)
+        }
         Progress::Registering {
             outcome,
             pool,
@@ -855,6 +894,7 @@ fn seal(
         expires: u64::from(expires.min(session.absolute)),
         audience: session.tenant.clone(),
         generation,
+        grant: None,
     };
     auth.keys.tokens().seal.seal(&claims).map_err(|e| {
         log::error!("auth: cannot seal a token: {e}");
@@ -899,7 +939,7 @@ fn token_reply(
 }
 
 /// A session's record: its value, or (`None`) its tombstone, which must outlive any value of the key.
-fn session_record(
+pub(super) fn session_record(
     r: &Request<'_>,
     id: &[u8; 16],
     session: Option<&LoginSession>,
@@ -931,7 +971,11 @@ fn session_record(
 
 /// Writes `record` with the `sync` class and answers `reply` once a replica acknowledged it (or, past
 /// `[cluster] sync_timeout`, 503 — or the reply anyway with `on_sync_timeout = "degrade"`).
-fn write_then_answer(r: &mut Request<'_>, record: Option<Record>, reply: Reply) -> Verdict {
+pub(super) fn write_then_answer(
+    r: &mut Request<'_>,
+    record: Option<Record>,
+    reply: Reply,
+) -> Verdict {
     let (Some(record), Some(store)) = (record, r.cx.store) else {
         return Verdict::Answer(Answer::Refuse(Termination::Internal(
             "no store for login sessions",
@@ -1049,8 +1093,14 @@ fn refresh(r: &mut Request<'_>, settings: &Arc<AuthSettings>, auth: &Auth) -> Ve
         return method_not_allowed("POST");
     }
     let Some(body) = r.body else {
-        return Verdict::Wait(Wait::Body { limit: 8 * 1024 });
+        return Verdict::Wait(Wait::Body {
+            limit: super::oauth::MAX_BODY_LEN,
+        });
     };
+    if super::oidc::is_client_body(r, body) {
+        // A registered application's grant (authorization code, or its own refresh token).
+        return super::oidc::client_endpoint(r, settings, auth, super::oidc::Endpoint::Token);
+    }
     let invalid = |msg: &str| answer(json_error(400, "invalid_request", msg));
     let token = match refresh_token_of(header(r, "content-type").unwrap_or(""), body) {
         Ok(t) => t,

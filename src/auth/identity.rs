@@ -246,15 +246,52 @@ impl IdentityKeyring {
 
     /// Signs `claims` with the newest key active at `claims.iat`.
     pub fn sign(&self, claims: &IdentityClaims) -> Result<String, IdentityError> {
-        if claims.exp <= claims.iat || claims.exp - claims.iat > self.max_lifetime.as_secs() {
+        self.sign_claims(claims, claims.iat, claims.exp)
+    }
+
+    /// Signs any claims (an OpenID Connect ID token, issue #22) issued at `iat` and expiring at `exp`
+    /// with the newest key active at `iat`, under the same lifetime rule as identity tokens: a token
+    /// never outlives its key's publication in the JWKS.
+    pub fn sign_claims<T: Serialize>(
+        &self,
+        claims: &T,
+        iat: u64,
+        exp: u64,
+    ) -> Result<String, IdentityError> {
+        if exp <= iat || exp - iat > self.max_lifetime.as_secs() {
             return Err(IdentityError::BadLifetime);
         }
         let key = self
             .keys
             .iter()
-            .find(|k| k.created <= claims.iat && claims.iat < k.retires)
+            .find(|k| k.created <= iat && iat < k.retires)
             .ok_or(IdentityError::NoActiveKey)?;
-        key.sign(claims)
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| IdentityError::Crypto)
+    }
+
+    /// The claims of a JWT one of the published keys signed (by `jsonwebtoken`, ES256 only), whatever
+    /// its expiry: an ID token a client hands back as `id_token_hint` may have expired, and still
+    /// names who it was for (OpenID Connect RP-Initiated Logout §2). `None` for anything else.
+    pub fn verify_ignoring_expiry<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Option<T> {
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid && self.published(k, now))?;
+        let decoding = jsonwebtoken::DecodingKey::from_ec_components(&key.x, &key.y).ok()?;
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<T>(token, &decoding, &validation)
+            .ok()
+            .map(|d| d.claims)
     }
 
     /// The JWKS served at `GET /.tether/jwks.json` at `now`: every key not yet past its publication,

@@ -590,9 +590,12 @@ fn check_decoded(bytes: &[u8]) -> Result<(), ReturnToError> {
         }
     }
     let own = b"/.tether";
+    // The one endpoint of tether's that is a destination: single sign-on's authorization request, which
+    // a login interrupted and which goes on once the user is logged in (issue #22).
     if path.len() >= own.len()
         && path[..own.len()].eq_ignore_ascii_case(own)
         && matches!(path.get(own.len()), None | Some(b'/'))
+        && path != b"/.tether/authorize"
     {
         return Err(ReturnToError::OwnEndpoint);
     }

@@ -22,6 +22,14 @@ pub struct Auth {
     /// The identity-token lifetime the key rings were made for (seconds): a reload may shorten tokens'
     /// lives, not lengthen them past what the published keys cover.
     pub identity_ttl_max: u32,
+    /// Client secrets argon2 already accepted (single sign-on): a client's secret hash (its PHC string)
+    /// → SHA-256 of the secret that matched it. A confidential application authenticates on every
+    /// token, introspection and revocation request; argon2 on each (30–50 ms of a checker thread) would
+    /// cap introspection at a few dozen per second. Client secrets are random and long (`tether clients
+    /// secret`), so a SHA-256 compared in constant time is as strong for them; argon2 stays the only
+    /// way in for a secret not seen yet. Lock-free; keyed by the PHC string, so a changed hash (a new
+    /// secret, reloaded) never matches an old entry.
+    pub client_secrets: Arc<papaya::HashMap<Box<str>, [u8; 32]>>,
 }
 
 impl Auth {
@@ -54,6 +62,7 @@ impl Auth {
             csrf,
             relay_writer: Arc::new(Mutex::new(relay_writer)),
             identity_ttl_max,
+            client_secrets: Arc::new(papaya::HashMap::new()),
         })
     }
 }

@@ -74,6 +74,15 @@ pub struct Pool {
     pub quotas: Vec<Quota>,
     /// When failed logins lock an account or address (none: never).
     pub lockout: Option<Lockout>,
+    /// Applications that use the pool for single sign-on (OAuth 2.0 / OpenID Connect, issue #22).
+    pub clients: Vec<crate::auth::oauth::Client>,
+}
+
+impl Pool {
+    /// The registered client application `id` (`None`: unknown here).
+    pub fn client(&self, id: &str) -> Option<&crate::auth::oauth::Client> {
+        self.clients.iter().find(|c| *c.id == *id)
+    }
 }
 
 /// At most `limit` of `metric` per `period` for a pool's tenant, cluster-wide.
@@ -134,6 +143,7 @@ impl fmt::Debug for Pool {
             .field("self_registration", &self.self_registration)
             .field("upstream", &self.upstream)
             .field("lockout", &self.lockout)
+            .field("clients", &self.clients)
             .finish()
     }
 }
@@ -300,6 +310,24 @@ fn build_pool(config: &Config, name: &str, pool: &PoolConfig) -> Result<Pool, St
             })
             .collect::<Result<_, String>>()?,
         lockout: Lockout::of(&pool.lockout),
+        clients: pool
+            .clients
+            .iter()
+            .map(|c| crate::auth::oauth::Client {
+                id: c.client_id.as_str().into(),
+                secret_hash: c.secret_hash.as_deref().map(Into::into),
+                redirect_uris: c.redirect_uris.iter().map(|u| u.as_str().into()).collect(),
+                post_logout_redirect_uris: c
+                    .post_logout_redirect_uris
+                    .iter()
+                    .map(|u| u.as_str().into())
+                    .collect(),
+                scopes: c.scopes.iter().map(|s| s.as_str().into()).collect(),
+                code_ttl: secs(c.code_ttl),
+                access_ttl: secs(c.access_token_ttl),
+                refresh_ttl: secs(c.refresh_token_ttl),
+            })
+            .collect(),
     })
 }
 

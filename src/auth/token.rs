@@ -49,6 +49,9 @@ pub enum TokenKind {
     Refresh,
     /// The browser's sealed session cookie (same claims; never accepted as a bearer token).
     Session,
+    /// An OAuth 2.0 authorization code (issue #22): short-lived, traded once for tokens at
+    /// `POST /.tether/token`.
+    Code,
 }
 
 /// What a token says.
@@ -68,6 +71,37 @@ pub struct Claims {
     /// For a refresh token, its generation: each refresh issues the next one, and presenting an older one
     /// again is a reuse (the session is revoked). 0 for the other kinds.
     pub generation: u32,
+    /// For the tokens of a registered client application (OAuth 2.0 / OpenID Connect, issue #22): which
+    /// application, what it was granted, and the token's own id for single-use records and revocations.
+    pub grant: Option<Box<Grant>>,
+}
+
+/// What a client application's code or token carries beside the session (the `"oa"` member of the
+/// payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// The application's `client_id`.
+    #[serde(rename = "cid")]
+    pub client: String,
+    /// The granted scopes, space-separated.
+    #[serde(rename = "scp")]
+    pub scope: String,
+    /// The token's own id (16 random bytes, base64url): the key of its single-use record or revocation.
+    #[serde(rename = "jti")]
+    pub id: String,
+    /// A code's `redirect_uri`, which the exchange must repeat.
+    #[serde(rename = "uri", default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+    /// A code's PKCE `code_challenge` (S256), which the exchange's verifier must hash to.
+    #[serde(rename = "pkce", default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+    /// The OpenID Connect `nonce` the authorization request carried, repeated in the ID token.
+    #[serde(rename = "non", default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// When the user logged in (seconds since the Unix epoch): the ID token's `auth_time`.
+    #[serde(rename = "ath")]
+    pub auth_time: u64,
 }
 
 /// The encrypted payload as written.
@@ -83,6 +117,8 @@ struct PayloadOut<'a> {
     aud: &'a str,
     #[serde(rename = "gen", skip_serializing_if = "is_zero")]
     generation: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oa: Option<&'a Grant>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -103,6 +139,8 @@ struct PayloadIn {
     aud: String,
     #[serde(rename = "gen", default)]
     generation: u32,
+    #[serde(default)]
+    oa: Option<Grant>,
 }
 
 /// The footer as read, untrusted, to pick the key.
@@ -309,6 +347,7 @@ impl Keyring {
             exp: claims.expires,
             aud: &claims.audience,
             generation: claims.generation,
+            oa: claims.grant.as_deref(),
         };
         let json = serde_json::to_vec(&payload).map_err(|_| SealError::Crypto)?;
         LocalToken::encrypt(&key.secret, &json, Some(key.footer.as_bytes()), None)
@@ -322,6 +361,27 @@ impl Keyring {
         now: u64,
         kind: TokenKind,
         audience: &str,
+    ) -> Result<Claims, TokenError> {
+        self.open_for(token, now, kind, Some(audience))
+    }
+
+    /// Opens a `kind` token for whichever audience it was sealed for: the caller checks the audience
+    /// itself (a bearer token at `/.tether/userinfo` names its client application only inside).
+    pub fn open_any_audience(
+        &self,
+        token: &[u8],
+        now: u64,
+        kind: TokenKind,
+    ) -> Result<Claims, TokenError> {
+        self.open_for(token, now, kind, None)
+    }
+
+    fn open_for(
+        &self,
+        token: &[u8],
+        now: u64,
+        kind: TokenKind,
+        audience: Option<&str>,
     ) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("too long"));
@@ -366,7 +426,7 @@ impl Keyring {
         if p.typ != kind {
             return Err(TokenError::WrongKind);
         }
-        if p.aud != audience {
+        if audience.is_some_and(|a| a != p.aud) {
             return Err(TokenError::WrongAudience);
         }
         if now >= p.exp {
@@ -381,6 +441,7 @@ impl Keyring {
             expires: p.exp,
             audience: p.aud,
             generation: p.generation,
+            grant: p.oa.map(Box::new),
         })
     }
 }
@@ -412,6 +473,7 @@ mod tests {
             expires: T0 + 900,
             audience: "mail".into(),
             generation: 0,
+            grant: None,
         }
     }
 
@@ -434,6 +496,32 @@ mod tests {
             assert!(token.starts_with("v4.local."), "{token}");
             assert!(token.len() < 400, "{}", token.len());
             assert_eq!(ring.open(token.as_bytes(), T0 + 1, kind, "mail"), Ok(c));
+        }
+    }
+
+    #[test]
+    fn a_code_round_trips_with_its_grant_and_is_only_a_code() {
+        let ring = ring();
+        let mut c = claims(TokenKind::Code);
+        c.grant = Some(Box::new(Grant {
+            client: "app".into(),
+            scope: "openid profile".into(),
+            id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            redirect_uri: Some("https://app.example/cb".into()),
+            challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+            nonce: Some("n-0S6_WzA2Mj".into()),
+            auth_time: T0 - 10,
+        }));
+        let token = ring.seal(&c).unwrap();
+        assert_eq!(
+            ring.open(token.as_bytes(), T0 + 1, TokenKind::Code, "mail"),
+            Ok(c)
+        );
+        for kind in [TokenKind::Access, TokenKind::Refresh, TokenKind::Session] {
+            assert_eq!(
+                ring.open(token.as_bytes(), T0 + 1, kind, "mail"),
+                Err(TokenError::WrongKind)
+            );
         }
     }
 

@@ -1390,6 +1390,57 @@ pub struct PoolConfig {
     /// The tenant's tier, which `[[rate_limits]] tiers` may give its own rate.
     #[serde(default)]
     pub tier: Option<String>,
+    /// Applications that use the pool as their OAuth 2.0 / OpenID Connect provider
+    /// (`[[pools.NAME.clients]]`, issue #22).
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[[pools.NAME.clients]]`: a registered client application (OAuth 2.0 / OpenID Connect, issue #22).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The `client_id` the application sends; unique across pools.
+    pub client_id: String,
+    /// The argon2id PHC hash of the client secret (`tether clients secret` makes both); none: a public
+    /// client, which must use PKCE.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// Where codes may be sent: compared exactly, character for character.
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser afterwards: compared exactly.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Scopes the application may ask for.
+    #[serde(default = "default_client_scopes")]
+    pub scopes: Vec<String>,
+    /// How long an authorization code may wait for its exchange.
+    #[serde(default = "default_code_ttl", with = "duration")]
+    pub code_ttl: Duration,
+    /// How long the application's access tokens live.
+    #[serde(default = "default_client_access_ttl", with = "duration")]
+    pub access_token_ttl: Duration,
+    /// How long its refresh tokens live (capped by the login session's end).
+    #[serde(default = "default_client_refresh_ttl", with = "duration")]
+    pub refresh_token_ttl: Duration,
+}
+
+fn default_client_scopes() -> Vec<String> {
+    ["openid", "profile", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_client_access_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_client_refresh_ttl() -> Duration {
+    Duration::from_secs(86_400)
 }
 
 /// `[[pools.NAME.quotas]]`: at most `limit` of `metric` per `period`, cluster-wide.

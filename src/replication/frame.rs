@@ -1465,8 +1465,8 @@ mod tests {
                 "too many records (4294967295)",
             ),
             (
-                updates(1, 1, 1, &raw_record(13, 0, b"k", Some((0, b"")))),
-                "unknown record kind 13",
+                updates(1, 1, 1, &raw_record(14, 0, b"k", Some((0, b"")))),
+                "unknown record kind 14",
             ),
             (
                 updates(1, 1, 1, &raw_record(0, 1, b"k", None)),

@@ -34,11 +34,14 @@ pub enum Kind {
     /// An upload's bytes (`spool`): key = upload id and chunk index, value = up to 256 KiB from
     /// `index * 256 KiB` (a later version holds more of the same chunk).
     UploadChunk = 12,
+    /// A spent or revoked single sign-on code or token (`auth::oidc`): key = the token's id, value = why
+    /// (used or revoked) and when; it expires with the token, so it is never kept longer than needed.
+    SingleUse = 13,
 }
 
 impl Kind {
     /// One more than the highest kind: sizes per-kind tables.
-    pub const BOUND: usize = 13;
+    pub const BOUND: usize = 14;
 
     /// Kinds whose changes the store reports to its watcher (see `Store::watch`): the ones the
     /// notification queues index (login sessions by user, notifications by session). Every other kind
@@ -67,6 +70,7 @@ impl Kind {
             10 => Some(Kind::NotificationAck),
             11 => Some(Kind::Upload),
             12 => Some(Kind::UploadChunk),
+            13 => Some(Kind::SingleUse),
             _ => None,
         }
     }

@@ -80,6 +80,23 @@ impl Validator {
                 }
             }
         }
+        // A client_id names one application of one pool: the token endpoint finds it by id alone.
+        let mut clients: BTreeMap<&str, String> = BTreeMap::new();
+        for (name, pool) in &config.pools {
+            for (i, c) in pool.clients.iter().enumerate() {
+                let ckey = format!("pools.{}.clients[{i}].client_id", quote_key(name));
+                match clients.get(c.client_id.as_str()) {
+                    Some(first) => self.conflict(
+                        ckey,
+                        format!("client_id \"{}\" is registered twice", c.client_id),
+                        first.clone(),
+                    ),
+                    None => {
+                        clients.insert(c.client_id.as_str(), ckey);
+                    }
+                }
+            }
+        }
         for (i, route) in config.routes.iter().enumerate() {
             self.route_auth(config, &format!("routes[{i}]"), route);
         }
@@ -256,6 +273,9 @@ impl Validator {
             );
         }
         self.lockout(&format!("{key}.lockout"), &pool.lockout);
+        for (i, client) in pool.clients.iter().enumerate() {
+            self.client(&format!("{key}.clients[{i}]"), client);
+        }
         let Some(up) = &pool.upstream else {
             return;
         };
@@ -300,6 +320,57 @@ impl Validator {
     }
 
     /// A route's `auth`, `pool`, `roles` and `groups`.
+    /// One `[[pools.NAME.clients]]` (issue #22): a client id and scopes of safe characters, a secret hash
+    /// argon2 accepts, redirect URIs that are absolute and exact, lifetimes in range. Ids are checked
+    /// across pools by the caller.
+    fn client(&mut self, key: &str, c: &crate::config::schema::ClientConfig) {
+        use crate::auth::oauth::{check_client_name, check_registered_uri};
+        if let Err(e) = check_client_name(&c.client_id) {
+            self.error(format!("{key}.client_id"), e);
+        }
+        if let Some(hash) = &c.secret_hash {
+            if let Err(e) = crate::auth::password::check_hash(hash) {
+                self.error(
+                    format!("{key}.secret_hash"),
+                    format!("{e} (make one with `tether clients secret`)"),
+                );
+            }
+        }
+        if c.redirect_uris.is_empty() {
+            self.error(
+                format!("{key}.redirect_uris"),
+                "at least one redirect URI is required",
+            );
+        }
+        for (field, uris) in [
+            ("redirect_uris", &c.redirect_uris),
+            ("post_logout_redirect_uris", &c.post_logout_redirect_uris),
+        ] {
+            for (j, uri) in uris.iter().enumerate() {
+                if let Err(e) = check_registered_uri(uri) {
+                    self.error(format!("{key}.{field}[{j}]"), e);
+                }
+            }
+        }
+        for (j, scope) in c.scopes.iter().enumerate() {
+            if let Err(e) = check_client_name(scope) {
+                self.error(format!("{key}.scopes[{j}]"), e);
+            }
+        }
+        for (field, d, max) in [
+            ("code_ttl", c.code_ttl, 10 * MINUTE),
+            ("access_token_ttl", c.access_token_ttl, 24 * HOUR),
+            ("refresh_token_ttl", c.refresh_token_ttl, 365 * 24 * HOUR),
+        ] {
+            if d < SECOND || d > max {
+                self.error(
+                    format!("{key}.{field}"),
+                    format!("must be between 1s and {}", humantime::format_duration(max)),
+                );
+            }
+        }
+    }
+
     /// `[pools.NAME.lockout]`: counts in range, waits that fit in the reset window (a lock never outlives
     /// the failures it counts).
     fn lockout(&mut self, key: &str, l: &LockoutConfig) {
