@@ -432,3 +432,53 @@ fn busy_polling_serves_requests_and_an_idle_worker_still_goes_to_sleep() {
     // The spin is bounded: with no traffic the worker blocks in epoll_wait (state S), it does not spin.
     wait_until("the idle worker to sleep", || t.worker_state() == Some('S'));
 }
+
+#[test]
+fn a_client_that_asked_to_close_is_closed_at_once_and_one_that_sent_more_is_drained() {
+    let a = Backend::named("a");
+    let t = Tether::start(&config_for(&[a.addr], ""));
+    // Asked to close, nothing more sent: answered, then closed outright (no half-close waiting for the
+    // client's end). Bytes the client writes afterwards meet a closed socket: the kernel resets, and a
+    // later write fails (looked for a few times, not timed).
+    let mut s = std::net::TcpStream::connect(t.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let mut refused = None;
+    for _ in 0..50 {
+        if let Err(e) = s.write_all(b"x") {
+            refused = Some(e.kind());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        matches!(
+            refused,
+            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+        ),
+        "the server's socket is gone: {refused:?}"
+    );
+
+    // Bytes sent past the request (a pipelined one behind `Connection: close`): the answer is followed
+    // by a half-close and tether drains what comes, so nothing resets the answer away.
+    let mut s = std::net::TcpStream::connect(t.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // Still draining: writes keep being taken.
+    for _ in 0..5 {
+        s.write_all(b"more").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -69,6 +69,13 @@ impl Transport {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
+    /// Sends TLS close_notify (nothing for plain TCP), before a plain close.
+    pub(crate) fn close_notify(&mut self, io: &mut Readiness) {
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut self.sock, io);
+        }
+    }
+
     /// Ends our sending side: close_notify first when TLS, then a TCP half-close.
     pub(crate) fn shutdown_write(&mut self, io: &mut Readiness) {
         if let Some(tls) = &mut self.tls {

@@ -240,6 +240,10 @@ pub(crate) struct Session {
     /// Close the client connection once the current response is written.
     close_after: bool,
     shutdown_sent: bool,
+    /// The client asked to close, and sent nothing past its request: the answer is followed by a plain
+    /// close, with no half-close and no lingering for the client's end (nginx's way too; see
+    /// `step_closing`).
+    quick_close: bool,
     log: Option<Box<AccessRecord>>,
     accepted_at: Instant,
     /// TLS listener: the first bytes were checked for plain HTTP.
@@ -301,6 +305,7 @@ impl Session {
             closing_since: now,
             close_after: false,
             shutdown_sent: false,
+            quick_close: false,
             log: None,
             accepted_at: now,
             tls_checked: false,
