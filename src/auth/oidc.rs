@@ -535,6 +535,48 @@ fn invalid_grant(description: &str) -> Verdict {
     answer(oauth_error(400, "invalid_grant", description))
 }
 
+/// A code or refresh token `client` presents: it opens as `kind` for this client (its audience), names
+/// the client in its grant, and is of `pool`'s tenant. `Err`: the `invalid_grant` answer (the reason
+/// logged, never shown).
+fn client_token(
+    auth: &Auth,
+    pool: &Pool,
+    client: &Client,
+    token: &str,
+    kind: TokenKind,
+    now: u32,
+) -> Result<Claims, Verdict> {
+    let what = if kind == TokenKind::Code {
+        "code"
+    } else {
+        "refresh token"
+    };
+    let claims = auth
+        .keys
+        .tokens()
+        .open
+        .open(
+            token.as_bytes(),
+            u64::from(now),
+            kind,
+            &Client::audience(&client.id),
+        )
+        .map_err(|e| {
+            log::info!("oauth: {what} refused for client {:?}: {e}", client.id);
+            invalid_grant(&format!(
+                "the {what} is not valid (expired, altered, spent or another client's)"
+            ))
+        })?;
+    let ours = claims
+        .grant
+        .as_deref()
+        .is_some_and(|g| *g.client == *client.id);
+    if !ours || claims.tenant != *pool.tenant {
+        return Err(invalid_grant(&format!("the {what} is not valid")));
+    }
+    Ok(claims)
+}
+
 /// `grant_type=authorization_code`: the code opens for this client, its redirect URI and PKCE verifier
 /// match, its session is live, and it was never used; then it is spent (sync) and the tokens answered.
 /// A code used before revokes its session (see the module docs).
@@ -550,24 +592,13 @@ fn code_grant(
     let Some(code) = params.code.as_deref() else {
         return answer(oauth_error(400, "invalid_request", "code is required"));
     };
-    let claims = match auth.keys.tokens().open.open(
-        code.as_bytes(),
-        u64::from(now),
-        TokenKind::Code,
-        &Client::audience(&client.id),
-    ) {
+    let claims = match client_token(auth, pool, client, code, TokenKind::Code, now) {
         Ok(c) => c,
-        Err(e) => {
-            log::info!("oauth: code refused for client {:?}: {e}", client.id);
-            return invalid_grant("the code is not valid (expired, altered, or another client's)");
-        }
+        Err(v) => return v,
     };
-    let Some(grant) = claims.grant.as_deref().filter(|g| *g.client == *client.id) else {
+    let Some(grant) = claims.grant.as_deref() else {
         return invalid_grant("the code is not valid");
     };
-    if claims.tenant != *pool.tenant {
-        return invalid_grant("the code is not valid");
-    }
     if let Some(uri) = &grant.redirect_uri {
         if params.redirect_uri.as_deref() != Some(uri) {
             return invalid_grant("redirect_uri differs from the authorization request's");
@@ -637,24 +668,13 @@ fn refresh_grant(
             "refresh_token is required",
         ));
     };
-    let claims = match auth.keys.tokens().open.open(
-        token.as_bytes(),
-        u64::from(now),
-        TokenKind::Refresh,
-        &Client::audience(&client.id),
-    ) {
+    let claims = match client_token(auth, pool, client, token, TokenKind::Refresh, now) {
         Ok(c) => c,
-        Err(e) => {
-            log::info!("oauth: refresh token refused for {:?}: {e}", client.id);
-            return invalid_grant("the refresh token is not valid");
-        }
+        Err(v) => return v,
     };
-    let Some(grant) = claims.grant.as_deref().filter(|g| *g.client == *client.id) else {
+    let Some(grant) = claims.grant.as_deref() else {
         return invalid_grant("the refresh token is not valid");
     };
-    if claims.tenant != *pool.tenant {
-        return invalid_grant("the refresh token is not valid");
-    }
     let Some(session) = live_session(r, &claims.session) else {
         return invalid_grant("the login session ended");
     };
