@@ -7,7 +7,8 @@
 //! holds every acknowledged write; notifications acknowledged stay deleted and the rest survive kill -9
 //! of their node; usage metered over three nodes, one killed, adds up exactly, and a cluster-wide rate
 //! limit holds across nodes; and the server's write script keeps, key by key, the record the local store
-//! keeps, whatever order the writes arrive in (equal versions included).
+//! keeps, whatever order the writes arrive in (equal versions included); TLS with an ACL user; and on a
+//! Redis Cluster the node holding the prefix's slot is found and used.
 
 mod common;
 
@@ -601,4 +602,28 @@ fn the_servers_script_keeps_the_record_the_local_store_keeps_whatever_the_order(
             "key {k}: the server and the store disagree"
         );
     }
+}
+
+#[test]
+fn on_a_redis_cluster_the_node_holding_the_prefixs_slot_is_found_and_used() {
+    let servers = RedisServer::cluster_of_three();
+    // A prefix whose slot the last server holds (slots are given in thirds, in order): a node told only
+    // of the first one is redirected there.
+    let prefix = (0..100)
+        .map(|i| format!("p{i}"))
+        .find(|p| servers[0].keyslot(&format!("{{{p}}}")) > 11_000)
+        .unwrap();
+    let backend = Backend::named("app");
+    let config = |name: &str| {
+        node_config(name, &servers[0], backend.addr, "")
+            .replace("prefix = \"t\"", &format!("prefix = \"{prefix}\""))
+    };
+    let a = Tether::start(&config("a"));
+    let b = Tether::start(&config("b"));
+    let cookie = login(&a);
+    wait_until("the login at b", || mail(&b, &cookie) == 200);
+    assert_eq!(field(&redis_line(&a), "server"), servers[2].address());
+    let sessions = format!("{{{prefix}}}:r:3:*");
+    assert_eq!(servers[2].keys(&sessions), 1);
+    assert_eq!(servers[0].keys(&sessions), 0);
 }

@@ -90,6 +90,8 @@ pub struct RedisSetup {
     /// This node's name.
     pub node: String,
     clients: Vec<(String, redis::Client)>,
+    /// How to reach an address not configured (a Redis Cluster node a redirection names).
+    access: Access,
     layout: Layout,
     sealer: Arc<seal::Sealer>,
     connect_timeout: Duration,
@@ -109,6 +111,34 @@ impl std::fmt::Debug for RedisSetup {
                 &self.clients.iter().map(|c| &c.0).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// What every connection shares: the scheme (TLS or not), the credentials and the CA.
+struct Access {
+    scheme: &'static str,
+    /// `user:password@`, percent-encoded, or empty.
+    auth: String,
+    ca: Option<Vec<u8>>,
+}
+
+impl Access {
+    fn client(&self, address: &str) -> Result<redis::Client, RedisStoreError> {
+        let url = format!("{}://{}{address}/", self.scheme, self.auth);
+        match &self.ca {
+            Some(pem) => redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(url.as_str()),
+        }
+        .map_err(|source| RedisStoreError::Client {
+            address: address.to_string(),
+            source,
+        })
     }
 }
 
@@ -146,35 +176,23 @@ impl RedisSetup {
             })?),
             None => None,
         };
+        let enc = |v: &str| {
+            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let auth = match (set(&s.username), &password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (None, Some(p)) => format!(":{}@", enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            (None, None) => String::new(),
+        };
+        let access = Access {
+            scheme: if s.tls { "rediss" } else { "redis" },
+            auth,
+            ca,
+        };
         let mut clients = Vec::with_capacity(s.addresses.len());
         for address in &s.addresses {
-            let enc = |v: &str| {
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string()
-            };
-            let auth = match (set(&s.username), &password) {
-                (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
-                (None, Some(p)) => format!(":{}@", enc(p)),
-                (Some(u), None) => format!("{}@", enc(u)),
-                (None, None) => String::new(),
-            };
-            let scheme = if s.tls { "rediss" } else { "redis" };
-            let url = format!("{scheme}://{auth}{address}/");
-            let client = match &ca {
-                Some(pem) => redis::Client::build_with_tls(
-                    url.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem.clone()),
-                    },
-                ),
-                None => redis::Client::open(url.as_str()),
-            }
-            .map_err(|source| RedisStoreError::Client {
-                address: address.clone(),
-                source,
-            })?;
-            clients.push((address.clone(), client));
+            clients.push((address.clone(), access.client(address)?));
         }
         // Validation checked every cookie key; one that does not decode seals nothing here.
         let cookie_keys: Vec<[u8; 32]> = config
@@ -186,6 +204,7 @@ impl RedisSetup {
         Ok(Some(RedisSetup {
             node: s.node.clone().unwrap_or_default(),
             clients,
+            access,
             layout: Layout::new(&s.prefix),
             sealer: seal::Sealer::new(&cookie_keys, &s.prefix),
             connect_timeout: s.connect_timeout,
@@ -225,7 +244,7 @@ impl RedisSetup {
         let mut tried = Vec::new();
         for (address, client) in &self.clients {
             match self.connect_to(address, client) {
-                Ok(Some(c)) => return Ok(c),
+                Ok(Some(c)) => return self.slot_owner(c),
                 Ok(None) => tried.push(format!("{address}: a replica")),
                 Err(e) => tried.push(e.to_string()),
             }
@@ -233,6 +252,34 @@ impl RedisSetup {
         Err(RedisStoreError::NoPrimary {
             tried: tried.join("; "),
         })
+    }
+
+    /// On a Redis Cluster, the node that serves the prefix's slot (every key of the layout is in it):
+    /// a `MOVED` answer to a look at the stream key names it, and the connection goes there instead. On
+    /// a standalone server the look is an `EXISTS` answered at once.
+    fn slot_owner(&self, mut conn: Conn) -> Result<Conn, RedisStoreError> {
+        // Two hops at most: a slot being moved answers `MOVED` from its old owner once.
+        for _ in 0..2 {
+            let probe = redis::cmd("EXISTS")
+                .arg(self.layout.stream())
+                .query::<i64>(&mut conn.con);
+            let Err(e) = probe else {
+                return Ok(conn);
+            };
+            // `MOVED slot host:port`: the address as the cluster announces it.
+            let Some((address, _slot)) = e.redirect_node() else {
+                return Err(conn.error(e));
+            };
+            let address = address.to_string();
+            let client = self.access.client(&address)?;
+            conn =
+                self.connect_to(&address, &client)?
+                    .ok_or_else(|| RedisStoreError::Unexpected {
+                        address: address.clone(),
+                        what: "named by a redirection but not a primary".into(),
+                    })?;
+        }
+        Ok(conn)
     }
 
     fn connect_to(
