@@ -627,3 +627,21 @@ fn on_a_redis_cluster_the_node_holding_the_prefixs_slot_is_found_and_used() {
     assert_eq!(servers[2].keys(&sessions), 1);
     assert_eq!(servers[0].keys(&sessions), 0);
 }
+
+#[test]
+fn a_reload_applies_the_sync_write_settings_and_keeps_the_rest_of_store() {
+    let redis = RedisServer::start(true);
+    let backend = Backend::named("app");
+    let a = Tether::start(&node_config("a", &redis, backend.addr, ""));
+    let cookie = login(&a);
+    let reloaded = node_config("a", &redis, backend.addr, "sync_timeout = \"2s\"")
+        .replace("prefix = \"t\"", "prefix = \"other\"");
+    a.write_config(&reloaded);
+    a.signal("HUP");
+    a.wait_log("changes to [store] other than sync_timeout and on_sync_timeout need a restart");
+    // Still on the prefix it started with: the login is honoured, a new one lands under it.
+    assert_eq!(mail(&a, &cookie), 200);
+    login(&a);
+    assert_eq!(redis.keys("{t}:r:3:*"), 2);
+    assert_eq!(redis.keys("{other}:*"), 0);
+}
