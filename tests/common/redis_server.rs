@@ -113,11 +113,15 @@ impl RedisServer {
                     dir: tempfile::tempdir().unwrap(),
                     appendonly: false,
                     replica_of: None,
+                    // The cluster bus on a port of its own (by default port + 10000, which may
+                    // be taken: the ephemeral range starts at 32768).
                     extra: [
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
                         "nodes.conf",
+                        "--cluster-port",
+                        &super::cluster::repl_addr().port().to_string(),
                     ]
                     .iter()
                     .map(|s| s.to_string())
