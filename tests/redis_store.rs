@@ -83,11 +83,16 @@ fn a_login_at_a_is_honoured_at_b_and_its_logout_refused_everywhere() {
     let redis = RedisServer::start(true);
     let backend = Backend::named("app");
     let nodes = start_nodes(&["a", "b", "c"], &redis, backend.addr, "");
+    // Honoured at b and c at once, whether or not their feed has applied it yet: a node that has never
+    // heard of a session asks the server before it refuses.
+    for _ in 0..20 {
+        let cookie = login(&nodes[0]);
+        assert_eq!(mail(&nodes[1], &cookie), 200);
+        assert_eq!(mail(&nodes[2], &cookie), 200);
+    }
     let cookie = login(&nodes[0]);
     for n in &nodes {
-        wait_until("the login honoured at every node", || {
-            mail(n, &cookie) == 200
-        });
+        assert_eq!(mail(n, &cookie), 200);
     }
     let r = post(
         nodes[1].addr,
@@ -102,8 +107,9 @@ fn a_login_at_a_is_honoured_at_b_and_its_logout_refused_everywhere() {
     for n in [&nodes[0], &nodes[2]] {
         wait_until("the revocation at every node", || mail(n, &cookie) == 401);
     }
-    // The server holds the session's tombstone under the test's prefix, nothing outside it.
-    assert_eq!(redis.keys("{t}:r:3:*"), 1);
+    // The server holds the logged-out session's tombstone (and the 20 others) under the test's prefix,
+    // nothing outside it.
+    assert_eq!(redis.keys("{t}:r:3:*"), 21);
     let mut c = redis.connection().unwrap();
     let all: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     assert!(all.iter().all(|k| k.starts_with("{t}:")), "{all:?}");
@@ -675,4 +681,43 @@ fn a_reload_applies_the_sync_write_settings_and_keeps_the_rest_of_store() {
     login(&a);
     assert_eq!(redis.keys("{t}:r:3:*"), 2);
     assert_eq!(redis.keys("{other}:*"), 0);
+}
+
+#[test]
+fn a_node_asks_the_server_for_a_session_its_feed_has_not_brought() {
+    let redis = RedisServer::start(true);
+    // b's user may not read the change stream: only its fetch on a miss can bring it a's logins.
+    let mut c = redis.connection().unwrap();
+    let _: String = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nofeed")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-xread")
+        .query(&mut c)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    let backend = Backend::named("app");
+    let a = Tether::start(&node_config("a", &redis, backend.addr, ""));
+    let b = Tether::start(&node_config(
+        "b",
+        &redis,
+        backend.addr,
+        &format!(
+            "username = \"nofeed\"\npassword_file = \"{}\"\nmax_staleness = \"1h\"",
+            pass.display()
+        ),
+    ));
+    for _ in 0..3 {
+        let cookie = login(&a);
+        assert_eq!(mail(&b, &cookie), 200);
+    }
+    assert!(b.count_log("fetched a LoginSession record the feed had not brought yet") >= 3);
+    // A token for a session the server does not hold either is refused after the ask.
+    assert_eq!(mail(&b, "tether_session=garbage"), 401);
 }

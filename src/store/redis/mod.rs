@@ -22,6 +22,7 @@
 //!   store's records go through the same script, so what any live node holds is not lost.
 
 mod feed;
+mod fetch;
 pub mod layout;
 pub mod seal;
 mod writer;
@@ -423,6 +424,20 @@ impl RedisStore {
         let waker = Arc::new(Waker::new(poll.registry(), Token(0))?);
         feed.feed.set_waker(waker.clone());
         let stop = Arc::new(AtomicBool::new(false));
+        let (asks, asked) = crossbeam_channel::bounded::<fetch::Ask>(fetch::QUEUE);
+        feed.feed.set_fetch(Arc::new(move |kind, key, done| {
+            asks.try_send((kind, key.to_vec(), done)).is_ok()
+        }));
+        let mut fetcher = fetch::Fetcher {
+            setup: setup.clone(),
+            store: feed.store.clone(),
+            hlc: feed.hlc.clone(),
+            sticky: feed.sticky.clone(),
+            shared: feed.shared.clone(),
+            slot: feed.slot,
+            asks: asked,
+            stop: stop.clone(),
+        };
         let loaded = Arc::new(Loaded::default());
         let counters = Arc::new(OnceLock::new());
         let status = Arc::new(Status::default());
@@ -469,6 +484,9 @@ impl RedisStore {
             status: status.clone(),
         };
         let threads = vec![
+            std::thread::Builder::new()
+                .name("store-fetch".into())
+                .spawn(move || fetcher.run())?,
             std::thread::Builder::new()
                 .name("store-redis".into())
                 .spawn(move || writer.run())?,
