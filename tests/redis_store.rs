@@ -367,16 +367,6 @@ fn a_replica_promoted_after_the_primary_is_killed_holds_every_acknowledged_write
     assert_eq!(mail(&c, "tether_session=garbage"), 401);
 }
 
-/// The publish listener's address, from the start-up log.
-fn publish_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("notifications: publish listener on ");
-    line.split("publish listener on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
 fn publish(addr: SocketAddr, n: usize) -> u64 {
     let r = post(
         addr,
