@@ -34,16 +34,6 @@ fn single(backend: SocketAddr, notify: &str) -> String {
     )
 }
 
-/// The publish listener's address, from the start-up log.
-fn publish_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("notifications: publish listener on ");
-    line.split("publish listener on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
 fn publish_with(addr: SocketAddr, secret: &str, body: &str) -> Response {
     post(
         addr,

@@ -7,13 +7,15 @@
 //! holds every acknowledged write; notifications acknowledged stay deleted and the rest survive kill -9
 //! of their node; usage metered over three nodes, one killed, adds up exactly, and a cluster-wide rate
 //! limit holds across nodes; and the server's write script keeps, key by key, the record the local store
-//! keeps, whatever order the writes arrive in (equal versions included).
+//! keeps, whatever order the writes arrive in (equal versions included); TLS with an ACL user; and on a
+//! Redis Cluster the node holding the prefix's slot is found and used.
 
 mod common;
 
 use common::login::*;
 use common::redis_server::RedisServer;
 use common::*;
+use std::cell::Cell;
 use std::net::SocketAddr;
 
 /// A node's config: `[store]` on `redis` as node `name` (with `store` extra keys), the example pool,
@@ -81,11 +83,16 @@ fn a_login_at_a_is_honoured_at_b_and_its_logout_refused_everywhere() {
     let redis = RedisServer::start(true);
     let backend = Backend::named("app");
     let nodes = start_nodes(&["a", "b", "c"], &redis, backend.addr, "");
+    // Honoured at b and c at once, whether or not their feed has applied it yet: a node that has never
+    // heard of a session asks the server before it refuses.
+    for _ in 0..20 {
+        let cookie = login(&nodes[0]);
+        assert_eq!(mail(&nodes[1], &cookie), 200);
+        assert_eq!(mail(&nodes[2], &cookie), 200);
+    }
     let cookie = login(&nodes[0]);
     for n in &nodes {
-        wait_until("the login honoured at every node", || {
-            mail(n, &cookie) == 200
-        });
+        assert_eq!(mail(n, &cookie), 200);
     }
     let r = post(
         nodes[1].addr,
@@ -100,9 +107,12 @@ fn a_login_at_a_is_honoured_at_b_and_its_logout_refused_everywhere() {
     for n in [&nodes[0], &nodes[2]] {
         wait_until("the revocation at every node", || mail(n, &cookie) == 401);
     }
-    // The server holds the session's tombstone under the test's prefix, nothing outside it.
-    assert_eq!(redis.keys("{t}:r:3:*"), 1);
-    assert_eq!(redis.keys("*") - redis.keys("{t}:*"), 0);
+    // The server holds the logged-out session's tombstone (and the 20 others) under the test's prefix,
+    // nothing outside it.
+    assert_eq!(redis.keys("{t}:r:3:*"), 21);
+    let mut c = redis.connection().unwrap();
+    let all: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert!(all.iter().all(|k| k.starts_with("{t}:")), "{all:?}");
     // SIGUSR1 reports the server link: b reached it, wrote its logout, applied a's login.
     let line = redis_line(&nodes[1]);
     assert_eq!(field(&line, "server"), redis.address(), "{line}");
@@ -357,16 +367,6 @@ fn a_replica_promoted_after_the_primary_is_killed_holds_every_acknowledged_write
     assert_eq!(mail(&c, "tether_session=garbage"), 401);
 }
 
-/// The publish listener's address, from the start-up log.
-fn publish_addr(t: &Tether) -> SocketAddr {
-    let line = t.wait_log("notifications: publish listener on ");
-    line.split("publish listener on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
 fn publish(addr: SocketAddr, n: usize) -> u64 {
     let r = post(
         addr,
@@ -379,13 +379,17 @@ fn publish(addr: SocketAddr, n: usize) -> u64 {
     json(&r)["id"].as_u64().unwrap()
 }
 
-/// `(id, n)` of the notifications a poll at `addr` lists after `after`.
+/// `(id, n)` of the notifications a poll at `addr` lists after `after` (none while the node does not
+/// know the session yet: its feed has not applied the login).
 fn polled(addr: SocketAddr, cookie: &str, after: u64) -> Vec<(u64, u64)> {
     let r = get_with(
         addr,
         &format!("/.tether/notifications?after={after}"),
         &format!("Cookie: {cookie}\r\n"),
     );
+    if r.status == 401 {
+        return Vec::new();
+    }
     assert_eq!(r.status, 200, "{}", r.text());
     json(&r)["notifications"]
         .as_array()
@@ -501,43 +505,67 @@ fn usage_over_three_nodes_with_one_killed_adds_up_exactly() {
         })
         .collect();
     let cookie = login(&nodes[0]);
-    let (mut sent, mut received, mut count) = (0u64, 0u64, 0u64);
-    let mut send = |addr: SocketAddr, i: usize| {
+    // Every request is metered, refused or not, so every one is counted here: `send` posts message
+    // `i` and returns its status.
+    let (sent, received, count, served) = (
+        Cell::new(0u64),
+        Cell::new(0u64),
+        Cell::new(0u64),
+        Cell::new(0usize),
+    );
+    let send = |addr: SocketAddr, i: usize| {
         let body = "x".repeat(i % 50);
         let request = format!(
             "POST /mail/msg/{i} HTTP/1.1\r\nHost: test\r\nCookie: {cookie}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let (s, r, status) = close_exchange(addr, request.as_bytes());
-        assert_eq!(status, 200);
-        sent += s;
-        received += r;
-        count += 1;
+        sent.set(sent.get() + s);
+        received.set(received.get() + r);
+        count.set(count.get() + 1);
+        served.set(served.get() + usize::from(status == 200));
+        status
     };
+    // The login is acknowledged by the server; b and c have it once their feed applied it.
+    for n in &nodes[1..] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while send(n.addr, 0) != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the login never reached a node"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let before = count.get();
     for i in 0..60 {
-        send(nodes[i % 3].addr, i);
+        assert_eq!(send(nodes[i % 3].addr, i), 200);
     }
     // c is killed once a holds every count of the first half (c's shares reached the server).
     wait_until("the first half counted at a", || {
-        figure(&usage(&nodes[0], &file), "day", "requests") == Some(60)
+        figure(&usage(&nodes[0], &file), "day", "requests") == Some(before + 60)
     });
     nodes[2].kill();
     for i in 60..120 {
-        send(nodes[i % 2].addr, i);
+        assert_eq!(send(nodes[i % 2].addr, i), 200);
     }
     for t in [&nodes[0], &nodes[1]] {
         wait_until("every request counted", || {
-            figure(&usage(t, &file), "day", "requests") == Some(count)
+            figure(&usage(t, &file), "day", "requests") == Some(count.get())
         });
         let csv = usage(t, &file);
         for period in ["day", "month"] {
-            assert_eq!(figure(&csv, period, "requests"), Some(count), "{csv}");
-            assert_eq!(figure(&csv, period, "bytes_in"), Some(sent), "{csv}");
-            assert_eq!(figure(&csv, period, "bytes_out"), Some(received), "{csv}");
+            assert_eq!(figure(&csv, period, "requests"), Some(count.get()), "{csv}");
+            assert_eq!(figure(&csv, period, "bytes_in"), Some(sent.get()), "{csv}");
+            assert_eq!(
+                figure(&csv, period, "bytes_out"),
+                Some(received.get()),
+                "{csv}"
+            );
             assert_eq!(figure(&csv, period, "logins"), Some(1), "{csv}");
         }
     }
-    assert_eq!(backend.request_count(), 120);
+    assert_eq!(backend.request_count(), served.get());
 }
 
 #[test]
@@ -601,4 +629,85 @@ fn the_servers_script_keeps_the_record_the_local_store_keeps_whatever_the_order(
             "key {k}: the server and the store disagree"
         );
     }
+}
+
+#[test]
+fn on_a_redis_cluster_the_node_holding_the_prefixs_slot_is_found_and_used() {
+    let servers = RedisServer::cluster_of_three();
+    // A prefix whose slot the last server holds (slots are given in thirds, in order): a node told only
+    // of the first one is redirected there.
+    let prefix = (0..100)
+        .map(|i| format!("p{i}"))
+        .find(|p| servers[0].keyslot(&format!("{{{p}}}")) > 11_000)
+        .unwrap();
+    let backend = Backend::named("app");
+    let config = |name: &str| {
+        node_config(name, &servers[0], backend.addr, "")
+            .replace("prefix = \"t\"", &format!("prefix = \"{prefix}\""))
+    };
+    let a = Tether::start(&config("a"));
+    let b = Tether::start(&config("b"));
+    let cookie = login(&a);
+    wait_until("the login at b", || mail(&b, &cookie) == 200);
+    assert_eq!(field(&redis_line(&a), "server"), servers[2].address());
+    let sessions = format!("{{{prefix}}}:r:3:*");
+    assert_eq!(servers[2].keys(&sessions), 1);
+    assert_eq!(servers[0].keys(&sessions), 0);
+}
+
+#[test]
+fn a_reload_applies_the_sync_write_settings_and_keeps_the_rest_of_store() {
+    let redis = RedisServer::start(true);
+    let backend = Backend::named("app");
+    let a = Tether::start(&node_config("a", &redis, backend.addr, ""));
+    let cookie = login(&a);
+    let reloaded = node_config("a", &redis, backend.addr, "sync_timeout = \"2s\"")
+        .replace("prefix = \"t\"", "prefix = \"other\"");
+    a.write_config(&reloaded);
+    a.signal("HUP");
+    a.wait_log("changes to [store] other than sync_timeout and on_sync_timeout need a restart");
+    // Still on the prefix it started with: the login is honoured, a new one lands under it.
+    assert_eq!(mail(&a, &cookie), 200);
+    login(&a);
+    assert_eq!(redis.keys("{t}:r:3:*"), 2);
+    assert_eq!(redis.keys("{other}:*"), 0);
+}
+
+#[test]
+fn a_node_asks_the_server_for_a_session_its_feed_has_not_brought() {
+    let redis = RedisServer::start(true);
+    // b's user may not read the change stream: only its fetch on a miss can bring it a's logins.
+    let mut c = redis.connection().unwrap();
+    let _: String = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nofeed")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-xread")
+        .query(&mut c)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    let backend = Backend::named("app");
+    let a = Tether::start(&node_config("a", &redis, backend.addr, ""));
+    let b = Tether::start(&node_config(
+        "b",
+        &redis,
+        backend.addr,
+        &format!(
+            "username = \"nofeed\"\npassword_file = \"{}\"\nmax_staleness = \"1h\"",
+            pass.display()
+        ),
+    ));
+    for _ in 0..3 {
+        let cookie = login(&a);
+        assert_eq!(mail(&b, &cookie), 200);
+    }
+    assert!(b.count_log("fetched a LoginSession record the feed had not brought yet") >= 3);
+    // A token for a session the server does not hold either is refused after the ask.
+    assert_eq!(mail(&b, "tether_session=garbage"), 401);
 }

@@ -79,6 +79,10 @@ pub enum Refusal {
     OtherTenant,
     #[error("session ended or revoked")]
     SessionGone,
+    /// No record of the session at all (no value, no tombstone): with the Redis backend, one written
+    /// elsewhere may not have reached this node yet (the caller may fetch it and look again).
+    #[error("session not known here")]
+    SessionUnknown([u8; 16]),
     #[error("session record unreadable")]
     BadRecord,
     #[error("no replicated store")]
@@ -140,7 +144,18 @@ impl AuthCache {
         }
         let record = store
             .get(Kind::LoginSession, &claims.session, now)
-            .ok_or(Refusal::SessionGone)?;
+            .ok_or_else(|| {
+                let held = store
+                    .store()
+                    .reader()
+                    .get_raw(Kind::LoginSession, &claims.session)
+                    .is_some();
+                if held {
+                    Refusal::SessionGone
+                } else {
+                    Refusal::SessionUnknown(claims.session)
+                }
+            })?;
         let session = decode(&record)?;
         if self.tokens.len() >= MAX_CACHED {
             self.tokens.clear();

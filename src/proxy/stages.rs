@@ -213,6 +213,9 @@ pub(crate) struct Plan {
     pub queue_us: Option<u64>,
     /// A stage's wake-up ticket (see [`Wait::Ticket`]).
     pub ticket: Option<Arc<Ticket>>,
+    /// The auth stage asked the store's backend for a login session this node did not hold (once per
+    /// request: see `StoreWriter::fetch`).
+    pub fetched: bool,
     /// A login, logout, refresh or upstream-token refresh under way (`auth::endpoints`).
     pub auth: Option<Box<crate::auth::endpoints::Progress>>,
     /// Identity header lines for the backend (user, tenant, roles, JWT), shared with the worker's cache.
@@ -596,6 +599,14 @@ fn auth(r: &mut Request<'_>) -> Verdict {
         {
             Ok(v) => v,
             Err(e) => {
+                // A session this node has never heard of may have been written at another node a
+                // moment ago (the Redis backend answers a sync write once the server holds it): ask the
+                // backend once, off the worker, and run this stage again when it answered.
+                if let crate::auth::gate::Refusal::SessionUnknown(id) = e {
+                    if let Some(wait) = fetch_session(r, &id) {
+                        return wait;
+                    }
+                }
                 log::debug!("login refused on route {}: {e}", r.plan.route);
                 return endpoints::login_required(r, settings, pool, Some(cred));
             }
@@ -647,6 +658,29 @@ fn auth(r: &mut Request<'_>) -> Verdict {
     r.plan.strip_authorization =
         matches!(cred, crate::auth::session::Credential::Bearer(_)) || pool.upstream.is_some();
     Verdict::Continue
+}
+
+/// Parks the request while the store's backend fetches login session `id` (`StoreWriter::fetch`), once
+/// per request; `None` when there is nothing to ask (the mesh, asked already, no backend room).
+fn fetch_session(r: &mut Request<'_>, id: &[u8; 16]) -> Option<Verdict> {
+    if r.plan.fetched {
+        return None;
+    }
+    let (store, ticket) = (r.cx.store?, r.cx.ticket()?);
+    let done = ticket.clone();
+    if !store.fetch(
+        crate::store::Kind::LoginSession,
+        id,
+        Arc::new(move || done.complete()),
+    ) {
+        return None;
+    }
+    r.plan.fetched = true;
+    Some(Verdict::Wait(Wait::Ticket {
+        ticket,
+        until: r.cx.now + r.cx.snapshot.sync_timeout,
+        on_timeout: None,
+    }))
 }
 
 /// Quota stage: a request of a tenant that used up a quota of the current period (cluster-wide, as the

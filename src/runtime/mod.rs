@@ -7,7 +7,7 @@ pub mod worker;
 
 use crate::access_log::AccessLog;
 use crate::balance::BackendRegistry;
-use crate::config::{self, Config};
+use crate::config::{self, Config, StoreConfig};
 use crate::proxy::context::{Command, Ctx, CtxParts, ListenerInfo, Peer};
 use crate::snapshot::{ConfigSnapshot, SharedSnapshot};
 use crate::sticky::Stickiness;
@@ -942,8 +942,21 @@ impl Server {
                 keys.join(", ")
             ),
         }
+        // `[store]`: the backend's threads, connections and keys are set at start; only the sync-write
+        // settings (read through the snapshot) reload.
+        let store = StoreConfig {
+            sync_timeout: new.store.sync_timeout,
+            on_sync_timeout: new.store.on_sync_timeout,
+            ..self.config.store.clone()
+        };
+        if store != new.store {
+            log::warn!(
+                "reload: changes to [store] other than sync_timeout and on_sync_timeout need a restart and are ignored"
+            );
+        }
         let keep_listeners = listeners_changed || tls_presence_changed;
         let new = Config {
+            store,
             workers: self.config.workers.clone(),
             listeners: if keep_listeners {
                 self.config.listeners.clone()

@@ -15,7 +15,7 @@ pub use hlc::{ClockError, Hlc, node_id};
 pub use snapshot::{Stage, StageError, Verified};
 pub use stream::{Batch, NeedSnapshot, OriginStream, PeerStream};
 pub use table::{Applied, Store, StoreReader, UndoLog};
-pub use writer::{Full, OnAck, StoreWriter, WriteFeed};
+pub use writer::{Fetch, Full, OnAck, StoreWriter, WriteFeed};
 
 #[cfg(test)]
 mod convergence_tests;

@@ -24,6 +24,25 @@ pub struct Full;
 /// Called by the replication thread once a peer acknowledged a `sync` write (it applied the record).
 pub type OnAck = Arc<dyn Fn() + Send + Sync>;
 
+/// Asks a backend that keeps the store elsewhere (Redis) for one record this node does not hold: the
+/// record is applied to the store if the backend has it, and `done` is called either way. `false`: not
+/// asked (no such backend, or too many asks in flight).
+pub type Fetch = Arc<dyn Fn(Kind, &[u8], OnAck) -> bool + Send + Sync>;
+
+/// Where the writers find the [`Fetch`] once a backend set it.
+#[derive(Default)]
+struct FetchSlot(std::sync::OnceLock<Fetch>);
+
+impl std::fmt::Debug for FetchSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "FetchSlot(set)"
+        } else {
+            "FetchSlot(none)"
+        })
+    }
+}
+
 /// A queued write: the record, and for a `sync` write who to tell when a peer has it.
 pub(crate) struct Queued {
     record: Record,
@@ -52,9 +71,20 @@ pub struct StoreWriter {
     /// peer's ack; the thread's millisecond poll would add up to a millisecond to every one); an async
     /// write does not (one system call per write would cost more than the poll).
     wake: Arc<std::sync::OnceLock<Arc<mio::Waker>>>,
+    /// Set once by a backend that can fetch a record this node lacks (see [`StoreWriter::fetch`]).
+    fetch: Arc<FetchSlot>,
 }
 
 impl StoreWriter {
+    /// Asks the backend for a record this node does not hold at all (no value, no tombstone): with the
+    /// Redis backend a write acknowledged by the server may not have reached this node's feed yet. The
+    /// record is applied when found, then `done` is called (on the backend's thread). `false` when no
+    /// backend fetches (the mesh: a sync write is at every peer before it is answered) or the backend is
+    /// busy: nothing will be called.
+    pub fn fetch(&self, kind: Kind, key: &[u8], done: OnAck) -> bool {
+        self.fetch.0.get().is_some_and(|f| f(kind, key, done))
+    }
+
     /// Applies `record` to the store, then queues it for replication if it changed the store (a stale
     /// write, older than what the store holds, is not sent: the newer record is someone's to send). With
     /// no replication thread (the feed dropped), writes are local only.
@@ -168,6 +198,7 @@ pub struct WriteFeed {
     dropped: Arc<[CachePadded<AtomicU64>]>,
     next: usize,
     wake: Arc<std::sync::OnceLock<Arc<mio::Waker>>>,
+    fetch: Arc<FetchSlot>,
 }
 
 impl WriteFeed {
@@ -185,6 +216,7 @@ impl WriteFeed {
         let mut queues = Vec::with_capacity(workers);
         let mut writers = Vec::with_capacity(workers);
         let wake = Arc::new(std::sync::OnceLock::new());
+        let fetch = Arc::new(FetchSlot::default());
         for worker in 0..workers {
             let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
             queues.push(rx);
@@ -196,6 +228,7 @@ impl WriteFeed {
                 dropped: dropped.clone(),
                 worker,
                 wake: wake.clone(),
+                fetch: fetch.clone(),
             });
         }
         (
@@ -204,9 +237,15 @@ impl WriteFeed {
                 dropped,
                 next: 0,
                 wake,
+                fetch,
             },
             writers,
         )
+    }
+
+    /// How every writer fetches a record it lacks (set once, by the Redis backend).
+    pub fn set_fetch(&self, fetch: Fetch) {
+        let _ = self.fetch.0.set(fetch);
     }
 
     /// The replication thread's waker, for `sync` writes to ring (see [`StoreWriter::write_sync`]).

@@ -1049,6 +1049,16 @@ pub fn close_exchange(addr: SocketAddr, request: &[u8]) -> (u64, u64, u16) {
     (request.len() as u64, got.len() as u64, status)
 }
 
+/// The publish listener's address, from the start-up log.
+pub fn publish_addr(t: &Tether) -> SocketAddr {
+    let line = t.wait_log("notifications: publish listener on ");
+    line.split("publish listener on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
 pub mod admin;
 pub mod browser;
 pub mod cluster;

@@ -101,6 +101,68 @@ impl RedisServer {
         r
     }
 
+    /// Three servers made one Redis Cluster (`cluster-enabled yes`, no replicas; `redis-cli --cluster
+    /// create` gives them the slots in thirds, in order), once every one reports `cluster_state:ok`.
+    pub fn cluster_of_three() -> Vec<RedisServer> {
+        let servers: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = super::cluster::repl_addr().port();
+                let mut r = RedisServer {
+                    child: None,
+                    port,
+                    dir: tempfile::tempdir().unwrap(),
+                    appendonly: false,
+                    replica_of: None,
+                    // The cluster bus on a port of its own (by default port + 10000, which may
+                    // be taken: the ephemeral range starts at 32768).
+                    extra: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        &super::cluster::repl_addr().port().to_string(),
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                    url: format!("redis://127.0.0.1:{port}/"),
+                };
+                r.spawn();
+                r
+            })
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(servers.iter().map(|s| s.address()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (package redis-tools, with redis-server; scripts/test installs it)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for s in &servers {
+            wait_until("cluster_state:ok", || {
+                let info: String = s
+                    .connection()
+                    .and_then(|mut c| ::redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+        }
+        servers
+    }
+
+    /// The cluster slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let mut c = self.connection().expect("reachable");
+        ::redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut c)
+            .unwrap()
+    }
+
     /// `INFO section`.
     pub fn info(&self, section: &str) -> String {
         self.connection()
