@@ -20,8 +20,10 @@
 # Workloads: ka_tiny ka_16k new_conn sticky tls_ka tls_full tls_resumed tls12_full tls12_resumed
 #            tls_full_pq tls_resumed_pq tls_resumed_aes256 (default: all)
 # TLS rows compare like with like: the load generator offers one version, one group and one suite, so every
-# proxy negotiates exactly those (TLS 1.3: X25519 + TLS13_AES_128_GCM_SHA256; TLS 1.2: X25519 +
-# ECDHE-ECDSA-AES256-GCM-SHA384: Debian's HAProxy refuses AES128-GCM in TLS 1.2), and each run checks what was negotiated (a mismatch stops the script).
+# proxy negotiates exactly those (TLS 1.3: X25519 + TLS13_AES_128_GCM_SHA256; TLS 1.2: P-256 +
+# ECDHE-ECDSA-AES128-GCM-SHA256 — in TLS 1.2 the client's groups also bound the ECDSA certificate's curve,
+# and OpenSSL refuses a P-256 certificate to a client offering X25519 only), and each run checks what was
+# negotiated (a mismatch stops the script).
 # tls_*_pq and tls_resumed_aes256 are tether only: the price of the post-quantum hybrid group
 # (X25519MLKEM768, which Debian's nginx and HAProxy do not offer) and of AES-256-GCM's SHA-384.
 set -euo pipefail
@@ -237,8 +239,8 @@ done
 tls_expected() {
   case "$1" in
     # A resumed TLS 1.2 handshake exchanges no key: rustls reports no group for it.
-    tls12_resumed) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 X25519|TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 none" ;;
-    tls12_*) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 X25519" ;;
+    tls12_resumed) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 secp256r1|TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 none" ;;
+    tls12_*) echo "TLSv1_2 TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 secp256r1" ;;
     *_pq) echo "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519MLKEM768" ;;
     *_aes256) echo "TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519" ;;
     *) echo "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519" ;;
@@ -372,8 +374,8 @@ Command: \`$CMD\`. Each proxy: one worker/thread on CPU(s) $PROXY_CPU, keep-aliv
 (one worker) on CPU(s) $LOAD_CPU, load from \`tether-bench -t1 -c$CONNECTIONS -d$DURATION\` on CPU(s) $LOAD_CPU; rounds
 interleaved, medians of $ROUNDS. All three proxies set X-Forwarded-For, -Proto and -Host. TLS: the same ECDSA P-256 certificate for all three; \`*_full\` = new connection per request without
 resumption, \`*_resumed\` = new connection per request with resumption. Like for like, checked on every
-handshake: \`tls_*\` rows negotiate TLS 1.3, X25519, TLS13_AES_128_GCM_SHA256; \`tls12_*\` rows TLS 1.2, X25519,
-ECDHE-ECDSA-AES256-GCM-SHA384 (Debian's HAProxy refuses TLS 1.2 AES128-GCM); \`*_pq\` rows (tether only) X25519MLKEM768 instead of X25519, and
+handshake: \`tls_*\` rows negotiate TLS 1.3, X25519, TLS13_AES_128_GCM_SHA256; \`tls12_*\` rows TLS 1.2, P-256,
+ECDHE-ECDSA-AES128-GCM-SHA256; \`*_pq\` rows (tether only) X25519MLKEM768 instead of X25519, and
 \`tls_resumed_aes256\` (tether only) TLS13_AES_256_GCM_SHA384. nginx has no cookie insertion, so no
 sticky figure.
 
