@@ -16,14 +16,15 @@ use std::sync::Arc;
 
 /// Key-exchange groups offered when `groups` is not set, in preference order: the post-quantum hybrid
 /// first (rustls's choice too: a recorded session cannot be decrypted later by a quantum computer; it
-/// costs about 20% of full-handshake throughput, bench/RESULTS.md), then the classical curves.
+/// costs 16% of full and 19% of resumed handshake throughput, bench/RESULTS.md "Handshakes and new
+/// connections"), then the classical curves.
 pub const DEFAULT_GROUPS: &[&str] = &["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"];
 
 /// Cipher suites when `cipher_suites` is not set, in preference order (the server's order decides).
 /// AES-128-GCM first, as Mozilla's "intermediate" and "modern" profiles order them: 128-bit AES has no
 /// practical attack, and its TLS 1.3 suite's SHA-256 key schedule runs on the SHA extensions of current
-/// x86 and ARM CPUs, while AES-256-GCM's SHA-384 does not (measured: a quarter of tether's CPU in resumed
-/// handshakes; bench/RESULTS.md, "TLS settings").
+/// x86 and ARM CPUs, while AES-256-GCM's SHA-384 does not (measured: 25% fewer resumed handshakes per
+/// second with AES-256-GCM; bench/RESULTS.md, "Handshakes and new connections").
 pub const DEFAULT_SUITES: &[&str] = &[
     "TLS13_AES_128_GCM_SHA256",
     "TLS13_AES_256_GCM_SHA384",
