@@ -663,10 +663,12 @@ fn auth(r: &mut Request<'_>) -> Verdict {
 /// Parks the request while the store's backend fetches login session `id` (`StoreWriter::fetch`), once
 /// per request; `None` when there is nothing to ask (the mesh, asked already, no backend room).
 fn fetch_session(r: &mut Request<'_>, id: &[u8; 16]) -> Option<Verdict> {
-    if r.plan.fetched {
+    let store = r.cx.store?;
+    // The mesh never fetches: no ticket made for every unknown session a client sends.
+    if r.plan.fetched || !store.fetches() {
         return None;
     }
-    let (store, ticket) = (r.cx.store?, r.cx.ticket()?);
+    let ticket = r.cx.ticket()?;
     let done = ticket.clone();
     if !store.fetch(
         crate::store::Kind::LoginSession,

@@ -85,6 +85,11 @@ impl StoreWriter {
         self.fetch.0.get().is_some_and(|f| f(kind, key, done))
     }
 
+    /// Whether a backend fetches records on a miss (the Redis backend; never the mesh).
+    pub fn fetches(&self) -> bool {
+        self.fetch.0.get().is_some()
+    }
+
     /// Applies `record` to the store, then queues it for replication if it changed the store (a stale
     /// write, older than what the store holds, is not sent: the newer record is someone's to send). With
     /// no replication thread (the feed dropped), writes are local only.

@@ -85,7 +85,12 @@ impl Session {
     pub(super) fn begin_closing(&mut self, cx: &mut Ctx) {
         self.phase = Phase::Closing;
         self.closing_since = cx.now;
-        self.quick_close = false;
+        // The client asked to close and nothing of its is unread (its body read, no byte buffered past
+        // the request): a plain close loses nothing to a reset, so no half-close and no lingering.
+        self.quick_close = !self.x.keep_alive
+            && self.x.req_body == Body::Done
+            && self.x.req_pending == 0
+            && self.in_buf.as_ref().is_none_or(Buffer::is_empty);
         // Pipelined requests behind a closing response are dropped with the connection.
         self.x.req_pending = 0;
     }

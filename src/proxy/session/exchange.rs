@@ -476,13 +476,7 @@ impl Session {
         }
         self.finish_request(cx);
         if self.close_after || !request_done || cx.draining {
-            // Nothing unread from the client, which asked to close: nothing for a reset to destroy.
-            let quick = !self.x.keep_alive
-                && request_done
-                && self.x.req_pending == 0
-                && self.in_buf.as_ref().is_none_or(Buffer::is_empty);
             self.begin_closing(cx);
-            self.quick_close = quick;
         } else {
             self.next_request(cx);
         }
