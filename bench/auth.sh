@@ -167,33 +167,4 @@ print(f"argon2id {params}: {sum(ok) / took:.1f} logins/s on one hash thread (one
 EOF
 
 echo "== the sync write on a login: refresh and login latency, node a (acked by b) vs lone =="
-python3 - "$P_A" "$P_LONE" <<'EOF'
-import http.client, json, sys, time
-def pct(v, p):
-    v = sorted(v); return v[min(len(v) - 1, int(len(v) * p))]
-def measure(port):
-    c = http.client.HTTPConnection("127.0.0.1", port)
-    login = lambda: (c.request("POST", "/.tether/login", '{"username":"alice","password":"tether-demo"}',
-                     {"Content-Type": "application/json", "Accept": "application/json"}), c.getresponse())[1]
-    r = login(); tokens = json.loads(r.read()); assert r.status == 200, r.status
-    refresh = tokens["refresh_token"]; times = []
-    for i in range(2100):
-        t = time.perf_counter()
-        c.request("POST", "/.tether/token", "grant_type=refresh_token&refresh_token=" + refresh,
-                  {"Content-Type": "application/x-www-form-urlencoded"})
-        r = c.getresponse(); body = r.read()
-        if i >= 100: times.append((time.perf_counter() - t) * 1e6)
-        assert r.status == 200, (r.status, body)
-        refresh = json.loads(body)["refresh_token"]
-    logins = []
-    for i in range(200):
-        t = time.perf_counter(); r = login(); r.read(); logins.append((time.perf_counter() - t) * 1e6)
-        assert r.status == 200
-    return times, logins
-a_ref, a_log = measure(int(sys.argv[1]))
-l_ref, l_log = measure(int(sys.argv[2]))
-for name, a, l in (("refresh", a_ref, l_ref), ("login", a_log, l_log)):
-    print(f"{name:8s} node a (sync ack from b): p50 {pct(a, .5):7.0f} us p99 {pct(a, .99):7.0f} us | "
-          f"lone: p50 {pct(l, .5):7.0f} us p99 {pct(l, .99):7.0f} us | "
-          f"added p50 {pct(a, .5) - pct(l, .5):+6.0f} us p99 {pct(a, .99) - pct(l, .99):+6.0f} us")
-EOF
+python3 bench/scripts/login_latency.py "$P_A" "node a (sync ack from b)" "$P_LONE" "lone"

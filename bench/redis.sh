@@ -154,36 +154,7 @@ print(f"redis / mesh: {m['redis'] / m['mesh']:.3f}")
 EOF
 
 echo "== login and refresh latency (sync writes): a (ack from b) vs ra (ack from redis) =="
-python3 - "$P_A" "$P_RA" <<'EOF'
-import http.client, json, sys
-import time
-def pct(v, p):
-    v = sorted(v); return v[min(len(v) - 1, int(len(v) * p))]
-def measure(port):
-    c = http.client.HTTPConnection("127.0.0.1", port)
-    login = lambda: (c.request("POST", "/.tether/login", '{"username":"alice","password":"tether-demo"}',
-                     {"Content-Type": "application/json", "Accept": "application/json"}), c.getresponse())[1]
-    r = login(); tokens = json.loads(r.read()); assert r.status == 200, r.status
-    refresh = tokens["refresh_token"]; times = []
-    for i in range(2100):
-        t = time.perf_counter()
-        c.request("POST", "/.tether/token", "grant_type=refresh_token&refresh_token=" + refresh,
-                  {"Content-Type": "application/x-www-form-urlencoded"})
-        r = c.getresponse(); body = r.read()
-        if i >= 100: times.append((time.perf_counter() - t) * 1e6)
-        assert r.status == 200, (r.status, body)
-        refresh = json.loads(body)["refresh_token"]
-    logins = []
-    for i in range(200):
-        t = time.perf_counter(); r = login(); r.read(); logins.append((time.perf_counter() - t) * 1e6)
-        assert r.status == 200
-    return times, logins
-m_ref, m_log = measure(int(sys.argv[1]))
-r_ref, r_log = measure(int(sys.argv[2]))
-for name, m, r in (("refresh", m_ref, r_ref), ("login", m_log, r_log)):
-    print(f"{name:8s} mesh: p50 {pct(m, .5):7.0f} us p99 {pct(m, .99):7.0f} us | "
-          f"redis: p50 {pct(r, .5):7.0f} us p99 {pct(r, .99):7.0f} us")
-EOF
+python3 bench/scripts/login_latency.py "$P_A" "mesh (ack from b)" "$P_RA" "redis"
 
 echo "== publish-to-delivery across nodes: publish at a (ra), SSE at b (rb), 500 one after the other =="
 python3 - "$P_B" "$PUB_A" "$BOB_MESH" "$P_RB" "$PUB_RA" "$BOB_REDIS" "$SECRET" <<'EOF'
